@@ -1,0 +1,309 @@
+//! Manifests: YAML (multi-document) or JSON text to typed, validated [`Object`]s.
+//!
+//! Decoding never drops a field silently. Every field the types do not know is reported by
+//! its path: as a warning where ignoring it is safe (`metadata.managedFields`), and as an
+//! error where ignoring it would change what runs (`containers[0].livenessProbe`,
+//! a `configMap` volume). Type errors name the path too, so a user can find the line.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{FieldError, Invalid};
+use crate::object::{Kind, Object};
+use crate::validate::validate;
+
+/// The largest manifest text accepted, in bytes (the API server's body limit is the same).
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
+/// A decoded object and the unknown fields that were safely ignored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    pub object: Object,
+    pub warnings: Vec<String>,
+}
+
+/// Fields Bramble does not implement and whose absence would change behaviour: a pod that
+/// asked for a probe, an init container or a security context must not run without it.
+const BEHAVIOURAL_FIELDS: &[&str] = &[
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "initContainers",
+    "ephemeralContainers",
+    "securityContext",
+    "lifecycle",
+    "envFrom",
+    "valueFrom",
+    "volumeDevices",
+    "affinity",
+    "topologySpreadConstraints",
+    "hostPID",
+    "hostIPC",
+    "shareProcessNamespace",
+    "runtimeClassName",
+    "hostAliases",
+    "readinessGates",
+    "subPathExpr",
+    "mountPropagation",
+    "resourceClaims",
+    "dnsConfig",
+];
+
+/// Splits YAML (or JSON) text into documents as JSON values; empty documents are skipped
+/// and a `kind: List` is expanded into its items.
+pub fn parse_documents(text: &str) -> Result<Vec<Value>, Invalid> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(Invalid::single(
+            "manifest",
+            "",
+            format!("is {} bytes, more than the limit of {MAX_MANIFEST_BYTES}", text.len()),
+        ));
+    }
+    let mut docs = Vec::new();
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| Invalid::single("manifest", "", format!("invalid JSON: {e}")))?;
+        match v {
+            Value::Array(items) => docs.extend(items),
+            v => docs.push(v),
+        }
+    } else {
+        for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+            let v = Value::deserialize(doc).map_err(|e| {
+                Invalid::single(&format!("document {}", i + 1), "", format!("invalid YAML: {e}"))
+            })?;
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(docs.len());
+    for d in docs {
+        if d.get("kind").and_then(Value::as_str) == Some("List") {
+            if let Some(Value::Array(items)) = d.get("items") {
+                out.extend(items.iter().cloned());
+                continue;
+            }
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// Decodes and validates every document of a manifest; all errors are returned together.
+pub fn parse_manifests(text: &str) -> Result<Vec<Decoded>, Vec<Invalid>> {
+    let docs = parse_documents(text).map_err(|e| vec![e])?;
+    let mut ok = Vec::new();
+    let mut errs = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        match decode(doc) {
+            Ok(d) => ok.push(d),
+            Err(mut e) => {
+                if e.what == "object" {
+                    e.what = format!("document {}", i + 1);
+                }
+                errs.push(e);
+            }
+        }
+    }
+    if errs.is_empty() { Ok(ok) } else { Err(errs) }
+}
+
+/// Decodes one JSON value into a typed, validated object.
+pub fn decode(value: Value) -> Result<Decoded, Invalid> {
+    let Value::Object(map) = &value else {
+        return Err(Invalid::single(
+            "object",
+            "",
+            format!("expected a mapping with apiVersion and kind, got {}", type_name(&value)),
+        ));
+    };
+    let api_version = map.get("apiVersion");
+    let kind_field = map.get("kind");
+    let name = map
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let mut errors = Vec::new();
+    let kind = match kind_field {
+        None => {
+            errors.push(FieldError::new("kind", "Required value"));
+            None
+        }
+        Some(Value::String(k)) => match Kind::from_kind_name(k) {
+            Some(kind) => Some(kind),
+            None => {
+                let known: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
+                errors.push(FieldError::new(
+                    "kind",
+                    format!("unknown kind {k:?}; Bramble serves {}", known.join(", ")),
+                ));
+                None
+            }
+        },
+        Some(other) => {
+            errors.push(FieldError::new("kind", format!("expected a string, got {}", type_name(other))));
+            None
+        }
+    };
+    let what = match (kind, name.is_empty()) {
+        (Some(k), false) => format!("{} {name:?}", k.singular()),
+        (Some(k), true) => k.singular().to_string(),
+        (None, false) => format!("object {name:?}"),
+        (None, true) => "object".to_string(),
+    };
+    match (api_version, kind) {
+        (None, _) => errors.push(FieldError::new("apiVersion", "Required value")),
+        (Some(Value::String(v)), Some(k)) if v != k.api_version() => errors.push(FieldError::new(
+            "apiVersion",
+            format!("{} is served as {:?}, got {v:?}", k.name(), k.api_version()),
+        )),
+        (Some(Value::String(_)), _) => {}
+        (Some(other), _) => errors
+            .push(FieldError::new("apiVersion", format!("expected a string, got {}", type_name(other)))),
+    }
+    let Some(kind) = kind else {
+        return Err(Invalid { what, errors });
+    };
+    if !errors.is_empty() {
+        return Err(Invalid { what, errors });
+    }
+    let (object, unknown) = match typed(kind, value) {
+        Ok(v) => v,
+        Err(e) => return Err(Invalid { what, errors: vec![e] }),
+    };
+    let mut warnings = Vec::new();
+    for path in unknown {
+        match classify_unknown(&path) {
+            Some(reason) => errors.push(FieldError::new(&path, reason)),
+            None => warnings.push(format!("unknown field {path:?} ignored")),
+        }
+    }
+    errors.extend(validate(&object));
+    if errors.is_empty() {
+        Ok(Decoded { object, warnings })
+    } else {
+        Err(Invalid { what, errors })
+    }
+}
+
+/// Deserializes into the kind's type, collecting unknown field paths and naming the path of
+/// any type error.
+fn typed(kind: Kind, value: Value) -> Result<(Object, Vec<String>), FieldError> {
+    fn de<T: serde::de::DeserializeOwned>(value: Value) -> Result<(T, Vec<String>), FieldError> {
+        let mut unknown = Vec::new();
+        let mut track = serde_path_to_error::Track::new();
+        let tracked = serde_path_to_error::Deserializer::new(value, &mut track);
+        let result = serde_ignored::deserialize(tracked, |p| unknown.push(ignored_path(&p)));
+        match result {
+            Ok(v) => Ok((v, unknown)),
+            Err(e) => Err(FieldError::new(&error_path(&track.path()), e.to_string())),
+        }
+    }
+    let mut obj = match kind {
+        Kind::Namespace => de(value).map(|(o, u)| (Object::Namespace(o), u)),
+        Kind::Node => de(value).map(|(o, u)| (Object::Node(o), u)),
+        Kind::Pod => de(value).map(|(o, u)| (Object::Pod(o), u)),
+        Kind::Deployment => de(value).map(|(o, u)| (Object::Deployment(o), u)),
+        Kind::Service => de(value).map(|(o, u)| (Object::Service(o), u)),
+        Kind::Endpoints => de(value).map(|(o, u)| (Object::Endpoints(o), u)),
+        Kind::Event => de(value).map(|(o, u)| (Object::Event(o), u)),
+    }?;
+    obj.0.normalize_type_meta();
+    Ok(obj)
+}
+
+fn error_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Enum { variant } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(variant);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+fn ignored_path(p: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => {
+            let head = ignored_path(parent);
+            if head.is_empty() { key.clone() } else { format!("{head}.{key}") }
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
+    }
+}
+
+/// Decides whether an unknown field is an error (the reason) or a warning (None).
+fn classify_unknown(path: &str) -> Option<String> {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let last_name = last.split('[').next().unwrap_or(last);
+    if BEHAVIOURAL_FIELDS.contains(&last_name) {
+        return Some("not supported by Bramble, and ignoring it would change how the workload runs".into());
+    }
+    // `spec.volumes[0].configMap`: a volume source Bramble cannot provide.
+    let parent = &path[..path.len() - last.len()];
+    if parent.ends_with("].") && parent.trim_end_matches('.').rsplit('.').next().is_some_and(|p| p.starts_with("volumes[")) {
+        return Some(format!(
+            "volume source {last_name:?} is not supported by Bramble (emptyDir and hostPath are)"
+        ));
+    }
+    None
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_unknown_fields() {
+        assert!(classify_unknown("spec.template.spec.containers[0].livenessProbe").is_some());
+        assert!(classify_unknown("spec.volumes[0].configMap").is_some());
+        assert!(classify_unknown("spec.template.spec.volumes[2].secret").is_some());
+        assert!(classify_unknown("metadata.managedFields").is_none());
+        assert!(classify_unknown("spec.dnsPolicy").is_none());
+        assert!(classify_unknown("spec.containers[0].env[1].valueFrom").is_some());
+    }
+
+    #[test]
+    fn unknown_nested_paths_are_reported_with_indices() {
+        let docs = parse_documents(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: busybox\n    tty: true\n",
+        )
+        .unwrap();
+        let d = decode(docs.into_iter().next().unwrap()).unwrap();
+        assert_eq!(d.warnings, vec!["unknown field \"spec.containers[0].tty\" ignored".to_string()]);
+    }
+}

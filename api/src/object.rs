@@ -1,0 +1,317 @@
+//! The kinds Bramble serves and [`Object`], one value of any of them.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::deployment::Deployment;
+use crate::event::Event;
+use crate::meta::ObjectMeta;
+use crate::namespace::Namespace;
+use crate::node::Node;
+use crate::pod::Pod;
+use crate::service::{Endpoints, Service};
+
+/// A kind of object the API serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Namespace,
+    Node,
+    Pod,
+    Deployment,
+    Service,
+    Endpoints,
+    Event,
+}
+
+impl Kind {
+    /// Every kind, in the order `bramble get all` prints them.
+    pub const ALL: [Kind; 7] = [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::Pod,
+        Kind::Deployment,
+        Kind::Service,
+        Kind::Endpoints,
+        Kind::Event,
+    ];
+
+    /// The `kind` field, e.g. `Pod`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
+            Kind::Pod => "Pod",
+            Kind::Deployment => "Deployment",
+            Kind::Service => "Service",
+            Kind::Endpoints => "Endpoints",
+            Kind::Event => "Event",
+        }
+    }
+
+    /// The API group: empty for the core group.
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::Deployment => "apps",
+            _ => "",
+        }
+    }
+
+    /// The `apiVersion` field, e.g. `apps/v1`.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::Deployment => "apps/v1",
+            _ => "v1",
+        }
+    }
+
+    /// The resource name in URLs, e.g. `pods`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespaces",
+            Kind::Node => "nodes",
+            Kind::Pod => "pods",
+            Kind::Deployment => "deployments",
+            Kind::Service => "services",
+            Kind::Endpoints => "endpoints",
+            Kind::Event => "events",
+        }
+    }
+
+    /// The lowercase singular, e.g. `pod`, as used in messages.
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespace",
+            Kind::Node => "node",
+            Kind::Pod => "pod",
+            Kind::Deployment => "deployment",
+            Kind::Service => "service",
+            Kind::Endpoints => "endpoints",
+            Kind::Event => "event",
+        }
+    }
+
+    /// kubectl's short names.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "ns",
+            Kind::Node => "no",
+            Kind::Pod => "po",
+            Kind::Deployment => "deploy",
+            Kind::Service => "svc",
+            Kind::Endpoints => "ep",
+            Kind::Event => "ev",
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::Namespace | Kind::Node)
+    }
+
+    /// `resource.group` as kubectl prints it: `deployment.apps`, `pod`.
+    pub fn qualified(self) -> String {
+        match self.group() {
+            "" => self.singular().to_string(),
+            g => format!("{}.{g}", self.singular()),
+        }
+    }
+
+    /// The kind named by its `kind` field.
+    pub fn from_kind_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The kind a user typed: `pods`, `pod`, `po`, `Pod`, `deployments.apps`, ...
+    pub fn from_user(text: &str) -> Option<Kind> {
+        let t = text.to_ascii_lowercase();
+        let t = t.split_once('.').map_or(t.as_str(), |(r, g)| {
+            // `deployment.apps` names the group; accept it only for the right group.
+            if Kind::ALL.iter().any(|k| k.group() == g) { r } else { "" }
+        });
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.plural() == t || k.singular() == t || k.short_name() == t)
+    }
+
+    /// The kind served at `/api/v1/<plural>` or `/apis/<group>/v1/<plural>`.
+    pub fn from_path(group: &str, plural: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.group() == group && k.plural() == plural)
+    }
+
+    /// The API path of a collection or of one object.
+    pub fn path(self, namespace: Option<&str>, name: Option<&str>) -> String {
+        let mut p = match self.group() {
+            "" => "/api/v1".to_string(),
+            g => format!("/apis/{g}/v1"),
+        };
+        if let (true, Some(ns)) = (self.namespaced(), namespace) {
+            p.push_str("/namespaces/");
+            p.push_str(ns);
+        }
+        p.push('/');
+        p.push_str(self.plural());
+        if let Some(n) = name {
+            p.push('/');
+            p.push_str(n);
+        }
+        p
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One object of any kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    Node(Node),
+    Pod(Pod),
+    Deployment(Deployment),
+    Service(Service),
+    Endpoints(Endpoints),
+    Event(Event),
+}
+
+macro_rules! each {
+    ($obj:expr, $o:ident => $e:expr) => {
+        match $obj {
+            Object::Namespace($o) => $e,
+            Object::Node($o) => $e,
+            Object::Pod($o) => $e,
+            Object::Deployment($o) => $e,
+            Object::Service($o) => $e,
+            Object::Endpoints($o) => $e,
+            Object::Event($o) => $e,
+        }
+    };
+}
+
+impl Object {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Node(_) => Kind::Node,
+            Object::Pod(_) => Kind::Pod,
+            Object::Deployment(_) => Kind::Deployment,
+            Object::Service(_) => Kind::Service,
+            Object::Endpoints(_) => Kind::Endpoints,
+            Object::Event(_) => Kind::Event,
+        }
+    }
+
+    /// The object's metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        each!(self, o => &o.metadata)
+    }
+
+    /// The object's metadata, to change.
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        each!(self, o => &mut o.metadata)
+    }
+
+    /// Sets `apiVersion` and `kind` to this kind's canonical values.
+    pub fn normalize_type_meta(&mut self) {
+        let kind = self.kind();
+        each!(self, o => {
+            o.api_version = kind.api_version().to_string();
+            o.kind = kind.name().to_string();
+        })
+    }
+
+    /// Serializes to JSON (infallible for these plain types).
+    pub fn to_json(&self) -> Vec<u8> {
+        fn ser<T: Serialize>(v: &T) -> Vec<u8> {
+            // Plain structs of strings, numbers and maps with string keys always serialize.
+            serde_json::to_vec(v).unwrap_or_default()
+        }
+        each!(self, o => ser(o))
+    }
+
+    /// Serializes to a JSON value.
+    pub fn to_value(&self) -> serde_json::Value {
+        fn ser<T: Serialize>(v: &T) -> serde_json::Value {
+            serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+        }
+        each!(self, o => ser(o))
+    }
+
+    /// The user-owned desired state: `spec` for kinds that have one, the whole body otherwise.
+    /// A change of it bumps `metadata.generation`.
+    pub fn desired_state(&self) -> serde_json::Value {
+        let mut v = self.to_value();
+        if let Some(map) = v.as_object_mut() {
+            map.remove("metadata");
+            map.remove("status");
+            map.remove("apiVersion");
+            map.remove("kind");
+        }
+        v
+    }
+
+    /// Whether the kind has a status that only the system writes (status subresource).
+    pub fn has_status(&self) -> bool {
+        matches!(
+            self,
+            Object::Namespace(_) | Object::Node(_) | Object::Pod(_) | Object::Deployment(_) | Object::Service(_)
+        )
+    }
+
+    /// Replaces this object's status with `other`'s (same kind), for updates that must not
+    /// touch status, and for status updates in reverse.
+    pub fn copy_status_from(&mut self, other: &Object) {
+        match (self, other) {
+            (Object::Namespace(a), Object::Namespace(b)) => a.status = b.status.clone(),
+            (Object::Node(a), Object::Node(b)) => a.status = b.status.clone(),
+            (Object::Pod(a), Object::Pod(b)) => a.status = b.status.clone(),
+            (Object::Deployment(a), Object::Deployment(b)) => a.status = b.status.clone(),
+            (Object::Service(a), Object::Service(b)) => a.status = b.status.clone(),
+            _ => {}
+        }
+    }
+
+    /// A short `kind "name"` for messages, e.g. `deployment "web"`.
+    pub fn describe(&self) -> String {
+        format!("{} {:?}", self.kind().singular(), self.meta().name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_kind_names() {
+        for (t, k) in [
+            ("po", Kind::Pod),
+            ("pods", Kind::Pod),
+            ("Pod", Kind::Pod),
+            ("deploy", Kind::Deployment),
+            ("deployments.apps", Kind::Deployment),
+            ("svc", Kind::Service),
+            ("no", Kind::Node),
+            ("ns", Kind::Namespace),
+            ("ep", Kind::Endpoints),
+            ("events", Kind::Event),
+        ] {
+            assert_eq!(Kind::from_user(t), Some(k), "{t}");
+        }
+        assert_eq!(Kind::from_user("widgets"), None);
+        assert_eq!(Kind::from_user("pods.bogus"), None);
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(Kind::Pod.path(Some("default"), Some("web")), "/api/v1/namespaces/default/pods/web");
+        assert_eq!(Kind::Pod.path(None, None), "/api/v1/pods");
+        assert_eq!(Kind::Node.path(Some("ignored"), Some("pi1")), "/api/v1/nodes/pi1");
+        assert_eq!(Kind::Deployment.path(Some("a"), None), "/apis/apps/v1/namespaces/a/deployments");
+        assert_eq!(Kind::from_path("apps", "deployments"), Some(Kind::Deployment));
+        assert_eq!(Kind::from_path("", "deployments"), None);
+    }
+}
