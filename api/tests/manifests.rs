@@ -1,0 +1,249 @@
+//! Manifest decoding: real manifests from the Kubernetes documentation parse unchanged, and
+//! a table of malformed ones is refused with a message that names the field.
+
+use bramble_api::manifest::{decode, parse_documents, parse_manifests};
+use bramble_api::{Kind, Object};
+
+const K8S_DOCS_DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+  labels:
+    app: nginx
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.14.2
+        ports:
+        - containerPort: 80
+        env:
+        - name: GREETING
+          value: "hello"
+        resources:
+          requests:
+            memory: "64Mi"
+            cpu: "250m"
+          limits:
+            memory: "128Mi"
+            cpu: 0.5
+"#;
+
+const K8S_DOCS_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: my-service
+spec:
+  selector:
+    app.kubernetes.io/name: MyApp
+  ports:
+    - protocol: TCP
+      port: 80
+      targetPort: 9376
+"#;
+
+const K8S_DOCS_NODEPORT: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: my-service
+spec:
+  type: NodePort
+  selector:
+    app.kubernetes.io/name: MyApp
+  ports:
+    - port: 80
+      targetPort: http-web-svc
+      nodePort: 30007
+"#;
+
+#[test]
+fn kubernetes_docs_manifests_parse_unchanged() {
+    let text = format!("{K8S_DOCS_DEPLOYMENT}\n---\n{K8S_DOCS_SERVICE}\n---\n{K8S_DOCS_NODEPORT}");
+    let docs = parse_manifests(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(docs.len(), 3);
+    for d in &docs {
+        assert!(d.warnings.is_empty(), "unexpected warnings {:?}", d.warnings);
+    }
+    let Object::Deployment(dep) = &docs[0].object else { panic!("not a deployment") };
+    assert_eq!(dep.spec.replicas, Some(3));
+    let c = &dep.spec.template.spec.containers[0];
+    assert_eq!(c.image, "nginx:1.14.2");
+    assert_eq!(c.ports[0].container_port, 80);
+    assert_eq!(c.resources.requests["cpu"].millis(), 250);
+    assert_eq!(c.resources.limits["cpu"].millis(), 500);
+    assert_eq!(c.resources.limits["memory"].value(), 128 << 20);
+    assert_eq!(c.env[0].value, "hello");
+    let Object::Service(svc) = &docs[1].object else { panic!("not a service") };
+    assert_eq!(svc.spec.selector["app.kubernetes.io/name"], "MyApp");
+    assert_eq!(docs[2].object.kind(), Kind::Service);
+}
+
+#[test]
+fn json_and_lists_are_accepted() {
+    let json = r#"{"apiVersion":"v1","kind":"List","items":[
+        {"apiVersion":"v1","kind":"Namespace","metadata":{"name":"edge"}},
+        {"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"edge"},
+         "spec":{"containers":[{"name":"c","image":"busybox"}]}}]}"#;
+    let docs = parse_manifests(json).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(docs.len(), 2);
+    assert_eq!(docs[1].object.meta().namespace, "edge");
+}
+
+#[test]
+fn safe_unknown_fields_warn_with_their_path() {
+    let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  managedFields: []\nspec:\n  dnsPolicy: ClusterFirst\n  containers:\n  - name: c\n    image: busybox\n";
+    let docs = parse_manifests(text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        docs[0].warnings,
+        vec![
+            "unknown field \"metadata.managedFields\" ignored".to_string(),
+            "unknown field \"spec.dnsPolicy\" ignored".to_string()
+        ]
+    );
+}
+
+const POD_HEAD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n";
+const DEP_HEAD: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  selector:\n    matchLabels: {app: a}\n  template:\n    metadata:\n      labels: {app: a}\n    spec:\n";
+const SVC_HEAD: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n";
+
+fn pod(spec: &str) -> String {
+    format!("{POD_HEAD}{spec}")
+}
+fn dep(extra_spec: &str, pod_spec: &str) -> String {
+    format!("{DEP_HEAD}{pod_spec}{extra_spec}")
+}
+fn svc(spec: &str) -> String {
+    format!("{SVC_HEAD}{spec}")
+}
+
+const C: &str = "  containers:\n  - name: c\n    image: busybox\n";
+const DC: &str = "      containers:\n      - name: c\n        image: busybox\n";
+
+/// Each case: the manifest and a fragment the error must contain (the field path, and for
+/// some the reason).
+fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
+    let big = format!("{POD_HEAD}{C}  # {}\n", "x".repeat(1 << 20));
+    vec![
+        ("not yaml", "apiVersion: v1\nkind: [Pod\n".into(), "invalid YAML"),
+        ("tab indentation", "apiVersion: v1\nkind: Pod\n\tmetadata: {}\n".into(), "invalid YAML"),
+        ("scalar document", "just a string\n".into(), "expected a mapping"),
+        ("list document", "- a\n- b\n".into(), "expected a mapping"),
+        ("missing kind", "apiVersion: v1\nmetadata: {name: x}\n".into(), "kind: Required value"),
+        ("missing apiVersion", "kind: Pod\nmetadata: {name: x}\nspec:\n  containers: [{name: c, image: i}]\n".into(), "apiVersion: Required value"),
+        ("unknown kind", "apiVersion: v1\nkind: Widget\nmetadata: {name: x}\n".into(), "kind: unknown kind \"Widget\""),
+        ("kind not a string", "apiVersion: v1\nkind: 7\n".into(), "kind: expected a string"),
+        ("wrong apiVersion", "apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: x}\n".into(), "apiVersion: Deployment is served as \"apps/v1\""),
+        ("oversized document", big, "more than the limit"),
+        ("missing name", "apiVersion: v1\nkind: Pod\nmetadata: {}\nspec:\n  containers: [{name: c, image: i}]\n".into(), "metadata.name: Required value"),
+        ("uppercase name", "apiVersion: v1\nkind: Pod\nmetadata: {name: Web}\nspec:\n  containers: [{name: c, image: i}]\n".into(), "metadata.name"),
+        ("name too long", format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}}}\n", "a".repeat(64)), "metadata.name: must be no more than 63"),
+        ("service name starts with digit", "apiVersion: v1\nkind: Service\nmetadata: {name: 1web}\nspec:\n  ports: [{port: 80}]\n".into(), "metadata.name"),
+        ("namespaced node", "apiVersion: v1\nkind: Node\nmetadata: {name: pi1, namespace: default}\n".into(), "metadata.namespace: Node is not namespaced"),
+        ("bad label key", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: {\"bad key\": x}\nspec:\n  containers: [{name: c, image: i}]\n".into(), "metadata.labels"),
+        ("bad label value", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: {app: \"-x\"}\nspec:\n  containers: [{name: c, image: i}]\n".into(), "metadata.labels[app]"),
+        ("labels not a map", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: [a]\nspec:\n  containers: [{name: c, image: i}]\n".into(), "metadata.labels: invalid type"),
+        ("no containers", pod("  containers: []\n"), "spec.containers: Required value"),
+        ("containers not a list", pod("  containers: nginx\n"), "spec.containers: invalid type"),
+        ("missing image", pod("  containers:\n  - name: c\n"), "spec.containers[0].image: Required value"),
+        ("missing container name", pod("  containers:\n  - image: busybox\n"), "spec.containers[0].name: Required value"),
+        ("duplicate container names", pod("  containers:\n  - {name: c, image: a}\n  - {name: c, image: b}\n"), "spec.containers[1].name: Duplicate value"),
+        ("bad container name", pod("  containers:\n  - {name: C_1, image: a}\n"), "spec.containers[0].name"),
+        ("image with whitespace", pod("  containers:\n  - {name: c, image: \"a b\"}\n"), "spec.containers[0].image"),
+        ("port zero", pod("  containers:\n  - name: c\n    image: a\n    ports: [{containerPort: 0}]\n"), "spec.containers[0].ports[0].containerPort: must be between 1 and 65535"),
+        ("port too high", pod("  containers:\n  - name: c\n    image: a\n    ports: [{containerPort: 70000}]\n"), "spec.containers[0].ports[0].containerPort"),
+        ("port as text", pod("  containers:\n  - name: c\n    image: a\n    ports: [{containerPort: eighty}]\n"), "spec.containers[0].ports[0].containerPort: invalid type"),
+        ("bad protocol", pod("  containers:\n  - name: c\n    image: a\n    ports: [{containerPort: 80, protocol: HTTP}]\n"), "spec.containers[0].ports[0].protocol"),
+        ("bad cpu quantity", pod("  containers:\n  - name: c\n    image: a\n    resources: {limits: {cpu: lots}}\n"), "spec.containers[0].resources.limits.cpu"),
+        ("bad memory suffix", pod("  containers:\n  - name: c\n    image: a\n    resources: {requests: {memory: 12XB}}\n"), "spec.containers[0].resources.requests.memory"),
+        ("negative memory", pod("  containers:\n  - name: c\n    image: a\n    resources: {requests: {memory: -1Mi}}\n"), "spec.containers[0].resources.requests.memory: must be >= 0"),
+        ("request above limit", pod("  containers:\n  - name: c\n    image: a\n    resources: {requests: {memory: 1Gi}, limits: {memory: 512Mi}}\n"), "spec.containers[0].resources.requests.memory: must be less than or equal"),
+        ("unknown resource", pod("  containers:\n  - name: c\n    image: a\n    resources: {limits: {gpus: 1}}\n"), "spec.containers[0].resources.limits.gpus: unknown resource"),
+        ("bad restart policy", pod(&format!("{C}  restartPolicy: Sometimes\n")), "spec.restartPolicy: unsupported value \"Sometimes\""),
+        ("negative grace period", pod(&format!("{C}  terminationGracePeriodSeconds: -5\n")), "spec.terminationGracePeriodSeconds: must be >= 0"),
+        ("liveness probe unsupported", pod("  containers:\n  - name: c\n    image: a\n    livenessProbe: {exec: {command: [true]}}\n"), "spec.containers[0].livenessProbe: not supported"),
+        ("configMap volume unsupported", pod(&format!("{C}  volumes:\n  - name: v\n    configMap: {{name: x}}\n")), "spec.volumes[0]"),
+        ("mount of missing volume", pod("  containers:\n  - name: c\n    image: a\n    volumeMounts: [{name: data, mountPath: /data}]\n"), "spec.containers[0].volumeMounts[0].name: Not found"),
+        ("relative mount path", pod("  containers:\n  - name: c\n    image: a\n    volumeMounts: [{name: v, mountPath: data}]\n  volumes: [{name: v, emptyDir: {}}]\n"), "spec.containers[0].volumeMounts[0].mountPath"),
+        ("relative hostPath", pod(&format!("{C}  volumes: [{{name: v, hostPath: {{path: etc}}}}]\n")), "spec.volumes[0].hostPath.path"),
+        ("env from secret unsupported", pod("  containers:\n  - name: c\n    image: a\n    env: [{name: X, valueFrom: {secretKeyRef: {name: s, key: k}}}]\n"), "spec.containers[0].env[0].valueFrom"),
+        ("env without name", pod("  containers:\n  - name: c\n    image: a\n    env: [{value: x}]\n"), "spec.containers[0].env[0].name: Required value"),
+        ("negative replicas", dep("  replicas: -1\n", DC), "spec.replicas: must be >= 0, got -1"),
+        ("replicas as text", dep("  replicas: three\n", DC), "spec.replicas: invalid type"),
+        ("selector mismatch", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.template.metadata.labels: Invalid value: `selector`"),
+        ("empty selector", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.selector: Required value"),
+        ("bad selector operator", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {matchExpressions: [{key: app, operator: Near}]}\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.selector.matchExpressions[0].operator"),
+        ("template restart policy", dep("", "      restartPolicy: Never\n      containers: [{name: c, image: i}]\n"), "spec.template.spec.restartPolicy"),
+        ("template duplicate containers", dep("", "      containers: [{name: c, image: i}, {name: c, image: j}]\n"), "spec.template.spec.containers[1].name: Duplicate value"),
+        ("bad strategy type", dep("  strategy: {type: BlueGreen}\n", DC), "spec.strategy.type"),
+        ("bad maxSurge", dep("  strategy: {rollingUpdate: {maxSurge: 150%}}\n", DC), "spec.strategy.rollingUpdate.maxSurge"),
+        ("zero surge and unavailable", dep("  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 0}}\n", DC), "spec.strategy.rollingUpdate.maxUnavailable: may not be 0"),
+        ("template liveness probe", dep("", "      containers:\n      - name: c\n        image: i\n        livenessProbe: {httpGet: {port: 80}}\n"), "spec.template.spec.containers[0].livenessProbe"),
+        ("service without ports", svc("  selector: {app: a}\n"), "spec.ports: Required value"),
+        ("service port out of range", svc("  ports: [{port: 0}]\n"), "spec.ports[0].port: must be between 1 and 65535"),
+        ("service unnamed ports", svc("  ports: [{port: 80}, {port: 81}]\n"), "spec.ports[0].name: Required value"),
+        ("service bad type", svc("  type: Magic\n  ports: [{port: 80}]\n"), "spec.type: unsupported value"),
+        ("service ExternalName", svc("  type: ExternalName\n  ports: [{port: 80}]\n"), "spec.type: ExternalName"),
+        ("service bad targetPort name", svc("  ports: [{port: 80, targetPort: \"Not_A_Name\"}]\n"), "spec.ports[0].targetPort"),
+        ("nodePort on ClusterIP", svc("  ports: [{port: 80, nodePort: 30001}]\n"), "spec.ports[0].nodePort: may not be used"),
+        ("bad clusterIP", svc("  clusterIP: 10.43.0.300\n  ports: [{port: 80}]\n"), "spec.clusterIP"),
+        ("targetPort out of i32", svc("  ports: [{port: 80, targetPort: 99999999999}]\n"), "spec.ports[0].targetPort"),
+        ("node taint bad effect", "apiVersion: v1\nkind: Node\nmetadata: {name: pi1}\nspec:\n  taints: [{key: k, effect: Sometimes}]\n".into(), "spec.taints[0].effect"),
+    ]
+}
+
+#[test]
+fn malformed_manifests_name_the_field() {
+    let cases = bad_cases();
+    assert!(cases.len() >= 40, "only {} cases", cases.len());
+    for (label, text, want) in cases {
+        let err = match parse_manifests(&text) {
+            Ok(d) => panic!("{label}: accepted: {:?}", d[0].object),
+            Err(e) => e,
+        };
+        let msg: Vec<String> = err.iter().map(|e| e.to_string()).collect();
+        let msg = msg.join("\n");
+        assert!(msg.contains(want), "{label}: message {msg:?} does not contain {want:?}");
+    }
+}
+
+#[test]
+fn every_error_is_reported_not_only_the_first() {
+    let text = pod("  restartPolicy: Sometimes\n  containers:\n  - {name: c}\n  - {name: c, image: i}\n");
+    let err = parse_manifests(&text).unwrap_err();
+    let fields: Vec<&str> = err[0].errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        fields,
+        vec!["spec.containers[0].image", "spec.containers[1].name", "spec.restartPolicy"]
+    );
+    assert_eq!(err[0].what, "pod \"p\"");
+}
+
+#[test]
+fn bad_document_is_numbered_in_a_multi_document_file() {
+    let text = format!("{}\n---\napiVersion: v1\nkind: Widget\n", pod(C));
+    let err = parse_manifests(&text).unwrap_err();
+    assert_eq!(err.len(), 1);
+    assert_eq!(err[0].what, "document 2");
+}
+
+#[test]
+fn decoded_objects_round_trip_through_json() {
+    let docs = parse_manifests(K8S_DOCS_DEPLOYMENT).unwrap_or_else(|e| panic!("{e:?}"));
+    let obj = &docs[0].object;
+    let value: serde_json::Value = serde_json::from_slice(&obj.to_json()).unwrap();
+    let again = decode(value).unwrap();
+    assert_eq!(&again.object, obj);
+    assert!(again.warnings.is_empty());
+    assert_eq!(parse_documents("---\n---\n").unwrap().len(), 0);
+}
