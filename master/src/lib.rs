@@ -1,1 +1,124 @@
-//! placeholder
+//! bramble-master: the control plane of a Bramble cluster.
+//!
+//! It holds the desired state in a redb-backed [`store`] (with an in-memory copy that
+//! serves reads and watches) and serves it over a Kubernetes-shaped HTTP/JSON [`server`].
+//! Later parts (scheduler, controllers, agent gateway, embedded broker) read the same store.
+
+pub mod config;
+pub mod credentials;
+pub mod metrics;
+pub mod server;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bramble_api::Kind;
+use bramble_api::namespace::Namespace;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::store::{Store, StoreError, StoreOptions};
+
+/// How long open connections get to finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Errors that stop the master from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A started master: its store is open and its listener bound.
+pub struct Master {
+    config: Config,
+    store: Store,
+    writer: store::WriterHandle,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    admin_token: String,
+}
+
+impl Master {
+    /// Opens the store, ensures the built-in namespaces, loads or creates the admin token,
+    /// binds the listener and writes the client config.
+    pub async fn start(config: Config) -> Result<Master, StartError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir { path: dir.display().to_string(), source })?;
+        let opts = StoreOptions { change_log: config.watch_change_log, ..StoreOptions::default() };
+        let (store, writer) = Store::open(&config.store_path(), opts)?;
+        for ns in ["default", "kube-system"] {
+            if store.get(Kind::Namespace, "", ns).is_none() {
+                let mut obj = Namespace::default();
+                obj.metadata.name = ns.to_string();
+                match store.create(bramble_api::Object::Namespace(obj)).await {
+                    Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let admin_token = credentials::load_or_create_token(&dir.join(credentials::ADMIN_TOKEN_FILE))?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        credentials::write_client_config(
+            &dir.join(credentials::CLIENT_CONFIG_FILE),
+            &credentials::client_url(addr),
+            &admin_token,
+        )?;
+        Ok(Master { config, store, writer, listener, addr, admin_token })
+    }
+
+    /// The bound API address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin bearer token.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// A handle to the store, for in-process users (tests, benches, controllers).
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains connections (bounded by a grace
+    /// period) and waits for the store's last commit.
+    pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let state = Arc::new(server::AppState {
+            store: self.store.clone(),
+            metrics: Arc::new(metrics::Metrics::default()),
+            admin_token: self.admin_token.clone(),
+            max_body_bytes: self.config.max_body_bytes,
+            shutdown: shutdown.clone(),
+        });
+        let app = server::router(state);
+        tracing::info!(addr = %self.addr, "API server listening");
+        let graceful = axum::serve(self.listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let serving = tokio::spawn(async move { graceful.await });
+        shutdown.cancelled().await;
+        tracing::info!("shutting down");
+        match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(e)) => tracing::error!(error = %e, "API server task failed"),
+            Err(_) => tracing::warn!("connections still open after the grace period; closing them"),
+        }
+        drop(self.store);
+        let writer = self.writer;
+        // Every handle is gone once the server is: the writer finishes its batch and exits.
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! `bramble-master` flags and config file, validated into one [`Config`] before anything is
+//! bound or written.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/bramble/master";
+/// Default API listen address (the Kubernetes API port).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:6443";
+/// Default largest request body, in bytes.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// bramble-master: the control plane of a Bramble cluster.
+#[derive(Debug, Parser)]
+#[command(name = "bramble-master", version, about)]
+pub struct Args {
+    /// Directory for the store, the admin token and the client config [default: /var/lib/bramble/master]
+    #[arg(long, env = "BRAMBLE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the API server [default: 0.0.0.0:6443]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// YAML config file with the same settings in camelCase (dataDir, listen, maxBodyBytes, watchChangeLog); flags win
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Largest accepted request body in bytes [default: 1048576]
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
+    /// Changes kept in memory for watch resume [default: 4096]
+    #[arg(long)]
+    pub watch_change_log: Option<usize>,
+}
+
+/// The config file's settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    max_body_bytes: Option<usize>,
+    watch_change_log: Option<usize>,
+}
+
+/// The validated master configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub watch_change_log: usize,
+}
+
+impl Config {
+    /// A configuration for tests and benches: a data dir and an ephemeral loopback port.
+    pub fn local(data_dir: &Path) -> Self {
+        Config {
+            data_dir: data_dir.to_path_buf(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_body_bytes: DEFAULT_MAX_BODY,
+            watch_change_log: 4096,
+        }
+    }
+
+    /// Store file path.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("store.redb")
+    }
+}
+
+impl TryFrom<Args> for Config {
+    type Error = String;
+
+    fn try_from(a: Args) -> Result<Config, String> {
+        let file = match &a.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("config file {}: {e}", p.display()))?;
+                serde_norway::from_str::<Option<FileConfig>>(&text)
+                    .map_err(|e| format!("config file {}: {e}", p.display()))?
+                    .unwrap_or_default()
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = a.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err("--data-dir: must not be empty".into());
+        }
+        if data_dir.exists() && !data_dir.is_dir() {
+            return Err(format!("--data-dir: {} exists and is not a directory", data_dir.display()));
+        }
+        let listen_text = a.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| format!("--listen: {listen_text:?} is not an address like 0.0.0.0:6443 or [::]:6443"))?;
+        let max_body_bytes = a.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY);
+        if !(4096..=64 << 20).contains(&max_body_bytes) {
+            return Err(format!("--max-body-bytes: must be between 4096 and 67108864, got {max_body_bytes}"));
+        }
+        let watch_change_log = a.watch_change_log.or(file.watch_change_log).unwrap_or(4096);
+        if watch_change_log == 0 {
+            return Err("--watch-change-log: must be at least 1".into());
+        }
+        Ok(Config { data_dir, listen, max_body_bytes, watch_change_log })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut v = vec!["bramble-master"];
+        v.extend_from_slice(args);
+        Config::try_from(Args::try_parse_from(v).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:6443");
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        let c = parse(&["--listen", "127.0.0.1:0", "--data-dir", "/tmp/x"]).unwrap();
+        assert_eq!(c.listen.port(), 0);
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        assert!(parse(&["--listen", "nowhere"]).unwrap_err().contains("--listen"));
+        assert!(parse(&["--max-body-bytes", "1"]).unwrap_err().contains("--max-body-bytes"));
+        assert!(parse(&["--data-dir", "/etc/hostname"]).unwrap_err().contains("not a directory"));
+    }
+
+    #[test]
+    fn config_file_unknown_key_is_an_error_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.yaml");
+        std::fs::write(&p, "listen: 127.0.0.1:7000\nlisten_port: 3\n").unwrap();
+        let e = parse(&["-c", p.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains("listen_port"), "{e}");
+        std::fs::write(&p, "listen: 127.0.0.1:7000\ndataDir: /tmp/y\n").unwrap();
+        let c = parse(&["-c", p.to_str().unwrap(), "--listen", "127.0.0.1:7001"]).unwrap();
+        assert_eq!(c.listen.port(), 7001);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/y"));
+    }
+}

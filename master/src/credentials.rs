@@ -1,0 +1,90 @@
+//! The admin token and the client config file the CLI reads.
+//!
+//! On first start the master creates `admin.token` (mode 0600) in its data dir; later starts
+//! read it. After binding, it writes `client.yaml` (mode 0600) with the server URL and the
+//! token, which `bramble` finds by default on the master's own board.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// File name of the admin token in the data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// File name of the client config in the data dir.
+pub const CLIENT_CONFIG_FILE: &str = "client.yaml";
+
+/// Errors reading or writing credential files.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: the token file is empty or not a token; delete it to have a new one created")]
+    Malformed { path: String },
+    #[error("cannot generate a random token: {0}")]
+    Random(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CredentialError + '_ {
+    move |source| CredentialError::Io { path: path.display().to_string(), source }
+}
+
+/// A new random token: 32 bytes, hex.
+pub fn new_token() -> Result<String, CredentialError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| CredentialError::Random(e.to_string()))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Reads the token in `path`, creating it (mode 0600) if it does not exist.
+pub fn load_or_create_token(path: &Path) -> Result<String, CredentialError> {
+    match fs::read_to_string(path) {
+        Ok(s) => {
+            let t = s.trim();
+            if t.len() < 16 || !t.bytes().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(CredentialError::Malformed { path: path.display().to_string() });
+            }
+            Ok(t.to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = new_token()?;
+            write_private(path, format!("{token}\n").as_bytes())?;
+            Ok(token)
+        }
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Writes a file readable only by its owner, atomically (temp file, fsync, rename).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CredentialError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(data).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(())
+}
+
+/// The server URL a local client should use for a listen address.
+pub fn client_url(addr: SocketAddr) -> String {
+    let host = match addr {
+        a if a.ip().is_unspecified() && a.is_ipv4() => "127.0.0.1".to_string(),
+        a if a.ip().is_unspecified() => "[::1]".to_string(),
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+/// Writes `client.yaml` for the CLI.
+pub fn write_client_config(path: &Path, server: &str, token: &str) -> Result<(), CredentialError> {
+    let text = format!("# Written by bramble-master; read by `bramble`.\nserver: {server}\ntoken: {token}\n");
+    write_private(path, text.as_bytes())
+}

@@ -1,0 +1,107 @@
+//! Prometheus text metrics: API request counts and latencies, active watches, store revision
+//! and object counts. A few counters do not justify a metrics framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use crate::store::Store;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 11] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    total: u64,
+    sum: f64,
+}
+
+/// The master's metrics registry.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
+    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    watches: AtomicI64,
+}
+
+impl Metrics {
+    /// Records one finished request.
+    pub fn observe(&self, verb: &'static str, resource: &'static str, code: u16, took: Duration) {
+        if let Ok(mut r) = self.requests.lock() {
+            *r.entry((verb, resource, code)).or_default() += 1;
+        }
+        if let Ok(mut l) = self.latency.lock() {
+            let h = l.entry(verb).or_default();
+            let secs = took.as_secs_f64();
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if secs <= *b {
+                    h.counts[i] += 1;
+                }
+            }
+            h.total += 1;
+            h.sum += secs;
+        }
+    }
+
+    /// Counts an open watch until the guard drops.
+    pub fn watch_started(self: &Arc<Self>) -> WatchGuard {
+        self.watches.fetch_add(1, Ordering::Relaxed);
+        WatchGuard(self.clone())
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self, store: &Store) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP bramble_apiserver_request_total API requests by verb, resource and HTTP code.\n");
+        out.push_str("# TYPE bramble_apiserver_request_total counter\n");
+        if let Ok(r) = self.requests.lock() {
+            for ((verb, resource, code), n) in r.iter() {
+                let _ = writeln!(
+                    out,
+                    "bramble_apiserver_request_total{{verb=\"{verb}\",resource=\"{resource}\",code=\"{code}\"}} {n}"
+                );
+            }
+        }
+        out.push_str("# HELP bramble_apiserver_request_duration_seconds API request latency by verb.\n");
+        out.push_str("# TYPE bramble_apiserver_request_duration_seconds histogram\n");
+        if let Ok(l) = self.latency.lock() {
+            for (verb, h) in l.iter() {
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "bramble_apiserver_request_duration_seconds_bucket{{verb=\"{verb}\",le=\"{b}\"}} {}",
+                        h.counts[i]
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "bramble_apiserver_request_duration_seconds_bucket{{verb=\"{verb}\",le=\"+Inf\"}} {}",
+                    h.total
+                );
+                let _ = writeln!(out, "bramble_apiserver_request_duration_seconds_sum{{verb=\"{verb}\"}} {}", h.sum);
+                let _ = writeln!(out, "bramble_apiserver_request_duration_seconds_count{{verb=\"{verb}\"}} {}", h.total);
+            }
+        }
+        out.push_str("# HELP bramble_apiserver_watches Open watch streams.\n# TYPE bramble_apiserver_watches gauge\n");
+        let _ = writeln!(out, "bramble_apiserver_watches {}", self.watches.load(Ordering::Relaxed));
+        out.push_str("# HELP bramble_store_revision The store's global revision.\n# TYPE bramble_store_revision gauge\n");
+        let _ = writeln!(out, "bramble_store_revision {}", store.revision());
+        out.push_str("# HELP bramble_store_objects Stored objects by kind.\n# TYPE bramble_store_objects gauge\n");
+        for (kind, n) in store.counts() {
+            let _ = writeln!(out, "bramble_store_objects{{kind=\"{kind}\"}} {n}");
+        }
+        out
+    }
+}
+
+/// Decrements the open-watch gauge when dropped.
+pub struct WatchGuard(Arc<Metrics>);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.watches.fetch_sub(1, Ordering::Relaxed);
+    }
+}

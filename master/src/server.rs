@@ -1,0 +1,93 @@
+//! The HTTP/JSON API server: Kubernetes-shaped paths over the store, bearer-token auth,
+//! health and metrics endpoints. Every error is a Kubernetes `Status` body.
+
+mod body;
+mod error;
+mod path;
+mod resources;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub use error::ApiError;
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub admin_token: String,
+    pub max_body_bytes: usize,
+    /// Cancelled at shutdown; open watch streams end on it.
+    pub shutdown: CancellationToken,
+}
+
+/// The API router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(api)
+        .with_state(state)
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    if st.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    "ok".into_response()
+}
+
+async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&st, &headers) {
+        return e.into_response();
+    }
+    let text = st.metrics.render(&st.store);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), st.admin_token.as_bytes()) => Ok(()),
+        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized: a valid bearer token is required")),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Every `/api` and `/apis` request.
+async fn api(State(st): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let start = Instant::now();
+    let (verb, resource, response) = match authorize(&st, &headers) {
+        Err(e) => ("unknown", "unknown", e.into_response()),
+        Ok(()) => match path::parse(uri.path()) {
+            None => (
+                "unknown",
+                "unknown",
+                ApiError::new(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource")
+                    .into_response(),
+            ),
+            Some(target) => resources::handle(&st, method, &uri, &headers, body, target).await,
+        },
+    };
+    st.metrics.observe(verb, resource, response.status().as_u16(), start.elapsed());
+    response
+}

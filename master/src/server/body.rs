@@ -1,0 +1,116 @@
+//! Request bodies: size limit, content type, and decoding into a validated object.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use bramble_api::manifest::{decode, parse_documents};
+use bramble_api::status::Status;
+use bramble_api::{Kind, Object};
+use bytes::Bytes;
+
+use super::error::ApiError;
+use super::path::Target;
+
+/// The syntax of a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Yaml,
+}
+
+/// Which media types a verb accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    /// POST and PUT: JSON or YAML.
+    Object,
+    /// PATCH: server-side apply only.
+    ApplyPatch,
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+pub async fn read(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    })
+}
+
+/// Checks the Content-Type for the verb.
+pub fn format(headers: &HeaderMap, accept: Accept) -> Result<Format, ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let f = match (accept, media.as_str()) {
+        (Accept::Object, "application/json") => Some(Format::Json),
+        (Accept::Object, "application/yaml" | "application/x-yaml") => Some(Format::Yaml),
+        (Accept::ApplyPatch, "application/apply-patch+json") => Some(Format::Json),
+        (Accept::ApplyPatch, "application/apply-patch+yaml") => Some(Format::Yaml),
+        _ => None,
+    };
+    f.ok_or_else(|| {
+        let wanted = match accept {
+            Accept::Object => "application/json or application/yaml",
+            Accept::ApplyPatch => "application/apply-patch+yaml or application/apply-patch+json (server-side apply)",
+        };
+        let got = if media.is_empty() { "no Content-Type".to_string() } else { format!("{media:?}") };
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!("the body must be {wanted}, got {got}"),
+        )
+    })
+}
+
+/// Decodes a body into one validated object of the target's kind and place; returns it with
+/// the warnings for unknown fields.
+pub fn object(bytes: &[u8], format: Format, target: &Target) -> Result<(Object, Vec<String>), ApiError> {
+    let value: serde_json::Value = match format {
+        Format::Json => serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?,
+        Format::Yaml => {
+            let text = std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+            let mut docs = parse_documents(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if docs.len() != 1 {
+                return Err(ApiError::bad_request(format!("the body must hold exactly one object, got {}", docs.len())));
+            }
+            docs.remove(0)
+        }
+    };
+    let decoded = decode(value).map_err(|inv| {
+        let (kind, name) = inv.what.split_once(' ').unwrap_or((inv.what.as_str(), ""));
+        ApiError(Status::invalid(kind, name.trim_matches('"'), &inv))
+    })?;
+    let mut obj = decoded.object;
+    let kind: Kind = obj.kind();
+    if kind != target.kind {
+        return Err(ApiError::bad_request(format!(
+            "the body is a {} but the request is for {}",
+            kind.name(),
+            target.kind.plural()
+        )));
+    }
+    if kind.namespaced() {
+        let path_ns = target.namespace.as_deref().unwrap_or("default");
+        let m = obj.meta_mut();
+        if m.namespace.is_empty() {
+            m.namespace = path_ns.to_string();
+        } else if m.namespace != path_ns {
+            return Err(ApiError::bad_request(format!(
+                "the namespace of the object ({:?}) does not match the namespace of the request ({path_ns:?})",
+                m.namespace
+            )));
+        }
+    }
+    if let Some(name) = &target.name {
+        if obj.meta().name.is_empty() {
+            obj.meta_mut().name = name.clone();
+        } else if obj.meta().name != *name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({:?}) does not match the name in the URL ({name:?})",
+                obj.meta().name
+            )));
+        }
+    }
+    Ok((obj, decoded.warnings))
+}

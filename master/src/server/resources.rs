@@ -1,0 +1,284 @@
+//! The resource verbs: list, watch, get, create, update, apply (server-side apply PATCH),
+//! delete, and status updates.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Query;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bramble_api::status::Status;
+use bramble_api::{Kind, Object, Selector};
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::AppState;
+use super::body::{self, Accept};
+use super::error::ApiError;
+use super::path::Target;
+use crate::store::{DeleteRequest, Op, Outcome, StoreError, Subresource, WatchFilter};
+
+/// The header that tells `bramble apply` what an apply did: created, configured or unchanged.
+pub const APPLY_RESULT_HEADER: &str = "bramble-apply-result";
+
+/// Dispatches one resource request; returns the verb and resource for metrics.
+pub async fn handle(
+    st: &Arc<AppState>,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+    target: Target,
+) -> (&'static str, &'static str, Response) {
+    let query: HashMap<String, String> = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
+    let resource = target.kind.plural();
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let (verb, result) = match (&method, target.name.is_some(), target.status) {
+        (&Method::GET, false, _) if watching => ("watch", watch(st, &target, &query)),
+        (&Method::GET, false, _) => ("list", list(st, &target, &query)),
+        (&Method::POST, false, _) => ("create", create(st, &target, headers, body).await),
+        (&Method::GET, true, _) => ("get", get(st, &target)),
+        (&Method::PUT, true, status) => ("update", update(st, &target, headers, body, status).await),
+        (&Method::PATCH, true, false) => ("apply", apply(st, &target, headers, body).await),
+        (&Method::DELETE, true, false) => ("delete", delete(st, &target, &query, body).await),
+        _ => (
+            "unknown",
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{method} is not supported on {}", uri.path()),
+            )),
+        ),
+    };
+    (verb, resource, result.unwrap_or_else(IntoResponse::into_response))
+}
+
+fn json_response(code: StatusCode, body: Bytes) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn selector(query: &HashMap<String, String>) -> Result<Selector, ApiError> {
+    if query.contains_key("fieldSelector") {
+        return Err(ApiError::bad_request("fieldSelector is not supported; use labelSelector"));
+    }
+    match query.get("labelSelector") {
+        Some(s) => Selector::parse(s).map_err(|e| ApiError::bad_request(format!("labelSelector: {e}"))),
+        None => Ok(Selector::everything()),
+    }
+}
+
+fn list(st: &AppState, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let sel = selector(query)?;
+    let (revision, items) = st.store.list(target.kind, target.namespace.as_deref(), &sel);
+    let kind = target.kind;
+    let size: usize = items.iter().map(|e| e.json.len() + 1).sum();
+    let mut out = Vec::with_capacity(size + 128);
+    out.extend_from_slice(
+        format!(
+            "{{\"apiVersion\":\"{}\",\"kind\":\"{}List\",\"metadata\":{{\"resourceVersion\":\"{revision}\"}},\"items\":[",
+            kind.api_version(),
+            kind.name()
+        )
+        .as_bytes(),
+    );
+    for (i, e) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&e.json);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(json_response(StatusCode::OK, out.into()))
+}
+
+fn watch(st: &Arc<AppState>, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let sel = selector(query)?;
+    let from = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("") => None,
+        Some(s) => Some(
+            s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("resourceVersion: {s:?} is not a number")))?,
+        ),
+    };
+    let timeout = match query.get("timeoutSeconds") {
+        Some(s) => Some(Duration::from_secs(
+            s.parse().map_err(|_| ApiError::bad_request(format!("timeoutSeconds: {s:?} is not a number")))?,
+        )),
+        None => None,
+    };
+    let filter = WatchFilter { kind: target.kind, namespace: target.namespace.clone(), selector: sel };
+    let watch = st.store.watch(filter, from)?;
+    let guard = st.metrics.watch_started();
+    let shutdown = st.shutdown.clone();
+    // A very distant deadline stands in for "no timeout" so the select stays uniform.
+    let deadline = tokio::time::Instant::now() + timeout.unwrap_or(Duration::from_secs(100 * 365 * 86_400));
+    struct S {
+        watch: crate::store::Watch,
+        done: bool,
+        _guard: crate::metrics::WatchGuard,
+    }
+    let state = S { watch, done: false, _guard: guard };
+    let stream = futures_util::stream::unfold(state, move |mut s| {
+        let shutdown = shutdown.clone();
+        async move {
+            if s.done {
+                return None;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => None,
+                _ = tokio::time::sleep_until(deadline) => None,
+                next = s.watch.next() => match next {
+                    Ok(change) => Some((Ok::<Bytes, Infallible>(change.line.clone()), s)),
+                    Err(e @ StoreError::Gone { .. }) => {
+                        // Tell the client to re-list, as the Kubernetes API does mid-stream.
+                        let status = Status::failure(410, "Expired", e.to_string());
+                        let line = format!(
+                            "{{\"type\":\"ERROR\",\"object\":{}}}\n",
+                            serde_json::to_string(&status).unwrap_or_default()
+                        );
+                        s.done = true;
+                        Some((Ok(Bytes::from(line)), s))
+                    }
+                    Err(_) => None,
+                },
+            }
+        }
+    });
+    let mut resp = Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+fn get(st: &AppState, target: &Target) -> Result<Response, ApiError> {
+    let name = target.name.as_deref().unwrap_or("");
+    let ns = target.namespace.as_deref().unwrap_or("");
+    match st.store.get(target.kind, ns, name) {
+        Some(e) => Ok(json_response(StatusCode::OK, e.json.clone())),
+        None => Err(StoreError::NotFound { kind: target.kind, name: name.to_string() }.into()),
+    }
+}
+
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        // Header values must be visible ASCII; field names from users may not be.
+        let text: String = w.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+        let escaped = text.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+async fn create(st: &AppState, target: &Target, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let format = body::format(headers, Accept::Object)?;
+    let bytes = body::read(body, st.max_body_bytes).await?;
+    let (mut obj, warnings) = body::object(&bytes, format, target)?;
+    clear_user_status(&mut obj);
+    let outcome = st.store.write(Op::Create(obj)).await?;
+    Ok(with_warnings(json_response(StatusCode::CREATED, outcome.entry().json.clone()), &warnings))
+}
+
+/// Status is written by the system; a user's create starts without one (nodes excepted:
+/// an agent registers its node with its status).
+fn clear_user_status(obj: &mut Object) {
+    let kind = obj.kind();
+    if kind == Kind::Node {
+        return;
+    }
+    let empty = match kind {
+        Kind::Pod => Object::Pod(Default::default()),
+        Kind::Deployment => Object::Deployment(Default::default()),
+        Kind::Service => Object::Service(Default::default()),
+        Kind::Namespace => Object::Namespace(Default::default()),
+        _ => return,
+    };
+    obj.copy_status_from(&empty);
+}
+
+async fn update(
+    st: &AppState,
+    target: &Target,
+    headers: &HeaderMap,
+    body: Body,
+    status: bool,
+) -> Result<Response, ApiError> {
+    let format = body::format(headers, Accept::Object)?;
+    let bytes = body::read(body, st.max_body_bytes).await?;
+    let (obj, warnings) = body::object(&bytes, format, target)?;
+    let sub = if status { Subresource::Status } else { Subresource::Main };
+    let outcome = st.store.write(Op::Update(obj, sub)).await?;
+    Ok(with_warnings(json_response(StatusCode::OK, outcome.entry().json.clone()), &warnings))
+}
+
+async fn apply(st: &AppState, target: &Target, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let format = body::format(headers, Accept::ApplyPatch)?;
+    let bytes = body::read(body, st.max_body_bytes).await?;
+    let (mut obj, warnings) = body::object(&bytes, format, target)?;
+    clear_user_status(&mut obj);
+    let outcome = st.store.write(Op::Apply(obj)).await?;
+    let (code, result) = match &outcome {
+        Outcome::Created(_) => (StatusCode::CREATED, "created"),
+        Outcome::Unchanged(_) => (StatusCode::OK, "unchanged"),
+        _ => (StatusCode::OK, "configured"),
+    };
+    let mut resp = json_response(code, outcome.entry().json.clone());
+    resp.headers_mut().insert(HeaderName::from_static(APPLY_RESULT_HEADER), HeaderValue::from_static(result));
+    Ok(with_warnings(resp, &warnings))
+}
+
+/// The optional DELETE body, as Kubernetes' `DeleteOptions`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct DeleteOptions {
+    grace_period_seconds: Option<i64>,
+    preconditions: Option<Preconditions>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct Preconditions {
+    resource_version: Option<String>,
+}
+
+async fn delete(
+    st: &AppState,
+    target: &Target,
+    query: &HashMap<String, String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = body::read(body, st.max_body_bytes).await?;
+    let opts: DeleteOptions = if bytes.iter().all(u8::is_ascii_whitespace) {
+        DeleteOptions::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
+    };
+    let grace = match query.get("gracePeriodSeconds") {
+        Some(s) => Some(
+            s.parse::<i64>()
+                .ok()
+                .filter(|g| *g >= 0)
+                .ok_or_else(|| ApiError::bad_request(format!("gracePeriodSeconds: {s:?} is not a number >= 0")))?,
+        ),
+        None => opts.grace_period_seconds,
+    };
+    let resource_version = match opts.preconditions.and_then(|p| p.resource_version) {
+        Some(s) => Some(s.parse::<u64>().map_err(|_| ApiError::bad_request("preconditions.resourceVersion is not a number"))?),
+        None => None,
+    };
+    let req = DeleteRequest {
+        kind: target.kind,
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: target.name.clone().unwrap_or_default(),
+        grace_seconds: grace,
+        resource_version,
+    };
+    let outcome = st.store.write(Op::Delete(req)).await?;
+    let code = match outcome {
+        Outcome::Terminating(_) => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    Ok(json_response(code, outcome.entry().json.clone()))
+}

@@ -1,0 +1,377 @@
+//! The decisions of the writer: what each write request does to the store, as a pure
+//! function of the current state (plus earlier decisions of the same group) and the clock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bramble_api::error::{FieldError, Invalid};
+use bramble_api::namespace::NamespaceStatus;
+use bramble_api::pod::PodStatus;
+use bramble_api::{Kind, Object};
+
+use super::state::{Change, EventType, Key, State};
+use super::{DeleteRequest, Entry, Op, Outcome, StoreError, Subresource};
+
+/// Namespaces that always exist and may not be deleted.
+const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system"];
+/// A pod's grace period when neither the request nor the pod says, as in Kubernetes.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// The state as seen by one group of writes: the committed state plus the group's changes.
+pub(crate) struct View<'a> {
+    state: &'a State,
+    overlay: BTreeMap<Key, Option<Arc<Entry>>>,
+    changes: Vec<Arc<Change>>,
+    revision: u64,
+    now: i64,
+}
+
+impl<'a> View<'a> {
+    pub fn new(state: &'a State, now: i64) -> Self {
+        View { state, overlay: BTreeMap::new(), changes: Vec::new(), revision: state.revision, now }
+    }
+
+    fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+        match self.overlay.get(key) {
+            Some(v) => v.clone(),
+            None => self.state.objects.get(key).cloned(),
+        }
+    }
+
+    /// Stores `obj` at the next revision and records the change.
+    fn put(&mut self, type_: EventType, mut obj: Object) -> Arc<Entry> {
+        self.revision += 1;
+        obj.meta_mut().resource_version = self.revision.to_string();
+        obj.normalize_type_meta();
+        let key = key_of(&obj);
+        let entry = Arc::new(Entry {
+            kind: key.0,
+            namespace: key.1.clone(),
+            name: key.2.clone(),
+            revision: self.revision,
+            labels: obj.meta().labels.clone(),
+            json: obj.to_json().into(),
+        });
+        let stored = if type_ == EventType::Deleted { None } else { Some(entry.clone()) };
+        self.overlay.insert(key, stored);
+        self.changes.push(Arc::new(Change::new(type_, entry.clone())));
+        entry
+    }
+
+    /// The keys of every object in a namespace, committed or added by this group.
+    fn keys_in_namespace(&self, ns: &str) -> Vec<Key> {
+        let mut keys: Vec<Key> = Vec::new();
+        for kind in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
+            keys.extend(self.state.range(kind, Some(ns)).map(|e| (e.kind, e.namespace.clone(), e.name.clone())));
+        }
+        keys.extend(self.overlay.keys().filter(|k| k.0.namespaced() && k.1 == ns).cloned());
+        keys.sort();
+        keys.dedup();
+        keys.retain(|k| self.get(k).is_some());
+        keys
+    }
+
+    pub fn finish(self) -> (Vec<Arc<Change>>, u64) {
+        (self.changes, self.revision)
+    }
+}
+
+fn key_of(obj: &Object) -> Key {
+    let kind = obj.kind();
+    let m = obj.meta();
+    let ns = if kind.namespaced() { m.namespace.clone() } else { String::new() };
+    (kind, ns, m.name.clone())
+}
+
+/// Decides one write request.
+pub(crate) fn decide(view: &mut View<'_>, op: Op) -> Result<Outcome, StoreError> {
+    match op {
+        Op::Create(obj) => create(view, obj),
+        Op::Update(obj, sub) => update(view, obj, sub, false),
+        Op::Apply(obj) => {
+            let mut obj = obj;
+            normalize_namespace(&mut obj);
+            if view.get(&key_of(&obj)).is_some() {
+                update(view, obj, Subresource::Main, true)
+            } else {
+                create(view, obj)
+            }
+        }
+        Op::Delete(req) => delete(view, req),
+    }
+}
+
+fn normalize_namespace(obj: &mut Object) {
+    let namespaced = obj.kind().namespaced();
+    let m = obj.meta_mut();
+    if !namespaced {
+        m.namespace.clear();
+    } else if m.namespace.is_empty() {
+        m.namespace = "default".into();
+    }
+}
+
+fn create(view: &mut View<'_>, mut obj: Object) -> Result<Outcome, StoreError> {
+    normalize_namespace(&mut obj);
+    let kind = obj.kind();
+    if kind.namespaced() {
+        let ns = obj.meta().namespace.clone();
+        if view.get(&(Kind::Namespace, String::new(), ns.clone())).is_none() {
+            return Err(StoreError::NamespaceNotFound(ns));
+        }
+    }
+    if obj.meta().name.is_empty() {
+        let prefix = obj.meta().generate_name.clone();
+        loop {
+            obj.meta_mut().name = format!("{prefix}{}", random_suffix());
+            if view.get(&key_of(&obj)).is_none() {
+                break;
+            }
+        }
+    }
+    let key = key_of(&obj);
+    if view.get(&key).is_some() {
+        return Err(StoreError::AlreadyExists { kind, name: key.2 });
+    }
+    let now = bramble_api::time::format_rfc3339(view.now);
+    let m = obj.meta_mut();
+    m.uid = new_uid();
+    m.creation_timestamp = Some(now);
+    m.generation = 1;
+    m.deletion_timestamp = None;
+    m.deletion_grace_period_seconds = None;
+    match &mut obj {
+        Object::Pod(p) if p.status.is_none() => {
+            p.status = Some(PodStatus { phase: "Pending".into(), ..Default::default() });
+        }
+        Object::Namespace(n) => n.status = Some(NamespaceStatus { phase: "Active".into() }),
+        _ => {}
+    }
+    Ok(Outcome::Created(view.put(EventType::Added, obj)))
+}
+
+fn update(view: &mut View<'_>, mut obj: Object, sub: Subresource, apply: bool) -> Result<Outcome, StoreError> {
+    normalize_namespace(&mut obj);
+    let kind = obj.kind();
+    let key = key_of(&obj);
+    let Some(old_entry) = view.get(&key) else {
+        return Err(StoreError::NotFound { kind, name: key.2 });
+    };
+    let wanted_rv = &obj.meta().resource_version;
+    if !apply && !wanted_rv.is_empty() && *wanted_rv != old_entry.revision.to_string() {
+        return Err(StoreError::Conflict {
+            kind,
+            name: key.2,
+            reason: "the object has been modified; please apply your changes to the latest version and try again"
+                .into(),
+        });
+    }
+    let old = old_entry.object()?;
+    let mut new = match sub {
+        Subresource::Status => {
+            let mut n = old.clone();
+            n.copy_status_from(&obj);
+            n
+        }
+        Subresource::Main => {
+            let mut n = obj;
+            if n.has_status() {
+                n.copy_status_from(&old);
+            }
+            keep_allocated(&mut n, &old);
+            if apply {
+                // Apply owns labels, annotations and spec; the rest of metadata is kept.
+                let (om, nm) = (old.meta(), n.meta_mut());
+                if nm.owner_references.is_empty() {
+                    nm.owner_references = om.owner_references.clone();
+                }
+                if nm.finalizers.is_empty() {
+                    nm.finalizers = om.finalizers.clone();
+                }
+            }
+            check_immutable(&old, &n)?;
+            n
+        }
+    };
+    {
+        let (om, nm) = (old.meta(), new.meta_mut());
+        nm.uid = om.uid.clone();
+        nm.creation_timestamp = om.creation_timestamp.clone();
+        nm.deletion_timestamp = om.deletion_timestamp.clone();
+        nm.deletion_grace_period_seconds = om.deletion_grace_period_seconds;
+        nm.generate_name = om.generate_name.clone();
+        nm.generation = om.generation;
+        nm.resource_version = om.resource_version.clone();
+    }
+    if new.desired_state() != old.desired_state() {
+        new.meta_mut().generation = old.meta().generation + 1;
+    }
+    if new == old {
+        return Ok(Outcome::Unchanged(old_entry));
+    }
+    let m = new.meta();
+    let finalized = m.deletion_timestamp.is_some()
+        && m.finalizers.is_empty()
+        && m.deletion_grace_period_seconds.unwrap_or(0) == 0;
+    if finalized {
+        return Ok(Outcome::Deleted(view.put(EventType::Deleted, new)));
+    }
+    Ok(Outcome::Updated(view.put(EventType::Modified, new)))
+}
+
+/// Fields the system assigned that a user's manifest does not carry.
+fn keep_allocated(new: &mut Object, old: &Object) {
+    match (new, old) {
+        (Object::Pod(n), Object::Pod(o)) if n.spec.node_name.is_empty() => {
+            n.spec.node_name = o.spec.node_name.clone();
+        }
+        (Object::Service(n), Object::Service(o)) => {
+            if n.spec.cluster_ip.is_empty() {
+                n.spec.cluster_ip = o.spec.cluster_ip.clone();
+                n.spec.cluster_ips = o.spec.cluster_ips.clone();
+            }
+            for p in &mut n.spec.ports {
+                if p.node_port.is_none() {
+                    p.node_port = o
+                        .spec
+                        .ports
+                        .iter()
+                        .find(|q| q.port == p.port && q.protocol == p.protocol)
+                        .and_then(|q| q.node_port);
+                }
+            }
+        }
+        (Object::Node(n), Object::Node(o)) if n.spec.pod_cidr.is_empty() => {
+            n.spec.pod_cidr = o.spec.pod_cidr.clone();
+        }
+        _ => {}
+    }
+}
+
+/// A pod's spec is immutable but for container images, added tolerations and its first
+/// binding to a node, as in Kubernetes.
+fn check_immutable(old: &Object, new: &Object) -> Result<(), StoreError> {
+    let (Object::Pod(o), Object::Pod(n)) = (old, new) else { return Ok(()) };
+    let mut probe = n.spec.clone();
+    if probe.containers.len() == o.spec.containers.len() {
+        for (p, oc) in probe.containers.iter_mut().zip(&o.spec.containers) {
+            p.image = oc.image.clone();
+        }
+    }
+    if o.spec.node_name.is_empty() {
+        probe.node_name.clear();
+    }
+    let added_only = o.spec.tolerations.iter().all(|t| n.spec.tolerations.contains(t));
+    if added_only {
+        probe.tolerations = o.spec.tolerations.clone();
+    }
+    if probe == o.spec {
+        return Ok(());
+    }
+    Err(StoreError::Invalid(Invalid {
+        what: format!("pod {:?}", n.metadata.name),
+        errors: vec![FieldError::new(
+            "spec",
+            "Forbidden: pod updates may not change fields other than spec.containers[*].image, \
+             spec.tolerations (only additions) and an unset spec.nodeName; delete and recreate the pod",
+        )],
+    }))
+}
+
+fn delete(view: &mut View<'_>, req: DeleteRequest) -> Result<Outcome, StoreError> {
+    let ns = if req.kind.namespaced() { req.namespace.clone() } else { String::new() };
+    let key = (req.kind, ns, req.name.clone());
+    let Some(entry) = view.get(&key) else {
+        return Err(StoreError::NotFound { kind: req.kind, name: req.name });
+    };
+    if let Some(rv) = req.resource_version {
+        if rv != entry.revision {
+            return Err(StoreError::Conflict {
+                kind: req.kind,
+                name: req.name,
+                reason: format!("the resourceVersion in the precondition ({rv}) does not match ({})", entry.revision),
+            });
+        }
+    }
+    let mut obj = entry.object()?;
+    if req.kind == Kind::Namespace {
+        if PROTECTED_NAMESPACES.contains(&req.name.as_str()) {
+            return Err(StoreError::Forbidden(format!(
+                "namespaces {:?} is forbidden: this namespace may not be deleted",
+                req.name
+            )));
+        }
+        // Namespace deletion removes what the namespace holds in the same transaction.
+        for k in view.keys_in_namespace(&req.name) {
+            if let Some(e) = view.get(&k) {
+                let o = e.object()?;
+                view.put(EventType::Deleted, o);
+            }
+        }
+        return Ok(Outcome::Deleted(view.put(EventType::Deleted, obj)));
+    }
+    let already_terminating = obj.meta().deletion_timestamp.is_some();
+    let graceful_pod = match &obj {
+        Object::Pod(p) if !p.spec.node_name.is_empty() && req.grace_seconds != Some(0) => {
+            Some(req.grace_seconds.or(p.spec.termination_grace_period_seconds).unwrap_or(DEFAULT_GRACE_SECONDS))
+        }
+        _ => None,
+    };
+    let has_finalizers = !obj.meta().finalizers.is_empty();
+    if graceful_pod.is_none() && !has_finalizers {
+        return Ok(Outcome::Deleted(view.put(EventType::Deleted, obj)));
+    }
+    if already_terminating {
+        return Ok(Outcome::Terminating(entry));
+    }
+    let grace = graceful_pod.unwrap_or(0);
+    let now = view.now;
+    let m = obj.meta_mut();
+    m.deletion_timestamp = Some(bramble_api::time::format_rfc3339(now + grace));
+    m.deletion_grace_period_seconds = Some(grace);
+    Ok(Outcome::Terminating(view.put(EventType::Modified, obj)))
+}
+
+/// A random RFC 4122 version-4 UUID.
+pub(crate) fn new_uid() -> String {
+    let mut b = [0u8; 16];
+    fill_random(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn random_suffix() -> String {
+    // Kubernetes' alphabet for generated names: no vowels, no look-alikes.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut b = [0u8; 5];
+    fill_random(&mut b);
+    b.iter().map(|x| ALPHABET[*x as usize % ALPHABET.len()] as char).collect()
+}
+
+fn fill_random(buf: &mut [u8]) {
+    if let Err(e) = getrandom::fill(buf) {
+        // The kernel's random source failing is not recoverable in any useful way; fall back
+        // to the clock so names stay unique enough rather than taking the master down.
+        tracing::error!(error = %e, "getrandom failed");
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        for (i, x) in buf.iter_mut().enumerate() {
+            *x = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_are_v4_and_distinct() {
+        let a = new_uid();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert_ne!(a, new_uid());
+        assert_eq!(random_suffix().len(), 5);
+    }
+}

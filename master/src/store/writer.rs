@@ -1,0 +1,193 @@
+//! The writer thread: takes a group of write requests, decides each against the current
+//! state plus the group's earlier decisions, commits them in one durable redb transaction,
+//! then publishes them to the in-memory state and to watchers, and answers the callers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bramble_api::Kind;
+use bramble_api::meta::ObjectMeta;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::ops::{self, View};
+use super::state::{Change, Key, State};
+use super::{Entry, Outcome, Request, Shared, StoreError};
+
+/// Objects by `plural/namespace/name`, as JSON.
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+/// `revision`: the global revision of the last committed write.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// redb's page cache; the store keeps its own copy of every object, so a small one suffices.
+const CACHE_BYTES: usize = 4 << 20;
+
+pub(crate) fn key_string(key: &Key) -> String {
+    format!("{}/{}/{}", key.0.plural(), key.1, key.2)
+}
+
+fn parse_key(s: &str) -> Option<Key> {
+    let mut it = s.splitn(3, '/');
+    let plural = it.next()?;
+    let ns = it.next()?;
+    let name = it.next()?;
+    let kind = Kind::ALL.into_iter().find(|k| k.plural() == plural)?;
+    Some((kind, ns.to_string(), name.to_string()))
+}
+
+#[derive(Deserialize)]
+struct MetaOnly {
+    #[serde(default)]
+    metadata: ObjectMeta,
+}
+
+/// Builds the served entry of a stored object.
+pub(crate) fn entry_from_json(key: &Key, json: Vec<u8>) -> Result<Entry, String> {
+    let m: MetaOnly = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+    Ok(Entry {
+        kind: key.0,
+        namespace: key.1.clone(),
+        name: key.2.clone(),
+        revision: m.metadata.revision(),
+        labels: m.metadata.labels,
+        json: json.into(),
+    })
+}
+
+/// Opens the database and loads every object.
+pub(crate) fn open(path: &Path, log_limit: usize) -> Result<(Database, State), StoreError> {
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    let txn = db.begin_write().map_err(redb::Error::from)?;
+    {
+        // Create the tables on first start so that reads below find them.
+        txn.open_table(OBJECTS).map_err(redb::Error::from)?;
+        txn.open_table(META).map_err(redb::Error::from)?;
+    }
+    txn.commit().map_err(redb::Error::from)?;
+    let read = db.begin_read().map_err(redb::Error::from)?;
+    let revision = read
+        .open_table(META)
+        .map_err(redb::Error::from)?
+        .get("revision")
+        .map_err(redb::Error::from)?
+        .map(|g| g.value())
+        .unwrap_or(0);
+    let mut objects = BTreeMap::new();
+    let table = read.open_table(OBJECTS).map_err(redb::Error::from)?;
+    for row in table.iter().map_err(redb::Error::from)? {
+        let (k, v) = row.map_err(redb::Error::from)?;
+        let Some(key) = parse_key(k.value()) else {
+            tracing::warn!(key = k.value(), "skipping a stored object with a malformed key");
+            continue;
+        };
+        match entry_from_json(&key, v.value().to_vec()) {
+            Ok(e) => {
+                objects.insert(key, Arc::new(e));
+            }
+            Err(err) => tracing::warn!(key = k.value(), %err, "skipping a stored object that is not valid JSON"),
+        }
+    }
+    drop(table);
+    drop(read);
+    tracing::info!(objects = objects.len(), revision, path = %path.display(), "store opened");
+    Ok((db, State::new(objects, revision, log_limit)))
+}
+
+pub(crate) struct Writer {
+    pub db: Database,
+    pub shared: Arc<Shared>,
+    pub rx: mpsc::Receiver<Request>,
+    pub max_batch: usize,
+}
+
+impl Writer {
+    pub fn run(mut self) {
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch);
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Request>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        // Decide every request against the state plus the decisions before it.
+        let (results, changes, revision) = {
+            let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+            let mut view = View::new(&state, now);
+            let mut results = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            for (op, reply) in batch {
+                results.push(ops::decide(&mut view, op));
+                replies.push(reply);
+            }
+            let (changes, revision) = view.finish();
+            (results.into_iter().zip(replies).collect::<Vec<_>>(), changes, revision)
+        };
+        let persisted = if changes.is_empty() { Ok(()) } else { self.persist(&changes, revision) };
+        match persisted {
+            Ok(()) => {
+                if !changes.is_empty() {
+                    let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
+                    state.apply(&changes, revision);
+                    for c in &changes {
+                        // No receivers is fine: nobody is watching.
+                        let _ = self.shared.events.send(c.clone());
+                    }
+                }
+                for (result, reply) in results {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed; the batch is rejected");
+                for (result, reply) in results {
+                    let _ = reply.send(match result {
+                        Ok(Outcome::Unchanged(e)) => Ok(Outcome::Unchanged(e)),
+                        Ok(_) => Err(e.clone()),
+                        Err(other) => Err(other),
+                    });
+                }
+            }
+        }
+    }
+
+    fn persist(&self, changes: &[Arc<Change>], revision: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut objects = txn.open_table(OBJECTS).map_err(redb::Error::from)?;
+            // Only the last change of each key in the batch needs writing.
+            let mut last: BTreeMap<Key, &Change> = BTreeMap::new();
+            for c in changes {
+                let e = &c.entry;
+                last.insert((e.kind, e.namespace.clone(), e.name.clone()), c);
+            }
+            for (key, c) in last {
+                let k = key_string(&key);
+                if c.type_ == super::EventType::Deleted {
+                    objects.remove(k.as_str()).map_err(redb::Error::from)?;
+                } else {
+                    objects.insert(k.as_str(), &c.entry.json[..]).map_err(redb::Error::from)?;
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+            meta.insert("revision", revision).map_err(redb::Error::from)?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+}
