@@ -224,6 +224,23 @@ impl Object {
         })
     }
 
+    /// Reads a stored or served object (trusted JSON) without validating it; the kind comes
+    /// from its `kind` field.
+    pub fn from_value(value: serde_json::Value) -> Result<Object, String> {
+        let kind_name = value.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        let kind = Kind::from_kind_name(&kind_name).ok_or_else(|| format!("unknown kind {kind_name:?}"))?;
+        let e = |e: serde_json::Error| format!("{kind_name}: {e}");
+        Ok(match kind {
+            Kind::Namespace => Object::Namespace(serde_json::from_value(value).map_err(e)?),
+            Kind::Node => Object::Node(serde_json::from_value(value).map_err(e)?),
+            Kind::Pod => Object::Pod(serde_json::from_value(value).map_err(e)?),
+            Kind::Deployment => Object::Deployment(serde_json::from_value(value).map_err(e)?),
+            Kind::Service => Object::Service(serde_json::from_value(value).map_err(e)?),
+            Kind::Endpoints => Object::Endpoints(serde_json::from_value(value).map_err(e)?),
+            Kind::Event => Object::Event(serde_json::from_value(value).map_err(e)?),
+        })
+    }
+
     /// Serializes to JSON (infallible for these plain types).
     pub fn to_json(&self) -> Vec<u8> {
         fn ser<T: Serialize>(v: &T) -> Vec<u8> {

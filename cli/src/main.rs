@@ -1,1 +1,37 @@
-fn main() {}
+//! `bramble`: parse the command line, find the master, run the command.
+
+mod args;
+mod client;
+mod cmd;
+mod config;
+mod manifests;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let conn = config::resolve(&cli.conn)?;
+    let client = client::Client::new(conn);
+    let ns = cli.namespace.as_deref();
+    match &cli.command {
+        Command::Apply(a) => cmd::apply::run(&client, ns, a),
+        Command::Get(a) => cmd::get::run(&client, ns, a),
+        Command::Describe(a) => cmd::describe::run(&client, ns, a),
+        Command::Delete(a) => cmd::delete::run(&client, ns, a),
+    }
+}

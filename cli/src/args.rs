@@ -1,0 +1,121 @@
+//! The `bramble` command line, in the spirit of kubectl.
+
+use std::path::PathBuf;
+
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+
+/// bramble: the command-line client of a Bramble cluster.
+#[derive(Debug, Parser)]
+#[command(name = "bramble", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Namespace for namespaced objects [default: from the manifest, else "default"]
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the master is and how to authenticate.
+#[derive(Debug, ClapArgs)]
+pub struct Connection {
+    /// Master URL, e.g. http://192.168.1.10:6443 [default: from the client config]
+    #[arg(long, global = true, env = "BRAMBLE_SERVER")]
+    pub server: Option<String>,
+    /// Bearer token [default: from the client config]
+    #[arg(long, global = true, env = "BRAMBLE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Client config file [default: ~/.bramble/config, then /var/lib/bramble/master/client.yaml]
+    #[arg(long, global = true, env = "BRAMBLE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update objects from manifests (YAML or JSON)
+    Apply(ApplyArgs),
+    /// List objects, or show some by name
+    Get(GetArgs),
+    /// Show an object in detail, with its events
+    Describe(DescribeArgs),
+    /// Delete objects by kind and name, or those in manifests
+    Delete(DeleteArgs),
+}
+
+/// `bramble apply`.
+#[derive(Debug, ClapArgs)]
+pub struct ApplyArgs {
+    /// Manifest file, directory (its .yaml, .yml and .json files) or - for standard input
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+    /// Descend into subdirectories of a directory
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+}
+
+/// Output formats of `get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A table with more columns
+    Wide,
+    Yaml,
+    Json,
+    /// kind/name
+    Name,
+}
+
+/// `bramble get`.
+#[derive(Debug, ClapArgs)]
+pub struct GetArgs {
+    /// Kind: pods (po), deployments (deploy), services (svc), nodes (no), namespaces (ns), endpoints (ep), events (ev)
+    pub kind: String,
+    /// Names of objects to show [default: all]
+    pub names: Vec<String>,
+    /// Across all namespaces
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Label selector, e.g. app=web,tier!=db
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Output format [default: a table]
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<Output>,
+    /// After listing, watch for changes
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// Omit the table header
+    #[arg(long)]
+    pub no_headers: bool,
+}
+
+/// `bramble describe`.
+#[derive(Debug, ClapArgs)]
+pub struct DescribeArgs {
+    /// Kind, as for get
+    pub kind: String,
+    /// Object name
+    pub name: String,
+}
+
+/// `bramble delete`.
+#[derive(Debug, ClapArgs)]
+pub struct DeleteArgs {
+    /// Kind, as for get (omit with -f)
+    pub kind: Option<String>,
+    /// Names of objects to delete
+    pub names: Vec<String>,
+    /// Delete the objects in these manifests
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<String>,
+    /// Seconds a pod gets to stop [default: the pod's terminationGracePeriodSeconds]
+    #[arg(long)]
+    pub grace_period: Option<i64>,
+    /// Remove at once without waiting for the node to confirm (grace period 0)
+    #[arg(long)]
+    pub force: bool,
+    /// Succeed when an object does not exist
+    #[arg(long)]
+    pub ignore_not_found: bool,
+}

@@ -1,0 +1,260 @@
+//! kubectl-style tables: the columns of each kind and aligned printing.
+
+use bramble_api::meta::ObjectMeta;
+use bramble_api::pod::Pod;
+use bramble_api::time::{human_age, parse_rfc3339};
+use bramble_api::{Kind, Object};
+
+/// Column headers of a kind.
+pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str> {
+    let mut h: Vec<&'static str> = match kind {
+        Kind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        Kind::Service => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+        Kind::Node => vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        Kind::Namespace => vec!["NAME", "STATUS", "AGE"],
+        Kind::Endpoints => vec!["NAME", "ENDPOINTS", "AGE"],
+        Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+    };
+    if wide {
+        h.extend(match kind {
+            Kind::Pod => vec!["IP", "NODE"],
+            Kind::Deployment => vec!["CONTAINERS", "IMAGES", "SELECTOR"],
+            Kind::Service => vec!["SELECTOR"],
+            Kind::Node => vec!["INTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "ARCH"],
+            _ => vec![],
+        });
+    }
+    if with_namespace && kind.namespaced() {
+        h.insert(0, "NAMESPACE");
+    }
+    h
+}
+
+fn age(meta: &ObjectMeta, now: i64) -> String {
+    meta.creation_timestamp
+        .as_deref()
+        .and_then(parse_rfc3339)
+        .map_or_else(|| "<unknown>".to_string(), |t| human_age(now - t))
+}
+
+fn or_none(s: String) -> String {
+    if s.is_empty() { "<none>".to_string() } else { s }
+}
+
+/// The STATUS column of a pod, as kubectl computes it.
+pub fn pod_status(p: &Pod) -> String {
+    if p.metadata.deletion_timestamp.is_some() {
+        return "Terminating".into();
+    }
+    let st = p.status.clone().unwrap_or_default();
+    let mut status = if st.reason.is_empty() { st.phase.clone() } else { st.reason.clone() };
+    for c in &st.container_statuses {
+        let Some(state) = &c.state else { continue };
+        if let Some(w) = state.waiting.as_ref().filter(|w| !w.reason.is_empty()) {
+            status = w.reason.clone();
+        } else if let Some(t) = state.terminated.as_ref() {
+            if !t.reason.is_empty() {
+                status = t.reason.clone();
+            } else {
+                status = format!("ExitCode:{}", t.exit_code);
+            }
+        }
+    }
+    if status.is_empty() { "Pending".into() } else { status }
+}
+
+/// One row of a kind's table.
+pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<String> {
+    let m = obj.meta();
+    let mut r: Vec<String> = match obj {
+        Object::Pod(p) => {
+            let st = p.status.clone().unwrap_or_default();
+            let ready = st.container_statuses.iter().filter(|c| c.ready).count();
+            let restarts: i32 = st.container_statuses.iter().map(|c| c.restart_count).sum();
+            let mut r = vec![
+                m.name.clone(),
+                format!("{ready}/{}", p.spec.containers.len()),
+                pod_status(p),
+                restarts.to_string(),
+                age(m, now),
+            ];
+            if wide {
+                r.push(or_none(st.pod_ip));
+                r.push(or_none(p.spec.node_name.clone()));
+            }
+            r
+        }
+        Object::Deployment(d) => {
+            let st = d.status.clone().unwrap_or_default();
+            let want = d.spec.replicas.unwrap_or(1);
+            let mut r = vec![
+                m.name.clone(),
+                format!("{}/{want}", st.ready_replicas),
+                st.updated_replicas.to_string(),
+                st.available_replicas.to_string(),
+                age(m, now),
+            ];
+            if wide {
+                let cs = &d.spec.template.spec.containers;
+                r.push(cs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(","));
+                r.push(cs.iter().map(|c| c.image.as_str()).collect::<Vec<_>>().join(","));
+                let sel: Vec<String> = d.spec.selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                r.push(or_none(sel.join(",")));
+            }
+            r
+        }
+        Object::Service(s) => {
+            let ports: Vec<String> = s
+                .spec
+                .ports
+                .iter()
+                .map(|p| {
+                    let proto = if p.protocol.is_empty() { "TCP" } else { &p.protocol };
+                    match p.node_port {
+                        Some(np) => format!("{}:{np}/{proto}", p.port),
+                        None => format!("{}/{proto}", p.port),
+                    }
+                })
+                .collect();
+            let type_ = if s.spec.type_.is_empty() { "ClusterIP".to_string() } else { s.spec.type_.clone() };
+            let external = if type_ == "LoadBalancer" { "<pending>" } else { "<none>" };
+            let mut r = vec![
+                m.name.clone(),
+                type_,
+                or_none(s.spec.cluster_ip.clone()),
+                external.to_string(),
+                or_none(ports.join(",")),
+                age(m, now),
+            ];
+            if wide {
+                let sel: Vec<String> = s.spec.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                r.push(or_none(sel.join(",")));
+            }
+            r
+        }
+        Object::Node(n) => {
+            let st = n.status.clone().unwrap_or_default();
+            let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
+            let mut status = match ready.map(|c| c.status.as_str()) {
+                Some("True") => "Ready".to_string(),
+                Some("False") => "NotReady".to_string(),
+                _ => "Unknown".to_string(),
+            };
+            if n.spec.unschedulable {
+                status.push_str(",SchedulingDisabled");
+            }
+            let roles: Vec<&str> =
+                m.labels.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).collect();
+            let info = st.node_info.clone().unwrap_or_default();
+            let mut r = vec![
+                m.name.clone(),
+                status,
+                or_none(roles.join(",")),
+                age(m, now),
+                or_none(info.kubelet_version.clone()),
+            ];
+            if wide {
+                let ip = st.addresses.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.clone());
+                r.push(or_none(ip.unwrap_or_default()));
+                r.push(or_none(info.os_image));
+                r.push(or_none(info.kernel_version));
+                r.push(or_none(info.architecture));
+            }
+            r
+        }
+        Object::Namespace(n) => {
+            let phase = n.status.as_ref().map(|s| s.phase.clone()).unwrap_or_default();
+            vec![m.name.clone(), or_none(phase), age(m, now)]
+        }
+        Object::Endpoints(e) => {
+            let mut eps = Vec::new();
+            for s in &e.subsets {
+                for a in &s.addresses {
+                    if s.ports.is_empty() {
+                        eps.push(a.ip.clone());
+                    }
+                    for p in &s.ports {
+                        eps.push(format!("{}:{}", a.ip, p.port));
+                    }
+                }
+            }
+            let shown = if eps.len() > 3 {
+                format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
+            } else {
+                eps.join(",")
+            };
+            vec![m.name.clone(), or_none(shown), age(m, now)]
+        }
+        Object::Event(ev) => {
+            let last = ev
+                .last_timestamp
+                .as_deref()
+                .or(ev.first_timestamp.as_deref())
+                .or(m.creation_timestamp.as_deref())
+                .and_then(parse_rfc3339)
+                .map_or_else(|| "<unknown>".into(), |t| human_age(now - t));
+            let o = &ev.involved_object;
+            vec![last, ev.type_.clone(), ev.reason.clone(), format!("{}/{}", o.kind.to_lowercase(), o.name), ev.message.clone()]
+        }
+    };
+    if with_namespace && obj.kind().namespaced() {
+        r.insert(0, m.namespace.clone());
+    }
+    r
+}
+
+/// Prints rows aligned in columns three spaces apart, as kubectl does.
+pub fn print(headers: Option<&[&str]>, rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.map(|h| h.iter().map(|s| s.len()).collect()).unwrap_or_default();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i >= widths.len() {
+                widths.push(0);
+            }
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let n = cells.len();
+        for (i, c) in cells.into_iter().enumerate() {
+            out.push_str(c);
+            if i + 1 < n {
+                out.push_str(&" ".repeat(widths[i] - c.chars().count() + 3));
+            }
+        }
+        out.push('\n');
+    };
+    if let Some(h) = headers {
+        line(h.to_vec());
+    }
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligns_columns() {
+        let rows = vec![vec!["web".to_string(), "1/1".to_string()], vec!["database".to_string(), "0/1".to_string()]];
+        let out = print(Some(&["NAME", "READY"]), &rows);
+        assert_eq!(out, "NAME       READY\nweb        1/1\ndatabase   0/1\n");
+    }
+
+    #[test]
+    fn pod_status_prefers_waiting_reason_and_terminating() {
+        let mut p = Pod::default();
+        assert_eq!(pod_status(&p), "Pending");
+        let v = serde_json::json!({"phase":"Running","containerStatuses":[{"name":"c","ready":false,"restartCount":3,
+            "state":{"waiting":{"reason":"CrashLoopBackOff"}}}]});
+        p.status = Some(serde_json::from_value(v).unwrap());
+        assert_eq!(pod_status(&p), "CrashLoopBackOff");
+        p.metadata.deletion_timestamp = Some("2026-01-01T00:00:00Z".into());
+        assert_eq!(pod_status(&p), "Terminating");
+    }
+}
