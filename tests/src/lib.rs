@@ -1,1 +1,287 @@
-//! placeholder
+//! Harness for Bramble's integration, end-to-end and benchmark code: it starts the real
+//! binaries (`bramble-master`, `bramble`) as child processes on loopback with temporary data
+//! directories, and offers a bounded `eventually` for waiting on conditions.
+//!
+//! The binaries come from the same target directory as the test executable; the README's
+//! test command builds them first (`cargo build --workspace`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// The path of a workspace binary built next to the running test or bench.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace` (or --release for benches)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `cond` every 20 ms until it is true or `timeout` passes; returns whether it became true.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `bramble-master` child process.
+pub struct MasterProcess {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub url: String,
+    pub token: String,
+}
+
+impl MasterProcess {
+    /// Starts a master on 127.0.0.1 port 0 with `data_dir`, and waits until it listens.
+    pub fn start(data_dir: &Path) -> Result<MasterProcess> {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// As [`start`](Self::start), with extra flags.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Result<MasterProcess> {
+        let mut child = Command::new(bin("bramble-master"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning bramble-master")?;
+        let stdout = child.stdout.take().context("master stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the master never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                bail!("bramble-master did not report its address (exit: {status:?})");
+            }
+        };
+        let url = line
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http://"))
+            .ok_or_else(|| anyhow!("unexpected first line from bramble-master: {line:?}"))?
+            .to_string();
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_string();
+        Ok(MasterProcess { child, data_dir: data_dir.to_path_buf(), url, token })
+    }
+
+    /// Sends a signal to the master.
+    pub fn signal(&self, sig: i32) {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// SIGKILLs the master (a power cut, as far as the process is concerned) and reaps it.
+    pub fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERMs the master and waits for it to exit; returns its exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs the real `bramble` CLI against this master.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_stdin(args, None)
+    }
+
+    /// Runs `bramble` with `stdin` as its standard input.
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(bin("bramble"));
+        cmd.args(["--server", &self.url, "--token", &self.token])
+            .args(args)
+            .env_remove("BRAMBLE_CONFIG")
+            .env_remove("BRAMBLE_SERVER")
+            .env_remove("BRAMBLE_TOKEN")
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn bramble");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            let mut si = child.stdin.take().expect("stdin");
+            si.write_all(input.as_bytes()).expect("write stdin");
+        }
+        child.wait_with_output().expect("bramble output")
+    }
+
+    /// An HTTP client for this master's API.
+    pub fn http(&self) -> Http {
+        Http::new(&self.url, &self.token)
+    }
+}
+
+impl Drop for MasterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP client for tests: answers (status, headers, body) and never treats a
+/// 4xx/5xx as a transport error.
+pub struct Http {
+    agent: ureq::Agent,
+    base: String,
+    token: String,
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The first header of that name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+impl Http {
+    /// A client for `base` (e.g. `http://127.0.0.1:1234`) with a bearer token.
+    pub fn new(base: &str, token: &str) -> Http {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Http { agent, base: base.to_string(), token: token.to_string() }
+    }
+
+    fn finish(r: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply> {
+        let resp = r.map_err(|e| anyhow!("request failed: {e}"))?;
+        let code = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = resp.into_body().with_config().limit(1 << 30).read_to_vec()?;
+        Ok(Reply { code, headers, body })
+    }
+
+    /// A request with any method, content type and body; `auth: false` omits the token.
+    pub fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8], auth: bool) -> Result<Reply> {
+        let mut req = ureq::http::Request::builder().method(method).uri(format!("{}{path}", self.base));
+        if auth {
+            req = req.header("Authorization", format!("Bearer {}", self.token));
+        }
+        if let Some(ct) = content_type {
+            req = req.header("Content-Type", ct);
+        }
+        let req = req.body(body.to_vec())?;
+        Self::finish(self.agent.run(req))
+    }
+
+    /// GET with the token.
+    pub fn get(&self, path: &str) -> Result<Reply> {
+        self.request("GET", path, None, b"", true)
+    }
+
+    /// POST JSON with the token.
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<Reply> {
+        self.request("POST", path, Some("application/json"), &serde_json::to_vec(body)?, true)
+    }
+
+    /// PUT JSON with the token.
+    pub fn put_json(&self, path: &str, body: &serde_json::Value) -> Result<Reply> {
+        self.request("PUT", path, Some("application/json"), &serde_json::to_vec(body)?, true)
+    }
+
+    /// Opens a watch stream and returns a line reader over it.
+    pub fn watch(&self, path: &str) -> Result<(u16, Box<dyn BufRead + Send>)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let resp = agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| anyhow!("watch failed: {e}"))?;
+        let code = resp.status().as_u16();
+        Ok((code, Box::new(BufReader::new(resp.into_body().into_reader()))))
+    }
+}
+
+/// A pod manifest (YAML) with one busybox container.
+pub fn pod_yaml(name: &str, namespace: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels: {{{labels}}}\nspec:\n  containers:\n  - name: main\n    image: busybox\n    command: [sleep, \"3600\"]\n"
+    )
+}
+
+/// A pod as a JSON value.
+pub fn pod_json(name: &str, namespace: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": "bench"}},
+        "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"],
+                 "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}}}]}
+    })
+}
+
+/// The stdout of a CLI run, or a panic with its stderr.
+pub fn ok_stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "bramble failed ({:?}): stdout {} stderr {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,377 @@
+//! The real `bramble-master` on 127.0.0.1:0 with a temporary data dir, driven by the real
+//! `bramble` CLI and by raw HTTP for what the CLI never sends (bad bodies, stale versions).
+
+use std::io::BufRead;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bramble_tests::{MasterProcess, bin, eventually, ok_stdout, pod_json, pod_yaml};
+
+const DEPLOYMENT_AND_SERVICE: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+  labels:
+    app: nginx
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.14.2
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: my-service
+spec:
+  type: NodePort
+  selector:
+    app: nginx
+  ports:
+    - protocol: TCP
+      port: 80
+      targetPort: 80
+      nodePort: 30080
+"#;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn apply_get_describe_delete_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(manifests.path().join("app.yaml"), DEPLOYMENT_AND_SERVICE).unwrap();
+    std::fs::write(
+        manifests.path().join("ns.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: edge}\n",
+    )
+    .unwrap();
+    std::fs::write(manifests.path().join("README.txt"), "not a manifest").unwrap();
+    let dir_arg = manifests.path().to_str().unwrap();
+
+    let out = ok_stdout(&m.cli(&["apply", "-f", dir_arg]));
+    assert_eq!(
+        out,
+        "namespace/edge created\ndeployment.apps/nginx-deployment created\nservice/my-service created\n"
+    );
+    let out = ok_stdout(&m.cli(&["apply", "-f", dir_arg]));
+    assert!(out.contains("deployment.apps/nginx-deployment unchanged"), "{out}");
+
+    // A changed manifest is "configured"; from standard input.
+    let changed = DEPLOYMENT_AND_SERVICE.replace("replicas: 3", "replicas: 5");
+    let out = ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&changed)));
+    assert!(out.contains("deployment.apps/nginx-deployment configured"), "{out}");
+    assert!(out.contains("service/my-service unchanged"), "{out}");
+
+    let table = ok_stdout(&m.cli(&["get", "deploy"]));
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(&row[..4], ["nginx-deployment", "0/5", "0", "0"]);
+
+    let svc = ok_stdout(&m.cli(&["get", "svc", "my-service"]));
+    assert!(svc.contains("NodePort") && svc.contains("80:30080/TCP"), "{svc}");
+
+    // Columns are aligned: every row's second column starts at the same offset.
+    let pods_in = |ns: &str, name: &str| pod_yaml(name, ns, "app: web");
+    let two = format!("{}---\n{}", pods_in("default", "a-pod"), pods_in("edge", "b-longer-pod-name"));
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&two)));
+    let all = ok_stdout(&m.cli(&["get", "pods", "-A"]));
+    let lines: Vec<&str> = all.lines().collect();
+    assert!(lines[0].starts_with("NAMESPACE   NAME"), "{all}");
+    let col = lines[0].find("READY").unwrap();
+    for l in &lines[1..] {
+        assert_eq!(&l[col..col + 3], "0/1", "misaligned table:\n{all}");
+    }
+    assert_eq!(lines.len(), 3);
+
+    // Output formats and selectors.
+    let json: serde_json::Value =
+        serde_json::from_str(&ok_stdout(&m.cli(&["get", "po", "a-pod", "-o", "json"]))).unwrap();
+    assert_eq!(json["metadata"]["name"], "a-pod");
+    assert_eq!(json["status"]["phase"], "Pending");
+    let yaml = ok_stdout(&m.cli(&["get", "po", "-n", "edge", "-o", "yaml"]));
+    assert!(yaml.contains("name: b-longer-pod-name"), "{yaml}");
+    let names = ok_stdout(&m.cli(&["get", "pods", "-A", "-l", "app=web", "-o", "name"]));
+    assert_eq!(names, "pod/a-pod\npod/b-longer-pod-name\n");
+    let none = m.cli(&["get", "pods", "-l", "app=nothing"]);
+    assert!(stderr(&none).contains("No resources found in default namespace."));
+
+    let describe = ok_stdout(&m.cli(&["describe", "deploy", "nginx-deployment"]));
+    assert!(describe.contains("Name:              nginx-deployment"), "{describe}");
+    assert!(describe.contains("replicas: 5"), "{describe}");
+
+    // Delete by name and by file.
+    let out = ok_stdout(&m.cli(&["delete", "pod", "a-pod"]));
+    assert_eq!(out, "pod \"a-pod\" deleted\n");
+    let missing = m.cli(&["get", "pod", "a-pod"]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("pods \"a-pod\" not found"));
+    let app = manifests.path().join("app.yaml");
+    let out = ok_stdout(&m.cli(&["delete", "-f", app.to_str().unwrap()]));
+    assert!(out.contains("deployment \"nginx-deployment\" deleted"), "{out}");
+    let gone = m.cli(&["delete", "svc", "my-service"]);
+    assert!(!gone.status.success());
+    assert!(ok_stdout(&m.cli(&["delete", "svc", "my-service", "--ignore-not-found"])).is_empty());
+    // Deleting a namespace takes its objects with it.
+    ok_stdout(&m.cli(&["delete", "ns", "edge"]));
+    let json: serde_json::Value =
+        serde_json::from_str(&ok_stdout(&m.cli(&["get", "pods", "-A", "-o", "json"]))).unwrap();
+    assert_eq!(json["items"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn invalid_manifests_apply_nothing_and_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let text = format!(
+        "{}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: bad}}\nspec:\n  replicas: -1\n  selector: {{matchLabels: {{app: a}}}}\n  template:\n    metadata: {{labels: {{app: a}}}}\n    spec:\n      containers: [{{name: c, image: i}}]\n",
+        pod_yaml("good", "default", "")
+    );
+    let out = m.cli_with_stdin(&["apply", "-f", "-"], Some(&text));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("deployment \"bad\": spec.replicas: must be >= 0, got -1"), "{err}");
+    assert!(err.contains("nothing was applied"), "{err}");
+    assert!(!m.cli(&["get", "pod", "good"]).status.success(), "the valid pod must not be applied");
+
+    // Unknown but harmless fields are applied with a warning naming the path.
+    let warn = pod_yaml("warned", "default", "").replace("    image: busybox\n", "    image: busybox\n    tty: true\n");
+    let out = m.cli_with_stdin(&["apply", "-f", "-"], Some(&warn));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown field \"spec.containers[0].tty\" ignored"), "{}", stderr(&out));
+
+    let out = m.cli(&["get", "gizmos"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unknown kind \"gizmos\""));
+}
+
+#[test]
+fn get_watch_prints_new_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let mut child = Command::new(bin("bramble"))
+        .args(["--server", &m.url, "--token", &m.token, "get", "pods", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Give the watch a moment to be established, then create until it is seen.
+    let mut seen = false;
+    for i in 0..50 {
+        ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&pod_yaml(&format!("w{i}"), "default", ""))));
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            assert!(line.starts_with('w'), "unexpected watch line {line:?}");
+            seen = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen, "bramble get -w printed nothing");
+}
+
+#[test]
+fn http_errors_are_statuses_with_the_right_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start_with(dir.path(), &["--watch-change-log", "4"]).unwrap();
+    let h = m.http();
+    let pods = "/api/v1/namespaces/default/pods";
+
+    let r = h.request("GET", pods, None, b"", false).unwrap();
+    assert_eq!(r.code, 401);
+    assert_eq!(r.json()["kind"], "Status");
+    let r = h.request("GET", pods, None, b"", true).unwrap();
+    assert_eq!(r.code, 200);
+    assert_eq!(r.json()["kind"], "PodList");
+
+    let r = h.request("POST", pods, Some("application/json"), b"{not json", true).unwrap();
+    assert_eq!(r.code, 400, "{:?}", String::from_utf8_lossy(&r.body));
+    let r = h.request("POST", pods, Some("text/plain"), b"{}", true).unwrap();
+    assert_eq!(r.code, 415);
+    let r = h.request("POST", pods, None, b"{}", true).unwrap();
+    assert_eq!(r.code, 415);
+    let big = vec![b' '; 2 << 20];
+    let r = h.request("POST", pods, Some("application/json"), &big, true).unwrap();
+    assert_eq!(r.code, 413);
+    let r = h.request("POST", pods, Some("application/yaml"), b"kind: [", true).unwrap();
+    assert_eq!(r.code, 400);
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    for ct in ["application/json", "application/yaml"] {
+        let r = h.request("POST", pods, Some(ct), &garbage, true).unwrap();
+        assert!((400..500).contains(&r.code), "{ct}: {}", r.code);
+    }
+    let r = h.request("PATCH", &format!("{pods}/x"), Some("application/merge-patch+json"), b"{}", true).unwrap();
+    assert_eq!(r.code, 415);
+    let r = h.get("/api/v1/widgets").unwrap();
+    assert_eq!(r.code, 404);
+    let r = h.get("/api/v1/namespaces/default/pods?labelSelector=a%20b%20c").unwrap();
+    assert_eq!(r.code, 400);
+
+    // 422 with the field named in the causes.
+    let mut bad = pod_json("bad", "default");
+    bad["spec"]["containers"][0]["image"] = serde_json::json!("");
+    let r = h.post_json(pods, &bad).unwrap();
+    assert_eq!(r.code, 422);
+    assert_eq!(r.json()["details"]["causes"][0]["field"], "spec.containers[0].image");
+
+    // Kind and namespace must match the URL.
+    let r = h.post_json("/api/v1/namespaces/kube-system/pods", &pod_json("p", "default")).unwrap();
+    assert_eq!(r.code, 400);
+    let r = h.post_json("/api/v1/namespaces/default/services", &pod_json("p", "default")).unwrap();
+    assert_eq!(r.code, 400);
+    let r = h.post_json("/api/v1/namespaces/nowhere/pods", &pod_json("p", "nowhere")).unwrap();
+    assert_eq!(r.code, 404);
+
+    // 201, then 409 for a duplicate and for a stale resourceVersion.
+    let r = h.post_json(pods, &pod_json("p", "default")).unwrap();
+    assert_eq!(r.code, 201);
+    let created = r.json();
+    assert_eq!(h.post_json(pods, &pod_json("p", "default")).unwrap().code, 409);
+    let mut first = created.clone();
+    first["metadata"]["labels"]["v"] = serde_json::json!("1");
+    assert_eq!(h.put_json(&format!("{pods}/p"), &first).unwrap().code, 200);
+    let mut stale = created.clone();
+    stale["metadata"]["labels"]["v"] = serde_json::json!("2");
+    let r = h.put_json(&format!("{pods}/p"), &stale).unwrap();
+    assert_eq!(r.code, 409);
+    assert_eq!(r.json()["reason"], "Conflict");
+    let r = h.request("DELETE", &format!("{pods}/p"), Some("application/json"), b"{\"gracePeriodSeconds\": \"soon\"}", true).unwrap();
+    assert_eq!(r.code, 400);
+
+    // 410 for a compacted watch revision (the change log holds 4 changes here).
+    for i in 0..8 {
+        assert_eq!(h.post_json(pods, &pod_json(&format!("c{i}"), "default")).unwrap().code, 201);
+    }
+    let (code, _) = h.watch(&format!("{pods}?watch=true&resourceVersion=1")).unwrap();
+    assert_eq!(code, 410);
+
+    // Still healthy after all of that.
+    assert_eq!(h.request("GET", "/healthz", None, b"", false).unwrap().code, 200);
+    assert_eq!(h.request("GET", "/readyz", None, b"", false).unwrap().code, 200);
+}
+
+#[test]
+fn watch_streams_one_json_event_per_line_from_a_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let h = m.http();
+    let pods = "/api/v1/namespaces/default/pods";
+    let list = h.get(pods).unwrap().json();
+    let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let (code, mut reader) = h.watch(&format!("{pods}?watch=true&resourceVersion={rv}&labelSelector=app%3Dbench")).unwrap();
+    assert_eq!(code, 200);
+    h.post_json(pods, &pod_json("one", "default")).unwrap();
+    let mut other = pod_json("other", "default");
+    other["metadata"]["labels"]["app"] = serde_json::json!("x");
+    h.post_json(pods, &other).unwrap();
+    let r = h.request("DELETE", &format!("{pods}/one"), None, b"", true).unwrap();
+    assert_eq!(r.code, 200);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(ev["type"], "ADDED");
+    assert_eq!(ev["object"]["metadata"]["name"], "one");
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(ev["type"], "DELETED", "the unmatched pod must be filtered out");
+    assert_eq!(ev["object"]["metadata"]["name"], "one");
+}
+
+#[test]
+fn metrics_count_requests_and_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let h = m.http();
+    h.post_json("/api/v1/namespaces/default/pods", &pod_json("p", "default")).unwrap();
+    h.get("/api/v1/namespaces/default/pods/missing").unwrap();
+    assert_eq!(h.request("GET", "/metrics", None, b"", false).unwrap().code, 401);
+    let text = String::from_utf8(h.get("/metrics").unwrap().body).unwrap();
+    for want in [
+        "bramble_apiserver_request_total{verb=\"create\",resource=\"pods\",code=\"201\"} 1",
+        "bramble_apiserver_request_total{verb=\"get\",resource=\"pods\",code=\"404\"} 1",
+        "bramble_apiserver_request_duration_seconds_count{verb=\"create\"} 1",
+        "bramble_store_objects{kind=\"Pod\"} 1",
+        "bramble_store_objects{kind=\"Namespace\"} 2",
+        "bramble_store_revision 3",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn invalid_configuration_exits_64_before_writing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| {
+        Command::new(bin("bramble-master")).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).output().unwrap()
+    };
+    let out = run(&["--data-dir", data.to_str().unwrap(), "--listen", "not-an-address"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("--listen"));
+    assert!(!data.exists(), "nothing may be written for an invalid config");
+    let cfg = dir.path().join("master.yaml");
+    std::fs::write(&cfg, "listen: 127.0.0.1:0\nlistenn: 1\n").unwrap();
+    let out = run(&["--data-dir", data.to_str().unwrap(), "-c", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("listenn"), "{}", stderr(&out));
+    assert!(!data.exists());
+}
+
+#[test]
+fn restart_keeps_objects_and_credentials_and_sigterm_is_graceful() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let token = m.token.clone();
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&pod_yaml("kept", "default", ""))));
+    for f in ["admin.token", "client.yaml"] {
+        let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f} must be private");
+    }
+    let client = std::fs::read_to_string(dir.path().join("client.yaml")).unwrap();
+    assert!(client.contains(&format!("server: {}", m.url)) && client.contains(&token));
+    // An open watch must not hold up a graceful shutdown.
+    let (_code, _reader) = m.http().watch("/api/v1/pods?watch=true").unwrap();
+    assert_eq!(m.terminate(), Some(0));
+
+    let m = MasterProcess::start(dir.path()).unwrap();
+    assert_eq!(m.token, token, "the admin token survives a restart");
+    let out = ok_stdout(&m.cli(&["get", "pod", "kept", "-o", "name"]));
+    assert_eq!(out, "pod/kept\n");
+    // The CLI finds the master through the client config alone.
+    let out = Command::new(bin("bramble"))
+        .args(["get", "pods", "-o", "name"])
+        .env("BRAMBLE_CONFIG", dir.path().join("client.yaml"))
+        .env_remove("BRAMBLE_SERVER")
+        .env_remove("BRAMBLE_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(ok_stdout(&out), "pod/kept\n");
+    assert!(eventually(Duration::from_secs(5), || m.http().get("/readyz").map(|r| r.code == 200).unwrap_or(false)));
+}
