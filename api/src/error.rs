@@ -13,7 +13,10 @@ pub struct FieldError {
 impl FieldError {
     /// A field error at `path`.
     pub fn new(path: &str, message: impl Into<String>) -> Self {
-        FieldError { path: path.to_string(), message: message.into() }
+        FieldError {
+            path: path.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -38,7 +41,10 @@ pub struct Invalid {
 impl Invalid {
     /// An error with one reason.
     pub fn single(what: &str, path: &str, message: impl Into<String>) -> Self {
-        Invalid { what: what.to_string(), errors: vec![FieldError::new(path, message)] }
+        Invalid {
+            what: what.to_string(),
+            errors: vec![FieldError::new(path, message)],
+        }
     }
 }
 

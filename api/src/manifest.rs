@@ -56,7 +56,10 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, Invalid> {
         return Err(Invalid::single(
             "manifest",
             "",
-            format!("is {} bytes, more than the limit of {MAX_MANIFEST_BYTES}", text.len()),
+            format!(
+                "is {} bytes, more than the limit of {MAX_MANIFEST_BYTES}",
+                text.len()
+            ),
         ));
     }
     let mut docs = Vec::new();
@@ -71,7 +74,11 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, Invalid> {
     } else {
         for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
             let v = Value::deserialize(doc).map_err(|e| {
-                Invalid::single(&format!("document {}", i + 1), "", format!("invalid YAML: {e}"))
+                Invalid::single(
+                    &format!("document {}", i + 1),
+                    "",
+                    format!("invalid YAML: {e}"),
+                )
             })?;
             if !v.is_null() {
                 docs.push(v);
@@ -80,11 +87,11 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, Invalid> {
     }
     let mut out = Vec::with_capacity(docs.len());
     for d in docs {
-        if d.get("kind").and_then(Value::as_str) == Some("List") {
-            if let Some(Value::Array(items)) = d.get("items") {
-                out.extend(items.iter().cloned());
-                continue;
-            }
+        if d.get("kind").and_then(Value::as_str) == Some("List")
+            && let Some(Value::Array(items)) = d.get("items")
+        {
+            out.extend(items.iter().cloned());
+            continue;
         }
         out.push(d);
     }
@@ -116,7 +123,10 @@ pub fn decode(value: Value) -> Result<Decoded, Invalid> {
         return Err(Invalid::single(
             "object",
             "",
-            format!("expected a mapping with apiVersion and kind, got {}", type_name(&value)),
+            format!(
+                "expected a mapping with apiVersion and kind, got {}",
+                type_name(&value)
+            ),
         ));
     };
     let api_version = map.get("apiVersion");
@@ -145,7 +155,10 @@ pub fn decode(value: Value) -> Result<Decoded, Invalid> {
             }
         },
         Some(other) => {
-            errors.push(FieldError::new("kind", format!("expected a string, got {}", type_name(other))));
+            errors.push(FieldError::new(
+                "kind",
+                format!("expected a string, got {}", type_name(other)),
+            ));
             None
         }
     };
@@ -162,8 +175,10 @@ pub fn decode(value: Value) -> Result<Decoded, Invalid> {
             format!("{} is served as {:?}, got {v:?}", k.name(), k.api_version()),
         )),
         (Some(Value::String(_)), _) => {}
-        (Some(other), _) => errors
-            .push(FieldError::new("apiVersion", format!("expected a string, got {}", type_name(other)))),
+        (Some(other), _) => errors.push(FieldError::new(
+            "apiVersion",
+            format!("expected a string, got {}", type_name(other)),
+        )),
     }
     let Some(kind) = kind else {
         return Err(Invalid { what, errors });
@@ -173,7 +188,12 @@ pub fn decode(value: Value) -> Result<Decoded, Invalid> {
     }
     let (object, unknown) = match typed(kind, value) {
         Ok(v) => v,
-        Err(e) => return Err(Invalid { what, errors: vec![e] }),
+        Err(e) => {
+            return Err(Invalid {
+                what,
+                errors: vec![e],
+            });
+        }
     };
     let mut warnings = Vec::new();
     for path in unknown {
@@ -247,11 +267,15 @@ fn ignored_path(p: &serde_ignored::Path) -> String {
         Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
         Path::Map { parent, key } => {
             let head = ignored_path(parent);
-            if head.is_empty() { key.clone() } else { format!("{head}.{key}") }
+            if head.is_empty() {
+                key.clone()
+            } else {
+                format!("{head}.{key}")
+            }
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            ignored_path(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
     }
 }
 
@@ -260,11 +284,19 @@ fn classify_unknown(path: &str) -> Option<String> {
     let last = path.rsplit('.').next().unwrap_or(path);
     let last_name = last.split('[').next().unwrap_or(last);
     if BEHAVIOURAL_FIELDS.contains(&last_name) {
-        return Some("not supported by Bramble, and ignoring it would change how the workload runs".into());
+        return Some(
+            "not supported by Bramble, and ignoring it would change how the workload runs".into(),
+        );
     }
     // `spec.volumes[0].configMap`: a volume source Bramble cannot provide.
     let parent = &path[..path.len() - last.len()];
-    if parent.ends_with("].") && parent.trim_end_matches('.').rsplit('.').next().is_some_and(|p| p.starts_with("volumes[")) {
+    if parent.ends_with("].")
+        && parent
+            .trim_end_matches('.')
+            .rsplit('.')
+            .next()
+            .is_some_and(|p| p.starts_with("volumes["))
+    {
         return Some(format!(
             "volume source {last_name:?} is not supported by Bramble (emptyDir and hostPath are)"
         ));
@@ -304,6 +336,9 @@ mod tests {
         )
         .unwrap();
         let d = decode(docs.into_iter().next().unwrap()).unwrap();
-        assert_eq!(d.warnings, vec!["unknown field \"spec.containers[0].tty\" ignored".to_string()]);
+        assert_eq!(
+            d.warnings,
+            vec!["unknown field \"spec.containers[0].tty\" ignored".to_string()]
+        );
     }
 }

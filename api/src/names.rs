@@ -7,7 +7,10 @@ pub fn dns1123_label(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if s.len() > 63 {
-        return Err(format!("must be no more than 63 characters, got {}", s.len()));
+        return Err(format!(
+            "must be no more than 63 characters, got {}",
+            s.len()
+        ));
     }
     if !label_chars_ok(s) {
         return Err(format!(
@@ -41,7 +44,10 @@ pub fn dns1123_subdomain(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if s.len() > 253 {
-        return Err(format!("must be no more than 253 characters, got {}", s.len()));
+        return Err(format!(
+            "must be no more than 253 characters, got {}",
+            s.len()
+        ));
     }
     if !s.split('.').all(label_chars_ok) {
         return Err(format!(
@@ -58,7 +64,8 @@ fn qualified_name_ok(s: &str) -> bool {
         && b.len() <= 63
         && alnum(b[0])
         && alnum(b[b.len() - 1])
-        && b.iter().all(|&c| alnum(c) || c == b'-' || c == b'_' || c == b'.')
+        && b.iter()
+            .all(|&c| alnum(c) || c == b'-' || c == b'_' || c == b'.')
 }
 
 /// Checks a label or annotation key: an optional DNS subdomain prefix and '/', then a name of
@@ -94,7 +101,9 @@ pub fn label_value(s: &str) -> Result<(), String> {
 /// lowercase alphanumerics and '-', at least one letter, no '--', no '-' at either end.
 pub fn port_name(s: &str) -> Result<(), String> {
     if s.len() > 15 {
-        return Err(format!("port name {s:?} must be no more than 15 characters"));
+        return Err(format!(
+            "port name {s:?} must be no more than 15 characters"
+        ));
     }
     let ok = label_chars_ok(s) && !s.contains("--") && s.bytes().any(|c| c.is_ascii_lowercase());
     if !ok {

@@ -127,7 +127,11 @@ impl Kind {
         let t = text.to_ascii_lowercase();
         let t = t.split_once('.').map_or(t.as_str(), |(r, g)| {
             // `deployment.apps` names the group; accept it only for the right group.
-            if Kind::ALL.iter().any(|k| k.group() == g) { r } else { "" }
+            if Kind::ALL.iter().any(|k| k.group() == g) {
+                r
+            } else {
+                ""
+            }
         });
         Kind::ALL
             .into_iter()
@@ -136,7 +140,9 @@ impl Kind {
 
     /// The kind served at `/api/v1/<plural>` or `/apis/<group>/v1/<plural>`.
     pub fn from_path(group: &str, plural: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.group() == group && k.plural() == plural)
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.group() == group && k.plural() == plural)
     }
 
     /// The API path of a collection or of one object.
@@ -166,6 +172,9 @@ impl fmt::Display for Kind {
 }
 
 /// One object of any kind.
+// Objects are built once per request and moved, not copied in bulk; boxing every variant
+// would add an allocation to each for no measurable gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(Namespace),
@@ -227,8 +236,13 @@ impl Object {
     /// Reads a stored or served object (trusted JSON) without validating it; the kind comes
     /// from its `kind` field.
     pub fn from_value(value: serde_json::Value) -> Result<Object, String> {
-        let kind_name = value.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
-        let kind = Kind::from_kind_name(&kind_name).ok_or_else(|| format!("unknown kind {kind_name:?}"))?;
+        let kind_name = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
+        let kind = Kind::from_kind_name(&kind_name)
+            .ok_or_else(|| format!("unknown kind {kind_name:?}"))?;
         let e = |e: serde_json::Error| format!("{kind_name}: {e}");
         Ok(match kind {
             Kind::Namespace => Object::Namespace(serde_json::from_value(value).map_err(e)?),
@@ -275,7 +289,11 @@ impl Object {
     pub fn has_status(&self) -> bool {
         matches!(
             self,
-            Object::Namespace(_) | Object::Node(_) | Object::Pod(_) | Object::Deployment(_) | Object::Service(_)
+            Object::Namespace(_)
+                | Object::Node(_)
+                | Object::Pod(_)
+                | Object::Deployment(_)
+                | Object::Service(_)
         )
     }
 
@@ -324,11 +342,23 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(Kind::Pod.path(Some("default"), Some("web")), "/api/v1/namespaces/default/pods/web");
+        assert_eq!(
+            Kind::Pod.path(Some("default"), Some("web")),
+            "/api/v1/namespaces/default/pods/web"
+        );
         assert_eq!(Kind::Pod.path(None, None), "/api/v1/pods");
-        assert_eq!(Kind::Node.path(Some("ignored"), Some("pi1")), "/api/v1/nodes/pi1");
-        assert_eq!(Kind::Deployment.path(Some("a"), None), "/apis/apps/v1/namespaces/a/deployments");
-        assert_eq!(Kind::from_path("apps", "deployments"), Some(Kind::Deployment));
+        assert_eq!(
+            Kind::Node.path(Some("ignored"), Some("pi1")),
+            "/api/v1/nodes/pi1"
+        );
+        assert_eq!(
+            Kind::Deployment.path(Some("a"), None),
+            "/apis/apps/v1/namespaces/a/deployments"
+        );
+        assert_eq!(
+            Kind::from_path("apps", "deployments"),
+            Some(Kind::Deployment)
+        );
         assert_eq!(Kind::from_path("", "deployments"), None);
     }
 }

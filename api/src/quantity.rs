@@ -29,9 +29,13 @@ impl Eq for Quantity {}
 pub enum QuantityError {
     #[error("quantity is empty")]
     Empty,
-    #[error("{0:?} is not a quantity: expected a number with an optional suffix (m, k, M, G, Ki, Mi, Gi, ...)")]
+    #[error(
+        "{0:?} is not a quantity: expected a number with an optional suffix (m, k, M, G, Ki, Mi, Gi, ...)"
+    )]
     Syntax(String),
-    #[error("{0:?} has an unknown suffix {1:?} (use n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei)")]
+    #[error(
+        "{0:?} has an unknown suffix {1:?} (use n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei)"
+    )]
     Suffix(String, String),
     #[error("{0:?} is too large")]
     Overflow(String),
@@ -65,7 +69,11 @@ impl Quantity {
         if digits.len() > 30 {
             return Err(QuantityError::Overflow(text.to_string()));
         }
-        let mantissa: i128 = if digits.is_empty() { 0 } else { digits.parse().map_err(|_| syntax())? };
+        let mantissa: i128 = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().map_err(|_| syntax())?
+        };
         let mut scale10: i32 = -(frac_part.len() as i32);
         let mut binary_shift: u32 = 0;
         match suffix {
@@ -97,7 +105,9 @@ impl Quantity {
         let overflow = || QuantityError::Overflow(text.to_string());
         // value = mantissa * 10^scale10 * 2^shift, in nanos: multiply by 1e9 first.
         let mut nanos = mantissa.checked_mul(NANOS).ok_or_else(overflow)?;
-        nanos = nanos.checked_mul(1i128 << binary_shift).ok_or_else(overflow)?;
+        nanos = nanos
+            .checked_mul(1i128 << binary_shift)
+            .ok_or_else(overflow)?;
         if scale10 >= 0 {
             let factor = 10i128.checked_pow(scale10 as u32).ok_or_else(overflow)?;
             nanos = nanos.checked_mul(factor).ok_or_else(overflow)?;
@@ -109,7 +119,10 @@ impl Quantity {
         if nanos > i128::MAX / 1024 {
             return Err(overflow());
         }
-        Ok(Quantity { text: s.to_string(), nanos: if negative { -nanos } else { nanos } })
+        Ok(Quantity {
+            text: s.to_string(),
+            nanos: if negative { -nanos } else { nanos },
+        })
     }
 
     /// The value in nano-units (10^-9).
@@ -119,7 +132,8 @@ impl Quantity {
 
     /// The value in milli-units, rounded up (the unit of CPU requests).
     pub fn millis(&self) -> i64 {
-        let v = self.nanos.div_euclid(1_000_000) + i128::from(self.nanos.rem_euclid(1_000_000) != 0);
+        let v =
+            self.nanos.div_euclid(1_000_000) + i128::from(self.nanos.rem_euclid(1_000_000) != 0);
         v.clamp(i64::MIN as i128, i64::MAX as i128) as i64
     }
 
@@ -141,13 +155,23 @@ impl Quantity {
 
     /// A quantity of whole units, e.g. a byte count.
     pub fn from_value(v: i64) -> Self {
-        Quantity { text: v.to_string(), nanos: i128::from(v) * NANOS }
+        Quantity {
+            text: v.to_string(),
+            nanos: i128::from(v) * NANOS,
+        }
     }
 
     /// A quantity of milli-units, e.g. CPU; written as `500m` or `2`.
     pub fn from_millis(m: i64) -> Self {
-        let text = if m % 1000 == 0 { (m / 1000).to_string() } else { format!("{m}m") };
-        Quantity { text, nanos: i128::from(m) * 1_000_000 }
+        let text = if m % 1000 == 0 {
+            (m / 1000).to_string()
+        } else {
+            format!("{m}m")
+        };
+        Quantity {
+            text,
+            nanos: i128::from(m) * 1_000_000,
+        }
     }
 }
 
@@ -237,7 +261,9 @@ mod tests {
 
     #[test]
     fn refuses_bad_text() {
-        for bad in ["", "abc", "1.2.3", "12XB", "1Qi", ".", "--1", "1e", "1e99", "m"] {
+        for bad in [
+            "", "abc", "1.2.3", "12XB", "1Qi", ".", "--1", "1e", "1e99", "m",
+        ] {
             assert!(Quantity::parse(bad).is_err(), "{bad:?} should fail");
         }
         assert!(matches!(Quantity::parse("5Xi"), Err(QuantityError::Suffix(_, s)) if s == "Xi"));

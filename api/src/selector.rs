@@ -95,23 +95,39 @@ impl Selector {
             let req = match expr.operator.as_str() {
                 "In" | "NotIn" => {
                     if values.is_empty() {
-                        return Err((format!("{p}.values"), "must be non-empty for In and NotIn".into()));
+                        return Err((
+                            format!("{p}.values"),
+                            "must be non-empty for In and NotIn".into(),
+                        ));
                     }
                     for v in &values {
                         names::label_value(v).map_err(|e| (format!("{p}.values"), e))?;
                     }
-                    if expr.operator == "In" { Requirement::In(key, values) } else { Requirement::NotIn(key, values) }
+                    if expr.operator == "In" {
+                        Requirement::In(key, values)
+                    } else {
+                        Requirement::NotIn(key, values)
+                    }
                 }
                 "Exists" | "DoesNotExist" => {
                     if !values.is_empty() {
-                        return Err((format!("{p}.values"), "must be empty for Exists and DoesNotExist".into()));
+                        return Err((
+                            format!("{p}.values"),
+                            "must be empty for Exists and DoesNotExist".into(),
+                        ));
                     }
-                    if expr.operator == "Exists" { Requirement::Exists(key) } else { Requirement::DoesNotExist(key) }
+                    if expr.operator == "Exists" {
+                        Requirement::Exists(key)
+                    } else {
+                        Requirement::DoesNotExist(key)
+                    }
                 }
                 other => {
                     return Err((
                         format!("{p}.operator"),
-                        format!("unsupported operator {other:?}: must be In, NotIn, Exists or DoesNotExist"),
+                        format!(
+                            "unsupported operator {other:?}: must be In, NotIn, Exists or DoesNotExist"
+                        ),
                     ));
                 }
             };
@@ -123,7 +139,10 @@ impl Selector {
     /// A selector of `key=value` pairs, as a Service's `spec.selector`.
     pub fn from_map(map: &BTreeMap<String, String>) -> Self {
         Selector {
-            requirements: map.iter().map(|(k, v)| Requirement::Equals(k.clone(), v.clone())).collect(),
+            requirements: map
+                .iter()
+                .map(|(k, v)| Requirement::Equals(k.clone(), v.clone()))
+                .collect(),
         }
     }
 }
@@ -177,7 +196,10 @@ fn parse_requirement(s: &str) -> Result<(Requirement, &str), String> {
         Ok((v.to_string(), skipped + v.len()))
     };
     for (op, ctor) in [
-        ("==", Requirement::Equals as fn(String, String) -> Requirement),
+        (
+            "==",
+            Requirement::Equals as fn(String, String) -> Requirement,
+        ),
         ("!=", Requirement::NotEquals),
         ("=", Requirement::Equals),
     ] {
@@ -195,14 +217,20 @@ fn parse_requirement(s: &str) -> Result<(Requirement, &str), String> {
             let inner = rest
                 .strip_prefix('(')
                 .ok_or_else(|| format!("expected '(' after {word:?} for key {key:?}"))?;
-            let close = inner.find(')').ok_or_else(|| format!("missing ')' for key {key:?}"))?;
+            let close = inner
+                .find(')')
+                .ok_or_else(|| format!("missing ')' for key {key:?}"))?;
             let mut values = Vec::new();
             for v in inner[..close].split(',') {
                 let v = v.trim();
                 names::label_value(v)?;
                 values.push(v.to_string());
             }
-            let req = if negate { Requirement::NotIn(key, values) } else { Requirement::In(key, values) };
+            let req = if negate {
+                Requirement::NotIn(key, values)
+            } else {
+                Requirement::In(key, values)
+            };
             return Ok((req, &inner[close + 1..]));
         }
     }
@@ -218,12 +246,17 @@ mod tests {
     use crate::meta::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn parses_every_operator() {
-        let s = Selector::parse("app=web, tier!=db,env in (prod, staging),zone notin (z1),gpu,!legacy").unwrap();
+        let s =
+            Selector::parse("app=web, tier!=db,env in (prod, staging),zone notin (z1),gpu,!legacy")
+                .unwrap();
         assert_eq!(s.requirements.len(), 6);
         let good = labels(&[("app", "web"), ("tier", "fe"), ("env", "prod"), ("gpu", "")]);
         assert!(s.matches(&good));
@@ -236,7 +269,11 @@ mod tests {
         let mut bad = good;
         bad.insert("zone".into(), "z1".into());
         assert!(!s.matches(&bad));
-        assert!(Selector::parse("app==web").unwrap().matches(&labels(&[("app", "web")])));
+        assert!(
+            Selector::parse("app==web")
+                .unwrap()
+                .matches(&labels(&[("app", "web")]))
+        );
     }
 
     #[test]
@@ -254,7 +291,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["app=", "=web", "app=web,", "app in a", "app in (a", "app web", "Bad Key=1", "a=-x"] {
+        for bad in [
+            "app=",
+            "=web",
+            "app=web,",
+            "app in a",
+            "app in (a",
+            "app web",
+            "Bad Key=1",
+            "a=-x",
+        ] {
             let r = Selector::parse(bad);
             // `app=` selects the empty value, which is a legal label value.
             if bad == "app=" {

@@ -64,7 +64,10 @@ impl Status {
             causes: invalid
                 .errors
                 .iter()
-                .map(|e| StatusCause { field: e.path.clone(), message: e.message.clone() })
+                .map(|e| StatusCause {
+                    field: e.path.clone(),
+                    message: e.message.clone(),
+                })
                 .collect(),
         });
         s

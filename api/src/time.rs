@@ -22,7 +22,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let t = s.get(r)?;
-        if t.bytes().all(|c| c.is_ascii_digit()) { t.parse().ok() } else { None }
+        if t.bytes().all(|c| c.is_ascii_digit()) {
+            t.parse().ok()
+        } else {
+            None
+        }
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -66,7 +70,15 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 /// A short human age like kubectl's AGE column: `45s`, `12m`, `3h`, `5d`, `2y`.
@@ -93,7 +105,10 @@ mod tests {
         for t in [0, 951_782_400, 1_795_791_845, 4_102_444_800, -86_400] {
             assert_eq!(parse_rfc3339(&format_rfc3339(t)), Some(t));
         }
-        assert_eq!(parse_rfc3339("2026-11-27T16:04:05.123+01:00"), Some(1_795_791_845));
+        assert_eq!(
+            parse_rfc3339("2026-11-27T16:04:05.123+01:00"),
+            Some(1_795_791_845)
+        );
         assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
     }

@@ -59,7 +59,10 @@ fn validate_meta(v: &mut Errors, kind: Kind, m: &ObjectMeta) {
     };
     if m.name.is_empty() {
         if m.generate_name.is_empty() {
-            v.push("metadata.name", "Required value: name or generateName is required");
+            v.push(
+                "metadata.name",
+                "Required value: name or generateName is required",
+            );
         }
     } else {
         v.check("metadata.name", name_rule(&m.name));
@@ -68,7 +71,10 @@ fn validate_meta(v: &mut Errors, kind: Kind, m: &ObjectMeta) {
         if kind.namespaced() {
             v.check("metadata.namespace", names::dns1123_label(&m.namespace));
         } else {
-            v.push("metadata.namespace", format!("{} is not namespaced; remove the namespace", kind.name()));
+            v.push(
+                "metadata.namespace",
+                format!("{} is not namespaced; remove the namespace", kind.name()),
+            );
         }
     }
     for (k, val) in &m.labels {
@@ -81,13 +87,19 @@ fn validate_meta(v: &mut Errors, kind: Kind, m: &ObjectMeta) {
         total += k.len() + val.len();
     }
     if total > MAX_ANNOTATIONS_BYTES {
-        v.push("metadata.annotations", format!("total size {total} bytes exceeds {MAX_ANNOTATIONS_BYTES}"));
+        v.push(
+            "metadata.annotations",
+            format!("total size {total} bytes exceeds {MAX_ANNOTATIONS_BYTES}"),
+        );
     }
 }
 
 fn validate_protocol(v: &mut Errors, path: &str, p: &str) {
     if !matches!(p, "" | "TCP" | "UDP" | "SCTP") {
-        v.push(path, format!("unsupported value {p:?}: must be TCP, UDP or SCTP"));
+        v.push(
+            path,
+            format!("unsupported value {p:?}: must be TCP, UDP or SCTP"),
+        );
     }
 }
 
@@ -99,7 +111,10 @@ fn validate_port_number(v: &mut Errors, path: &str, p: i32) {
 
 fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bool) {
     if spec.containers.is_empty() {
-        v.push(&format!("{path}.containers"), "Required value: a pod needs at least one container");
+        v.push(
+            &format!("{path}.containers"),
+            "Required value: a pod needs at least one container",
+        );
     }
     let volume_names: BTreeSet<&str> = spec.volumes.iter().map(|vol| vol.name.as_str()).collect();
     let mut container_names = BTreeSet::new();
@@ -111,18 +126,30 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bo
         } else {
             v.check(&format!("{cp}.name"), names::dns1123_label(&c.name));
             if !container_names.insert(c.name.as_str()) {
-                v.push(&format!("{cp}.name"), format!("Duplicate value: {:?}", c.name));
+                v.push(
+                    &format!("{cp}.name"),
+                    format!("Duplicate value: {:?}", c.name),
+                );
             }
         }
         if c.image.trim().is_empty() {
             v.push(&format!("{cp}.image"), "Required value");
         } else if c.image.chars().any(char::is_whitespace) {
-            v.push(&format!("{cp}.image"), format!("{:?} must not contain whitespace", c.image));
+            v.push(
+                &format!("{cp}.image"),
+                format!("{:?} must not contain whitespace", c.image),
+            );
         }
-        if !matches!(c.image_pull_policy.as_str(), "" | "Always" | "IfNotPresent" | "Never") {
+        if !matches!(
+            c.image_pull_policy.as_str(),
+            "" | "Always" | "IfNotPresent" | "Never"
+        ) {
             v.push(
                 &format!("{cp}.imagePullPolicy"),
-                format!("unsupported value {:?}: must be Always, IfNotPresent or Never", c.image_pull_policy),
+                format!(
+                    "unsupported value {:?}: must be Always, IfNotPresent or Never",
+                    c.image_pull_policy
+                ),
             );
         }
         for (j, port) in c.ports.iter().enumerate() {
@@ -135,7 +162,10 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bo
             if !port.name.is_empty() {
                 v.check(&format!("{pp}.name"), names::port_name(&port.name));
                 if !port_names.insert(port.name.as_str()) {
-                    v.push(&format!("{pp}.name"), format!("Duplicate value: {:?}", port.name));
+                    v.push(
+                        &format!("{pp}.name"),
+                        format!("Duplicate value: {:?}", port.name),
+                    );
                 }
             }
         }
@@ -143,63 +173,121 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bo
             if e.name.is_empty() {
                 v.push(&format!("{cp}.env[{j}].name"), "Required value");
             } else if e.name.contains('=') || e.name.chars().any(|ch| ch.is_control()) {
-                v.push(&format!("{cp}.env[{j}].name"), format!("{:?} must not contain '=' or control characters", e.name));
+                v.push(
+                    &format!("{cp}.env[{j}].name"),
+                    format!("{:?} must not contain '=' or control characters", e.name),
+                );
             }
         }
-        validate_resources(v, &format!("{cp}.resources"), &c.resources.requests, &c.resources.limits);
+        validate_resources(
+            v,
+            &format!("{cp}.resources"),
+            &c.resources.requests,
+            &c.resources.limits,
+        );
         for (j, m) in c.volume_mounts.iter().enumerate() {
             let mp = format!("{cp}.volumeMounts[{j}]");
             if !volume_names.contains(m.name.as_str()) {
-                v.push(&format!("{mp}.name"), format!("Not found: no volume named {:?} in {path}.volumes", m.name));
+                v.push(
+                    &format!("{mp}.name"),
+                    format!("Not found: no volume named {:?} in {path}.volumes", m.name),
+                );
             }
             if !m.mount_path.starts_with('/') {
-                v.push(&format!("{mp}.mountPath"), format!("must be an absolute path, got {:?}", m.mount_path));
+                v.push(
+                    &format!("{mp}.mountPath"),
+                    format!("must be an absolute path, got {:?}", m.mount_path),
+                );
             }
             if m.sub_path.starts_with('/') || m.sub_path.split('/').any(|s| s == "..") {
-                v.push(&format!("{mp}.subPath"), "must be a relative path without '..'");
+                v.push(
+                    &format!("{mp}.subPath"),
+                    "must be a relative path without '..'",
+                );
             }
         }
     }
-    let valid_policies: &[&str] = if in_template { &["", "Always"] } else { &["", "Always", "OnFailure", "Never"] };
+    let valid_policies: &[&str] = if in_template {
+        &["", "Always"]
+    } else {
+        &["", "Always", "OnFailure", "Never"]
+    };
     if !valid_policies.contains(&spec.restart_policy.as_str()) {
-        let allowed = if in_template { "Always (a Deployment's pods always restart)" } else { "Always, OnFailure or Never" };
-        v.push(&format!("{path}.restartPolicy"), format!("unsupported value {:?}: must be {allowed}", spec.restart_policy));
+        let allowed = if in_template {
+            "Always (a Deployment's pods always restart)"
+        } else {
+            "Always, OnFailure or Never"
+        };
+        v.push(
+            &format!("{path}.restartPolicy"),
+            format!(
+                "unsupported value {:?}: must be {allowed}",
+                spec.restart_policy
+            ),
+        );
     }
-    if let Some(g) = spec.termination_grace_period_seconds {
-        if g < 0 {
-            v.push(&format!("{path}.terminationGracePeriodSeconds"), format!("must be >= 0, got {g}"));
-        }
+    if let Some(g) = spec.termination_grace_period_seconds
+        && g < 0
+    {
+        v.push(
+            &format!("{path}.terminationGracePeriodSeconds"),
+            format!("must be >= 0, got {g}"),
+        );
     }
     if !spec.node_name.is_empty() {
-        v.check(&format!("{path}.nodeName"), names::dns1123_subdomain(&spec.node_name));
+        v.check(
+            &format!("{path}.nodeName"),
+            names::dns1123_subdomain(&spec.node_name),
+        );
     }
     for (k, val) in &spec.node_selector {
         v.check(&format!("{path}.nodeSelector"), names::label_key(k));
-        v.check(&format!("{path}.nodeSelector[{k}]"), names::label_value(val));
+        v.check(
+            &format!("{path}.nodeSelector[{k}]"),
+            names::label_value(val),
+        );
     }
     let mut seen = BTreeSet::new();
     for (i, vol) in spec.volumes.iter().enumerate() {
         let vp = format!("{path}.volumes[{i}]");
         v.check(&format!("{vp}.name"), names::dns1123_label(&vol.name));
         if !seen.insert(vol.name.as_str()) {
-            v.push(&format!("{vp}.name"), format!("Duplicate value: {:?}", vol.name));
+            v.push(
+                &format!("{vp}.name"),
+                format!("Duplicate value: {:?}", vol.name),
+            );
         }
         if vol.empty_dir.is_some() && vol.host_path.is_some() {
             v.push(&vp, "may not specify more than one volume source");
         }
         if let Some(h) = &vol.host_path {
             if !h.path.starts_with('/') {
-                v.push(&format!("{vp}.hostPath.path"), format!("must be an absolute path, got {:?}", h.path));
+                v.push(
+                    &format!("{vp}.hostPath.path"),
+                    format!("must be an absolute path, got {:?}", h.path),
+                );
             }
-            let types = ["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice"];
+            let types = [
+                "",
+                "DirectoryOrCreate",
+                "Directory",
+                "FileOrCreate",
+                "File",
+                "Socket",
+                "CharDevice",
+                "BlockDevice",
+            ];
             if !types.contains(&h.type_.as_str()) {
-                v.push(&format!("{vp}.hostPath.type"), format!("unsupported value {:?}", h.type_));
+                v.push(
+                    &format!("{vp}.hostPath.type"),
+                    format!("unsupported value {:?}", h.type_),
+                );
             }
         }
-        if let Some(size) = vol.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref()) {
-            if size.is_negative() {
-                v.push(&format!("{vp}.emptyDir.sizeLimit"), "must be >= 0");
-            }
+        if let Some(size) = vol.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref())
+            && size.is_negative()
+        {
+            v.push(&format!("{vp}.emptyDir.sizeLimit"), "must be >= 0");
         }
     }
     for (i, t) in spec.tolerations.iter().enumerate() {
@@ -211,18 +299,33 @@ fn validate_toleration(v: &mut Errors, path: &str, t: &Toleration) {
     match t.operator.as_str() {
         "" | "Equal" => {
             if t.key.is_empty() {
-                v.push(&format!("{path}.key"), "Required value when operator is Equal");
+                v.push(
+                    &format!("{path}.key"),
+                    "Required value when operator is Equal",
+                );
             }
         }
         "Exists" => {
             if !t.value.is_empty() {
-                v.push(&format!("{path}.value"), "must be empty when operator is Exists");
+                v.push(
+                    &format!("{path}.value"),
+                    "must be empty when operator is Exists",
+                );
             }
         }
-        o => v.push(&format!("{path}.operator"), format!("unsupported value {o:?}: must be Equal or Exists")),
+        o => v.push(
+            &format!("{path}.operator"),
+            format!("unsupported value {o:?}: must be Equal or Exists"),
+        ),
     }
-    if !matches!(t.effect.as_str(), "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-        v.push(&format!("{path}.effect"), format!("unsupported value {:?}", t.effect));
+    if !matches!(
+        t.effect.as_str(),
+        "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute"
+    ) {
+        v.push(
+            &format!("{path}.effect"),
+            format!("unsupported value {:?}", t.effect),
+        );
     }
 }
 
@@ -235,7 +338,11 @@ fn validate_resources(
     for (section, map) in [("requests", requests), ("limits", limits)] {
         for (name, q) in map {
             let p = format!("{path}.{section}.{name}");
-            if !(matches!(name.as_str(), "cpu" | "memory" | "ephemeral-storage" | "pods") || name.contains('/')) {
+            if !(matches!(
+                name.as_str(),
+                "cpu" | "memory" | "ephemeral-storage" | "pods"
+            ) || name.contains('/'))
+            {
                 v.push(&p, format!("unknown resource {name:?}: use cpu, memory, ephemeral-storage or a domain-prefixed extended resource"));
             }
             if q.is_negative() {
@@ -244,33 +351,38 @@ fn validate_resources(
         }
     }
     for (name, req) in requests {
-        if let Some(lim) = limits.get(name) {
-            if req.nanos() > lim.nanos() {
-                v.push(
-                    &format!("{path}.requests.{name}"),
-                    format!("must be less than or equal to the {name} limit ({req} > {lim})"),
-                );
-            }
+        if let Some(lim) = limits.get(name)
+            && req.nanos() > lim.nanos()
+        {
+            v.push(
+                &format!("{path}.requests.{name}"),
+                format!("must be less than or equal to the {name} limit ({req} > {lim})"),
+            );
         }
     }
 }
 
 fn validate_deployment(v: &mut Errors, d: &Deployment) {
     let s = &d.spec;
-    if let Some(r) = s.replicas {
-        if r < 0 {
-            v.push("spec.replicas", format!("must be >= 0, got {r}"));
-        }
+    if let Some(r) = s.replicas
+        && r < 0
+    {
+        v.push("spec.replicas", format!("must be >= 0, got {r}"));
     }
     if s.selector.match_labels.is_empty() && s.selector.match_expressions.is_empty() {
-        v.push("spec.selector", "Required value: a Deployment needs a non-empty selector");
+        v.push(
+            "spec.selector",
+            "Required value: a Deployment needs a non-empty selector",
+        );
     } else {
         match Selector::from_label_selector(&s.selector, "spec.selector") {
             Ok(sel) => {
                 if !sel.matches(&s.template.metadata.labels) {
                     v.push(
                         "spec.template.metadata.labels",
-                        format!("Invalid value: `selector` ({sel}) does not match template `labels`"),
+                        format!(
+                            "Invalid value: `selector` ({sel}) does not match template `labels`"
+                        ),
                     );
                 }
             }
@@ -279,7 +391,10 @@ fn validate_deployment(v: &mut Errors, d: &Deployment) {
     }
     for (k, val) in &s.template.metadata.labels {
         v.check("spec.template.metadata.labels", names::label_key(k));
-        v.check(&format!("spec.template.metadata.labels[{k}]"), names::label_value(val));
+        v.check(
+            &format!("spec.template.metadata.labels[{k}]"),
+            names::label_value(val),
+        );
     }
     validate_pod_spec(v, &s.template.spec, "spec.template.spec", true);
     if let Some(st) = &s.strategy {
@@ -287,17 +402,33 @@ fn validate_deployment(v: &mut Errors, d: &Deployment) {
             "" | "RollingUpdate" => {}
             "Recreate" => {
                 if st.rolling_update.is_some() {
-                    v.push("spec.strategy.rollingUpdate", "may not be specified when strategy type is Recreate");
+                    v.push(
+                        "spec.strategy.rollingUpdate",
+                        "may not be specified when strategy type is Recreate",
+                    );
                 }
             }
-            t => v.push("spec.strategy.type", format!("unsupported value {t:?}: must be RollingUpdate or Recreate")),
+            t => v.push(
+                "spec.strategy.type",
+                format!("unsupported value {t:?}: must be RollingUpdate or Recreate"),
+            ),
         }
         if let Some(ru) = &st.rolling_update {
-            let surge = check_int_or_percent(v, "spec.strategy.rollingUpdate.maxSurge", ru.max_surge.as_ref());
-            let unavail =
-                check_int_or_percent(v, "spec.strategy.rollingUpdate.maxUnavailable", ru.max_unavailable.as_ref());
+            let surge = check_int_or_percent(
+                v,
+                "spec.strategy.rollingUpdate.maxSurge",
+                ru.max_surge.as_ref(),
+            );
+            let unavail = check_int_or_percent(
+                v,
+                "spec.strategy.rollingUpdate.maxUnavailable",
+                ru.max_unavailable.as_ref(),
+            );
             if surge == Some(0) && unavail == Some(0) {
-                v.push("spec.strategy.rollingUpdate.maxUnavailable", "may not be 0 when maxSurge is 0");
+                v.push(
+                    "spec.strategy.rollingUpdate.maxUnavailable",
+                    "may not be 0 when maxSurge is 0",
+                );
             }
         }
     }
@@ -306,10 +437,10 @@ fn validate_deployment(v: &mut Errors, d: &Deployment) {
         ("spec.minReadySeconds", s.min_ready_seconds),
         ("spec.progressDeadlineSeconds", s.progress_deadline_seconds),
     ] {
-        if let Some(x) = val {
-            if x < 0 {
-                v.push(p, format!("must be >= 0, got {x}"));
-            }
+        if let Some(x) = val
+            && x < 0
+        {
+            v.push(p, format!("must be >= 0, got {x}"));
         }
     }
 }
@@ -325,7 +456,10 @@ fn check_int_or_percent(v: &mut Errors, path: &str, val: Option<&IntOrString>) -
         IntOrString::String(s) => match s.strip_suffix('%').and_then(|n| n.parse::<i32>().ok()) {
             Some(n) if (0..=100).contains(&n) => Some(n),
             _ => {
-                v.push(path, format!("{s:?} must be an integer or a percentage between 0% and 100%"));
+                v.push(
+                    path,
+                    format!("{s:?} must be an integer or a percentage between 0% and 100%"),
+                );
                 None
             }
         },
@@ -336,19 +470,40 @@ fn validate_service(v: &mut Errors, s: &Service) {
     let spec = &s.spec;
     match spec.type_.as_str() {
         "" | "ClusterIP" | "NodePort" | "LoadBalancer" => {}
-        "ExternalName" => v.push("spec.type", "ExternalName services are not supported by Bramble"),
-        t => v.push("spec.type", format!("unsupported value {t:?}: must be ClusterIP, NodePort or LoadBalancer")),
+        "ExternalName" => v.push(
+            "spec.type",
+            "ExternalName services are not supported by Bramble",
+        ),
+        t => v.push(
+            "spec.type",
+            format!("unsupported value {t:?}: must be ClusterIP, NodePort or LoadBalancer"),
+        ),
     }
     match spec.session_affinity.as_str() {
         "" | "None" => {}
-        "ClientIP" => v.push("spec.sessionAffinity", "ClientIP affinity is not supported by Bramble"),
-        a => v.push("spec.sessionAffinity", format!("unsupported value {a:?}: must be None")),
+        "ClientIP" => v.push(
+            "spec.sessionAffinity",
+            "ClientIP affinity is not supported by Bramble",
+        ),
+        a => v.push(
+            "spec.sessionAffinity",
+            format!("unsupported value {a:?}: must be None"),
+        ),
     }
-    if !spec.cluster_ip.is_empty() && spec.cluster_ip != "None" && spec.cluster_ip.parse::<Ipv4Addr>().is_err() {
-        v.push("spec.clusterIP", format!("{:?} must be an IPv4 address or None", spec.cluster_ip));
+    if !spec.cluster_ip.is_empty()
+        && spec.cluster_ip != "None"
+        && spec.cluster_ip.parse::<Ipv4Addr>().is_err()
+    {
+        v.push(
+            "spec.clusterIP",
+            format!("{:?} must be an IPv4 address or None", spec.cluster_ip),
+        );
     }
     if spec.ports.is_empty() {
-        v.push("spec.ports", "Required value: a Service needs at least one port");
+        v.push(
+            "spec.ports",
+            "Required value: a Service needs at least one port",
+        );
     }
     let mut names_seen = BTreeSet::new();
     let mut ports_seen = BTreeSet::new();
@@ -357,26 +512,44 @@ fn validate_service(v: &mut Errors, s: &Service) {
         validate_port_number(v, &format!("{pp}.port"), p.port);
         validate_protocol(v, &format!("{pp}.protocol"), &p.protocol);
         if spec.ports.len() > 1 && p.name.is_empty() {
-            v.push(&format!("{pp}.name"), "Required value: every port needs a name when there is more than one");
+            v.push(
+                &format!("{pp}.name"),
+                "Required value: every port needs a name when there is more than one",
+            );
         }
         if !p.name.is_empty() {
             v.check(&format!("{pp}.name"), names::dns1123_label(&p.name));
             if !names_seen.insert(p.name.as_str()) {
-                v.push(&format!("{pp}.name"), format!("Duplicate value: {:?}", p.name));
+                v.push(
+                    &format!("{pp}.name"),
+                    format!("Duplicate value: {:?}", p.name),
+                );
             }
         }
-        let proto = if p.protocol.is_empty() { "TCP" } else { p.protocol.as_str() };
+        let proto = if p.protocol.is_empty() {
+            "TCP"
+        } else {
+            p.protocol.as_str()
+        };
         if !ports_seen.insert((p.port, proto)) {
-            v.push(&format!("{pp}.port"), format!("Duplicate value: {}/{proto}", p.port));
+            v.push(
+                &format!("{pp}.port"),
+                format!("Duplicate value: {}/{proto}", p.port),
+            );
         }
         match &p.target_port {
             Some(IntOrString::Int(t)) => validate_port_number(v, &format!("{pp}.targetPort"), *t),
-            Some(IntOrString::String(n)) => v.check(&format!("{pp}.targetPort"), names::port_name(n)),
+            Some(IntOrString::String(n)) => {
+                v.check(&format!("{pp}.targetPort"), names::port_name(n))
+            }
             None => {}
         }
         if let Some(np) = p.node_port {
             if spec.type_.is_empty() || spec.type_ == "ClusterIP" {
-                v.push(&format!("{pp}.nodePort"), "may not be used when type is ClusterIP");
+                v.push(
+                    &format!("{pp}.nodePort"),
+                    "may not be used when type is ClusterIP",
+                );
             }
             validate_port_number(v, &format!("{pp}.nodePort"), np);
         }
@@ -391,7 +564,10 @@ fn validate_endpoints(v: &mut Errors, e: &Endpoints) {
     for (i, s) in e.subsets.iter().enumerate() {
         for (j, a) in s.addresses.iter().chain(&s.not_ready_addresses).enumerate() {
             if a.ip.parse::<Ipv4Addr>().is_err() {
-                v.push(&format!("subsets[{i}].addresses[{j}].ip"), format!("{:?} must be an IPv4 address", a.ip));
+                v.push(
+                    &format!("subsets[{i}].addresses[{j}].ip"),
+                    format!("{:?} must be an IPv4 address", a.ip),
+                );
             }
         }
         for (j, p) in s.ports.iter().enumerate() {
@@ -404,10 +580,16 @@ fn validate_endpoints(v: &mut Errors, e: &Endpoints) {
 fn validate_node(v: &mut Errors, n: &Node) {
     for (i, t) in n.spec.taints.iter().enumerate() {
         v.check(&format!("spec.taints[{i}].key"), names::label_key(&t.key));
-        if !matches!(t.effect.as_str(), "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        if !matches!(
+            t.effect.as_str(),
+            "NoSchedule" | "PreferNoSchedule" | "NoExecute"
+        ) {
             v.push(
                 &format!("spec.taints[{i}].effect"),
-                format!("unsupported value {:?}: must be NoSchedule, PreferNoSchedule or NoExecute", t.effect),
+                format!(
+                    "unsupported value {:?}: must be NoSchedule, PreferNoSchedule or NoExecute",
+                    t.effect
+                ),
             );
         }
     }

@@ -1,6 +1,8 @@
 //! Manifest decoding: real manifests from the Kubernetes documentation parse unchanged, and
 //! a table of malformed ones is refused with a message that names the field.
 
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
 use bramble_api::manifest::{decode, parse_documents, parse_manifests};
 use bramble_api::{Kind, Object};
 
@@ -73,9 +75,15 @@ fn kubernetes_docs_manifests_parse_unchanged() {
     let docs = parse_manifests(&text).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(docs.len(), 3);
     for d in &docs {
-        assert!(d.warnings.is_empty(), "unexpected warnings {:?}", d.warnings);
+        assert!(
+            d.warnings.is_empty(),
+            "unexpected warnings {:?}",
+            d.warnings
+        );
     }
-    let Object::Deployment(dep) = &docs[0].object else { panic!("not a deployment") };
+    let Object::Deployment(dep) = &docs[0].object else {
+        panic!("not a deployment")
+    };
     assert_eq!(dep.spec.replicas, Some(3));
     let c = &dep.spec.template.spec.containers[0];
     assert_eq!(c.image, "nginx:1.14.2");
@@ -84,7 +92,9 @@ fn kubernetes_docs_manifests_parse_unchanged() {
     assert_eq!(c.resources.limits["cpu"].millis(), 500);
     assert_eq!(c.resources.limits["memory"].value(), 128 << 20);
     assert_eq!(c.env[0].value, "hello");
-    let Object::Service(svc) = &docs[1].object else { panic!("not a service") };
+    let Object::Service(svc) = &docs[1].object else {
+        panic!("not a service")
+    };
     assert_eq!(svc.spec.selector["app.kubernetes.io/name"], "MyApp");
     assert_eq!(docs[2].object.kind(), Kind::Service);
 }
@@ -213,18 +223,26 @@ fn malformed_manifests_name_the_field() {
         };
         let msg: Vec<String> = err.iter().map(|e| e.to_string()).collect();
         let msg = msg.join("\n");
-        assert!(msg.contains(want), "{label}: message {msg:?} does not contain {want:?}");
+        assert!(
+            msg.contains(want),
+            "{label}: message {msg:?} does not contain {want:?}"
+        );
     }
 }
 
 #[test]
 fn every_error_is_reported_not_only_the_first() {
-    let text = pod("  restartPolicy: Sometimes\n  containers:\n  - {name: c}\n  - {name: c, image: i}\n");
+    let text =
+        pod("  restartPolicy: Sometimes\n  containers:\n  - {name: c}\n  - {name: c, image: i}\n");
     let err = parse_manifests(&text).unwrap_err();
     let fields: Vec<&str> = err[0].errors.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         fields,
-        vec!["spec.containers[0].image", "spec.containers[1].name", "spec.restartPolicy"]
+        vec![
+            "spec.containers[0].image",
+            "spec.containers[1].name",
+            "spec.restartPolicy"
+        ]
     );
     assert_eq!(err[0].what, "pod \"p\"");
 }

@@ -39,7 +39,11 @@ impl Reply {
     pub fn error_message(&self) -> String {
         match serde_json::from_slice::<Status>(&self.body) {
             Ok(s) if !s.message.is_empty() => format!("{} ({})", s.message, s.reason),
-            _ => format!("HTTP {}: {}", self.code, String::from_utf8_lossy(&self.body).trim()),
+            _ => format!(
+                "HTTP {}: {}",
+                self.code,
+                String::from_utf8_lossy(&self.body).trim()
+            ),
         }
     }
 }
@@ -62,7 +66,11 @@ impl Client {
                 .build()
                 .into()
         };
-        Client { agent: build(Some(Duration::from_secs(60))), watch_agent: build(None), conn }
+        Client {
+            agent: build(Some(Duration::from_secs(60))),
+            watch_agent: build(None),
+            conn,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -74,7 +82,8 @@ impl Client {
     }
 
     fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply> {
-        let resp = r.map_err(|e| anyhow!("cannot reach the master at {}: {e}", self.conn.server))?;
+        let resp =
+            r.map_err(|e| anyhow!("cannot reach the master at {}: {e}", self.conn.server))?;
         let code = resp.status().as_u16();
         let warnings = resp
             .headers()
@@ -84,17 +93,38 @@ impl Client {
             .map(|v| {
                 // `299 - "text"`: keep the text.
                 let t = v.splitn(3, ' ').nth(2).unwrap_or(v);
-                t.trim_matches('"').replace("\\\"", "\"").replace("\\\\", "\\")
+                t.trim_matches('"')
+                    .replace("\\\"", "\"")
+                    .replace("\\\\", "\\")
             })
             .collect();
-        let apply_result = resp.headers().get("bramble-apply-result").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = resp.into_body().with_config().limit(MAX_RESPONSE).read_to_vec().context("reading the answer")?;
-        Ok(Reply { code, warnings, apply_result, body })
+        let apply_result = resp
+            .headers()
+            .get("bramble-apply-result")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .into_body()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_vec()
+            .context("reading the answer")?;
+        Ok(Reply {
+            code,
+            warnings,
+            apply_result,
+            body,
+        })
     }
 
     /// GET a path.
     pub fn get(&self, path: &str) -> Result<Reply> {
-        self.finish(self.agent.get(self.url(path)).header("Authorization", self.auth()).call())
+        self.finish(
+            self.agent
+                .get(self.url(path))
+                .header("Authorization", self.auth())
+                .call(),
+        )
     }
 
     /// PATCH with a server-side apply body.
@@ -122,7 +152,11 @@ impl Client {
     }
 
     /// Streams watch events to `each` until the server ends the stream or `each` says stop.
-    pub fn watch(&self, path: &str, mut each: impl FnMut(&str, Value) -> Result<bool>) -> Result<()> {
+    pub fn watch(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&str, Value) -> Result<bool>,
+    ) -> Result<()> {
         let resp = self
             .watch_agent
             .get(self.url(path))
@@ -132,7 +166,15 @@ impl Client {
         if resp.status().as_u16() != 200 {
             let code = resp.status().as_u16();
             let body = resp.into_body().read_to_vec().unwrap_or_default();
-            return Err(anyhow!(Reply { code, warnings: vec![], apply_result: None, body }.error_message()));
+            return Err(anyhow!(
+                Reply {
+                    code,
+                    warnings: vec![],
+                    apply_result: None,
+                    body
+                }
+                .error_message()
+            ));
         }
         let reader = BufReader::new(resp.into_body().into_reader());
         for line in reader.lines() {
@@ -141,10 +183,17 @@ impl Client {
                 continue;
             }
             let v: Value = serde_json::from_str(&line).context("a watch event is not JSON")?;
-            let t = v.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+            let t = v
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             let obj = v.get("object").cloned().unwrap_or(Value::Null);
             if t == "ERROR" {
-                let msg = obj.get("message").and_then(Value::as_str).unwrap_or("watch error");
+                let msg = obj
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("watch error");
                 return Err(anyhow!("watch ended: {msg}"));
             }
             if !each(&t, obj)? {

@@ -33,9 +33,10 @@ fn default_paths() -> Vec<PathBuf> {
 }
 
 fn read(path: &Path) -> Result<ClientConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading client config {}", path.display()))?;
-    let c: Option<ClientConfig> =
-        serde_norway::from_str(&text).with_context(|| format!("client config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading client config {}", path.display()))?;
+    let c: Option<ClientConfig> = serde_norway::from_str(&text)
+        .with_context(|| format!("client config {}", path.display()))?;
     Ok(c.unwrap_or_default())
 }
 
@@ -63,7 +64,9 @@ pub fn resolve(conn: &Connection) -> Result<Resolved> {
         );
     };
     let Some(token) = conn.token.clone().or(ft) else {
-        bail!("no token: pass --token, set BRAMBLE_TOKEN, or use the master's client.yaml (--config)");
+        bail!(
+            "no token: pass --token, set BRAMBLE_TOKEN, or use the master's client.yaml (--config)"
+        );
     };
     let server = server.trim_end_matches('/').to_string();
     if !(server.starts_with("http://") || server.starts_with("https://")) {

@@ -17,7 +17,10 @@ fn collect(path: &Path, recursive: bool, top: bool, out: &mut Vec<(String, Strin
             .collect();
         entries.sort();
         for p in entries {
-            let is_manifest = p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            let is_manifest = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
             if p.is_dir() || is_manifest {
                 collect(&p, recursive, false, out)?;
             }
@@ -26,9 +29,14 @@ fn collect(path: &Path, recursive: bool, top: bool, out: &mut Vec<(String, Strin
     }
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     if meta.len() > MAX_MANIFEST_BYTES as u64 {
-        bail!("{}: {} bytes is more than the limit of {MAX_MANIFEST_BYTES}", path.display(), meta.len());
+        bail!(
+            "{}: {} bytes is more than the limit of {MAX_MANIFEST_BYTES}",
+            path.display(),
+            meta.len()
+        );
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     out.push((path.display().to_string(), text));
     Ok(())
 }
@@ -57,7 +65,10 @@ pub fn load(files: &[String], recursive: bool) -> Result<Vec<Decoded>> {
         }
     }
     if !errors.is_empty() {
-        bail!("invalid manifests, nothing was applied:\n  {}", errors.join("\n  "));
+        bail!(
+            "invalid manifests, nothing was applied:\n  {}",
+            errors.join("\n  ")
+        );
     }
     if all.is_empty() {
         bail!("no objects found in {}", files.join(", "));

@@ -10,7 +10,14 @@ pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str
     let mut h: Vec<&'static str> = match kind {
         Kind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
         Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
-        Kind::Service => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+        Kind::Service => vec![
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+        ],
         Kind::Node => vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
         Kind::Namespace => vec!["NAME", "STATUS", "AGE"],
         Kind::Endpoints => vec!["NAME", "ENDPOINTS", "AGE"],
@@ -39,7 +46,11 @@ fn age(meta: &ObjectMeta, now: i64) -> String {
 }
 
 fn or_none(s: String) -> String {
-    if s.is_empty() { "<none>".to_string() } else { s }
+    if s.is_empty() {
+        "<none>".to_string()
+    } else {
+        s
+    }
 }
 
 /// The STATUS column of a pod, as kubectl computes it.
@@ -48,7 +59,11 @@ pub fn pod_status(p: &Pod) -> String {
         return "Terminating".into();
     }
     let st = p.status.clone().unwrap_or_default();
-    let mut status = if st.reason.is_empty() { st.phase.clone() } else { st.reason.clone() };
+    let mut status = if st.reason.is_empty() {
+        st.phase.clone()
+    } else {
+        st.reason.clone()
+    };
     for c in &st.container_statuses {
         let Some(state) = &c.state else { continue };
         if let Some(w) = state.waiting.as_ref().filter(|w| !w.reason.is_empty()) {
@@ -61,7 +76,11 @@ pub fn pod_status(p: &Pod) -> String {
             }
         }
     }
-    if status.is_empty() { "Pending".into() } else { status }
+    if status.is_empty() {
+        "Pending".into()
+    } else {
+        status
+    }
 }
 
 /// One row of a kind's table.
@@ -97,9 +116,25 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
             ];
             if wide {
                 let cs = &d.spec.template.spec.containers;
-                r.push(cs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(","));
-                r.push(cs.iter().map(|c| c.image.as_str()).collect::<Vec<_>>().join(","));
-                let sel: Vec<String> = d.spec.selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                r.push(
+                    cs.iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                r.push(
+                    cs.iter()
+                        .map(|c| c.image.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                let sel: Vec<String> = d
+                    .spec
+                    .selector
+                    .match_labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 r.push(or_none(sel.join(",")));
             }
             r
@@ -110,15 +145,27 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
                 .ports
                 .iter()
                 .map(|p| {
-                    let proto = if p.protocol.is_empty() { "TCP" } else { &p.protocol };
+                    let proto = if p.protocol.is_empty() {
+                        "TCP"
+                    } else {
+                        &p.protocol
+                    };
                     match p.node_port {
                         Some(np) => format!("{}:{np}/{proto}", p.port),
                         None => format!("{}/{proto}", p.port),
                     }
                 })
                 .collect();
-            let type_ = if s.spec.type_.is_empty() { "ClusterIP".to_string() } else { s.spec.type_.clone() };
-            let external = if type_ == "LoadBalancer" { "<pending>" } else { "<none>" };
+            let type_ = if s.spec.type_.is_empty() {
+                "ClusterIP".to_string()
+            } else {
+                s.spec.type_.clone()
+            };
+            let external = if type_ == "LoadBalancer" {
+                "<pending>"
+            } else {
+                "<none>"
+            };
             let mut r = vec![
                 m.name.clone(),
                 type_,
@@ -128,7 +175,12 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
                 age(m, now),
             ];
             if wide {
-                let sel: Vec<String> = s.spec.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let sel: Vec<String> = s
+                    .spec
+                    .selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 r.push(or_none(sel.join(",")));
             }
             r
@@ -144,8 +196,11 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
             if n.spec.unschedulable {
                 status.push_str(",SchedulingDisabled");
             }
-            let roles: Vec<&str> =
-                m.labels.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).collect();
+            let roles: Vec<&str> = m
+                .labels
+                .keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .collect();
             let info = st.node_info.clone().unwrap_or_default();
             let mut r = vec![
                 m.name.clone(),
@@ -155,7 +210,11 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
                 or_none(info.kubelet_version.clone()),
             ];
             if wide {
-                let ip = st.addresses.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.clone());
+                let ip = st
+                    .addresses
+                    .iter()
+                    .find(|a| a.type_ == "InternalIP")
+                    .map(|a| a.address.clone());
                 r.push(or_none(ip.unwrap_or_default()));
                 r.push(or_none(info.os_image));
                 r.push(or_none(info.kernel_version));
@@ -164,7 +223,11 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
             r
         }
         Object::Namespace(n) => {
-            let phase = n.status.as_ref().map(|s| s.phase.clone()).unwrap_or_default();
+            let phase = n
+                .status
+                .as_ref()
+                .map(|s| s.phase.clone())
+                .unwrap_or_default();
             vec![m.name.clone(), or_none(phase), age(m, now)]
         }
         Object::Endpoints(e) => {
@@ -195,7 +258,13 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
                 .and_then(parse_rfc3339)
                 .map_or_else(|| "<unknown>".into(), |t| human_age(now - t));
             let o = &ev.involved_object;
-            vec![last, ev.type_.clone(), ev.reason.clone(), format!("{}/{}", o.kind.to_lowercase(), o.name), ev.message.clone()]
+            vec![
+                last,
+                ev.type_.clone(),
+                ev.reason.clone(),
+                format!("{}/{}", o.kind.to_lowercase(), o.name),
+                ev.message.clone(),
+            ]
         }
     };
     if with_namespace && obj.kind().namespaced() {
@@ -206,7 +275,9 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
 
 /// Prints rows aligned in columns three spaces apart, as kubectl does.
 pub fn print(headers: Option<&[&str]>, rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.map(|h| h.iter().map(|s| s.len()).collect()).unwrap_or_default();
+    let mut widths: Vec<usize> = headers
+        .map(|h| h.iter().map(|s| s.len()).collect())
+        .unwrap_or_default();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
             if i >= widths.len() {
@@ -241,7 +312,10 @@ mod tests {
 
     #[test]
     fn aligns_columns() {
-        let rows = vec![vec!["web".to_string(), "1/1".to_string()], vec!["database".to_string(), "0/1".to_string()]];
+        let rows = vec![
+            vec!["web".to_string(), "1/1".to_string()],
+            vec!["database".to_string(), "0/1".to_string()],
+        ];
         let out = print(Some(&["NAME", "READY"]), &rows);
         assert_eq!(out, "NAME       READY\nweb        1/1\ndatabase   0/1\n");
     }

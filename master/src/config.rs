@@ -77,33 +77,53 @@ impl TryFrom<Args> for Config {
     fn try_from(a: Args) -> Result<Config, String> {
         let file = match &a.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("config file {}: {e}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("config file {}: {e}", p.display()))?;
                 serde_norway::from_str::<Option<FileConfig>>(&text)
                     .map_err(|e| format!("config file {}: {e}", p.display()))?
                     .unwrap_or_default()
             }
             None => FileConfig::default(),
         };
-        let data_dir = a.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let data_dir = a
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         if data_dir.as_os_str().is_empty() {
             return Err("--data-dir: must not be empty".into());
         }
         if data_dir.exists() && !data_dir.is_dir() {
-            return Err(format!("--data-dir: {} exists and is not a directory", data_dir.display()));
+            return Err(format!(
+                "--data-dir: {} exists and is not a directory",
+                data_dir.display()
+            ));
         }
-        let listen_text = a.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|_| format!("--listen: {listen_text:?} is not an address like 0.0.0.0:6443 or [::]:6443"))?;
-        let max_body_bytes = a.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY);
+        let listen_text = a
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            format!("--listen: {listen_text:?} is not an address like 0.0.0.0:6443 or [::]:6443")
+        })?;
+        let max_body_bytes = a
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(DEFAULT_MAX_BODY);
         if !(4096..=64 << 20).contains(&max_body_bytes) {
-            return Err(format!("--max-body-bytes: must be between 4096 and 67108864, got {max_body_bytes}"));
+            return Err(format!(
+                "--max-body-bytes: must be between 4096 and 67108864, got {max_body_bytes}"
+            ));
         }
         let watch_change_log = a.watch_change_log.or(file.watch_change_log).unwrap_or(4096);
         if watch_change_log == 0 {
             return Err("--watch-change-log: must be at least 1".into());
         }
-        Ok(Config { data_dir, listen, max_body_bytes, watch_change_log })
+        Ok(Config {
+            data_dir,
+            listen,
+            max_body_bytes,
+            watch_change_log,
+        })
     }
 }
 
@@ -128,9 +148,21 @@ mod tests {
 
     #[test]
     fn invalid_values_are_named() {
-        assert!(parse(&["--listen", "nowhere"]).unwrap_err().contains("--listen"));
-        assert!(parse(&["--max-body-bytes", "1"]).unwrap_err().contains("--max-body-bytes"));
-        assert!(parse(&["--data-dir", "/etc/hostname"]).unwrap_err().contains("not a directory"));
+        assert!(
+            parse(&["--listen", "nowhere"])
+                .unwrap_err()
+                .contains("--listen")
+        );
+        assert!(
+            parse(&["--max-body-bytes", "1"])
+                .unwrap_err()
+                .contains("--max-body-bytes")
+        );
+        assert!(
+            parse(&["--data-dir", "/etc/hostname"])
+                .unwrap_err()
+                .contains("not a directory")
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub const CLIENT_CONFIG_FILE: &str = "client.yaml";
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: the token file is empty or not a token; delete it to have a new one created")]
     Malformed { path: String },
     #[error("cannot generate a random token: {0}")]
@@ -27,7 +30,10 @@ pub enum CredentialError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CredentialError + '_ {
-    move |source| CredentialError::Io { path: path.display().to_string(), source }
+    move |source| CredentialError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// A new random token: 32 bytes, hex.
@@ -43,7 +49,9 @@ pub fn load_or_create_token(path: &Path) -> Result<String, CredentialError> {
         Ok(s) => {
             let t = s.trim();
             if t.len() < 16 || !t.bytes().all(|c| c.is_ascii_alphanumeric()) {
-                return Err(CredentialError::Malformed { path: path.display().to_string() });
+                return Err(CredentialError::Malformed {
+                    path: path.display().to_string(),
+                });
             }
             Ok(t.to_string())
         }
@@ -85,6 +93,8 @@ pub fn client_url(addr: SocketAddr) -> String {
 
 /// Writes `client.yaml` for the CLI.
 pub fn write_client_config(path: &Path, server: &str, token: &str) -> Result<(), CredentialError> {
-    let text = format!("# Written by bramble-master; read by `bramble`.\nserver: {server}\ntoken: {token}\n");
+    let text = format!(
+        "# Written by bramble-master; read by `bramble`.\nserver: {server}\ntoken: {token}\n"
+    );
     write_private(path, text.as_bytes())
 }

@@ -29,13 +29,19 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("data dir {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Credentials(#[from] credentials::CredentialError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A started master: its store is open and its listener bound.
@@ -53,8 +59,14 @@ impl Master {
     /// binds the listener and writes the client config.
     pub async fn start(config: Config) -> Result<Master, StartError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir { path: dir.display().to_string(), source })?;
-        let opts = StoreOptions { change_log: config.watch_change_log, ..StoreOptions::default() };
+        std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let opts = StoreOptions {
+            change_log: config.watch_change_log,
+            ..StoreOptions::default()
+        };
         let (store, writer) = Store::open(&config.store_path(), opts)?;
         for ns in ["default", "kube-system"] {
             if store.get(Kind::Namespace, "", ns).is_none() {
@@ -66,17 +78,31 @@ impl Master {
                 }
             }
         }
-        let admin_token = credentials::load_or_create_token(&dir.join(credentials::ADMIN_TOKEN_FILE))?;
+        let admin_token =
+            credentials::load_or_create_token(&dir.join(credentials::ADMIN_TOKEN_FILE))?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         credentials::write_client_config(
             &dir.join(credentials::CLIENT_CONFIG_FILE),
             &credentials::client_url(addr),
             &admin_token,
         )?;
-        Ok(Master { config, store, writer, listener, addr, admin_token })
+        Ok(Master {
+            config,
+            store,
+            writer,
+            listener,
+            addr,
+            admin_token,
+        })
     }
 
     /// The bound API address.
@@ -106,7 +132,8 @@ impl Master {
         });
         let app = server::router(state);
         tracing::info!(addr = %self.addr, "API server listening");
-        let graceful = axum::serve(self.listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let graceful = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let serving = tokio::spawn(async move { graceful.await });
         shutdown.cancelled().await;
         tracing::info!("shutting down");

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use bramble_master::config::{Args, Config};
 use bramble_master::Master;
+use bramble_master::config::{Args, Config};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +25,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bramble-master: cannot start the runtime: {e}");
@@ -57,7 +60,10 @@ fn main() -> ExitCode {
 /// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

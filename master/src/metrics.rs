@@ -3,14 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::store::Store;
 
 /// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 11] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+const BUCKETS: [f64; 11] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -65,7 +67,9 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP bramble_apiserver_request_duration_seconds API request latency by verb.\n");
+        out.push_str(
+            "# HELP bramble_apiserver_request_duration_seconds API request latency by verb.\n",
+        );
         out.push_str("# TYPE bramble_apiserver_request_duration_seconds histogram\n");
         if let Ok(l) = self.latency.lock() {
             for (verb, h) in l.iter() {
@@ -81,12 +85,24 @@ impl Metrics {
                     "bramble_apiserver_request_duration_seconds_bucket{{verb=\"{verb}\",le=\"+Inf\"}} {}",
                     h.total
                 );
-                let _ = writeln!(out, "bramble_apiserver_request_duration_seconds_sum{{verb=\"{verb}\"}} {}", h.sum);
-                let _ = writeln!(out, "bramble_apiserver_request_duration_seconds_count{{verb=\"{verb}\"}} {}", h.total);
+                let _ = writeln!(
+                    out,
+                    "bramble_apiserver_request_duration_seconds_sum{{verb=\"{verb}\"}} {}",
+                    h.sum
+                );
+                let _ = writeln!(
+                    out,
+                    "bramble_apiserver_request_duration_seconds_count{{verb=\"{verb}\"}} {}",
+                    h.total
+                );
             }
         }
         out.push_str("# HELP bramble_apiserver_watches Open watch streams.\n# TYPE bramble_apiserver_watches gauge\n");
-        let _ = writeln!(out, "bramble_apiserver_watches {}", self.watches.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "bramble_apiserver_watches {}",
+            self.watches.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP bramble_store_revision The store's global revision.\n# TYPE bramble_store_revision gauge\n");
         let _ = writeln!(out, "bramble_store_revision {}", store.revision());
         out.push_str("# HELP bramble_store_objects Stored objects by kind.\n# TYPE bramble_store_objects gauge\n");

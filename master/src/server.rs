@@ -65,7 +65,11 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .map(str::trim);
     match presented {
         Some(t) if constant_time_eq(t.as_bytes(), st.admin_token.as_bytes()) => Ok(()),
-        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized: a valid bearer token is required")),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized: a valid bearer token is required",
+        )),
     }
 }
 
@@ -74,7 +78,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Every `/api` and `/apis` request.
-async fn api(State(st): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+async fn api(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let start = Instant::now();
     let (verb, resource, response) = match authorize(&st, &headers) {
         Err(e) => ("unknown", "unknown", e.into_response()),
@@ -82,12 +92,17 @@ async fn api(State(st): State<Arc<AppState>>, method: Method, uri: Uri, headers:
             None => (
                 "unknown",
                 "unknown",
-                ApiError::new(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource")
-                    .into_response(),
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )
+                .into_response(),
             ),
             Some(target) => resources::handle(&st, method, &uri, &headers, body, target).await,
         },
     };
-    st.metrics.observe(verb, resource, response.status().as_u16(), start.elapsed());
+    st.metrics
+        .observe(verb, resource, response.status().as_u16(), start.elapsed());
     response
 }

@@ -49,9 +49,15 @@ pub struct Entry {
 impl Entry {
     /// Decodes the stored JSON back into a typed object.
     pub fn object(&self) -> Result<Object, StoreError> {
-        let value: serde_json::Value = serde_json::from_slice(&self.json)
-            .map_err(|e| StoreError::Storage(format!("stored {} {:?} is not JSON: {e}", self.kind, self.name)))?;
-        bramble_api::manifest::decode(value).map(|d| d.object).map_err(StoreError::Invalid)
+        let value: serde_json::Value = serde_json::from_slice(&self.json).map_err(|e| {
+            StoreError::Storage(format!(
+                "stored {} {:?} is not JSON: {e}",
+                self.kind, self.name
+            ))
+        })?;
+        bramble_api::manifest::decode(value)
+            .map(|d| d.object)
+            .map_err(StoreError::Invalid)
     }
 }
 
@@ -63,7 +69,11 @@ pub enum StoreError {
     #[error("{} {name:?} already exists", kind.plural())]
     AlreadyExists { kind: Kind, name: String },
     #[error("Operation cannot be fulfilled on {} {name:?}: {reason}", kind.plural())]
-    Conflict { kind: Kind, name: String, reason: String },
+    Conflict {
+        kind: Kind,
+        name: String,
+        reason: String,
+    },
     #[error("namespaces {0:?} not found")]
     NamespaceNotFound(String),
     #[error("{0}")]
@@ -156,7 +166,12 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { change_log: 4096, max_batch: 512, queue: 1024, watch_buffer: 1024 }
+        StoreOptions {
+            change_log: 4096,
+            max_batch: 512,
+            queue: 1024,
+            watch_buffer: 1024,
+        }
     }
 }
 
@@ -191,9 +206,17 @@ impl Store {
     pub fn open(path: &Path, opts: StoreOptions) -> Result<(Store, WriterHandle), StoreError> {
         let (db, state) = writer::open(path, opts.change_log)?;
         let (events, _) = broadcast::channel(opts.watch_buffer.max(16));
-        let shared = Arc::new(Shared { state: RwLock::new(state), events });
+        let shared = Arc::new(Shared {
+            state: RwLock::new(state),
+            events,
+        });
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
-        let w = writer::Writer { db, shared: shared.clone(), rx, max_batch: opts.max_batch.max(1) };
+        let w = writer::Writer {
+            db,
+            shared: shared.clone(),
+            rx,
+            max_batch: opts.max_batch.max(1),
+        };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || w.run())
@@ -204,7 +227,10 @@ impl Store {
     /// Sends one write and waits until it is durable.
     pub async fn write(&self, op: Op) -> Result<Outcome, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((op, tx)).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send((op, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -216,14 +242,26 @@ impl Store {
     /// The current entry of one object.
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Arc<Entry>> {
         let ns = if kind.namespaced() { namespace } else { "" };
-        self.read().objects.get(&(kind, ns.to_string(), name.to_string())).cloned()
+        self.read()
+            .objects
+            .get(&(kind, ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// The objects of a kind (in one namespace, or all) that match the selector, and the
     /// revision the list is consistent with.
-    pub fn list(&self, kind: Kind, namespace: Option<&str>, selector: &Selector) -> (u64, Vec<Arc<Entry>>) {
+    pub fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> (u64, Vec<Arc<Entry>>) {
         let st = self.read();
-        let items = st.range(kind, namespace).filter(|e| selector.matches(&e.labels)).cloned().collect();
+        let items = st
+            .range(kind, namespace)
+            .filter(|e| selector.matches(&e.labels))
+            .cloned()
+            .collect();
         (st.revision, items)
     }
 
@@ -241,7 +279,10 @@ impl Store {
     /// Object counts per kind, for metrics.
     pub fn counts(&self) -> Vec<(Kind, usize)> {
         let st = self.read();
-        Kind::ALL.iter().map(|&k| (k, st.range(k, None).count())).collect()
+        Kind::ALL
+            .iter()
+            .map(|&k| (k, st.range(k, None).count()))
+            .collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {

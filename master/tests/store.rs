@@ -1,16 +1,22 @@
 //! The store against a real redb file: revisions, conflicts, watch resume and compaction,
 //! label selectors, graceful deletion, group commit and persistence across reopen.
 
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
 use std::time::Duration;
 
 use bramble_api::manifest::parse_manifests;
 use bramble_api::{Kind, Object, Selector};
 use bramble_master::store::{
-    DeleteRequest, EventType, Op, Outcome, Store, StoreError, StoreOptions, Subresource, WatchFilter,
+    DeleteRequest, EventType, Op, Outcome, Store, StoreError, StoreOptions, Subresource,
+    WatchFilter,
 };
 
 fn obj(yaml: &str) -> Object {
-    parse_manifests(yaml).unwrap_or_else(|e| panic!("{e:?}")).remove(0).object
+    parse_manifests(yaml)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .remove(0)
+        .object
 }
 
 fn pod(name: &str, labels: &str) -> Object {
@@ -20,7 +26,9 @@ fn pod(name: &str, labels: &str) -> Object {
 }
 
 fn namespace(name: &str) -> Object {
-    obj(&format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n"))
+    obj(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n"
+    ))
 }
 
 async fn open(dir: &std::path::Path, opts: StoreOptions) -> Store {
@@ -32,7 +40,11 @@ async fn open(dir: &std::path::Path, opts: StoreOptions) -> Store {
 }
 
 fn all_pods() -> WatchFilter {
-    WatchFilter { kind: Kind::Pod, namespace: None, selector: Selector::everything() }
+    WatchFilter {
+        kind: Kind::Pod,
+        namespace: None,
+        selector: Selector::everything(),
+    }
 }
 
 #[tokio::test]
@@ -58,7 +70,10 @@ async fn create_twice_conflicts_and_missing_namespace_is_not_found() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), StoreOptions::default()).await;
     s.create(pod("a", "")).await.unwrap();
-    assert!(matches!(s.create(pod("a", "")).await, Err(StoreError::AlreadyExists { .. })));
+    assert!(matches!(
+        s.create(pod("a", "")).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
     let mut p = pod("b", "");
     p.meta_mut().namespace = "nowhere".into();
     assert!(matches!(s.create(p).await, Err(StoreError::NamespaceNotFound(ns)) if ns == "nowhere"));
@@ -75,7 +90,10 @@ async fn stale_resource_version_is_a_conflict() {
     let updated = s.write(Op::Update(first, Subresource::Main)).await.unwrap();
     assert!(matches!(updated, Outcome::Updated(_)));
     second.meta_mut().labels.insert("v".into(), "2".into());
-    let err = s.write(Op::Update(second, Subresource::Main)).await.unwrap_err();
+    let err = s
+        .write(Op::Update(second, Subresource::Main))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     assert!(err.to_string().contains("the object has been modified"));
     let now = s.get(Kind::Pod, "default", "a").unwrap();
@@ -88,12 +106,23 @@ async fn apply_creates_then_reports_unchanged_and_bumps_generation_on_spec_chang
     let s = open(dir.path(), StoreOptions::default()).await;
     let dep = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: REPLICAS\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: busybox}]\n";
     let d1 = obj(&dep.replace("REPLICAS", "2"));
-    assert!(matches!(s.write(Op::Apply(d1.clone())).await.unwrap(), Outcome::Created(_)));
+    assert!(matches!(
+        s.write(Op::Apply(d1.clone())).await.unwrap(),
+        Outcome::Created(_)
+    ));
     let rev = s.revision();
-    assert!(matches!(s.write(Op::Apply(d1)).await.unwrap(), Outcome::Unchanged(_)));
+    assert!(matches!(
+        s.write(Op::Apply(d1)).await.unwrap(),
+        Outcome::Unchanged(_)
+    ));
     assert_eq!(s.revision(), rev, "an unchanged apply must not write");
-    let out = s.write(Op::Apply(obj(&dep.replace("REPLICAS", "5")))).await.unwrap();
-    let Outcome::Updated(e) = out else { panic!("{out:?}") };
+    let out = s
+        .write(Op::Apply(obj(&dep.replace("REPLICAS", "5"))))
+        .await
+        .unwrap();
+    let Outcome::Updated(e) = out else {
+        panic!("{out:?}")
+    };
     assert_eq!(e.object().unwrap().meta().generation, 2);
 }
 
@@ -108,12 +137,16 @@ async fn status_updates_do_not_touch_spec_and_spec_updates_keep_status() {
         pp.spec.containers[0].image = "ignored-by-status-update".into();
     }
     s.write(Op::Update(p, Subresource::Status)).await.unwrap();
-    let Object::Pod(now) = s.get(Kind::Pod, "default", "a").unwrap().object().unwrap() else { panic!() };
+    let Object::Pod(now) = s.get(Kind::Pod, "default", "a").unwrap().object().unwrap() else {
+        panic!()
+    };
     assert_eq!(now.status.as_ref().unwrap().phase, "Running");
     assert_eq!(now.spec.containers[0].image, "busybox");
     // An apply of the manifest (no status) keeps the status.
     s.write(Op::Apply(pod("a", "x: y"))).await.unwrap();
-    let Object::Pod(now) = s.get(Kind::Pod, "default", "a").unwrap().object().unwrap() else { panic!() };
+    let Object::Pod(now) = s.get(Kind::Pod, "default", "a").unwrap().object().unwrap() else {
+        panic!()
+    };
     assert_eq!(now.status.unwrap().phase, "Running");
 }
 
@@ -122,11 +155,18 @@ async fn pod_spec_is_immutable_except_images() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), StoreOptions::default()).await;
     s.create(pod("a", "")).await.unwrap();
-    let changed = obj("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: c, image: busybox, command: [sh]}]\n");
+    let changed = obj(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: c, image: busybox, command: [sh]}]\n",
+    );
     let err = s.write(Op::Apply(changed)).await.unwrap_err();
     assert!(err.to_string().contains("spec: Forbidden"), "{err}");
-    let image = obj("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: c, image: busybox:2}]\n");
-    assert!(matches!(s.write(Op::Apply(image)).await.unwrap(), Outcome::Updated(_)));
+    let image = obj(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: c, image: busybox:2}]\n",
+    );
+    assert!(matches!(
+        s.write(Op::Apply(image)).await.unwrap(),
+        Outcome::Updated(_)
+    ));
 }
 
 #[tokio::test]
@@ -168,9 +208,16 @@ async fn watch_resumes_from_a_revision_and_sees_each_change_once() {
     let e1 = w.next().await.unwrap();
     assert_eq!((e1.type_, e1.entry.name.as_str()), (EventType::Added, "b"));
     let e2 = w.next().await.unwrap();
-    assert_eq!((e2.type_, e2.entry.name.as_str()), (EventType::Deleted, "a"));
+    assert_eq!(
+        (e2.type_, e2.entry.name.as_str()),
+        (EventType::Deleted, "a")
+    );
     assert!(e2.revision > e1.revision);
-    assert!(std::str::from_utf8(&e2.line).unwrap().starts_with("{\"type\":\"DELETED\",\"object\":{"));
+    assert!(
+        std::str::from_utf8(&e2.line)
+            .unwrap()
+            .starts_with("{\"type\":\"DELETED\",\"object\":{")
+    );
     let nothing = tokio::time::timeout(Duration::from_millis(100), w.next()).await;
     assert!(nothing.is_err(), "no further events expected");
 }
@@ -181,10 +228,17 @@ async fn watch_without_revision_starts_with_current_objects() {
     let s = open(dir.path(), StoreOptions::default()).await;
     s.create(pod("a", "app: x")).await.unwrap();
     s.create(pod("b", "app: y")).await.unwrap();
-    let filter = WatchFilter { kind: Kind::Pod, namespace: Some("default".into()), selector: Selector::parse("app=x").unwrap() };
+    let filter = WatchFilter {
+        kind: Kind::Pod,
+        namespace: Some("default".into()),
+        selector: Selector::parse("app=x").unwrap(),
+    };
     let mut w = s.watch(filter, None).unwrap();
     let first = w.next().await.unwrap();
-    assert_eq!((first.type_, first.entry.name.as_str()), (EventType::Added, "a"));
+    assert_eq!(
+        (first.type_, first.entry.name.as_str()),
+        (EventType::Added, "a")
+    );
     s.create(pod("c", "app: y")).await.unwrap();
     s.create(pod("d", "app: x")).await.unwrap();
     let next = w.next().await.unwrap();
@@ -194,7 +248,14 @@ async fn watch_without_revision_starts_with_current_objects() {
 #[tokio::test]
 async fn compacted_revision_is_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path(), StoreOptions { change_log: 4, ..Default::default() }).await;
+    let s = open(
+        dir.path(),
+        StoreOptions {
+            change_log: 4,
+            ..Default::default()
+        },
+    )
+    .await;
     let start = s.revision();
     for i in 0..10 {
         s.create(pod(&format!("p{i}"), "")).await.unwrap();
@@ -209,14 +270,25 @@ async fn compacted_revision_is_gone() {
     // The newest four revisions are still resumable.
     let mut w = s.watch(all_pods(), Some(s.revision() - 4)).unwrap();
     assert_eq!(w.next().await.unwrap().entry.name, "p6");
-    assert!(matches!(s.watch(all_pods(), Some(s.revision() + 5)), Err(StoreError::Gone { .. })));
+    assert!(matches!(
+        s.watch(all_pods(), Some(s.revision() + 5)),
+        Err(StoreError::Gone { .. })
+    ));
 }
 
 #[tokio::test]
 async fn a_watcher_that_falls_behind_catches_up_from_the_log_or_is_told_gone() {
     let dir = tempfile::tempdir().unwrap();
     // Broadcast buffer of 16 events, log of 64: 40 writes overflow the buffer, not the log.
-    let s = open(dir.path(), StoreOptions { change_log: 64, watch_buffer: 16, ..Default::default() }).await;
+    let s = open(
+        dir.path(),
+        StoreOptions {
+            change_log: 64,
+            watch_buffer: 16,
+            ..Default::default()
+        },
+    )
+    .await;
     let mut w = s.watch(all_pods(), Some(s.revision())).unwrap();
     for i in 0..40 {
         s.create(pod(&format!("p{i}"), "")).await.unwrap();
@@ -235,7 +307,9 @@ async fn a_watcher_that_falls_behind_catches_up_from_the_log_or_is_told_gone() {
 async fn graceful_deletion_of_a_bound_pod_then_completion() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), StoreOptions::default()).await;
-    let bound = obj("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  nodeName: pi1\n  terminationGracePeriodSeconds: 5\n  containers: [{name: c, image: busybox}]\n");
+    let bound = obj(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  nodeName: pi1\n  terminationGracePeriodSeconds: 5\n  containers: [{name: c, image: busybox}]\n",
+    );
     s.create(bound).await.unwrap();
     let del = |grace| DeleteRequest {
         kind: Kind::Pod,
@@ -245,17 +319,25 @@ async fn graceful_deletion_of_a_bound_pod_then_completion() {
         resource_version: None,
     };
     let out = s.write(Op::Delete(del(None))).await.unwrap();
-    let Outcome::Terminating(e) = out else { panic!("{out:?}") };
+    let Outcome::Terminating(e) = out else {
+        panic!("{out:?}")
+    };
     let m = e.object().unwrap().meta().clone();
     assert!(m.deletion_timestamp.is_some());
     assert_eq!(m.deletion_grace_period_seconds, Some(5));
     assert!(s.get(Kind::Pod, "default", "a").is_some());
     // Deleting again while terminating changes nothing.
     let rev = s.revision();
-    assert!(matches!(s.write(Op::Delete(del(None))).await.unwrap(), Outcome::Terminating(_)));
+    assert!(matches!(
+        s.write(Op::Delete(del(None))).await.unwrap(),
+        Outcome::Terminating(_)
+    ));
     assert_eq!(s.revision(), rev);
     // The node confirms with grace 0.
-    assert!(matches!(s.write(Op::Delete(del(Some(0)))).await.unwrap(), Outcome::Deleted(_)));
+    assert!(matches!(
+        s.write(Op::Delete(del(Some(0)))).await.unwrap(),
+        Outcome::Deleted(_)
+    ));
     assert!(s.get(Kind::Pod, "default", "a").is_none());
 }
 
@@ -263,7 +345,9 @@ async fn graceful_deletion_of_a_bound_pod_then_completion() {
 async fn finalizers_hold_deletion_until_removed() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), StoreOptions::default()).await;
-    let p = obj("apiVersion: v1\nkind: Pod\nmetadata: {name: a, finalizers: [bramble.io/test]}\nspec:\n  containers: [{name: c, image: busybox}]\n");
+    let p = obj(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, finalizers: [bramble.io/test]}\nspec:\n  containers: [{name: c, image: busybox}]\n",
+    );
     s.create(p).await.unwrap();
     let out = s
         .write(Op::Delete(DeleteRequest {
@@ -278,7 +362,10 @@ async fn finalizers_hold_deletion_until_removed() {
     assert!(matches!(out, Outcome::Terminating(_)));
     let mut o = s.get(Kind::Pod, "default", "a").unwrap().object().unwrap();
     o.meta_mut().finalizers.clear();
-    assert!(matches!(s.write(Op::Update(o, Subresource::Main)).await.unwrap(), Outcome::Deleted(_)));
+    assert!(matches!(
+        s.write(Op::Update(o, Subresource::Main)).await.unwrap(),
+        Outcome::Deleted(_)
+    ));
     assert!(s.get(Kind::Pod, "default", "a").is_none());
 }
 
@@ -301,7 +388,10 @@ async fn namespace_deletion_removes_its_objects_and_default_is_protected() {
     s.write(Op::Delete(del("edge"))).await.unwrap();
     assert!(s.get(Kind::Pod, "edge", "a").is_none());
     assert!(s.get(Kind::Pod, "default", "keep").is_some());
-    assert!(matches!(s.write(Op::Delete(del("default"))).await, Err(StoreError::Forbidden(_))));
+    assert!(matches!(
+        s.write(Op::Delete(del("default"))).await,
+        Err(StoreError::Forbidden(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +399,8 @@ async fn concurrent_writes_commit_in_groups_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let rev;
     {
-        let (s, writer) = Store::open(&dir.path().join("store.redb"), StoreOptions::default()).unwrap();
+        let (s, writer) =
+            Store::open(&dir.path().join("store.redb"), StoreOptions::default()).unwrap();
         s.create(namespace("default")).await.unwrap();
         let mut tasks = Vec::new();
         for t in 0..16 {

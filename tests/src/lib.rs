@@ -62,7 +62,10 @@ impl MasterProcess {
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -91,8 +94,15 @@ impl MasterProcess {
             .filter(|u| u.starts_with("http://"))
             .ok_or_else(|| anyhow!("unexpected first line from bramble-master: {line:?}"))?
             .to_string();
-        let token = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_string();
-        Ok(MasterProcess { child, data_dir: data_dir.to_path_buf(), url, token })
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))?
+            .trim()
+            .to_string();
+        Ok(MasterProcess {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            url,
+            token,
+        })
     }
 
     /// Sends a signal to the master.
@@ -139,7 +149,11 @@ impl MasterProcess {
             .env_remove("BRAMBLE_CONFIG")
             .env_remove("BRAMBLE_SERVER")
             .env_remove("BRAMBLE_TOKEN")
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn bramble");
@@ -189,7 +203,10 @@ impl Reply {
 
     /// The first header of that name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -201,10 +218,16 @@ impl Http {
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();
-        Http { agent, base: base.to_string(), token: token.to_string() }
+        Http {
+            agent,
+            base: base.to_string(),
+            token: token.to_string(),
+        }
     }
 
-    fn finish(r: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply> {
+    fn finish(
+        r: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Reply> {
         let resp = r.map_err(|e| anyhow!("request failed: {e}"))?;
         let code = resp.status().as_u16();
         let headers = resp
@@ -212,13 +235,30 @@ impl Http {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
             .collect();
-        let body = resp.into_body().with_config().limit(1 << 30).read_to_vec()?;
-        Ok(Reply { code, headers, body })
+        let body = resp
+            .into_body()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()?;
+        Ok(Reply {
+            code,
+            headers,
+            body,
+        })
     }
 
     /// A request with any method, content type and body; `auth: false` omits the token.
-    pub fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8], auth: bool) -> Result<Reply> {
-        let mut req = ureq::http::Request::builder().method(method).uri(format!("{}{path}", self.base));
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+        auth: bool,
+    ) -> Result<Reply> {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
         if auth {
             req = req.header("Authorization", format!("Bearer {}", self.token));
         }
@@ -236,24 +276,42 @@ impl Http {
 
     /// POST JSON with the token.
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<Reply> {
-        self.request("POST", path, Some("application/json"), &serde_json::to_vec(body)?, true)
+        self.request(
+            "POST",
+            path,
+            Some("application/json"),
+            &serde_json::to_vec(body)?,
+            true,
+        )
     }
 
     /// PUT JSON with the token.
     pub fn put_json(&self, path: &str, body: &serde_json::Value) -> Result<Reply> {
-        self.request("PUT", path, Some("application/json"), &serde_json::to_vec(body)?, true)
+        self.request(
+            "PUT",
+            path,
+            Some("application/json"),
+            &serde_json::to_vec(body)?,
+            true,
+        )
     }
 
     /// Opens a watch stream and returns a line reader over it.
     pub fn watch(&self, path: &str) -> Result<(u16, Box<dyn BufRead + Send>)> {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
         let resp = agent
             .get(format!("{}{path}", self.base))
             .header("Authorization", format!("Bearer {}", self.token))
             .call()
             .map_err(|e| anyhow!("watch failed: {e}"))?;
         let code = resp.status().as_u16();
-        Ok((code, Box::new(BufReader::new(resp.into_body().into_reader()))))
+        Ok((
+            code,
+            Box::new(BufReader::new(resp.into_body().into_reader())),
+        ))
     }
 }
 

@@ -1,6 +1,8 @@
 //! The real `bramble-master` on 127.0.0.1:0 with a temporary data dir, driven by the real
 //! `bramble` CLI and by raw HTTP for what the CLI never sends (bad bodies, stale versions).
 
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
 use std::io::BufRead;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -70,12 +72,18 @@ fn apply_get_describe_delete_through_the_cli() {
         "namespace/edge created\ndeployment.apps/nginx-deployment created\nservice/my-service created\n"
     );
     let out = ok_stdout(&m.cli(&["apply", "-f", dir_arg]));
-    assert!(out.contains("deployment.apps/nginx-deployment unchanged"), "{out}");
+    assert!(
+        out.contains("deployment.apps/nginx-deployment unchanged"),
+        "{out}"
+    );
 
     // A changed manifest is "configured"; from standard input.
     let changed = DEPLOYMENT_AND_SERVICE.replace("replicas: 3", "replicas: 5");
     let out = ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&changed)));
-    assert!(out.contains("deployment.apps/nginx-deployment configured"), "{out}");
+    assert!(
+        out.contains("deployment.apps/nginx-deployment configured"),
+        "{out}"
+    );
     assert!(out.contains("service/my-service unchanged"), "{out}");
 
     let table = ok_stdout(&m.cli(&["get", "deploy"]));
@@ -86,11 +94,18 @@ fn apply_get_describe_delete_through_the_cli() {
     assert_eq!(&row[..4], ["nginx-deployment", "0/5", "0", "0"]);
 
     let svc = ok_stdout(&m.cli(&["get", "svc", "my-service"]));
-    assert!(svc.contains("NodePort") && svc.contains("80:30080/TCP"), "{svc}");
+    assert!(
+        svc.contains("NodePort") && svc.contains("80:30080/TCP"),
+        "{svc}"
+    );
 
     // Columns are aligned: every row's second column starts at the same offset.
     let pods_in = |ns: &str, name: &str| pod_yaml(name, ns, "app: web");
-    let two = format!("{}---\n{}", pods_in("default", "a-pod"), pods_in("edge", "b-longer-pod-name"));
+    let two = format!(
+        "{}---\n{}",
+        pods_in("default", "a-pod"),
+        pods_in("edge", "b-longer-pod-name")
+    );
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&two)));
     let all = ok_stdout(&m.cli(&["get", "pods", "-A"]));
     let lines: Vec<&str> = all.lines().collect();
@@ -114,7 +129,10 @@ fn apply_get_describe_delete_through_the_cli() {
     assert!(stderr(&none).contains("No resources found in default namespace."));
 
     let describe = ok_stdout(&m.cli(&["describe", "deploy", "nginx-deployment"]));
-    assert!(describe.contains("Name:              nginx-deployment"), "{describe}");
+    assert!(
+        describe.contains("Name:              nginx-deployment"),
+        "{describe}"
+    );
     assert!(describe.contains("replicas: 5"), "{describe}");
 
     // Delete by name and by file.
@@ -125,7 +143,10 @@ fn apply_get_describe_delete_through_the_cli() {
     assert!(stderr(&missing).contains("pods \"a-pod\" not found"));
     let app = manifests.path().join("app.yaml");
     let out = ok_stdout(&m.cli(&["delete", "-f", app.to_str().unwrap()]));
-    assert!(out.contains("deployment \"nginx-deployment\" deleted"), "{out}");
+    assert!(
+        out.contains("deployment \"nginx-deployment\" deleted"),
+        "{out}"
+    );
     let gone = m.cli(&["delete", "svc", "my-service"]);
     assert!(!gone.status.success());
     assert!(ok_stdout(&m.cli(&["delete", "svc", "my-service", "--ignore-not-found"])).is_empty());
@@ -147,15 +168,28 @@ fn invalid_manifests_apply_nothing_and_name_the_field() {
     let out = m.cli_with_stdin(&["apply", "-f", "-"], Some(&text));
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("deployment \"bad\": spec.replicas: must be >= 0, got -1"), "{err}");
+    assert!(
+        err.contains("deployment \"bad\": spec.replicas: must be >= 0, got -1"),
+        "{err}"
+    );
     assert!(err.contains("nothing was applied"), "{err}");
-    assert!(!m.cli(&["get", "pod", "good"]).status.success(), "the valid pod must not be applied");
+    assert!(
+        !m.cli(&["get", "pod", "good"]).status.success(),
+        "the valid pod must not be applied"
+    );
 
     // Unknown but harmless fields are applied with a warning naming the path.
-    let warn = pod_yaml("warned", "default", "").replace("    image: busybox\n", "    image: busybox\n    tty: true\n");
+    let warn = pod_yaml("warned", "default", "").replace(
+        "    image: busybox\n",
+        "    image: busybox\n    tty: true\n",
+    );
     let out = m.cli_with_stdin(&["apply", "-f", "-"], Some(&warn));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("unknown field \"spec.containers[0].tty\" ignored"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown field \"spec.containers[0].tty\" ignored"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = m.cli(&["get", "gizmos"]);
     assert!(!out.status.success());
@@ -175,7 +209,10 @@ fn get_watch_prints_new_objects() {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
@@ -184,7 +221,10 @@ fn get_watch_prints_new_objects() {
     // Give the watch a moment to be established, then create until it is seen.
     let mut seen = false;
     for i in 0..50 {
-        ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&pod_yaml(&format!("w{i}"), "default", ""))));
+        ok_stdout(&m.cli_with_stdin(
+            &["apply", "-f", "-"],
+            Some(&pod_yaml(&format!("w{i}"), "default", "")),
+        ));
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             assert!(line.starts_with('w'), "unexpected watch line {line:?}");
             seen = true;
@@ -210,27 +250,47 @@ fn http_errors_are_statuses_with_the_right_codes() {
     assert_eq!(r.code, 200);
     assert_eq!(r.json()["kind"], "PodList");
 
-    let r = h.request("POST", pods, Some("application/json"), b"{not json", true).unwrap();
+    let r = h
+        .request("POST", pods, Some("application/json"), b"{not json", true)
+        .unwrap();
     assert_eq!(r.code, 400, "{:?}", String::from_utf8_lossy(&r.body));
-    let r = h.request("POST", pods, Some("text/plain"), b"{}", true).unwrap();
+    let r = h
+        .request("POST", pods, Some("text/plain"), b"{}", true)
+        .unwrap();
     assert_eq!(r.code, 415);
     let r = h.request("POST", pods, None, b"{}", true).unwrap();
     assert_eq!(r.code, 415);
     let big = vec![b' '; 2 << 20];
-    let r = h.request("POST", pods, Some("application/json"), &big, true).unwrap();
+    let r = h
+        .request("POST", pods, Some("application/json"), &big, true)
+        .unwrap();
     assert_eq!(r.code, 413);
-    let r = h.request("POST", pods, Some("application/yaml"), b"kind: [", true).unwrap();
+    let r = h
+        .request("POST", pods, Some("application/yaml"), b"kind: [", true)
+        .unwrap();
     assert_eq!(r.code, 400);
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     for ct in ["application/json", "application/yaml"] {
         let r = h.request("POST", pods, Some(ct), &garbage, true).unwrap();
         assert!((400..500).contains(&r.code), "{ct}: {}", r.code);
     }
-    let r = h.request("PATCH", &format!("{pods}/x"), Some("application/merge-patch+json"), b"{}", true).unwrap();
+    let r = h
+        .request(
+            "PATCH",
+            &format!("{pods}/x"),
+            Some("application/merge-patch+json"),
+            b"{}",
+            true,
+        )
+        .unwrap();
     assert_eq!(r.code, 415);
     let r = h.get("/api/v1/widgets").unwrap();
     assert_eq!(r.code, 404);
-    let r = h.get("/api/v1/namespaces/default/pods?labelSelector=a%20b%20c").unwrap();
+    let r = h
+        .get("/api/v1/namespaces/default/pods?labelSelector=a%20b%20c")
+        .unwrap();
     assert_eq!(r.code, 400);
 
     // 422 with the field named in the causes.
@@ -238,21 +298,39 @@ fn http_errors_are_statuses_with_the_right_codes() {
     bad["spec"]["containers"][0]["image"] = serde_json::json!("");
     let r = h.post_json(pods, &bad).unwrap();
     assert_eq!(r.code, 422);
-    assert_eq!(r.json()["details"]["causes"][0]["field"], "spec.containers[0].image");
+    assert_eq!(
+        r.json()["details"]["causes"][0]["field"],
+        "spec.containers[0].image"
+    );
 
     // Kind and namespace must match the URL.
-    let r = h.post_json("/api/v1/namespaces/kube-system/pods", &pod_json("p", "default")).unwrap();
+    let r = h
+        .post_json(
+            "/api/v1/namespaces/kube-system/pods",
+            &pod_json("p", "default"),
+        )
+        .unwrap();
     assert_eq!(r.code, 400);
-    let r = h.post_json("/api/v1/namespaces/default/services", &pod_json("p", "default")).unwrap();
+    let r = h
+        .post_json(
+            "/api/v1/namespaces/default/services",
+            &pod_json("p", "default"),
+        )
+        .unwrap();
     assert_eq!(r.code, 400);
-    let r = h.post_json("/api/v1/namespaces/nowhere/pods", &pod_json("p", "nowhere")).unwrap();
+    let r = h
+        .post_json("/api/v1/namespaces/nowhere/pods", &pod_json("p", "nowhere"))
+        .unwrap();
     assert_eq!(r.code, 404);
 
     // 201, then 409 for a duplicate and for a stale resourceVersion.
     let r = h.post_json(pods, &pod_json("p", "default")).unwrap();
     assert_eq!(r.code, 201);
     let created = r.json();
-    assert_eq!(h.post_json(pods, &pod_json("p", "default")).unwrap().code, 409);
+    assert_eq!(
+        h.post_json(pods, &pod_json("p", "default")).unwrap().code,
+        409
+    );
     let mut first = created.clone();
     first["metadata"]["labels"]["v"] = serde_json::json!("1");
     assert_eq!(h.put_json(&format!("{pods}/p"), &first).unwrap().code, 200);
@@ -261,19 +339,40 @@ fn http_errors_are_statuses_with_the_right_codes() {
     let r = h.put_json(&format!("{pods}/p"), &stale).unwrap();
     assert_eq!(r.code, 409);
     assert_eq!(r.json()["reason"], "Conflict");
-    let r = h.request("DELETE", &format!("{pods}/p"), Some("application/json"), b"{\"gracePeriodSeconds\": \"soon\"}", true).unwrap();
+    let r = h
+        .request(
+            "DELETE",
+            &format!("{pods}/p"),
+            Some("application/json"),
+            b"{\"gracePeriodSeconds\": \"soon\"}",
+            true,
+        )
+        .unwrap();
     assert_eq!(r.code, 400);
 
     // 410 for a compacted watch revision (the change log holds 4 changes here).
     for i in 0..8 {
-        assert_eq!(h.post_json(pods, &pod_json(&format!("c{i}"), "default")).unwrap().code, 201);
+        assert_eq!(
+            h.post_json(pods, &pod_json(&format!("c{i}"), "default"))
+                .unwrap()
+                .code,
+            201
+        );
     }
-    let (code, _) = h.watch(&format!("{pods}?watch=true&resourceVersion=1")).unwrap();
+    let (code, _) = h
+        .watch(&format!("{pods}?watch=true&resourceVersion=1"))
+        .unwrap();
     assert_eq!(code, 410);
 
     // Still healthy after all of that.
-    assert_eq!(h.request("GET", "/healthz", None, b"", false).unwrap().code, 200);
-    assert_eq!(h.request("GET", "/readyz", None, b"", false).unwrap().code, 200);
+    assert_eq!(
+        h.request("GET", "/healthz", None, b"", false).unwrap().code,
+        200
+    );
+    assert_eq!(
+        h.request("GET", "/readyz", None, b"", false).unwrap().code,
+        200
+    );
 }
 
 #[test]
@@ -283,14 +382,23 @@ fn watch_streams_one_json_event_per_line_from_a_revision() {
     let h = m.http();
     let pods = "/api/v1/namespaces/default/pods";
     let list = h.get(pods).unwrap().json();
-    let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    let (code, mut reader) = h.watch(&format!("{pods}?watch=true&resourceVersion={rv}&labelSelector=app%3Dbench")).unwrap();
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, mut reader) = h
+        .watch(&format!(
+            "{pods}?watch=true&resourceVersion={rv}&labelSelector=app%3Dbench"
+        ))
+        .unwrap();
     assert_eq!(code, 200);
     h.post_json(pods, &pod_json("one", "default")).unwrap();
     let mut other = pod_json("other", "default");
     other["metadata"]["labels"]["app"] = serde_json::json!("x");
     h.post_json(pods, &other).unwrap();
-    let r = h.request("DELETE", &format!("{pods}/one"), None, b"", true).unwrap();
+    let r = h
+        .request("DELETE", &format!("{pods}/one"), None, b"", true)
+        .unwrap();
     assert_eq!(r.code, 200);
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
@@ -300,7 +408,10 @@ fn watch_streams_one_json_event_per_line_from_a_revision() {
     line.clear();
     reader.read_line(&mut line).unwrap();
     let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(ev["type"], "DELETED", "the unmatched pod must be filtered out");
+    assert_eq!(
+        ev["type"], "DELETED",
+        "the unmatched pod must be filtered out"
+    );
     assert_eq!(ev["object"]["metadata"]["name"], "one");
 }
 
@@ -309,9 +420,13 @@ fn metrics_count_requests_and_objects() {
     let dir = tempfile::tempdir().unwrap();
     let m = MasterProcess::start(dir.path()).unwrap();
     let h = m.http();
-    h.post_json("/api/v1/namespaces/default/pods", &pod_json("p", "default")).unwrap();
+    h.post_json("/api/v1/namespaces/default/pods", &pod_json("p", "default"))
+        .unwrap();
     h.get("/api/v1/namespaces/default/pods/missing").unwrap();
-    assert_eq!(h.request("GET", "/metrics", None, b"", false).unwrap().code, 401);
+    assert_eq!(
+        h.request("GET", "/metrics", None, b"", false).unwrap().code,
+        401
+    );
     let text = String::from_utf8(h.get("/metrics").unwrap().body).unwrap();
     for want in [
         "bramble_apiserver_request_total{verb=\"create\",resource=\"pods\",code=\"201\"} 1",
@@ -330,15 +445,33 @@ fn invalid_configuration_exits_64_before_writing_anything() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let run = |args: &[&str]| {
-        Command::new(bin("bramble-master")).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).output().unwrap()
+        Command::new(bin("bramble-master"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
     };
-    let out = run(&["--data-dir", data.to_str().unwrap(), "--listen", "not-an-address"]);
+    let out = run(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "not-an-address",
+    ]);
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr(&out).contains("--listen"));
-    assert!(!data.exists(), "nothing may be written for an invalid config");
+    assert!(
+        !data.exists(),
+        "nothing may be written for an invalid config"
+    );
     let cfg = dir.path().join("master.yaml");
     std::fs::write(&cfg, "listen: 127.0.0.1:0\nlistenn: 1\n").unwrap();
-    let out = run(&["--data-dir", data.to_str().unwrap(), "-c", cfg.to_str().unwrap()]);
+    let out = run(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "-c",
+        cfg.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr(&out).contains("listenn"), "{}", stderr(&out));
     assert!(!data.exists());
@@ -349,9 +482,16 @@ fn restart_keeps_objects_and_credentials_and_sigterm_is_graceful() {
     let dir = tempfile::tempdir().unwrap();
     let m = MasterProcess::start(dir.path()).unwrap();
     let token = m.token.clone();
-    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&pod_yaml("kept", "default", ""))));
+    ok_stdout(&m.cli_with_stdin(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("kept", "default", "")),
+    ));
     for f in ["admin.token", "client.yaml"] {
-        let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{f} must be private");
     }
     let client = std::fs::read_to_string(dir.path().join("client.yaml")).unwrap();
@@ -373,5 +513,9 @@ fn restart_keeps_objects_and_credentials_and_sigterm_is_graceful() {
         .output()
         .unwrap();
     assert_eq!(ok_stdout(&out), "pod/kept\n");
-    assert!(eventually(Duration::from_secs(5), || m.http().get("/readyz").map(|r| r.code == 200).unwrap_or(false)));
+    assert!(eventually(Duration::from_secs(5), || m
+        .http()
+        .get("/readyz")
+        .map(|r| r.code == 200)
+        .unwrap_or(false)));
 }

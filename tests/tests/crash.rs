@@ -2,6 +2,8 @@
 //! concurrent writes; after a restart every acknowledged write is present and the store
 //! opens cleanly. Repeated over several rounds on the same data dir.
 
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +15,11 @@ const ROUNDS: usize = 5;
 const WRITERS: usize = 8;
 
 fn stored_pod_names(m: &MasterProcess) -> BTreeSet<String> {
-    let list = m.http().get("/api/v1/namespaces/default/pods").unwrap().json();
+    let list = m
+        .http()
+        .get("/api/v1/namespaces/default/pods")
+        .unwrap()
+        .json();
     list["items"]
         .as_array()
         .unwrap()
@@ -33,29 +39,44 @@ fn acknowledged_writes_survive_sigkill() {
         let stored = stored_pod_names(&m);
         let want = acked.lock().unwrap().clone();
         let lost: Vec<_> = want.difference(&stored).collect();
-        assert!(lost.is_empty(), "round {round}: acknowledged writes lost after SIGKILL: {lost:?}");
-        let rv: u64 = m.http().get("/api/v1/namespaces").unwrap().json()["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(rv >= last_revision, "revision went backwards: {rv} < {last_revision}");
+        assert!(
+            lost.is_empty(),
+            "round {round}: acknowledged writes lost after SIGKILL: {lost:?}"
+        );
+        let rv: u64 =
+            m.http().get("/api/v1/namespaces").unwrap().json()["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+        assert!(
+            rv >= last_revision,
+            "revision went backwards: {rv} < {last_revision}"
+        );
 
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for w in 0..WRITERS {
-            let (url, token, acked, stop) = (m.url.clone(), m.token.clone(), acked.clone(), stop.clone());
+            let (url, token, acked, stop) =
+                (m.url.clone(), m.token.clone(), acked.clone(), stop.clone());
             threads.push(std::thread::spawn(move || {
                 let h = Http::new(&url, &token);
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let name = format!("r{round}-w{w}-{i}");
                     i += 1;
-                    match h.post_json("/api/v1/namespaces/default/pods", &pod_json(&name, "default")) {
+                    match h.post_json(
+                        "/api/v1/namespaces/default/pods",
+                        &pod_json(&name, "default"),
+                    ) {
                         Ok(r) if r.code == 201 => {
                             acked.lock().unwrap().insert(name);
                         }
-                        Ok(r) => panic!("unexpected answer {}: {}", r.code, String::from_utf8_lossy(&r.body)),
+                        Ok(r) => panic!(
+                            "unexpected answer {}: {}",
+                            r.code,
+                            String::from_utf8_lossy(&r.body)
+                        ),
                         // The master died mid-request: this write was never acknowledged.
                         Err(_) => break,
                     }
@@ -65,7 +86,9 @@ fn acknowledged_writes_survive_sigkill() {
         // Let a good number of writes through, then cut the power at a varying moment.
         let before = acked.lock().unwrap().len();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while acked.lock().unwrap().len() < before + 200 + round * 37 && std::time::Instant::now() < deadline {
+        while acked.lock().unwrap().len() < before + 200 + round * 37
+            && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         last_revision = rv;
@@ -74,11 +97,21 @@ fn acknowledged_writes_survive_sigkill() {
         for t in threads {
             t.join().unwrap();
         }
-        assert!(acked.lock().unwrap().len() > before, "round {round}: no write was acknowledged");
+        assert!(
+            acked.lock().unwrap().len() > before,
+            "round {round}: no write was acknowledged"
+        );
     }
     let m = MasterProcess::start(dir.path()).unwrap();
     let stored = stored_pod_names(&m);
     let want = acked.lock().unwrap().clone();
-    assert!(want.is_subset(&stored), "acknowledged writes lost in the last round");
-    assert!(want.len() >= ROUNDS * 200, "too few writes exercised: {}", want.len());
+    assert!(
+        want.is_subset(&stored),
+        "acknowledged writes lost in the last round"
+    );
+    assert!(
+        want.len() >= ROUNDS * 200,
+        "too few writes exercised: {}",
+        want.len()
+    );
 }

@@ -24,15 +24,25 @@ pub fn run(client: &Client, ns_flag: Option<&str>, args: &DeleteArgs) -> Result<
         // Objects before the namespaces that hold them.
         targets.sort_by_key(|t| t.0 == Kind::Namespace);
     } else {
-        let Some(k) = &args.kind else { bail!("name a kind and objects (bramble delete pod web), or use -f FILE") };
+        let Some(k) = &args.kind else {
+            bail!("name a kind and objects (bramble delete pod web), or use -f FILE")
+        };
         let kind = kind(k)?;
         if args.names.is_empty() {
-            bail!("name the {} to delete (bramble delete {} NAME)", kind.plural(), kind.singular());
+            bail!(
+                "name the {} to delete (bramble delete {} NAME)",
+                kind.plural(),
+                kind.singular()
+            );
         }
         let ns = ns_flag.unwrap_or("default").to_string();
         targets.extend(args.names.iter().map(|n| (kind, ns.clone(), n.clone())));
     }
-    let grace = if args.force { Some(0) } else { args.grace_period };
+    let grace = if args.force {
+        Some(0)
+    } else {
+        args.grace_period
+    };
     if grace.is_some_and(|g| g < 0) {
         bail!("--grace-period must be >= 0");
     }

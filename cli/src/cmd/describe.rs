@@ -21,7 +21,8 @@ pub fn run(client: &Client, ns_flag: Option<&str>, args: &DescribeArgs) -> Resul
     let obj = Object::from_value(value.clone()).map_err(anyhow::Error::msg)?;
     let m = obj.meta();
     let mut out = String::new();
-    let field = |out: &mut String, k: &str, v: &str| out.push_str(&format!("{:<19}{v}\n", format!("{k}:")));
+    let field =
+        |out: &mut String, k: &str, v: &str| out.push_str(&format!("{:<19}{v}\n", format!("{k}:")));
     field(&mut out, "Name", &m.name);
     if kind.namespaced() {
         field(&mut out, "Namespace", &m.namespace);
@@ -30,17 +31,32 @@ pub fn run(client: &Client, ns_flag: Option<&str>, args: &DescribeArgs) -> Resul
         if map.is_empty() {
             "<none>".to_string()
         } else {
-            map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n                   ")
+            map.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("\n                   ")
         }
     };
     field(&mut out, "Labels", &pairs(&m.labels));
     field(&mut out, "Annotations", &pairs(&m.annotations));
-    field(&mut out, "CreationTimestamp", m.creation_timestamp.as_deref().unwrap_or("<unknown>"));
+    field(
+        &mut out,
+        "CreationTimestamp",
+        m.creation_timestamp.as_deref().unwrap_or("<unknown>"),
+    );
     if let Some(d) = &m.deletion_timestamp {
         field(&mut out, "DeletionTimestamp", d);
     }
     if let Object::Pod(p) = &obj {
-        field(&mut out, "Node", if p.spec.node_name.is_empty() { "<none>" } else { &p.spec.node_name });
+        field(
+            &mut out,
+            "Node",
+            if p.spec.node_name.is_empty() {
+                "<none>"
+            } else {
+                &p.spec.node_name
+            },
+        );
         field(&mut out, "Status", &table::pod_status(p));
     }
     for section in ["spec", "status", "subsets"] {
@@ -78,14 +94,24 @@ pub fn run(client: &Client, ns_flag: Option<&str>, args: &DescribeArgs) -> Resul
 
 fn events_for(client: &Client, obj: &Object) -> Result<Vec<Event>> {
     let m = obj.meta();
-    let ns = if obj.kind().namespaced() { m.namespace.as_str() } else { "default" };
-    let list = client.get(&Kind::Event.path(Some(ns), None))?.ok()?.json()?;
+    let ns = if obj.kind().namespaced() {
+        m.namespace.as_str()
+    } else {
+        "default"
+    };
+    let list = client
+        .get(&Kind::Event.path(Some(ns), None))?
+        .ok()?
+        .json()?;
     let mut out = Vec::new();
     if let Some(Value::Array(items)) = list.get("items") {
         for item in items {
             if let Ok(Object::Event(e)) = Object::from_value(item.clone()) {
                 let o = &e.involved_object;
-                if o.kind == obj.kind().name() && o.name == m.name && (o.uid.is_empty() || o.uid == m.uid) {
+                if o.kind == obj.kind().name()
+                    && o.name == m.name
+                    && (o.uid.is_empty() || o.uid == m.uid)
+                {
                     out.push(e);
                 }
             }

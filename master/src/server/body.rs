@@ -57,8 +57,16 @@ pub async fn read(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 
 /// Checks the Content-Type for the verb.
 pub fn format(headers: &HeaderMap, accept: Accept) -> Result<Format, ApiError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let f = match (accept, media.as_str()) {
         (Accept::Object, "application/json") => Some(Format::Json),
         (Accept::Object, "application/yaml" | "application/x-yaml") => Some(Format::Yaml),
@@ -69,9 +77,15 @@ pub fn format(headers: &HeaderMap, accept: Accept) -> Result<Format, ApiError> {
     f.ok_or_else(|| {
         let wanted = match accept {
             Accept::Object => "application/json or application/yaml",
-            Accept::ApplyPatch => "application/apply-patch+yaml or application/apply-patch+json (server-side apply)",
+            Accept::ApplyPatch => {
+                "application/apply-patch+yaml or application/apply-patch+json (server-side apply)"
+            }
         };
-        let got = if media.is_empty() { "no Content-Type".to_string() } else { format!("{media:?}") };
+        let got = if media.is_empty() {
+            "no Content-Type".to_string()
+        } else {
+            format!("{media:?}")
+        };
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
@@ -82,22 +96,35 @@ pub fn format(headers: &HeaderMap, accept: Accept) -> Result<Format, ApiError> {
 
 /// Decodes a body into one validated object of the target's kind and place; returns it with
 /// the warnings for unknown fields.
-pub fn object(bytes: &[u8], format: Format, target: &Target) -> Result<(Object, Vec<String>), ApiError> {
+pub fn object(
+    bytes: &[u8],
+    format: Format,
+    target: &Target,
+) -> Result<(Object, Vec<String>), ApiError> {
     let value: serde_json::Value = match format {
         Format::Json => serde_json::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?,
         Format::Yaml => {
-            let text = std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
-            let mut docs = parse_documents(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+            let mut docs =
+                parse_documents(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
             if docs.len() != 1 {
-                return Err(ApiError::bad_request(format!("the body must hold exactly one object, got {}", docs.len())));
+                return Err(ApiError::bad_request(format!(
+                    "the body must hold exactly one object, got {}",
+                    docs.len()
+                )));
             }
             docs.remove(0)
         }
     };
     let decoded = decode(value).map_err(|inv| {
         let (kind, name) = inv.what.split_once(' ').unwrap_or((inv.what.as_str(), ""));
-        ApiError(Status::invalid(kind, name.trim_matches('"'), &inv))
+        ApiError(Box::new(Status::invalid(
+            kind,
+            name.trim_matches('"'),
+            &inv,
+        )))
     })?;
     let mut obj = decoded.object;
     let kind: Kind = obj.kind();

@@ -8,12 +8,12 @@ use crate::store::StoreError;
 
 /// An error answered to an API client.
 #[derive(Debug)]
-pub struct ApiError(pub Status);
+pub struct ApiError(pub Box<Status>);
 
 impl ApiError {
     /// A failure with an HTTP code, a Kubernetes reason and a message.
     pub fn new(code: StatusCode, reason: &str, message: impl Into<String>) -> Self {
-        ApiError(Status::failure(code.as_u16(), reason, message))
+        ApiError(Box::new(Status::failure(code.as_u16(), reason, message)))
     }
 
     /// 400 Bad Request.
@@ -29,16 +29,26 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } | StoreError::NamespaceNotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "NotFound", msg)
             }
-            StoreError::AlreadyExists { .. } => ApiError::new(StatusCode::CONFLICT, "AlreadyExists", msg),
+            StoreError::AlreadyExists { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "AlreadyExists", msg)
+            }
             StoreError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "Conflict", msg),
             StoreError::Invalid(inv) => {
                 let (kind, name) = inv.what.split_once(' ').unwrap_or((inv.what.as_str(), ""));
-                ApiError(Status::invalid(kind, name.trim_matches('"'), &inv))
+                ApiError(Box::new(Status::invalid(
+                    kind,
+                    name.trim_matches('"'),
+                    &inv,
+                )))
             }
             StoreError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "Forbidden", msg),
             StoreError::Gone { .. } => ApiError::new(StatusCode::GONE, "Expired", msg),
-            StoreError::Storage(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", msg),
-            StoreError::Closed => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", msg),
+            StoreError::Storage(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", msg)
+            }
+            StoreError::Closed => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", msg)
+            }
         }
     }
 }

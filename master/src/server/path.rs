@@ -23,7 +23,12 @@ pub fn parse(path: &str) -> Option<Target> {
     };
     let kind_of = |plural: &str| Kind::from_path(group, plural);
     let t = |kind: Kind, namespace: Option<&str>, name: Option<&str>, status: bool| {
-        Some(Target { kind, namespace: namespace.map(str::to_string), name: name.map(str::to_string), status })
+        Some(Target {
+            kind,
+            namespace: namespace.map(str::to_string),
+            name: name.map(str::to_string),
+            status,
+        })
     };
     match rest {
         [plural] => t(kind_of(plural)?, None, None, false),
@@ -31,7 +36,9 @@ pub fn parse(path: &str) -> Option<Target> {
         [plural, name, "status"] => t(cluster_kind(kind_of(plural)?)?, None, Some(name), true),
         ["namespaces", ns, plural] => ns_target(kind_of(plural)?, ns, None, false),
         ["namespaces", ns, plural, name] => ns_target(kind_of(plural)?, ns, Some(name), false),
-        ["namespaces", ns, plural, name, "status"] => ns_target(kind_of(plural)?, ns, Some(name), true),
+        ["namespaces", ns, plural, name, "status"] => {
+            ns_target(kind_of(plural)?, ns, Some(name), true)
+        }
         _ => None,
     }
 }
@@ -44,7 +51,12 @@ fn ns_target(kind: Kind, ns: &str, name: Option<&str>, status: bool) -> Option<T
     if !kind.namespaced() || name.is_some_and(str::is_empty) || ns.is_empty() {
         return None;
     }
-    Some(Target { kind, namespace: Some(ns.to_string()), name: name.map(str::to_string), status })
+    Some(Target {
+        kind,
+        namespace: Some(ns.to_string()),
+        name: name.map(str::to_string),
+        status,
+    })
 }
 
 #[cfg(test)]
@@ -54,9 +66,15 @@ mod tests {
     #[test]
     fn parses_kubernetes_paths() {
         let p = parse("/api/v1/namespaces/default/pods/web").unwrap();
-        assert_eq!((p.kind, p.namespace.as_deref(), p.name.as_deref(), p.status), (Kind::Pod, Some("default"), Some("web"), false));
+        assert_eq!(
+            (p.kind, p.namespace.as_deref(), p.name.as_deref(), p.status),
+            (Kind::Pod, Some("default"), Some("web"), false)
+        );
         let p = parse("/api/v1/namespaces/default").unwrap();
-        assert_eq!((p.kind, p.name.as_deref()), (Kind::Namespace, Some("default")));
+        assert_eq!(
+            (p.kind, p.name.as_deref()),
+            (Kind::Namespace, Some("default"))
+        );
         let p = parse("/api/v1/namespaces/default/status").unwrap();
         assert!(p.status && p.kind == Kind::Namespace);
         let p = parse("/apis/apps/v1/namespaces/a/deployments").unwrap();

@@ -41,7 +41,9 @@ pub async fn handle(
         (&Method::GET, false, _) => ("list", list(st, &target, &query)),
         (&Method::POST, false, _) => ("create", create(st, &target, headers, body).await),
         (&Method::GET, true, _) => ("get", get(st, &target)),
-        (&Method::PUT, true, status) => ("update", update(st, &target, headers, body, status).await),
+        (&Method::PUT, true, status) => {
+            ("update", update(st, &target, headers, body, status).await)
+        }
         (&Method::PATCH, true, false) => ("apply", apply(st, &target, headers, body).await),
         (&Method::DELETE, true, false) => ("delete", delete(st, &target, &query, body).await),
         _ => (
@@ -53,7 +55,11 @@ pub async fn handle(
             )),
         ),
     };
-    (verb, resource, result.unwrap_or_else(IntoResponse::into_response))
+    (
+        verb,
+        resource,
+        result.unwrap_or_else(IntoResponse::into_response),
+    )
 }
 
 fn json_response(code: StatusCode, body: Bytes) -> Response {
@@ -62,17 +68,27 @@ fn json_response(code: StatusCode, body: Bytes) -> Response {
 
 fn selector(query: &HashMap<String, String>) -> Result<Selector, ApiError> {
     if query.contains_key("fieldSelector") {
-        return Err(ApiError::bad_request("fieldSelector is not supported; use labelSelector"));
+        return Err(ApiError::bad_request(
+            "fieldSelector is not supported; use labelSelector",
+        ));
     }
     match query.get("labelSelector") {
-        Some(s) => Selector::parse(s).map_err(|e| ApiError::bad_request(format!("labelSelector: {e}"))),
+        Some(s) => {
+            Selector::parse(s).map_err(|e| ApiError::bad_request(format!("labelSelector: {e}")))
+        }
         None => Ok(Selector::everything()),
     }
 }
 
-fn list(st: &AppState, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+fn list(
+    st: &AppState,
+    target: &Target,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
     let sel = selector(query)?;
-    let (revision, items) = st.store.list(target.kind, target.namespace.as_deref(), &sel);
+    let (revision, items) = st
+        .store
+        .list(target.kind, target.namespace.as_deref(), &sel);
     let kind = target.kind;
     let size: usize = items.iter().map(|e| e.json.len() + 1).sum();
     let mut out = Vec::with_capacity(size + 128);
@@ -94,32 +110,45 @@ fn list(st: &AppState, target: &Target, query: &HashMap<String, String>) -> Resu
     Ok(json_response(StatusCode::OK, out.into()))
 }
 
-fn watch(st: &Arc<AppState>, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+fn watch(
+    st: &Arc<AppState>,
+    target: &Target,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
     let sel = selector(query)?;
     let from = match query.get("resourceVersion").map(String::as_str) {
         None | Some("") => None,
-        Some(s) => Some(
-            s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("resourceVersion: {s:?} is not a number")))?,
-        ),
+        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("resourceVersion: {s:?} is not a number"))
+        })?),
     };
     let timeout = match query.get("timeoutSeconds") {
-        Some(s) => Some(Duration::from_secs(
-            s.parse().map_err(|_| ApiError::bad_request(format!("timeoutSeconds: {s:?} is not a number")))?,
-        )),
+        Some(s) => Some(Duration::from_secs(s.parse().map_err(|_| {
+            ApiError::bad_request(format!("timeoutSeconds: {s:?} is not a number"))
+        })?)),
         None => None,
     };
-    let filter = WatchFilter { kind: target.kind, namespace: target.namespace.clone(), selector: sel };
+    let filter = WatchFilter {
+        kind: target.kind,
+        namespace: target.namespace.clone(),
+        selector: sel,
+    };
     let watch = st.store.watch(filter, from)?;
     let guard = st.metrics.watch_started();
     let shutdown = st.shutdown.clone();
     // A very distant deadline stands in for "no timeout" so the select stays uniform.
-    let deadline = tokio::time::Instant::now() + timeout.unwrap_or(Duration::from_secs(100 * 365 * 86_400));
+    let deadline =
+        tokio::time::Instant::now() + timeout.unwrap_or(Duration::from_secs(100 * 365 * 86_400));
     struct S {
         watch: crate::store::Watch,
         done: bool,
         _guard: crate::metrics::WatchGuard,
     }
-    let state = S { watch, done: false, _guard: guard };
+    let state = S {
+        watch,
+        done: false,
+        _guard: guard,
+    };
     let stream = futures_util::stream::unfold(state, move |mut s| {
         let shutdown = shutdown.clone();
         async move {
@@ -147,7 +176,10 @@ fn watch(st: &Arc<AppState>, target: &Target, query: &HashMap<String, String>) -
         }
     });
     let mut resp = Body::from_stream(stream).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
 
@@ -156,14 +188,27 @@ fn get(st: &AppState, target: &Target) -> Result<Response, ApiError> {
     let ns = target.namespace.as_deref().unwrap_or("");
     match st.store.get(target.kind, ns, name) {
         Some(e) => Ok(json_response(StatusCode::OK, e.json.clone())),
-        None => Err(StoreError::NotFound { kind: target.kind, name: name.to_string() }.into()),
+        None => Err(StoreError::NotFound {
+            kind: target.kind,
+            name: name.to_string(),
+        }
+        .into()),
     }
 }
 
 fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     for w in warnings {
         // Header values must be visible ASCII; field names from users may not be.
-        let text: String = w.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+        let text: String = w
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
         let escaped = text.replace('\\', "\\\\").replace('"', "\\\"");
         if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
             resp.headers_mut().append(header::WARNING, v);
@@ -172,13 +217,21 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
-async fn create(st: &AppState, target: &Target, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn create(
+    st: &AppState,
+    target: &Target,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let format = body::format(headers, Accept::Object)?;
     let bytes = body::read(body, st.max_body_bytes).await?;
     let (mut obj, warnings) = body::object(&bytes, format, target)?;
     clear_user_status(&mut obj);
     let outcome = st.store.write(Op::Create(obj)).await?;
-    Ok(with_warnings(json_response(StatusCode::CREATED, outcome.entry().json.clone()), &warnings))
+    Ok(with_warnings(
+        json_response(StatusCode::CREATED, outcome.entry().json.clone()),
+        &warnings,
+    ))
 }
 
 /// Status is written by the system; a user's create starts without one (nodes excepted:
@@ -208,12 +261,24 @@ async fn update(
     let format = body::format(headers, Accept::Object)?;
     let bytes = body::read(body, st.max_body_bytes).await?;
     let (obj, warnings) = body::object(&bytes, format, target)?;
-    let sub = if status { Subresource::Status } else { Subresource::Main };
+    let sub = if status {
+        Subresource::Status
+    } else {
+        Subresource::Main
+    };
     let outcome = st.store.write(Op::Update(obj, sub)).await?;
-    Ok(with_warnings(json_response(StatusCode::OK, outcome.entry().json.clone()), &warnings))
+    Ok(with_warnings(
+        json_response(StatusCode::OK, outcome.entry().json.clone()),
+        &warnings,
+    ))
 }
 
-async fn apply(st: &AppState, target: &Target, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn apply(
+    st: &AppState,
+    target: &Target,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let format = body::format(headers, Accept::ApplyPatch)?;
     let bytes = body::read(body, st.max_body_bytes).await?;
     let (mut obj, warnings) = body::object(&bytes, format, target)?;
@@ -225,7 +290,10 @@ async fn apply(st: &AppState, target: &Target, headers: &HeaderMap, body: Body) 
         _ => (StatusCode::OK, "configured"),
     };
     let mut resp = json_response(code, outcome.entry().json.clone());
-    resp.headers_mut().insert(HeaderName::from_static(APPLY_RESULT_HEADER), HeaderValue::from_static(result));
+    resp.headers_mut().insert(
+        HeaderName::from_static(APPLY_RESULT_HEADER),
+        HeaderValue::from_static(result),
+    );
     Ok(with_warnings(resp, &warnings))
 }
 
@@ -253,21 +321,22 @@ async fn delete(
     let opts: DeleteOptions = if bytes.iter().all(u8::is_ascii_whitespace) {
         DeleteOptions::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
     };
     let grace = match query.get("gracePeriodSeconds") {
-        Some(s) => Some(
-            s.parse::<i64>()
-                .ok()
-                .filter(|g| *g >= 0)
-                .ok_or_else(|| ApiError::bad_request(format!("gracePeriodSeconds: {s:?} is not a number >= 0")))?,
-        ),
+        Some(s) => Some(s.parse::<i64>().ok().filter(|g| *g >= 0).ok_or_else(|| {
+            ApiError::bad_request(format!("gracePeriodSeconds: {s:?} is not a number >= 0"))
+        })?),
         None => opts.grace_period_seconds,
     };
-    let resource_version = match opts.preconditions.and_then(|p| p.resource_version) {
-        Some(s) => Some(s.parse::<u64>().map_err(|_| ApiError::bad_request("preconditions.resourceVersion is not a number"))?),
-        None => None,
-    };
+    let resource_version =
+        match opts.preconditions.and_then(|p| p.resource_version) {
+            Some(s) => Some(s.parse::<u64>().map_err(|_| {
+                ApiError::bad_request("preconditions.resourceVersion is not a number")
+            })?),
+            None => None,
+        };
     let req = DeleteRequest {
         kind: target.kind,
         namespace: target.namespace.clone().unwrap_or_default(),

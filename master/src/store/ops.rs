@@ -28,7 +28,13 @@ pub(crate) struct View<'a> {
 
 impl<'a> View<'a> {
     pub fn new(state: &'a State, now: i64) -> Self {
-        View { state, overlay: BTreeMap::new(), changes: Vec::new(), revision: state.revision, now }
+        View {
+            state,
+            overlay: BTreeMap::new(),
+            changes: Vec::new(),
+            revision: state.revision,
+            now,
+        }
     }
 
     fn get(&self, key: &Key) -> Option<Arc<Entry>> {
@@ -52,9 +58,14 @@ impl<'a> View<'a> {
             labels: obj.meta().labels.clone(),
             json: obj.to_json().into(),
         });
-        let stored = if type_ == EventType::Deleted { None } else { Some(entry.clone()) };
+        let stored = if type_ == EventType::Deleted {
+            None
+        } else {
+            Some(entry.clone())
+        };
         self.overlay.insert(key, stored);
-        self.changes.push(Arc::new(Change::new(type_, entry.clone())));
+        self.changes
+            .push(Arc::new(Change::new(type_, entry.clone())));
         entry
     }
 
@@ -62,9 +73,18 @@ impl<'a> View<'a> {
     fn keys_in_namespace(&self, ns: &str) -> Vec<Key> {
         let mut keys: Vec<Key> = Vec::new();
         for kind in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
-            keys.extend(self.state.range(kind, Some(ns)).map(|e| (e.kind, e.namespace.clone(), e.name.clone())));
+            keys.extend(
+                self.state
+                    .range(kind, Some(ns))
+                    .map(|e| (e.kind, e.namespace.clone(), e.name.clone())),
+            );
         }
-        keys.extend(self.overlay.keys().filter(|k| k.0.namespaced() && k.1 == ns).cloned());
+        keys.extend(
+            self.overlay
+                .keys()
+                .filter(|k| k.0.namespaced() && k.1 == ns)
+                .cloned(),
+        );
         keys.sort();
         keys.dedup();
         keys.retain(|k| self.get(k).is_some());
@@ -79,7 +99,11 @@ impl<'a> View<'a> {
 fn key_of(obj: &Object) -> Key {
     let kind = obj.kind();
     let m = obj.meta();
-    let ns = if kind.namespaced() { m.namespace.clone() } else { String::new() };
+    let ns = if kind.namespaced() {
+        m.namespace.clone()
+    } else {
+        String::new()
+    };
     (kind, ns, m.name.clone())
 }
 
@@ -116,7 +140,10 @@ fn create(view: &mut View<'_>, mut obj: Object) -> Result<Outcome, StoreError> {
     let kind = obj.kind();
     if kind.namespaced() {
         let ns = obj.meta().namespace.clone();
-        if view.get(&(Kind::Namespace, String::new(), ns.clone())).is_none() {
+        if view
+            .get(&(Kind::Namespace, String::new(), ns.clone()))
+            .is_none()
+        {
             return Err(StoreError::NamespaceNotFound(ns));
         }
     }
@@ -142,15 +169,27 @@ fn create(view: &mut View<'_>, mut obj: Object) -> Result<Outcome, StoreError> {
     m.deletion_grace_period_seconds = None;
     match &mut obj {
         Object::Pod(p) if p.status.is_none() => {
-            p.status = Some(PodStatus { phase: "Pending".into(), ..Default::default() });
+            p.status = Some(PodStatus {
+                phase: "Pending".into(),
+                ..Default::default()
+            });
         }
-        Object::Namespace(n) => n.status = Some(NamespaceStatus { phase: "Active".into() }),
+        Object::Namespace(n) => {
+            n.status = Some(NamespaceStatus {
+                phase: "Active".into(),
+            })
+        }
         _ => {}
     }
     Ok(Outcome::Created(view.put(EventType::Added, obj)))
 }
 
-fn update(view: &mut View<'_>, mut obj: Object, sub: Subresource, apply: bool) -> Result<Outcome, StoreError> {
+fn update(
+    view: &mut View<'_>,
+    mut obj: Object,
+    sub: Subresource,
+    apply: bool,
+) -> Result<Outcome, StoreError> {
     normalize_namespace(&mut obj);
     let kind = obj.kind();
     let key = key_of(&obj);
@@ -251,7 +290,9 @@ fn keep_allocated(new: &mut Object, old: &Object) {
 /// A pod's spec is immutable but for container images, added tolerations and its first
 /// binding to a node, as in Kubernetes.
 fn check_immutable(old: &Object, new: &Object) -> Result<(), StoreError> {
-    let (Object::Pod(o), Object::Pod(n)) = (old, new) else { return Ok(()) };
+    let (Object::Pod(o), Object::Pod(n)) = (old, new) else {
+        return Ok(());
+    };
     let mut probe = n.spec.clone();
     if probe.containers.len() == o.spec.containers.len() {
         for (p, oc) in probe.containers.iter_mut().zip(&o.spec.containers) {
@@ -261,7 +302,11 @@ fn check_immutable(old: &Object, new: &Object) -> Result<(), StoreError> {
     if o.spec.node_name.is_empty() {
         probe.node_name.clear();
     }
-    let added_only = o.spec.tolerations.iter().all(|t| n.spec.tolerations.contains(t));
+    let added_only = o
+        .spec
+        .tolerations
+        .iter()
+        .all(|t| n.spec.tolerations.contains(t));
     if added_only {
         probe.tolerations = o.spec.tolerations.clone();
     }
@@ -279,19 +324,29 @@ fn check_immutable(old: &Object, new: &Object) -> Result<(), StoreError> {
 }
 
 fn delete(view: &mut View<'_>, req: DeleteRequest) -> Result<Outcome, StoreError> {
-    let ns = if req.kind.namespaced() { req.namespace.clone() } else { String::new() };
+    let ns = if req.kind.namespaced() {
+        req.namespace.clone()
+    } else {
+        String::new()
+    };
     let key = (req.kind, ns, req.name.clone());
     let Some(entry) = view.get(&key) else {
-        return Err(StoreError::NotFound { kind: req.kind, name: req.name });
+        return Err(StoreError::NotFound {
+            kind: req.kind,
+            name: req.name,
+        });
     };
-    if let Some(rv) = req.resource_version {
-        if rv != entry.revision {
-            return Err(StoreError::Conflict {
-                kind: req.kind,
-                name: req.name,
-                reason: format!("the resourceVersion in the precondition ({rv}) does not match ({})", entry.revision),
-            });
-        }
+    if let Some(rv) = req.resource_version
+        && rv != entry.revision
+    {
+        return Err(StoreError::Conflict {
+            kind: req.kind,
+            name: req.name,
+            reason: format!(
+                "the resourceVersion in the precondition ({rv}) does not match ({})",
+                entry.revision
+            ),
+        });
     }
     let mut obj = entry.object()?;
     if req.kind == Kind::Namespace {
@@ -312,9 +367,11 @@ fn delete(view: &mut View<'_>, req: DeleteRequest) -> Result<Outcome, StoreError
     }
     let already_terminating = obj.meta().deletion_timestamp.is_some();
     let graceful_pod = match &obj {
-        Object::Pod(p) if !p.spec.node_name.is_empty() && req.grace_seconds != Some(0) => {
-            Some(req.grace_seconds.or(p.spec.termination_grace_period_seconds).unwrap_or(DEFAULT_GRACE_SECONDS))
-        }
+        Object::Pod(p) if !p.spec.node_name.is_empty() && req.grace_seconds != Some(0) => Some(
+            req.grace_seconds
+                .or(p.spec.termination_grace_period_seconds)
+                .unwrap_or(DEFAULT_GRACE_SECONDS),
+        ),
         _ => None,
     };
     let has_finalizers = !obj.meta().finalizers.is_empty();
@@ -339,7 +396,14 @@ pub(crate) fn new_uid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn random_suffix() -> String {
@@ -347,7 +411,9 @@ fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut b = [0u8; 5];
     fill_random(&mut b);
-    b.iter().map(|x| ALPHABET[*x as usize % ALPHABET.len()] as char).collect()
+    b.iter()
+        .map(|x| ALPHABET[*x as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 fn fill_random(buf: &mut [u8]) {
@@ -355,7 +421,10 @@ fn fill_random(buf: &mut [u8]) {
         // The kernel's random source failing is not recoverable in any useful way; fall back
         // to the clock so names stay unique enough rather than taking the master down.
         tracing::error!(error = %e, "getrandom failed");
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         for (i, x) in buf.iter_mut().enumerate() {
             *x = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
         }

@@ -50,7 +50,12 @@ impl Change {
         line.extend_from_slice(b"\",\"object\":");
         line.extend_from_slice(&entry.json);
         line.extend_from_slice(b"}\n");
-        Change { revision: entry.revision, type_, entry, line: line.into() }
+        Change {
+            revision: entry.revision,
+            type_,
+            entry,
+            line: line.into(),
+        }
     }
 }
 
@@ -66,17 +71,30 @@ pub(crate) struct State {
 
 impl State {
     pub fn new(objects: BTreeMap<Key, Arc<Entry>>, revision: u64, log_limit: usize) -> Self {
-        State { objects, revision, log: VecDeque::new(), compacted: revision, log_limit: log_limit.max(1) }
+        State {
+            objects,
+            revision,
+            log: VecDeque::new(),
+            compacted: revision,
+            log_limit: log_limit.max(1),
+        }
     }
 
     /// The entries of one kind, optionally in one namespace, in name order.
-    pub fn range<'a>(&'a self, kind: Kind, namespace: Option<&str>) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
+    pub fn range<'a>(
+        &'a self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
         let (lo, hi) = match namespace.filter(|_| kind.namespaced()) {
             Some(ns) => (
                 Bound::Included((kind, ns.to_string(), String::new())),
                 Bound::Excluded((kind, format!("{ns}\0"), String::new())),
             ),
-            None => (Bound::Included((kind, String::new(), String::new())), next_kind(kind)),
+            None => (
+                Bound::Included((kind, String::new(), String::new())),
+                next_kind(kind),
+            ),
         };
         self.objects.range((lo, hi)).map(|(_, v)| v)
     }

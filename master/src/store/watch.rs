@@ -24,7 +24,10 @@ impl WatchFilter {
     fn matches(&self, c: &Change) -> bool {
         let e = &c.entry;
         e.kind == self.kind
-            && self.namespace.as_ref().is_none_or(|ns| !self.kind.namespaced() || *ns == e.namespace)
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| !self.kind.namespaced() || *ns == e.namespace)
             && self.selector.matches(&e.labels)
     }
 }
@@ -39,15 +42,26 @@ pub struct Watch {
     last: u64,
 }
 
-pub(crate) fn start(shared: Arc<Shared>, filter: WatchFilter, from: Option<u64>) -> Result<Watch, StoreError> {
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    filter: WatchFilter,
+    from: Option<u64>,
+) -> Result<Watch, StoreError> {
     let (backlog, rx, last) = {
         let st = shared.state.read().unwrap_or_else(|p| p.into_inner());
         let backlog = match from.filter(|&r| r > 0) {
             Some(rv) => {
                 if rv < st.compacted || rv > st.revision {
-                    return Err(StoreError::Gone { requested: rv, oldest: st.compacted });
+                    return Err(StoreError::Gone {
+                        requested: rv,
+                        oldest: st.compacted,
+                    });
                 }
-                st.log.iter().filter(|c| c.revision > rv && filter.matches(c)).cloned().collect()
+                st.log
+                    .iter()
+                    .filter(|c| c.revision > rv && filter.matches(c))
+                    .cloned()
+                    .collect()
             }
             None => st
                 .range(filter.kind, filter.namespace.as_deref())
@@ -59,7 +73,13 @@ pub(crate) fn start(shared: Arc<Shared>, filter: WatchFilter, from: Option<u64>)
         // nothing between the backlog and the first live change is missed or repeated.
         (backlog, shared.events.subscribe(), st.revision)
     };
-    Ok(Watch { shared, filter, backlog, rx, last })
+    Ok(Watch {
+        shared,
+        filter,
+        backlog,
+        rx,
+        last,
+    })
 }
 
 impl Watch {
@@ -88,9 +108,17 @@ impl Watch {
     fn catch_up(&mut self) -> Result<(), StoreError> {
         let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
         if self.last < st.compacted {
-            return Err(StoreError::Gone { requested: self.last, oldest: st.compacted });
+            return Err(StoreError::Gone {
+                requested: self.last,
+                oldest: st.compacted,
+            });
         }
-        self.backlog = st.log.iter().filter(|c| c.revision > self.last && self.filter.matches(c)).cloned().collect();
+        self.backlog = st
+            .log
+            .iter()
+            .filter(|c| c.revision > self.last && self.filter.matches(c))
+            .cloned()
+            .collect();
         self.rx = self.shared.events.subscribe();
         self.last = st.revision;
         Ok(())

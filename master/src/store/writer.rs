@@ -82,14 +82,19 @@ pub(crate) fn open(path: &Path, log_limit: usize) -> Result<(Database, State), S
     for row in table.iter().map_err(redb::Error::from)? {
         let (k, v) = row.map_err(redb::Error::from)?;
         let Some(key) = parse_key(k.value()) else {
-            tracing::warn!(key = k.value(), "skipping a stored object with a malformed key");
+            tracing::warn!(
+                key = k.value(),
+                "skipping a stored object with a malformed key"
+            );
             continue;
         };
         match entry_from_json(&key, v.value().to_vec()) {
             Ok(e) => {
                 objects.insert(key, Arc::new(e));
             }
-            Err(err) => tracing::warn!(key = k.value(), %err, "skipping a stored object that is not valid JSON"),
+            Err(err) => {
+                tracing::warn!(key = k.value(), %err, "skipping a stored object that is not valid JSON")
+            }
         }
     }
     drop(table);
@@ -136,9 +141,17 @@ impl Writer {
                 replies.push(reply);
             }
             let (changes, revision) = view.finish();
-            (results.into_iter().zip(replies).collect::<Vec<_>>(), changes, revision)
+            (
+                results.into_iter().zip(replies).collect::<Vec<_>>(),
+                changes,
+                revision,
+            )
         };
-        let persisted = if changes.is_empty() { Ok(()) } else { self.persist(&changes, revision) };
+        let persisted = if changes.is_empty() {
+            Ok(())
+        } else {
+            self.persist(&changes, revision)
+        };
         match persisted {
             Ok(()) => {
                 if !changes.is_empty() {
@@ -181,11 +194,14 @@ impl Writer {
                 if c.type_ == super::EventType::Deleted {
                     objects.remove(k.as_str()).map_err(redb::Error::from)?;
                 } else {
-                    objects.insert(k.as_str(), &c.entry.json[..]).map_err(redb::Error::from)?;
+                    objects
+                        .insert(k.as_str(), &c.entry.json[..])
+                        .map_err(redb::Error::from)?;
                 }
             }
             let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
-            meta.insert("revision", revision).map_err(redb::Error::from)?;
+            meta.insert("revision", revision)
+                .map_err(redb::Error::from)?;
         }
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
