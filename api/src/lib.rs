@@ -4,6 +4,7 @@
 //! This crate does no I/O. The master stores and serves these types, the agent runs them,
 //! and the CLI parses manifests with [`manifest::parse_manifests`] before sending them.
 
+pub mod backoff;
 pub mod deployment;
 pub mod error;
 pub mod event;
@@ -15,11 +16,13 @@ pub mod node;
 pub mod object;
 pub mod pod;
 pub mod quantity;
+pub mod report;
 pub mod selector;
 pub mod service;
 pub mod status;
 pub mod time;
 pub mod validate;
+pub mod wire;
 
 pub use error::{FieldError, Invalid};
 pub use object::{Kind, Object};

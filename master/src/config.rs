@@ -11,6 +11,8 @@ use serde::Deserialize;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/bramble/master";
 /// Default API listen address (the Kubernetes API port).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:6443";
+/// Default address of the embedded MQTT broker.
+pub const DEFAULT_MQTT_LISTEN: &str = "0.0.0.0:1883";
 /// Default largest request body, in bytes.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
@@ -24,7 +26,7 @@ pub struct Args {
     /// Address of the API server [default: 0.0.0.0:6443]
     #[arg(long)]
     pub listen: Option<String>,
-    /// YAML config file with the same settings in camelCase (dataDir, listen, maxBodyBytes, watchChangeLog); flags win
+    /// YAML config file with the same settings in camelCase (dataDir, listen, mqttListen, ...); flags win
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Largest accepted request body in bytes [default: 1048576]
@@ -33,6 +35,15 @@ pub struct Args {
     /// Changes kept in memory for watch resume [default: 4096]
     #[arg(long)]
     pub watch_change_log: Option<usize>,
+    /// Address of the embedded MQTT broker that agents connect to [default: 0.0.0.0:1883]
+    #[arg(long)]
+    pub mqtt_listen: Option<String>,
+    /// Use this external MQTT broker (HOST:PORT, e.g. mosquitto) instead of the embedded one
+    #[arg(long)]
+    pub external_broker: Option<String>,
+    /// A node is NotReady (NodeLost) after this much heartbeat silence, e.g. 3s or 1500ms [default: 3s]
+    #[arg(long)]
+    pub node_lost_after: Option<String>,
 }
 
 /// The config file's settings.
@@ -43,6 +54,18 @@ struct FileConfig {
     listen: Option<String>,
     max_body_bytes: Option<usize>,
     watch_change_log: Option<usize>,
+    mqtt_listen: Option<String>,
+    external_broker: Option<String>,
+    node_lost_after: Option<String>,
+}
+
+/// Where agents' MQTT traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broker {
+    /// The master runs rumqttd on this address.
+    Embedded(SocketAddr),
+    /// An external broker at `host:port`.
+    External { host: String, port: u16 },
 }
 
 /// The validated master configuration.
@@ -52,6 +75,25 @@ pub struct Config {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub watch_change_log: usize,
+    pub broker: Broker,
+    pub node_lost_after: std::time::Duration,
+}
+
+/// Parses `3`, `3s`, `1500ms` or `2m` into a duration.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(
+        t.find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len()),
+    );
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
 }
 
 impl Config {
@@ -62,6 +104,8 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_body_bytes: DEFAULT_MAX_BODY,
             watch_change_log: 4096,
+            broker: Broker::Embedded(SocketAddr::from(([127, 0, 0, 1], 0))),
+            node_lost_after: std::time::Duration::from_secs(3),
         }
     }
 
@@ -118,11 +162,48 @@ impl TryFrom<Args> for Config {
         if watch_change_log == 0 {
             return Err("--watch-change-log: must be at least 1".into());
         }
+        let broker = match a.external_broker.or(file.external_broker) {
+            Some(ext) => {
+                let (host, port) = ext
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| {
+                        Some((
+                            h.trim_matches(['[', ']']).to_string(),
+                            p.parse::<u16>().ok()?,
+                        ))
+                    })
+                    .filter(|(h, p)| !h.is_empty() && *p > 0)
+                    .ok_or_else(|| format!("--external-broker: {ext:?} is not HOST:PORT"))?;
+                Broker::External { host, port }
+            }
+            None => {
+                let text = a
+                    .mqtt_listen
+                    .or(file.mqtt_listen)
+                    .unwrap_or_else(|| DEFAULT_MQTT_LISTEN.into());
+                Broker::Embedded(text.parse().map_err(|_| {
+                    format!("--mqtt-listen: {text:?} is not an address like 0.0.0.0:1883")
+                })?)
+            }
+        };
+        let lost_text = a
+            .node_lost_after
+            .or(file.node_lost_after)
+            .unwrap_or_else(|| "3s".into());
+        let node_lost_after = parse_duration(&lost_text)
+            .filter(|d| *d >= std::time::Duration::from_millis(100))
+            .ok_or_else(|| {
+                format!(
+                    "--node-lost-after: {lost_text:?} is not a duration of at least 100ms (e.g. 3s)"
+                )
+            })?;
         Ok(Config {
             data_dir,
             listen,
             max_body_bytes,
             watch_change_log,
+            broker,
+            node_lost_after,
         })
     }
 }

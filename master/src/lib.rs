@@ -4,8 +4,11 @@
 //! serves reads and watches) and serves it over a Kubernetes-shaped HTTP/JSON [`server`].
 //! Later parts (scheduler, controllers, agent gateway, embedded broker) read the same store.
 
+pub mod broker;
 pub mod config;
 pub mod credentials;
+pub mod enrollment;
+pub mod gateway;
 pub mod metrics;
 pub mod server;
 pub mod store;
@@ -37,6 +40,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Credentials(#[from] credentials::CredentialError),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -52,6 +57,14 @@ pub struct Master {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     admin_token: String,
+    enrollment: Arc<enrollment::Enrollment>,
+    metrics: Arc<metrics::Metrics>,
+    gateway: gateway::GatewayHandle,
+    gateway_task: tokio::task::JoinHandle<()>,
+    /// Stops the gateway; cancelled when `serve`'s token is.
+    internal: CancellationToken,
+    mqtt_host: String,
+    mqtt_port: u16,
 }
 
 impl Master {
@@ -80,6 +93,38 @@ impl Master {
         }
         let admin_token =
             credentials::load_or_create_token(&dir.join(credentials::ADMIN_TOKEN_FILE))?;
+        let enrollment = Arc::new(enrollment::Enrollment::load(dir)?);
+        let (gw_host, gw_port, mqtt_host, credentials) = match &config.broker {
+            config::Broker::Embedded(listen) => {
+                let addr =
+                    broker::start_embedded(*listen, enrollment.clone(), admin_token.clone())?;
+                let host = if addr.ip().is_unspecified() {
+                    "127.0.0.1".to_string()
+                } else {
+                    addr.ip().to_string()
+                };
+                (
+                    host,
+                    addr.port(),
+                    String::new(),
+                    Some((broker::MASTER_USER.to_string(), admin_token.clone())),
+                )
+            }
+            config::Broker::External { host, port } => (host.clone(), *port, host.clone(), None),
+        };
+        let metrics = Arc::new(metrics::Metrics::default());
+        let internal = CancellationToken::new();
+        let (gateway, gateway_task) = gateway::start(
+            store.clone(),
+            metrics.clone(),
+            gateway::GatewayConfig {
+                host: gw_host,
+                port: gw_port,
+                credentials,
+                node_lost_after: config.node_lost_after,
+            },
+            internal.clone(),
+        );
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -102,12 +147,24 @@ impl Master {
             listener,
             addr,
             admin_token,
+            enrollment,
+            metrics,
+            gateway,
+            gateway_task,
+            internal,
+            mqtt_host,
+            mqtt_port: gw_port,
         })
     }
 
     /// The bound API address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The MQTT broker port agents are told to use.
+    pub fn mqtt_port(&self) -> u16 {
+        self.mqtt_port
     }
 
     /// The admin bearer token.
@@ -125,10 +182,14 @@ impl Master {
     pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let state = Arc::new(server::AppState {
             store: self.store.clone(),
-            metrics: Arc::new(metrics::Metrics::default()),
+            metrics: self.metrics.clone(),
             admin_token: self.admin_token.clone(),
             max_body_bytes: self.config.max_body_bytes,
             shutdown: shutdown.clone(),
+            enrollment: self.enrollment.clone(),
+            gateway: self.gateway.clone(),
+            mqtt_host: self.mqtt_host.clone(),
+            mqtt_port: self.mqtt_port,
         });
         let app = server::router(state);
         tracing::info!(addr = %self.addr, "API server listening");
@@ -142,6 +203,9 @@ impl Master {
             Ok(Err(e)) => tracing::error!(error = %e, "API server task failed"),
             Err(_) => tracing::warn!("connections still open after the grace period; closing them"),
         }
+        self.internal.cancel();
+        let _ = self.gateway_task.await;
+        drop(self.gateway);
         drop(self.store);
         let writer = self.writer;
         // Every handle is gone once the server is: the writer finishes its batch and exits.

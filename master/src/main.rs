@@ -44,7 +44,11 @@ fn main() -> ExitCode {
             }
         };
         // The address on stdout lets scripts and tests that pass port 0 find the server.
-        println!("bramble-master listening on http://{}", master.addr());
+        println!(
+            "bramble-master listening on http://{} mqtt://127.0.0.1:{}",
+            master.addr(),
+            master.mqtt_port()
+        );
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
         match master.serve(shutdown).await {

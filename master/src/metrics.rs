@@ -27,6 +27,9 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
     watches: AtomicI64,
+    /// Gateway counters (dropped messages by reason, ...).
+    counters: Mutex<BTreeMap<&'static str, u64>>,
+    gauges: Mutex<BTreeMap<&'static str, i64>>,
 }
 
 impl Metrics {
@@ -45,6 +48,20 @@ impl Metrics {
             }
             h.total += 1;
             h.sum += secs;
+        }
+    }
+
+    /// Adds one to a named gateway counter (`bramble_gateway_<name>_total`).
+    pub fn count(&self, name: &'static str) {
+        if let Ok(mut c) = self.counters.lock() {
+            *c.entry(name).or_default() += 1;
+        }
+    }
+
+    /// Sets a named gateway gauge (`bramble_gateway_<name>`).
+    pub fn set_gauge(&self, name: &'static str, v: i64) {
+        if let Ok(mut g) = self.gauges.lock() {
+            g.insert(name, v);
         }
     }
 
@@ -103,6 +120,22 @@ impl Metrics {
             "bramble_apiserver_watches {}",
             self.watches.load(Ordering::Relaxed)
         );
+        if let Ok(c) = self.counters.lock() {
+            for (name, n) in c.iter() {
+                let _ = writeln!(
+                    out,
+                    "# TYPE bramble_gateway_{name}_total counter\nbramble_gateway_{name}_total {n}"
+                );
+            }
+        }
+        if let Ok(g) = self.gauges.lock() {
+            for (name, v) in g.iter() {
+                let _ = writeln!(
+                    out,
+                    "# TYPE bramble_gateway_{name} gauge\nbramble_gateway_{name} {v}"
+                );
+            }
+        }
         out.push_str("# HELP bramble_store_revision The store's global revision.\n# TYPE bramble_store_revision gauge\n");
         let _ = writeln!(out, "bramble_store_revision {}", store.revision());
         out.push_str("# HELP bramble_store_objects Stored objects by kind.\n# TYPE bramble_store_objects gauge\n");

@@ -3,6 +3,7 @@
 
 mod body;
 mod error;
+mod nodes;
 mod path;
 mod resources;
 
@@ -14,9 +15,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
+use crate::enrollment::Enrollment;
+use crate::gateway::GatewayHandle;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -30,6 +33,11 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Cancelled at shutdown; open watch streams end on it.
     pub shutdown: CancellationToken,
+    pub enrollment: Arc<Enrollment>,
+    pub gateway: GatewayHandle,
+    /// Broker address given to joining agents (empty host: the master's host).
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
 }
 
 /// The API router.
@@ -38,6 +46,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/bramble/v1/join", post(nodes::join))
+        .route("/bramble/v1/tokens", get(nodes::tokens).post(nodes::tokens))
         .fallback(api)
         .with_state(state)
 }

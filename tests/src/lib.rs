@@ -47,6 +47,8 @@ pub struct MasterProcess {
     pub data_dir: PathBuf,
     pub url: String,
     pub token: String,
+    /// The MQTT broker's port (embedded, or the external one the master was pointed at).
+    pub mqtt_port: u16,
 }
 
 impl MasterProcess {
@@ -61,6 +63,16 @@ impl MasterProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(
+                if extra
+                    .iter()
+                    .any(|a| a.starts_with("--mqtt-listen") || a.starts_with("--external-broker"))
+                {
+                    &[][..]
+                } else {
+                    &["--mqtt-listen", "127.0.0.1:0"][..]
+                },
+            )
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -88,12 +100,17 @@ impl MasterProcess {
                 bail!("bramble-master did not report its address (exit: {status:?})");
             }
         };
-        let url = line
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("http://"))
+        let mut words = line.split_whitespace();
+        let url = words
+            .find(|w| w.starts_with("http://"))
             .ok_or_else(|| anyhow!("unexpected first line from bramble-master: {line:?}"))?
             .to_string();
+        let mqtt_port = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("mqtt://"))
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow!("no mqtt address in {line:?}"))?;
         let token = std::fs::read_to_string(data_dir.join("admin.token"))?
             .trim()
             .to_string();
@@ -102,6 +119,7 @@ impl MasterProcess {
             data_dir: data_dir.to_path_buf(),
             url,
             token,
+            mqtt_port,
         })
     }
 

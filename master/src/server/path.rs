@@ -11,6 +11,8 @@ pub struct Target {
     pub name: Option<String>,
     /// `/status` subresource.
     pub status: bool,
+    /// `/log` subresource (pods).
+    pub log: bool,
 }
 
 /// Parses `/api/v1/...` and `/apis/{group}/v1/...`; None for anything else.
@@ -28,6 +30,7 @@ pub fn parse(path: &str) -> Option<Target> {
             namespace: namespace.map(str::to_string),
             name: name.map(str::to_string),
             status,
+            log: false,
         })
     };
     match rest {
@@ -56,6 +59,7 @@ fn ns_target(kind: Kind, ns: &str, name: Option<&str>, status: bool) -> Option<T
         namespace: Some(ns.to_string()),
         name: name.map(str::to_string),
         status,
+        log: false,
     })
 }
 
@@ -88,5 +92,8 @@ mod tests {
         assert!(parse("/api/v1/widgets").is_none());
         assert!(parse("/").is_none());
         assert!(parse("/api/v1/pods/web").is_none());
+        let p = parse("/api/v1/namespaces/default/pods/web/log").unwrap();
+        assert!(p.log && !p.status && p.kind == Kind::Pod);
+        assert!(parse("/api/v1/namespaces/default/services/web/log").is_none());
     }
 }

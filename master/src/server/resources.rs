@@ -36,6 +36,21 @@ pub async fn handle(
     let query: HashMap<String, String> = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
     let resource = target.kind.plural();
     let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    if target.log {
+        let result = match method {
+            Method::GET => super::nodes::logs(st, &target, &query).await,
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "logs are read with GET",
+            )),
+        };
+        return (
+            "logs",
+            resource,
+            result.unwrap_or_else(IntoResponse::into_response),
+        );
+    }
     let (verb, result) = match (&method, target.name.is_some(), target.status) {
         (&Method::GET, false, _) if watching => ("watch", watch(st, &target, &query)),
         (&Method::GET, false, _) => ("list", list(st, &target, &query)),

@@ -1,0 +1,492 @@
+//! The master ↔ agent protocol over MQTT: topics and postcard-encoded messages.
+//!
+//! Every payload is an [`Envelope`] with the protocol version and the sending node's name.
+//! postcard is not self-describing, so these are plain structs and externally tagged enums
+//! only (no `skip_serializing_if`, `flatten`, untagged or internally tagged enums), and every
+//! message has a round-trip test. A pod's desired spec travels as its Kubernetes JSON inside
+//! the envelope: it is the API's own format, it evolves with the API, and the agent decodes
+//! it with the same code as the master.
+//!
+//! Decoding checks the size before parsing and refuses other protocol versions.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version carried by every envelope.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The largest payload accepted on any topic (a desired snapshot of many pods is the largest).
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// The root of every node topic.
+pub const TOPIC_ROOT: &str = "bramble/v1/node";
+
+/// One of a node's topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Agent → master: full status on every (re)connect.
+    Hello,
+    /// Agent → master: alive, with usage when it changed.
+    Heartbeat,
+    /// Agent → master: pod status changes.
+    Status,
+    /// Broker → master: the agent's Last Will, published on an unclean disconnect.
+    Will,
+    /// Master → agent: desired pods, as a snapshot or revisioned changes.
+    Desired,
+    /// Master → agent: requests (logs).
+    Request,
+    /// Agent → master: replies to requests.
+    Reply,
+}
+
+impl Channel {
+    const ALL: [Channel; 7] = [
+        Channel::Hello,
+        Channel::Heartbeat,
+        Channel::Status,
+        Channel::Will,
+        Channel::Desired,
+        Channel::Request,
+        Channel::Reply,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Channel::Hello => "hello",
+            Channel::Heartbeat => "heartbeat",
+            Channel::Status => "status",
+            Channel::Will => "will",
+            Channel::Desired => "desired",
+            Channel::Request => "rpc/request",
+            Channel::Reply => "rpc/reply",
+        }
+    }
+
+    /// The topic of this channel for a node.
+    pub fn topic(self, node: &str) -> String {
+        format!("{TOPIC_ROOT}/{node}/{}", self.suffix())
+    }
+
+    /// The subscription filter for this channel across all nodes.
+    pub fn filter_all(self) -> String {
+        format!("{TOPIC_ROOT}/+/{}", self.suffix())
+    }
+
+    /// Splits a topic into its node and channel.
+    pub fn parse(topic: &str) -> Option<(&str, Channel)> {
+        let rest = topic.strip_prefix(TOPIC_ROOT)?.strip_prefix('/')?;
+        let (node, suffix) = rest.split_once('/')?;
+        if node.is_empty() || node.contains(['+', '#']) {
+            return None;
+        }
+        Channel::ALL
+            .into_iter()
+            .find(|c| c.suffix() == suffix)
+            .map(|c| (node, c))
+    }
+}
+
+/// Every payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u16,
+    /// The node the message is from or for.
+    pub node: String,
+    pub message: Message,
+}
+
+/// The messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    Hello(Hello),
+    Heartbeat(Heartbeat),
+    Status(StatusReport),
+    Desired(Desired),
+    LogRequest(LogRequest),
+    LogReply(LogReply),
+    /// The agent's Last Will: it vanished without a clean disconnect.
+    Gone,
+}
+
+/// Full status, sent on every (re)connect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Changes when the agent process restarts.
+    pub session: u64,
+    pub facts: NodeFacts,
+    /// The last desired revision the agent applied; the master answers with a snapshot.
+    pub desired_revision: u64,
+    pub pods: Vec<PodReport>,
+}
+
+/// What the node is: reported at join and on every hello.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeFacts {
+    pub hostname: String,
+    /// The address other boards and the master reach it at.
+    pub address: String,
+    /// `arm64`, `arm`, `amd64` (Kubernetes' GOARCH names).
+    pub architecture: String,
+    pub operating_system: String,
+    pub os_image: String,
+    pub kernel_version: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    /// 1 or 2.
+    pub cgroup_version: u8,
+    pub allocatable_cpu_millis: u64,
+    pub allocatable_memory_bytes: u64,
+    pub max_pods: u32,
+    pub labels: Vec<(String, String)>,
+    pub agent_version: String,
+}
+
+/// Alive; `usage` only when it changed since the last heartbeat that carried it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub seq: u64,
+    pub usage: Option<Usage>,
+}
+
+/// Resource use of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub memory_used_bytes: u64,
+    pub pods: u32,
+}
+
+/// Pod status changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub pods: Vec<PodReport>,
+}
+
+/// A pod's observed state on the node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PodReport {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// `Pending`, `Running`, `Succeeded`, `Failed`.
+    pub phase: String,
+    pub reason: String,
+    pub message: String,
+    pub host_ip: String,
+    pub pod_ip: String,
+    /// Unix seconds; 0 when not started.
+    pub start_time: i64,
+    pub containers: Vec<ContainerReport>,
+    /// The pod is fully stopped and cleaned up on the node (final for a terminating pod).
+    pub removed: bool,
+}
+
+/// One container's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerReport {
+    pub name: String,
+    pub image: String,
+    pub ready: bool,
+    pub restart_count: u32,
+    pub state: ContainerState,
+    pub last_state: Option<ContainerState>,
+}
+
+/// Waiting, running or terminated, as in Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started_at: i64,
+    },
+    Terminated {
+        exit_code: i32,
+        reason: String,
+        message: String,
+        started_at: i64,
+        finished_at: i64,
+    },
+}
+
+/// Master → agent: the node's desired pods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Desired {
+    /// The store revision this message brings the agent to.
+    pub revision: u64,
+    /// The revision of the previous message sent to this node; an agent whose last applied
+    /// revision differs has missed a message and asks for a snapshot.
+    pub prev_revision: u64,
+    pub change: DesiredChange,
+}
+
+/// A snapshot replaces everything; upserts and removals apply one change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DesiredChange {
+    Snapshot(Vec<DesiredPod>),
+    Upsert(DesiredPod),
+    Remove { uid: String },
+}
+
+/// One pod the node should run: its API object as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredPod {
+    pub uid: String,
+    pub revision: u64,
+    pub pod_json: Vec<u8>,
+}
+
+/// Master → agent: read a container's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRequest {
+    pub id: u64,
+    pub namespace: String,
+    pub pod: String,
+    /// Empty: the pod's only container.
+    pub container: String,
+    /// Last N lines; None for the whole file (bounded by `limit_bytes`).
+    pub tail_lines: Option<u64>,
+    /// The previous (terminated) instance of the container.
+    pub previous: bool,
+    /// Continue from this byte offset of the log stream (for follow).
+    pub offset: Option<u64>,
+    pub limit_bytes: u64,
+}
+
+/// Agent → master: log bytes, or an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogReply {
+    pub id: u64,
+    pub data: Vec<u8>,
+    /// Where a follow request continues.
+    pub next_offset: u64,
+    /// Empty on success.
+    pub error: String,
+}
+
+/// Why a payload was dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("payload of {0} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")]
+    TooLarge(usize),
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+    #[error("protocol version {0} is not supported (this build speaks {PROTOCOL_VERSION})")]
+    Version(u16),
+}
+
+/// Encodes a message from or for `node`.
+pub fn encode(node: &str, message: Message) -> Vec<u8> {
+    let env = Envelope {
+        version: PROTOCOL_VERSION,
+        node: node.to_string(),
+        message,
+    };
+    // Plain structs of strings, integers and vectors always encode.
+    postcard::to_stdvec(&env).unwrap_or_default()
+}
+
+/// Decodes a payload: size first, then the envelope, then the version.
+pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
+    if payload.len() > MAX_MESSAGE_BYTES {
+        return Err(WireError::TooLarge(payload.len()));
+    }
+    // The version is the envelope's first field: check it before the rest, so that a newer
+    // agent's message is reported as a version mismatch rather than as garbage.
+    let (version, _) = postcard::take_from_bytes::<u16>(payload)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::Version(version));
+    }
+    let (env, rest) = postcard::take_from_bytes::<Envelope>(payload)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> PodReport {
+        PodReport {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: "u-1".into(),
+            phase: "Running".into(),
+            reason: String::new(),
+            message: String::new(),
+            host_ip: "192.0.2.10".into(),
+            pod_ip: String::new(),
+            start_time: 1_700_000_000,
+            containers: vec![ContainerReport {
+                name: "main".into(),
+                image: "busybox".into(),
+                ready: true,
+                restart_count: 3,
+                state: ContainerState::Running {
+                    started_at: 1_700_000_100,
+                },
+                last_state: Some(ContainerState::Terminated {
+                    exit_code: 137,
+                    reason: "OOMKilled".into(),
+                    message: String::new(),
+                    started_at: 1,
+                    finished_at: 2,
+                }),
+            }],
+            removed: false,
+        }
+    }
+
+    fn every_message() -> Vec<Message> {
+        let pod = DesiredPod {
+            uid: "u-1".into(),
+            revision: 7,
+            pod_json: br#"{"kind":"Pod"}"#.to_vec(),
+        };
+        vec![
+            Message::Hello(Hello {
+                session: 42,
+                facts: NodeFacts {
+                    hostname: "pi1".into(),
+                    architecture: "arm64".into(),
+                    cpus: 4,
+                    memory_bytes: 4 << 30,
+                    cgroup_version: 2,
+                    labels: vec![("kubernetes.io/arch".into(), "arm64".into())],
+                    ..Default::default()
+                },
+                desired_revision: 5,
+                pods: vec![report()],
+            }),
+            Message::Heartbeat(Heartbeat {
+                seq: 1,
+                usage: None,
+            }),
+            Message::Heartbeat(Heartbeat {
+                seq: 2,
+                usage: Some(Usage {
+                    memory_used_bytes: 1 << 20,
+                    pods: 3,
+                }),
+            }),
+            Message::Status(StatusReport {
+                pods: vec![
+                    report(),
+                    PodReport {
+                        removed: true,
+                        ..report()
+                    },
+                ],
+            }),
+            Message::Desired(Desired {
+                revision: 9,
+                prev_revision: 7,
+                change: DesiredChange::Snapshot(vec![pod.clone()]),
+            }),
+            Message::Desired(Desired {
+                revision: 10,
+                prev_revision: 9,
+                change: DesiredChange::Upsert(pod),
+            }),
+            Message::Desired(Desired {
+                revision: 11,
+                prev_revision: 10,
+                change: DesiredChange::Remove { uid: "u-1".into() },
+            }),
+            Message::LogRequest(LogRequest {
+                id: 1,
+                namespace: "default".into(),
+                pod: "web".into(),
+                container: String::new(),
+                tail_lines: Some(10),
+                previous: false,
+                offset: None,
+                limit_bytes: 1 << 20,
+            }),
+            Message::LogReply(LogReply {
+                id: 1,
+                data: b"hello\n".to_vec(),
+                next_offset: 6,
+                error: String::new(),
+            }),
+            Message::Gone,
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in every_message() {
+            let bytes = encode("pi1", m.clone());
+            let env = decode(&bytes).unwrap_or_else(|e| panic!("{m:?}: {e}"));
+            assert_eq!(env.node, "pi1");
+            assert_eq!(env.version, PROTOCOL_VERSION);
+            assert_eq!(env.message, m);
+        }
+    }
+
+    #[test]
+    fn an_idle_heartbeat_is_tiny() {
+        let bytes = encode(
+            "pi-rack1-node07",
+            Message::Heartbeat(Heartbeat {
+                seq: 123_456,
+                usage: None,
+            }),
+        );
+        assert!(bytes.len() <= 24, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn bad_payloads_are_errors_not_panics() {
+        assert!(matches!(
+            decode(&vec![0u8; MAX_MESSAGE_BYTES + 1]),
+            Err(WireError::TooLarge(_))
+        ));
+        assert!(matches!(decode(&[]), Err(WireError::Malformed(_))));
+        let mut v = encode("n", Message::Gone);
+        v[0] = 9;
+        assert!(matches!(decode(&v), Err(WireError::Version(9))));
+        let good = encode(
+            "n",
+            Message::Status(StatusReport {
+                pods: vec![report()],
+            }),
+        );
+        for cut in 1..good.len() {
+            assert!(decode(&good[..cut]).is_err(), "truncated at {cut} decoded");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(decode(&trailing).is_err());
+        // Pseudo-random garbage of many lengths never panics.
+        let mut x: u32 = 0x1234_5678;
+        for len in 0..512 {
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let _ = decode(&junk);
+        }
+    }
+
+    #[test]
+    fn topics_parse_back() {
+        for c in Channel::ALL {
+            assert_eq!(Channel::parse(&c.topic("pi-1")), Some(("pi-1", c)));
+        }
+        assert_eq!(Channel::parse("bramble/v1/node/+/hello"), None);
+        assert_eq!(Channel::parse("bramble/v1/node/pi/unknown"), None);
+        assert_eq!(Channel::parse("other/topic"), None);
+        assert_eq!(Channel::Hello.filter_all(), "bramble/v1/node/+/hello");
+    }
+}

@@ -1,0 +1,179 @@
+//! Join tokens and node credentials.
+//!
+//! An agent joins with a join token (created on first start; more with `bramble token
+//! create`) and receives its own node token, which from then on is its MQTT password (with
+//! its node name as user name) and its API credential. Both lists live in small JSON files
+//! in the data dir (mode 0600), rewritten atomically on change: joins are rare, and the
+//! broker's authentication checks them from memory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::credentials::{CredentialError, new_token, write_private};
+
+/// File of join tokens.
+pub const JOIN_TOKENS_FILE: &str = "join-tokens.json";
+/// File of node credentials.
+pub const NODE_CREDENTIALS_FILE: &str = "node-credentials.json";
+
+/// One join token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinToken {
+    pub token: String,
+    pub created: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Files {
+    tokens: Vec<JoinToken>,
+    nodes: BTreeMap<String, String>,
+}
+
+/// The registry of join tokens and node credentials.
+pub struct Enrollment {
+    dir: PathBuf,
+    state: RwLock<Files>,
+}
+
+impl Enrollment {
+    /// Loads both files, creating a first join token if there is none.
+    pub fn load(dir: &Path) -> Result<Enrollment, CredentialError> {
+        let read = |name: &str| -> Result<Option<String>, CredentialError> {
+            let p = dir.join(name);
+            match std::fs::read_to_string(&p) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(CredentialError::Io {
+                    path: p.display().to_string(),
+                    source,
+                }),
+            }
+        };
+        let malformed = |name: &str| CredentialError::Malformed {
+            path: dir.join(name).display().to_string(),
+        };
+        let tokens: Vec<JoinToken> = match read(JOIN_TOKENS_FILE)? {
+            Some(s) => serde_json::from_str(&s).map_err(|_| malformed(JOIN_TOKENS_FILE))?,
+            None => Vec::new(),
+        };
+        let nodes: BTreeMap<String, String> = match read(NODE_CREDENTIALS_FILE)? {
+            Some(s) => serde_json::from_str(&s).map_err(|_| malformed(NODE_CREDENTIALS_FILE))?,
+            None => BTreeMap::new(),
+        };
+        let e = Enrollment {
+            dir: dir.to_path_buf(),
+            state: RwLock::new(Files { tokens, nodes }),
+        };
+        if e.read().tokens.is_empty() {
+            e.create_token("created on first start")?;
+        }
+        Ok(e)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Files> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Files> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self, files: &Files) -> Result<(), CredentialError> {
+        let tokens = serde_json::to_vec_pretty(&files.tokens).unwrap_or_default();
+        write_private(&self.dir.join(JOIN_TOKENS_FILE), &tokens)?;
+        let nodes = serde_json::to_vec_pretty(&files.nodes).unwrap_or_default();
+        write_private(&self.dir.join(NODE_CREDENTIALS_FILE), &nodes)
+    }
+
+    /// Creates and persists a new join token.
+    pub fn create_token(&self, description: &str) -> Result<JoinToken, CredentialError> {
+        let t = JoinToken {
+            token: new_token()?,
+            created: bramble_api::time::format_rfc3339(now()),
+            description: description.to_string(),
+        };
+        let mut files = self.write();
+        files.tokens.push(t.clone());
+        self.save(&files)?;
+        Ok(t)
+    }
+
+    /// Every join token.
+    pub fn tokens(&self) -> Vec<JoinToken> {
+        self.read().tokens.clone()
+    }
+
+    /// Whether `token` is a valid join token.
+    pub fn is_join_token(&self, token: &str) -> bool {
+        self.read().tokens.iter().any(|t| ct_eq(&t.token, token))
+    }
+
+    /// Issues (or re-issues) a node's credential and persists it.
+    pub fn enroll(&self, node: &str) -> Result<String, CredentialError> {
+        let token = new_token()?;
+        let mut files = self.write();
+        files.nodes.insert(node.to_string(), token.clone());
+        self.save(&files)?;
+        Ok(token)
+    }
+
+    /// Whether `token` is `node`'s credential.
+    pub fn is_node(&self, node: &str, token: &str) -> bool {
+        self.read().nodes.get(node).is_some_and(|t| ct_eq(t, token))
+    }
+
+    /// The node whose credential `token` is, if any.
+    pub fn node_of_token(&self, token: &str) -> Option<String> {
+        self.read()
+            .nodes
+            .iter()
+            .find(|(_, t)| ct_eq(t, token))
+            .map(|(n, _)| n.clone())
+    }
+}
+
+fn ct_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_start_creates_a_token_and_enrollment_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Enrollment::load(dir.path()).unwrap();
+        let first = e.tokens();
+        assert_eq!(first.len(), 1);
+        assert!(e.is_join_token(&first[0].token));
+        assert!(!e.is_join_token("nope"));
+        let cred = e.enroll("pi1").unwrap();
+        assert!(e.is_node("pi1", &cred));
+        assert!(!e.is_node("pi2", &cred));
+        let again = Enrollment::load(dir.path()).unwrap();
+        assert_eq!(again.tokens(), first);
+        assert_eq!(again.node_of_token(&cred).as_deref(), Some("pi1"));
+        // Re-joining replaces the old credential.
+        let new = again.enroll("pi1").unwrap();
+        assert!(!again.is_node("pi1", &cred) && again.is_node("pi1", &new));
+    }
+}

@@ -1,0 +1,661 @@
+//! The agent gateway: the master's side of the MQTT protocol.
+//!
+//! One task owns all of its state. It consumes hellos, heartbeats, status reports, last
+//! wills and RPC replies; keeps each node's last-seen time and usage in memory (heartbeats
+//! are not writes); persists only transitions (Ready/NotReady, pod status changes); and
+//! publishes each node's desired pods as revisioned changes, with a snapshot on every
+//! (re)contact or detected gap. A malformed or hostile payload is counted, logged at most
+//! once per interval per reason, and dropped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bramble_api::meta::Condition;
+use bramble_api::pod::Pod;
+use bramble_api::wire::{
+    self, Channel, Desired, DesiredChange, DesiredPod, LogReply, LogRequest, Message, NodeFacts,
+    PodReport,
+};
+use bramble_api::{Kind, Object, Selector};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::{
+    Change, DeleteRequest, Entry, EventType, Op, Store, StoreError, Subresource, WatchFilter,
+};
+
+/// How to reach the broker, and the node-lost timeout.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub host: String,
+    pub port: u16,
+    /// MQTT credentials of the master's client (None for an anonymous external broker).
+    pub credentials: Option<(String, String)>,
+    pub node_lost_after: Duration,
+}
+
+/// Requests to the gateway from the API server.
+enum Command {
+    Logs {
+        node: String,
+        request: LogRequest,
+        reply: oneshot::Sender<LogReply>,
+    },
+}
+
+/// A cheap handle for the API server.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// Why a log request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("node {0:?} did not answer in time; is its agent running?")]
+    Timeout(String),
+    #[error("the gateway is shutting down")]
+    Closed,
+}
+
+impl GatewayHandle {
+    /// Asks a node's agent for a container log.
+    pub async fn logs(
+        &self,
+        node: &str,
+        request: LogRequest,
+        timeout: Duration,
+    ) -> Result<LogReply, GatewayError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Logs {
+                node: node.to_string(),
+                request,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| GatewayError::Closed)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(GatewayError::Closed),
+            Err(_) => Err(GatewayError::Timeout(node.to_string())),
+        }
+    }
+}
+
+/// What the gateway knows of a node between heartbeats.
+struct NodeState {
+    last_seen: Instant,
+    /// Ready as last persisted by this gateway.
+    ready: bool,
+    facts: Option<NodeFacts>,
+    /// Resource use from the last heartbeat that carried it (memory only).
+    usage: Option<wire::Usage>,
+    /// The revision of the last desired message sent; 0 = none yet (send a snapshot).
+    desired_sent: u64,
+}
+
+/// Starts the gateway: an MQTT client and the task that owns the protocol state.
+pub fn start(
+    store: Store,
+    metrics: Arc<Metrics>,
+    config: GatewayConfig,
+    shutdown: CancellationToken,
+) -> (GatewayHandle, tokio::task::JoinHandle<()>) {
+    let mut opts = MqttOptions::new(
+        format!("{}-{}", crate::broker::MASTER_USER, std::process::id()),
+        &config.host,
+        config.port,
+    );
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_max_packet_size(
+        wire::MAX_MESSAGE_BYTES + 4096,
+        wire::MAX_MESSAGE_BYTES + 4096,
+    );
+    opts.set_clean_session(true);
+    if let Some((u, p)) = &config.credentials {
+        opts.set_credentials(u, p);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    let mut net = rumqttc::NetworkOptions::new();
+    // Without it a request/response round trip waits ~40 ms on Nagle's algorithm.
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+
+    let (inbox_tx, inbox_rx) = mpsc::channel::<(String, bytes::Bytes)>(8192);
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let pump_client = client.clone();
+    let pump_shutdown = shutdown.clone();
+    let pump = tokio::spawn(async move {
+        let mut attempt = 0u32;
+        loop {
+            let ev = tokio::select! {
+                _ = pump_shutdown.cancelled() => break,
+                ev = eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    attempt = 0;
+                    tracing::info!("gateway connected to the MQTT broker");
+                    for (c, qos) in [
+                        (Channel::Hello, QoS::AtLeastOnce),
+                        (Channel::Heartbeat, QoS::AtMostOnce),
+                        (Channel::Status, QoS::AtLeastOnce),
+                        (Channel::Will, QoS::AtLeastOnce),
+                        (Channel::Reply, QoS::AtLeastOnce),
+                    ] {
+                        if let Err(e) = pump_client.try_subscribe(c.filter_all(), qos) {
+                            tracing::error!(error = %e, "cannot subscribe");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if inbox_tx.send((p.topic, p.payload)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let wait = bramble_api::backoff::delay(
+                        attempt,
+                        Duration::from_millis(100),
+                        Duration::from_secs(5),
+                        jitter(),
+                    );
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(error = %e, retry_in = ?wait, "gateway MQTT connection failed");
+                    tokio::select! {
+                        _ = pump_shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    });
+    let gw = Gateway {
+        store,
+        metrics,
+        client,
+        lost_after: config.node_lost_after,
+        nodes: HashMap::new(),
+        pods_by_node: HashMap::new(),
+        node_of_pod: HashMap::new(),
+        watched: 0,
+        pending: HashMap::new(),
+        next_rpc: 1,
+        last_log: HashMap::new(),
+    };
+    let task = tokio::spawn(async move {
+        gw.run(inbox_rx, cmd_rx, shutdown).await;
+        pump.abort();
+    });
+    (GatewayHandle { tx: cmd_tx }, task)
+}
+
+fn jitter() -> f64 {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+struct Gateway {
+    store: Store,
+    metrics: Arc<Metrics>,
+    client: AsyncClient,
+    lost_after: Duration,
+    nodes: HashMap<String, NodeState>,
+    /// Pods bound to each node, as of revision `watched`.
+    pods_by_node: HashMap<String, BTreeMap<String, Arc<Entry>>>,
+    node_of_pod: HashMap<String, String>,
+    /// The revision the pod index reflects.
+    watched: u64,
+    pending: HashMap<u64, oneshot::Sender<LogReply>>,
+    next_rpc: u64,
+    /// When each drop reason was last logged (log at most once per interval).
+    last_log: HashMap<&'static str, Instant>,
+}
+
+fn pod_of(entry: &Entry) -> Option<Pod> {
+    match entry.object() {
+        Ok(Object::Pod(p)) => Some(p),
+        _ => None,
+    }
+}
+
+impl Gateway {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<(String, bytes::Bytes)>,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        let mut watch = self.relist();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some((topic, payload)) = inbox.recv() => self.on_publish(&topic, &payload).await,
+                Some(cmd) = commands.recv() => self.on_command(cmd),
+                change = async {
+                    match watch.as_mut() {
+                        Some(w) => w.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => match change {
+                    Ok(c) => self.on_pod_change(&c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pod watch ended; re-listing and resending snapshots");
+                        watch = self.relist();
+                        let nodes: Vec<String> = self.nodes.keys().cloned().collect();
+                        for n in nodes {
+                            self.send_snapshot(&n);
+                        }
+                    }
+                },
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    /// Rebuilds the pod index from a list and watches from its revision.
+    fn relist(&mut self) -> Option<crate::store::Watch> {
+        let (rev, items) = self.store.list(Kind::Pod, None, &Selector::everything());
+        self.pods_by_node.clear();
+        self.node_of_pod.clear();
+        for e in items {
+            self.index(&e, false);
+        }
+        self.watched = rev;
+        let filter = WatchFilter {
+            kind: Kind::Pod,
+            namespace: None,
+            selector: Selector::everything(),
+        };
+        match self.store.watch(filter, Some(rev)) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch pods");
+                None
+            }
+        }
+    }
+
+    /// Updates the index; returns the node and uid the change concerns.
+    fn index(&mut self, e: &Arc<Entry>, deleted: bool) -> Option<(String, String)> {
+        let pod = pod_of(e)?;
+        let uid = pod.metadata.uid.clone();
+        let node = pod.spec.node_name.clone();
+        if node.is_empty() {
+            return None;
+        }
+        if deleted {
+            if let Some(m) = self.pods_by_node.get_mut(&node) {
+                m.remove(&uid);
+            }
+            self.node_of_pod.remove(&uid);
+        } else {
+            self.pods_by_node
+                .entry(node.clone())
+                .or_default()
+                .insert(uid.clone(), e.clone());
+            self.node_of_pod.insert(uid.clone(), node.clone());
+        }
+        Some((node, uid))
+    }
+
+    fn on_pod_change(&mut self, c: &Change) {
+        self.watched = c.revision;
+        let deleted = c.type_ == EventType::Deleted;
+        let Some((node, uid)) = self.index(&c.entry, deleted) else {
+            return;
+        };
+        let Some(state) = self.nodes.get(&node) else {
+            return;
+        };
+        if state.desired_sent == 0 || c.revision <= state.desired_sent {
+            return;
+        }
+        let change = if deleted {
+            DesiredChange::Remove { uid }
+        } else {
+            DesiredChange::Upsert(DesiredPod {
+                uid,
+                revision: c.entry.revision,
+                pod_json: c.entry.json.to_vec(),
+            })
+        };
+        self.send_desired(&node, c.revision, change);
+    }
+
+    fn send_desired(&mut self, node: &str, revision: u64, change: DesiredChange) {
+        let Some(state) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let msg = Message::Desired(Desired {
+            revision,
+            prev_revision: state.desired_sent,
+            change,
+        });
+        state.desired_sent = revision;
+        self.publish(node, Channel::Desired, msg);
+    }
+
+    fn send_snapshot(&mut self, node: &str) {
+        let pods: Vec<DesiredPod> = self
+            .pods_by_node
+            .get(node)
+            .map(|m| {
+                m.iter()
+                    .map(|(uid, e)| DesiredPod {
+                        uid: uid.clone(),
+                        revision: e.revision,
+                        pod_json: e.json.to_vec(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(s) = self.nodes.get_mut(node) {
+            // A snapshot replaces everything: the chain restarts from it.
+            s.desired_sent = 0;
+        }
+        self.send_desired(node, self.watched.max(1), DesiredChange::Snapshot(pods));
+    }
+
+    fn publish(&mut self, node: &str, channel: Channel, msg: Message) {
+        let payload = wire::encode(node, msg);
+        if let Err(e) =
+            self.client
+                .try_publish(channel.topic(node), QoS::AtLeastOnce, false, payload)
+        {
+            // The agent notices the gap by revision and asks again with a hello.
+            self.metrics.count("wire_send_failed");
+            self.log_drop("send_failed", &format!("cannot publish to {node}: {e}"));
+        }
+    }
+
+    fn log_drop(&mut self, reason: &'static str, detail: &str) {
+        let now = Instant::now();
+        let due = self
+            .last_log
+            .get(reason)
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10));
+        if due {
+            self.last_log.insert(reason, now);
+            tracing::warn!(
+                reason,
+                detail,
+                "dropped an MQTT message (logged once per 10s per reason)"
+            );
+        }
+    }
+
+    fn drop_msg(&mut self, reason: &'static str, detail: &str) {
+        self.metrics.count(reason);
+        self.log_drop(reason, detail);
+    }
+
+    async fn on_publish(&mut self, topic: &str, payload: &[u8]) {
+        let Some((node, channel)) = Channel::parse(topic) else {
+            return self.drop_msg("wire_bad_topic", topic);
+        };
+        let node = node.to_string();
+        let env = match wire::decode(payload) {
+            Ok(env) => env,
+            Err(e) => {
+                let reason = match e {
+                    wire::WireError::TooLarge(_) => "wire_too_large",
+                    wire::WireError::Version(_) => "wire_bad_version",
+                    wire::WireError::Malformed(_) => "wire_malformed",
+                };
+                return self.drop_msg(reason, &format!("{topic}: {e}"));
+            }
+        };
+        if env.node != node {
+            return self.drop_msg(
+                "wire_node_mismatch",
+                &format!("{topic}: envelope names {:?}", env.node),
+            );
+        }
+        if self.store.get(Kind::Node, "", &node).is_none() {
+            return self.drop_msg(
+                "wire_unknown_node",
+                &format!("{topic}: no Node {node:?}; the agent must join first"),
+            );
+        }
+        match (channel, env.message) {
+            (Channel::Hello, Message::Hello(h)) => {
+                self.touch(&node);
+                if let Some(s) = self.nodes.get_mut(&node) {
+                    s.facts = Some(h.facts);
+                }
+                self.set_ready(
+                    &node,
+                    true,
+                    "AgentReady",
+                    "bramble-agent is posting heartbeats",
+                )
+                .await;
+                self.send_snapshot(&node);
+                self.apply_reports(&node, &h.pods).await;
+            }
+            (Channel::Heartbeat, Message::Heartbeat(hb)) => {
+                let first_contact = !self.nodes.contains_key(&node);
+                self.touch(&node);
+                if let (Some(u), Some(s)) = (hb.usage, self.nodes.get_mut(&node)) {
+                    s.usage = Some(u);
+                }
+                if first_contact {
+                    // A master that restarted under a running broker: resync this node.
+                    self.send_snapshot(&node);
+                }
+                if !self.nodes.get(&node).is_some_and(|s| s.ready) {
+                    self.set_ready(
+                        &node,
+                        true,
+                        "AgentReady",
+                        "bramble-agent is posting heartbeats",
+                    )
+                    .await;
+                }
+            }
+            (Channel::Status, Message::Status(s)) => {
+                self.touch(&node);
+                self.apply_reports(&node, &s.pods).await;
+            }
+            (Channel::Will, Message::Gone) => {
+                self.set_lost(
+                    &node,
+                    "the agent disconnected without saying goodbye (MQTT last will)",
+                )
+                .await;
+            }
+            (Channel::Reply, Message::LogReply(r)) => {
+                if let Some(tx) = self.pending.remove(&r.id) {
+                    let _ = tx.send(r);
+                }
+            }
+            (c, m) => {
+                let detail = format!("{topic}: {c:?} cannot carry {}", message_name(&m));
+                self.drop_msg("wire_wrong_channel", &detail)
+            }
+        }
+    }
+
+    fn touch(&mut self, node: &str) {
+        let s = self.nodes.entry(node.to_string()).or_insert(NodeState {
+            last_seen: Instant::now(),
+            ready: false,
+            facts: None,
+            usage: None,
+            desired_sent: 0,
+        });
+        s.last_seen = Instant::now();
+    }
+
+    async fn set_lost(&mut self, node: &str, why: &str) {
+        if let Some(s) = self.nodes.get_mut(node) {
+            // Forget the desired chain: the next contact gets a snapshot.
+            s.desired_sent = 0;
+        }
+        self.set_ready(node, false, "NodeLost", why).await;
+    }
+
+    /// Persists the node's Ready condition if it changed (a transition, not a heartbeat).
+    async fn set_ready(&mut self, node: &str, ready: bool, reason: &str, message: &str) {
+        let Some(entry) = self.store.get(Kind::Node, "", node) else {
+            return;
+        };
+        let Ok(Object::Node(mut n)) = entry.object() else {
+            return;
+        };
+        let old = n.status.clone().unwrap_or_default();
+        let facts = self.nodes.get(node).and_then(|s| s.facts.clone());
+        let now = now_secs();
+        let mut status = match &facts {
+            Some(f) => {
+                bramble_api::report::node_status(f, (ready, reason, message), Some(&old), now)
+            }
+            None => old.clone(),
+        };
+        if facts.is_none() {
+            let status_word = if ready { "True" } else { "False" };
+            let prev = old.conditions.iter().find(|c| c.type_ == "Ready");
+            let ltt = match prev {
+                Some(c) if c.status == status_word => c.last_transition_time.clone(),
+                _ => Some(bramble_api::time::format_rfc3339(now)),
+            };
+            status.conditions.retain(|c| c.type_ != "Ready");
+            status.conditions.push(Condition {
+                type_: "Ready".into(),
+                status: status_word.into(),
+                last_transition_time: ltt,
+                reason: reason.into(),
+                message: message.into(),
+                ..Default::default()
+            });
+        }
+        if let Some(s) = self.nodes.get_mut(node) {
+            s.ready = ready;
+        }
+        if status == old {
+            return;
+        }
+        if !ready {
+            tracing::warn!(node, reason, message, "node is NotReady");
+        } else {
+            tracing::info!(node, "node is Ready");
+        }
+        n.status = Some(status);
+        n.metadata.resource_version.clear();
+        if let Err(e) = self
+            .store
+            .write(Op::Update(Object::Node(n), Subresource::Status))
+            .await
+        {
+            tracing::error!(node, error = %e, "cannot persist the node's status");
+        }
+    }
+
+    async fn apply_reports(&mut self, node: &str, reports: &[PodReport]) {
+        for r in reports {
+            let Some(entry) = self.store.get(Kind::Pod, &r.namespace, &r.name) else {
+                continue;
+            };
+            let Some(mut pod) = pod_of(&entry) else {
+                continue;
+            };
+            if pod.metadata.uid != r.uid || pod.spec.node_name != node {
+                // A report about another incarnation, or from a node the pod is not bound to.
+                self.drop_msg(
+                    "wire_stale_report",
+                    &format!("{node}: {}/{}", r.namespace, r.name),
+                );
+                continue;
+            }
+            if r.removed {
+                if pod.metadata.deletion_timestamp.is_some() {
+                    let req = DeleteRequest {
+                        kind: Kind::Pod,
+                        namespace: r.namespace.clone(),
+                        name: r.name.clone(),
+                        grace_seconds: Some(0),
+                        resource_version: None,
+                    };
+                    match self.store.write(Op::Delete(req)).await {
+                        Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                        Err(e) => tracing::error!(error = %e, "cannot finish a pod's deletion"),
+                    }
+                }
+                continue;
+            }
+            let old = pod.status.clone();
+            let status = bramble_api::report::pod_status(r, old.as_ref(), now_secs());
+            if old.as_ref() == Some(&status) {
+                continue;
+            }
+            pod.status = Some(status);
+            pod.metadata.resource_version.clear();
+            if let Err(e) = self
+                .store
+                .write(Op::Update(Object::Pod(pod), Subresource::Status))
+                .await
+            {
+                tracing::warn!(error = %e, pod = %r.name, "cannot persist a pod's status");
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let lost: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, s)| s.ready && s.last_seen.elapsed() > self.lost_after)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in lost {
+            let why = format!("no heartbeat for more than {:?}", self.lost_after);
+            self.set_lost(&n, &why).await;
+        }
+        self.pending.retain(|_, tx| !tx.is_closed());
+        let ready = self.nodes.values().filter(|s| s.ready).count();
+        self.metrics.set_gauge("nodes_ready", ready as i64);
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Logs {
+                node,
+                mut request,
+                reply,
+            } => {
+                let id = self.next_rpc;
+                self.next_rpc += 1;
+                request.id = id;
+                self.pending.insert(id, reply);
+                self.publish(&node, Channel::Request, Message::LogRequest(request));
+            }
+        }
+    }
+}
+
+fn message_name(m: &Message) -> &'static str {
+    match m {
+        Message::Hello(_) => "Hello",
+        Message::Heartbeat(_) => "Heartbeat",
+        Message::Status(_) => "Status",
+        Message::Desired(_) => "Desired",
+        Message::LogRequest(_) => "LogRequest",
+        Message::LogReply(_) => "LogReply",
+        Message::Gone => "Gone",
+    }
+}

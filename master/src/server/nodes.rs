@@ -1,0 +1,286 @@
+//! Node-facing and node-related endpoints: join, join tokens, and pod logs (fetched from
+//! the pod's agent over MQTT).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bramble_api::node::Node;
+use bramble_api::wire::{LogRequest, NodeFacts};
+use bramble_api::{Kind, Object};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::path::Target;
+use super::{AppState, authorize};
+use crate::store::{Op, Subresource};
+
+/// The join request an agent sends with a join token.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinRequest {
+    pub token: String,
+    pub node_name: String,
+    pub facts: NodeFacts,
+}
+
+/// What a joined agent receives: its own credentials and where the broker is.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinReply {
+    pub node_name: String,
+    pub node_token: String,
+    /// Empty: the master's own host.
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+}
+
+/// `POST /bramble/v1/join`: authenticated by the join token in the body.
+pub async fn join(State(st): State<Arc<AppState>>, body: Body) -> Response {
+    match do_join(&st, body).await {
+        Ok(r) => (StatusCode::OK, Json(r)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
+    let bytes = super::body::read(body, st.max_body_bytes).await?;
+    let req: JoinRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("join request: {e}")))?;
+    if !st.enrollment.is_join_token(&req.token) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "the join token is not valid",
+        ));
+    }
+    if let Err(e) = bramble_api::names::dns1123_subdomain(&req.node_name) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("nodeName: {e}"),
+        ));
+    }
+    for (k, v) in &req.facts.labels {
+        if let Err(e) = bramble_api::names::label_key(k).and(bramble_api::names::label_value(v)) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("label {k}: {e}"),
+            ));
+        }
+    }
+    let name = req.node_name.clone();
+    let mut labels: std::collections::BTreeMap<String, String> =
+        req.facts.labels.iter().cloned().collect();
+    labels.insert("kubernetes.io/hostname".into(), name.clone());
+    labels.insert("kubernetes.io/os".into(), "linux".into());
+    if !req.facts.architecture.is_empty() {
+        labels.insert("kubernetes.io/arch".into(), req.facts.architecture.clone());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let status = bramble_api::report::node_status(
+        &req.facts,
+        (
+            false,
+            "AgentJoined",
+            "joined; waiting for the agent's first heartbeat",
+        ),
+        None,
+        now,
+    );
+    let mut node = match st.store.get(Kind::Node, "", &name).map(|e| e.object()) {
+        Some(Ok(Object::Node(n))) => n,
+        _ => Node::default(),
+    };
+    node.metadata.name = name.clone();
+    node.metadata.labels.extend(labels);
+    node.status = Some(status);
+    let exists = !node.metadata.uid.is_empty();
+    node.metadata.resource_version.clear();
+    let result = if exists {
+        let r = st
+            .store
+            .write(Op::Update(Object::Node(node.clone()), Subresource::Main))
+            .await;
+        match r {
+            Ok(_) => {
+                st.store
+                    .write(Op::Update(Object::Node(node), Subresource::Status))
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        st.store.write(Op::Create(Object::Node(node))).await
+    };
+    result?;
+    let node_token = st.enrollment.enroll(&name).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })?;
+    tracing::info!(node = %name, "node joined");
+    Ok(JoinReply {
+        node_name: name,
+        node_token,
+        mqtt_host: st.mqtt_host.clone(),
+        mqtt_port: st.mqtt_port,
+    })
+}
+
+/// `GET /bramble/v1/tokens` lists join tokens; `POST` creates one.
+pub async fn tokens(
+    State(st): State<Arc<AppState>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&st, &headers) {
+        return e.into_response();
+    }
+    if method == axum::http::Method::POST {
+        return match st
+            .enrollment
+            .create_token("created with bramble token create")
+        {
+            Ok(t) => (StatusCode::CREATED, Json(t)).into_response(),
+            Err(e) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+            .into_response(),
+        };
+    }
+    Json(serde_json::json!({ "items": st.enrollment.tokens() })).into_response()
+}
+
+/// `GET /api/v1/namespaces/{ns}/pods/{name}/log`: `container`, `tailLines`, `previous`,
+/// `limitBytes`, `follow`.
+pub async fn logs(
+    st: &Arc<AppState>,
+    target: &Target,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let ns = target.namespace.clone().unwrap_or_default();
+    let name = target.name.clone().unwrap_or_default();
+    let entry = st.store.get(Kind::Pod, &ns, &name).ok_or_else(|| {
+        ApiError::from(crate::store::StoreError::NotFound {
+            kind: Kind::Pod,
+            name: name.clone(),
+        })
+    })?;
+    let Ok(Object::Pod(pod)) = entry.object() else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "stored pod is unreadable",
+        ));
+    };
+    if pod.spec.node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name:?} is not scheduled to a node yet"
+        )));
+    }
+    let names: Vec<&str> = pod
+        .spec
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let container = match query.get("container") {
+        Some(c) if names.contains(&c.as_str()) => c.clone(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c:?} is not valid for pod {name:?}; choose one of {names:?}"
+            )));
+        }
+        None if names.len() == 1 => names[0].to_string(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name:?}, choose one of {names:?}"
+            )));
+        }
+    };
+    let num = |k: &str| -> Result<Option<u64>, ApiError> {
+        query
+            .get(k)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(format!("{k}: {v:?} is not a number")))
+            })
+            .transpose()
+    };
+    let flag = |k: &str| matches!(query.get(k).map(String::as_str), Some("true" | "1"));
+    let request = LogRequest {
+        id: 0,
+        namespace: ns.clone(),
+        pod: name.clone(),
+        container,
+        tail_lines: num("tailLines")?,
+        previous: flag("previous"),
+        offset: None,
+        limit_bytes: num("limitBytes")?.unwrap_or(4 << 20).min(4 << 20),
+    };
+    let node = pod.spec.node_name.clone();
+    let timeout = Duration::from_secs(10);
+    let first = st
+        .gateway
+        .logs(&node, request.clone(), timeout)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                e.to_string(),
+            )
+        })?;
+    if !first.error.is_empty() {
+        return Err(ApiError::bad_request(first.error));
+    }
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !flag("follow") || request.previous {
+        return Ok((text, first.data).into_response());
+    }
+    // Follow: keep asking for what was appended since the last offset.
+    let gateway = st.gateway.clone();
+    let shutdown = st.shutdown.clone();
+    let state = (Some(Bytes::from(first.data)), first.next_offset);
+    let stream = futures_util::stream::unfold(state, move |(pending, offset)| {
+        let (gateway, shutdown, node) = (gateway.clone(), shutdown.clone(), node.clone());
+        let mut req = request.clone();
+        async move {
+            if let Some(b) = pending {
+                return Some((Ok::<Bytes, Infallible>(b), (None, offset)));
+            }
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                req.offset = Some(offset);
+                req.tail_lines = None;
+                match gateway.logs(&node, req.clone(), timeout).await {
+                    Ok(r) if r.error.is_empty() && !r.data.is_empty() => {
+                        return Some((Ok(Bytes::from(r.data)), (None, r.next_offset)));
+                    }
+                    Ok(r) if r.error.is_empty() => {}
+                    _ => return None,
+                }
+            }
+        }
+    });
+    Ok((text, Body::from_stream(stream)).into_response())
+}
