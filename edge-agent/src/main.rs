@@ -1,21 +1,70 @@
-//! `bramble-agent`: the node agent. The foundation ships its command line only; joining,
-//! heartbeats and running pods arrive with the agent issue.
+//! `bramble-agent`: parse flags, validate the config, run the agent until a signal; or, as
+//! `bramble-agent shim`, own one container.
 
 use std::process::ExitCode;
 
+use bramble_agent::config::{Args, Config, Sub};
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
-/// bramble-agent: runs a board's pods for a Bramble cluster.
-#[derive(Debug, Parser)]
-#[command(name = "bramble-agent", version, about)]
-struct Args {
-    /// Master URL, e.g. http://192.168.1.10:6443
-    #[arg(long)]
-    server: Option<String>,
-}
+/// EX_USAGE: invalid flags or config.
+const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let _args = Args::parse();
-    eprintln!("bramble-agent: not implemented yet in this build");
-    ExitCode::from(69)
+    let args = Args::parse();
+    if let Some(Sub::Shim(shim)) = &args.command {
+        // Single-threaded on purpose: libcontainer forks with a raw clone.
+        return ExitCode::from(bramble_agent::runtime::shim::run(shim).clamp(0, 255) as u8);
+    }
+    let config = match Config::try_from(args.run) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bramble-agent: invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    // One worker thread keeps the agent small; container operations run on blocking threads.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(8).build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bramble-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        match bramble_agent::run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bramble-agent: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// The first SIGTERM or SIGINT stops the agent (containers keep running); a second exits.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    for n in 0..2 {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if n == 0 {
+            tracing::info!("signal received; stopping (containers keep running)");
+            shutdown.cancel();
+        } else {
+            std::process::exit(130);
+        }
+    }
 }

@@ -1,0 +1,354 @@
+//! The agent's main loop: the MQTT session with the master (hello, heartbeats, status,
+//! desired pods, log requests) around the pod manager, which keeps running whether or not
+//! the master is reachable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bramble_api::wire::{self, Channel, Heartbeat, Hello, LogReply, LogRequest, Message, StatusReport, Usage};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::images::RootfsDirs;
+use crate::join::{self, Credentials, JoinError};
+use crate::localstore::{LocalStore, LocalStoreError};
+use crate::pods::plan::Backoff;
+use crate::pods::{Applied, PodManager, PodManagerConfig};
+use crate::runtime::container::LibcontainerRuntime;
+use crate::runtime::{Runtime, RuntimeError};
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("data dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error(transparent)]
+    LocalStore(#[from] LocalStoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// Events from the MQTT pump to the main loop.
+enum Incoming {
+    Connected,
+    Publish(String, bytes::Bytes),
+}
+
+/// Counts of dropped messages, written to `<data>/agent-metrics.prom` (node_exporter's
+/// textfile format) when they change.
+#[derive(Default)]
+struct Drops {
+    counts: BTreeMap<&'static str, u64>,
+    last_log: BTreeMap<&'static str, Instant>,
+    path: std::path::PathBuf,
+}
+
+impl Drops {
+    fn count(&mut self, reason: &'static str, detail: &str) {
+        *self.counts.entry(reason).or_default() += 1;
+        let now = Instant::now();
+        if self.last_log.get(reason).is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10)) {
+            self.last_log.insert(reason, now);
+            tracing::warn!(reason, detail, "dropped an MQTT message (logged once per 10s per reason)");
+        }
+        let mut text = String::from("# TYPE bramble_agent_dropped_messages_total counter\n");
+        for (r, n) in &self.counts {
+            text.push_str(&format!("bramble_agent_dropped_messages_total{{reason=\"{r}\"}} {n}\n"));
+        }
+        let tmp = self.path.with_extension("tmp");
+        if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &self.path)).is_err() {
+            tracing::warn!(path = %self.path.display(), "cannot write the agent metrics file");
+        }
+    }
+}
+
+fn jitter() -> f64 {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
+}
+
+/// Finds this node's credentials, joining first if needed (retrying while the master is
+/// unreachable, until `shutdown`).
+async fn credentials(config: &Config, shutdown: &CancellationToken) -> Result<Credentials, AgentError> {
+    if let Some(c) = join::load(&config.data_dir)? {
+        return Ok(c);
+    }
+    let (Some(server), Some(token)) = (config.server.clone(), config.token.clone()) else {
+        return Err(JoinError::NotJoined.into());
+    };
+    let mut attempt = 0;
+    loop {
+        let (host, port) = join::server_host(&server);
+        let facts = crate::facts::gather(config, Some((&host, port)));
+        let (s, t, n) = (server.clone(), token.clone(), config.node_name.clone());
+        let result = tokio::task::spawn_blocking(move || join::join(&s, &t, &n, &facts))
+            .await
+            .unwrap_or_else(|e| Err(JoinError::Refused(e.to_string())));
+        match result {
+            Ok(c) => {
+                join::save(&config.data_dir, &c)?;
+                tracing::info!(node = %c.node_name, "joined the cluster");
+                return Ok(c);
+            }
+            Err(JoinError::Unreachable { server, message }) => {
+                let wait = bramble_api::backoff::delay(attempt, Duration::from_millis(500), Duration::from_secs(30), jitter());
+                attempt += 1;
+                tracing::warn!(server, message, retry_in = ?wait, "cannot reach the master to join");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(JoinError::Unreachable { server, message }.into()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir { path: dir.display().to_string(), source })?;
+    let shim_exe = std::env::current_exe()
+        .map_err(|source| AgentError::DataDir { path: "/proc/self/exe".into(), source })?;
+    let runtime: Arc<dyn Runtime> = Arc::new(LibcontainerRuntime::new(dir, shim_exe, config.log_max_bytes)?);
+    run_with_runtime(config, runtime, shutdown).await
+}
+
+/// Runs the agent with a given runtime (the real one, or a hollow agent's in-memory one).
+pub async fn run_with_runtime(
+    config: Config,
+    runtime: Arc<dyn Runtime>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let dir = config.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| AgentError::DataDir { path: dir.display().to_string(), source })?;
+    let store = LocalStore::open(&dir.join("agent.redb"))?;
+    let images = Arc::new(RootfsDirs::new(&config.images_dir));
+    let creds_known = join::load(&dir)?;
+    // The host address is needed for reports before the master answers; use what we know.
+    let master = creds_known.as_ref().map(|c| (c.broker_host(), c.mqtt_port));
+    let early_facts = crate::facts::gather(&config, master.as_ref().map(|(h, p)| (h.as_str(), *p)));
+    let mut pods = PodManager::load(
+        runtime,
+        images,
+        store,
+        PodManagerConfig {
+            data_dir: dir.clone(),
+            backoff: Backoff { base: config.restart_backoff, max: config.restart_backoff_max },
+            host_ip: early_facts.address.clone(),
+        },
+    )?;
+    // Bring cached pods back before (and whether or not) the master is reached.
+    pods.reconcile().await;
+    let creds = tokio::select! {
+        c = credentials(&config, &shutdown) => c?,
+        // Keep cached pods running while waiting to join.
+        _ = keep_reconciling(&mut pods, &shutdown) => return Ok(()),
+    };
+    let node = creds.node_name.clone();
+    let host = creds.broker_host();
+    let facts = crate::facts::gather(&config, Some((&host, creds.mqtt_port)));
+    let session = {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        u64::from_le_bytes(b)
+    };
+
+    let mut opts = MqttOptions::new(&node, &host, creds.mqtt_port);
+    opts.set_credentials(&node, &creds.node_token);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_clean_session(true);
+    opts.set_max_packet_size(wire::MAX_MESSAGE_BYTES + 4096, wire::MAX_MESSAGE_BYTES + 4096);
+    opts.set_last_will(LastWill::new(Channel::Will.topic(&node), wire::encode(&node, Message::Gone), QoS::AtLeastOnce, false));
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+
+    let (in_tx, mut in_rx) = mpsc::channel::<Incoming>(1024);
+    let pump_shutdown = shutdown.clone();
+    let pump = tokio::spawn(async move {
+        let mut attempt = 0u32;
+        loop {
+            let ev = tokio::select! {
+                _ = pump_shutdown.cancelled() => break,
+                ev = eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    attempt = 0;
+                    if in_tx.send(Incoming::Connected).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if in_tx.send(Incoming::Publish(p.topic, p.payload)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Capped exponential back-off with jitter: a rack back from a power cut
+                    // does not reconnect in lockstep.
+                    let wait = bramble_api::backoff::delay(attempt, Duration::from_millis(200), Duration::from_secs(30), jitter());
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(error = %e, retry_in = ?wait, "MQTT connection to the master failed");
+                    tokio::select! {
+                        _ = pump_shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    });
+
+    // Heartbeats on their own task, so a long reconcile round never delays them.
+    let (usage_tx, usage_rx) = watch::channel(Usage { memory_used_bytes: 0, pods: 0 });
+    let hb = tokio::spawn(heartbeats(client.clone(), node.clone(), config.heartbeat_interval, usage_rx, shutdown.clone()));
+
+    let mut drops = Drops { path: dir.join("agent-metrics.prom"), ..Default::default() };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let publish = |channel: Channel, msg: Message| {
+        let payload = wire::encode(&node, msg);
+        if let Err(e) = client.try_publish(channel.topic(&node), QoS::AtLeastOnce, false, payload) {
+            tracing::debug!(error = %e, "publish queued while disconnected failed; the next hello resends state");
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(ev) = in_rx.recv() => match ev {
+                Incoming::Connected => {
+                    tracing::info!(node, "connected to the master's broker");
+                    for c in [Channel::Desired, Channel::Request] {
+                        if let Err(e) = client.try_subscribe(c.topic(&node), QoS::AtLeastOnce) {
+                            tracing::error!(error = %e, "cannot subscribe");
+                        }
+                    }
+                    let hello = Hello { session, facts: facts.clone(), desired_revision: pods.desired_revision(), pods: pods.all_reports() };
+                    publish(Channel::Hello, Message::Hello(hello));
+                }
+                Incoming::Publish(topic, payload) => {
+                    let Some((to, channel)) = Channel::parse(&topic) else {
+                        drops.count("bad_topic", &topic);
+                        continue;
+                    };
+                    if to != node {
+                        drops.count("other_node", &topic);
+                        continue;
+                    }
+                    let env = match wire::decode(&payload) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let reason = match e {
+                                wire::WireError::TooLarge(_) => "too_large",
+                                wire::WireError::Version(_) => "bad_version",
+                                wire::WireError::Malformed(_) => "malformed",
+                            };
+                            drops.count(reason, &format!("{topic}: {e}"));
+                            continue;
+                        }
+                    };
+                    if env.node != node {
+                        drops.count("node_mismatch", &topic);
+                        continue;
+                    }
+                    match (channel, env.message) {
+                        (Channel::Desired, Message::Desired(d)) => match pods.apply_desired(d) {
+                            Ok(Applied::Changed) => {
+                                let reports = pods.reconcile().await;
+                                if !reports.is_empty() {
+                                    publish(Channel::Status, Message::Status(StatusReport { pods: reports }));
+                                }
+                            }
+                            Ok(Applied::Gap { have, expected_prev }) => {
+                                tracing::info!(have, expected_prev, "missed a desired-state message; asking for a snapshot");
+                                let hello = Hello { session, facts: facts.clone(), desired_revision: pods.desired_revision(), pods: pods.all_reports() };
+                                publish(Channel::Hello, Message::Hello(hello));
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot persist desired pods"),
+                        },
+                        (Channel::Request, Message::LogRequest(r)) => {
+                            let reply = read_logs(&pods, r).await;
+                            publish(Channel::Reply, Message::LogReply(reply));
+                        }
+                        (c, _) => drops.count("wrong_channel", &format!("{topic} ({c:?})")),
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                let reports = pods.reconcile().await;
+                if !reports.is_empty() {
+                    publish(Channel::Status, Message::Status(StatusReport { pods: reports }));
+                }
+                // Usage changes are rounded so an idle node's heartbeats stay empty.
+                let usage = Usage { memory_used_bytes: crate::facts::memory_used() >> 24 << 24, pods: pods.pod_count() as u32 };
+                usage_tx.send_if_modified(|u| if *u != usage { *u = usage; true } else { false });
+            }
+        }
+    }
+    // A clean goodbye: no last will; the master marks the node lost by heartbeat age.
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), pump).await;
+    hb.abort();
+    Ok(())
+}
+
+async fn keep_reconciling(pods: &mut PodManager, shutdown: &CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => { pods.reconcile().await; }
+        }
+    }
+}
+
+async fn heartbeats(
+    client: AsyncClient,
+    node: String,
+    every: Duration,
+    mut usage: watch::Receiver<Usage>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        seq += 1;
+        // Usage rides along only when it changed: an idle node sends a few bytes.
+        let changed = usage.has_changed().unwrap_or(false);
+        let u = if changed { Some(*usage.borrow_and_update()) } else { None };
+        let payload = wire::encode(&node, Message::Heartbeat(Heartbeat { seq, usage: u }));
+        let _ = client.try_publish(Channel::Heartbeat.topic(&node), QoS::AtMostOnce, false, payload);
+    }
+}
+
+async fn read_logs(pods: &PodManager, r: LogRequest) -> LogReply {
+    let path = match pods.log_path(&r.namespace, &r.pod, &r.container, r.previous) {
+        Ok(p) => p,
+        Err(e) => return LogReply { id: r.id, data: Vec::new(), next_offset: 0, error: e },
+    };
+    let (id, tail, offset, limit) = (r.id, r.tail_lines, r.offset, r.limit_bytes);
+    let result = tokio::task::spawn_blocking(move || match offset {
+        Some(o) => crate::logs::read_from(&path, o, limit).map_err(|e| e.to_string()),
+        None => Ok(crate::logs::read_tail(&path, tail, limit)),
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match result {
+        Ok((data, next_offset)) => LogReply { id, data, next_offset, error: String::new() },
+        Err(error) => LogReply { id, data: Vec::new(), next_offset: 0, error },
+    }
+}

@@ -1,0 +1,93 @@
+//! What the node is: architecture, OS, kernel, CPUs, memory, cgroup version, address.
+
+use std::net::UdpSocket;
+
+use bramble_api::wire::NodeFacts;
+
+use crate::config::Config;
+
+/// Kubernetes' name (GOARCH) for this machine's architecture.
+pub fn architecture() -> String {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "riscv64" => "riscv64",
+        other => other,
+    }
+    .to_string()
+}
+
+fn meminfo(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Memory in use (total minus available), in bytes.
+pub fn memory_used() -> u64 {
+    match (meminfo("MemTotal:"), meminfo("MemAvailable:")) {
+        (Some(t), Some(a)) => t.saturating_sub(a),
+        _ => 0,
+    }
+}
+
+/// 2 on a unified cgroup hierarchy, 1 on a legacy or hybrid one.
+pub fn cgroup_version() -> u8 {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    match nix::sys::statfs::statfs("/sys/fs/cgroup") {
+        Ok(s) if s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC => 2,
+        _ => 1,
+    }
+}
+
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "Linux".into())
+}
+
+/// The local address used to reach `host:port` (a UDP connect sends nothing).
+pub fn route_address(host: &str, port: u16) -> Option<String> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect((host, port)).ok()?;
+    Some(s.local_addr().ok()?.ip().to_string())
+}
+
+/// Gathers the node's facts; `master` is the host and port the agent talks to.
+pub fn gather(config: &Config, master: Option<(&str, u16)>) -> NodeFacts {
+    let uts = nix::sys::utsname::uname().ok();
+    let kernel = uts.as_ref().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let hostname = uts.as_ref().map(|u| u.nodename().to_string_lossy().into_owned()).unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let memory = meminfo("MemTotal:").unwrap_or(0);
+    let address = config
+        .node_ip
+        .clone()
+        .or_else(|| master.and_then(|(h, p)| route_address(h, p)))
+        .unwrap_or_default();
+    let mut labels = config.labels.clone();
+    labels.retain(|(k, _)| k != "kubernetes.io/hostname");
+    NodeFacts {
+        hostname,
+        address,
+        architecture: architecture(),
+        operating_system: "linux".into(),
+        os_image: os_image(),
+        kernel_version: kernel,
+        cpus,
+        memory_bytes: memory,
+        cgroup_version: cgroup_version(),
+        allocatable_cpu_millis: (u64::from(cpus) * 1000).saturating_sub(config.reserved_cpu),
+        allocatable_memory_bytes: memory.saturating_sub(config.reserved_memory),
+        max_pods: 110,
+        labels,
+        agent_version: format!("bramble-{}", env!("CARGO_PKG_VERSION")),
+    }
+}

@@ -1,0 +1,395 @@
+//! The pod manager: a level-triggered reconciler. Each round observes the runtime, folds the
+//! observations into the pod records, plans operations with the pure functions of [`plan`],
+//! executes them through the [`Runtime`] (off the async workers), persists what changed in
+//! the local store, and returns the status reports that changed.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bramble_api::pod::Pod;
+use bramble_api::wire::{ContainerState, Desired, DesiredChange, PodReport};
+
+use crate::images::ImageStore;
+use crate::localstore::{LocalStore, LocalStoreError};
+use crate::runtime::{ContainerSpec, Observed, Runtime};
+use plan::{Backoff, ContainerRecord, Op, PodRecord};
+
+/// The result of applying a desired-state message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied; the desired pods may have changed.
+    Changed,
+    /// The message does not follow the last applied revision: ask for a snapshot.
+    Gap { have: u64, expected_prev: u64 },
+}
+
+/// The pod manager's state and its collaborators.
+pub struct PodManager {
+    runtime: Arc<dyn Runtime>,
+    images: Arc<dyn ImageStore>,
+    store: LocalStore,
+    pods_dir: PathBuf,
+    desired: BTreeMap<String, Pod>,
+    desired_revision: u64,
+    records: BTreeMap<String, PodRecord>,
+    backoff: Backoff,
+    host_ip: String,
+    last_reported: HashMap<String, PodReport>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Settings of the pod manager.
+pub struct PodManagerConfig {
+    pub data_dir: PathBuf,
+    pub backoff: Backoff,
+    pub host_ip: String,
+}
+
+impl PodManager {
+    /// Loads desired pods and records from the local store.
+    pub fn load(
+        runtime: Arc<dyn Runtime>,
+        images: Arc<dyn ImageStore>,
+        store: LocalStore,
+        config: PodManagerConfig,
+    ) -> Result<Self, LocalStoreError> {
+        let (raw, desired_revision) = store.desired()?;
+        let mut desired = BTreeMap::new();
+        for (uid, v) in raw {
+            match serde_json::from_value::<Pod>(v) {
+                Ok(p) => {
+                    desired.insert(uid, p);
+                }
+                Err(e) => tracing::warn!(uid, error = %e, "skipping an unreadable cached pod"),
+            }
+        }
+        let records = store.records()?;
+        tracing::info!(pods = desired.len(), records = records.len(), revision = desired_revision, "pod manager loaded its cache");
+        Ok(PodManager {
+            runtime,
+            images,
+            store,
+            pods_dir: config.data_dir.join("pods"),
+            desired,
+            desired_revision,
+            records,
+            backoff: config.backoff,
+            host_ip: config.host_ip,
+            last_reported: HashMap::new(),
+        })
+    }
+
+    /// The last desired revision applied.
+    pub fn desired_revision(&self) -> u64 {
+        self.desired_revision
+    }
+
+    /// How many pods the node runs.
+    pub fn pod_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Applies a desired-state message from the master, persisting it before use.
+    pub fn apply_desired(&mut self, d: Desired) -> Result<Applied, LocalStoreError> {
+        let decode = |json: &[u8]| -> Option<Pod> {
+            match serde_json::from_slice::<Pod>(json) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring an undecodable desired pod");
+                    None
+                }
+            }
+        };
+        match d.change {
+            DesiredChange::Snapshot(pods) => {
+                let mut next = BTreeMap::new();
+                let mut rows = Vec::new();
+                for p in pods {
+                    if let Some(pod) = decode(&p.pod_json) {
+                        rows.push((p.uid.clone(), p.pod_json));
+                        next.insert(p.uid, pod);
+                    }
+                }
+                self.store.write_desired(true, &rows, &[], d.revision)?;
+                self.desired = next;
+            }
+            change => {
+                if d.prev_revision != self.desired_revision {
+                    return Ok(Applied::Gap { have: self.desired_revision, expected_prev: d.prev_revision });
+                }
+                match change {
+                    DesiredChange::Upsert(p) => {
+                        if let Some(pod) = decode(&p.pod_json) {
+                            self.store.write_desired(false, &[(p.uid.clone(), p.pod_json)], &[], d.revision)?;
+                            self.desired.insert(p.uid, pod);
+                        }
+                    }
+                    DesiredChange::Remove { uid } => {
+                        self.store.write_desired(false, &[], std::slice::from_ref(&uid), d.revision)?;
+                        self.desired.remove(&uid);
+                    }
+                    DesiredChange::Snapshot(_) => {}
+                }
+            }
+        }
+        self.desired_revision = d.revision;
+        Ok(Applied::Changed)
+    }
+
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&dyn Runtime) -> T + Send + 'static) -> T {
+        let rt = self.runtime.clone();
+        match tokio::task::spawn_blocking(move || f(rt.as_ref())).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// One reconcile round; returns the reports that changed since the last round.
+    pub async fn reconcile(&mut self) -> Vec<PodReport> {
+        let before = self.records.clone();
+        let ids: Vec<String> =
+            self.records.values().flat_map(|r| r.containers.values().filter_map(|c| c.current.clone())).collect();
+        let observed: HashMap<String, Observed> =
+            self.blocking(move |rt| ids.into_iter().map(|id| (id.clone(), rt.observe(&id))).collect()).await;
+        let now = now_ms();
+        plan::observe(&mut self.records, &self.desired, &observed, now, self.backoff);
+        let ops = plan::plan(&self.desired, &self.records, &observed, now);
+        let mut dropped = Vec::new();
+        for op in ops {
+            if let Some(uid) = self.execute(op).await {
+                dropped.push(uid);
+            }
+        }
+        let changed: Vec<(&str, &PodRecord)> =
+            self.records.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(k, v)| (k.as_str(), v)).collect();
+        if let Err(e) = self.store.write_records(&changed, &dropped) {
+            tracing::error!(error = %e, "cannot persist pod records");
+        }
+        let mut reports = Vec::new();
+        for (uid, rec) in &self.records {
+            let r = plan::report(self.desired.get(uid), rec, &self.host_ip);
+            if self.last_reported.get(uid) != Some(&r) {
+                self.last_reported.insert(uid.clone(), r.clone());
+                reports.push(r);
+            }
+        }
+        for uid in dropped {
+            if let Some(mut r) = self.last_reported.remove(&uid) {
+                r.removed = true;
+                reports.push(r);
+            }
+        }
+        reports
+    }
+
+    /// Every pod's report (for a hello).
+    pub fn all_reports(&self) -> Vec<PodReport> {
+        self.records.iter().map(|(uid, rec)| plan::report(self.desired.get(uid), rec, &self.host_ip)).collect()
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_dir.join(uid)
+    }
+
+    fn log_file(&self, uid: &str, container: &str, instance: u32) -> PathBuf {
+        self.pod_dir(uid).join("logs").join(container).join(format!("{instance}.log"))
+    }
+
+    /// The log file for `bramble logs`: the current (or last) instance, or the one before.
+    pub fn log_path(&self, namespace: &str, pod: &str, container: &str, previous: bool) -> Result<PathBuf, String> {
+        let rec = self
+            .records
+            .values()
+            .find(|r| r.namespace == namespace && r.name == pod)
+            .ok_or_else(|| format!("pod {namespace}/{pod} is not on this node"))?;
+        let c = rec.containers.get(container).ok_or_else(|| format!("container {container:?} has not been created yet"))?;
+        let back = if previous { 2 } else { 1 };
+        if c.attempt < back {
+            return Err(if previous {
+                format!("previous terminated container {container:?} in pod {pod:?} not found")
+            } else {
+                format!("container {container:?} in pod {pod:?} is waiting to start")
+            });
+        }
+        Ok(self.log_file(&rec.uid, container, c.attempt - back))
+    }
+
+    fn set_waiting(&mut self, uid: &str, container: Option<&str>, reason: &str, message: String, now: i64) {
+        let Some(rec) = self.records.get_mut(uid) else { return };
+        for (name, c) in rec.containers.iter_mut() {
+            if container.is_some_and(|n| n != name) {
+                continue;
+            }
+            c.start_failures += 1;
+            let delay = bramble_api::backoff::crash_loop(c.start_failures - 1, self.backoff.base, self.backoff.max);
+            c.not_before_ms = now + delay.as_millis() as i64;
+            c.state = ContainerState::Waiting { reason: reason.into(), message: message.clone() };
+        }
+    }
+
+    /// Executes one operation; returns the uid of a pod that was dropped.
+    async fn execute(&mut self, op: Op) -> Option<String> {
+        let now = now_ms();
+        match op {
+            Op::CreateSandbox { uid } => {
+                let pod = self.desired.get(&uid)?.clone();
+                let rec = self.records.entry(uid.clone()).or_insert_with(|| PodRecord {
+                    uid: uid.clone(),
+                    namespace: pod.metadata.namespace.clone(),
+                    name: pod.metadata.name.clone(),
+                    sandbox_ready: false,
+                    netns: None,
+                    start_time: now / 1000,
+                    grace_seconds: pod.spec.termination_grace_period_seconds.unwrap_or(30),
+                    containers: pod.spec.containers.iter().map(|c| (c.name.clone(), ContainerRecord::new(&c.image))).collect(),
+                });
+                rec.sandbox_ready = false;
+                if let Err(e) = self.prepare_volumes(&uid, &pod) {
+                    self.set_waiting(&uid, None, "CreatePodSandboxError", e, now);
+                    return None;
+                }
+                let host = pod.spec.host_network;
+                let u = uid.clone();
+                match self.blocking(move |rt| rt.create_sandbox(&u, host)).await {
+                    Ok(netns) => {
+                        if let Some(r) = self.records.get_mut(&uid) {
+                            r.sandbox_ready = true;
+                            r.netns = netns;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(uid, error = %e, "cannot create the pod sandbox");
+                        self.set_waiting(&uid, None, "CreatePodSandboxError", e.to_string(), now);
+                    }
+                }
+                None
+            }
+            Op::Start { uid, container, id } => {
+                let pod = self.desired.get(&uid)?.clone();
+                let spec_c = pod.spec.containers.iter().find(|c| c.name == container)?.clone();
+                let rec = self.records.get_mut(&uid)?;
+                let netns = rec.netns.clone();
+                let cr = rec.containers.entry(container.clone()).or_insert_with(|| ContainerRecord::new(&spec_c.image));
+                let instance = cr.attempt;
+                let rootfs = match self.images.rootfs(&spec_c.image) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.set_waiting(&uid, Some(&container), "ErrImageNeverPull", e.to_string(), now);
+                        return None;
+                    }
+                };
+                let volumes = pod.spec.volumes.iter().map(|v| (v.name.clone(), self.volume_path(&uid, v))).collect();
+                let log_path = self.log_file(&uid, &container, instance);
+                if instance >= 2 {
+                    // Keep the current and the previous instance's logs only.
+                    let _ = std::fs::remove_file(self.log_file(&uid, &container, instance - 2));
+                    let _ = std::fs::remove_file(self.log_file(&uid, &container, instance - 2).with_extension("log.1"));
+                }
+                let spec = ContainerSpec {
+                    id: id.clone(),
+                    pod_uid: uid.clone(),
+                    pod_name: pod.metadata.name.clone(),
+                    namespace: pod.metadata.namespace.clone(),
+                    container: spec_c,
+                    image_rootfs: rootfs,
+                    netns,
+                    volumes,
+                    hostname: if pod.spec.hostname.is_empty() { pod.metadata.name.clone() } else { pod.spec.hostname.clone() },
+                    log_path,
+                };
+                let result = self.blocking(move |rt| rt.start(&spec)).await;
+                let cr = self.records.get_mut(&uid)?.containers.get_mut(&container)?;
+                match result {
+                    Ok(()) => {
+                        cr.current = Some(id);
+                        cr.restart_count = instance;
+                        cr.attempt = instance + 1;
+                        cr.start_failures = 0;
+                        cr.killed_at_ms = None;
+                        cr.exit_seen = None;
+                        cr.done = false;
+                        cr.state = ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() };
+                    }
+                    Err(e) => {
+                        tracing::warn!(uid, container, error = %e, "cannot start a container");
+                        // Clean up what the failed start left; the next attempt reuses the id.
+                        let i = id.clone();
+                        let _ = self.blocking(move |rt| rt.remove(&i)).await;
+                        self.set_waiting(&uid, Some(&container), "CreateContainerError", e.to_string(), now);
+                    }
+                }
+                None
+            }
+            Op::Signal { uid, container, id, signal } => {
+                let result = self.blocking(move |rt| rt.signal(&id, signal)).await;
+                if let Err(e) = result {
+                    tracing::warn!(uid, container, error = %e, "cannot signal a container");
+                }
+                if let Some(c) = self.records.get_mut(&uid).and_then(|r| r.containers.get_mut(&container)) {
+                    c.killed_at_ms.get_or_insert(now);
+                }
+                None
+            }
+            Op::Remove { uid, container, id } => {
+                let i = id.clone();
+                match self.blocking(move |rt| rt.remove(&i)).await {
+                    Ok(()) => {
+                        if let Some(c) = self.records.get_mut(&uid).and_then(|r| r.containers.get_mut(&container)) {
+                            c.current = None;
+                        }
+                    }
+                    Err(e) => tracing::warn!(uid, id, error = %e, "cannot remove a container"),
+                }
+                None
+            }
+            Op::RemoveSandbox { uid } => {
+                let u = uid.clone();
+                if let Err(e) = self.blocking(move |rt| rt.remove_sandbox(&u)).await {
+                    tracing::warn!(uid, error = %e, "cannot remove the pod sandbox");
+                }
+                let dir = self.pod_dir(&uid);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the pod directory");
+                    }
+                }
+                None
+            }
+            Op::Drop { uid } => {
+                self.records.remove(&uid);
+                tracing::info!(uid, "pod removed from the node");
+                Some(uid)
+            }
+        }
+    }
+
+    fn volume_path(&self, uid: &str, v: &bramble_api::pod::Volume) -> PathBuf {
+        match &v.host_path {
+            Some(h) => PathBuf::from(&h.path),
+            None => self.pod_dir(uid).join("volumes").join(&v.name),
+        }
+    }
+
+    fn prepare_volumes(&self, uid: &str, pod: &Pod) -> Result<(), String> {
+        for v in &pod.spec.volumes {
+            let p = self.volume_path(uid, v);
+            match &v.host_path {
+                None => std::fs::create_dir_all(&p).map_err(|e| format!("volume {:?}: {}: {e}", v.name, p.display()))?,
+                Some(h) if h.type_ == "DirectoryOrCreate" => {
+                    std::fs::create_dir_all(&p).map_err(|e| format!("volume {:?}: {}: {e}", v.name, p.display()))?
+                }
+                Some(h) if h.type_ == "Directory" && !p.is_dir() => {
+                    return Err(format!("volume {:?}: hostPath {} is not a directory", v.name, p.display()));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}

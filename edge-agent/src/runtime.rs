@@ -1,0 +1,98 @@
+//! The container runtime boundary: a narrow trait that the pod manager drives, with one real
+//! implementation (libcontainer, through a single-threaded shim process per container) and,
+//! for hollow agents, an in-memory one.
+//!
+//! libcontainer clones with a raw syscall and changes the process's working directory, which
+//! deadlocks or races inside a multi-threaded tokio process. So the agent never calls it:
+//! it re-executes itself as `bramble-agent shim`, a single-threaded helper that creates and
+//! starts the container, pumps its output into a rotating log file, waits for its exit, and
+//! records the exit status in a file. Shims run in their own process group and outlive an
+//! agent restart; a restarted agent re-adopts running containers from their files.
+
+pub mod bundle;
+pub mod container;
+pub mod sandbox;
+pub mod shim;
+
+use std::path::PathBuf;
+
+use bramble_api::pod::Container;
+
+/// What a container needs to run.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Unique and stable per container instance: `<pod uid>-<container>-<attempt>`.
+    pub id: String,
+    pub pod_uid: String,
+    pub pod_name: String,
+    pub namespace: String,
+    pub container: Container,
+    /// The image's root filesystem (read-only lower layer).
+    pub image_rootfs: PathBuf,
+    /// The pod's network namespace; None for `hostNetwork: true`.
+    pub netns: Option<PathBuf>,
+    /// Host directories for the pod's volumes, by volume name.
+    pub volumes: Vec<(String, PathBuf)>,
+    pub hostname: String,
+    /// The file the container's stdout and stderr go to.
+    pub log_path: PathBuf,
+}
+
+/// What the runtime observes of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// The shim is setting it up.
+    Starting,
+    Running { started_at: i64 },
+    Exited(Exit),
+    /// Neither running nor with a recorded exit (the node rebooted, or the files are gone).
+    Missing,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Exit {
+    /// The exit code, or 128 + signal.
+    pub code: i32,
+    pub oom_killed: bool,
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// Set when the container could not be started at all.
+    pub error: String,
+}
+
+/// Why a runtime operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("container {id}: {message}")]
+    Container { id: String, message: String },
+    #[error("pod sandbox {uid}: {message}")]
+    Sandbox { uid: String, message: String },
+}
+
+impl RuntimeError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let what = what.into();
+        move |source| RuntimeError::Io { what, source }
+    }
+}
+
+/// The operations the pod manager needs. Calls may block: the manager runs them off the
+/// async workers.
+pub trait Runtime: Send + Sync + 'static {
+    /// Creates the pod's shared sandbox (its network namespace); returns its path, or None
+    /// for host networking. Idempotent.
+    fn create_sandbox(&self, pod_uid: &str, host_network: bool) -> Result<Option<PathBuf>, RuntimeError>;
+    /// Removes the sandbox. Idempotent.
+    fn remove_sandbox(&self, pod_uid: &str) -> Result<(), RuntimeError>;
+    /// Creates and starts a container; returns once it runs or has failed to start.
+    fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError>;
+    /// What the container is doing now.
+    fn observe(&self, id: &str) -> Observed;
+    /// Sends a signal (SIGTERM, SIGKILL) to the container's processes.
+    fn signal(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
+    /// Removes what is left of an exited container (rootfs, bundle). Idempotent.
+    fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+}

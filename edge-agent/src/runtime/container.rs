@@ -1,0 +1,249 @@
+//! The real runtime: one `bramble-agent shim` process per container, libcontainer inside it.
+//!
+//! Per container, `<data>/containers/<id>/` holds `config.json` (the bundle), `rootfs/` (an
+//! overlay of the image's rootfs with `upper/` and `work/`), `shim.log`, `shim.pid`,
+//! `pid.json` (init pid and start time, once running) and `exit.json` (once ended). These
+//! files are the whole protocol between agent and shim, so a restarted agent re-adopts
+//! running containers by reading them.
+
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::{ContainerSpec, Exit, Observed, Runtime, RuntimeError, bundle, sandbox};
+
+/// How long `start` waits for the shim to report the container running (or failed).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Paths and settings of the libcontainer runtime.
+pub struct LibcontainerRuntime {
+    containers: PathBuf,
+    state_root: PathBuf,
+    netns_dir: PathBuf,
+    shim_exe: PathBuf,
+    max_log_bytes: u64,
+    /// Shims this agent process spawned, reaped when they exit.
+    shims: Mutex<HashMap<String, Child>>,
+}
+
+impl LibcontainerRuntime {
+    /// A runtime keeping its files under `data_dir`; `shim_exe` is this agent's binary.
+    pub fn new(data_dir: &Path, shim_exe: PathBuf, max_log_bytes: u64) -> Result<Self, RuntimeError> {
+        let containers = data_dir.join("containers");
+        let state_root = data_dir.join("run");
+        let netns_dir = data_dir.join("netns");
+        for d in [&containers, &state_root, &netns_dir] {
+            std::fs::create_dir_all(d).map_err(RuntimeError::io(d.display().to_string()))?;
+        }
+        Ok(LibcontainerRuntime { containers, state_root, netns_dir, shim_exe, max_log_bytes, shims: Mutex::default() })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.containers.join(id)
+    }
+
+    fn read_pid(&self, id: &str) -> Option<(i32, i64)> {
+        let text = std::fs::read_to_string(self.dir(id).join("pid.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some((v["pid"].as_i64()? as i32, v["startedAt"].as_i64().unwrap_or(0)))
+    }
+
+    fn read_exit(&self, id: &str) -> Option<Exit> {
+        let text = std::fs::read(self.dir(id).join("exit.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Whether this container's shim process is alive.
+    fn shim_alive(&self, id: &str) -> bool {
+        if let Ok(mut shims) = self.shims.lock() {
+            if let Some(child) = shims.get_mut(id) {
+                match child.try_wait() {
+                    Ok(None) => return true,
+                    _ => {
+                        shims.remove(id);
+                        return false;
+                    }
+                }
+            }
+        }
+        // Spawned by an earlier agent process: look at the recorded pid.
+        std::fs::read_to_string(self.dir(id).join("shim.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .is_some_and(|pid| process_alive(pid, "bramble-agent"))
+    }
+
+    fn remove_pod_cgroups(&self, uid: &str) {
+        let rel = format!("bramble/pod{uid}");
+        let mut dirs = vec![PathBuf::from("/sys/fs/cgroup").join(&rel)];
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            dirs.extend(rd.filter_map(|e| e.ok()).map(|e| e.path().join(&rel)));
+        }
+        for d in dirs {
+            if d.is_dir() {
+                // Leaf cgroups are removed by their shims; what is left is empty.
+                if let Ok(rd) = std::fs::read_dir(&d) {
+                    for e in rd.filter_map(|e| e.ok()) {
+                        if e.path().is_dir() {
+                            let _ = std::fs::remove_dir(e.path());
+                        }
+                    }
+                }
+                if let Err(e) = std::fs::remove_dir(&d) {
+                    tracing::warn!(cgroup = %d.display(), error = %e, "cannot remove a pod cgroup");
+                }
+            }
+        }
+    }
+}
+
+/// Whether `pid` is alive and its command line contains `name` (guards against pid reuse).
+fn process_alive(pid: i32, name: &str) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie is not alive.
+        if stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) {
+            return false;
+        }
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| c.windows(name.len()).any(|w| w == name.as_bytes())).unwrap_or(false)
+        || name.is_empty()
+}
+
+impl Runtime for LibcontainerRuntime {
+    fn create_sandbox(&self, pod_uid: &str, host_network: bool) -> Result<Option<PathBuf>, RuntimeError> {
+        if host_network {
+            return Ok(None);
+        }
+        let p = self.netns_dir.join(pod_uid);
+        sandbox::create_netns(pod_uid, &p)?;
+        Ok(Some(p))
+    }
+
+    fn remove_sandbox(&self, pod_uid: &str) -> Result<(), RuntimeError> {
+        sandbox::remove_netns(pod_uid, &self.netns_dir.join(pod_uid))?;
+        self.remove_pod_cgroups(pod_uid);
+        Ok(())
+    }
+
+    fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let dir = self.dir(&spec.id);
+        if dir.join("exit.json").exists() || dir.join("pid.json").exists() {
+            return Ok(());
+        }
+        let rootfs = dir.join("rootfs");
+        let upper = dir.join("upper");
+        let work = dir.join("work");
+        for d in [&rootfs, &upper, &work] {
+            std::fs::create_dir_all(d).map_err(RuntimeError::io(d.display().to_string()))?;
+        }
+        let cerr = |message: String| RuntimeError::Container { id: spec.id.clone(), message };
+        if !spec.image_rootfs.is_dir() {
+            return Err(cerr(format!("image rootfs {} is missing", spec.image_rootfs.display())));
+        }
+        if !sandbox::is_mount_point(&rootfs) {
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                spec.image_rootfs.display(),
+                upper.display(),
+                work.display()
+            );
+            mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
+                .map_err(|e| cerr(format!("mounting the overlay rootfs: {e}")))?;
+        }
+        let config = bundle::config(spec, &rootfs);
+        std::fs::write(dir.join("config.json"), config.to_string())
+            .map_err(RuntimeError::io(format!("{}/config.json", dir.display())))?;
+        let shim_log = std::fs::File::create(dir.join("shim.log")).map_err(RuntimeError::io("shim.log"))?;
+        let shim_err = shim_log.try_clone().map_err(RuntimeError::io("shim.log"))?;
+        let child = Command::new(&self.shim_exe)
+            .arg("shim")
+            .args(["--id", &spec.id])
+            .arg("--state-root")
+            .arg(&self.state_root)
+            .arg("--bundle")
+            .arg(&dir)
+            .arg("--log")
+            .arg(&spec.log_path)
+            .args(["--max-log-bytes", &self.max_log_bytes.to_string()])
+            .arg("--pid-file")
+            .arg(dir.join("pid.json"))
+            .arg("--exit-file")
+            .arg(dir.join("exit.json"))
+            // Its own process group: a Ctrl-C or a stop of the agent does not reach it.
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(shim_log)
+            .stderr(shim_err)
+            .spawn()
+            .map_err(|e| cerr(format!("spawning the shim: {e}")))?;
+        let _ = std::fs::write(dir.join("shim.pid"), child.id().to_string());
+        if let Ok(mut shims) = self.shims.lock() {
+            shims.insert(spec.id.clone(), child);
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if dir.join("pid.json").exists() || dir.join("exit.json").exists() {
+                return Ok(());
+            }
+            if !self.shim_alive(&spec.id) {
+                let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+                return Err(cerr(format!("the shim exited without starting the container: {}", log.trim())));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Err(cerr("the shim did not start the container in time".into()))
+    }
+
+    fn observe(&self, id: &str) -> Observed {
+        if let Some(exit) = self.read_exit(id) {
+            // Reap the shim if it was ours.
+            self.shim_alive(id);
+            return Observed::Exited(exit);
+        }
+        let shim = self.shim_alive(id);
+        match self.read_pid(id) {
+            Some((pid, started_at)) if process_alive(pid, "") => Observed::Running { started_at },
+            _ if shim => Observed::Starting,
+            // The shim may have written exit.json between the two reads.
+            _ => self.read_exit(id).map_or(Observed::Missing, Observed::Exited),
+        }
+    }
+
+    fn signal(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
+        let Some((pid, _)) = self.read_pid(id) else { return Ok(()) };
+        let sig = Signal::try_from(signal).map_err(|e| RuntimeError::Container { id: id.into(), message: e.to_string() })?;
+        match kill(Pid::from_raw(pid), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(RuntimeError::Container { id: id.into(), message: format!("kill {pid}: {e}") }),
+        }
+    }
+
+    fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let dir = self.dir(id);
+        let rootfs = dir.join("rootfs");
+        if sandbox::is_mount_point(&rootfs) {
+            umount2(&rootfs, MntFlags::MNT_DETACH)
+                .map_err(|e| RuntimeError::Container { id: id.into(), message: format!("umount rootfs: {e}") })?;
+        }
+        // A shim that died mid-way may leave libcontainer's state behind.
+        let state = self.state_root.join(id);
+        if state.exists() {
+            let _ = std::fs::remove_dir_all(&state);
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::io(dir.display().to_string())(e)),
+        }
+    }
+}
