@@ -42,6 +42,39 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Delete objects by kind and name, or those in manifests
     Delete(DeleteArgs),
+    /// Print a container's log (fetched from its node's agent)
+    Logs(LogsArgs),
+    /// Join tokens for new nodes
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `bramble logs`.
+#[derive(Debug, ClapArgs)]
+pub struct LogsArgs {
+    /// Pod name
+    pub pod: String,
+    /// Container name [default: the pod's only container]
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    /// Keep printing new output
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines
+    #[arg(long)]
+    pub tail: Option<u64>,
+    /// The previous instance of the container (after a restart)
+    #[arg(short = 'p', long)]
+    pub previous: bool,
+}
+
+/// `bramble token`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a new join token
+    Create,
+    /// List join tokens
+    List,
 }
 
 /// `bramble apply`.

@@ -151,6 +151,36 @@ impl Client {
         )
     }
 
+    /// POST with no body.
+    pub fn post_empty(&self, path: &str) -> Result<Reply> {
+        self.finish(self.agent.post(self.url(path)).header("Authorization", self.auth()).send_empty())
+    }
+
+    /// Streams a response body to `each` chunk by chunk (for `logs -f`).
+    pub fn stream(&self, path: &str, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        use std::io::Read;
+        let resp = self
+            .watch_agent
+            .get(self.url(path))
+            .header("Authorization", self.auth())
+            .call()
+            .map_err(|e| anyhow!("cannot reach the master at {}: {e}", self.conn.server))?;
+        if resp.status().as_u16() != 200 {
+            let code = resp.status().as_u16();
+            let body = resp.into_body().read_to_vec().unwrap_or_default();
+            return Err(anyhow!(Reply { code, warnings: vec![], apply_result: None, body }.error_message()));
+        }
+        let mut reader = resp.into_body().into_reader();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = reader.read(&mut buf).context("reading the stream")?;
+            if n == 0 {
+                return Ok(());
+            }
+            each(&buf[..n])?;
+        }
+    }
+
     /// Streams watch events to `each` until the server ends the stream or `each` says stop.
     pub fn watch(
         &self,

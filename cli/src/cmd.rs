@@ -4,6 +4,8 @@ pub mod apply;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod logs;
+pub mod token;
 
 use anyhow::{Result, anyhow};
 use bramble_api::{Kind, Object};

@@ -33,5 +33,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Get(a) => cmd::get::run(&client, ns, a),
         Command::Describe(a) => cmd::describe::run(&client, ns, a),
         Command::Delete(a) => cmd::delete::run(&client, ns, a),
+        Command::Logs(a) => cmd::logs::run(&client, ns, a),
+        Command::Token(t) => cmd::token::run(&client, t),
     }
 }

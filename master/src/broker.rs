@@ -14,7 +14,7 @@
 //! envelope against it (see docs/wire-protocol.md for using mosquitto with an ACL instead).
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,21 @@ use crate::enrollment::Enrollment;
 
 /// The MQTT user name of the master's own client.
 pub const MASTER_USER: &str = "bramble-master";
+
+/// Whether a TCP socket is listening on `port` (from /proc/net/tcp and tcp6).
+fn listening(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
+                let mut cols = l.split_whitespace();
+                let local = cols.nth(1).unwrap_or("");
+                let state = cols.nth(1).unwrap_or("");
+                local.ends_with(&want) && state == "0A"
+            })
+        })
+    })
+}
 
 /// Why the broker did not start.
 #[derive(Debug, thiserror::Error)]
@@ -110,17 +125,14 @@ pub fn start_embedded(
         })
         .map_err(|source| BrokerError::Bind { addr, source })?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let target = if addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    };
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
+        // Look for the listening socket rather than connecting: a probe connection that
+        // never sends CONNECT makes rumqttd log an error.
+        if listening(addr.port()) {
             tracing::info!(%addr, "embedded MQTT broker listening");
             return Ok(addr);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
     Err(BrokerError::NotListening(addr))
 }

@@ -115,8 +115,10 @@ fn process_alive(pid: i32, name: &str) -> bool {
             return false;
         }
     }
+    if name.is_empty() {
+        return true;
+    }
     std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| c.windows(name.len()).any(|w| w == name.as_bytes())).unwrap_or(false)
-        || name.is_empty()
 }
 
 impl Runtime for LibcontainerRuntime {

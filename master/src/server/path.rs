@@ -42,6 +42,9 @@ pub fn parse(path: &str) -> Option<Target> {
         ["namespaces", ns, plural, name, "status"] => {
             ns_target(kind_of(plural)?, ns, Some(name), true)
         }
+        ["namespaces", ns, "pods", name, "log"] if group.is_empty() => {
+            ns_target(Kind::Pod, ns, Some(name), false).map(|t| Target { log: true, ..t })
+        }
         _ => None,
     }
 }
