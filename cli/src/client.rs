@@ -153,7 +153,12 @@ impl Client {
 
     /// POST with no body.
     pub fn post_empty(&self, path: &str) -> Result<Reply> {
-        self.finish(self.agent.post(self.url(path)).header("Authorization", self.auth()).send_empty())
+        self.finish(
+            self.agent
+                .post(self.url(path))
+                .header("Authorization", self.auth())
+                .send_empty(),
+        )
     }
 
     /// Streams a response body to `each` chunk by chunk (for `logs -f`).
@@ -168,7 +173,15 @@ impl Client {
         if resp.status().as_u16() != 200 {
             let code = resp.status().as_u16();
             let body = resp.into_body().read_to_vec().unwrap_or_default();
-            return Err(anyhow!(Reply { code, warnings: vec![], apply_result: None, body }.error_message()));
+            return Err(anyhow!(
+                Reply {
+                    code,
+                    warnings: vec![],
+                    apply_result: None,
+                    body
+                }
+                .error_message()
+            ));
         }
         let mut reader = resp.into_body().into_reader();
         let mut buf = vec![0u8; 16 * 1024];

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bramble_api::wire::{self, Channel, Heartbeat, Hello, LogReply, LogRequest, Message, StatusReport, Usage};
+use bramble_api::wire::{
+    self, Channel, Heartbeat, Hello, LogReply, LogRequest, Message, StatusReport, Usage,
+};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +26,10 @@ use crate::runtime::{Runtime, RuntimeError};
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("data dir {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Join(#[from] JoinError),
     #[error(transparent)]
@@ -52,16 +57,29 @@ impl Drops {
     fn count(&mut self, reason: &'static str, detail: &str) {
         *self.counts.entry(reason).or_default() += 1;
         let now = Instant::now();
-        if self.last_log.get(reason).is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10)) {
+        if self
+            .last_log
+            .get(reason)
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10))
+        {
             self.last_log.insert(reason, now);
-            tracing::warn!(reason, detail, "dropped an MQTT message (logged once per 10s per reason)");
+            tracing::warn!(
+                reason,
+                detail,
+                "dropped an MQTT message (logged once per 10s per reason)"
+            );
         }
         let mut text = String::from("# TYPE bramble_agent_dropped_messages_total counter\n");
         for (r, n) in &self.counts {
-            text.push_str(&format!("bramble_agent_dropped_messages_total{{reason=\"{r}\"}} {n}\n"));
+            text.push_str(&format!(
+                "bramble_agent_dropped_messages_total{{reason=\"{r}\"}} {n}\n"
+            ));
         }
         let tmp = self.path.with_extension("tmp");
-        if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &self.path)).is_err() {
+        if std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &self.path))
+            .is_err()
+        {
             tracing::warn!(path = %self.path.display(), "cannot write the agent metrics file");
         }
     }
@@ -75,7 +93,10 @@ fn jitter() -> f64 {
 
 /// Finds this node's credentials, joining first if needed (retrying while the master is
 /// unreachable, until `shutdown`).
-async fn credentials(config: &Config, shutdown: &CancellationToken) -> Result<Credentials, AgentError> {
+async fn credentials(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Credentials, AgentError> {
     if let Some(c) = join::load(&config.data_dir)? {
         return Ok(c);
     }
@@ -97,7 +118,12 @@ async fn credentials(config: &Config, shutdown: &CancellationToken) -> Result<Cr
                 return Ok(c);
             }
             Err(JoinError::Unreachable { server, message }) => {
-                let wait = bramble_api::backoff::delay(attempt, Duration::from_millis(500), Duration::from_secs(30), jitter());
+                let wait = bramble_api::backoff::delay(
+                    attempt,
+                    Duration::from_millis(500),
+                    Duration::from_secs(30),
+                    jitter(),
+                );
                 attempt += 1;
                 tracing::warn!(server, message, retry_in = ?wait, "cannot reach the master to join");
                 tokio::select! {
@@ -113,10 +139,19 @@ async fn credentials(config: &Config, shutdown: &CancellationToken) -> Result<Cr
 /// Runs the agent until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir { path: dir.display().to_string(), source })?;
-    let shim_exe = std::env::current_exe()
-        .map_err(|source| AgentError::DataDir { path: "/proc/self/exe".into(), source })?;
-    let runtime: Arc<dyn Runtime> = Arc::new(LibcontainerRuntime::new(dir, shim_exe, config.log_max_bytes)?);
+    std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let shim_exe = std::env::current_exe().map_err(|source| AgentError::DataDir {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let runtime: Arc<dyn Runtime> = Arc::new(LibcontainerRuntime::new(
+        dir,
+        shim_exe,
+        config.log_max_bytes,
+    )?);
     run_with_runtime(config, runtime, shutdown).await
 }
 
@@ -127,7 +162,10 @@ pub async fn run_with_runtime(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let dir = config.data_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|source| AgentError::DataDir { path: dir.display().to_string(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| AgentError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let store = LocalStore::open(&dir.join("agent.redb"))?;
     let images = Arc::new(RootfsDirs::new(&config.images_dir));
     let creds_known = join::load(&dir)?;
@@ -140,7 +178,10 @@ pub async fn run_with_runtime(
         store,
         PodManagerConfig {
             data_dir: dir.clone(),
-            backoff: Backoff { base: config.restart_backoff, max: config.restart_backoff_max },
+            backoff: Backoff {
+                base: config.restart_backoff,
+                max: config.restart_backoff_max,
+            },
             host_ip: early_facts.address.clone(),
         },
     )?;
@@ -164,8 +205,16 @@ pub async fn run_with_runtime(
     opts.set_credentials(&node, &creds.node_token);
     opts.set_keep_alive(Duration::from_secs(5));
     opts.set_clean_session(true);
-    opts.set_max_packet_size(wire::MAX_MESSAGE_BYTES + 4096, wire::MAX_MESSAGE_BYTES + 4096);
-    opts.set_last_will(LastWill::new(Channel::Will.topic(&node), wire::encode(&node, Message::Gone), QoS::AtLeastOnce, false));
+    opts.set_max_packet_size(
+        wire::MAX_MESSAGE_BYTES + 4096,
+        wire::MAX_MESSAGE_BYTES + 4096,
+    );
+    opts.set_last_will(LastWill::new(
+        Channel::Will.topic(&node),
+        wire::encode(&node, Message::Gone),
+        QoS::AtLeastOnce,
+        false,
+    ));
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
     let mut net = rumqttc::NetworkOptions::new();
     net.set_tcp_nodelay(true);
@@ -189,7 +238,11 @@ pub async fn run_with_runtime(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if in_tx.send(Incoming::Publish(p.topic, p.payload)).await.is_err() {
+                    if in_tx
+                        .send(Incoming::Publish(p.topic, p.payload))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -197,7 +250,12 @@ pub async fn run_with_runtime(
                 Err(e) => {
                     // Capped exponential back-off with jitter: a rack back from a power cut
                     // does not reconnect in lockstep.
-                    let wait = bramble_api::backoff::delay(attempt, Duration::from_millis(200), Duration::from_secs(30), jitter());
+                    let wait = bramble_api::backoff::delay(
+                        attempt,
+                        Duration::from_millis(200),
+                        Duration::from_secs(30),
+                        jitter(),
+                    );
                     attempt = attempt.saturating_add(1);
                     tracing::warn!(error = %e, retry_in = ?wait, "MQTT connection to the master failed");
                     tokio::select! {
@@ -210,10 +268,22 @@ pub async fn run_with_runtime(
     });
 
     // Heartbeats on their own task, so a long reconcile round never delays them.
-    let (usage_tx, usage_rx) = watch::channel(Usage { memory_used_bytes: 0, pods: 0 });
-    let hb = tokio::spawn(heartbeats(client.clone(), node.clone(), config.heartbeat_interval, usage_rx, shutdown.clone()));
+    let (usage_tx, usage_rx) = watch::channel(Usage {
+        memory_used_bytes: 0,
+        pods: 0,
+    });
+    let hb = tokio::spawn(heartbeats(
+        client.clone(),
+        node.clone(),
+        config.heartbeat_interval,
+        usage_rx,
+        shutdown.clone(),
+    ));
 
-    let mut drops = Drops { path: dir.join("agent-metrics.prom"), ..Default::default() };
+    let mut drops = Drops {
+        path: dir.join("agent-metrics.prom"),
+        ..Default::default()
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let publish = |channel: Channel, msg: Message| {
@@ -329,16 +399,32 @@ async fn heartbeats(
         seq += 1;
         // Usage rides along only when it changed: an idle node sends a few bytes.
         let changed = usage.has_changed().unwrap_or(false);
-        let u = if changed { Some(*usage.borrow_and_update()) } else { None };
+        let u = if changed {
+            Some(*usage.borrow_and_update())
+        } else {
+            None
+        };
         let payload = wire::encode(&node, Message::Heartbeat(Heartbeat { seq, usage: u }));
-        let _ = client.try_publish(Channel::Heartbeat.topic(&node), QoS::AtMostOnce, false, payload);
+        let _ = client.try_publish(
+            Channel::Heartbeat.topic(&node),
+            QoS::AtMostOnce,
+            false,
+            payload,
+        );
     }
 }
 
 async fn read_logs(pods: &PodManager, r: LogRequest) -> LogReply {
     let path = match pods.log_path(&r.namespace, &r.pod, &r.container, r.previous) {
         Ok(p) => p,
-        Err(e) => return LogReply { id: r.id, data: Vec::new(), next_offset: 0, error: e },
+        Err(e) => {
+            return LogReply {
+                id: r.id,
+                data: Vec::new(),
+                next_offset: 0,
+                error: e,
+            };
+        }
     };
     let (id, tail, offset, limit) = (r.id, r.tail_lines, r.offset, r.limit_bytes);
     let result = tokio::task::spawn_blocking(move || match offset {
@@ -348,7 +434,17 @@ async fn read_logs(pods: &PodManager, r: LogRequest) -> LogReply {
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
     match result {
-        Ok((data, next_offset)) => LogReply { id, data, next_offset, error: String::new() },
-        Err(error) => LogReply { id, data: Vec::new(), next_offset: 0, error },
+        Ok((data, next_offset)) => LogReply {
+            id,
+            data,
+            next_offset,
+            error: String::new(),
+        },
+        Err(error) => LogReply {
+            id,
+            data: Vec::new(),
+            next_offset: 0,
+            error,
+        },
     }
 }

@@ -113,7 +113,9 @@ pub struct Config {
 /// Parses `3`, `3s`, `1500ms` or `2m`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num.parse().ok()?;
     let secs = match unit {
@@ -126,7 +128,10 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 impl TryFrom<RunArgs> for Config {
@@ -135,42 +140,67 @@ impl TryFrom<RunArgs> for Config {
     fn try_from(a: RunArgs) -> Result<Config, String> {
         let file = match &a.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("config file {}: {e}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("config file {}: {e}", p.display()))?;
                 serde_norway::from_str::<Option<FileConfig>>(&text)
                     .map_err(|e| format!("config file {}: {e}", p.display()))?
                     .unwrap_or_default()
             }
             None => FileConfig::default(),
         };
-        let data_dir = a.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let data_dir = a
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         if data_dir.exists() && !data_dir.is_dir() {
-            return Err(format!("--data-dir: {} is not a directory", data_dir.display()));
+            return Err(format!(
+                "--data-dir: {} is not a directory",
+                data_dir.display()
+            ));
         }
         let server = a.server.or(file.server);
         if let Some(s) = &server {
             if !(s.starts_with("http://") || s.starts_with("https://")) {
-                return Err(format!("--server: {s:?} must be a URL such as http://192.168.1.10:6443"));
+                return Err(format!(
+                    "--server: {s:?} must be a URL such as http://192.168.1.10:6443"
+                ));
             }
         }
-        let node_name = a.node_name.or(file.node_name).unwrap_or_else(hostname).to_lowercase();
-        bramble_api::names::dns1123_subdomain(&node_name).map_err(|e| format!("--node-name: {e}"))?;
+        let node_name = a
+            .node_name
+            .or(file.node_name)
+            .unwrap_or_else(hostname)
+            .to_lowercase();
+        bramble_api::names::dns1123_subdomain(&node_name)
+            .map_err(|e| format!("--node-name: {e}"))?;
         let mut labels = Vec::new();
-        let raw_labels = if a.labels.is_empty() { file.labels.unwrap_or_default() } else { a.labels };
+        let raw_labels = if a.labels.is_empty() {
+            file.labels.unwrap_or_default()
+        } else {
+            a.labels
+        };
         for l in raw_labels.iter().filter(|l| !l.is_empty()) {
-            let (k, v) = l.split_once('=').ok_or_else(|| format!("--labels: {l:?} is not key=value"))?;
+            let (k, v) = l
+                .split_once('=')
+                .ok_or_else(|| format!("--labels: {l:?} is not key=value"))?;
             bramble_api::names::label_key(k).map_err(|e| format!("--labels: {e}"))?;
             bramble_api::names::label_value(v).map_err(|e| format!("--labels: {e}"))?;
             labels.push((k.to_string(), v.to_string()));
         }
         let node_ip = a.node_ip.or(file.node_ip);
         if let Some(ip) = &node_ip {
-            ip.parse::<std::net::IpAddr>().map_err(|_| format!("--node-ip: {ip:?} is not an IP address"))?;
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| format!("--node-ip: {ip:?} is not an IP address"))?;
         }
-        let dur = |flag: &str, v: Option<String>, default: &str, min: Duration| -> Result<Duration, String> {
+        let dur = |flag: &str,
+                   v: Option<String>,
+                   default: &str,
+                   min: Duration|
+         -> Result<Duration, String> {
             let text = v.unwrap_or_else(|| default.to_string());
-            parse_duration(&text)
-                .filter(|d| *d >= min)
-                .ok_or_else(|| format!("--{flag}: {text:?} is not a duration of at least {min:?} (e.g. 1s, 500ms)"))
+            parse_duration(&text).filter(|d| *d >= min).ok_or_else(|| {
+                format!("--{flag}: {text:?} is not a duration of at least {min:?} (e.g. 1s, 500ms)")
+            })
         };
         let heartbeat_interval = dur(
             "heartbeat-interval",
@@ -178,15 +208,28 @@ impl TryFrom<RunArgs> for Config {
             "1s",
             Duration::from_millis(50),
         )?;
-        let restart_backoff =
-            dur("restart-backoff", a.restart_backoff.or(file.restart_backoff), "10s", Duration::from_millis(10))?;
-        let restart_backoff_max =
-            dur("restart-backoff-max", a.restart_backoff_max.or(file.restart_backoff_max), "5m", restart_backoff)?;
+        let restart_backoff = dur(
+            "restart-backoff",
+            a.restart_backoff.or(file.restart_backoff),
+            "10s",
+            Duration::from_millis(10),
+        )?;
+        let restart_backoff_max = dur(
+            "restart-backoff-max",
+            a.restart_backoff_max.or(file.restart_backoff_max),
+            "5m",
+            restart_backoff,
+        )?;
         let log_max_bytes = a.log_max_bytes.or(file.log_max_bytes).unwrap_or(10 << 20);
         if log_max_bytes < 4096 {
-            return Err(format!("--log-max-bytes: must be at least 4096, got {log_max_bytes}"));
+            return Err(format!(
+                "--log-max-bytes: must be at least 4096, got {log_max_bytes}"
+            ));
         }
-        let images_dir = a.images_dir.or(file.images_dir).unwrap_or_else(|| data_dir.join("images"));
+        let images_dir = a
+            .images_dir
+            .or(file.images_dir)
+            .unwrap_or_else(|| data_dir.join("images"));
         Ok(Config {
             data_dir,
             server,
@@ -199,7 +242,10 @@ impl TryFrom<RunArgs> for Config {
             restart_backoff_max,
             log_max_bytes,
             images_dir,
-            reserved_memory: a.reserved_memory.or(file.reserved_memory).unwrap_or(128 << 20),
+            reserved_memory: a
+                .reserved_memory
+                .or(file.reserved_memory)
+                .unwrap_or(128 << 20),
             reserved_cpu: a.reserved_cpu.or(file.reserved_cpu).unwrap_or(100),
         })
     }
@@ -227,7 +273,10 @@ mod tests {
             (&["--server", "ftp://x"][..], "--server"),
             (&["--labels", "novalue"][..], "--labels"),
             (&["--node-name", "bad_name"][..], "--node-name"),
-            (&["--heartbeat-interval", "fast"][..], "--heartbeat-interval"),
+            (
+                &["--heartbeat-interval", "fast"][..],
+                "--heartbeat-interval",
+            ),
             (&["--node-ip", "999.1.1.1"][..], "--node-ip"),
             (&["--log-max-bytes", "10"][..], "--log-max-bytes"),
         ] {
@@ -239,8 +288,20 @@ mod tests {
     #[test]
     fn shim_is_a_hidden_subcommand() {
         let a = Args::try_parse_from([
-            "bramble-agent", "shim", "--id", "x", "--state-root", "/r", "--bundle", "/b", "--log", "/l",
-            "--pid-file", "/p", "--exit-file", "/e",
+            "bramble-agent",
+            "shim",
+            "--id",
+            "x",
+            "--state-root",
+            "/r",
+            "--bundle",
+            "/b",
+            "--log",
+            "/l",
+            "--pid-file",
+            "/p",
+            "--exit-file",
+            "/e",
         ])
         .unwrap();
         assert!(matches!(a.command, Some(Sub::Shim(_))));

@@ -63,9 +63,17 @@ pub fn route_address(host: &str, port: u16) -> Option<String> {
 /// Gathers the node's facts; `master` is the host and port the agent talks to.
 pub fn gather(config: &Config, master: Option<(&str, u16)>) -> NodeFacts {
     let uts = nix::sys::utsname::uname().ok();
-    let kernel = uts.as_ref().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
-    let hostname = uts.as_ref().map(|u| u.nodename().to_string_lossy().into_owned()).unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let kernel = uts
+        .as_ref()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let hostname = uts
+        .as_ref()
+        .map(|u| u.nodename().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let memory = meminfo("MemTotal:").unwrap_or(0);
     let address = config
         .node_ip

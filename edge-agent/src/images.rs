@@ -30,7 +30,9 @@ pub struct RootfsDirs {
 impl RootfsDirs {
     /// Images under `dir`.
     pub fn new(dir: &Path) -> Self {
-        RootfsDirs { dir: dir.to_path_buf() }
+        RootfsDirs {
+            dir: dir.to_path_buf(),
+        }
     }
 }
 
@@ -42,8 +44,16 @@ fn parse(image: &str) -> Result<(String, Option<String>), ImageError> {
         Some((n, t)) if !t.contains('/') => (n, Some(t.to_string())),
         _ => (no_digest, None),
     };
-    let safe: String = name.chars().map(|c| if c == '/' || c == ':' { '_' } else { c }).collect();
-    if safe.is_empty() || safe.starts_with('.') || !safe.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+    let safe: String = name
+        .chars()
+        .map(|c| if c == '/' || c == ':' { '_' } else { c })
+        .collect();
+    if safe.is_empty()
+        || safe.starts_with('.')
+        || !safe
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
         return Err(ImageError::Invalid(image.to_string()));
     }
     Ok((safe, tag))
@@ -62,8 +72,15 @@ impl ImageStore for RootfsDirs {
                 return Ok(c.clone());
             }
         }
-        let looked = candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ");
-        Err(ImageError::NotPresent { image: image.to_string(), looked })
+        let looked = candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(ImageError::NotPresent {
+            image: image.to_string(),
+            looked,
+        })
     }
 }
 
@@ -77,11 +94,26 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("busybox/rootfs")).unwrap();
         std::fs::create_dir_all(dir.path().join("busybox_1.36/rootfs")).unwrap();
         let s = RootfsDirs::new(dir.path());
-        assert_eq!(s.rootfs("busybox:1.36").unwrap(), dir.path().join("busybox_1.36/rootfs"));
-        assert_eq!(s.rootfs("busybox:latest").unwrap(), dir.path().join("busybox/rootfs"));
-        assert_eq!(s.rootfs("busybox").unwrap(), dir.path().join("busybox/rootfs"));
-        assert!(matches!(s.rootfs("nginx:1.25"), Err(ImageError::NotPresent { .. })));
+        assert_eq!(
+            s.rootfs("busybox:1.36").unwrap(),
+            dir.path().join("busybox_1.36/rootfs")
+        );
+        assert_eq!(
+            s.rootfs("busybox:latest").unwrap(),
+            dir.path().join("busybox/rootfs")
+        );
+        assert_eq!(
+            s.rootfs("busybox").unwrap(),
+            dir.path().join("busybox/rootfs")
+        );
+        assert!(matches!(
+            s.rootfs("nginx:1.25"),
+            Err(ImageError::NotPresent { .. })
+        ));
         assert!(matches!(s.rootfs("../../etc"), Err(ImageError::Invalid(_))));
-        assert_eq!(parse("registry:5000/team/app:2").unwrap(), ("registry_5000_team_app".into(), Some("2".into())));
+        assert_eq!(
+            parse("registry:5000/team/app:2").unwrap(),
+            ("registry_5000_team_app".into(), Some("2".into()))
+        );
     }
 }

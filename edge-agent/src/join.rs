@@ -39,34 +39,45 @@ pub fn server_host(server: &str) -> (String, u16) {
     let rest = server.split("://").nth(1).unwrap_or(server);
     let authority = rest.split('/').next().unwrap_or(rest);
     match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            (h.trim_matches(['[', ']']).to_string(), p.parse().unwrap_or(80))
-        }
-        _ => (authority.trim_matches(['[', ']']).to_string(), if server.starts_with("https") { 443 } else { 80 }),
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.trim_matches(['[', ']']).to_string(),
+            p.parse().unwrap_or(80),
+        ),
+        _ => (
+            authority.trim_matches(['[', ']']).to_string(),
+            if server.starts_with("https") { 443 } else { 80 },
+        ),
     }
 }
 
 /// Why joining failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
-    #[error("this node has not joined yet: pass --server URL and --token JOIN_TOKEN (see `bramble token list`)")]
+    #[error(
+        "this node has not joined yet: pass --server URL and --token JOIN_TOKEN (see `bramble token list`)"
+    )]
     NotJoined,
     #[error("cannot reach the master at {server}: {message}")]
     Unreachable { server: String, message: String },
     #[error("the master refused the join: {0}")]
     Refused(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The stored credentials, if this node has joined.
 pub fn load(data_dir: &Path) -> Result<Option<Credentials>, JoinError> {
     let path = data_dir.join(CREDENTIALS_FILE);
     match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| JoinError::Io {
-            path,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        }),
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| JoinError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(JoinError::Io { path, source }),
     }
@@ -87,13 +98,19 @@ pub fn save(data_dir: &Path, c: &Credentials) -> Result<(), JoinError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io(&tmp))?;
-    f.write_all(&serde_json::to_vec_pretty(c).unwrap_or_default()).map_err(io(&tmp))?;
+    f.write_all(&serde_json::to_vec_pretty(c).unwrap_or_default())
+        .map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io(&path))
 }
 
 /// Joins through the master's API (blocking).
-pub fn join(server: &str, token: &str, node_name: &str, facts: &NodeFacts) -> Result<Credentials, JoinError> {
+pub fn join(
+    server: &str,
+    token: &str,
+    node_name: &str,
+    facts: &NodeFacts,
+) -> Result<Credentials, JoinError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(15)))
@@ -105,12 +122,18 @@ pub fn join(server: &str, token: &str, node_name: &str, facts: &NodeFacts) -> Re
         .post(&url)
         .header("Content-Type", "application/json")
         .send(serde_json::to_vec(&body).unwrap_or_default().as_slice())
-        .map_err(|e| JoinError::Unreachable { server: server.into(), message: e.to_string() })?;
+        .map_err(|e| JoinError::Unreachable {
+            server: server.into(),
+            message: e.to_string(),
+        })?;
     let code = resp.status().as_u16();
     let bytes = resp
         .into_body()
         .read_to_vec()
-        .map_err(|e| JoinError::Unreachable { server: server.into(), message: e.to_string() })?;
+        .map_err(|e| JoinError::Unreachable {
+            server: server.into(),
+            message: e.to_string(),
+        })?;
     if code != 200 {
         let msg = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
@@ -126,7 +149,8 @@ pub fn join(server: &str, token: &str, node_name: &str, facts: &NodeFacts) -> Re
         mqtt_host: String,
         mqtt_port: u16,
     }
-    let r: Reply = serde_json::from_slice(&bytes).map_err(|e| JoinError::Refused(format!("unreadable answer: {e}")))?;
+    let r: Reply = serde_json::from_slice(&bytes)
+        .map_err(|e| JoinError::Refused(format!("unreadable answer: {e}")))?;
     Ok(Credentials {
         server: server.trim_end_matches('/').to_string(),
         node_name: r.node_name,
@@ -142,7 +166,10 @@ mod tests {
 
     #[test]
     fn server_hosts() {
-        assert_eq!(server_host("http://192.168.1.10:6443"), ("192.168.1.10".into(), 6443));
+        assert_eq!(
+            server_host("http://192.168.1.10:6443"),
+            ("192.168.1.10".into(), 6443)
+        );
         assert_eq!(server_host("http://master/"), ("master".into(), 80));
         assert_eq!(server_host("http://[::1]:6443"), ("::1".into(), 6443));
     }
@@ -161,7 +188,11 @@ mod tests {
         };
         save(dir.path(), &c).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(c.clone()));
-        let mode = std::fs::metadata(dir.path().join(CREDENTIALS_FILE)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(dir.path().join(CREDENTIALS_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(c.broker_host(), "m");
     }

@@ -27,7 +27,10 @@ pub struct LocalStore {
 }
 
 fn db_err(path: &str) -> impl Fn(redb::Error) -> LocalStoreError + '_ {
-    move |e| LocalStoreError::Db { path: path.to_string(), message: e.to_string() }
+    move |e| LocalStoreError::Db {
+        path: path.to_string(),
+        message: e.to_string(),
+    }
 }
 
 impl LocalStore {
@@ -37,7 +40,10 @@ impl LocalStore {
         let db = Database::builder()
             .set_cache_size(1 << 20)
             .create(path)
-            .map_err(|e| LocalStoreError::Db { path: p.clone(), message: e.to_string() })?;
+            .map_err(|e| LocalStoreError::Db {
+                path: p.clone(),
+                message: e.to_string(),
+            })?;
         let txn = db.begin_write().map_err(|e| db_err(&p)(e.into()))?;
         {
             txn.open_table(DESIRED).map_err(|e| db_err(&p)(e.into()))?;
@@ -48,7 +54,10 @@ impl LocalStore {
         Ok(LocalStore { db, path: p })
     }
 
-    fn load<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<BTreeMap<String, T>, LocalStoreError> {
+    fn load<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<BTreeMap<String, T>, LocalStoreError> {
         let e = db_err(&self.path);
         let read = self.db.begin_read().map_err(|x| e(x.into()))?;
         let t = read.open_table(table).map_err(|x| e(x.into()))?;
@@ -59,7 +68,9 @@ impl LocalStore {
                 Ok(val) => {
                     out.insert(k.value().to_string(), val);
                 }
-                Err(err) => tracing::warn!(key = k.value(), %err, "skipping an unreadable local record"),
+                Err(err) => {
+                    tracing::warn!(key = k.value(), %err, "skipping an unreadable local record")
+                }
             }
         }
         Ok(out)
@@ -102,7 +113,8 @@ impl LocalStore {
                 t.retain(|_, _| false).map_err(|x| e(x.into()))?;
             }
             for (k, v) in upserts {
-                t.insert(k.as_str(), v.as_slice()).map_err(|x| e(x.into()))?;
+                t.insert(k.as_str(), v.as_slice())
+                    .map_err(|x| e(x.into()))?;
             }
             for k in removals {
                 t.remove(k.as_str()).map_err(|x| e(x.into()))?;
@@ -114,7 +126,11 @@ impl LocalStore {
     }
 
     /// Writes changed records and deletes dropped ones in one transaction.
-    pub fn write_records<T: Serialize>(&self, changed: &[(&str, &T)], dropped: &[String]) -> Result<(), LocalStoreError> {
+    pub fn write_records<T: Serialize>(
+        &self,
+        changed: &[(&str, &T)],
+        dropped: &[String],
+    ) -> Result<(), LocalStoreError> {
         if changed.is_empty() && dropped.is_empty() {
             return Ok(());
         }
@@ -144,9 +160,19 @@ mod tests {
         let p = dir.path().join("agent.redb");
         {
             let s = LocalStore::open(&p).unwrap();
-            s.write_desired(true, &[("u1".into(), b"{\"a\":1}".to_vec()), ("u2".into(), b"{}".to_vec())], &[], 5).unwrap();
+            s.write_desired(
+                true,
+                &[
+                    ("u1".into(), b"{\"a\":1}".to_vec()),
+                    ("u2".into(), b"{}".to_vec()),
+                ],
+                &[],
+                5,
+            )
+            .unwrap();
             s.write_desired(false, &[], &["u2".into()], 6).unwrap();
-            s.write_records(&[("u1", &serde_json::json!({"x": 1}))], &[]).unwrap();
+            s.write_records(&[("u1", &serde_json::json!({"x": 1}))], &[])
+                .unwrap();
         }
         let s = LocalStore::open(&p).unwrap();
         let (d, rev) = s.desired().unwrap();

@@ -21,14 +21,22 @@ impl RotatingWriter {
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let size = file.metadata()?.len();
-        Ok(RotatingWriter { path: path.to_path_buf(), file, size, max_bytes: max_bytes.max(4096) })
+        Ok(RotatingWriter {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max_bytes: max_bytes.max(4096),
+        })
     }
 
     /// Writes bytes, rotating first if they would pass the limit.
     pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         if self.size > 0 && self.size + data.len() as u64 > self.max_bytes {
             std::fs::rename(&self.path, rotated(&self.path))?;
-            self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.size = 0;
         }
         self.file.write_all(data)?;
@@ -57,7 +65,11 @@ pub fn read_tail(path: &Path, tail: Option<u64>, limit: u64) -> (Vec<u8>, u64) {
     let mut start = 0usize;
     if let Some(n) = tail {
         // Find the start of the n-th line from the end (a final newline ends the last line).
-        let body_end = if all.ends_with(b"\n") { all.len() - 1 } else { all.len() };
+        let body_end = if all.ends_with(b"\n") {
+            all.len() - 1
+        } else {
+            all.len()
+        };
         let mut seen = 0u64;
         start = 0;
         for i in (0..body_end).rev() {
@@ -128,6 +140,12 @@ mod tests {
         w.write(b"b\n").unwrap();
         let (data, next) = read_from(&p, off, 1 << 20).unwrap();
         assert_eq!((data.as_slice(), next), (&b"b\n"[..], 4));
-        assert_eq!(read_from(&dir.path().join("missing"), 0, 10).unwrap().0.len(), 0);
+        assert_eq!(
+            read_from(&dir.path().join("missing"), 0, 10)
+                .unwrap()
+                .0
+                .len(),
+            0
+        );
     }
 }

@@ -41,7 +41,10 @@ pub struct PodManager {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Settings of the pod manager.
@@ -70,7 +73,12 @@ impl PodManager {
             }
         }
         let records = store.records()?;
-        tracing::info!(pods = desired.len(), records = records.len(), revision = desired_revision, "pod manager loaded its cache");
+        tracing::info!(
+            pods = desired.len(),
+            records = records.len(),
+            revision = desired_revision,
+            "pod manager loaded its cache"
+        );
         Ok(PodManager {
             runtime,
             images,
@@ -121,17 +129,30 @@ impl PodManager {
             }
             change => {
                 if d.prev_revision != self.desired_revision {
-                    return Ok(Applied::Gap { have: self.desired_revision, expected_prev: d.prev_revision });
+                    return Ok(Applied::Gap {
+                        have: self.desired_revision,
+                        expected_prev: d.prev_revision,
+                    });
                 }
                 match change {
                     DesiredChange::Upsert(p) => {
                         if let Some(pod) = decode(&p.pod_json) {
-                            self.store.write_desired(false, &[(p.uid.clone(), p.pod_json)], &[], d.revision)?;
+                            self.store.write_desired(
+                                false,
+                                &[(p.uid.clone(), p.pod_json)],
+                                &[],
+                                d.revision,
+                            )?;
                             self.desired.insert(p.uid, pod);
                         }
                     }
                     DesiredChange::Remove { uid } => {
-                        self.store.write_desired(false, &[], std::slice::from_ref(&uid), d.revision)?;
+                        self.store.write_desired(
+                            false,
+                            &[],
+                            std::slice::from_ref(&uid),
+                            d.revision,
+                        )?;
                         self.desired.remove(&uid);
                     }
                     DesiredChange::Snapshot(_) => {}
@@ -142,7 +163,10 @@ impl PodManager {
         Ok(Applied::Changed)
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&dyn Runtime) -> T + Send + 'static) -> T {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Runtime) -> T + Send + 'static,
+    ) -> T {
         let rt = self.runtime.clone();
         match tokio::task::spawn_blocking(move || f(rt.as_ref())).await {
             Ok(v) => v,
@@ -153,12 +177,26 @@ impl PodManager {
     /// One reconcile round; returns the reports that changed since the last round.
     pub async fn reconcile(&mut self) -> Vec<PodReport> {
         let before = self.records.clone();
-        let ids: Vec<String> =
-            self.records.values().flat_map(|r| r.containers.values().filter_map(|c| c.current.clone())).collect();
-        let observed: HashMap<String, Observed> =
-            self.blocking(move |rt| ids.into_iter().map(|id| (id.clone(), rt.observe(&id))).collect()).await;
+        let ids: Vec<String> = self
+            .records
+            .values()
+            .flat_map(|r| r.containers.values().filter_map(|c| c.current.clone()))
+            .collect();
+        let observed: HashMap<String, Observed> = self
+            .blocking(move |rt| {
+                ids.into_iter()
+                    .map(|id| (id.clone(), rt.observe(&id)))
+                    .collect()
+            })
+            .await;
         let now = now_ms();
-        plan::observe(&mut self.records, &self.desired, &observed, now, self.backoff);
+        plan::observe(
+            &mut self.records,
+            &self.desired,
+            &observed,
+            now,
+            self.backoff,
+        );
         let ops = plan::plan(&self.desired, &self.records, &observed, now);
         let mut dropped = Vec::new();
         for op in ops {
@@ -166,8 +204,12 @@ impl PodManager {
                 dropped.push(uid);
             }
         }
-        let changed: Vec<(&str, &PodRecord)> =
-            self.records.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(k, v)| (k.as_str(), v)).collect();
+        let changed: Vec<(&str, &PodRecord)> = self
+            .records
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(*v))
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
         if let Err(e) = self.store.write_records(&changed, &dropped) {
             tracing::error!(error = %e, "cannot persist pod records");
         }
@@ -190,7 +232,10 @@ impl PodManager {
 
     /// Every pod's report (for a hello).
     pub fn all_reports(&self) -> Vec<PodReport> {
-        self.records.iter().map(|(uid, rec)| plan::report(self.desired.get(uid), rec, &self.host_ip)).collect()
+        self.records
+            .iter()
+            .map(|(uid, rec)| plan::report(self.desired.get(uid), rec, &self.host_ip))
+            .collect()
     }
 
     fn pod_dir(&self, uid: &str) -> PathBuf {
@@ -198,17 +243,29 @@ impl PodManager {
     }
 
     fn log_file(&self, uid: &str, container: &str, instance: u32) -> PathBuf {
-        self.pod_dir(uid).join("logs").join(container).join(format!("{instance}.log"))
+        self.pod_dir(uid)
+            .join("logs")
+            .join(container)
+            .join(format!("{instance}.log"))
     }
 
     /// The log file for `bramble logs`: the current (or last) instance, or the one before.
-    pub fn log_path(&self, namespace: &str, pod: &str, container: &str, previous: bool) -> Result<PathBuf, String> {
+    pub fn log_path(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        previous: bool,
+    ) -> Result<PathBuf, String> {
         let rec = self
             .records
             .values()
             .find(|r| r.namespace == namespace && r.name == pod)
             .ok_or_else(|| format!("pod {namespace}/{pod} is not on this node"))?;
-        let c = rec.containers.get(container).ok_or_else(|| format!("container {container:?} has not been created yet"))?;
+        let c = rec
+            .containers
+            .get(container)
+            .ok_or_else(|| format!("container {container:?} has not been created yet"))?;
         let back = if previous { 2 } else { 1 };
         if c.attempt < back {
             return Err(if previous {
@@ -220,16 +277,32 @@ impl PodManager {
         Ok(self.log_file(&rec.uid, container, c.attempt - back))
     }
 
-    fn set_waiting(&mut self, uid: &str, container: Option<&str>, reason: &str, message: String, now: i64) {
-        let Some(rec) = self.records.get_mut(uid) else { return };
+    fn set_waiting(
+        &mut self,
+        uid: &str,
+        container: Option<&str>,
+        reason: &str,
+        message: String,
+        now: i64,
+    ) {
+        let Some(rec) = self.records.get_mut(uid) else {
+            return;
+        };
         for (name, c) in rec.containers.iter_mut() {
             if container.is_some_and(|n| n != name) {
                 continue;
             }
             c.start_failures += 1;
-            let delay = bramble_api::backoff::crash_loop(c.start_failures - 1, self.backoff.base, self.backoff.max);
+            let delay = bramble_api::backoff::crash_loop(
+                c.start_failures - 1,
+                self.backoff.base,
+                self.backoff.max,
+            );
             c.not_before_ms = now + delay.as_millis() as i64;
-            c.state = ContainerState::Waiting { reason: reason.into(), message: message.clone() };
+            c.state = ContainerState::Waiting {
+                reason: reason.into(),
+                message: message.clone(),
+            };
         }
     }
 
@@ -239,16 +312,24 @@ impl PodManager {
         match op {
             Op::CreateSandbox { uid } => {
                 let pod = self.desired.get(&uid)?.clone();
-                let rec = self.records.entry(uid.clone()).or_insert_with(|| PodRecord {
-                    uid: uid.clone(),
-                    namespace: pod.metadata.namespace.clone(),
-                    name: pod.metadata.name.clone(),
-                    sandbox_ready: false,
-                    netns: None,
-                    start_time: now / 1000,
-                    grace_seconds: pod.spec.termination_grace_period_seconds.unwrap_or(30),
-                    containers: pod.spec.containers.iter().map(|c| (c.name.clone(), ContainerRecord::new(&c.image))).collect(),
-                });
+                let rec = self
+                    .records
+                    .entry(uid.clone())
+                    .or_insert_with(|| PodRecord {
+                        uid: uid.clone(),
+                        namespace: pod.metadata.namespace.clone(),
+                        name: pod.metadata.name.clone(),
+                        sandbox_ready: false,
+                        netns: None,
+                        start_time: now / 1000,
+                        grace_seconds: pod.spec.termination_grace_period_seconds.unwrap_or(30),
+                        containers: pod
+                            .spec
+                            .containers
+                            .iter()
+                            .map(|c| (c.name.clone(), ContainerRecord::new(&c.image)))
+                            .collect(),
+                    });
                 rec.sandbox_ready = false;
                 if let Err(e) = self.prepare_volumes(&uid, &pod) {
                     self.set_waiting(&uid, None, "CreatePodSandboxError", e, now);
@@ -272,24 +353,46 @@ impl PodManager {
             }
             Op::Start { uid, container, id } => {
                 let pod = self.desired.get(&uid)?.clone();
-                let spec_c = pod.spec.containers.iter().find(|c| c.name == container)?.clone();
+                let spec_c = pod
+                    .spec
+                    .containers
+                    .iter()
+                    .find(|c| c.name == container)?
+                    .clone();
                 let rec = self.records.get_mut(&uid)?;
                 let netns = rec.netns.clone();
-                let cr = rec.containers.entry(container.clone()).or_insert_with(|| ContainerRecord::new(&spec_c.image));
+                let cr = rec
+                    .containers
+                    .entry(container.clone())
+                    .or_insert_with(|| ContainerRecord::new(&spec_c.image));
                 let instance = cr.attempt;
                 let rootfs = match self.images.rootfs(&spec_c.image) {
                     Ok(r) => r,
                     Err(e) => {
-                        self.set_waiting(&uid, Some(&container), "ErrImageNeverPull", e.to_string(), now);
+                        self.set_waiting(
+                            &uid,
+                            Some(&container),
+                            "ErrImageNeverPull",
+                            e.to_string(),
+                            now,
+                        );
                         return None;
                     }
                 };
-                let volumes = pod.spec.volumes.iter().map(|v| (v.name.clone(), self.volume_path(&uid, v))).collect();
+                let volumes = pod
+                    .spec
+                    .volumes
+                    .iter()
+                    .map(|v| (v.name.clone(), self.volume_path(&uid, v)))
+                    .collect();
                 let log_path = self.log_file(&uid, &container, instance);
                 if instance >= 2 {
                     // Keep the current and the previous instance's logs only.
                     let _ = std::fs::remove_file(self.log_file(&uid, &container, instance - 2));
-                    let _ = std::fs::remove_file(self.log_file(&uid, &container, instance - 2).with_extension("log.1"));
+                    let _ = std::fs::remove_file(
+                        self.log_file(&uid, &container, instance - 2)
+                            .with_extension("log.1"),
+                    );
                 }
                 let spec = ContainerSpec {
                     id: id.clone(),
@@ -300,7 +403,11 @@ impl PodManager {
                     image_rootfs: rootfs,
                     netns,
                     volumes,
-                    hostname: if pod.spec.hostname.is_empty() { pod.metadata.name.clone() } else { pod.spec.hostname.clone() },
+                    hostname: if pod.spec.hostname.is_empty() {
+                        pod.metadata.name.clone()
+                    } else {
+                        pod.spec.hostname.clone()
+                    },
                     log_path,
                 };
                 let result = self.blocking(move |rt| rt.start(&spec)).await;
@@ -314,24 +421,42 @@ impl PodManager {
                         cr.killed_at_ms = None;
                         cr.exit_seen = None;
                         cr.done = false;
-                        cr.state = ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() };
+                        cr.state = ContainerState::Waiting {
+                            reason: "ContainerCreating".into(),
+                            message: String::new(),
+                        };
                     }
                     Err(e) => {
                         tracing::warn!(uid, container, error = %e, "cannot start a container");
                         // Clean up what the failed start left; the next attempt reuses the id.
                         let i = id.clone();
                         let _ = self.blocking(move |rt| rt.remove(&i)).await;
-                        self.set_waiting(&uid, Some(&container), "CreateContainerError", e.to_string(), now);
+                        self.set_waiting(
+                            &uid,
+                            Some(&container),
+                            "CreateContainerError",
+                            e.to_string(),
+                            now,
+                        );
                     }
                 }
                 None
             }
-            Op::Signal { uid, container, id, signal } => {
+            Op::Signal {
+                uid,
+                container,
+                id,
+                signal,
+            } => {
                 let result = self.blocking(move |rt| rt.signal(&id, signal)).await;
                 if let Err(e) = result {
                     tracing::warn!(uid, container, error = %e, "cannot signal a container");
                 }
-                if let Some(c) = self.records.get_mut(&uid).and_then(|r| r.containers.get_mut(&container)) {
+                if let Some(c) = self
+                    .records
+                    .get_mut(&uid)
+                    .and_then(|r| r.containers.get_mut(&container))
+                {
                     c.killed_at_ms.get_or_insert(now);
                 }
                 None
@@ -340,7 +465,11 @@ impl PodManager {
                 let i = id.clone();
                 match self.blocking(move |rt| rt.remove(&i)).await {
                     Ok(()) => {
-                        if let Some(c) = self.records.get_mut(&uid).and_then(|r| r.containers.get_mut(&container)) {
+                        if let Some(c) = self
+                            .records
+                            .get_mut(&uid)
+                            .and_then(|r| r.containers.get_mut(&container))
+                        {
                             c.current = None;
                         }
                     }
@@ -380,12 +509,16 @@ impl PodManager {
         for v in &pod.spec.volumes {
             let p = self.volume_path(uid, v);
             match &v.host_path {
-                None => std::fs::create_dir_all(&p).map_err(|e| format!("volume {:?}: {}: {e}", v.name, p.display()))?,
-                Some(h) if h.type_ == "DirectoryOrCreate" => {
-                    std::fs::create_dir_all(&p).map_err(|e| format!("volume {:?}: {}: {e}", v.name, p.display()))?
-                }
+                None => std::fs::create_dir_all(&p)
+                    .map_err(|e| format!("volume {:?}: {}: {e}", v.name, p.display()))?,
+                Some(h) if h.type_ == "DirectoryOrCreate" => std::fs::create_dir_all(&p)
+                    .map_err(|e| format!("volume {:?}: {}: {e}", v.name, p.display()))?,
                 Some(h) if h.type_ == "Directory" && !p.is_dir() => {
-                    return Err(format!("volume {:?}: hostPath {} is not a directory", v.name, p.display()));
+                    return Err(format!(
+                        "volume {:?}: hostPath {} is not a directory",
+                        v.name,
+                        p.display()
+                    ));
                 }
                 Some(_) => {}
             }

@@ -43,7 +43,9 @@ pub struct ContainerSpec {
 pub enum Observed {
     /// The shim is setting it up.
     Starting,
-    Running { started_at: i64 },
+    Running {
+        started_at: i64,
+    },
     Exited(Exit),
     /// Neither running nor with a recorded exit (the node rebooted, or the files are gone).
     Missing,
@@ -65,7 +67,10 @@ pub struct Exit {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("container {id}: {message}")]
     Container { id: String, message: String },
     #[error("pod sandbox {uid}: {message}")]
@@ -84,7 +89,11 @@ impl RuntimeError {
 pub trait Runtime: Send + Sync + 'static {
     /// Creates the pod's shared sandbox (its network namespace); returns its path, or None
     /// for host networking. Idempotent.
-    fn create_sandbox(&self, pod_uid: &str, host_network: bool) -> Result<Option<PathBuf>, RuntimeError>;
+    fn create_sandbox(
+        &self,
+        pod_uid: &str,
+        host_network: bool,
+    ) -> Result<Option<PathBuf>, RuntimeError>;
     /// Removes the sandbox. Idempotent.
     fn remove_sandbox(&self, pod_uid: &str) -> Result<(), RuntimeError>;
     /// Creates and starts a container; returns once it runs or has failed to start.

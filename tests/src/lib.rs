@@ -196,6 +196,305 @@ impl Drop for MasterProcess {
     }
 }
 
+impl MasterProcess {
+    /// The first join token the master created.
+    pub fn join_token(&self) -> String {
+        let text =
+            std::fs::read_to_string(self.data_dir.join("join-tokens.json")).expect("join tokens");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("join tokens JSON");
+        v[0]["token"].as_str().expect("a token").to_string()
+    }
+
+    /// A pod's JSON, or None when it does not exist.
+    pub fn pod(&self, name: &str) -> Option<serde_json::Value> {
+        let r = self
+            .http()
+            .get(&format!("/api/v1/namespaces/default/pods/{name}"))
+            .ok()?;
+        (r.code == 200).then(|| r.json())
+    }
+
+    /// A node's Ready condition: (status, reason).
+    pub fn node_ready(&self, name: &str) -> Option<(String, String)> {
+        let r = self.http().get(&format!("/api/v1/nodes/{name}")).ok()?;
+        if r.code != 200 {
+            return None;
+        }
+        let v = r.json();
+        let c = v["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?
+            .clone();
+        Some((
+            c["status"].as_str()?.to_string(),
+            c["reason"].as_str().unwrap_or("").to_string(),
+        ))
+    }
+}
+
+/// Fails (never skips) when the test is not root: containers, namespaces and cgroups need it.
+pub fn require_root() {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test runs real containers and needs root (CI runs as root)"
+    );
+}
+
+/// Fills `<images>/busybox/rootfs` from Debian's busybox-static.
+pub fn busybox_image(images: &Path) -> Result<()> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        bail!("/bin/busybox is missing: apt-get install busybox-static (scripts/setup does)");
+    }
+    let root = images.join("busybox/rootfs");
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    for d in ["proc", "sys", "dev", "tmp", "etc", "root", "var"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy(busybox, bin.join("busybox"))?;
+    let list = Command::new(busybox).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            let link = bin.join(applet);
+            if !link.exists() {
+                std::os::unix::fs::symlink("busybox", link)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `bramble-agent` child process.
+pub struct AgentProcess {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub node: String,
+}
+
+impl AgentProcess {
+    /// Starts an agent that joins `master` as `node`, with test-friendly timings
+    /// (restart back-off 500ms) and a busybox image in its images dir.
+    pub fn start(
+        master: &MasterProcess,
+        data_dir: &Path,
+        node: &str,
+        extra: &[&str],
+    ) -> Result<AgentProcess> {
+        busybox_image(&data_dir.join("images"))?;
+        let child = Command::new(bin("bramble-agent"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--server",
+                &master.url,
+                "--token",
+                &master.join_token(),
+                "--node-name",
+                node,
+            ])
+            .args(["--restart-backoff", "500ms", "--restart-backoff-max", "2s"])
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning bramble-agent")?;
+        Ok(AgentProcess {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            node: node.to_string(),
+        })
+    }
+
+    /// Sends a signal to the agent.
+    pub fn signal(&self, sig: i32) {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// SIGKILLs the agent and reaps it.
+    pub fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERMs the agent and waits for it (its containers keep running).
+    pub fn terminate(mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the agent again from its data dir alone (it has joined: no server or token).
+    pub fn restart(data_dir: &Path, node: &str, extra: &[&str]) -> Result<AgentProcess> {
+        let child = Command::new(bin("bramble-agent"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--node-name",
+                node,
+                "--restart-backoff",
+                "500ms",
+                "--restart-backoff-max",
+                "2s",
+            ])
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning bramble-agent")?;
+        Ok(AgentProcess {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            node: node.to_string(),
+        })
+    }
+
+    /// The init pids of this agent's running containers.
+    pub fn container_pids(&self) -> Vec<i32> {
+        container_pids(&self.data_dir)
+    }
+}
+
+/// The init pids of the running containers of an agent data dir.
+pub fn container_pids(data_dir: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(data_dir.join("containers")) {
+        for e in rd.filter_map(|e| e.ok()) {
+            if e.path().join("exit.json").exists() {
+                continue;
+            }
+            if let Ok(t) = std::fs::read_to_string(e.path().join("pid.json")) {
+                if let Some(pid) = serde_json::from_str::<serde_json::Value>(&t)
+                    .ok()
+                    .and_then(|v| v["pid"].as_i64())
+                {
+                    out.push(pid as i32);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Sends a signal to a process.
+pub fn send_signal(pid: i32, sig: i32) {
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) has no memory effects.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kills every container an agent data dir still runs and undoes its mounts (test cleanup,
+/// also after a failure).
+pub fn cleanup_agent_dir(data_dir: &Path) {
+    for pid in container_pids(data_dir) {
+        send_signal(pid, libc::SIGKILL);
+    }
+    // The shims see their containers die, delete them and write their exits.
+    let shims_done = || {
+        std::fs::read_dir(data_dir.join("run"))
+            .map(|rd| rd.count() == 0)
+            .unwrap_or(true)
+    };
+    eventually(Duration::from_secs(10), shims_done);
+    let prefix = data_dir.to_string_lossy().to_string();
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for m in info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+        {
+            let _ = Command::new("umount").args(["-l", m]).status();
+        }
+    }
+    // The pod-level cgroups are the agent's to remove; without it, the test removes them.
+    if let Ok(rd) = std::fs::read_dir(data_dir.join("pods")) {
+        for uid in rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+        {
+            for d in pod_cgroups(&uid) {
+                if let Ok(children) = std::fs::read_dir(&d) {
+                    for c in children
+                        .filter_map(|e| e.ok())
+                        .filter(|e| e.path().is_dir())
+                    {
+                        let _ = std::fs::remove_dir(c.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(&d);
+            }
+        }
+    }
+}
+
+/// Mount points below `dir` (to assert nothing is left behind).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Cgroup directories of a pod (any controller, v1 or v2).
+pub fn pod_cgroups(uid: &str) -> Vec<PathBuf> {
+    let rel = format!("bramble/pod{uid}");
+    let mut out = Vec::new();
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join(&rel).exists() {
+        out.push(root.join(&rel));
+    }
+    if let Ok(rd) = std::fs::read_dir(root) {
+        for e in rd.filter_map(|e| e.ok()) {
+            let p = e.path().join(&rel);
+            if p.exists() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// A minimal HTTP client for tests: answers (status, headers, body) and never treats a
 /// 4xx/5xx as a transport error.
 pub struct Http {

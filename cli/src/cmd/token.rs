@@ -20,13 +20,18 @@ pub fn run(client: &Client, cmd: &TokenCommand) -> Result<()> {
                 .map(|a| {
                     a.iter()
                         .map(|t| {
-                            let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                            let s = |k: &str| {
+                                t.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+                            };
                             vec![s("token"), s("created"), s("description")]
                         })
                         .collect()
                 })
                 .unwrap_or_default();
-            print!("{}", table::print(Some(&["TOKEN", "CREATED", "DESCRIPTION"]), &rows));
+            print!(
+                "{}",
+                table::print(Some(&["TOKEN", "CREATED", "DESCRIPTION"]), &rows)
+            );
         }
     }
     Ok(())

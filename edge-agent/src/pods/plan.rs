@@ -62,7 +62,10 @@ impl ContainerRecord {
             attempt: 0,
             current: None,
             restart_count: 0,
-            state: ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() },
+            state: ContainerState::Waiting {
+                reason: "ContainerCreating".into(),
+                message: String::new(),
+            },
             last_state: None,
             not_before_ms: 0,
             start_failures: 0,
@@ -83,13 +86,32 @@ pub struct Backoff {
 /// One operation for the executor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    CreateSandbox { uid: String },
-    Start { uid: String, container: String, id: String },
-    Signal { uid: String, container: String, id: String, signal: i32 },
-    Remove { uid: String, container: String, id: String },
-    RemoveSandbox { uid: String },
+    CreateSandbox {
+        uid: String,
+    },
+    Start {
+        uid: String,
+        container: String,
+        id: String,
+    },
+    Signal {
+        uid: String,
+        container: String,
+        id: String,
+        signal: i32,
+    },
+    Remove {
+        uid: String,
+        container: String,
+        id: String,
+    },
+    RemoveSandbox {
+        uid: String,
+    },
     /// The pod is gone from the node: forget it and tell the master.
-    Drop { uid: String },
+    Drop {
+        uid: String,
+    },
 }
 
 /// The id of a container instance.
@@ -135,12 +157,17 @@ pub fn observe(
     backoff: Backoff,
 ) {
     for (uid, rec) in records.iter_mut() {
-        let policy = desired.get(uid).map(|p| p.spec.restart_policy.clone()).unwrap_or_default();
+        let policy = desired
+            .get(uid)
+            .map(|p| p.spec.restart_policy.clone())
+            .unwrap_or_default();
         for (name, c) in rec.containers.iter_mut() {
             let Some(id) = &c.current else { continue };
             match observed.get(id) {
                 Some(Observed::Running { started_at }) => {
-                    c.state = ContainerState::Running { started_at: *started_at };
+                    c.state = ContainerState::Running {
+                        started_at: *started_at,
+                    };
                 }
                 Some(Observed::Exited(exit)) => {
                     if c.exit_seen.as_deref() == Some(id.as_str()) {
@@ -153,7 +180,11 @@ pub fn observe(
                         let delay = if c.restart_count == 0 {
                             Duration::ZERO
                         } else {
-                            bramble_api::backoff::crash_loop(c.restart_count - 1, backoff.base, backoff.max)
+                            bramble_api::backoff::crash_loop(
+                                c.restart_count - 1,
+                                backoff.base,
+                                backoff.max,
+                            )
                         };
                         c.not_before_ms = now_ms + delay.as_millis() as i64;
                         c.state = if delay.is_zero() {
@@ -161,7 +192,10 @@ pub fn observe(
                         } else {
                             ContainerState::Waiting {
                                 reason: "CrashLoopBackOff".into(),
-                                message: format!("back-off {}s restarting failed container={name}", delay.as_secs()),
+                                message: format!(
+                                    "back-off {}s restarting failed container={name}",
+                                    delay.as_secs()
+                                ),
                             }
                         };
                         c.last_state = Some(ended);
@@ -176,7 +210,13 @@ pub fn observe(
                     }
                     c.exit_seen = Some(id.clone());
                     // Lost with no exit record (a reboot took it): treat it as killed.
-                    let exit = Exit { code: 137, oom_killed: false, started_at: 0, finished_at: now_ms / 1000, error: String::new() };
+                    let exit = Exit {
+                        code: 137,
+                        oom_killed: false,
+                        started_at: 0,
+                        finished_at: now_ms / 1000,
+                        error: String::new(),
+                    };
                     c.last_state = Some(ContainerState::Terminated {
                         exit_code: exit.code,
                         reason: "ContainerLost".into(),
@@ -184,7 +224,10 @@ pub fn observe(
                         started_at: 0,
                         finished_at: exit.finished_at,
                     });
-                    c.state = ContainerState::Waiting { reason: "ContainerLost".into(), message: String::new() };
+                    c.state = ContainerState::Waiting {
+                        reason: "ContainerLost".into(),
+                        message: String::new(),
+                    };
                     c.not_before_ms = now_ms;
                     if !restart_wanted(&policy, exit.code) || c.killed_at_ms.is_some() {
                         c.state = c.last_state.clone().unwrap_or(c.state.clone());
@@ -223,12 +266,20 @@ pub fn plan(
         }
         for c in &pod.spec.containers {
             let Some(cr) = rec.containers.get(&c.name) else {
-                ops.push(Op::Start { uid: uid.clone(), container: c.name.clone(), id: container_id(uid, &c.name, 0) });
+                ops.push(Op::Start {
+                    uid: uid.clone(),
+                    container: c.name.clone(),
+                    id: container_id(uid, &c.name, 0),
+                });
                 continue;
             };
             match &cr.current {
                 Some(id) if is_ended(observed.get(id)) => {
-                    ops.push(Op::Remove { uid: uid.clone(), container: c.name.clone(), id: id.clone() });
+                    ops.push(Op::Remove {
+                        uid: uid.clone(),
+                        container: c.name.clone(),
+                        id: id.clone(),
+                    });
                 }
                 Some(_) => {}
                 None if cr.done => {}
@@ -261,14 +312,26 @@ pub fn plan(
             all_gone = false;
             let o = observed.get(id);
             if is_ended(o) {
-                ops.push(Op::Remove { uid: uid.clone(), container: name.clone(), id: id.clone() });
+                ops.push(Op::Remove {
+                    uid: uid.clone(),
+                    container: name.clone(),
+                    id: id.clone(),
+                });
                 continue;
             }
             match cr.killed_at_ms {
-                None => ops.push(Op::Signal { uid: uid.clone(), container: name.clone(), id: id.clone(), signal: libc::SIGTERM }),
-                Some(t) if now_ms - t >= grace_ms => {
-                    ops.push(Op::Signal { uid: uid.clone(), container: name.clone(), id: id.clone(), signal: libc::SIGKILL })
-                }
+                None => ops.push(Op::Signal {
+                    uid: uid.clone(),
+                    container: name.clone(),
+                    id: id.clone(),
+                    signal: libc::SIGTERM,
+                }),
+                Some(t) if now_ms - t >= grace_ms => ops.push(Op::Signal {
+                    uid: uid.clone(),
+                    container: name.clone(),
+                    id: id.clone(),
+                    signal: libc::SIGKILL,
+                }),
                 Some(_) => {}
             }
         }
@@ -282,19 +345,34 @@ pub fn plan(
 
 /// The pod's phase from its containers, as Kubernetes computes it.
 fn phase(pod: Option<&Pod>, rec: &PodRecord) -> String {
-    let policy = pod.map(|p| p.spec.restart_policy.as_str()).unwrap_or("Always");
+    let policy = pod
+        .map(|p| p.spec.restart_policy.as_str())
+        .unwrap_or("Always");
     let states: Vec<&ContainerRecord> = rec.containers.values().collect();
     let total = pod.map_or(states.len(), |p| p.spec.containers.len());
     if states.len() < total || states.is_empty() {
         return "Pending".into();
     }
-    let running = states.iter().filter(|c| matches!(c.state, ContainerState::Running { .. })).count();
+    let running = states
+        .iter()
+        .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+        .count();
     let all_done = states.iter().all(|c| c.done);
     if all_done {
-        let failed = states.iter().any(|c| matches!(c.state, ContainerState::Terminated { exit_code, .. } if exit_code != 0));
-        return if failed && policy != "Always" { "Failed".into() } else { "Succeeded".into() };
+        let failed = states.iter().any(
+            |c| matches!(c.state, ContainerState::Terminated { exit_code, .. } if exit_code != 0),
+        );
+        return if failed && policy != "Always" {
+            "Failed".into()
+        } else {
+            "Succeeded".into()
+        };
     }
-    if running > 0 || states.iter().any(|c| c.restart_count > 0 || c.last_state.is_some()) {
+    if running > 0
+        || states
+            .iter()
+            .any(|c| c.restart_count > 0 || c.last_state.is_some())
+    {
         "Running".into()
     } else {
         "Pending".into()
@@ -304,7 +382,13 @@ fn phase(pod: Option<&Pod>, rec: &PodRecord) -> String {
 /// What the master should know of a pod.
 pub fn report(pod: Option<&Pod>, rec: &PodRecord, host_ip: &str) -> PodReport {
     let containers = pod
-        .map(|p| p.spec.containers.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
+        .map(|p| {
+            p.spec
+                .containers
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_else(|| rec.containers.keys().cloned().collect());
     PodReport {
         namespace: rec.namespace.clone(),
@@ -314,7 +398,11 @@ pub fn report(pod: Option<&Pod>, rec: &PodRecord, host_ip: &str) -> PodReport {
         reason: String::new(),
         message: String::new(),
         host_ip: host_ip.to_string(),
-        pod_ip: if pod.is_some_and(|p| p.spec.host_network) { host_ip.to_string() } else { String::new() },
+        pod_ip: if pod.is_some_and(|p| p.spec.host_network) {
+            host_ip.to_string()
+        } else {
+            String::new()
+        },
         start_time: rec.start_time,
         containers: containers
             .iter()
@@ -335,7 +423,10 @@ pub fn report(pod: Option<&Pod>, rec: &PodRecord, host_ip: &str) -> PodReport {
                         .unwrap_or_default(),
                     ready: false,
                     restart_count: 0,
-                    state: ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() },
+                    state: ContainerState::Waiting {
+                        reason: "ContainerCreating".into(),
+                        message: String::new(),
+                    },
                     last_state: None,
                 },
             })
@@ -348,7 +439,10 @@ pub fn report(pod: Option<&Pod>, rec: &PodRecord, host_ip: &str) -> PodReport {
 mod tests {
     use super::*;
 
-    const B: Backoff = Backoff { base: Duration::from_secs(10), max: Duration::from_secs(300) };
+    const B: Backoff = Backoff {
+        base: Duration::from_secs(10),
+        max: Duration::from_secs(300),
+    };
 
     fn pod(uid: &str, policy: &str) -> Pod {
         let mut p: Pod = serde_json::from_value(serde_json::json!({
@@ -378,7 +472,13 @@ mod tests {
     }
 
     fn exited(code: i32) -> Observed {
-        Observed::Exited(Exit { code, oom_killed: false, started_at: 1, finished_at: 2, error: String::new() })
+        Observed::Exited(Exit {
+            code,
+            oom_killed: false,
+            started_at: 1,
+            finished_at: 2,
+            error: String::new(),
+        })
     }
 
     #[test]
@@ -390,16 +490,28 @@ mod tests {
         rec.containers.clear();
         let records = [("u1".to_string(), rec)].into();
         let ops = plan(&desired, &records, &HashMap::new(), 0);
-        assert_eq!(ops, vec![Op::Start { uid: "u1".into(), container: "main".into(), id: "u1-main-0".into() }]);
+        assert_eq!(
+            ops,
+            vec![Op::Start {
+                uid: "u1".into(),
+                container: "main".into(),
+                id: "u1-main-0".into()
+            }]
+        );
     }
 
     #[test]
     fn a_running_container_needs_nothing_and_planning_is_idempotent() {
         let desired: BTreeMap<_, _> = [("u1".to_string(), pod("u1", ""))].into();
-        let mut records: BTreeMap<_, _> = [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
-        let observed: HashMap<_, _> = [("u1-main-0".to_string(), Observed::Running { started_at: 5 })].into();
+        let mut records: BTreeMap<_, _> =
+            [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
+        let observed: HashMap<_, _> =
+            [("u1-main-0".to_string(), Observed::Running { started_at: 5 })].into();
         observe(&mut records, &desired, &observed, 1000, B);
-        assert_eq!(records["u1"].containers["main"].state, ContainerState::Running { started_at: 5 });
+        assert_eq!(
+            records["u1"].containers["main"].state,
+            ContainerState::Running { started_at: 5 }
+        );
         assert!(plan(&desired, &records, &observed, 1000).is_empty());
         let again = records.clone();
         observe(&mut records, &desired, &observed, 2000, B);
@@ -409,15 +521,28 @@ mod tests {
     #[test]
     fn crashes_restart_with_growing_back_off() {
         let desired: BTreeMap<_, _> = [("u1".to_string(), pod("u1", "Always"))].into();
-        let mut records: BTreeMap<_, _> = [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
+        let mut records: BTreeMap<_, _> =
+            [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
         let observed: HashMap<_, _> = [("u1-main-0".to_string(), exited(1))].into();
         observe(&mut records, &desired, &observed, 1000, B);
         // First crash: restart at once.
         assert_eq!(records["u1"].containers["main"].not_before_ms, 1000);
         let ops = plan(&desired, &records, &observed, 1000);
-        assert_eq!(ops, vec![Op::Remove { uid: "u1".into(), container: "main".into(), id: "u1-main-0".into() }]);
+        assert_eq!(
+            ops,
+            vec![Op::Remove {
+                uid: "u1".into(),
+                container: "main".into(),
+                id: "u1-main-0".into()
+            }]
+        );
         // After the executor removed it and one restart happened, the next crash backs off 10s.
-        let c = records.get_mut("u1").unwrap().containers.get_mut("main").unwrap();
+        let c = records
+            .get_mut("u1")
+            .unwrap()
+            .containers
+            .get_mut("main")
+            .unwrap();
         c.current = Some("u1-main-1".into());
         c.restart_count = 1;
         c.state = ContainerState::Running { started_at: 3 };
@@ -425,42 +550,96 @@ mod tests {
         observe(&mut records, &desired, &observed, 5000, B);
         let c = &records["u1"].containers["main"];
         assert_eq!(c.not_before_ms, 15_000);
-        assert!(matches!(&c.state, ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff"));
-        assert!(matches!(&c.last_state, Some(ContainerState::Terminated { exit_code: 2, reason, .. }) if reason == "Error"));
-        records.get_mut("u1").unwrap().containers.get_mut("main").unwrap().current = None;
-        assert!(plan(&desired, &records, &HashMap::new(), 14_999).is_empty(), "still backing off");
+        assert!(
+            matches!(&c.state, ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff")
+        );
+        assert!(
+            matches!(&c.last_state, Some(ContainerState::Terminated { exit_code: 2, reason, .. }) if reason == "Error")
+        );
+        records
+            .get_mut("u1")
+            .unwrap()
+            .containers
+            .get_mut("main")
+            .unwrap()
+            .current = None;
+        assert!(
+            plan(&desired, &records, &HashMap::new(), 14_999).is_empty(),
+            "still backing off"
+        );
         assert_eq!(
             plan(&desired, &records, &HashMap::new(), 15_000),
-            vec![Op::Start { uid: "u1".into(), container: "main".into(), id: "u1-main-1".into() }]
+            vec![Op::Start {
+                uid: "u1".into(),
+                container: "main".into(),
+                id: "u1-main-1".into()
+            }]
         );
     }
 
     #[test]
     fn restart_policies() {
-        for (policy, code, restarts) in [("Never", 1, false), ("OnFailure", 0, false), ("OnFailure", 3, true), ("Always", 0, true)] {
+        for (policy, code, restarts) in [
+            ("Never", 1, false),
+            ("OnFailure", 0, false),
+            ("OnFailure", 3, true),
+            ("Always", 0, true),
+        ] {
             let desired: BTreeMap<_, _> = [("u1".to_string(), pod("u1", policy))].into();
-            let mut records: BTreeMap<_, _> = [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
+            let mut records: BTreeMap<_, _> =
+                [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
             let observed: HashMap<_, _> = [("u1-main-0".to_string(), exited(code))].into();
             observe(&mut records, &desired, &observed, 0, B);
-            assert_eq!(!records["u1"].containers["main"].done, restarts, "{policy} exit {code}");
+            assert_eq!(
+                !records["u1"].containers["main"].done, restarts,
+                "{policy} exit {code}"
+            );
         }
         let desired: BTreeMap<_, _> = [("u1".to_string(), pod("u1", "Never"))].into();
-        let mut records: BTreeMap<_, _> = [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
+        let mut records: BTreeMap<_, _> =
+            [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
         let observed: HashMap<_, _> = [("u1-main-0".to_string(), exited(0))].into();
         observe(&mut records, &desired, &observed, 0, B);
-        assert_eq!(report(desired.get("u1"), &records["u1"], "").phase, "Succeeded");
+        assert_eq!(
+            report(desired.get("u1"), &records["u1"], "").phase,
+            "Succeeded"
+        );
         let mut failed = records.clone();
-        observe(&mut failed, &desired, &[("u1-main-0".to_string(), exited(3))].into(), 0, B);
+        observe(
+            &mut failed,
+            &desired,
+            &[("u1-main-0".to_string(), exited(3))].into(),
+            0,
+            B,
+        );
     }
 
     #[test]
     fn oom_kills_are_reported_as_such() {
         let desired: BTreeMap<_, _> = [("u1".to_string(), pod("u1", "Never"))].into();
-        let mut records: BTreeMap<_, _> = [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
-        let oom = Observed::Exited(Exit { code: 137, oom_killed: true, started_at: 1, finished_at: 2, error: String::new() });
-        observe(&mut records, &desired, &[("u1-main-0".to_string(), oom)].into(), 0, B);
-        assert!(matches!(&records["u1"].containers["main"].state, ContainerState::Terminated { reason, .. } if reason == "OOMKilled"));
-        assert_eq!(report(desired.get("u1"), &records["u1"], "").phase, "Failed");
+        let mut records: BTreeMap<_, _> =
+            [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
+        let oom = Observed::Exited(Exit {
+            code: 137,
+            oom_killed: true,
+            started_at: 1,
+            finished_at: 2,
+            error: String::new(),
+        });
+        observe(
+            &mut records,
+            &desired,
+            &[("u1-main-0".to_string(), oom)].into(),
+            0,
+            B,
+        );
+        assert!(
+            matches!(&records["u1"].containers["main"].state, ContainerState::Terminated { reason, .. } if reason == "OOMKilled")
+        );
+        assert_eq!(
+            report(desired.get("u1"), &records["u1"], "").phase,
+            "Failed"
+        );
     }
 
     #[test]
@@ -469,29 +648,74 @@ mod tests {
         p.metadata.deletion_timestamp = Some("2026-01-01T00:00:00Z".into());
         p.metadata.deletion_grace_period_seconds = Some(2);
         let desired: BTreeMap<_, _> = [("u1".to_string(), p)].into();
-        let mut records: BTreeMap<_, _> = [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
-        let running: HashMap<_, _> = [("u1-main-0".to_string(), Observed::Running { started_at: 1 })].into();
+        let mut records: BTreeMap<_, _> =
+            [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
+        let running: HashMap<_, _> =
+            [("u1-main-0".to_string(), Observed::Running { started_at: 1 })].into();
         let ops = plan(&desired, &records, &running, 10_000);
-        assert_eq!(ops, vec![Op::Signal { uid: "u1".into(), container: "main".into(), id: "u1-main-0".into(), signal: libc::SIGTERM }]);
-        records.get_mut("u1").unwrap().containers.get_mut("main").unwrap().killed_at_ms = Some(10_000);
+        assert_eq!(
+            ops,
+            vec![Op::Signal {
+                uid: "u1".into(),
+                container: "main".into(),
+                id: "u1-main-0".into(),
+                signal: libc::SIGTERM
+            }]
+        );
+        records
+            .get_mut("u1")
+            .unwrap()
+            .containers
+            .get_mut("main")
+            .unwrap()
+            .killed_at_ms = Some(10_000);
         assert!(plan(&desired, &records, &running, 11_999).is_empty());
         let ops = plan(&desired, &records, &running, 12_000);
-        assert_eq!(ops, vec![Op::Signal { uid: "u1".into(), container: "main".into(), id: "u1-main-0".into(), signal: libc::SIGKILL }]);
+        assert_eq!(
+            ops,
+            vec![Op::Signal {
+                uid: "u1".into(),
+                container: "main".into(),
+                id: "u1-main-0".into(),
+                signal: libc::SIGKILL
+            }]
+        );
         let gone: HashMap<_, _> = [("u1-main-0".to_string(), exited(137))].into();
         observe(&mut records, &desired, &gone, 12_100, B);
-        assert!(records["u1"].containers["main"].done, "a container stopped for deletion is not restarted");
-        assert_eq!(plan(&desired, &records, &gone, 12_100), vec![Op::Remove { uid: "u1".into(), container: "main".into(), id: "u1-main-0".into() }]);
-        records.get_mut("u1").unwrap().containers.get_mut("main").unwrap().current = None;
+        assert!(
+            records["u1"].containers["main"].done,
+            "a container stopped for deletion is not restarted"
+        );
+        assert_eq!(
+            plan(&desired, &records, &gone, 12_100),
+            vec![Op::Remove {
+                uid: "u1".into(),
+                container: "main".into(),
+                id: "u1-main-0".into()
+            }]
+        );
+        records
+            .get_mut("u1")
+            .unwrap()
+            .containers
+            .get_mut("main")
+            .unwrap()
+            .current = None;
         assert_eq!(
             plan(&desired, &records, &HashMap::new(), 12_200),
-            vec![Op::RemoveSandbox { uid: "u1".into() }, Op::Drop { uid: "u1".into() }]
+            vec![
+                Op::RemoveSandbox { uid: "u1".into() },
+                Op::Drop { uid: "u1".into() }
+            ]
         );
     }
 
     #[test]
     fn a_pod_no_longer_desired_is_stopped_with_its_recorded_grace() {
-        let records: BTreeMap<_, _> = [("u9".to_string(), record("u9", Some("u9-main-0"), 1, 0))].into();
-        let running: HashMap<_, _> = [("u9-main-0".to_string(), Observed::Running { started_at: 1 })].into();
+        let records: BTreeMap<_, _> =
+            [("u9".to_string(), record("u9", Some("u9-main-0"), 1, 0))].into();
+        let running: HashMap<_, _> =
+            [("u9-main-0".to_string(), Observed::Running { started_at: 1 })].into();
         let ops = plan(&BTreeMap::new(), &records, &running, 0);
         assert!(matches!(&ops[..], [Op::Signal { signal, .. }] if *signal == libc::SIGTERM));
     }
@@ -499,9 +723,17 @@ mod tests {
     #[test]
     fn a_lost_container_is_restarted() {
         let desired: BTreeMap<_, _> = [("u1".to_string(), pod("u1", ""))].into();
-        let mut records: BTreeMap<_, _> = [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
+        let mut records: BTreeMap<_, _> =
+            [("u1".to_string(), record("u1", Some("u1-main-0"), 1, 0))].into();
         let missing: HashMap<_, _> = [("u1-main-0".to_string(), Observed::Missing)].into();
         observe(&mut records, &desired, &missing, 0, B);
-        assert_eq!(plan(&desired, &records, &missing, 0), vec![Op::Remove { uid: "u1".into(), container: "main".into(), id: "u1-main-0".into() }]);
+        assert_eq!(
+            plan(&desired, &records, &missing, 0),
+            vec![Op::Remove {
+                uid: "u1".into(),
+                container: "main".into(),
+                id: "u1-main-0".into()
+            }]
+        );
     }
 }

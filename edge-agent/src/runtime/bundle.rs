@@ -49,12 +49,19 @@ pub fn cgroup_path(spec: &ContainerSpec) -> String {
 /// Builds the OCI runtime config for a container whose rootfs is mounted at `rootfs`.
 pub fn config(spec: &ContainerSpec, rootfs: &Path) -> Value {
     let c = &spec.container;
-    let mut env: Vec<String> = vec![format!("PATH={DEFAULT_PATH}"), format!("HOSTNAME={}", spec.hostname)];
+    let mut env: Vec<String> = vec![
+        format!("PATH={DEFAULT_PATH}"),
+        format!("HOSTNAME={}", spec.hostname),
+    ];
     for e in &c.env {
         env.retain(|x| !x.starts_with(&format!("{}=", e.name)));
         env.push(format!("{}={}", e.name, e.value));
     }
-    let cwd = if c.working_dir.is_empty() { "/".to_string() } else { c.working_dir.clone() };
+    let cwd = if c.working_dir.is_empty() {
+        "/".to_string()
+    } else {
+        c.working_dir.clone()
+    };
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -64,15 +71,26 @@ pub fn config(spec: &ContainerSpec, rootfs: &Path) -> Value {
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
     ];
     for m in &c.volume_mounts {
-        let Some((_, host)) = spec.volumes.iter().find(|(n, _)| *n == m.name) else { continue };
-        let source = if m.sub_path.is_empty() { host.clone() } else { host.join(&m.sub_path) };
+        let Some((_, host)) = spec.volumes.iter().find(|(n, _)| *n == m.name) else {
+            continue;
+        };
+        let source = if m.sub_path.is_empty() {
+            host.clone()
+        } else {
+            host.join(&m.sub_path)
+        };
         let mut options = vec!["rbind", "rprivate"];
         if m.read_only {
             options.push("ro");
         }
         mounts.push(json!({"destination": m.mount_path, "type": "bind", "source": source, "options": options}));
     }
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
     if let Some(ns) = &spec.netns {
         namespaces.push(json!({"type": "network", "path": ns}));
     }
@@ -81,11 +99,19 @@ pub fn config(spec: &ContainerSpec, rootfs: &Path) -> Value {
         resources["memory"] = json!({"limit": mem.value()});
     }
     let cpu_limit = c.resources.limits.get("cpu").map(|q| q.millis());
-    let cpu_request = c.resources.requests.get("cpu").map(|q| q.millis()).or(cpu_limit);
+    let cpu_request = c
+        .resources
+        .requests
+        .get("cpu")
+        .map(|q| q.millis())
+        .or(cpu_limit);
     let mut cpu = serde_json::Map::new();
     if let Some(m) = cpu_limit.filter(|m| *m > 0) {
         // At least 1 ms per period: the kernel's minimum quota.
-        cpu.insert("quota".into(), json!((m as u64 * CPU_PERIOD_US / 1000).max(1000)));
+        cpu.insert(
+            "quota".into(),
+            json!((m as u64 * CPU_PERIOD_US / 1000).max(1000)),
+        );
         cpu.insert("period".into(), json!(CPU_PERIOD_US));
     }
     if let Some(m) = cpu_request.filter(|m| *m > 0) {
@@ -137,7 +163,10 @@ mod tests {
             container: c,
             image_rootfs: PathBuf::from("/images/busybox/rootfs"),
             netns: Some(PathBuf::from("/run/bramble/netns/uid1")),
-            volumes: vec![("data".into(), PathBuf::from("/var/lib/bramble/pods/uid1/volumes/data"))],
+            volumes: vec![(
+                "data".into(),
+                PathBuf::from("/var/lib/bramble/pods/uid1/volumes/data"),
+            )],
             hostname: "web".into(),
             log_path: PathBuf::from("/tmp/log"),
         }
@@ -150,17 +179,34 @@ mod tests {
         );
         let v = config(&s, Path::new("/c/rootfs"));
         assert_eq!(v["process"]["args"], json!(["sh", "-c", "echo hi"]));
-        let env: Vec<&str> = v["process"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
-        assert!(env.contains(&"A=1") && env.contains(&"PATH=/bin") && env.contains(&"HOSTNAME=web"));
+        let env: Vec<&str> = v["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        assert!(
+            env.contains(&"A=1") && env.contains(&"PATH=/bin") && env.contains(&"HOSTNAME=web")
+        );
         assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
         assert_eq!(v["process"]["cwd"], "/tmp");
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 25_000);
         assert_eq!(v["linux"]["resources"]["cpu"]["shares"], 102);
         assert_eq!(v["linux"]["cgroupsPath"], "/bramble/poduid1/uid1-main-0");
-        let data = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/data").unwrap();
+        let data = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/data")
+            .unwrap();
         assert!(data["options"].as_array().unwrap().contains(&json!("ro")));
-        let net = v["linux"]["namespaces"].as_array().unwrap().iter().find(|n| n["type"] == "network").unwrap();
+        let net = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["type"] == "network")
+            .unwrap();
         assert_eq!(net["path"], "/run/bramble/netns/uid1");
     }
 
@@ -169,7 +215,13 @@ mod tests {
         let mut s = spec("name: main\nimage: busybox\n");
         s.netns = None;
         let v = config(&s, Path::new("/c/rootfs"));
-        assert!(!v["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "network"));
+        assert!(
+            !v["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "network")
+        );
         assert_eq!(v["process"]["args"], json!(["sh"]));
         assert!(v["linux"]["resources"].get("memory").is_none());
     }

@@ -35,14 +35,25 @@ pub struct LibcontainerRuntime {
 
 impl LibcontainerRuntime {
     /// A runtime keeping its files under `data_dir`; `shim_exe` is this agent's binary.
-    pub fn new(data_dir: &Path, shim_exe: PathBuf, max_log_bytes: u64) -> Result<Self, RuntimeError> {
+    pub fn new(
+        data_dir: &Path,
+        shim_exe: PathBuf,
+        max_log_bytes: u64,
+    ) -> Result<Self, RuntimeError> {
         let containers = data_dir.join("containers");
         let state_root = data_dir.join("run");
         let netns_dir = data_dir.join("netns");
         for d in [&containers, &state_root, &netns_dir] {
             std::fs::create_dir_all(d).map_err(RuntimeError::io(d.display().to_string()))?;
         }
-        Ok(LibcontainerRuntime { containers, state_root, netns_dir, shim_exe, max_log_bytes, shims: Mutex::default() })
+        Ok(LibcontainerRuntime {
+            containers,
+            state_root,
+            netns_dir,
+            shim_exe,
+            max_log_bytes,
+            shims: Mutex::default(),
+        })
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -52,7 +63,10 @@ impl LibcontainerRuntime {
     fn read_pid(&self, id: &str) -> Option<(i32, i64)> {
         let text = std::fs::read_to_string(self.dir(id).join("pid.json")).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        Some((v["pid"].as_i64()? as i32, v["startedAt"].as_i64().unwrap_or(0)))
+        Some((
+            v["pid"].as_i64()? as i32,
+            v["startedAt"].as_i64().unwrap_or(0),
+        ))
     }
 
     fn read_exit(&self, id: &str) -> Option<Exit> {
@@ -111,18 +125,28 @@ fn process_alive(pid: i32, name: &str) -> bool {
     }
     if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // A zombie is not alive.
-        if stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) {
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+        {
             return false;
         }
     }
     if name.is_empty() {
         return true;
     }
-    std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| c.windows(name.len()).any(|w| w == name.as_bytes())).unwrap_or(false)
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.windows(name.len()).any(|w| w == name.as_bytes()))
+        .unwrap_or(false)
 }
 
 impl Runtime for LibcontainerRuntime {
-    fn create_sandbox(&self, pod_uid: &str, host_network: bool) -> Result<Option<PathBuf>, RuntimeError> {
+    fn create_sandbox(
+        &self,
+        pod_uid: &str,
+        host_network: bool,
+    ) -> Result<Option<PathBuf>, RuntimeError> {
         if host_network {
             return Ok(None);
         }
@@ -148,9 +172,15 @@ impl Runtime for LibcontainerRuntime {
         for d in [&rootfs, &upper, &work] {
             std::fs::create_dir_all(d).map_err(RuntimeError::io(d.display().to_string()))?;
         }
-        let cerr = |message: String| RuntimeError::Container { id: spec.id.clone(), message };
+        let cerr = |message: String| RuntimeError::Container {
+            id: spec.id.clone(),
+            message,
+        };
         if !spec.image_rootfs.is_dir() {
-            return Err(cerr(format!("image rootfs {} is missing", spec.image_rootfs.display())));
+            return Err(cerr(format!(
+                "image rootfs {} is missing",
+                spec.image_rootfs.display()
+            )));
         }
         if !sandbox::is_mount_point(&rootfs) {
             let data = format!(
@@ -159,13 +189,20 @@ impl Runtime for LibcontainerRuntime {
                 upper.display(),
                 work.display()
             );
-            mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
-                .map_err(|e| cerr(format!("mounting the overlay rootfs: {e}")))?;
+            mount(
+                Some("overlay"),
+                &rootfs,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(data.as_str()),
+            )
+            .map_err(|e| cerr(format!("mounting the overlay rootfs: {e}")))?;
         }
         let config = bundle::config(spec, &rootfs);
         std::fs::write(dir.join("config.json"), config.to_string())
             .map_err(RuntimeError::io(format!("{}/config.json", dir.display())))?;
-        let shim_log = std::fs::File::create(dir.join("shim.log")).map_err(RuntimeError::io("shim.log"))?;
+        let shim_log =
+            std::fs::File::create(dir.join("shim.log")).map_err(RuntimeError::io("shim.log"))?;
         let shim_err = shim_log.try_clone().map_err(RuntimeError::io("shim.log"))?;
         let child = Command::new(&self.shim_exe)
             .arg("shim")
@@ -199,7 +236,10 @@ impl Runtime for LibcontainerRuntime {
             }
             if !self.shim_alive(&spec.id) {
                 let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
-                return Err(cerr(format!("the shim exited without starting the container: {}", log.trim())));
+                return Err(cerr(format!(
+                    "the shim exited without starting the container: {}",
+                    log.trim()
+                )));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -217,16 +257,26 @@ impl Runtime for LibcontainerRuntime {
             Some((pid, started_at)) if process_alive(pid, "") => Observed::Running { started_at },
             _ if shim => Observed::Starting,
             // The shim may have written exit.json between the two reads.
-            _ => self.read_exit(id).map_or(Observed::Missing, Observed::Exited),
+            _ => self
+                .read_exit(id)
+                .map_or(Observed::Missing, Observed::Exited),
         }
     }
 
     fn signal(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
-        let Some((pid, _)) = self.read_pid(id) else { return Ok(()) };
-        let sig = Signal::try_from(signal).map_err(|e| RuntimeError::Container { id: id.into(), message: e.to_string() })?;
+        let Some((pid, _)) = self.read_pid(id) else {
+            return Ok(());
+        };
+        let sig = Signal::try_from(signal).map_err(|e| RuntimeError::Container {
+            id: id.into(),
+            message: e.to_string(),
+        })?;
         match kill(Pid::from_raw(pid), sig) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(RuntimeError::Container { id: id.into(), message: format!("kill {pid}: {e}") }),
+            Err(e) => Err(RuntimeError::Container {
+                id: id.into(),
+                message: format!("kill {pid}: {e}"),
+            }),
         }
     }
 
@@ -234,8 +284,10 @@ impl Runtime for LibcontainerRuntime {
         let dir = self.dir(id);
         let rootfs = dir.join("rootfs");
         if sandbox::is_mount_point(&rootfs) {
-            umount2(&rootfs, MntFlags::MNT_DETACH)
-                .map_err(|e| RuntimeError::Container { id: id.into(), message: format!("umount rootfs: {e}") })?;
+            umount2(&rootfs, MntFlags::MNT_DETACH).map_err(|e| RuntimeError::Container {
+                id: id.into(),
+                message: format!("umount rootfs: {e}"),
+            })?;
         }
         // A shim that died mid-way may leave libcontainer's state behind.
         let state = self.state_root.join(id);

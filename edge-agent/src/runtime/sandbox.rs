@@ -17,20 +17,30 @@ const NSFS_MAGIC: i64 = 0x6e73_6673;
 /// Whether something is mounted exactly at `path` (from /proc/self/mountinfo; a statfs
 /// would be fooled when the data dir itself is on overlayfs).
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(canon) = path.canonicalize() else { return false };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(canon) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = canon.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| unescape(m) == want))
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| unescape(m) == want))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// Whether `path` is a mounted namespace file.
 pub fn is_mounted(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+        .unwrap_or(false)
 }
 
 /// Creates the network namespace file at `path` (idempotent).
@@ -38,7 +48,10 @@ pub fn create_netns(uid: &str, path: &Path) -> Result<(), RuntimeError> {
     if is_mounted(path) {
         return Ok(());
     }
-    let err = |message: String| RuntimeError::Sandbox { uid: uid.to_string(), message };
+    let err = |message: String| RuntimeError::Sandbox {
+        uid: uid.to_string(),
+        message,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     }
@@ -47,8 +60,14 @@ pub fn create_netns(uid: &str, path: &Path) -> Result<(), RuntimeError> {
     let made = std::thread::spawn(move || -> Result<(), String> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
         loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
-        mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| format!("bind-mounting the namespace to {}: {e}", target.display()))
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind-mounting the namespace to {}: {e}", target.display()))
     })
     .join()
     .map_err(|_| err("the namespace thread panicked".into()))?;
@@ -61,13 +80,18 @@ pub fn create_netns(uid: &str, path: &Path) -> Result<(), RuntimeError> {
 /// Unmounts and removes the namespace file (idempotent).
 pub fn remove_netns(uid: &str, path: &Path) -> Result<(), RuntimeError> {
     if is_mounted(path) {
-        umount2(path, MntFlags::MNT_DETACH)
-            .map_err(|e| RuntimeError::Sandbox { uid: uid.to_string(), message: format!("umount {}: {e}", path.display()) })?;
+        umount2(path, MntFlags::MNT_DETACH).map_err(|e| RuntimeError::Sandbox {
+            uid: uid.to_string(),
+            message: format!("umount {}: {e}", path.display()),
+        })?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(RuntimeError::Sandbox { uid: uid.to_string(), message: format!("{}: {e}", path.display()) }),
+        Err(e) => Err(RuntimeError::Sandbox {
+            uid: uid.to_string(),
+            message: format!("{}: {e}", path.display()),
+        }),
     }
 }
 
@@ -129,13 +153,20 @@ mod tests {
             let f = std::fs::File::open(&p2).unwrap();
             nix::sched::setns(f, CloneFlags::CLONE_NEWNET).unwrap();
             let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
-            let ifs: Vec<String> =
-                dev.lines().skip(2).map(|l| l.split(':').next().unwrap().trim().to_string()).collect();
+            let ifs: Vec<String> = dev
+                .lines()
+                .skip(2)
+                .map(|l| l.split(':').next().unwrap().trim().to_string())
+                .collect();
             (ifs, lo_flags(false).unwrap())
         })
         .join()
         .unwrap();
-        assert_eq!(up.0, vec!["lo".to_string()], "a fresh namespace holds only lo");
+        assert_eq!(
+            up.0,
+            vec!["lo".to_string()],
+            "a fresh namespace holds only lo"
+        );
         assert!(up.1 & libc::IFF_UP as libc::c_short != 0, "lo must be up");
         remove_netns("pod1", &p).unwrap();
         assert!(!p.exists());

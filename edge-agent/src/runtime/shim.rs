@@ -48,7 +48,10 @@ pub struct ShimArgs {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Writes a file atomically (temp file, then rename).
@@ -63,8 +66,17 @@ pub fn run(args: &ShimArgs) -> i32 {
     let started = now();
     let fail = |error: String| {
         eprintln!("shim {}: {error}", args.id);
-        let exit = Exit { code: 128, oom_killed: false, started_at: started, finished_at: now(), error };
-        let _ = write_atomic(&args.exit_file, &serde_json::to_vec(&exit).unwrap_or_default());
+        let exit = Exit {
+            code: 128,
+            oom_killed: false,
+            started_at: started,
+            finished_at: now(),
+            error,
+        };
+        let _ = write_atomic(
+            &args.exit_file,
+            &serde_json::to_vec(&exit).unwrap_or_default(),
+        );
         1
     };
     let mut log = match RotatingWriter::open(&args.log, args.max_log_bytes) {
@@ -84,7 +96,12 @@ pub fn run(args: &ShimArgs) -> i32 {
         .with_stderr(err_w)
         .with_root_path(&args.state_root)
         .and_then(|b| b.validate_id())
-        .and_then(|b| b.as_init(&args.bundle).with_systemd(false).with_detach(true).build());
+        .and_then(|b| {
+            b.as_init(&args.bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+        });
     let mut container = match built {
         Ok(c) => c,
         Err(e) => return fail(format!("create: {e}")),
@@ -109,15 +126,27 @@ pub fn run(args: &ShimArgs) -> i32 {
         _ => 255,
     };
     let oom_killed = code == 137 && oom_kills(&args.bundle) > 0;
-    if let Err(e) = container.refresh_status().and_then(|_| container.delete(true)) {
+    if let Err(e) = container
+        .refresh_status()
+        .and_then(|_| container.delete(true))
+    {
         eprintln!("shim {}: delete: {e}", args.id);
         // Retry from the state on disk: the cgroup must not be left behind.
         if let Ok(mut c) = Container::load(args.state_root.join(&args.id)) {
             let _ = c.delete(true);
         }
     }
-    let exit = Exit { code, oom_killed, started_at: running_since, finished_at: now(), error: String::new() };
-    if let Err(e) = write_atomic(&args.exit_file, &serde_json::to_vec(&exit).unwrap_or_default()) {
+    let exit = Exit {
+        code,
+        oom_killed,
+        started_at: running_since,
+        finished_at: now(),
+        error: String::new(),
+    };
+    if let Err(e) = write_atomic(
+        &args.exit_file,
+        &serde_json::to_vec(&exit).unwrap_or_default(),
+    ) {
         eprintln!("shim {}: cannot write the exit file: {e}", args.id);
         return 1;
     }
@@ -126,7 +155,10 @@ pub fn run(args: &ShimArgs) -> i32 {
 
 /// Copies the container's output into the log until init exits and the pipes close.
 fn pump_until_exit(pid: Pid, out: OwnedFd, err: OwnedFd, log: &mut RotatingWriter) -> WaitStatus {
-    let mut open = [Some(std::fs::File::from(out)), Some(std::fs::File::from(err))];
+    let mut open = [
+        Some(std::fs::File::from(out)),
+        Some(std::fs::File::from(err)),
+    ];
     let mut exited: Option<(WaitStatus, Instant)> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -183,17 +215,30 @@ fn pump_until_exit(pid: Pid, out: OwnedFd, err: OwnedFd, log: &mut RotatingWrite
 
 /// The OOM-kill count of the container's memory cgroup (v1 or v2), 0 if unknown.
 fn oom_kills(bundle: &Path) -> u64 {
-    let Ok(text) = std::fs::read_to_string(bundle.join("config.json")) else { return 0 };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return 0 };
-    let Some(cg) = v.pointer("/linux/cgroupsPath").and_then(|p| p.as_str()) else { return 0 };
+    let Ok(text) = std::fs::read_to_string(bundle.join("config.json")) else {
+        return 0;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return 0;
+    };
+    let Some(cg) = v.pointer("/linux/cgroupsPath").and_then(|p| p.as_str()) else {
+        return 0;
+    };
     let rel = cg.trim_start_matches('/');
     let candidates = [
-        (format!("/sys/fs/cgroup/memory/{rel}/memory.oom_control"), "oom_kill "),
+        (
+            format!("/sys/fs/cgroup/memory/{rel}/memory.oom_control"),
+            "oom_kill ",
+        ),
         (format!("/sys/fs/cgroup/{rel}/memory.events"), "oom_kill "),
     ];
     for (file, key) in candidates {
         if let Ok(t) = std::fs::read_to_string(&file) {
-            if let Some(n) = t.lines().find_map(|l| l.strip_prefix(key)).and_then(|n| n.trim().parse().ok()) {
+            if let Some(n) = t
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|n| n.trim().parse().ok())
+            {
                 return n;
             }
         }

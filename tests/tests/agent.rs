@@ -1,0 +1,295 @@
+//! The first vertical slice, for real and as root: a real master (with its embedded broker)
+//! and a real agent running busybox containers through libcontainer.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::time::{Duration, Instant};
+
+use bramble_tests::{
+    AgentProcess, MasterProcess, cleanup_agent_dir, container_pids, eventually, mounts_under,
+    ok_stdout, pod_cgroups, require_root, send_signal,
+};
+
+/// A pod that prints, then ticks; it exits at once on SIGTERM.
+fn ticker(name: &str, node: &str, extra_container: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'trap "exit 0" TERM; echo hello from {name}; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done']
+{extra_container}"#
+    )
+}
+
+fn phase(m: &MasterProcess, pod: &str) -> String {
+    m.pod(pod)
+        .and_then(|p| p["status"]["phase"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn restarts(m: &MasterProcess, pod: &str) -> i64 {
+    m.pod(pod)
+        .and_then(|p| p["status"]["containerStatuses"][0]["restartCount"].as_i64())
+        .unwrap_or(-1)
+}
+
+fn ready(m: &MasterProcess, pod: &str) -> bool {
+    m.pod(pod)
+        .is_some_and(|p| p["status"]["containerStatuses"][0]["ready"] == true)
+}
+
+struct Cleanup(std::path::PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        cleanup_agent_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_pod_runs_logs_restarts_and_is_cleaned_up() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let _c = Cleanup(dir.path().join("agent"));
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a = AgentProcess::start(&m, &dir.path().join("agent"), "board-a", &[]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || m
+            .node_ready("board-a")
+            .is_some_and(|r| r.0 == "True")),
+        "the node never became Ready"
+    );
+    let nodes = ok_stdout(&m.cli(&["get", "nodes"]));
+    assert!(
+        nodes.contains("board-a") && nodes.contains("Ready"),
+        "{nodes}"
+    );
+    let node = m.http().get("/api/v1/nodes/board-a").unwrap().json();
+    assert_eq!(
+        node["metadata"]["labels"]["kubernetes.io/hostname"],
+        "board-a"
+    );
+    assert!(node["metadata"]["labels"]["kubernetes.io/arch"].is_string());
+    assert!(node["status"]["capacity"]["memory"].is_string());
+
+    let limits = "    resources: {limits: {memory: 48Mi, cpu: 250m}}\n";
+    let manifest =
+        ticker("web", "board-a", "").replace("    command:", &format!("{limits}    command:"));
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&manifest)));
+    assert!(
+        eventually(Duration::from_secs(30), || ready(&m, "web")),
+        "pod never became ready: {:?}",
+        m.pod("web")
+    );
+    assert_eq!(phase(&m, "web"), "Running");
+    let uid = m.pod("web").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Logs through the master and the agent.
+    assert!(eventually(Duration::from_secs(10), || {
+        let out = m.cli(&["logs", "web"]);
+        String::from_utf8_lossy(&out.stdout).contains("hello from web")
+    }));
+    let tail = ok_stdout(&m.cli(&["logs", "web", "--tail", "1"]));
+    assert_eq!(tail.lines().count(), 1, "{tail:?}");
+    assert!(tail.starts_with("tick "), "{tail:?}");
+
+    // The memory limit is in the container's cgroup (v1 or v2).
+    let limit_files: Vec<_> = pod_cgroups(&uid)
+        .into_iter()
+        .flat_map(|d| {
+            std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+        })
+        .flat_map(|c| [c.join("memory.limit_in_bytes"), c.join("memory.max")])
+        .filter(|f| f.exists())
+        .collect();
+    assert!(
+        !limit_files.is_empty(),
+        "no memory cgroup for the container"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&limit_files[0]).unwrap().trim(),
+        (48u64 << 20).to_string()
+    );
+
+    // Kill its process: it restarts, with back-off, and restartCount grows.
+    let agent_dir = dir.path().join("agent");
+    for round in 1..=2 {
+        let pids = container_pids(&agent_dir);
+        assert_eq!(
+            pids.len(),
+            1,
+            "one running container expected, got {pids:?}"
+        );
+        send_signal(pids[0], libc::SIGKILL);
+        assert!(
+            eventually(Duration::from_secs(20), || restarts(&m, "web") >= round
+                && ready(&m, "web")),
+            "round {round}: no restart; {:?}",
+            m.pod("web").map(|p| p["status"].clone())
+        );
+    }
+    let last =
+        m.pod("web").unwrap()["status"]["containerStatuses"][0]["lastState"]["terminated"].clone();
+    assert_eq!(last["exitCode"], 137, "{last}");
+    assert!(ok_stdout(&m.cli(&["logs", "web", "--previous"])).contains("hello from web"));
+
+    // Delete it: the agent stops it and nothing is left behind.
+    ok_stdout(&m.cli(&["delete", "pod", "web"]));
+    assert!(
+        eventually(Duration::from_secs(30), || m.pod("web").is_none()),
+        "the pod was never removed"
+    );
+    let containers = std::fs::read_dir(agent_dir.join("containers"))
+        .unwrap()
+        .count();
+    assert_eq!(containers, 0, "container directories left behind");
+    assert_eq!(
+        std::fs::read_dir(agent_dir.join("netns")).unwrap().count(),
+        0,
+        "netns left behind"
+    );
+    assert!(
+        !agent_dir.join("pods").join(&uid).exists(),
+        "pod directory left behind"
+    );
+    assert!(
+        pod_cgroups(&uid).is_empty(),
+        "cgroups left behind: {:?}",
+        pod_cgroups(&uid)
+    );
+    assert!(
+        mounts_under(&agent_dir).is_empty(),
+        "mounts left behind: {:?}",
+        mounts_under(&agent_dir)
+    );
+    assert!(
+        std::fs::read_dir(agent_dir.join("run")).unwrap().count() == 0,
+        "libcontainer state left behind"
+    );
+    let shims = std::process::Command::new("pgrep")
+        .args(["-f", &format!("shim --id {uid}")])
+        .output()
+        .unwrap();
+    assert!(shims.stdout.is_empty(), "shim processes left behind");
+}
+
+#[test]
+fn a_restarted_agent_readopts_its_containers() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let _c = Cleanup(dir.path().join("agent"));
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let a = AgentProcess::start(&m, &dir.path().join("agent"), "board-b", &[]).unwrap();
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&ticker("keep", "board-b", ""))));
+    assert!(eventually(Duration::from_secs(30), || ready(&m, "keep")));
+    let before = a.container_pids();
+    assert_eq!(a.terminate(), Some(0));
+    let a = AgentProcess::restart(&dir.path().join("agent"), "board-b", &[]).unwrap();
+    // Give the new agent a few reconcile rounds, then check nothing was restarted.
+    assert!(eventually(Duration::from_secs(20), || m
+        .node_ready("board-b")
+        .is_some_and(|r| r.0 == "True")));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        a.container_pids(),
+        before,
+        "the container was restarted instead of re-adopted"
+    );
+    assert_eq!(restarts(&m, "keep"), 0);
+    assert!(ready(&m, "keep"));
+}
+
+#[test]
+fn a_killed_agent_is_reported_lost_in_time() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let _c = Cleanup(dir.path().join("agent"));
+    let m = MasterProcess::start_with(&dir.path().join("master"), &["--node-lost-after", "3s"])
+        .unwrap();
+    let a = AgentProcess::start(&m, &dir.path().join("agent"), "board-c", &[]).unwrap();
+    assert!(eventually(Duration::from_secs(20), || m
+        .node_ready("board-c")
+        .is_some_and(|r| r.0 == "True")));
+    let t = Instant::now();
+    a.kill9();
+    assert!(
+        eventually(Duration::from_secs(5), || m
+            .node_ready("board-c")
+            .is_some_and(|r| r.0 == "False" && r.1 == "NodeLost")),
+        "node not reported lost: {:?}",
+        m.node_ready("board-c")
+    );
+    // The last will makes this near-immediate; the heartbeat timeout bounds it at 3s.
+    assert!(
+        t.elapsed() <= Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
+    let out = ok_stdout(&m.cli(&["get", "nodes"]));
+    assert!(out.contains("NotReady"), "{out}");
+}
+
+#[test]
+fn pods_keep_running_and_come_back_without_the_master() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = Cleanup(agent_dir.clone());
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let a = AgentProcess::start(&m, &agent_dir, "board-d", &[]).unwrap();
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&ticker("solo", "board-d", ""))));
+    assert!(eventually(Duration::from_secs(30), || ready(&m, "solo")));
+    let master_dir = m.data_dir.clone();
+    assert_eq!(m.terminate(), Some(0));
+
+    // Without the master, a killed container is restarted...
+    let pids = a.container_pids();
+    send_signal(pids[0], libc::SIGKILL);
+    assert!(
+        eventually(Duration::from_secs(20), || a
+            .container_pids()
+            .first()
+            .is_some_and(|p| *p != pids[0])),
+        "not restarted without the master"
+    );
+    // ...and after an agent restart (still no master) the pod comes back from the local cache.
+    assert_eq!(a.terminate(), Some(0));
+    for p in container_pids(&agent_dir) {
+        send_signal(p, libc::SIGKILL);
+    }
+    let a = AgentProcess::restart(&agent_dir, "board-d", &[]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || !a.container_pids().is_empty()),
+        "the pod did not come back from the local cache"
+    );
+    // When the master returns, the status flows again.
+    let m = MasterProcess::start_with(
+        &master_dir,
+        &[
+            "--mqtt-listen",
+            &format!("127.0.0.1:{}", broker_port(&agent_dir)),
+        ],
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(30), || ready(&m, "solo")
+        && restarts(&m, "solo") >= 1));
+}
+
+fn broker_port(agent_dir: &std::path::Path) -> u16 {
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent_dir.join("credentials.json")).unwrap())
+            .unwrap();
+    c["mqttPort"].as_u64().unwrap() as u16
+}
