@@ -205,8 +205,10 @@ pub async fn run_with_runtime(
     opts.set_credentials(&node, &creds.node_token);
     opts.set_keep_alive(Duration::from_secs(5));
     opts.set_clean_session(true);
+    // Incoming up to twice the protocol limit, so an oversized message is counted by the
+    // decoder instead of dropping the connection.
     opts.set_max_packet_size(
-        wire::MAX_MESSAGE_BYTES + 4096,
+        2 * wire::MAX_MESSAGE_BYTES + 4096,
         wire::MAX_MESSAGE_BYTES + 4096,
     );
     opts.set_last_will(LastWill::new(

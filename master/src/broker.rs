@@ -74,7 +74,8 @@ pub fn start_embedded(
 
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
-        max_payload_size: MAX_MESSAGE_BYTES + 4096,
+        // Twice the protocol limit: an oversized message reaches the consumer, which counts it.
+        max_payload_size: 2 * MAX_MESSAGE_BYTES + 4096,
         max_inflight_count: 100,
         auth: None,
         external_auth: None,
@@ -105,7 +106,7 @@ pub fn start_embedded(
             max_connections: 20_000,
             max_outgoing_packet_count: 200,
             // Large enough for the biggest message; four segments per filter.
-            max_segment_size: 2 * MAX_MESSAGE_BYTES,
+            max_segment_size: 4 * MAX_MESSAGE_BYTES,
             max_segment_count: 4,
             ..Default::default()
         },

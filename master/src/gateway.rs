@@ -111,8 +111,10 @@ pub fn start(
         config.port,
     );
     opts.set_keep_alive(Duration::from_secs(5));
+    // Incoming up to twice the protocol limit, so an oversized message is counted by the
+    // decoder instead of dropping the connection.
     opts.set_max_packet_size(
-        wire::MAX_MESSAGE_BYTES + 4096,
+        2 * wire::MAX_MESSAGE_BYTES + 4096,
         wire::MAX_MESSAGE_BYTES + 4096,
     );
     opts.set_clean_session(true);

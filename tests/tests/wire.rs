@@ -1,0 +1,341 @@
+//! The MQTT side for real: hostile payloads on every topic the master and the agent consume
+//! (sent with a real MQTT client), and the whole flow against Debian's mosquitto instead of
+//! the embedded broker.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bramble_api::wire::{self, Channel, Heartbeat, Message, StatusReport};
+use bramble_tests::{
+    AgentProcess, MasterProcess, cleanup_agent_dir, eventually, ok_stdout, require_root,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+const POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: steady}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'trap "exit 0" TERM; echo steady; while true; do sleep 0.5; done']
+"#;
+
+struct Cleanup(std::path::PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        cleanup_agent_dir(&self.0);
+    }
+}
+
+fn ready(m: &MasterProcess, pod: &str) -> bool {
+    m.pod(pod)
+        .is_some_and(|p| p["status"]["containerStatuses"][0]["ready"] == true)
+}
+
+/// Every kind of bad payload, for a node.
+fn hostile_payloads(node: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let good = wire::encode(node, Message::Status(StatusReport { pods: vec![] }));
+    let mut wrong_version = good.clone();
+    wrong_version[0] = 2;
+    vec![
+        (
+            "garbage",
+            (0..200u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+                .collect(),
+        ),
+        ("empty", Vec::new()),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("wrong version", wrong_version),
+        ("oversized", vec![1u8; wire::MAX_MESSAGE_BYTES + 10]),
+        (
+            "other node",
+            wire::encode(
+                "someone-else",
+                Message::Heartbeat(Heartbeat {
+                    seq: 1,
+                    usage: None,
+                }),
+            ),
+        ),
+        ("wrong channel", wire::encode(node, Message::Gone)),
+    ]
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = Cleanup(agent_dir.clone());
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a = AgentProcess::start(&m, &agent_dir, "board-g", &[]).unwrap();
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&POD.replace("NODE", "board-g"))));
+    assert!(eventually(Duration::from_secs(30), || ready(&m, "steady")));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sent = rt.block_on(async {
+        // The master's own MQTT identity is the only one that may publish anywhere.
+        let mut opts = MqttOptions::new("bramble-master-hostile-test", "127.0.0.1", m.mqtt_port);
+        opts.set_credentials("bramble-master", &m.token);
+        opts.set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut ev) = AsyncClient::new(opts, 64);
+        let pump = tokio::spawn(async move {
+            loop {
+                if let Err(e) = ev.poll().await {
+                    panic!("test client lost its connection: {e}");
+                }
+            }
+        });
+        let mut sent = 0;
+        for channel in [
+            Channel::Hello,
+            Channel::Heartbeat,
+            Channel::Status,
+            Channel::Will,
+            Channel::Reply,
+            Channel::Desired,
+            Channel::Request,
+        ] {
+            for (label, payload) in hostile_payloads("board-g") {
+                let payload = if label == "wrong channel" && channel == Channel::Will {
+                    // Gone is right for the will topic: send a heartbeat there instead.
+                    wire::encode(
+                        "board-g",
+                        Message::Heartbeat(Heartbeat {
+                            seq: 9,
+                            usage: None,
+                        }),
+                    )
+                } else {
+                    payload
+                };
+                client
+                    .publish(channel.topic("board-g"), QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+                sent += 1;
+            }
+        }
+        // A topic outside the scheme, too.
+        client
+            .publish(
+                "bramble/v1/node/board-g",
+                QoS::AtLeastOnce,
+                false,
+                vec![1, 2, 3],
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pump.abort();
+        sent
+    });
+    assert_eq!(sent, 49);
+
+    // The master counted what it consumes (5 channels x 7 payloads).
+    let metrics = || String::from_utf8(m.http().get("/metrics").unwrap().body).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let t = metrics();
+            [
+                "wire_malformed",
+                "wire_bad_version",
+                "wire_too_large",
+                "wire_node_mismatch",
+                "wire_wrong_channel",
+            ]
+            .iter()
+            .all(|r| metric(&t, &format!("bramble_gateway_{r}_total")) >= 5)
+        }),
+        "master metrics:\n{}",
+        metrics()
+    );
+    // The agent counted what it consumes (desired and request: 2 channels x 7 payloads).
+    let prom = agent_dir.join("agent-metrics.prom");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let t = std::fs::read_to_string(&prom).unwrap_or_default();
+            [
+                "malformed",
+                "bad_version",
+                "too_large",
+                "node_mismatch",
+                "wrong_channel",
+            ]
+            .iter()
+            .all(|r| {
+                metric(
+                    &t,
+                    &format!("bramble_agent_dropped_messages_total{{reason=\"{r}\"}}"),
+                ) >= 2
+            })
+        }),
+        "agent metrics:\n{}",
+        std::fs::read_to_string(&prom).unwrap_or_default()
+    );
+    // Nothing was lost: the node is Ready, the pod still runs unrestarted, both processes live.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(m.node_ready("board-g").unwrap().0, "True");
+    assert!(ready(&m, "steady"));
+    assert_eq!(
+        m.pod("steady").unwrap()["status"]["containerStatuses"][0]["restartCount"],
+        0
+    );
+    assert!(ok_stdout(&m.cli(&["logs", "steady"])).contains("steady"));
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Mosquitto(Child);
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_mosquitto(dir: &std::path::Path) -> (Mosquitto, u16) {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto is missing: apt-get install mosquitto (scripts/setup does)");
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n")).unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let m = Mosquitto(child);
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "mosquitto did not start"
+    );
+    (m, port)
+}
+
+#[test]
+fn the_whole_flow_runs_against_mosquitto() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = Cleanup(agent_dir.clone());
+    let (_mosquitto, port) = start_mosquitto(dir.path());
+    let broker = format!("127.0.0.1:{port}");
+    let m = MasterProcess::start_with(&dir.path().join("master"), &["--external-broker", &broker])
+        .unwrap();
+    assert_eq!(
+        m.mqtt_port, port,
+        "the master must point agents at mosquitto"
+    );
+    let a = AgentProcess::start(&m, &agent_dir, "board-q", &[]).unwrap();
+    assert!(eventually(Duration::from_secs(20), || m
+        .node_ready("board-q")
+        .is_some_and(|r| r.0 == "True")));
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&POD.replace("NODE", "board-q"))));
+    assert!(eventually(Duration::from_secs(30), || ready(&m, "steady")));
+    assert!(eventually(Duration::from_secs(10), || {
+        String::from_utf8_lossy(&m.cli(&["logs", "steady"]).stdout).contains("steady")
+    }));
+    ok_stdout(&m.cli(&["delete", "pod", "steady"]));
+    assert!(eventually(Duration::from_secs(20), || m
+        .pod("steady")
+        .is_none()));
+    // mosquitto delivers the agent's last will when it dies.
+    a.kill9();
+    assert!(
+        eventually(Duration::from_secs(5), || m
+            .node_ready("board-q")
+            .is_some_and(|r| r.0 == "False" && r.1 == "NodeLost")),
+        "{:?}",
+        m.node_ready("board-q")
+    );
+}
+
+/// A subscriber on a node's desired topic sees revisioned messages whose chain is unbroken.
+#[test]
+fn desired_messages_carry_an_unbroken_revision_chain() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = Cleanup(agent_dir.clone());
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a = AgentProcess::start(&m, &agent_dir, "board-r", &[]).unwrap();
+    assert!(eventually(Duration::from_secs(20), || m
+        .node_ready("board-r")
+        .is_some_and(|r| r.0 == "True")));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let chain = rt.block_on(async {
+        let mut opts = MqttOptions::new("bramble-master-chain-test", "127.0.0.1", m.mqtt_port);
+        opts.set_credentials("bramble-master", &m.token);
+        opts.set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut ev) = AsyncClient::new(opts, 64);
+        client
+            .subscribe(Channel::Desired.topic("board-r"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut applied = false;
+        while tokio::time::Instant::now() < deadline && seen.len() < 4 {
+            let e = tokio::time::timeout(Duration::from_millis(200), ev.poll()).await;
+            if let Ok(Ok(Event::Incoming(Packet::SubAck(_)))) = e {
+                for i in 0..4 {
+                    let pod = POD
+                        .replace("NODE", "board-r")
+                        .replace("steady", &format!("chain-{i}"));
+                    let h = m.cli_with_stdin(&["apply", "-f", "-"], Some(&pod));
+                    assert!(h.status.success());
+                }
+                applied = true;
+            }
+            if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) = e {
+                if let Ok(env) = wire::decode(&p.payload) {
+                    if let Message::Desired(d) = env.message {
+                        seen.push((d.prev_revision, d.revision));
+                    }
+                }
+            }
+        }
+        assert!(applied);
+        seen
+    });
+    assert!(chain.len() >= 4, "saw {chain:?}");
+    for w in chain.windows(2) {
+        assert_eq!(w[1].0, w[0].1, "broken chain: {chain:?}");
+        assert!(w[1].1 > w[0].1);
+    }
+}
