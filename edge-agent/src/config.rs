@@ -159,12 +159,12 @@ impl TryFrom<RunArgs> for Config {
             ));
         }
         let server = a.server.or(file.server);
-        if let Some(s) = &server {
-            if !(s.starts_with("http://") || s.starts_with("https://")) {
-                return Err(format!(
-                    "--server: {s:?} must be a URL such as http://192.168.1.10:6443"
-                ));
-            }
+        if let Some(s) = &server
+            && !(s.starts_with("http://") || s.starts_with("https://"))
+        {
+            return Err(format!(
+                "--server: {s:?} must be a URL such as http://192.168.1.10:6443"
+            ));
         }
         let node_name = a
             .node_name

@@ -37,7 +37,7 @@ pub fn memory_used() -> u64 {
 pub fn cgroup_version() -> u8 {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
     match nix::sys::statfs::statfs("/sys/fs/cgroup") {
-        Ok(s) if s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC => 2,
+        Ok(s) if fs_type(&s) == CGROUP2_SUPER_MAGIC => 2,
         _ => 1,
     }
 }
@@ -98,4 +98,11 @@ pub fn gather(config: &Config, master: Option<(&str, u16)>) -> NodeFacts {
         labels,
         agent_version: format!("bramble-{}", env!("CARGO_PKG_VERSION")),
     }
+}
+
+/// The statfs magic number; its integer type differs between targets (i64 on x86_64 glibc,
+/// narrower on 32-bit ARM), hence the cast.
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn fs_type(s: &nix::sys::statfs::Statfs) -> i64 {
+    s.filesystem_type().0 as i64
 }

@@ -483,10 +483,10 @@ impl PodManager {
                     tracing::warn!(uid, error = %e, "cannot remove the pod sandbox");
                 }
                 let dir = self.pod_dir(&uid);
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the pod directory");
-                    }
+                if let Err(e) = std::fs::remove_dir_all(&dir)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the pod directory");
                 }
                 None
             }

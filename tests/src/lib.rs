@@ -390,13 +390,12 @@ pub fn container_pids(data_dir: &Path) -> Vec<i32> {
             if e.path().join("exit.json").exists() {
                 continue;
             }
-            if let Ok(t) = std::fs::read_to_string(e.path().join("pid.json")) {
-                if let Some(pid) = serde_json::from_str::<serde_json::Value>(&t)
+            if let Ok(t) = std::fs::read_to_string(e.path().join("pid.json"))
+                && let Some(pid) = serde_json::from_str::<serde_json::Value>(&t)
                     .ok()
                     .and_then(|v| v["pid"].as_i64())
-                {
-                    out.push(pid as i32);
-                }
+            {
+                out.push(pid as i32);
             }
         }
     }

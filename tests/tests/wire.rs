@@ -322,12 +322,11 @@ fn desired_messages_carry_an_unbroken_revision_chain() {
                 }
                 applied = true;
             }
-            if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) = e {
-                if let Ok(env) = wire::decode(&p.payload) {
-                    if let Message::Desired(d) = env.message {
-                        seen.push((d.prev_revision, d.revision));
-                    }
-                }
+            if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) = e
+                && let Ok(env) = wire::decode(&p.payload)
+                && let Message::Desired(d) = env.message
+            {
+                seen.push((d.prev_revision, d.revision));
             }
         }
         assert!(applied);

@@ -76,14 +76,14 @@ impl LibcontainerRuntime {
 
     /// Whether this container's shim process is alive.
     fn shim_alive(&self, id: &str) -> bool {
-        if let Ok(mut shims) = self.shims.lock() {
-            if let Some(child) = shims.get_mut(id) {
-                match child.try_wait() {
-                    Ok(None) => return true,
-                    _ => {
-                        shims.remove(id);
-                        return false;
-                    }
+        if let Ok(mut shims) = self.shims.lock()
+            && let Some(child) = shims.get_mut(id)
+        {
+            match child.try_wait() {
+                Ok(None) => return true,
+                _ => {
+                    shims.remove(id);
+                    return false;
                 }
             }
         }

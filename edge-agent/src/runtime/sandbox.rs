@@ -39,7 +39,7 @@ fn unescape(s: &str) -> String {
 /// Whether `path` is a mounted namespace file.
 pub fn is_mounted(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+        .map(|s| crate::facts::fs_type(&s) == NSFS_MAGIC)
         .unwrap_or(false)
 }
 

@@ -233,14 +233,13 @@ fn oom_kills(bundle: &Path) -> u64 {
         (format!("/sys/fs/cgroup/{rel}/memory.events"), "oom_kill "),
     ];
     for (file, key) in candidates {
-        if let Ok(t) = std::fs::read_to_string(&file) {
-            if let Some(n) = t
+        if let Ok(t) = std::fs::read_to_string(&file)
+            && let Some(n) = t
                 .lines()
                 .find_map(|l| l.strip_prefix(key))
                 .and_then(|n| n.trim().parse().ok())
-            {
-                return n;
-            }
+        {
+            return n;
         }
     }
     0
