@@ -422,16 +422,14 @@ impl Drop for AgentProcess {
 /// Kills every container an agent data dir still runs and undoes its mounts (test cleanup,
 /// also after a failure).
 pub fn cleanup_agent_dir(data_dir: &Path) {
-    for pid in container_pids(data_dir) {
-        send_signal(pid, libc::SIGKILL);
-    }
-    // The shims see their containers die, delete them and write their exits.
-    let shims_done = || {
-        std::fs::read_dir(data_dir.join("run"))
-            .map(|rd| rd.count() == 0)
-            .unwrap_or(true)
-    };
-    eventually(Duration::from_secs(10), shims_done);
+    // Kill until every shim is done: a shim may still be starting a container (and write its
+    // pid later) when this runs.
+    eventually(Duration::from_secs(15), || {
+        for pid in container_pids(data_dir) {
+            send_signal(pid, libc::SIGKILL);
+        }
+        std::fs::read_dir(data_dir.join("run")).map(|rd| rd.count() == 0).unwrap_or(true)
+    });
     let prefix = data_dir.to_string_lossy().to_string();
     if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
         for m in info
