@@ -428,7 +428,8 @@ pub fn cleanup_agent_dir(data_dir: &Path) {
         for pid in container_pids(data_dir) {
             send_signal(pid, libc::SIGKILL);
         }
-        std::fs::read_dir(data_dir.join("run")).map(|rd| rd.count() == 0).unwrap_or(true)
+        let state_empty = std::fs::read_dir(data_dir.join("run")).map(|rd| rd.count() == 0).unwrap_or(true);
+        state_empty && shims_of(data_dir).is_empty()
     });
     let prefix = data_dir.to_string_lossy().to_string();
     if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
@@ -459,6 +460,23 @@ pub fn cleanup_agent_dir(data_dir: &Path) {
             }
         }
     }
+}
+
+/// Pids of shim processes working in an agent data dir.
+pub fn shims_of(data_dir: &Path) -> Vec<i32> {
+    let needle = data_dir.to_string_lossy().to_string();
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.filter_map(|e| e.ok()) {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(" shim ") && cmd.contains(&needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
 }
 
 /// Mount points below `dir` (to assert nothing is left behind).
