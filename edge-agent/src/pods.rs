@@ -199,10 +199,21 @@ impl PodManager {
         );
         let ops = plan::plan(&self.desired, &self.records, &observed, now);
         let mut dropped = Vec::new();
+        let mut started = Vec::new();
         for op in ops {
+            if let Op::Start { id, .. } = &op {
+                started.push(id.clone());
+            }
             if let Some(uid) = self.execute(op).await {
                 dropped.push(uid);
             }
+        }
+        if !started.is_empty() {
+            // Containers that just started are running now: report them in this round
+            // rather than the next one.
+            let observed: HashMap<String, Observed> =
+                self.blocking(move |rt| started.into_iter().map(|id| (id.clone(), rt.observe(&id))).collect()).await;
+            plan::observe(&mut self.records, &self.desired, &observed, now_ms(), self.backoff);
         }
         let changed: Vec<(&str, &PodRecord)> = self
             .records
