@@ -99,6 +99,30 @@ pub fn pod_status(r: &PodReport, previous: Option<&PodStatus>, now: i64) -> PodS
     }
 }
 
+/// A node's Ready condition; its transition time is kept when the status did not change.
+pub fn ready_condition(
+    ok: bool,
+    reason: &str,
+    message: &str,
+    previous: Option<&NodeStatus>,
+    now: i64,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let old = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready"));
+    let last_transition_time = match old {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Some(format_rfc3339(now)),
+    };
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        last_heartbeat_time: None,
+        last_transition_time,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
 /// Capacity, allocatable, addresses and system info of a node from its facts, with a Ready
 /// condition of `ready` (reason and message) whose transition time is kept if unchanged.
 pub fn node_status(
@@ -134,12 +158,6 @@ pub fn node_status(
         Quantity::from_value(i64::from(f.max_pods)),
     );
     let (ok, reason, message) = ready;
-    let status = if ok { "True" } else { "False" };
-    let old = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready"));
-    let last_transition_time = match old {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Some(format_rfc3339(now)),
-    };
     let mut addresses = vec![NodeAddress {
         type_: "Hostname".into(),
         address: f.hostname.clone(),
@@ -156,14 +174,7 @@ pub fn node_status(
     NodeStatus {
         capacity,
         allocatable,
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: status.into(),
-            last_heartbeat_time: None,
-            last_transition_time,
-            reason: reason.into(),
-            message: message.into(),
-        }],
+        conditions: vec![ready_condition(ok, reason, message, previous, now)],
         addresses,
         node_info: Some(NodeSystemInfo {
             architecture: f.architecture.clone(),

@@ -81,6 +81,23 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     )
 }
 
+/// Parses a duration flag: `3`, `3s`, `1500ms` or `2m` (seconds when unitless).
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
+}
+
 /// A short human age like kubectl's AGE column: `45s`, `12m`, `3h`, `5d`, `2y`.
 pub fn human_age(secs: i64) -> String {
     let s = secs.max(0);
@@ -111,6 +128,19 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("3s"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0.5s"), Some(Duration::from_millis(500)));
+        for bad in ["", "s", "3h", "-1", "fast", "1e9999"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -151,19 +151,8 @@ impl Client {
         )
     }
 
-    /// POST with no body.
-    pub fn post_empty(&self, path: &str) -> Result<Reply> {
-        self.finish(
-            self.agent
-                .post(self.url(path))
-                .header("Authorization", self.auth())
-                .send_empty(),
-        )
-    }
-
-    /// Streams a response body to `each` chunk by chunk (for `logs -f`).
-    pub fn stream(&self, path: &str, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        use std::io::Read;
+    /// GETs a long-lived response (watch, follow) and returns its body as a reader.
+    fn open_stream(&self, path: &str) -> Result<impl std::io::Read + use<>> {
         let resp = self
             .watch_agent
             .get(self.url(path))
@@ -183,7 +172,23 @@ impl Client {
                 .error_message()
             ));
         }
-        let mut reader = resp.into_body().into_reader();
+        Ok(resp.into_body().into_reader())
+    }
+
+    /// POST with no body.
+    pub fn post_empty(&self, path: &str) -> Result<Reply> {
+        self.finish(
+            self.agent
+                .post(self.url(path))
+                .header("Authorization", self.auth())
+                .send_empty(),
+        )
+    }
+
+    /// Streams a response body to `each` chunk by chunk (for `logs -f`).
+    pub fn stream(&self, path: &str, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        use std::io::Read;
+        let mut reader = self.open_stream(path)?;
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = reader.read(&mut buf).context("reading the stream")?;
@@ -200,26 +205,7 @@ impl Client {
         path: &str,
         mut each: impl FnMut(&str, Value) -> Result<bool>,
     ) -> Result<()> {
-        let resp = self
-            .watch_agent
-            .get(self.url(path))
-            .header("Authorization", self.auth())
-            .call()
-            .map_err(|e| anyhow!("cannot reach the master at {}: {e}", self.conn.server))?;
-        if resp.status().as_u16() != 200 {
-            let code = resp.status().as_u16();
-            let body = resp.into_body().read_to_vec().unwrap_or_default();
-            return Err(anyhow!(
-                Reply {
-                    code,
-                    warnings: vec![],
-                    apply_result: None,
-                    body
-                }
-                .error_message()
-            ));
-        }
-        let reader = BufReader::new(resp.into_body().into_reader());
+        let reader = BufReader::new(self.open_stream(path)?);
         for line in reader.lines() {
             let line = line.context("reading the watch stream")?;
             if line.trim().is_empty() {

@@ -110,23 +110,6 @@ pub struct Config {
     pub reserved_cpu: u64,
 }
 
-/// Parses `3`, `3s`, `1500ms` or `2m`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
-}
-
 fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -192,16 +175,17 @@ impl TryFrom<RunArgs> for Config {
             ip.parse::<std::net::IpAddr>()
                 .map_err(|_| format!("--node-ip: {ip:?} is not an IP address"))?;
         }
-        let dur = |flag: &str,
-                   v: Option<String>,
-                   default: &str,
-                   min: Duration|
-         -> Result<Duration, String> {
-            let text = v.unwrap_or_else(|| default.to_string());
-            parse_duration(&text).filter(|d| *d >= min).ok_or_else(|| {
+        let dur =
+            |flag: &str,
+             v: Option<String>,
+             default: &str,
+             min: Duration|
+             -> Result<Duration, String> {
+                let text = v.unwrap_or_else(|| default.to_string());
+                bramble_api::time::parse_duration(&text).filter(|d| *d >= min).ok_or_else(|| {
                 format!("--{flag}: {text:?} is not a duration of at least {min:?} (e.g. 1s, 500ms)")
             })
-        };
+            };
         let heartbeat_interval = dur(
             "heartbeat-interval",
             a.heartbeat_interval.or(file.heartbeat_interval),

@@ -211,9 +211,21 @@ impl PodManager {
         if !started.is_empty() {
             // Containers that just started are running now: report them in this round
             // rather than the next one.
-            let observed: HashMap<String, Observed> =
-                self.blocking(move |rt| started.into_iter().map(|id| (id.clone(), rt.observe(&id))).collect()).await;
-            plan::observe(&mut self.records, &self.desired, &observed, now_ms(), self.backoff);
+            let observed: HashMap<String, Observed> = self
+                .blocking(move |rt| {
+                    started
+                        .into_iter()
+                        .map(|id| (id.clone(), rt.observe(&id)))
+                        .collect()
+                })
+                .await;
+            plan::observe(
+                &mut self.records,
+                &self.desired,
+                &observed,
+                now_ms(),
+                self.backoff,
+            );
         }
         let changed: Vec<(&str, &PodRecord)> = self
             .records

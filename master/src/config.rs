@@ -79,23 +79,6 @@ pub struct Config {
     pub node_lost_after: std::time::Duration,
 }
 
-/// Parses `3`, `3s`, `1500ms` or `2m` into a duration.
-pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    let t = text.trim();
-    let (num, unit) = t.split_at(
-        t.find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len()),
-    );
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
-}
-
 impl Config {
     /// A configuration for tests and benches: a data dir and an ephemeral loopback port.
     pub fn local(data_dir: &Path) -> Self {
@@ -190,7 +173,7 @@ impl TryFrom<Args> for Config {
             .node_lost_after
             .or(file.node_lost_after)
             .unwrap_or_else(|| "3s".into());
-        let node_lost_after = parse_duration(&lost_text)
+        let node_lost_after = bramble_api::time::parse_duration(&lost_text)
             .filter(|d| *d >= std::time::Duration::from_millis(100))
             .ok_or_else(|| {
                 format!(

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bramble_api::meta::Condition;
 use bramble_api::pod::Pod;
 use bramble_api::wire::{
     self, Channel, Desired, DesiredChange, DesiredPod, LogReply, LogRequest, Message, NodeFacts,
@@ -440,13 +439,7 @@ impl Gateway {
                 if let Some(s) = self.nodes.get_mut(&node) {
                     s.facts = Some(h.facts);
                 }
-                self.set_ready(
-                    &node,
-                    true,
-                    "AgentReady",
-                    "bramble-agent is posting heartbeats",
-                )
-                .await;
+                self.mark_ready(&node).await;
                 self.send_snapshot(&node);
                 self.apply_reports(&node, &h.pods).await;
             }
@@ -461,13 +454,7 @@ impl Gateway {
                     self.send_snapshot(&node);
                 }
                 if !self.nodes.get(&node).is_some_and(|s| s.ready) {
-                    self.set_ready(
-                        &node,
-                        true,
-                        "AgentReady",
-                        "bramble-agent is posting heartbeats",
-                    )
-                    .await;
+                    self.mark_ready(&node).await;
                 }
             }
             (Channel::Status, Message::Status(s)) => {
@@ -504,6 +491,16 @@ impl Gateway {
         s.last_seen = Instant::now();
     }
 
+    async fn mark_ready(&mut self, node: &str) {
+        self.set_ready(
+            node,
+            true,
+            "AgentReady",
+            "bramble-agent is posting heartbeats",
+        )
+        .await;
+    }
+
     async fn set_lost(&mut self, node: &str, why: &str) {
         if let Some(s) = self.nodes.get_mut(node) {
             // Forget the desired chain: the next contact gets a snapshot.
@@ -523,29 +520,23 @@ impl Gateway {
         let old = n.status.clone().unwrap_or_default();
         let facts = self.nodes.get(node).and_then(|s| s.facts.clone());
         let now = now_secs();
-        let mut status = match &facts {
+        let status = match &facts {
             Some(f) => {
                 bramble_api::report::node_status(f, (ready, reason, message), Some(&old), now)
             }
-            None => old.clone(),
+            None => {
+                let mut s = old.clone();
+                s.conditions.retain(|c| c.type_ != "Ready");
+                s.conditions.push(bramble_api::report::ready_condition(
+                    ready,
+                    reason,
+                    message,
+                    Some(&old),
+                    now,
+                ));
+                s
+            }
         };
-        if facts.is_none() {
-            let status_word = if ready { "True" } else { "False" };
-            let prev = old.conditions.iter().find(|c| c.type_ == "Ready");
-            let ltt = match prev {
-                Some(c) if c.status == status_word => c.last_transition_time.clone(),
-                _ => Some(bramble_api::time::format_rfc3339(now)),
-            };
-            status.conditions.retain(|c| c.type_ != "Ready");
-            status.conditions.push(Condition {
-                type_: "Ready".into(),
-                status: status_word.into(),
-                last_transition_time: ltt,
-                reason: reason.into(),
-                message: message.into(),
-                ..Default::default()
-            });
-        }
         if let Some(s) = self.nodes.get_mut(node) {
             s.ready = ready;
         }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bramble_agent::runtime::container::LibcontainerRuntime;
 use bramble_agent::runtime::{ContainerSpec, Runtime, bundle};
-use bramble_tests::{AgentProcess, MasterProcess, bin, busybox_image, cleanup_agent_dir, eventually, require_root};
+use bramble_tests::{
+    AgentProcess, MasterProcess, bin, busybox_image, cleanup_agent_dir, eventually, require_root,
+};
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -25,13 +27,26 @@ fn row(name: &str, value: String, baseline: String, ratio: String) {
 
 fn rss_mb(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     kb / 1024.0
 }
 
 fn write_bytes(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
-    s.lines().find_map(|l| l.strip_prefix("write_bytes: ")).unwrap().trim().parse().unwrap()
+    s.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn pod_manifest(name: &str, node: &str) -> serde_json::Value {
@@ -44,14 +59,17 @@ fn pod_manifest(name: &str, node: &str) -> serde_json::Value {
 }
 
 fn ready(m: &MasterProcess, pod: &str) -> bool {
-    m.pod(pod).is_some_and(|p| p["status"]["containerStatuses"][0]["ready"] == true)
+    m.pod(pod)
+        .is_some_and(|p| p["status"]["containerStatuses"][0]["ready"] == true)
 }
 
 fn end_to_end(dir: &std::path::Path) {
     let m = MasterProcess::start(&dir.join("master")).unwrap();
     let agent_dir = dir.join("agent");
     let a = AgentProcess::start(&m, &agent_dir, "bench", &[]).unwrap();
-    assert!(eventually(Duration::from_secs(20), || m.node_ready("bench").is_some_and(|r| r.0 == "True")));
+    assert!(eventually(Duration::from_secs(20), || m
+        .node_ready("bench")
+        .is_some_and(|r| r.0 == "True")));
     std::thread::sleep(Duration::from_secs(1));
     let agent_pid = a.child.id();
     let rss0 = rss_mb(agent_pid);
@@ -62,23 +80,44 @@ fn end_to_end(dir: &std::path::Path) {
         let body = serde_json::to_vec(&pod_manifest(&name, "bench")).unwrap();
         let t = Instant::now();
         let r = h
-            .request("PATCH", &format!("/api/v1/namespaces/default/pods/{name}"), Some("application/apply-patch+json"), &body, true)
+            .request(
+                "PATCH",
+                &format!("/api/v1/namespaces/default/pods/{name}"),
+                Some("application/apply-patch+json"),
+                &body,
+                true,
+            )
             .unwrap();
         assert_eq!(r.code, 201);
         while !ready(&m, &name) {
-            assert!(t.elapsed() < Duration::from_secs(30), "pod {name} never became ready");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "pod {name} never became ready"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         lat.push(t.elapsed().as_secs_f64() * 1e3);
         if i >= 10 {
             // Keep 10 pods for the footprint figures; remove the rest as we go.
-            let r = h.request("DELETE", &format!("/api/v1/namespaces/default/pods/{name}"), None, b"", true).unwrap();
+            let r = h
+                .request(
+                    "DELETE",
+                    &format!("/api/v1/namespaces/default/pods/{name}"),
+                    None,
+                    b"",
+                    true,
+                )
+                .unwrap();
             assert!(r.code == 200 || r.code == 202);
         }
     }
     row(
         "pod apply -> Running (API to ready status), 50 pods",
-        format!("p50 {:.0} ms, p99 {:.0} ms", percentile(lat.clone(), 0.5), percentile(lat, 0.99)),
+        format!(
+            "p50 {:.0} ms, p99 {:.0} ms",
+            percentile(lat.clone(), 0.5),
+            percentile(lat, 0.99)
+        ),
         "-".into(),
         "-".into(),
     );
@@ -88,9 +127,17 @@ fn end_to_end(dir: &std::path::Path) {
     }));
     std::thread::sleep(Duration::from_secs(2));
     let rss10 = rss_mb(agent_pid);
-    row("agent RSS (agent process only)", format!("{rss0:.1} MB with 0 pods, {rss10:.1} MB with 10"), "-".into(), "-".into());
+    row(
+        "agent RSS (agent process only)",
+        format!("{rss0:.1} MB with 0 pods, {rss10:.1} MB with 10"),
+        "-".into(),
+        "-".into(),
+    );
 
-    let idle: u64 = std::env::var("BRAMBLE_BENCH_IDLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let idle: u64 = std::env::var("BRAMBLE_BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
     let (mw0, aw0) = (write_bytes(m.child.id()), write_bytes(agent_pid));
     std::thread::sleep(Duration::from_secs(idle));
     let (mw1, aw1) = (write_bytes(m.child.id()), write_bytes(agent_pid));
@@ -114,14 +161,19 @@ fn container_start_vs_runc(dir: &std::path::Path) {
         pod_uid: format!("b{i}"),
         pod_name: format!("b{i}"),
         namespace: "default".into(),
-        container: serde_json::from_value(serde_json::json!({"name": "c", "image": "busybox", "command": ["sleep", "3600"]})).unwrap(),
+        container: serde_json::from_value(
+            serde_json::json!({"name": "c", "image": "busybox", "command": ["sleep", "3600"]}),
+        )
+        .unwrap(),
         image_rootfs: data.join("images/busybox/rootfs"),
         netns: None,
         volumes: vec![],
         hostname: format!("b{i}"),
         log_path: data.join(format!("logs/{i}.log")),
     };
-    let runc = ["/usr/sbin/runc", "/usr/bin/runc"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     for i in 0..30 {
@@ -130,7 +182,10 @@ fn container_start_vs_runc(dir: &std::path::Path) {
         rt.start(&s).unwrap();
         ours.push(t.elapsed().as_secs_f64() * 1e3);
         rt.signal(&s.id, libc::SIGKILL).unwrap();
-        assert!(eventually(Duration::from_secs(10), || matches!(rt.observe(&s.id), bramble_agent::runtime::Observed::Exited(_))));
+        assert!(eventually(Duration::from_secs(10), || matches!(
+            rt.observe(&s.id),
+            bramble_agent::runtime::Observed::Exited(_)
+        )));
         rt.remove(&s.id).unwrap();
         rt.remove_sandbox(&s.pod_uid).unwrap();
         if let Some(runc) = runc {
@@ -159,7 +214,12 @@ fn container_start_vs_runc(dir: &std::path::Path) {
     }
     let o = percentile(ours, 0.5);
     if theirs.is_empty() {
-        row("container start (shim + libcontainer)", format!("p50 {o:.1} ms"), "runc missing".into(), "-".into());
+        row(
+            "container start (shim + libcontainer)",
+            format!("p50 {o:.1} ms"),
+            "runc missing".into(),
+            "-".into(),
+        );
     } else {
         let r = percentile(theirs, 0.5);
         row(
@@ -169,7 +229,10 @@ fn container_start_vs_runc(dir: &std::path::Path) {
             format!("{:.2}x runc's time", o / r),
         );
     }
-    for d in std::fs::read_dir("/sys/fs/cgroup").unwrap().filter_map(|e| e.ok()) {
+    for d in std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .filter_map(|e| e.ok())
+    {
         let p = d.path().join("bramble-bench");
         if let Ok(rd) = std::fs::read_dir(&p) {
             for c in rd.filter_map(|e| e.ok()) {

@@ -286,18 +286,28 @@ impl AgentProcess {
         extra: &[&str],
     ) -> Result<AgentProcess> {
         busybox_image(&data_dir.join("images"))?;
+        let join = ["--server", &master.url, "--token", &master.join_token()].map(str::to_string);
+        Self::spawn(data_dir, node, &join, extra)
+    }
+
+    /// Starts the agent again from its data dir alone (it has joined: no server or token).
+    pub fn restart(data_dir: &Path, node: &str, extra: &[&str]) -> Result<AgentProcess> {
+        Self::spawn(data_dir, node, &[], extra)
+    }
+
+    fn spawn(data_dir: &Path, node: &str, join: &[String], extra: &[&str]) -> Result<AgentProcess> {
         let child = Command::new(bin("bramble-agent"))
             .arg("--data-dir")
             .arg(data_dir)
+            .args(join)
             .args([
-                "--server",
-                &master.url,
-                "--token",
-                &master.join_token(),
                 "--node-name",
                 node,
+                "--restart-backoff",
+                "500ms",
+                "--restart-backoff-max",
+                "2s",
             ])
-            .args(["--restart-backoff", "500ms", "--restart-backoff-max", "2s"])
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -344,36 +354,6 @@ impl AgentProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    /// Starts the agent again from its data dir alone (it has joined: no server or token).
-    pub fn restart(data_dir: &Path, node: &str, extra: &[&str]) -> Result<AgentProcess> {
-        let child = Command::new(bin("bramble-agent"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args([
-                "--node-name",
-                node,
-                "--restart-backoff",
-                "500ms",
-                "--restart-backoff-max",
-                "2s",
-            ])
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawning bramble-agent")?;
-        Ok(AgentProcess {
-            child,
-            data_dir: data_dir.to_path_buf(),
-            node: node.to_string(),
-        })
     }
 
     /// The init pids of this agent's running containers.
@@ -428,7 +408,9 @@ pub fn cleanup_agent_dir(data_dir: &Path) {
         for pid in container_pids(data_dir) {
             send_signal(pid, libc::SIGKILL);
         }
-        let state_empty = std::fs::read_dir(data_dir.join("run")).map(|rd| rd.count() == 0).unwrap_or(true);
+        let state_empty = std::fs::read_dir(data_dir.join("run"))
+            .map(|rd| rd.count() == 0)
+            .unwrap_or(true);
         state_empty && shims_of(data_dir).is_empty()
     });
     let prefix = data_dir.to_string_lossy().to_string();
@@ -468,7 +450,9 @@ pub fn shims_of(data_dir: &Path) -> Vec<i32> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.filter_map(|e| e.ok()) {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if cmd.contains(" shim ") && cmd.contains(&needle) {

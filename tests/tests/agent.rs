@@ -293,3 +293,133 @@ fn broker_port(agent_dir: &std::path::Path) -> u16 {
             .unwrap();
     c["mqttPort"].as_u64().unwrap() as u16
 }
+
+#[test]
+fn containers_of_a_pod_share_network_and_volumes_and_host_network_works() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = Cleanup(agent_dir.clone());
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a = AgentProcess::start(&m, &agent_dir, "board-e", &[]).unwrap();
+    let host_dir = dir.path().join("host-data");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("greeting"), "from the host\n").unwrap();
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: duo}}
+spec:
+  nodeName: board-e
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - name: shared
+    emptyDir: {{}}
+  - name: host
+    hostPath: {{path: {host}, type: Directory}}
+  containers:
+  - name: server
+    image: busybox
+    command: [sh, -c, 'echo written-by-server > /shared/note; while true; do echo pong | nc -l -p 7070; done']
+    volumeMounts: [{{name: shared, mountPath: /shared}}, {{name: host, mountPath: /host, readOnly: true}}]
+  - name: client
+    image: busybox
+    command: [sh, -c, 'while true; do echo "net:$(nc 127.0.0.1 7070 </dev/null) vol:$(cat /shared/note) host:$(cat /host/greeting) if:$(ls /sys/class/net | tr "\n" ,)"; sleep 0.3; done']
+    volumeMounts: [{{name: shared, mountPath: /shared}}, {{name: host, mountPath: /host, readOnly: true}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostnet}}
+spec:
+  nodeName: board-e
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'while true; do echo "if:$(cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d " " | tr "\n" ,)"; sleep 0.3; done']
+"#,
+        host = host_dir.display()
+    );
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&manifest)));
+    let logs = |pod: &str, c: &str| {
+        String::from_utf8_lossy(&m.cli(&["logs", pod, "-c", c, "--tail", "1"]).stdout).to_string()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let l = logs("duo", "client");
+            l.contains("net:pong")
+                && l.contains("vol:written-by-server")
+                && l.contains("host:from the host")
+        }),
+        "the client did not reach the server over the pod's loopback, or the volumes are not shared: {:?}",
+        logs("duo", "client")
+    );
+    // The pod's own namespace holds only its loopback.
+    assert!(
+        logs("duo", "client").contains("if:lo,"),
+        "{}",
+        logs("duo", "client")
+    );
+    let host_ifs = std::fs::read_dir("/sys/class/net").unwrap().count();
+    assert!(
+        eventually(Duration::from_secs(30), || logs("hostnet", "main")
+            .matches(',')
+            .count()
+            == host_ifs),
+        "hostNetwork pod should see the host's {host_ifs} interfaces: {}",
+        logs("hostnet", "main")
+    );
+    // A read-only hostPath cannot be written from the container.
+    let names = ok_stdout(&m.cli(&["get", "pods", "-o", "name"]));
+    assert!(names.contains("pod/duo") && names.contains("pod/hostnet"));
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("greeting")).unwrap(),
+        "from the host\n"
+    );
+}
+
+#[test]
+fn invalid_agent_configuration_exits_64_before_doing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    for args in [
+        vec!["--node-name", "Not_Valid"],
+        vec!["--server", "ftp://nowhere"],
+        vec!["--heartbeat-interval", "often"],
+        vec!["--labels", "novalue"],
+    ] {
+        let out = std::process::Command::new(bramble_tests::bin("bramble-agent"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(args[0]),
+            "{args:?}"
+        );
+        assert!(
+            !data.exists(),
+            "nothing may be written for an invalid config"
+        );
+    }
+    // Without credentials and without --server/--token, the agent says how to join.
+    let out = std::process::Command::new(bramble_tests::bin("bramble-agent"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
