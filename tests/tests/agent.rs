@@ -75,6 +75,17 @@ fn a_pod_runs_logs_restarts_and_is_cleaned_up() {
         "board-a"
     );
     assert!(node["metadata"]["labels"]["kubernetes.io/arch"].is_string());
+    let cgroup = node["metadata"]["labels"]["bramble.io/cgroup"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(cgroup == "v1" || cgroup == "v2", "{cgroup}");
+    assert!(
+        node["status"]["nodeInfo"]["kernelVersion"]
+            .as_str()
+            .is_some_and(|k| !k.is_empty())
+    );
+    assert!(node["status"]["allocatable"]["cpu"].is_string());
     assert!(node["status"]["capacity"]["memory"].is_string());
 
     let limits = "    resources: {limits: {memory: 48Mi, cpu: 250m}}\n";
@@ -97,6 +108,32 @@ fn a_pod_runs_logs_restarts_and_is_cleaned_up() {
         let out = m.cli(&["logs", "web"]);
         String::from_utf8_lossy(&out.stdout).contains("hello from web")
     }));
+    // Follow: new lines keep arriving on one stream.
+    let mut follow = std::process::Command::new(bramble_tests::bin("bramble"))
+        .args([
+            "--server", &m.url, "--token", &m.token, "logs", "web", "-f", "--tail", "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = follow.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .take(4)
+            .collect::<Vec<_>>()
+    });
+    let got = (0..100).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        lines.is_finished().then_some(())
+    });
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(got.is_some(), "bramble logs -f did not keep streaming");
+    let lines = lines.join().unwrap();
+    assert!(lines.iter().all(|l| l.starts_with("tick ")), "{lines:?}");
     let tail = ok_stdout(&m.cli(&["logs", "web", "--tail", "1"]));
     assert_eq!(tail.lines().count(), 1, "{tail:?}");
     assert!(tail.starts_with("tick "), "{tail:?}");

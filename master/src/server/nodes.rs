@@ -82,6 +82,11 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
         req.facts.labels.iter().cloned().collect();
     labels.insert("kubernetes.io/hostname".into(), name.clone());
     labels.insert("kubernetes.io/os".into(), "linux".into());
+    // No Kubernetes field holds the cgroup version; the scheduler and people may want it.
+    labels.insert(
+        "bramble.io/cgroup".into(),
+        format!("v{}", req.facts.cgroup_version),
+    );
     if !req.facts.architecture.is_empty() {
         labels.insert("kubernetes.io/arch".into(), req.facts.architecture.clone());
     }
