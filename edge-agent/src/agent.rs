@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::images::RootfsDirs;
+use crate::images::{ImageStore, RootfsDirs};
 use crate::join::{self, Credentials, JoinError};
 use crate::localstore::{LocalStore, LocalStoreError};
 use crate::pods::plan::Backoff;
@@ -36,6 +36,8 @@ pub enum AgentError {
     LocalStore(#[from] LocalStoreError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 /// Events from the MQTT pump to the main loop.
@@ -152,13 +154,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         shim_exe,
         config.log_max_bytes,
     )?);
-    run_with_runtime(config, runtime, shutdown).await
+    let images: Arc<dyn ImageStore> = Arc::new(RootfsDirs::new(&config.images_dir));
+    run_with_runtime(config, runtime, images, shutdown).await
 }
 
 /// Runs the agent with a given runtime (the real one, or a hollow agent's in-memory one).
 pub async fn run_with_runtime(
     config: Config,
     runtime: Arc<dyn Runtime>,
+    images: Arc<dyn ImageStore>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let dir = config.data_dir.clone();
@@ -167,7 +171,6 @@ pub async fn run_with_runtime(
         source,
     })?;
     let store = LocalStore::open(&dir.join("agent.redb"))?;
-    let images = Arc::new(RootfsDirs::new(&config.images_dir));
     let creds_known = join::load(&dir)?;
     // The host address is needed for reports before the master answers; use what we know.
     let master = creds_known.as_ref().map(|c| (c.broker_host(), c.mqtt_port));

@@ -26,6 +26,28 @@ pub enum Sub {
     /// (internal) Own one container: started by the agent, not by people
     #[command(hide = true)]
     Shim(crate::runtime::shim::ShimArgs),
+    /// Run many simulated nodes in this process: the real agent code with in-memory containers
+    Hollow(HollowArgs),
+}
+
+/// `bramble-agent hollow`: simulated nodes for scale tests and benchmarks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HollowArgs {
+    /// How many nodes
+    #[arg(long, default_value_t = 10)]
+    pub count: usize,
+    /// Node names are <prefix>-<n>
+    #[arg(long, default_value = "hollow")]
+    pub prefix: String,
+    /// CPUs each node reports
+    #[arg(long, default_value_t = 4)]
+    pub cpus: u32,
+    /// Memory each node reports, in bytes
+    #[arg(long, default_value_t = 4 << 30)]
+    pub memory_bytes: u64,
+    /// Extra labels for every node, e.g. zone=a
+    #[arg(long, value_delimiter = ',')]
+    pub node_labels: Vec<String>,
 }
 
 /// The agent's flags.
@@ -108,6 +130,8 @@ pub struct Config {
     pub images_dir: PathBuf,
     pub reserved_memory: u64,
     pub reserved_cpu: u64,
+    /// Reported CPUs and memory instead of the machine's (hollow nodes).
+    pub capacity_override: Option<(u32, u64)>,
 }
 
 fn hostname() -> String {
@@ -231,6 +255,7 @@ impl TryFrom<RunArgs> for Config {
                 .or(file.reserved_memory)
                 .unwrap_or(128 << 20),
             reserved_cpu: a.reserved_cpu.or(file.reserved_cpu).unwrap_or(100),
+            capacity_override: None,
         })
     }
 }

@@ -71,10 +71,12 @@ pub fn gather(config: &Config, master: Option<(&str, u16)>) -> NodeFacts {
         .as_ref()
         .map(|u| u.nodename().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
-    let memory = meminfo("MemTotal:").unwrap_or(0);
+    let (cpus, memory) = config.capacity_override.unwrap_or_else(|| {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        (cpus, meminfo("MemTotal:").unwrap_or(0))
+    });
     let address = config
         .node_ip
         .clone()

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod config;
 pub mod facts;
+pub mod hollow;
 pub mod images;
 pub mod join;
 pub mod localstore;

@@ -16,6 +16,10 @@ fn main() -> ExitCode {
         // Single-threaded on purpose: libcontainer forks with a raw clone.
         return ExitCode::from(bramble_agent::runtime::shim::run(shim).clamp(0, 255) as u8);
     }
+    let hollow = match args.command {
+        Some(Sub::Hollow(h)) => Some(h),
+        _ => None,
+    };
     let config = match Config::try_from(args.run) {
         Ok(c) => c,
         Err(e) => {
@@ -29,6 +33,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(h) = hollow {
+        return run_hollow(config, h);
+    }
     // One worker thread keeps the agent small; container operations run on blocking threads.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -45,6 +52,37 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
         match bramble_agent::run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bramble-agent: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Many simulated nodes: a multi-threaded runtime, since they share the process.
+fn run_hollow(config: Config, args: bramble_agent::config::HollowArgs) -> ExitCode {
+    for n in 0..args.count.min(1) {
+        if let Err(e) = bramble_agent::hollow::node_config(&config, &args, n) {
+            eprintln!("bramble-agent: invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bramble-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        match bramble_agent::hollow::run(config, args, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bramble-agent: {e}");

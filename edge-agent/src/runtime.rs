@@ -11,6 +11,7 @@
 
 pub mod bundle;
 pub mod container;
+pub mod memory;
 pub mod sandbox;
 pub mod shim;
 

@@ -8,8 +8,10 @@ pub mod broker;
 pub mod config;
 pub mod credentials;
 pub mod enrollment;
+pub mod events;
 pub mod gateway;
 pub mod metrics;
+pub mod scheduler;
 pub mod server;
 pub mod store;
 
@@ -61,6 +63,8 @@ pub struct Master {
     metrics: Arc<metrics::Metrics>,
     gateway: gateway::GatewayHandle,
     gateway_task: tokio::task::JoinHandle<()>,
+    /// The scheduler and controllers.
+    loops: Vec<tokio::task::JoinHandle<()>>,
     /// Stops the gateway; cancelled when `serve`'s token is.
     internal: CancellationToken,
     mqtt_host: String,
@@ -135,6 +139,10 @@ impl Master {
             addr: config.listen,
             source,
         })?;
+        let loops = vec![tokio::spawn(scheduler::run(
+            store.clone(),
+            internal.clone(),
+        ))];
         credentials::write_client_config(
             &dir.join(credentials::CLIENT_CONFIG_FILE),
             &credentials::client_url(addr),
@@ -151,6 +159,7 @@ impl Master {
             metrics,
             gateway,
             gateway_task,
+            loops,
             internal,
             mqtt_host,
             mqtt_port: gw_port,
@@ -205,6 +214,9 @@ impl Master {
         }
         self.internal.cancel();
         let _ = self.gateway_task.await;
+        for l in self.loops {
+            let _ = l.await;
+        }
         drop(self.gateway);
         drop(self.store);
         let writer = self.writer;

@@ -399,6 +399,48 @@ impl Drop for AgentProcess {
     }
 }
 
+/// A `bramble-agent hollow` process: many simulated nodes (real agent code, in-memory
+/// containers), each with its own MQTT connection.
+pub struct HollowProcess {
+    pub child: Child,
+}
+
+impl HollowProcess {
+    /// Starts `count` hollow nodes named `<prefix>-<n>` joining `master`.
+    pub fn start(
+        master: &MasterProcess,
+        data_dir: &Path,
+        prefix: &str,
+        count: usize,
+        extra: &[&str],
+    ) -> Result<HollowProcess> {
+        let child = Command::new(bin("bramble-agent"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--server", &master.url, "--token", &master.join_token()])
+            .args(["--restart-backoff", "500ms", "--restart-backoff-max", "2s"])
+            .args(["hollow", "--count", &count.to_string(), "--prefix", prefix])
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning bramble-agent hollow")?;
+        Ok(HollowProcess { child })
+    }
+}
+
+impl Drop for HollowProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Kills every container an agent data dir still runs and undoes its mounts (test cleanup,
 /// also after a failure).
 pub fn cleanup_agent_dir(data_dir: &Path) {

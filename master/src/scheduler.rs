@@ -1,0 +1,521 @@
+//! The scheduler: binds pods without a node to a node.
+//!
+//! [`pick`] is the pure decision: filters (a list of small [`filter::Filter`] units) keep the
+//! nodes a pod may run on, scorers ([`score::Scorer`]) rank them; a pod that fits nowhere
+//! gets Kubernetes' message, `0/5 nodes are available: 3 Insufficient memory, 2 node(s)
+//! didn't match Pod's node affinity/selector.` The async shell keeps a cache of nodes and
+//! bound pods from store watches, binds with optimistic concurrency (a stale pod is a
+//! conflict and is retried from the next event), and retries unschedulable pods when the
+//! cluster changes (a node joins or changes, a pod goes away), not by polling.
+
+pub mod filter;
+pub mod score;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bramble_api::node::{Node, Taint};
+use bramble_api::pod::{Pod, Toleration};
+use bramble_api::{Kind, Object, Selector};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::EventRecorder;
+use crate::store::{Change, EventType, Op, Store, StoreError, Subresource, WatchFilter};
+
+/// What the scheduler knows of a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeView {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+    pub unschedulable: bool,
+    pub taints: Vec<Taint>,
+    pub alloc_cpu_m: i64,
+    pub alloc_mem: i64,
+    pub alloc_pods: i64,
+    pub used_cpu_m: i64,
+    pub used_mem: i64,
+    pub pods: i64,
+    pub used_ports: BTreeSet<(i32, String)>,
+    /// Pods per owner uid, for spreading.
+    pub owner_counts: HashMap<String, usize>,
+}
+
+/// What the scheduler needs of a pod.
+#[derive(Debug, Clone, Default)]
+pub struct PodView {
+    pub cpu_m: i64,
+    pub mem: i64,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    pub host_ports: Vec<(i32, String)>,
+    pub owner: Option<String>,
+}
+
+impl PodView {
+    /// The scheduling-relevant view of a pod: summed container requests (limits when no
+    /// request is given, as Kubernetes defaults them).
+    pub fn of(pod: &Pod) -> PodView {
+        let mut v = PodView {
+            node_selector: pod.spec.node_selector.clone(),
+            tolerations: pod.spec.tolerations.clone(),
+            owner: pod
+                .metadata
+                .owner_references
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone()),
+            ..Default::default()
+        };
+        for c in &pod.spec.containers {
+            let get = |k: &str| {
+                c.resources
+                    .requests
+                    .get(k)
+                    .or_else(|| c.resources.limits.get(k))
+            };
+            v.cpu_m += get("cpu").map(|q| q.millis()).unwrap_or(0);
+            v.mem += get("memory").map(|q| q.value()).unwrap_or(0);
+            for p in &c.ports {
+                if let Some(h) = p.host_port {
+                    let proto = if p.protocol.is_empty() {
+                        "TCP"
+                    } else {
+                        p.protocol.as_str()
+                    };
+                    v.host_ports.push((h, proto.to_string()));
+                }
+            }
+        }
+        v
+    }
+}
+
+impl NodeView {
+    /// The view of a node with nothing bound yet.
+    pub fn of(node: &Node) -> NodeView {
+        let st = node.status.clone().unwrap_or_default();
+        let ready = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let alloc = |k: &str| st.allocatable.get(k).or_else(|| st.capacity.get(k));
+        NodeView {
+            name: node.metadata.name.clone(),
+            labels: node.metadata.labels.clone(),
+            ready,
+            unschedulable: node.spec.unschedulable,
+            taints: node.spec.taints.clone(),
+            alloc_cpu_m: alloc("cpu").map(|q| q.millis()).unwrap_or(0),
+            alloc_mem: alloc("memory").map(|q| q.value()).unwrap_or(0),
+            alloc_pods: alloc("pods").map(|q| q.value()).unwrap_or(110),
+            ..Default::default()
+        }
+    }
+
+    fn add(&mut self, p: &PodView, sign: i64) {
+        self.used_cpu_m += sign * p.cpu_m;
+        self.used_mem += sign * p.mem;
+        self.pods += sign;
+        for port in &p.host_ports {
+            if sign > 0 {
+                self.used_ports.insert(port.clone());
+            } else {
+                self.used_ports.remove(port);
+            }
+        }
+        if let Some(o) = &p.owner {
+            let c = self.owner_counts.entry(o.clone()).or_default();
+            *c = if sign > 0 {
+                *c + 1
+            } else {
+                c.saturating_sub(1)
+            };
+        }
+    }
+}
+
+/// The filters and scorers in use.
+pub struct Profile {
+    pub filters: Vec<Box<dyn filter::Filter>>,
+    pub scorers: Vec<Box<dyn score::Scorer>>,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            filters: filter::defaults(),
+            scorers: score::defaults(),
+        }
+    }
+}
+
+/// Picks the best node for a pod, or explains why none fits.
+pub fn pick<'a>(
+    pod: &PodView,
+    nodes: impl IntoIterator<Item = &'a NodeView>,
+    profile: &Profile,
+) -> Result<String, String> {
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut best: Option<(i64, &NodeView)> = None;
+    let mut total = 0;
+    for n in nodes {
+        total += 1;
+        if let Some(r) = profile.filters.iter().find_map(|f| f.check(pod, n).err()) {
+            *reasons.entry(r).or_default() += 1;
+            continue;
+        }
+        let s: i64 = profile
+            .scorers
+            .iter()
+            .map(|sc| sc.score(pod, n) * sc.weight())
+            .sum();
+        // Ties go to the first node in name order: deterministic.
+        if best.is_none_or(|(b, _)| s > b) {
+            best = Some((s, n));
+        }
+    }
+    match best {
+        Some((_, n)) => Ok(n.name.clone()),
+        None => {
+            let mut parts: Vec<(usize, String)> =
+                reasons.into_iter().map(|(r, c)| (c, r)).collect();
+            parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let list: Vec<String> = parts.iter().map(|(c, r)| format!("{c} {r}")).collect();
+            if list.is_empty() {
+                Err(format!("0/{total} nodes are available."))
+            } else {
+                Err(format!(
+                    "0/{total} nodes are available: {}.",
+                    list.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+/// The scheduler's cache and queue.
+struct Scheduler {
+    store: Store,
+    events: EventRecorder,
+    profile: Profile,
+    nodes: BTreeMap<String, NodeView>,
+    /// Bound pods: uid → (node, view).
+    bound: HashMap<String, (String, PodView)>,
+    /// Pods waiting for a node: uid → (namespace, name).
+    pending: BTreeMap<String, (String, String)>,
+    /// The last unschedulable message per pod (to write conditions and events on change only).
+    last_reason: HashMap<String, String>,
+}
+
+/// Runs the scheduler until `shutdown`.
+pub async fn run(store: Store, shutdown: CancellationToken) {
+    let mut s = Scheduler {
+        events: EventRecorder::new(store.clone(), "default-scheduler"),
+        store,
+        profile: Profile::default(),
+        nodes: BTreeMap::new(),
+        bound: HashMap::new(),
+        pending: BTreeMap::new(),
+        last_reason: HashMap::new(),
+    };
+    loop {
+        let (mut nodes_w, mut pods_w) = match s.relist() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler cannot watch the store");
+                return;
+            }
+        };
+        s.schedule_pending().await;
+        loop {
+            let changed = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                c = nodes_w.next() => c,
+                c = pods_w.next() => c,
+            };
+            match changed {
+                Ok(c) => {
+                    if s.on_change(&c) {
+                        s.schedule_pending().await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler watch ended; re-listing");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Scheduler {
+    fn relist(&mut self) -> Result<(crate::store::Watch, crate::store::Watch), StoreError> {
+        self.nodes.clear();
+        self.bound.clear();
+        self.pending.clear();
+        let (nrev, nodes) = self.store.list(Kind::Node, None, &Selector::everything());
+        for e in nodes {
+            if let Ok(Object::Node(n)) = e.object() {
+                self.nodes.insert(n.metadata.name.clone(), NodeView::of(&n));
+            }
+        }
+        let (prev, pods) = self.store.list(Kind::Pod, None, &Selector::everything());
+        for e in pods {
+            if let Ok(Object::Pod(p)) = e.object() {
+                self.on_pod(&p, false);
+            }
+        }
+        let all = |kind| WatchFilter {
+            kind,
+            namespace: None,
+            selector: Selector::everything(),
+        };
+        Ok((
+            self.store.watch(all(Kind::Node), Some(nrev))?,
+            self.store.watch(all(Kind::Pod), Some(prev))?,
+        ))
+    }
+
+    /// Updates the cache; returns whether pending pods deserve a (re)try: a node appeared or
+    /// changed, resources were freed, or a pod is newly pending.
+    fn on_change(&mut self, c: &Change) -> bool {
+        match c.entry.object() {
+            Ok(Object::Node(n)) => {
+                if c.type_ == EventType::Deleted {
+                    self.nodes.remove(&n.metadata.name);
+                    return false;
+                }
+                let mut view = NodeView::of(&n);
+                // Keep what is bound there.
+                for (node, p) in self.bound.values() {
+                    if *node == view.name {
+                        view.add(p, 1);
+                    }
+                }
+                self.nodes.insert(view.name.clone(), view);
+                true
+            }
+            Ok(Object::Pod(p)) => self.on_pod(&p, c.type_ == EventType::Deleted),
+            _ => false,
+        }
+    }
+
+    fn on_pod(&mut self, p: &Pod, deleted: bool) -> bool {
+        let uid = p.metadata.uid.clone();
+        let finished = p
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == "Succeeded" || s.phase == "Failed");
+        if deleted || finished {
+            self.pending.remove(&uid);
+            self.last_reason.remove(&uid);
+            if let Some((node, view)) = self.bound.remove(&uid) {
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    n.add(&view, -1);
+                }
+                return true;
+            }
+            return false;
+        }
+        if p.spec.node_name.is_empty() {
+            if p.metadata.deletion_timestamp.is_none() {
+                let new = !self.pending.contains_key(&uid);
+                self.pending
+                    .insert(uid, (p.metadata.namespace.clone(), p.metadata.name.clone()));
+                return new;
+            }
+            return false;
+        }
+        self.pending.remove(&uid);
+        self.last_reason.remove(&uid);
+        if !self.bound.contains_key(&uid) {
+            let view = PodView::of(p);
+            if let Some(n) = self.nodes.get_mut(&p.spec.node_name) {
+                n.add(&view, 1);
+            }
+            self.bound.insert(uid, (p.spec.node_name.clone(), view));
+        }
+        false
+    }
+
+    async fn schedule_pending(&mut self) {
+        let pending: Vec<(String, (String, String))> = self
+            .pending
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (uid, (ns, name)) in pending {
+            let Some(entry) = self.store.get(Kind::Pod, &ns, &name) else {
+                self.pending.remove(&uid);
+                continue;
+            };
+            let Ok(Object::Pod(mut pod)) = entry.object() else {
+                continue;
+            };
+            if pod.metadata.uid != uid || !pod.spec.node_name.is_empty() {
+                self.pending.remove(&uid);
+                continue;
+            }
+            let view = PodView::of(&pod);
+            match pick(&view, self.nodes.values(), &self.profile) {
+                Ok(node) => {
+                    pod.spec.node_name = node.clone();
+                    match self
+                        .store
+                        .write(Op::Update(Object::Pod(pod.clone()), Subresource::Main))
+                        .await
+                    {
+                        Ok(_) => {
+                            if let Some(n) = self.nodes.get_mut(&node) {
+                                n.add(&view, 1);
+                            }
+                            self.bound.insert(uid.clone(), (node.clone(), view));
+                            self.pending.remove(&uid);
+                            self.last_reason.remove(&uid);
+                            self.events
+                                .record(
+                                    Object::Pod(pod),
+                                    "Normal",
+                                    "Scheduled",
+                                    &format!("Successfully assigned {ns}/{name} to {node}"),
+                                )
+                                .await;
+                        }
+                        // Changed under us: the next event brings it back.
+                        Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {}
+                        Err(e) => tracing::warn!(pod = %name, error = %e, "cannot bind"),
+                    }
+                }
+                Err(why) => {
+                    if self.last_reason.get(&uid) != Some(&why) {
+                        self.last_reason.insert(uid.clone(), why.clone());
+                        self.mark_unschedulable(pod, &why).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn mark_unschedulable(&mut self, mut pod: Pod, why: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut st = pod.status.clone().unwrap_or_default();
+        st.conditions.retain(|c| c.type_ != "PodScheduled");
+        st.conditions.push(bramble_api::meta::Condition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: "Unschedulable".into(),
+            message: why.to_string(),
+            last_transition_time: Some(bramble_api::time::format_rfc3339(now)),
+            ..Default::default()
+        });
+        if st.phase.is_empty() {
+            st.phase = "Pending".into();
+        }
+        pod.status = Some(st);
+        pod.metadata.resource_version.clear();
+        let obj = Object::Pod(pod);
+        if let Err(e) = self
+            .store
+            .write(Op::Update(obj.clone(), Subresource::Status))
+            .await
+        {
+            tracing::debug!(error = %e, "cannot mark a pod unschedulable");
+        }
+        self.events
+            .record(obj, "Warning", "FailedScheduling", why)
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, cpu: i64, mem: i64) -> NodeView {
+        NodeView {
+            name: name.into(),
+            ready: true,
+            alloc_cpu_m: cpu,
+            alloc_mem: mem,
+            alloc_pods: 110,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn picks_a_fitting_node_and_explains_failures_per_cause() {
+        let p = Profile::default();
+        let pod = PodView {
+            cpu_m: 500,
+            mem: 2 << 30,
+            node_selector: [("zone".into(), "a".into())].into(),
+            ..Default::default()
+        };
+        let mut a = node("a", 4000, 4 << 30);
+        a.labels.insert("zone".into(), "a".into());
+        let b = node("b", 4000, 8 << 30);
+        assert_eq!(pick(&pod, [&a, &b], &p).unwrap(), "a");
+        let mut small: Vec<NodeView> = (0..3)
+            .map(|i| {
+                let mut n = node(&format!("s{i}"), 4000, 1 << 30);
+                n.labels.insert("zone".into(), "a".into());
+                n
+            })
+            .collect();
+        small.push(node("x", 4000, 8 << 30));
+        small.push(node("y", 4000, 8 << 30));
+        let err = pick(&pod, small.iter(), &p).unwrap_err();
+        assert_eq!(
+            err,
+            "0/5 nodes are available: 3 Insufficient memory, 2 node(s) didn't match Pod's node affinity/selector."
+        );
+        assert_eq!(
+            pick(&pod, std::iter::empty(), &p).unwrap_err(),
+            "0/0 nodes are available."
+        );
+    }
+
+    #[test]
+    fn spreads_an_owners_pods_evenly() {
+        let p = Profile::default();
+        let mut nodes: Vec<NodeView> = (0..3)
+            .map(|i| node(&format!("n{i}"), 4000, 4 << 30))
+            .collect();
+        let pod = PodView {
+            cpu_m: 100,
+            mem: 64 << 20,
+            owner: Some("d".into()),
+            ..Default::default()
+        };
+        for _ in 0..9 {
+            let chosen = pick(&pod, nodes.iter(), &p).unwrap();
+            nodes
+                .iter_mut()
+                .find(|n| n.name == chosen)
+                .unwrap()
+                .add(&pod, 1);
+        }
+        let counts: Vec<i64> = nodes.iter().map(|n| n.pods).collect();
+        assert_eq!(counts, vec![3, 3, 3]);
+    }
+
+    #[test]
+    fn pod_view_sums_requests_and_falls_back_to_limits() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "d", "uid": "u", "controller": true}]},
+            "spec": {"containers": [
+                {"name": "a", "image": "i", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}, "ports": [{"containerPort": 80, "hostPort": 8080}]},
+                {"name": "b", "image": "i", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}
+            ]}
+        }))
+        .unwrap();
+        let v = PodView::of(&pod);
+        assert_eq!(v.cpu_m, 1250);
+        assert_eq!(v.mem, (64 << 20) + (1 << 30));
+        assert_eq!(v.host_ports, vec![(8080, "TCP".to_string())]);
+        assert_eq!(v.owner.as_deref(), Some("u"));
+    }
+}

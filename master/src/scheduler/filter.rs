@@ -1,0 +1,228 @@
+//! Filters: may this pod run on this node? Each is a small unit with a Kubernetes-worded
+//! reason for "no".
+
+use super::{NodeView, PodView};
+
+/// One scheduling filter.
+pub trait Filter: Send + Sync {
+    /// `Err(reason)` when the pod may not run on the node; the reason is counted per node in
+    /// the unschedulable message, e.g. `Insufficient memory`.
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String>;
+}
+
+/// The node is Ready.
+pub struct NodeReady;
+impl Filter for NodeReady {
+    fn check(&self, _pod: &PodView, node: &NodeView) -> Result<(), String> {
+        if node.ready {
+            Ok(())
+        } else {
+            Err("node(s) were not ready".into())
+        }
+    }
+}
+
+/// The node is not cordoned.
+pub struct Schedulable;
+impl Filter for Schedulable {
+    fn check(&self, _pod: &PodView, node: &NodeView) -> Result<(), String> {
+        if node.unschedulable {
+            Err("node(s) were unschedulable".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Requests fit in allocatable minus what bound pods request.
+pub struct Resources;
+impl Filter for Resources {
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
+        if node.pods + 1 > node.alloc_pods {
+            return Err("Too many pods".into());
+        }
+        if node.used_cpu_m + pod.cpu_m > node.alloc_cpu_m {
+            return Err("Insufficient cpu".into());
+        }
+        if node.used_mem + pod.mem > node.alloc_mem {
+            return Err("Insufficient memory".into());
+        }
+        Ok(())
+    }
+}
+
+/// `nodeSelector` labels all match.
+pub struct NodeSelector;
+impl Filter for NodeSelector {
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
+        if pod
+            .node_selector
+            .iter()
+            .all(|(k, v)| node.labels.get(k) == Some(v))
+        {
+            Ok(())
+        } else {
+            Err("node(s) didn't match Pod's node affinity/selector".into())
+        }
+    }
+}
+
+/// Every NoSchedule and NoExecute taint is tolerated.
+pub struct Taints;
+impl Filter for Taints {
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
+        for t in node
+            .taints
+            .iter()
+            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        {
+            if !pod.tolerations.iter().any(|tol| t.tolerated_by(tol)) {
+                let v = if t.value.is_empty() {
+                    String::new()
+                } else {
+                    format!("={}", t.value)
+                };
+                return Err(format!(
+                    "node(s) had untolerated taint {{{}{v}: {}}}",
+                    t.key, t.effect
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Requested host ports are free on the node.
+pub struct HostPorts;
+impl Filter for HostPorts {
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
+        if pod.host_ports.iter().any(|p| node.used_ports.contains(p)) {
+            Err("node(s) didn't have free ports for the requested pod ports".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The default filters, in order.
+pub fn defaults() -> Vec<Box<dyn Filter>> {
+    vec![
+        Box::new(NodeReady),
+        Box::new(Schedulable),
+        Box::new(Taints),
+        Box::new(NodeSelector),
+        Box::new(HostPorts),
+        Box::new(Resources),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bramble_api::node::Taint;
+    use bramble_api::pod::Toleration;
+
+    fn node() -> NodeView {
+        NodeView {
+            name: "n".into(),
+            ready: true,
+            alloc_cpu_m: 1000,
+            alloc_mem: 1 << 30,
+            alloc_pods: 10,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn readiness_and_cordon() {
+        let mut n = node();
+        assert!(NodeReady.check(&PodView::default(), &n).is_ok());
+        n.ready = false;
+        assert_eq!(
+            NodeReady.check(&PodView::default(), &n).unwrap_err(),
+            "node(s) were not ready"
+        );
+        n.unschedulable = true;
+        assert!(Schedulable.check(&PodView::default(), &n).is_err());
+    }
+
+    #[test]
+    fn resources_count_what_is_bound() {
+        let mut n = node();
+        let pod = PodView {
+            cpu_m: 600,
+            mem: 512 << 20,
+            ..Default::default()
+        };
+        assert!(Resources.check(&pod, &n).is_ok());
+        n.used_cpu_m = 500;
+        assert_eq!(Resources.check(&pod, &n).unwrap_err(), "Insufficient cpu");
+        n.used_cpu_m = 0;
+        n.used_mem = 600 << 20;
+        assert_eq!(
+            Resources.check(&pod, &n).unwrap_err(),
+            "Insufficient memory"
+        );
+        n.used_mem = 0;
+        n.pods = 10;
+        assert_eq!(Resources.check(&pod, &n).unwrap_err(), "Too many pods");
+    }
+
+    #[test]
+    fn selectors_taints_and_ports() {
+        let mut n = node();
+        n.labels.insert("disk".into(), "ssd".into());
+        let mut pod = PodView::default();
+        pod.node_selector.insert("disk".into(), "ssd".into());
+        assert!(NodeSelector.check(&pod, &n).is_ok());
+        pod.node_selector.insert("zone".into(), "a".into());
+        assert!(NodeSelector.check(&pod, &n).is_err());
+
+        n.taints.push(Taint {
+            key: "dedicated".into(),
+            value: "gpu".into(),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        });
+        let pod = PodView::default();
+        assert_eq!(
+            Taints.check(&pod, &n).unwrap_err(),
+            "node(s) had untolerated taint {dedicated=gpu: NoSchedule}"
+        );
+        let tolerating = PodView {
+            tolerations: vec![Toleration {
+                key: "dedicated".into(),
+                operator: "Equal".into(),
+                value: "gpu".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(Taints.check(&tolerating, &n).is_ok());
+        let exists_all = PodView {
+            tolerations: vec![Toleration {
+                operator: "Exists".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(Taints.check(&exists_all, &n).is_ok());
+        n.taints[0].effect = "PreferNoSchedule".into();
+        assert!(
+            Taints.check(&pod, &n).is_ok(),
+            "PreferNoSchedule does not filter"
+        );
+
+        n.used_ports.insert((8080, "TCP".into()));
+        let wants = PodView {
+            host_ports: vec![(8080, "TCP".into())],
+            ..Default::default()
+        };
+        assert!(HostPorts.check(&wants, &n).is_err());
+        let other = PodView {
+            host_ports: vec![(8080, "UDP".into())],
+            ..Default::default()
+        };
+        assert!(HostPorts.check(&other, &n).is_ok());
+    }
+}

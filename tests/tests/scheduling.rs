@@ -1,0 +1,167 @@
+//! The scheduler on a real master with hollow agents (the real agent code over in-memory
+//! containers, each node with its own MQTT connection).
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bramble_tests::{HollowProcess, MasterProcess, eventually, ok_stdout};
+
+fn pod(name: &str, cpu: &str, memory: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{extra_spec}  containers:\n  - name: main\n    image: busybox\n    command: [sleep, '3600']\n    resources: {{requests: {{cpu: {cpu}, memory: {memory}}}}}\n"
+    )
+}
+
+fn ready_nodes(m: &MasterProcess) -> usize {
+    let v = m.http().get("/api/v1/nodes").unwrap().json();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| {
+            n["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .count()
+}
+
+fn placement(m: &MasterProcess) -> BTreeMap<String, usize> {
+    let v = m
+        .http()
+        .get("/api/v1/namespaces/default/pods")
+        .unwrap()
+        .json();
+    let mut out = BTreeMap::new();
+    for p in v["items"].as_array().unwrap() {
+        if let Some(n) = p["spec"]["nodeName"].as_str() {
+            *out.entry(n.to_string()).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn pending_pods_are_bound_spread_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _h = HollowProcess::start(&m, &dir.path().join("hollow"), "hollow", 3, &[]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || ready_nodes(&m) == 3),
+        "3 hollow nodes never became Ready"
+    );
+    let all: String = (0..9)
+        .map(|i| pod(&format!("p{i}"), "100m", "64Mi", ""))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&all)));
+    assert!(
+        eventually(Duration::from_secs(30), || placement(&m)
+            .values()
+            .sum::<usize>()
+            == 9),
+        "not all pods were bound: {:?}",
+        placement(&m)
+    );
+    let spread: Vec<usize> = placement(&m).values().copied().collect();
+    assert_eq!(
+        spread,
+        vec![3, 3, 3],
+        "pods should spread evenly over equal nodes"
+    );
+    // They run on their (hollow) nodes and report back.
+    assert!(eventually(Duration::from_secs(30), || {
+        let v = m
+            .http()
+            .get("/api/v1/namespaces/default/pods")
+            .unwrap()
+            .json();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["status"]["phase"] == "Running")
+    }));
+    let events = ok_stdout(&m.cli(&["get", "events"]));
+    assert!(
+        events.contains("Scheduled")
+            && events.contains("Successfully assigned default/p0 to hollow-"),
+        "{events}"
+    );
+}
+
+#[test]
+fn an_unschedulable_pod_says_why_and_is_placed_when_a_fitting_node_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let one_gib = (1u64 << 30).to_string();
+    let _small = HollowProcess::start(
+        &m,
+        &dir.path().join("small"),
+        "small",
+        2,
+        &["--memory-bytes", &one_gib],
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(30), || ready_nodes(&m) == 2));
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&pod("big", "100m", "3Gi", ""))));
+    ok_stdout(&m.cli_with_stdin(
+        &["apply", "-f", "-"],
+        Some(&pod(
+            "picky",
+            "100m",
+            "64Mi",
+            "  nodeSelector: {zone: moon}\n",
+        )),
+    ));
+    let condition = |name: &str| {
+        m.pod(name).and_then(|p| {
+            p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "PodScheduled")
+                .map(|c| c["message"].as_str().unwrap_or("").to_string())
+        })
+    };
+    assert!(eventually(Duration::from_secs(10), || condition("big").is_some()));
+    assert_eq!(
+        condition("big").unwrap(),
+        "0/2 nodes are available: 2 Insufficient memory.",
+        "{:?}",
+        m.pod("big")
+    );
+    assert!(eventually(Duration::from_secs(10), || condition("picky").is_some()));
+    assert_eq!(
+        condition("picky").unwrap(),
+        "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
+    );
+    let events = ok_stdout(&m.cli(&["get", "events"]));
+    assert!(
+        events.contains("FailedScheduling") && events.contains("pod/big"),
+        "{events}"
+    );
+    // No polling: a node that fits joins, and the pod is placed on it.
+    let eight_gib = (8u64 << 30).to_string();
+    let _big = HollowProcess::start(
+        &m,
+        &dir.path().join("large"),
+        "large",
+        1,
+        &["--memory-bytes", &eight_gib],
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || m
+            .pod("big")
+            .is_some_and(|p| p["spec"]["nodeName"] == "large-0")),
+        "{:?}",
+        m.pod("big").map(|p| p["status"].clone())
+    );
+    assert!(
+        m.pod("picky").unwrap()["spec"]["nodeName"].is_null(),
+        "the picky pod still fits nowhere"
+    );
+}
