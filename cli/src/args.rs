@@ -47,6 +47,52 @@ pub enum Command {
     /// Join tokens for new nodes
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Set a Deployment's replica count
+    Scale(ScaleArgs),
+    /// Follow or restart a Deployment's rollout
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Mark a node unschedulable
+    Cordon(NodeArgs),
+    /// Mark a node schedulable again
+    Uncordon(NodeArgs),
+    /// Cordon a node and delete its pods so that their owners replace them elsewhere
+    Drain(NodeArgs),
+}
+
+/// `bramble scale`.
+#[derive(Debug, ClapArgs)]
+pub struct ScaleArgs {
+    /// `deployment/NAME`, or `deploy NAME`
+    pub target: Vec<String>,
+    /// The new replica count
+    #[arg(long)]
+    pub replicas: i32,
+}
+
+/// `bramble rollout`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Wait until the Deployment's rollout is complete
+    Status {
+        /// `deployment/NAME`, or `deploy NAME`
+        target: Vec<String>,
+        /// Give up after this many seconds
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Replace every pod of the Deployment, by rollout
+    Restart {
+        /// `deployment/NAME`, or `deploy NAME`
+        target: Vec<String>,
+    },
+}
+
+/// A node name.
+#[derive(Debug, ClapArgs)]
+pub struct NodeArgs {
+    /// Node name
+    pub node: String,
 }
 
 /// `bramble logs`.

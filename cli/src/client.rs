@@ -175,6 +175,18 @@ impl Client {
         Ok(resp.into_body().into_reader())
     }
 
+    /// PUT a JSON object (an update; a stale resourceVersion is a conflict).
+    pub fn put_json(&self, path: &str, body: &Value) -> Result<Reply> {
+        let bytes = serde_json::to_vec(body)?;
+        self.finish(
+            self.agent
+                .put(self.url(path))
+                .header("Authorization", self.auth())
+                .header("Content-Type", "application/json")
+                .send(&bytes[..]),
+        )
+    }
+
     /// POST with no body.
     pub fn post_empty(&self, path: &str) -> Result<Reply> {
         self.finish(

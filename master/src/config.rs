@@ -44,6 +44,9 @@ pub struct Args {
     /// A node is NotReady (NodeLost) after this much heartbeat silence, e.g. 3s or 1500ms [default: 3s]
     #[arg(long)]
     pub node_lost_after: Option<String>,
+    /// Evict a lost node's pods after this long, e.g. 5s or 5m [default: 5s]
+    #[arg(long)]
+    pub pod_eviction_timeout: Option<String>,
 }
 
 /// The config file's settings.
@@ -57,6 +60,7 @@ struct FileConfig {
     mqtt_listen: Option<String>,
     external_broker: Option<String>,
     node_lost_after: Option<String>,
+    pod_eviction_timeout: Option<String>,
 }
 
 /// Where agents' MQTT traffic goes.
@@ -77,6 +81,7 @@ pub struct Config {
     pub watch_change_log: usize,
     pub broker: Broker,
     pub node_lost_after: std::time::Duration,
+    pub pod_eviction_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -89,6 +94,7 @@ impl Config {
             watch_change_log: 4096,
             broker: Broker::Embedded(SocketAddr::from(([127, 0, 0, 1], 0))),
             node_lost_after: std::time::Duration::from_secs(3),
+            pod_eviction_timeout: std::time::Duration::from_secs(5),
         }
     }
 
@@ -180,6 +186,14 @@ impl TryFrom<Args> for Config {
                     "--node-lost-after: {lost_text:?} is not a duration of at least 100ms (e.g. 3s)"
                 )
             })?;
+        let evict_text = a
+            .pod_eviction_timeout
+            .or(file.pod_eviction_timeout)
+            .unwrap_or_else(|| "5s".into());
+        let pod_eviction_timeout =
+            bramble_api::time::parse_duration(&evict_text).ok_or_else(|| {
+                format!("--pod-eviction-timeout: {evict_text:?} is not a duration (e.g. 5s, 5m)")
+            })?;
         Ok(Config {
             data_dir,
             listen,
@@ -187,6 +201,7 @@ impl TryFrom<Args> for Config {
             watch_change_log,
             broker,
             node_lost_after,
+            pod_eviction_timeout,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod controllers;
 pub mod credentials;
 pub mod enrollment;
 pub mod events;
@@ -139,10 +140,22 @@ impl Master {
             addr: config.listen,
             source,
         })?;
-        let loops = vec![tokio::spawn(scheduler::run(
-            store.clone(),
-            internal.clone(),
-        ))];
+        let lifecycle = controllers::nodes::LifecycleConfig {
+            eviction_timeout: config.pod_eviction_timeout,
+            ..Default::default()
+        };
+        let loops = vec![
+            tokio::spawn(scheduler::run(store.clone(), internal.clone())),
+            tokio::spawn(controllers::run_deployments(
+                store.clone(),
+                internal.clone(),
+            )),
+            tokio::spawn(controllers::nodes::run(
+                store.clone(),
+                lifecycle,
+                internal.clone(),
+            )),
+        ];
         credentials::write_client_config(
             &dir.join(credentials::CLIENT_CONFIG_FILE),
             &credentials::client_url(addr),

@@ -1,0 +1,116 @@
+//! `bramble scale` and `bramble rollout status|restart` for Deployments.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use bramble_api::Kind;
+use serde_json::{Value, json};
+
+use crate::args::{RolloutCommand, ScaleArgs};
+use crate::client::Client;
+
+/// `deployment/web`, `deploy web` or `web` → `web`.
+fn deployment_name(target: &[String]) -> Result<String> {
+    let (kind, name) = match target {
+        [one] => match one.split_once('/') {
+            Some((k, n)) => (Some(k.to_string()), n.to_string()),
+            None => (None, one.clone()),
+        },
+        [k, n] => (Some(k.clone()), n.clone()),
+        _ => bail!("name one Deployment: deployment/NAME"),
+    };
+    if let Some(k) = kind
+        && Kind::from_user(&k) != Some(Kind::Deployment)
+    {
+        bail!("{k:?}: only Deployments can be scaled or rolled out");
+    }
+    Ok(name)
+}
+
+/// Reads, changes and writes back a Deployment, retrying on conflicts.
+fn update(client: &Client, ns: &str, name: &str, change: impl Fn(&mut Value)) -> Result<Value> {
+    let path = Kind::Deployment.path(Some(ns), Some(name));
+    for _ in 0..5 {
+        let mut d = client.get(&path)?.ok()?.json()?;
+        change(&mut d);
+        let r = client.put_json(&path, &d)?;
+        if r.code == 409 {
+            continue;
+        }
+        return r.ok()?.json();
+    }
+    bail!("deployment {name:?} kept changing; try again")
+}
+
+pub fn scale(client: &Client, ns: Option<&str>, a: &ScaleArgs) -> Result<()> {
+    if a.replicas < 0 {
+        bail!("--replicas must be >= 0");
+    }
+    let name = deployment_name(&a.target)?;
+    update(client, ns.unwrap_or("default"), &name, |d| {
+        d["spec"]["replicas"] = json!(a.replicas)
+    })?;
+    println!("deployment.apps/{name} scaled");
+    Ok(())
+}
+
+pub fn run(client: &Client, ns: Option<&str>, cmd: &RolloutCommand) -> Result<()> {
+    let ns = ns.unwrap_or("default");
+    match cmd {
+        RolloutCommand::Restart { target } => {
+            let name = deployment_name(target)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs() as i64;
+            update(client, ns, &name, |d| {
+                d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] =
+                    json!(bramble_api::time::format_rfc3339(now));
+            })?;
+            println!("deployment.apps/{name} restarted");
+        }
+        RolloutCommand::Status { target, timeout } => {
+            let name = deployment_name(target)?;
+            let path = Kind::Deployment.path(Some(ns), Some(&name));
+            let deadline = Instant::now() + Duration::from_secs(*timeout);
+            let mut last = String::new();
+            loop {
+                let d = client.get(&path)?.ok()?.json()?;
+                let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
+                let st = &d["status"];
+                let n = |k: &str| st[k].as_i64().unwrap_or(0);
+                let observed =
+                    n("observedGeneration") >= d["metadata"]["generation"].as_i64().unwrap_or(0);
+                let msg = if !observed {
+                    "Waiting for deployment spec update to be observed...".to_string()
+                } else if n("updatedReplicas") < want {
+                    format!(
+                        "Waiting for deployment {name:?} rollout to finish: {} of {want} updated replicas are available...",
+                        n("updatedReplicas")
+                    )
+                } else if n("replicas") > n("updatedReplicas") {
+                    format!(
+                        "Waiting for deployment {name:?} rollout to finish: {} old replicas are pending termination...",
+                        n("replicas") - n("updatedReplicas")
+                    )
+                } else if n("availableReplicas") < want {
+                    format!(
+                        "Waiting for deployment {name:?} rollout to finish: {} of {want} updated replicas are available...",
+                        n("availableReplicas")
+                    )
+                } else {
+                    println!("deployment {name:?} successfully rolled out");
+                    return Ok(());
+                };
+                if msg != last {
+                    println!("{msg}");
+                    last = msg;
+                }
+                if Instant::now() > deadline {
+                    bail!("timed out waiting for the rollout of {name:?}");
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! The Deployment planner: what to create and delete to move a Deployment's pods toward its
+//! template and replica count, honouring `maxSurge` and `maxUnavailable`.
+//!
+//! Bramble's Deployments own their pods directly (no ReplicaSets): every pod carries the
+//! `pod-template-hash` of the template it was made from, so the planner can tell new pods
+//! from old ones. Pure: unit-tested without a store.
+
+use bramble_api::deployment::{Deployment, DeploymentStatus};
+use bramble_api::meta::{Condition, IntOrString, OwnerReference};
+use bramble_api::pod::Pod;
+
+/// The label that ties a pod to the template it was created from.
+pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+
+/// What to do now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// New-template pods to create.
+    pub create: usize,
+    /// Names of pods to delete.
+    pub delete: Vec<String>,
+    /// The status the Deployment should show.
+    pub status: DeploymentStatus,
+}
+
+/// A stable hash of the pod template (FNV-1a over its JSON), as 10 hex characters.
+pub fn template_hash(d: &Deployment) -> String {
+    let json = serde_json::to_vec(&d.spec.template).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:010x}", h & 0xff_ffff_ffff)
+}
+
+/// Whether the pod's Ready condition is True.
+pub fn is_ready(p: &Pod) -> bool {
+    p.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// Resolves `N` or `N%` of `total`; percentages round up for surge and down otherwise.
+fn resolve(v: Option<&IntOrString>, total: i32, default_pct: i32, round_up: bool) -> i32 {
+    let pct = |p: i32| {
+        let x = total as i64 * p as i64;
+        (if round_up { (x + 99) / 100 } else { x / 100 }) as i32
+    };
+    match v {
+        Some(IntOrString::Int(i)) => *i,
+        Some(IntOrString::String(s)) => match s.strip_suffix('%') {
+            Some(n) => n.parse().map_or(pct(default_pct), pct),
+            None => s.parse().unwrap_or_else(|_| pct(default_pct)),
+        },
+        None => pct(default_pct),
+    }
+}
+
+/// `(maxSurge, maxUnavailable)` for `replicas`, as Kubernetes resolves them.
+pub fn surge_and_unavailable(d: &Deployment, replicas: i32) -> (i32, i32) {
+    let ru = d
+        .spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref());
+    let surge = resolve(ru.and_then(|r| r.max_surge.as_ref()), replicas, 25, true);
+    let mut unavailable = resolve(
+        ru.and_then(|r| r.max_unavailable.as_ref()),
+        replicas,
+        25,
+        false,
+    );
+    if surge == 0 && unavailable == 0 {
+        unavailable = 1;
+    }
+    (surge, unavailable)
+}
+
+/// Pods the Deployment owns and that are not on their way out.
+pub fn owned<'a>(d: &Deployment, pods: &'a [Pod]) -> Vec<&'a Pod> {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == d.metadata.uid)
+        })
+        .collect()
+}
+
+/// Orders pods for deletion: not ready first, then unscheduled, then newest.
+fn deletion_order(mut v: Vec<&Pod>) -> Vec<&Pod> {
+    v.sort_by(|a, b| {
+        (
+            is_ready(a),
+            !a.spec.node_name.is_empty(),
+            b.metadata.creation_timestamp.clone(),
+            b.metadata.name.clone(),
+        )
+            .cmp(&(
+                is_ready(b),
+                !b.spec.node_name.is_empty(),
+                a.metadata.creation_timestamp.clone(),
+                a.metadata.name.clone(),
+            ))
+    });
+    v
+}
+
+/// Plans one step of a Deployment.
+pub fn plan(d: &Deployment, pods: &[Pod]) -> Plan {
+    let replicas = d.spec.replicas.unwrap_or(1).max(0);
+    let hash = template_hash(d);
+    let mine = owned(d, pods);
+    let (new, old): (Vec<&Pod>, Vec<&Pod>) = mine
+        .iter()
+        .partition(|p| p.metadata.labels.get(TEMPLATE_HASH_LABEL) == Some(&hash));
+    let recreate = d
+        .spec
+        .strategy
+        .as_ref()
+        .is_some_and(|s| s.type_ == "Recreate");
+    let ready_new = new.iter().filter(|p| is_ready(p)).count() as i32;
+    let ready_old = old.iter().filter(|p| is_ready(p)).count() as i32;
+    let (surge, unavailable) = surge_and_unavailable(d, replicas);
+    let mut create = 0;
+    let mut delete: Vec<String> = Vec::new();
+    let n_new = new.len() as i32;
+    let n_old = old.len() as i32;
+    if d.spec.paused {
+        // Paused: no rollout steps, only the status.
+    } else if recreate {
+        if n_old > 0 {
+            delete.extend(old.iter().map(|p| p.metadata.name.clone()));
+        } else if n_new < replicas {
+            create = replicas - n_new;
+        }
+    } else {
+        if n_new > replicas {
+            let extra = (n_new - replicas) as usize;
+            delete.extend(
+                deletion_order(new.clone())
+                    .into_iter()
+                    .take(extra)
+                    .map(|p| p.metadata.name.clone()),
+            );
+        }
+        let max_total = replicas + surge;
+        if n_new < replicas {
+            create = (replicas - n_new).min(max_total - n_new - n_old).max(0);
+        }
+        if n_old > 0 {
+            // Old pods that are not ready carry no availability: they go first, freely.
+            let mut budget = (ready_new + ready_old) - (replicas - unavailable);
+            for p in deletion_order(old.clone()) {
+                if !is_ready(p) {
+                    delete.push(p.metadata.name.clone());
+                } else if budget > 0 {
+                    delete.push(p.metadata.name.clone());
+                    budget -= 1;
+                }
+            }
+        }
+    }
+    let available = ready_new + ready_old;
+    let status = DeploymentStatus {
+        observed_generation: d.metadata.generation,
+        replicas: n_new + n_old,
+        updated_replicas: n_new,
+        ready_replicas: available,
+        available_replicas: available,
+        unavailable_replicas: (replicas - available).max(0),
+        conditions: vec![Condition {
+            type_: "Available".into(),
+            status: if available >= replicas - unavailable {
+                "True"
+            } else {
+                "False"
+            }
+            .into(),
+            reason: if available >= replicas - unavailable {
+                "MinimumReplicasAvailable"
+            } else {
+                "MinimumReplicasUnavailable"
+            }
+            .into(),
+            ..Default::default()
+        }],
+    };
+    Plan {
+        create: create.max(0) as usize,
+        delete,
+        status,
+    }
+}
+
+/// A new pod from the Deployment's template.
+pub fn new_pod(d: &Deployment) -> Pod {
+    let hash = template_hash(d);
+    let mut p = Pod {
+        metadata: d.spec.template.metadata.clone(),
+        spec: d.spec.template.spec.clone(),
+        ..Default::default()
+    };
+    p.metadata.name.clear();
+    p.metadata.generate_name = format!("{}-{hash}-", d.metadata.name);
+    p.metadata.namespace = d.metadata.namespace.clone();
+    p.metadata.labels.insert(TEMPLATE_HASH_LABEL.into(), hash);
+    p.metadata.owner_references = vec![OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        name: d.metadata.name.clone(),
+        uid: d.metadata.uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }];
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dep(replicas: i32, surge: &str, unavailable: &str, image: &str) -> Deployment {
+        let mut d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "d-uid", "generation": 3},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "web"}},
+                "strategy": {"rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": image}]}}
+            }
+        }))
+        .unwrap();
+        d.metadata.uid = "d-uid".into();
+        d
+    }
+
+    fn pod_of(d: &Deployment, name: &str, ready: bool) -> Pod {
+        let mut p = new_pod(d);
+        p.metadata.name = name.into();
+        p.metadata.uid = format!("u-{name}");
+        p.metadata.creation_timestamp = Some(format!("2026-01-01T00:00:{:02}Z", name.len()));
+        p.spec.node_name = "n1".into();
+        let status = if ready { "True" } else { "False" };
+        p.status = Some(serde_json::from_value(serde_json::json!({"phase": "Running", "conditions": [{"type": "Ready", "status": status}]})).unwrap());
+        p
+    }
+
+    #[test]
+    fn scales_up_and_down() {
+        let d = dep(3, "25%", "25%", "v1");
+        let p = plan(&d, &[]);
+        assert_eq!((p.create, p.delete.len()), (3, 0));
+        let pods: Vec<Pod> = (0..5)
+            .map(|i| pod_of(&d, &format!("p{i}"), i != 4))
+            .collect();
+        let p = plan(&d, &pods);
+        assert_eq!(p.create, 0);
+        assert_eq!(p.delete.len(), 2);
+        assert!(
+            p.delete.contains(&"p4".to_string()),
+            "the unready pod goes first: {:?}",
+            p.delete
+        );
+        assert_eq!(p.status.replicas, 5);
+        assert_eq!(p.status.observed_generation, 3);
+    }
+
+    #[test]
+    fn a_rolling_update_respects_surge_and_unavailability() {
+        let v1 = dep(4, "1", "1", "v1");
+        let v2 = dep(4, "1", "1", "v2");
+        assert_ne!(template_hash(&v1), template_hash(&v2));
+        let mut pods: Vec<Pod> = (0..4)
+            .map(|i| pod_of(&v1, &format!("old{i}"), true))
+            .collect();
+        // Step 1: at most 5 pods in all (surge 1), at least 3 ready (unavailable 1).
+        let p = plan(&v2, &pods);
+        assert_eq!(p.create, 1);
+        assert_eq!(
+            p.delete.len(),
+            1,
+            "one ready old pod may go: 4 ready - (4 - 1)"
+        );
+        pods.retain(|x| !p.delete.contains(&x.metadata.name));
+        pods.push(pod_of(&v2, "new0", false));
+        // The new pod is not ready yet: nothing more may go, nothing more may come.
+        let p = plan(&v2, &pods);
+        assert_eq!((p.create, p.delete.len()), (1, 0), "{p:?}");
+        // Simulate until done, checking the bounds at every step.
+        let mut step = 0;
+        loop {
+            let p = plan(&v2, &pods);
+            if p.create == 0 && p.delete.is_empty() {
+                break;
+            }
+            pods.retain(|x| !p.delete.contains(&x.metadata.name));
+            for _ in 0..p.create {
+                pods.push(pod_of(&v2, &format!("new-s{step}-{}", pods.len()), false));
+            }
+            assert!(pods.len() <= 5, "above replicas + maxSurge: {}", pods.len());
+            let ready = pods.iter().filter(|x| is_ready(x)).count();
+            assert!(ready >= 3, "below replicas - maxUnavailable: {ready}");
+            for x in pods.iter_mut() {
+                // Pods become ready a step after they are created.
+                if !is_ready(x) {
+                    *x = pod_of(&v2, &x.metadata.name.clone(), true);
+                    break;
+                }
+            }
+            step += 1;
+            assert!(step < 50, "the rollout does not converge");
+        }
+        let h2 = template_hash(&v2);
+        assert_eq!(pods.len(), 4);
+        assert!(
+            pods.iter()
+                .all(|x| x.metadata.labels[TEMPLATE_HASH_LABEL] == h2)
+        );
+    }
+
+    #[test]
+    fn recreate_removes_old_before_creating_new() {
+        let mut v2 = dep(2, "1", "1", "v2");
+        v2.spec.strategy =
+            Some(serde_json::from_value(serde_json::json!({"type": "Recreate"})).unwrap());
+        let v1 = dep(2, "1", "1", "v1");
+        let pods: Vec<Pod> = (0..2)
+            .map(|i| pod_of(&v1, &format!("old{i}"), true))
+            .collect();
+        let p = plan(&v2, &pods);
+        assert_eq!((p.create, p.delete.len()), (0, 2));
+        let p = plan(&v2, &[]);
+        assert_eq!(p.create, 2);
+    }
+
+    #[test]
+    fn percentages_resolve_like_kubernetes() {
+        let d = dep(10, "25%", "25%", "v1");
+        assert_eq!(surge_and_unavailable(&d, 10), (3, 2));
+        let d = dep(1, "0", "0", "v1");
+        assert_eq!(surge_and_unavailable(&d, 1), (0, 1));
+    }
+
+    #[test]
+    fn new_pods_carry_the_owner_and_the_hash() {
+        let d = dep(1, "1", "1", "v1");
+        let p = new_pod(&d);
+        assert_eq!(
+            p.metadata.generate_name,
+            format!("web-{}-", template_hash(&d))
+        );
+        assert_eq!(p.metadata.owner_references[0].uid, "d-uid");
+        assert_eq!(p.metadata.labels["app"], "web");
+        assert_eq!(owned(&d, &[p.clone()]).len(), 1);
+    }
+}

@@ -1,0 +1,289 @@
+//! Node lifecycle: a node that is lost gets the `node.kubernetes.io/unreachable:NoExecute`
+//! taint; after the eviction timeout its pods are deleted so their owners replace them
+//! elsewhere. Evictions are rate-limited, and stop altogether while most nodes are lost at
+//! once: that is a partition of the master, not a failure of every board. A node that
+//! comes back loses the taint and, through its desired-state snapshot, stops the pods that
+//! were replaced.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bramble_api::node::{Node, Taint};
+use bramble_api::{Kind, Object, Selector};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::EventRecorder;
+use crate::store::{DeleteRequest, Op, Store, StoreError, Subresource};
+
+/// The taint of a lost node.
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+
+/// Node lifecycle settings.
+#[derive(Debug, Clone, Copy)]
+pub struct LifecycleConfig {
+    /// How long a node may be lost before its pods are evicted.
+    pub eviction_timeout: Duration,
+    /// Most pod evictions per second, cluster-wide.
+    pub evictions_per_second: u32,
+    /// Above this fraction of lost nodes, evict nothing (a partition of the master).
+    pub partition_fraction: f64,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            eviction_timeout: Duration::from_secs(5),
+            evictions_per_second: 10,
+            partition_fraction: 0.55,
+        }
+    }
+}
+
+/// What to do about the nodes right now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NodePlan {
+    pub taint: Vec<String>,
+    pub untaint: Vec<String>,
+    /// Nodes whose pods are to be evicted.
+    pub evict: Vec<String>,
+    /// True when evictions are held back because most nodes are lost.
+    pub partitioned: bool,
+}
+
+fn lost(n: &Node) -> bool {
+    let st = n.status.as_ref();
+    st.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status != "True" && c.reason == "NodeLost")
+    })
+}
+
+fn taint_added(n: &Node) -> Option<i64> {
+    n.spec
+        .taints
+        .iter()
+        .find(|t| t.key == UNREACHABLE_TAINT)
+        .map(|t| {
+            t.time_added
+                .as_deref()
+                .and_then(bramble_api::time::parse_rfc3339)
+                .unwrap_or(0)
+        })
+}
+
+/// The pure decision over every node at time `now` (Unix seconds).
+pub fn plan(nodes: &[Node], now: i64, cfg: &LifecycleConfig) -> NodePlan {
+    let mut p = NodePlan::default();
+    let total = nodes.len();
+    let lost_count = nodes.iter().filter(|n| lost(n)).count();
+    p.partitioned = total > 0 && (lost_count as f64) / (total as f64) > cfg.partition_fraction;
+    for n in nodes {
+        let name = n.metadata.name.clone();
+        match (lost(n), taint_added(n)) {
+            (true, None) => p.taint.push(name),
+            (true, Some(since))
+                if !p.partitioned && now - since >= cfg.eviction_timeout.as_secs() as i64 =>
+            {
+                p.evict.push(name);
+            }
+            (false, Some(_))
+                if n.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                }) =>
+            {
+                p.untaint.push(name)
+            }
+            _ => {}
+        }
+    }
+    p
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the node lifecycle controller until `shutdown`.
+pub async fn run(store: Store, cfg: LifecycleConfig, shutdown: CancellationToken) {
+    let mut events = EventRecorder::new(store.clone(), "node-lifecycle-controller");
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut was_partitioned = false;
+    // Token bucket for evictions.
+    let mut tokens = f64::from(cfg.evictions_per_second);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        tokens = (tokens + f64::from(cfg.evictions_per_second) / 2.0)
+            .min(f64::from(cfg.evictions_per_second));
+        let (_, entries) = store.list(Kind::Node, None, &Selector::everything());
+        let nodes: Vec<Node> = entries
+            .iter()
+            .filter_map(|e| match e.object() {
+                Ok(Object::Node(n)) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let now = now_secs();
+        let p = plan(&nodes, now, &cfg);
+        if p.partitioned != was_partitioned {
+            was_partitioned = p.partitioned;
+            if p.partitioned {
+                tracing::warn!(
+                    "most nodes are lost at once: holding evictions (a partition of the master?)"
+                );
+            } else {
+                tracing::info!("fewer nodes are lost: evictions may resume");
+            }
+        }
+        let by_name: BTreeMap<&str, &Node> = nodes
+            .iter()
+            .map(|n| (n.metadata.name.as_str(), n))
+            .collect();
+        for name in &p.taint {
+            if let Some(n) = by_name.get(name.as_str()) {
+                let mut n = (*n).clone();
+                n.spec.taints.push(Taint {
+                    key: UNREACHABLE_TAINT.into(),
+                    value: String::new(),
+                    effect: "NoExecute".into(),
+                    time_added: Some(bramble_api::time::format_rfc3339(now)),
+                });
+                update_node(&store, n).await;
+            }
+        }
+        for name in &p.untaint {
+            if let Some(n) = by_name.get(name.as_str()) {
+                let mut n = (*n).clone();
+                n.spec.taints.retain(|t| t.key != UNREACHABLE_TAINT);
+                update_node(&store, n).await;
+            }
+        }
+        for name in &p.evict {
+            let (_, pods) = store.list(Kind::Pod, None, &Selector::everything());
+            for e in pods {
+                let Ok(Object::Pod(pod)) = e.object() else {
+                    continue;
+                };
+                if pod.spec.node_name != *name {
+                    continue;
+                }
+                let tolerated = pod.spec.tolerations.iter().any(|t| {
+                    t.effect == "NoExecute"
+                        && (t.key == UNREACHABLE_TAINT
+                            || (t.key.is_empty() && t.operator == "Exists"))
+                        && t.toleration_seconds.is_none()
+                });
+                if tolerated {
+                    continue;
+                }
+                if tokens < 1.0 {
+                    break;
+                }
+                tokens -= 1.0;
+                // The node cannot confirm: remove the pod now so its owner replaces it.
+                let req = DeleteRequest {
+                    kind: Kind::Pod,
+                    namespace: pod.metadata.namespace.clone(),
+                    name: pod.metadata.name.clone(),
+                    grace_seconds: Some(0),
+                    resource_version: None,
+                };
+                match store.write(Op::Delete(req)).await {
+                    Ok(_) => {
+                        let msg = format!("Evicting pod from lost node {name}");
+                        events
+                            .record(Object::Pod(pod), "Warning", "TaintManagerEviction", &msg)
+                            .await;
+                    }
+                    Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot evict a pod"),
+                }
+            }
+        }
+    }
+}
+
+async fn update_node(store: &Store, mut n: Node) {
+    n.metadata.resource_version.clear();
+    if let Err(e) = store
+        .write(Op::Update(Object::Node(n), Subresource::Main))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot update a node's taints");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, ready: &str, reason: &str, taint_at: Option<i64>) -> Node {
+        let mut n: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": ready, "reason": reason}]}
+        }))
+        .unwrap();
+        if let Some(t) = taint_at {
+            n.spec.taints.push(Taint {
+                key: UNREACHABLE_TAINT.into(),
+                value: String::new(),
+                effect: "NoExecute".into(),
+                time_added: Some(bramble_api::time::format_rfc3339(t)),
+            });
+        }
+        n
+    }
+
+    #[test]
+    fn a_lost_node_is_tainted_then_evicted_after_the_timeout() {
+        let cfg = LifecycleConfig::default();
+        let nodes = vec![
+            node("a", "False", "NodeLost", None),
+            node("b", "True", "", None),
+            node("c", "True", "", None),
+        ];
+        assert_eq!(plan(&nodes, 100, &cfg).taint, vec!["a".to_string()]);
+        let nodes = vec![
+            node("a", "False", "NodeLost", Some(100)),
+            node("b", "True", "", None),
+            node("c", "True", "", None),
+        ];
+        assert!(plan(&nodes, 104, &cfg).evict.is_empty());
+        assert_eq!(plan(&nodes, 105, &cfg).evict, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn most_nodes_lost_at_once_evicts_nothing() {
+        let cfg = LifecycleConfig::default();
+        let mut nodes: Vec<Node> = (0..6)
+            .map(|i| node(&format!("l{i}"), "False", "NodeLost", Some(0)))
+            .collect();
+        nodes.extend((0..4).map(|i| node(&format!("r{i}"), "True", "", None)));
+        let p = plan(&nodes, 1000, &cfg);
+        assert!(p.partitioned);
+        assert!(p.evict.is_empty(), "60% lost: a partition, not failures");
+        nodes.truncate(8);
+        nodes.drain(0..4);
+        // 2 of 6 lost: evictions proceed.
+        let p = plan(&nodes, 1000, &cfg);
+        assert!(!p.partitioned);
+        assert_eq!(p.evict.len(), 2);
+    }
+
+    #[test]
+    fn a_returning_node_is_untainted() {
+        let cfg = LifecycleConfig::default();
+        let nodes = vec![node("a", "True", "AgentReady", Some(0))];
+        assert_eq!(plan(&nodes, 10, &cfg).untaint, vec!["a".to_string()]);
+        let joining = vec![node("a", "False", "AgentJoined", None)];
+        assert_eq!(plan(&joining, 10, &cfg), NodePlan::default());
+    }
+}
