@@ -357,6 +357,6 @@ mod tests {
         );
         assert_eq!(p.metadata.owner_references[0].uid, "d-uid");
         assert_eq!(p.metadata.labels["app"], "web");
-        assert_eq!(owned(&d, &[p.clone()]).len(), 1);
+        assert_eq!(owned(&d, std::slice::from_ref(&p)).len(), 1);
     }
 }
