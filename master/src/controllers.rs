@@ -171,6 +171,18 @@ async fn reconcile(
     if d.metadata.deletion_timestamp.is_some() {
         return Ok(());
     }
+    if let Some(annotations) = deployment::record_revision(&d) {
+        let mut updated = d.clone();
+        updated.metadata.annotations = annotations;
+        // Conditional on the version read: a concurrent change wins and comes back as an event.
+        match store
+            .write(Op::Update(Object::Deployment(updated), Subresource::Main))
+            .await
+        {
+            Ok(_) | Err(StoreError::Conflict { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
     let pods = pods_in(store, ns);
     let plan = deployment::plan(&d, &pods);
     for _ in 0..plan.create {

@@ -38,6 +38,41 @@ impl EventRecorder {
         }
     }
 
+    /// A new Event about `obj` (for callers that write many at once).
+    pub fn event(obj: Object, type_: &str, reason: &str, message: &str, component: &str) -> Object {
+        let m = obj.meta();
+        let ns = if obj.kind().namespaced() {
+            m.namespace.clone()
+        } else {
+            "default".to_string()
+        };
+        let mut e = Event::default();
+        e.metadata.generate_name = format!("{}.", m.name);
+        e.metadata.namespace = ns;
+        e.involved_object = ObjectReference {
+            api_version: obj.kind().api_version().into(),
+            kind: obj.kind().name().into(),
+            namespace: if obj.kind().namespaced() {
+                m.namespace.clone()
+            } else {
+                String::new()
+            },
+            name: m.name.clone(),
+            uid: m.uid.clone(),
+        };
+        e.reason = reason.into();
+        e.message = message.into();
+        e.type_ = type_.into();
+        e.count = 1;
+        e.first_timestamp = Some(now());
+        e.last_timestamp = e.first_timestamp.clone();
+        e.source = Some(EventSource {
+            component: component.to_string(),
+            host: String::new(),
+        });
+        Object::Event(e)
+    }
+
     /// Records an event about `obj`; failures are logged, never fatal.
     pub async fn record(&mut self, obj: Object, type_: &str, reason: &str, message: &str) {
         let m = obj.meta();
@@ -63,31 +98,8 @@ impl EventRecorder {
                 return;
             }
         }
-        let mut e = Event::default();
-        e.metadata.generate_name = format!("{}.", m.name);
-        e.metadata.namespace = ns.clone();
-        e.involved_object = ObjectReference {
-            api_version: obj.kind().api_version().into(),
-            kind: obj.kind().name().into(),
-            namespace: if obj.kind().namespaced() {
-                m.namespace.clone()
-            } else {
-                String::new()
-            },
-            name: m.name.clone(),
-            uid: m.uid.clone(),
-        };
-        e.reason = reason.into();
-        e.message = message.into();
-        e.type_ = type_.into();
-        e.count = 1;
-        e.first_timestamp = Some(now());
-        e.last_timestamp = e.first_timestamp.clone();
-        e.source = Some(EventSource {
-            component: self.component.clone(),
-            host: String::new(),
-        });
-        match self.store.write(Op::Create(Object::Event(e))).await {
+        let e = Self::event(obj, type_, reason, message, &self.component);
+        match self.store.write(Op::Create(e)).await {
             Ok(Outcome::Created(entry)) => {
                 if self.seen.len() >= REMEMBERED {
                     self.seen.clear();

@@ -155,15 +155,42 @@ pub fn pick<'a>(
     nodes: impl IntoIterator<Item = &'a NodeView>,
     profile: &Profile,
 ) -> Result<String, String> {
+    pick_some(pod, nodes, usize::MAX, profile)
+}
+
+/// How many feasible nodes to find before choosing, as Kubernetes'
+/// `percentageOfNodesToScore` adapts it: all of a small cluster, a shrinking share of a
+/// large one (50% minus 1% per 125 nodes, at least 5%), and never fewer than 100.
+pub fn feasible_to_find(nodes: usize) -> usize {
+    if nodes <= 100 {
+        return nodes;
+    }
+    let pct = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * pct / 100).max(100)
+}
+
+/// As [`pick`], choosing among the first `enough` feasible nodes (the caller rotates where
+/// the search starts, so that every node gets its turn).
+pub fn pick_some<'a>(
+    pod: &PodView,
+    nodes: impl IntoIterator<Item = &'a NodeView>,
+    enough: usize,
+    profile: &Profile,
+) -> Result<String, String> {
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(i64, &NodeView)> = None;
     let mut total = 0;
+    let mut feasible = 0;
     for n in nodes {
+        if feasible >= enough {
+            break;
+        }
         total += 1;
         if let Some(r) = profile.filters.iter().find_map(|f| f.check(pod, n).err()) {
             *reasons.entry(r).or_default() += 1;
             continue;
         }
+        feasible += 1;
         let s: i64 = profile
             .scorers
             .iter()
@@ -193,6 +220,37 @@ pub fn pick<'a>(
     }
 }
 
+/// Writes events from a bounded queue, many at once (group commit); drops when full, as
+/// Kubernetes' event broadcaster does under load.
+fn spawn_event_writer(
+    store: Store,
+    shutdown: CancellationToken,
+) -> tokio::sync::mpsc::Sender<Object> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Object>(16_384);
+    tokio::spawn(async move {
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                e = rx.recv() => match e { Some(e) => e, None => return },
+            };
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            let writes = batch.into_iter().map(|e| store.write(Op::Create(e)));
+            for r in futures_util::future::join_all(writes).await {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "cannot record an event");
+                }
+            }
+        }
+    });
+    tx
+}
+
 /// The scheduler's cache and queue.
 struct Scheduler {
     store: Store,
@@ -205,10 +263,15 @@ struct Scheduler {
     pending: BTreeMap<String, (String, String)>,
     /// The last unschedulable message per pod (to write conditions and events on change only).
     last_reason: HashMap<String, String>,
+    /// Where the next node search starts.
+    next_start: usize,
+    /// Scheduled events go out on their own task, best effort: binding never waits on them.
+    event_tx: tokio::sync::mpsc::Sender<Object>,
 }
 
 /// Runs the scheduler until `shutdown`.
 pub async fn run(store: Store, shutdown: CancellationToken) {
+    let store_for_events = store.clone();
     let mut s = Scheduler {
         events: EventRecorder::new(store.clone(), "default-scheduler"),
         store,
@@ -217,6 +280,8 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
         bound: HashMap::new(),
         pending: BTreeMap::new(),
         last_reason: HashMap::new(),
+        next_start: 0,
+        event_tx: spawn_event_writer(store_for_events, shutdown.clone()),
     };
     loop {
         let (mut nodes_w, mut pods_w) = match s.relist() {
@@ -344,6 +409,11 @@ impl Scheduler {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // Decide every pod first (the cache accounts each decision at once), then bind them
+        // all concurrently: the store commits concurrent writes in groups.
+        let mut binds: Vec<(String, String, PodView, Pod)> = Vec::new();
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        let enough = feasible_to_find(names.len());
         for (uid, (ns, name)) in pending {
             let Some(entry) = self.store.get(Kind::Pod, &ns, &name) else {
                 self.pending.remove(&uid);
@@ -357,40 +427,77 @@ impl Scheduler {
                 continue;
             }
             let view = PodView::of(&pod);
-            match pick(&view, self.nodes.values(), &self.profile) {
+            // Start where the last search stopped, so sampling visits every node in turn.
+            self.next_start = if names.is_empty() {
+                0
+            } else {
+                self.next_start % names.len()
+            };
+            let order = names[self.next_start..]
+                .iter()
+                .chain(names[..self.next_start].iter());
+            let picked = pick_some(
+                &view,
+                order.filter_map(|n| self.nodes.get(n)),
+                enough,
+                &self.profile,
+            );
+            self.next_start += enough.min(names.len()).max(1);
+            match picked {
                 Ok(node) => {
-                    pod.spec.node_name = node.clone();
-                    match self
-                        .store
-                        .write(Op::Update(Object::Pod(pod.clone()), Subresource::Main))
-                        .await
-                    {
-                        Ok(_) => {
-                            if let Some(n) = self.nodes.get_mut(&node) {
-                                n.add(&view, 1);
-                            }
-                            self.bound.insert(uid.clone(), (node.clone(), view));
-                            self.pending.remove(&uid);
-                            self.last_reason.remove(&uid);
-                            self.events
-                                .record(
-                                    Object::Pod(pod),
-                                    "Normal",
-                                    "Scheduled",
-                                    &format!("Successfully assigned {ns}/{name} to {node}"),
-                                )
-                                .await;
-                        }
-                        // Changed under us: the next event brings it back.
-                        Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {}
-                        Err(e) => tracing::warn!(pod = %name, error = %e, "cannot bind"),
+                    if let Some(n) = self.nodes.get_mut(&node) {
+                        n.add(&view, 1);
                     }
+                    self.pending.remove(&uid);
+                    self.last_reason.remove(&uid);
+                    pod.spec.node_name = node.clone();
+                    binds.push((uid, node, view, pod));
                 }
                 Err(why) => {
                     if self.last_reason.get(&uid) != Some(&why) {
                         self.last_reason.insert(uid.clone(), why.clone());
                         self.mark_unschedulable(pod, &why).await;
                     }
+                }
+            }
+        }
+        for chunk in binds.chunks(1024) {
+            let writes = chunk.iter().map(|(_, _, _, pod)| {
+                self.store
+                    .write(Op::Update(Object::Pod(pod.clone()), Subresource::Main))
+            });
+            let results = futures_util::future::join_all(writes).await;
+            let mut events = Vec::new();
+            for ((uid, node, view, pod), r) in chunk.iter().zip(results) {
+                match r {
+                    Ok(_) => {
+                        self.bound.insert(uid.clone(), (node.clone(), view.clone()));
+                        let msg = format!(
+                            "Successfully assigned {}/{} to {node}",
+                            pod.metadata.namespace, pod.metadata.name
+                        );
+                        events.push(EventRecorder::event(
+                            Object::Pod(pod.clone()),
+                            "Normal",
+                            "Scheduled",
+                            &msg,
+                            "default-scheduler",
+                        ));
+                    }
+                    Err(e) => {
+                        // Changed under us (or gone): undo; the pod's next event brings it back.
+                        if let Some(n) = self.nodes.get_mut(node) {
+                            n.add(view, -1);
+                        }
+                        if !matches!(e, StoreError::Conflict { .. } | StoreError::NotFound { .. }) {
+                            tracing::warn!(pod = %pod.metadata.name, error = %e, "cannot bind");
+                        }
+                    }
+                }
+            }
+            for e in events {
+                if self.event_tx.try_send(e).is_err() {
+                    tracing::debug!("event queue full: a Scheduled event was dropped");
                 }
             }
         }
@@ -476,6 +583,24 @@ mod tests {
             pick(&pod, std::iter::empty(), &p).unwrap_err(),
             "0/0 nodes are available."
         );
+    }
+
+    #[test]
+    fn sampling_finds_enough_nodes_like_kubernetes() {
+        assert_eq!(feasible_to_find(50), 50);
+        assert_eq!(feasible_to_find(1000), 420);
+        assert_eq!(feasible_to_find(5000), 500);
+        assert_eq!(feasible_to_find(200), 100);
+        let p = Profile::default();
+        let nodes: Vec<NodeView> = (0..10)
+            .map(|i| node(&format!("n{i}"), 4000, 4 << 30))
+            .collect();
+        let pod = PodView {
+            cpu_m: 100,
+            ..Default::default()
+        };
+        // With enough = 1, the first feasible node in the given order wins.
+        assert_eq!(pick_some(&pod, nodes[3..].iter(), 1, &p).unwrap(), "n3");
     }
 
     #[test]

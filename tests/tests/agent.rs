@@ -468,12 +468,17 @@ fn a_two_replica_deployment_survives_the_sigkill_of_one_of_two_agents() {
     let (a1_dir, a2_dir) = (dir.path().join("agent1"), dir.path().join("agent2"));
     let _c1 = Cleanup(a1_dir.clone());
     let _c2 = Cleanup(a2_dir.clone());
-    let m = MasterProcess::start_with(&dir.path().join("master"), &["--node-lost-after", "2s", "--pod-eviction-timeout", "2s"])
-        .unwrap();
+    let m = MasterProcess::start_with(
+        &dir.path().join("master"),
+        &["--node-lost-after", "2s", "--pod-eviction-timeout", "2s"],
+    )
+    .unwrap();
     let a1 = AgentProcess::start(&m, &a1_dir, "real-1", &[]).unwrap();
     let _a2 = AgentProcess::start(&m, &a2_dir, "real-2", &[]).unwrap();
     assert!(eventually(Duration::from_secs(20), || {
-        ["real-1", "real-2"].iter().all(|n| m.node_ready(n).is_some_and(|r| r.0 == "True"))
+        ["real-1", "real-2"]
+            .iter()
+            .all(|n| m.node_ready(n).is_some_and(|r| r.0 == "True"))
     }));
     let manifest = r#"apiVersion: apps/v1
 kind: Deployment
@@ -493,23 +498,40 @@ spec:
 "#;
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(manifest)));
     let ready_on = |m: &MasterProcess| -> Vec<String> {
-        let v = m.http().get("/api/v1/namespaces/default/pods").unwrap().json();
+        let v = m
+            .http()
+            .get("/api/v1/namespaces/default/pods")
+            .unwrap()
+            .json();
         let mut nodes: Vec<String> = v["items"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|p| p["status"]["containerStatuses"][0]["ready"] == true && p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| {
+                p["status"]["containerStatuses"][0]["ready"] == true
+                    && p["metadata"]["deletionTimestamp"].is_null()
+            })
             .map(|p| p["spec"]["nodeName"].as_str().unwrap_or("").to_string())
             .collect();
         nodes.sort();
         nodes
     };
-    assert!(eventually(Duration::from_secs(30), || ready_on(&m) == ["real-1", "real-2"]), "{:?}", ready_on(&m));
+    assert!(
+        eventually(Duration::from_secs(30), || ready_on(&m)
+            == ["real-1", "real-2"]),
+        "{:?}",
+        ready_on(&m)
+    );
     a1.kill9();
     assert!(
-        eventually(Duration::from_secs(20), || ready_on(&m) == ["real-2", "real-2"]),
+        eventually(Duration::from_secs(20), || ready_on(&m)
+            == ["real-2", "real-2"]),
         "the lost replica was not replaced on the surviving board: {:?}",
         ready_on(&m)
     );
-    assert_eq!(container_pids(&a2_dir).len(), 2, "two real containers run on the surviving board");
+    assert_eq!(
+        container_pids(&a2_dir).len(),
+        2,
+        "two real containers run on the surviving board"
+    );
 }

@@ -240,3 +240,64 @@ fn a_lost_node_s_pods_are_replaced_but_a_partition_evicts_nothing() {
     let left = pods(&m);
     assert_eq!(left.len(), 6, "a partition must not evict: {}", left.len());
 }
+
+#[test]
+fn rollout_history_and_undo_restore_the_previous_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _h = HollowProcess::start(&m, &dir.path().join("hollow"), "u", 2, &[]).unwrap();
+    assert!(eventually(Duration::from_secs(30), || ready_nodes(&m) == 2));
+    let image_of = |m: &MasterProcess| {
+        let d = m
+            .http()
+            .get("/apis/apps/v1/namespaces/default/deployments/hist")
+            .unwrap()
+            .json();
+        d["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for img in ["busybox:1", "busybox:2", "busybox:3"] {
+        ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&deployment("hist", 3, img))));
+        assert!(eventually(Duration::from_secs(30), || {
+            let ps = pods(&m);
+            ps.len() == 3
+                && ps
+                    .iter()
+                    .all(|p| p["spec"]["containers"][0]["image"] == img && is_ready(p))
+        }));
+    }
+    let history = ok_stdout(&m.cli(&["rollout", "history", "deployment/hist"]));
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(revisions, ["1", "2", "3"], "{history}");
+    ok_stdout(&m.cli(&["rollout", "undo", "deployment/hist"]));
+    assert_eq!(image_of(&m), "busybox:2");
+    assert!(eventually(Duration::from_secs(30), || {
+        let ps = pods(&m);
+        ps.len() == 3
+            && ps
+                .iter()
+                .all(|p| p["spec"]["containers"][0]["image"] == "busybox:2" && is_ready(p))
+    }));
+    // Undo made revision 2's template revision 4; --to-revision picks any.
+    let history = ok_stdout(&m.cli(&["rollout", "history", "deploy", "hist"]));
+    assert!(history.contains("\n4 "), "{history}");
+    ok_stdout(&m.cli(&["rollout", "undo", "deployment/hist", "--to-revision", "1"]));
+    assert_eq!(image_of(&m), "busybox:1");
+    // Re-applying the manifest keeps the history (system annotations survive apply).
+    ok_stdout(&m.cli_with_stdin(
+        &["apply", "-f", "-"],
+        Some(&deployment("hist", 3, "busybox:3")),
+    ));
+    assert!(eventually(Duration::from_secs(10), || {
+        let h = ok_stdout(&m.cli(&["rollout", "history", "deploy/hist"]));
+        h.lines().count() >= 5
+    }));
+    let out = m.cli(&["rollout", "undo", "deployment/hist", "--to-revision", "99"]);
+    assert!(!out.status.success());
+}

@@ -42,6 +42,14 @@ fn update(client: &Client, ns: &str, name: &str, change: impl Fn(&mut Value)) ->
     bail!("deployment {name:?} kept changing; try again")
 }
 
+/// The revision history the controller keeps in an annotation, oldest first.
+fn history(d: &Value) -> Vec<Value> {
+    d["metadata"]["annotations"]["bramble.io/revision-history"]
+        .as_str()
+        .and_then(|h| serde_json::from_str::<Vec<Value>>(h).ok())
+        .unwrap_or_default()
+}
+
 pub fn scale(client: &Client, ns: Option<&str>, a: &ScaleArgs) -> Result<()> {
     if a.replicas < 0 {
         bail!("--replicas must be >= 0");
@@ -57,6 +65,60 @@ pub fn scale(client: &Client, ns: Option<&str>, a: &ScaleArgs) -> Result<()> {
 pub fn run(client: &Client, ns: Option<&str>, cmd: &RolloutCommand) -> Result<()> {
     let ns = ns.unwrap_or("default");
     match cmd {
+        RolloutCommand::History { target } => {
+            let name = deployment_name(target)?;
+            let d = client
+                .get(&Kind::Deployment.path(Some(ns), Some(&name)))?
+                .ok()?
+                .json()?;
+            let rows: Vec<Vec<String>> = history(&d)
+                .iter()
+                .map(|r| {
+                    let cause = r["changeCause"]
+                        .as_str()
+                        .filter(|c| !c.is_empty())
+                        .unwrap_or("<none>");
+                    vec![r["revision"].to_string(), cause.to_string()]
+                })
+                .collect();
+            println!("deployment.apps/{name}");
+            print!(
+                "{}",
+                crate::table::print(Some(&["REVISION", "CHANGE-CAUSE"]), &rows)
+            );
+        }
+        RolloutCommand::Undo {
+            target,
+            to_revision,
+        } => {
+            let name = deployment_name(target)?;
+            let d = client
+                .get(&Kind::Deployment.path(Some(ns), Some(&name)))?
+                .ok()?
+                .json()?;
+            let h = history(&d);
+            let chosen = match to_revision {
+                Some(n) => h
+                    .iter()
+                    .find(|r| r["revision"].as_i64() == Some(*n))
+                    .cloned(),
+                None => h.len().checked_sub(2).map(|i| h[i].clone()),
+            };
+            let Some(rev) = chosen else {
+                bail!(
+                    "no {} revision to go back to",
+                    to_revision.map_or("previous".to_string(), |n| n.to_string())
+                );
+            };
+            let template = rev["template"].clone();
+            update(client, ns, &name, |d| {
+                d["spec"]["template"] = template.clone()
+            })?;
+            println!(
+                "deployment.apps/{name} rolled back to revision {}",
+                rev["revision"]
+            );
+        }
         RolloutCommand::Restart { target } => {
             let name = deployment_name(target)?;
             let now = std::time::SystemTime::now()

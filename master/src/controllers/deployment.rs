@@ -198,6 +198,69 @@ pub fn plan(d: &Deployment, pods: &[Pod]) -> Plan {
     }
 }
 
+/// The annotation holding the current revision number, as Kubernetes names it.
+pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+/// The annotation holding the revision history (Bramble has no ReplicaSets to keep it).
+pub const HISTORY_ANNOTATION: &str = "bramble.io/revision-history";
+/// The user's note on why a revision exists, as in kubectl.
+pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
+
+/// One remembered template.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    pub revision: i64,
+    pub hash: String,
+    #[serde(default)]
+    pub change_cause: String,
+    pub template: bramble_api::pod::PodTemplateSpec,
+}
+
+/// The Deployment's revision history, oldest first.
+pub fn history(d: &Deployment) -> Vec<Revision> {
+    d.metadata
+        .annotations
+        .get(HISTORY_ANNOTATION)
+        .and_then(|h| serde_json::from_str(h).ok())
+        .unwrap_or_default()
+}
+
+/// Records the current template as the newest revision (an old template coming back, as by
+/// `rollout undo`, becomes a new revision, as in Kubernetes); keeps `revisionHistoryLimit`
+/// old ones (default 10). Returns the new annotations, or None when nothing changed.
+pub fn record_revision(d: &Deployment) -> Option<std::collections::BTreeMap<String, String>> {
+    let hash = template_hash(d);
+    let mut h = history(d);
+    if h.last().is_some_and(|r| r.hash == hash) {
+        return None;
+    }
+    let next = h.iter().map(|r| r.revision).max().unwrap_or(0) + 1;
+    h.retain(|r| r.hash != hash);
+    let cause = d
+        .metadata
+        .annotations
+        .get(CHANGE_CAUSE_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    h.push(Revision {
+        revision: next,
+        hash,
+        change_cause: cause,
+        template: d.spec.template.clone(),
+    });
+    let keep = d.spec.revision_history_limit.unwrap_or(10).max(0) as usize + 1;
+    if h.len() > keep {
+        h.drain(..h.len() - keep);
+    }
+    let mut a = d.metadata.annotations.clone();
+    a.insert(REVISION_ANNOTATION.into(), next.to_string());
+    a.insert(
+        HISTORY_ANNOTATION.into(),
+        serde_json::to_string(&h).unwrap_or_default(),
+    );
+    Some(a)
+}
+
 /// A new pod from the Deployment's template.
 pub fn new_pod(d: &Deployment) -> Pod {
     let hash = template_hash(d);
@@ -345,6 +408,41 @@ mod tests {
         assert_eq!(surge_and_unavailable(&d, 10), (3, 2));
         let d = dep(1, "0", "0", "v1");
         assert_eq!(surge_and_unavailable(&d, 1), (0, 1));
+    }
+
+    #[test]
+    fn history_records_revisions_and_undo_makes_a_new_one() {
+        let mut d = dep(2, "1", "1", "v1");
+        d.spec.revision_history_limit = Some(2);
+        d.metadata.annotations = record_revision(&d).unwrap();
+        assert_eq!(d.metadata.annotations[REVISION_ANNOTATION], "1");
+        assert!(
+            record_revision(&d).is_none(),
+            "an unchanged template records nothing"
+        );
+        for (i, img) in ["v2", "v3", "v4"].iter().enumerate() {
+            d.spec.template.spec.containers[0].image = img.to_string();
+            d.metadata.annotations = record_revision(&d).unwrap();
+            assert_eq!(
+                d.metadata.annotations[REVISION_ANNOTATION],
+                (i + 2).to_string()
+            );
+        }
+        let h = history(&d);
+        assert_eq!(
+            h.iter().map(|r| r.revision).collect::<Vec<_>>(),
+            vec![2, 3, 4],
+            "limit 2 keeps 2 old + current"
+        );
+        // Undo to revision 3: its template comes back as revision 5.
+        d.spec.template = h[1].template.clone();
+        d.metadata.annotations = record_revision(&d).unwrap();
+        let h = history(&d);
+        assert_eq!(
+            h.iter().map(|r| r.revision).collect::<Vec<_>>(),
+            vec![2, 4, 5]
+        );
+        assert_eq!(h[2].template.spec.containers[0].image, "v3");
     }
 
     #[test]

@@ -227,6 +227,14 @@ fn update(
                 if nm.finalizers.is_empty() {
                     nm.finalizers = om.finalizers.clone();
                 }
+                // Annotations the system keeps (revision history) survive a user's apply.
+                for (k, v) in &om.annotations {
+                    let system =
+                        k.starts_with("deployment.kubernetes.io/") || k.starts_with("bramble.io/");
+                    if system && !nm.annotations.contains_key(k) {
+                        nm.annotations.insert(k.clone(), v.clone());
+                    }
+                }
             }
             check_immutable(&old, &n)?;
             n
