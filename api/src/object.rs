@@ -255,6 +255,20 @@ impl Object {
         })
     }
 
+    /// Reads a stored object of a known kind from its JSON, without validating it (what the
+    /// store holds was validated on the way in).
+    pub fn from_json(kind: Kind, json: &[u8]) -> Result<Object, serde_json::Error> {
+        Ok(match kind {
+            Kind::Namespace => Object::Namespace(serde_json::from_slice(json)?),
+            Kind::Node => Object::Node(serde_json::from_slice(json)?),
+            Kind::Pod => Object::Pod(serde_json::from_slice(json)?),
+            Kind::Deployment => Object::Deployment(serde_json::from_slice(json)?),
+            Kind::Service => Object::Service(serde_json::from_slice(json)?),
+            Kind::Endpoints => Object::Endpoints(serde_json::from_slice(json)?),
+            Kind::Event => Object::Event(serde_json::from_slice(json)?),
+        })
+    }
+
     /// Serializes to JSON (infallible for these plain types).
     pub fn to_json(&self) -> Vec<u8> {
         fn ser<T: Serialize>(v: &T) -> Vec<u8> {
@@ -283,6 +297,31 @@ impl Object {
             map.remove("kind");
         }
         v
+    }
+
+    /// Whether two objects of the same kind have the same desired state (what
+    /// [`desired_state`](Self::desired_state) returns), compared on the typed fields: the
+    /// store does this on every update.
+    pub fn same_desired_state(&self, other: &Object) -> bool {
+        match (self, other) {
+            (Object::Namespace(a), Object::Namespace(b)) => a.spec == b.spec,
+            (Object::Node(a), Object::Node(b)) => a.spec == b.spec,
+            (Object::Pod(a), Object::Pod(b)) => a.spec == b.spec,
+            (Object::Deployment(a), Object::Deployment(b)) => a.spec == b.spec,
+            (Object::Service(a), Object::Service(b)) => a.spec == b.spec,
+            (Object::Endpoints(a), Object::Endpoints(b)) => a.subsets == b.subsets,
+            (Object::Event(a), Object::Event(b)) => {
+                let strip = |e: &crate::event::Event| {
+                    let mut e = e.clone();
+                    e.metadata = Default::default();
+                    e.api_version.clear();
+                    e.kind.clear();
+                    e
+                };
+                strip(a) == strip(b)
+            }
+            _ => false,
+        }
     }
 
     /// Whether the kind has a status that only the system writes (status subresource).
@@ -319,6 +358,23 @@ impl Object {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typed_desired_state_comparison_agrees_with_the_json_one() {
+        let a = crate::manifest::parse_manifests(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {x: y}}\nspec:\n  containers: [{name: c, image: i}]\n",
+        )
+        .unwrap()
+        .remove(0)
+        .object;
+        let mut b = a.clone();
+        b.meta_mut().labels.clear();
+        assert!(a.same_desired_state(&b) && a.desired_state() == b.desired_state());
+        if let Object::Pod(p) = &mut b {
+            p.spec.containers[0].image = "j".into();
+        }
+        assert!(!a.same_desired_state(&b) && a.desired_state() != b.desired_state());
+    }
 
     #[test]
     fn user_kind_names() {

@@ -260,7 +260,7 @@ struct Scheduler {
     /// Bound pods: uid → (node, view).
     bound: HashMap<String, (String, PodView)>,
     /// Pods waiting for a node: uid → (namespace, name).
-    pending: BTreeMap<String, (String, String)>,
+    pending: BTreeMap<String, Pod>,
     /// The last unschedulable message per pod (to write conditions and events on change only).
     last_reason: HashMap<String, String>,
     /// Where the next node search starts.
@@ -385,8 +385,9 @@ impl Scheduler {
         if p.spec.node_name.is_empty() {
             if p.metadata.deletion_timestamp.is_none() {
                 let new = !self.pending.contains_key(&uid);
-                self.pending
-                    .insert(uid, (p.metadata.namespace.clone(), p.metadata.name.clone()));
+                // The pod as last seen: a bind of a stale copy is a conflict, retried on the
+                // pod's next event.
+                self.pending.insert(uid, p.clone());
                 return new;
             }
             return false;
@@ -404,28 +405,18 @@ impl Scheduler {
     }
 
     async fn schedule_pending(&mut self) {
-        let pending: Vec<(String, (String, String))> = self
+        let pending: Vec<(String, Pod)> = self
             .pending
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         // Decide every pod first (the cache accounts each decision at once), then bind them
         // all concurrently: the store commits concurrent writes in groups.
+        let t0 = std::time::Instant::now();
         let mut binds: Vec<(String, String, PodView, Pod)> = Vec::new();
         let names: Vec<String> = self.nodes.keys().cloned().collect();
         let enough = feasible_to_find(names.len());
-        for (uid, (ns, name)) in pending {
-            let Some(entry) = self.store.get(Kind::Pod, &ns, &name) else {
-                self.pending.remove(&uid);
-                continue;
-            };
-            let Ok(Object::Pod(mut pod)) = entry.object() else {
-                continue;
-            };
-            if pod.metadata.uid != uid || !pod.spec.node_name.is_empty() {
-                self.pending.remove(&uid);
-                continue;
-            }
+        for (uid, mut pod) in pending {
             let view = PodView::of(&pod);
             // Start where the last search stopped, so sampling visits every node in turn.
             self.next_start = if names.is_empty() {
@@ -461,6 +452,7 @@ impl Scheduler {
                 }
             }
         }
+        tracing::debug!(pods = binds.len(), took = ?t0.elapsed(), "scheduling decisions made");
         for chunk in binds.chunks(1024) {
             let writes = chunk.iter().map(|(_, _, _, pod)| {
                 self.store

@@ -47,17 +47,15 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Decodes the stored JSON back into a typed object.
+    /// Decodes the stored JSON back into a typed object (no validation: it was validated
+    /// before it was stored).
     pub fn object(&self) -> Result<Object, StoreError> {
-        let value: serde_json::Value = serde_json::from_slice(&self.json).map_err(|e| {
+        Object::from_json(self.kind, &self.json).map_err(|e| {
             StoreError::Storage(format!(
-                "stored {} {:?} is not JSON: {e}",
+                "stored {} {:?} is unreadable: {e}",
                 self.kind, self.name
             ))
-        })?;
-        bramble_api::manifest::decode(value)
-            .map(|d| d.object)
-            .map_err(StoreError::Invalid)
+        })
     }
 }
 

@@ -250,7 +250,7 @@ fn update(
         nm.generation = om.generation;
         nm.resource_version = om.resource_version.clone();
     }
-    if new.desired_state() != old.desired_state() {
+    if !new.same_desired_state(&old) {
         new.meta_mut().generation = old.meta().generation + 1;
     }
     if new == old {
