@@ -25,8 +25,6 @@ pub struct Decoded {
 /// Fields Bramble does not implement and whose absence would change behaviour: a pod that
 /// asked for a probe, an init container or a security context must not run without it.
 const BEHAVIOURAL_FIELDS: &[&str] = &[
-    "livenessProbe",
-    "readinessProbe",
     "startupProbe",
     "initContainers",
     "ephemeralContainers",
@@ -321,7 +319,7 @@ mod tests {
 
     #[test]
     fn classifies_unknown_fields() {
-        assert!(classify_unknown("spec.template.spec.containers[0].livenessProbe").is_some());
+        assert!(classify_unknown("spec.template.spec.containers[0].startupProbe").is_some());
         assert!(classify_unknown("spec.volumes[0].configMap").is_some());
         assert!(classify_unknown("spec.template.spec.volumes[2].secret").is_some());
         assert!(classify_unknown("metadata.managedFields").is_none());

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{Condition, ObjectMeta};
+use crate::meta::{Condition, IntOrString, ObjectMeta};
 use crate::quantity::Quantity;
 
 /// A Pod (`v1`).
@@ -75,6 +75,83 @@ pub struct Container {
     /// `Always`, `IfNotPresent` or `Never`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub image_pull_policy: String,
+    /// Restart the container when this fails `failureThreshold` times in a row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// The container is Ready only while this succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+}
+
+/// A health check: exactly one of `exec`, `httpGet` or `tcpSocket`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Probe {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<i32>,
+    /// Default 10.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<i32>,
+    /// Default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+    /// Default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<i32>,
+    /// Default 3.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<i32>,
+}
+
+/// Run a command in the container; exit 0 is success.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExecAction {
+    pub command: Vec<String>,
+}
+
+/// An HTTP GET; a status from 200 to 399 is success.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpGetAction {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    pub port: Option<IntOrString>,
+    /// Default: the pod's own address (its loopback, from inside its network namespace).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    /// `HTTP` only.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scheme: String,
+}
+
+/// A TCP connect; an accepted connection is success.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TcpSocketAction {
+    pub port: Option<IntOrString>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub host: String,
+}
+
+impl Container {
+    /// The port number a probe names, by number or by the name of one of the container's ports.
+    pub fn resolve_port(&self, port: &IntOrString) -> Option<u16> {
+        match port {
+            IntOrString::Int(i) => u16::try_from(*i).ok().filter(|p| *p > 0),
+            IntOrString::String(name) => self
+                .ports
+                .iter()
+                .find(|p| p.name == *name)
+                .and_then(|p| u16::try_from(p.container_port).ok()),
+        }
+    }
 }
 
 /// An environment variable with a literal value.

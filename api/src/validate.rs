@@ -185,6 +185,14 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bo
             &c.resources.requests,
             &c.resources.limits,
         );
+        for (field, probe, liveness) in [
+            ("livenessProbe", &c.liveness_probe, true),
+            ("readinessProbe", &c.readiness_probe, false),
+        ] {
+            if let Some(pr) = probe {
+                validate_probe(v, &format!("{cp}.{field}"), pr, c, liveness);
+            }
+        }
         for (j, m) in c.volume_mounts.iter().enumerate() {
             let mp = format!("{cp}.volumeMounts[{j}]");
             if !volume_names.contains(m.name.as_str()) {
@@ -292,6 +300,79 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bo
     }
     for (i, t) in spec.tolerations.iter().enumerate() {
         validate_toleration(v, &format!("{path}.tolerations[{i}]"), t);
+    }
+}
+
+fn validate_probe(
+    v: &mut Errors,
+    path: &str,
+    p: &crate::pod::Probe,
+    c: &crate::pod::Container,
+    liveness: bool,
+) {
+    let handlers = [
+        p.exec.is_some(),
+        p.http_get.is_some(),
+        p.tcp_socket.is_some(),
+    ]
+    .iter()
+    .filter(|h| **h)
+    .count();
+    if handlers != 1 {
+        v.push(
+            path,
+            "must specify exactly one of exec, httpGet or tcpSocket",
+        );
+    }
+    if let Some(e) = &p.exec
+        && e.command.is_empty()
+    {
+        v.push(&format!("{path}.exec.command"), "Required value");
+    }
+    let check_port = |v: &mut Errors, field: &str, port: &Option<IntOrString>| {
+        match port {
+        None => v.push(&format!("{path}.{field}.port"), "Required value"),
+        Some(port) if c.resolve_port(port).is_none() => v.push(
+            &format!("{path}.{field}.port"),
+            format!("{port} is neither a port number from 1 to 65535 nor the name of one of the container's ports"),
+        ),
+        Some(_) => {}
+    }
+    };
+    if let Some(h) = &p.http_get {
+        check_port(v, "httpGet", &h.port);
+        if !matches!(h.scheme.as_str(), "" | "HTTP") {
+            v.push(
+                &format!("{path}.httpGet.scheme"),
+                format!(
+                    "unsupported value {:?}: Bramble probes plain HTTP",
+                    h.scheme
+                ),
+            );
+        }
+    }
+    if let Some(t) = &p.tcp_socket {
+        check_port(v, "tcpSocket", &t.port);
+    }
+    for (field, value, min) in [
+        ("initialDelaySeconds", p.initial_delay_seconds, 0),
+        ("periodSeconds", p.period_seconds, 1),
+        ("timeoutSeconds", p.timeout_seconds, 1),
+        ("successThreshold", p.success_threshold, 1),
+        ("failureThreshold", p.failure_threshold, 1),
+    ] {
+        if let Some(x) = value.filter(|x| *x < min) {
+            v.push(
+                &format!("{path}.{field}"),
+                format!("must be >= {min}, got {x}"),
+            );
+        }
+    }
+    if liveness && p.success_threshold.is_some_and(|s| s != 1) {
+        v.push(
+            &format!("{path}.successThreshold"),
+            "must be 1 for a liveness probe",
+        );
     }
 }
 

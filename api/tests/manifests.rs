@@ -181,7 +181,7 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
         ("unknown resource", pod("  containers:\n  - name: c\n    image: a\n    resources: {limits: {gpus: 1}}\n"), "spec.containers[0].resources.limits.gpus: unknown resource"),
         ("bad restart policy", pod(&format!("{C}  restartPolicy: Sometimes\n")), "spec.restartPolicy: unsupported value \"Sometimes\""),
         ("negative grace period", pod(&format!("{C}  terminationGracePeriodSeconds: -5\n")), "spec.terminationGracePeriodSeconds: must be >= 0"),
-        ("liveness probe unsupported", pod("  containers:\n  - name: c\n    image: a\n    livenessProbe: {exec: {command: [true]}}\n"), "spec.containers[0].livenessProbe: not supported"),
+        ("startup probe unsupported", pod("  containers:\n  - name: c\n    image: a\n    startupProbe: {exec: {command: [true]}}\n"), "spec.containers[0].startupProbe: not supported"),
         ("configMap volume unsupported", pod(&format!("{C}  volumes:\n  - name: v\n    configMap: {{name: x}}\n")), "spec.volumes[0]"),
         ("mount of missing volume", pod("  containers:\n  - name: c\n    image: a\n    volumeMounts: [{name: data, mountPath: /data}]\n"), "spec.containers[0].volumeMounts[0].name: Not found"),
         ("relative mount path", pod("  containers:\n  - name: c\n    image: a\n    volumeMounts: [{name: v, mountPath: data}]\n  volumes: [{name: v, emptyDir: {}}]\n"), "spec.containers[0].volumeMounts[0].mountPath"),
@@ -198,7 +198,7 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
         ("bad strategy type", dep("  strategy: {type: BlueGreen}\n", DC), "spec.strategy.type"),
         ("bad maxSurge", dep("  strategy: {rollingUpdate: {maxSurge: 150%}}\n", DC), "spec.strategy.rollingUpdate.maxSurge"),
         ("zero surge and unavailable", dep("  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 0}}\n", DC), "spec.strategy.rollingUpdate.maxUnavailable: may not be 0"),
-        ("template liveness probe", dep("", "      containers:\n      - name: c\n        image: i\n        livenessProbe: {httpGet: {port: 80}}\n"), "spec.template.spec.containers[0].livenessProbe"),
+        ("template startup probe", dep("", "      containers:\n      - name: c\n        image: i\n        startupProbe: {httpGet: {port: 80}}\n"), "spec.template.spec.containers[0].startupProbe"),
         ("service without ports", svc("  selector: {app: a}\n"), "spec.ports: Required value"),
         ("service port out of range", svc("  ports: [{port: 0}]\n"), "spec.ports[0].port: must be between 1 and 65535"),
         ("service unnamed ports", svc("  ports: [{port: 80}, {port: 81}]\n"), "spec.ports[0].name: Required value"),
@@ -208,6 +208,9 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
         ("nodePort on ClusterIP", svc("  ports: [{port: 80, nodePort: 30001}]\n"), "spec.ports[0].nodePort: may not be used"),
         ("bad clusterIP", svc("  clusterIP: 10.43.0.300\n  ports: [{port: 80}]\n"), "spec.clusterIP"),
         ("targetPort out of i32", svc("  ports: [{port: 80, targetPort: 99999999999}]\n"), "spec.ports[0].targetPort"),
+        ("probe with two handlers", pod("  containers:\n  - name: c\n    image: a\n    livenessProbe: {exec: {command: [\"true\"]}, tcpSocket: {port: 80}}\n"), "spec.containers[0].livenessProbe: must specify exactly one"),
+        ("probe on a missing named port", pod("  containers:\n  - name: c\n    image: a\n    readinessProbe: {httpGet: {port: web}}\n"), "spec.containers[0].readinessProbe.httpGet.port"),
+        ("probe period zero", pod("  containers:\n  - name: c\n    image: a\n    readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 0}\n"), "spec.containers[0].readinessProbe.periodSeconds: must be >= 1"),
         ("node taint bad effect", "apiVersion: v1\nkind: Node\nmetadata: {name: pi1}\nspec:\n  taints: [{key: k, effect: Sometimes}]\n".into(), "spec.taints[0].effect"),
     ]
 }

@@ -12,6 +12,7 @@
 pub mod bundle;
 pub mod container;
 pub mod memory;
+pub mod probe;
 pub mod sandbox;
 pub mod shim;
 
@@ -105,4 +106,28 @@ pub trait Runtime: Send + Sync + 'static {
     fn signal(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
     /// Removes what is left of an exited container (rootfs, bundle). Idempotent.
     fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Runs one probe against a running container; `netns` is its pod's network namespace
+    /// (None: host network). Err says why it failed.
+    fn probe(
+        &self,
+        id: &str,
+        netns: Option<&std::path::Path>,
+        action: &ProbeAction,
+        timeout: std::time::Duration,
+    ) -> Result<(), String>;
+}
+
+/// A probe resolved against its container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeAction {
+    Exec(Vec<String>),
+    Http {
+        host: String,
+        port: u16,
+        path: String,
+    },
+    Tcp {
+        host: String,
+        port: u16,
+    },
 }

@@ -535,3 +535,66 @@ spec:
         "two real containers run on the surviving board"
     );
 }
+
+#[test]
+fn probes_drive_readiness_and_restart_unhealthy_containers() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = Cleanup(agent_dir.clone());
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a = AgentProcess::start(&m, &agent_dir, "board-p", &[]).unwrap();
+    let manifest = r#"apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  nodeName: board-p
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: busybox
+    command: [sh, -c, 'mkdir -p /www; echo ok > /www/index.html; sleep 2; exec httpd -f -p 8080 -h /www']
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /index.html, port: http}, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 8080}, initialDelaySeconds: 4, periodSeconds: 1}
+  - name: flaky
+    image: busybox
+    command: [sh, -c, 'sleep 2; touch /tmp/die; exec sleep 3600']
+    livenessProbe: {exec: {command: [sh, -c, 'test ! -f /tmp/die']}, periodSeconds: 1, failureThreshold: 2}
+"#;
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(manifest)));
+    let status = |name: &str| -> Option<serde_json::Value> {
+        m.pod("probed")?["status"]["containerStatuses"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+    };
+    // Running but not ready until the HTTP server answers.
+    assert!(eventually(Duration::from_secs(20), || status("web")
+        .is_some_and(|s| s["state"]["running"].is_object())));
+    let early = status("web").unwrap();
+    assert_eq!(
+        early["ready"], false,
+        "ready before its readiness probe passed: {early}"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || status("web")
+            .is_some_and(|s| s["ready"] == true)),
+        "the HTTP readiness probe never passed: {:?}",
+        status("web")
+    );
+    // The exec liveness probe fails once /tmp/die exists: the container is restarted.
+    assert!(
+        eventually(Duration::from_secs(30), || status("flaky")
+            .is_some_and(|s| s["restartCount"].as_i64() >= Some(1))),
+        "no restart after the liveness probe failed: {:?}",
+        status("flaky")
+    );
+    assert_eq!(
+        status("flaky").unwrap()["lastState"]["terminated"]["exitCode"],
+        137
+    );
+    // The healthy container was never restarted (its TCP liveness probe passes).
+    assert_eq!(status("web").unwrap()["restartCount"], 0);
+}

@@ -52,6 +52,9 @@ pub struct ContainerRecord {
     /// The instance whose exit was already folded in (observing is idempotent).
     #[serde(default)]
     pub exit_seen: Option<String>,
+    /// The readiness probe's verdict; None when the container has no readiness probe.
+    #[serde(default)]
+    pub ready: Option<bool>,
 }
 
 impl ContainerRecord {
@@ -72,6 +75,7 @@ impl ContainerRecord {
             killed_at_ms: None,
             done: false,
             exit_seen: None,
+            ready: None,
         }
     }
 }
@@ -410,7 +414,8 @@ pub fn report(pod: Option<&Pod>, rec: &PodRecord, host_ip: &str) -> PodReport {
                 Some(c) => ContainerReport {
                     name: name.clone(),
                     image: c.image.clone(),
-                    ready: matches!(c.state, ContainerState::Running { .. }),
+                    ready: matches!(c.state, ContainerState::Running { .. })
+                        && c.ready.unwrap_or(true),
                     restart_count: c.restart_count,
                     state: c.state.clone(),
                     last_state: c.last_state.clone(),

@@ -142,6 +142,19 @@ fn process_alive(pid: i32, name: &str) -> bool {
 }
 
 impl Runtime for LibcontainerRuntime {
+    fn probe(
+        &self,
+        id: &str,
+        netns: Option<&Path>,
+        action: &super::ProbeAction,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let pid = self
+            .read_pid(id)
+            .map(|(p, _)| p)
+            .ok_or("the container is not running")?;
+        super::probe::run(pid, netns, action, timeout)
+    }
     fn create_sandbox(
         &self,
         pod_uid: &str,

@@ -61,6 +61,21 @@ fn immediate_exit(spec: &ContainerSpec) -> Option<i32> {
 }
 
 impl Runtime for MemoryRuntime {
+    fn probe(
+        &self,
+        _id: &str,
+        _netns: Option<&std::path::Path>,
+        action: &super::ProbeAction,
+        _timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        // Hollow probes: an exec of `false` fails, everything else succeeds.
+        match action {
+            super::ProbeAction::Exec(cmd) if cmd.first().map(String::as_str) == Some("false") => {
+                Err("exit status 1".into())
+            }
+            _ => Ok(()),
+        }
+    }
     fn create_sandbox(
         &self,
         _pod_uid: &str,

@@ -1,0 +1,128 @@
+//! Running probes against a real container: TCP and HTTP from inside the pod's network
+//! namespace (a short-lived thread joins it, as the sandbox is made), exec through
+//! `nsenter` into the container's namespaces.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+
+use super::ProbeAction;
+
+/// Runs `action` for the container whose init is `pid`.
+pub fn run(
+    pid: i32,
+    netns: Option<&Path>,
+    action: &ProbeAction,
+    timeout: Duration,
+) -> Result<(), String> {
+    match action {
+        ProbeAction::Exec(cmd) => exec(pid, cmd, timeout),
+        ProbeAction::Tcp { host, port } => {
+            in_netns(netns, host.clone(), *port, timeout, |_| Ok(()))
+        }
+        ProbeAction::Http { host, port, path } => {
+            let path = if path.is_empty() {
+                "/".to_string()
+            } else {
+                path.clone()
+            };
+            let h = host.clone();
+            in_netns(netns, host.clone(), *port, timeout, move |mut s| {
+                http_get(&mut s, &h, &path)
+            })
+        }
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let host = if host.is_empty() { "127.0.0.1" } else { host };
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}: no address"))
+}
+
+/// Connects from inside `netns` (or the host's namespace) and runs `then` on the stream.
+fn in_netns(
+    netns: Option<&Path>,
+    host: String,
+    port: u16,
+    timeout: Duration,
+    then: impl FnOnce(TcpStream) -> Result<(), String> + Send + 'static,
+) -> Result<(), String> {
+    let ns: Option<PathBuf> = netns.map(Path::to_path_buf);
+    std::thread::spawn(move || {
+        if let Some(ns) = ns {
+            let f = std::fs::File::open(&ns).map_err(|e| format!("{}: {e}", ns.display()))?;
+            // This thread only: it ends after the probe.
+            setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
+        }
+        let addr = resolve(&host, port)?;
+        let s = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+        s.set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        then(s)
+    })
+    .join()
+    .map_err(|_| "the probe thread panicked".to_string())?
+}
+
+fn http_get(s: &mut TcpStream, host: &str, path: &str) -> Result<(), String> {
+    let host = if host.is_empty() { "127.0.0.1" } else { host };
+    let req = format!(
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: bramble-probe\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP answer: {:?}",
+                line.lines().next().unwrap_or("")
+            )
+        })?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+/// `nsenter` into the container's mount, UTS, IPC, network and PID namespaces.
+fn exec(pid: i32, cmd: &[String], timeout: Duration) -> Result<(), String> {
+    let mut child = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "-u", "-i", "-n", "-p", "--"])
+        .args(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("nsenter: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return Ok(()),
+            Ok(Some(st)) => return Err(format!("command {cmd:?} exited with {st}")),
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("command {cmd:?} timed out after {timeout:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
