@@ -53,6 +53,8 @@ struct Drops {
     counts: BTreeMap<&'static str, u64>,
     last_log: BTreeMap<&'static str, Instant>,
     path: std::path::PathBuf,
+    /// Pods on the node, as last written.
+    pods: Option<usize>,
 }
 
 impl Drops {
@@ -71,12 +73,28 @@ impl Drops {
                 "dropped an MQTT message (logged once per 10s per reason)"
             );
         }
+        self.write();
+    }
+
+    /// Records the pod count; writes the file only when it changed (an idle node writes nothing).
+    fn set_pods(&mut self, n: usize) {
+        if self.pods != Some(n) {
+            self.pods = Some(n);
+            self.write();
+        }
+    }
+
+    fn write(&self) {
         let mut text = String::from("# TYPE bramble_agent_dropped_messages_total counter\n");
         for (r, n) in &self.counts {
             text.push_str(&format!(
                 "bramble_agent_dropped_messages_total{{reason=\"{r}\"}} {n}\n"
             ));
         }
+        text.push_str(&format!(
+            "# TYPE bramble_agent_pods gauge\nbramble_agent_pods {}\n",
+            self.pods.unwrap_or(0)
+        ));
         let tmp = self.path.with_extension("tmp");
         if std::fs::write(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, &self.path))
@@ -365,6 +383,7 @@ pub async fn run_with_runtime(
                     publish(Channel::Status, Message::Status(StatusReport { pods: reports }));
                 }
                 // Usage changes are rounded so an idle node's heartbeats stay empty.
+                drops.set_pods(pods.pod_count());
                 let usage = Usage { memory_used_bytes: crate::facts::memory_used() >> 24 << 24, pods: pods.pod_count() as u32 };
                 usage_tx.send_if_modified(|u| if *u != usage { *u = usage; true } else { false });
             }

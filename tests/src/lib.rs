@@ -434,6 +434,18 @@ impl HollowProcess {
     }
 }
 
+impl HollowProcess {
+    /// Starts hollow nodes again from their data dir (they have joined).
+    pub fn restart_in(
+        master: &MasterProcess,
+        data_dir: &Path,
+        prefix: &str,
+        count: usize,
+    ) -> Result<HollowProcess> {
+        Self::start(master, data_dir, prefix, count, &[])
+    }
+}
+
 impl Drop for HollowProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

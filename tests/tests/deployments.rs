@@ -233,6 +233,29 @@ fn a_lost_node_s_pods_are_replaced_but_a_partition_evicts_nothing() {
     let events = ok_stdout(&m.cli(&["get", "events"]));
     assert!(events.contains("TaintManagerEviction"), "{events}");
 
+    // The board comes back: it reconciles to the master's view and runs none of the
+    // replaced pods (its local cache still listed them).
+    let back = HollowProcess::restart_in(&m, &dir.path().join("doomed"), "doomed", 1).unwrap();
+    assert!(eventually(Duration::from_secs(20), || ready_nodes(&m) == 3));
+    let prom = dir.path().join("doomed/doomed-0/agent-metrics.prom");
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read_to_string(&prom)
+            .unwrap_or_default()
+            .contains("bramble_agent_pods 0")),
+        "the returning node still runs replaced pods: {}",
+        std::fs::read_to_string(&prom).unwrap_or_default()
+    );
+    assert!(!per_node(&m).contains_key("doomed-0"));
+    let node = m.http().get("/api/v1/nodes/doomed-0").unwrap().json();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let n = m.http().get("/api/v1/nodes/doomed-0").unwrap().json();
+            n["spec"]["taints"].as_array().is_none_or(|t| t.is_empty())
+        }),
+        "the unreachable taint stayed: {node}"
+    );
+    drop(back);
+
     // Now lose 2 of the 3 nodes at once (67% > 55%): nothing is evicted.
     drop(_stay);
     assert!(eventually(Duration::from_secs(10), || ready_nodes(&m) == 0));
