@@ -16,8 +16,9 @@ use crate::credentials::{CredentialError, new_token, write_private};
 
 /// File of join tokens.
 pub const JOIN_TOKENS_FILE: &str = "join-tokens.json";
-/// File of node credentials.
-pub const NODE_CREDENTIALS_FILE: &str = "node-credentials.json";
+/// Directory of node credentials, one file (mode 0600) per node: a join writes one small
+/// file, however many nodes there are.
+pub const NODE_CREDENTIALS_DIR: &str = "node-credentials";
 
 /// One join token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,10 +64,22 @@ impl Enrollment {
             Some(s) => serde_json::from_str(&s).map_err(|_| malformed(JOIN_TOKENS_FILE))?,
             None => Vec::new(),
         };
-        let nodes: BTreeMap<String, String> = match read(NODE_CREDENTIALS_FILE)? {
-            Some(s) => serde_json::from_str(&s).map_err(|_| malformed(NODE_CREDENTIALS_FILE))?,
-            None => BTreeMap::new(),
-        };
+        let mut nodes: BTreeMap<String, String> = BTreeMap::new();
+        let ndir = dir.join(NODE_CREDENTIALS_DIR);
+        if let Ok(rd) = std::fs::read_dir(&ndir) {
+            for e in rd.filter_map(|e| e.ok()) {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.ends_with(".tmp") {
+                    continue;
+                }
+                let t = read(&format!("{NODE_CREDENTIALS_DIR}/{name}"))?.unwrap_or_default();
+                let t = t.trim();
+                if t.is_empty() {
+                    return Err(malformed(&format!("{NODE_CREDENTIALS_DIR}/{name}")));
+                }
+                nodes.insert(name, t.to_string());
+            }
+        }
         let e = Enrollment {
             dir: dir.to_path_buf(),
             state: RwLock::new(Files { tokens, nodes }),
@@ -85,11 +98,9 @@ impl Enrollment {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn save(&self, files: &Files) -> Result<(), CredentialError> {
+    fn save_tokens(&self, files: &Files) -> Result<(), CredentialError> {
         let tokens = serde_json::to_vec_pretty(&files.tokens).unwrap_or_default();
-        write_private(&self.dir.join(JOIN_TOKENS_FILE), &tokens)?;
-        let nodes = serde_json::to_vec_pretty(&files.nodes).unwrap_or_default();
-        write_private(&self.dir.join(NODE_CREDENTIALS_FILE), &nodes)
+        write_private(&self.dir.join(JOIN_TOKENS_FILE), &tokens)
     }
 
     /// Creates and persists a new join token.
@@ -101,7 +112,7 @@ impl Enrollment {
         };
         let mut files = self.write();
         files.tokens.push(t.clone());
-        self.save(&files)?;
+        self.save_tokens(&files)?;
         Ok(t)
     }
 
@@ -118,9 +129,12 @@ impl Enrollment {
     /// Issues (or re-issues) a node's credential and persists it.
     pub fn enroll(&self, node: &str) -> Result<String, CredentialError> {
         let token = new_token()?;
-        let mut files = self.write();
-        files.nodes.insert(node.to_string(), token.clone());
-        self.save(&files)?;
+        let ndir = self.dir.join(NODE_CREDENTIALS_DIR);
+        std::fs::create_dir_all(&ndir)
+            .map_err(|source| CredentialError::Io { path: ndir.display().to_string(), source })?;
+        // Node names are DNS subdomains (checked by the join): safe as file names.
+        write_private(&ndir.join(node), format!("{token}\n").as_bytes())?;
+        self.write().nodes.insert(node.to_string(), token.clone());
         Ok(token)
     }
 

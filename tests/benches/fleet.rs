@@ -1,0 +1,129 @@
+//! Fleet benchmarks with hollow agents (release binaries): one master with 1,000 and 5,000
+//! hollow nodes heartbeating every second (master CPU and RSS, memory per hollow node, time
+//! to join), and node lost → replacement pods running, with default timings.
+//!
+//! Run with `scripts/bench`. `BRAMBLE_BENCH_FLEET` overrides the fleet sizes (e.g. `1000`).
+
+#![allow(clippy::unwrap_used)] // a bench that cannot measure should stop loudly
+
+use std::time::{Duration, Instant};
+
+use bramble_tests::{HollowProcess, MasterProcess, eventually, ok_stdout};
+
+fn ticks() -> f64 {
+    100.0 // USER_HZ on Linux
+}
+
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit(')').next().unwrap();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; after "pid (comm)" they are 11 and 12.
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks()
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb / 1024.0
+}
+
+fn ready_nodes(m: &MasterProcess) -> usize {
+    let v = m.http().get("/api/v1/nodes").unwrap().json();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+        .count()
+}
+
+fn row(name: &str, value: String, baseline: String, ratio: String) {
+    println!("| {name} | {value} | {baseline} | {ratio} |");
+}
+
+fn fleet(n: usize) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_cpu0 = cpu_secs(m.child.id());
+    std::thread::sleep(Duration::from_secs(5));
+    let idle_cpu = (cpu_secs(m.child.id()) - idle_cpu0) / 5.0;
+    let t = Instant::now();
+    let h = HollowProcess::start(&m, &dir.path().join("hollow"), "f", n, &[]).unwrap();
+    let joined = eventually(Duration::from_secs(600), || ready_nodes(&m) == n);
+    assert!(joined, "only {} of {n} hollow nodes became Ready", ready_nodes(&m));
+    let join_time = t.elapsed();
+    std::thread::sleep(Duration::from_secs(5));
+    let (pid, hpid) = (m.child.id(), h.child.id());
+    let (c0, hc0) = (cpu_secs(pid), cpu_secs(hpid));
+    let window = 20.0;
+    std::thread::sleep(Duration::from_secs_f64(window));
+    let cpu = (cpu_secs(pid) - c0) / window;
+    let hcpu = (cpu_secs(hpid) - hc0) / window;
+    // Every node still Ready: no heartbeat fell behind the 3 s node-lost timeout.
+    let still = ready_nodes(&m);
+    row(
+        &format!("master with {n} hollow nodes heartbeating every 1 s"),
+        format!("{:.0}% of a core, {:.0} MB RSS", cpu * 100.0, rss_mb(pid)),
+        format!("idle master {:.1}% of a core", idle_cpu * 100.0),
+        format!("{still}/{n} nodes Ready throughout"),
+    );
+    row(
+        &format!("{n} hollow nodes in one process (agent code, in-memory containers)"),
+        format!("{:.2} MB and {:.2}% CPU per node", rss_mb(hpid) / n as f64, hcpu * 100.0 / n as f64),
+        "-".into(),
+        format!("joined in {:.1} s", join_time.as_secs_f64()),
+    );
+    assert_eq!(still, n, "nodes were lost under heartbeat load");
+}
+
+fn replacement() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _stay = HollowProcess::start(&m, &dir.path().join("stay"), "stay", 2, &[]).unwrap();
+    let mut doomed = HollowProcess::start(&m, &dir.path().join("doomed"), "doomed", 1, &[]).unwrap();
+    assert!(eventually(Duration::from_secs(30), || ready_nodes(&m) == 3));
+    let d = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 6\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: busybox, resources: {requests: {cpu: 100m}}}]\n";
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(d)));
+    let ready_elsewhere = |m: &MasterProcess| {
+        let v = m.http().get("/api/v1/namespaces/default/pods").unwrap().json();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p["spec"]["nodeName"] != "doomed-0"
+                    && p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            })
+            .count()
+    };
+    assert!(eventually(Duration::from_secs(30), || {
+        let v = m.http().get("/api/v1/namespaces/default/pods").unwrap().json();
+        v["items"].as_array().unwrap().iter().filter(|p| p["spec"]["nodeName"] == "doomed-0").count() == 2
+            && ready_elsewhere(&m) == 4
+    }));
+    let t = Instant::now();
+    doomed.child.kill().unwrap();
+    let _ = doomed.child.wait();
+    assert!(eventually(Duration::from_secs(60), || ready_elsewhere(&m) == 6));
+    row(
+        "node lost -> replacement pods Ready elsewhere (defaults: lost after 3 s, evict after 5 s)",
+        format!("{:.1} s", t.elapsed().as_secs_f64()),
+        "3 s + 5 s of configured waiting".into(),
+        "-".into(),
+    );
+}
+
+fn main() {
+    println!("| benchmark | median | baseline (same run) | ratio |");
+    println!("|---|---|---|---|");
+    replacement();
+    let sizes: Vec<usize> = std::env::var("BRAMBLE_BENCH_FLEET")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000, 5000]);
+    for n in sizes {
+        fleet(n);
+    }
+}
