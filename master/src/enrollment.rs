@@ -130,8 +130,10 @@ impl Enrollment {
     pub fn enroll(&self, node: &str) -> Result<String, CredentialError> {
         let token = new_token()?;
         let ndir = self.dir.join(NODE_CREDENTIALS_DIR);
-        std::fs::create_dir_all(&ndir)
-            .map_err(|source| CredentialError::Io { path: ndir.display().to_string(), source })?;
+        std::fs::create_dir_all(&ndir).map_err(|source| CredentialError::Io {
+            path: ndir.display().to_string(),
+            source,
+        })?;
         // Node names are DNS subdomains (checked by the join): safe as file names.
         write_private(&ndir.join(node), format!("{token}\n").as_bytes())?;
         self.write().nodes.insert(node.to_string(), token.clone());

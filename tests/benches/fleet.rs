@@ -24,7 +24,15 @@ fn cpu_secs(pid: u32) -> f64 {
 
 fn rss_mb(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     kb / 1024.0
 }
 
@@ -34,7 +42,12 @@ fn ready_nodes(m: &MasterProcess) -> usize {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|n| n["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+        .filter(|n| {
+            n["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
         .count()
 }
 
@@ -52,7 +65,11 @@ fn fleet(n: usize) {
     let t = Instant::now();
     let h = HollowProcess::start(&m, &dir.path().join("hollow"), "f", n, &[]).unwrap();
     let joined = eventually(Duration::from_secs(600), || ready_nodes(&m) == n);
-    assert!(joined, "only {} of {n} hollow nodes became Ready", ready_nodes(&m));
+    assert!(
+        joined,
+        "only {} of {n} hollow nodes became Ready",
+        ready_nodes(&m)
+    );
     let join_time = t.elapsed();
     std::thread::sleep(Duration::from_secs(5));
     let (pid, hpid) = (m.child.id(), h.child.id());
@@ -71,7 +88,11 @@ fn fleet(n: usize) {
     );
     row(
         &format!("{n} hollow nodes in one process (agent code, in-memory containers)"),
-        format!("{:.2} MB and {:.2}% CPU per node", rss_mb(hpid) / n as f64, hcpu * 100.0 / n as f64),
+        format!(
+            "{:.2} MB and {:.2}% CPU per node",
+            rss_mb(hpid) / n as f64,
+            hcpu * 100.0 / n as f64
+        ),
         "-".into(),
         format!("joined in {:.1} s", join_time.as_secs_f64()),
     );
@@ -82,25 +103,43 @@ fn replacement() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
     let _stay = HollowProcess::start(&m, &dir.path().join("stay"), "stay", 2, &[]).unwrap();
-    let mut doomed = HollowProcess::start(&m, &dir.path().join("doomed"), "doomed", 1, &[]).unwrap();
+    let mut doomed =
+        HollowProcess::start(&m, &dir.path().join("doomed"), "doomed", 1, &[]).unwrap();
     assert!(eventually(Duration::from_secs(30), || ready_nodes(&m) == 3));
     let d = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 6\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: busybox, resources: {requests: {cpu: 100m}}}]\n";
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(d)));
     let ready_elsewhere = |m: &MasterProcess| {
-        let v = m.http().get("/api/v1/namespaces/default/pods").unwrap().json();
+        let v = m
+            .http()
+            .get("/api/v1/namespaces/default/pods")
+            .unwrap()
+            .json();
         v["items"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|p| {
                 p["spec"]["nodeName"] != "doomed-0"
-                    && p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                    && p["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
             })
             .count()
     };
     assert!(eventually(Duration::from_secs(30), || {
-        let v = m.http().get("/api/v1/namespaces/default/pods").unwrap().json();
-        v["items"].as_array().unwrap().iter().filter(|p| p["spec"]["nodeName"] == "doomed-0").count() == 2
+        let v = m
+            .http()
+            .get("/api/v1/namespaces/default/pods")
+            .unwrap()
+            .json();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == "doomed-0")
+            .count()
+            == 2
             && ready_elsewhere(&m) == 4
     }));
     let t = Instant::now();
