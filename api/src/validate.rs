@@ -301,6 +301,44 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bo
     for (i, t) in spec.tolerations.iter().enumerate() {
         validate_toleration(v, &format!("{path}.tolerations[{i}]"), t);
     }
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    if let Some(sel) = required {
+        let base = format!(
+            "{path}.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms"
+        );
+        if sel.node_selector_terms.is_empty() {
+            v.push(&base, "Required value: at least one term");
+        }
+        for (i, t) in sel.node_selector_terms.iter().enumerate() {
+            for (j, r) in t.match_expressions.iter().enumerate() {
+                let rp = format!("{base}[{i}].matchExpressions[{j}]");
+                v.check(&format!("{rp}.key"), names::label_key(&r.key));
+                let n = r.values.len();
+                let ok = match r.operator.as_str() {
+                    "In" | "NotIn" => n > 0,
+                    "Exists" | "DoesNotExist" => n == 0,
+                    "Gt" | "Lt" => n == 1 && r.values[0].parse::<i64>().is_ok(),
+                    other => {
+                        v.push(&format!("{rp}.operator"), format!("unsupported operator {other:?}: must be In, NotIn, Exists, DoesNotExist, Gt or Lt"));
+                        true
+                    }
+                };
+                if !ok {
+                    v.push(
+                        &format!("{rp}.values"),
+                        format!("wrong number or kind of values for operator {}", r.operator),
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn validate_probe(

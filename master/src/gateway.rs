@@ -176,6 +176,7 @@ pub fn start(
             }
         }
     });
+    let store_for_events = store.clone();
     let gw = Gateway {
         store,
         metrics,
@@ -188,6 +189,7 @@ pub fn start(
         pending: HashMap::new(),
         next_rpc: 1,
         last_log: HashMap::new(),
+        events: crate::events::EventRecorder::new(store_for_events, "node-agent"),
     };
     let task = tokio::spawn(async move {
         gw.run(inbox_rx, cmd_rx, shutdown).await;
@@ -224,6 +226,7 @@ struct Gateway {
     next_rpc: u64,
     /// When each drop reason was last logged (log at most once per interval).
     last_log: HashMap<&'static str, Instant>,
+    events: crate::events::EventRecorder,
 }
 
 fn pod_of(entry: &Entry) -> Option<Pod> {
@@ -595,6 +598,25 @@ impl Gateway {
             let status = bramble_api::report::pod_status(r, old.as_ref(), now_secs());
             if old.as_ref() == Some(&status) {
                 continue;
+            }
+            // A container entering CrashLoopBackOff is worth an Event, as the kubelet's BackOff.
+            let waiting = |s: Option<&bramble_api::pod::PodStatus>, name: &str| {
+                s.and_then(|s| s.container_statuses.iter().find(|c| c.name == name))
+                    .and_then(|c| c.state.as_ref()?.waiting.as_ref().map(|w| w.reason.clone()))
+            };
+            for c in &status.container_statuses {
+                let now_waiting = waiting(Some(&status), &c.name);
+                if now_waiting.as_deref() == Some("CrashLoopBackOff")
+                    && waiting(old.as_ref(), &c.name) != now_waiting
+                {
+                    let msg = format!(
+                        "Back-off restarting failed container {} in pod {}",
+                        c.name, pod.metadata.name
+                    );
+                    self.events
+                        .record(Object::Pod(pod.clone()), "Warning", "BackOff", &msg)
+                        .await;
+                }
             }
             pod.status = Some(status);
             pod.metadata.resource_version.clear();

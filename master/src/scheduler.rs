@@ -49,6 +49,7 @@ pub struct PodView {
     pub tolerations: Vec<Toleration>,
     pub host_ports: Vec<(i32, String)>,
     pub owner: Option<String>,
+    pub required_affinity: Option<bramble_api::pod::NodeSelector>,
 }
 
 impl PodView {
@@ -64,6 +65,15 @@ impl PodView {
                 .iter()
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone()),
+            required_affinity: pod
+                .spec
+                .affinity
+                .as_ref()
+                .and_then(|a| a.node_affinity.as_ref())
+                .and_then(|n| {
+                    n.required_during_scheduling_ignored_during_execution
+                        .clone()
+                }),
             ..Default::default()
         };
         for c in &pod.spec.containers {

@@ -177,6 +177,15 @@ fn a_pod_runs_logs_restarts_and_is_cleaned_up() {
             m.pod("web").map(|p| p["status"].clone())
         );
     }
+    // The second crash backed off: the master recorded it as an Event.
+    assert!(
+        eventually(Duration::from_secs(10), || ok_stdout(
+            &m.cli(&["get", "events"])
+        )
+        .contains("BackOff")),
+        "{}",
+        ok_stdout(&m.cli(&["get", "events"]))
+    );
     let last =
         m.pod("web").unwrap()["status"]["containerStatuses"][0]["lastState"]["terminated"].clone();
     assert_eq!(last["exitCode"], 137, "{last}");

@@ -165,3 +165,75 @@ fn an_unschedulable_pod_says_why_and_is_placed_when_a_fitting_node_joins() {
         "the picky pod still fits nowhere"
     );
 }
+
+#[test]
+fn node_affinity_cordon_uncordon_and_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a = HollowProcess::start(
+        &m,
+        &dir.path().join("a"),
+        "za",
+        1,
+        &["--node-labels", "zone=a"],
+    )
+    .unwrap();
+    let _b = HollowProcess::start(
+        &m,
+        &dir.path().join("b"),
+        "zb",
+        1,
+        &["--node-labels", "zone=b,disk=4"],
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(30), || ready_nodes(&m) == 2));
+    let affine = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms:\n        - matchExpressions:\n          - {{key: zone, operator: In, values: [b]}}\n          - {{key: disk, operator: Gt, values: ['2']}}\n  containers: [{{name: c, image: busybox}}]\n"
+        )
+    };
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&affine("to-b"))));
+    assert!(eventually(Duration::from_secs(10), || m
+        .pod("to-b")
+        .is_some_and(|p| p["spec"]["nodeName"] == "zb-0")));
+    // Cordoned: nothing new lands there.
+    ok_stdout(&m.cli(&["cordon", "zb-0"]));
+    let nodes = ok_stdout(&m.cli(&["get", "nodes"]));
+    assert!(nodes.contains("Ready,SchedulingDisabled"), "{nodes}");
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&affine("waits"))));
+    let message = |name: &str| {
+        m.pod(name).and_then(|p| {
+            p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "PodScheduled")
+                .map(|c| c["message"].as_str().unwrap_or("").to_string())
+        })
+    };
+    assert!(eventually(Duration::from_secs(10), || message("waits").is_some()));
+    let msg = message("waits").unwrap();
+    assert!(
+        msg.starts_with("0/2 nodes are available:") && msg.contains("1 node(s) were unschedulable"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("1 node(s) didn't match Pod's node affinity/selector"),
+        "{msg}"
+    );
+    ok_stdout(&m.cli(&["uncordon", "zb-0"]));
+    assert!(eventually(Duration::from_secs(10), || m
+        .pod("waits")
+        .is_some_and(|p| p["spec"]["nodeName"] == "zb-0")));
+    // Drain evicts what runs there and leaves the node cordoned.
+    let out = ok_stdout(&m.cli(&["drain", "zb-0"]));
+    assert!(
+        out.contains("evicting pod default/to-b") && out.contains("drained"),
+        "{out}"
+    );
+    assert!(eventually(Duration::from_secs(20), || m
+        .pod("to-b")
+        .is_none()
+        && m.pod("waits").is_none()));
+    let node = m.http().get("/api/v1/nodes/zb-0").unwrap().json();
+    assert_eq!(node["spec"]["unschedulable"], true);
+}

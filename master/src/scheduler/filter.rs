@@ -67,6 +67,19 @@ impl Filter for NodeSelector {
     }
 }
 
+/// Required node affinity terms match the node's labels.
+pub struct NodeAffinity;
+impl Filter for NodeAffinity {
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
+        match &pod.required_affinity {
+            Some(sel) if !sel.matches(&node.labels) => {
+                Err("node(s) didn't match Pod's node affinity/selector".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Every NoSchedule and NoExecute taint is tolerated.
 pub struct Taints;
 impl Filter for Taints {
@@ -111,6 +124,7 @@ pub fn defaults() -> Vec<Box<dyn Filter>> {
         Box::new(Schedulable),
         Box::new(Taints),
         Box::new(NodeSelector),
+        Box::new(NodeAffinity),
         Box::new(HostPorts),
         Box::new(Resources),
     ]
@@ -213,6 +227,21 @@ mod tests {
             "PreferNoSchedule does not filter"
         );
 
+        let affine = PodView { required_affinity: Some(serde_json::from_value(serde_json::json!({"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["nvme"]}]},
+            {"matchExpressions": [{"key": "disk", "operator": "Exists"}, {"key": "mem", "operator": "Gt", "values": ["4"]}]}
+        ]})).unwrap()), ..Default::default() };
+        assert!(
+            NodeAffinity.check(&affine, &n).is_err(),
+            "ssd is not nvme and there is no mem label"
+        );
+        n.labels.insert("mem".into(), "8".into());
+        assert!(
+            NodeAffinity.check(&affine, &n).is_ok(),
+            "the second term matches"
+        );
+        n.labels.insert("mem".into(), "2".into());
+        assert!(NodeAffinity.check(&affine, &n).is_err());
         n.used_ports.insert((8080, "TCP".into()));
         let wants = PodView {
             host_ports: vec![(8080, "TCP".into())],
