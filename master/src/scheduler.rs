@@ -270,7 +270,9 @@ struct Scheduler {
     /// Bound pods: uid → (node, view).
     bound: HashMap<String, (String, PodView)>,
     /// Pods waiting for a node: uid → (namespace, name).
-    pending: BTreeMap<String, Pod>,
+    /// Pods waiting for a node: uid → (namespace, name, what scheduling needs of it). The
+    /// pod itself is read from the store only to bind it: 10,000 pending pods stay small.
+    pending: BTreeMap<String, (String, String, PodView)>,
     /// The last unschedulable message per pod (to write conditions and events on change only).
     last_reason: HashMap<String, String>,
     /// Where the next node search starts.
@@ -397,7 +399,14 @@ impl Scheduler {
                 let new = !self.pending.contains_key(&uid);
                 // The pod as last seen: a bind of a stale copy is a conflict, retried on the
                 // pod's next event.
-                self.pending.insert(uid, p.clone());
+                self.pending.insert(
+                    uid,
+                    (
+                        p.metadata.namespace.clone(),
+                        p.metadata.name.clone(),
+                        PodView::of(p),
+                    ),
+                );
                 return new;
             }
             return false;
@@ -415,7 +424,7 @@ impl Scheduler {
     }
 
     async fn schedule_pending(&mut self) {
-        let pending: Vec<(String, Pod)> = self
+        let pending: Vec<(String, (String, String, PodView))> = self
             .pending
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -426,8 +435,20 @@ impl Scheduler {
         let mut binds: Vec<(String, String, PodView, Pod)> = Vec::new();
         let names: Vec<String> = self.nodes.keys().cloned().collect();
         let enough = feasible_to_find(names.len());
-        for (uid, mut pod) in pending {
-            let view = PodView::of(&pod);
+        for (uid, (ns, name, view)) in pending {
+            // The pod as stored now; gone or bound meanwhile: nothing to do.
+            let current = match self.store.get(Kind::Pod, &ns, &name).map(|e| e.object()) {
+                Some(Ok(Object::Pod(p)))
+                    if p.metadata.uid == uid && p.spec.node_name.is_empty() =>
+                {
+                    Some(p)
+                }
+                _ => None,
+            };
+            let Some(mut pod) = current else {
+                self.pending.remove(&uid);
+                continue;
+            };
             // Start where the last search stopped, so sampling visits every node in turn.
             self.next_start = if names.is_empty() {
                 0
