@@ -192,10 +192,13 @@ async fn http_benches() {
                         break;
                     }
                     let r = h
-                        .post_json(
-                            "/api/v1/namespaces/default/pods",
-                            &pod_json(&format!("pod-{n}"), "default"),
-                        )
+                        .post_json("/api/v1/namespaces/default/pods", &{
+                            // Bound pods, as a running cluster holds them (unbound ones
+                            // would each add a scheduling status and Event).
+                            let mut p = pod_json(&format!("pod-{n}"), "default");
+                            p["spec"]["nodeName"] = serde_json::json!("bench-node");
+                            p
+                        })
                         .unwrap();
                     assert_eq!(r.code, 201);
                 }
