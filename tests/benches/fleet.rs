@@ -36,21 +36,6 @@ fn rss_mb(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-fn ready_nodes(m: &MasterProcess) -> usize {
-    let v = m.http().get("/api/v1/nodes").unwrap().json();
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| {
-            n["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        })
-        .count()
-}
-
 fn row(name: &str, value: String, baseline: String, ratio: String) {
     println!("| {name} | {value} | {baseline} | {ratio} |");
 }
@@ -64,14 +49,14 @@ fn fleet(n: usize) {
     let idle_cpu = (cpu_secs(m.child.id()) - idle_cpu0) / 5.0;
     let t = Instant::now();
     let h = HollowProcess::start(&m, &dir.path().join("hollow"), "f", n, &[]).unwrap();
-    let joined = eventually(Duration::from_secs(240), || ready_nodes(&m) == n);
+    let joined = eventually(Duration::from_secs(240), || m.ready_nodes() == n);
     if !joined {
         // Report it rather than stop the other benches: this is a finding, not a crash.
         row(
             &format!("master with {n} hollow nodes heartbeating every 1 s"),
             format!(
                 "did not converge: {} of {n} Ready after 240 s",
-                ready_nodes(&m)
+                m.ready_nodes()
             ),
             "-".into(),
             format!("master {:.0} MB RSS", rss_mb(m.child.id())),
@@ -87,7 +72,7 @@ fn fleet(n: usize) {
     let cpu = (cpu_secs(pid) - c0) / window;
     let hcpu = (cpu_secs(hpid) - hc0) / window;
     // Every node still Ready: no heartbeat fell behind the 3 s node-lost timeout.
-    let still = ready_nodes(&m);
+    let still = m.ready_nodes();
     row(
         &format!("master with {n} hollow nodes heartbeating every 1 s"),
         format!("{:.0}% of a core, {:.0} MB RSS", cpu * 100.0, rss_mb(pid)),
@@ -118,7 +103,7 @@ fn replacement() {
     let _stay = HollowProcess::start(&m, &dir.path().join("stay"), "stay", 2, &[]).unwrap();
     let mut doomed =
         HollowProcess::start(&m, &dir.path().join("doomed"), "doomed", 1, &[]).unwrap();
-    assert!(eventually(Duration::from_secs(30), || ready_nodes(&m) == 3));
+    assert!(eventually(Duration::from_secs(30), || m.ready_nodes() == 3));
     let d = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 6\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: busybox, resources: {requests: {cpu: 100m}}}]\n";
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(d)));
     let ready_elsewhere = |m: &MasterProcess| {

@@ -214,6 +214,28 @@ impl MasterProcess {
         (r.code == 200).then(|| r.json())
     }
 
+    /// How many nodes are Ready.
+    pub fn ready_nodes(&self) -> usize {
+        let Ok(r) = self.http().get("/api/v1/nodes") else {
+            return 0;
+        };
+        let v = r.json();
+        v["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|n| {
+                        n["status"]["conditions"].as_array().is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// A node's Ready condition: (status, reason).
     pub fn node_ready(&self, name: &str) -> Option<(String, String)> {
         let r = self.http().get(&format!("/api/v1/nodes/{name}")).ok()?;

@@ -45,21 +45,6 @@ fn is_ready(p: &serde_json::Value) -> bool {
     })
 }
 
-fn ready_nodes(m: &MasterProcess) -> usize {
-    let v = m.http().get("/api/v1/nodes").unwrap().json();
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| {
-            n["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        })
-        .count()
-}
-
 fn per_node(m: &MasterProcess) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for p in pods(m) {
@@ -86,7 +71,7 @@ fn a_deployment_spreads_rolls_without_breaking_its_bounds_and_is_collected() {
     let dir = tempfile::tempdir().unwrap();
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
     let _h = HollowProcess::start(&m, &dir.path().join("hollow"), "h", 3, &[]).unwrap();
-    assert!(eventually(Duration::from_secs(30), || ready_nodes(&m) == 3));
+    assert!(eventually(Duration::from_secs(30), || m.ready_nodes() == 3));
     ok_stdout(&m.cli_with_stdin(
         &["apply", "-f", "-"],
         Some(&deployment("web", 10, "busybox:1")),
@@ -200,7 +185,7 @@ fn a_lost_node_s_pods_are_replaced_but_a_partition_evicts_nothing() {
     .unwrap();
     let _stay = HollowProcess::start(&m, &dir.path().join("stay"), "stay", 2, &[]).unwrap();
     let doomed = HollowProcess::start(&m, &dir.path().join("doomed"), "doomed", 1, &[]).unwrap();
-    assert!(eventually(Duration::from_secs(30), || ready_nodes(&m) == 3));
+    assert!(eventually(Duration::from_secs(30), || m.ready_nodes() == 3));
     ok_stdout(&m.cli_with_stdin(
         &["apply", "-f", "-"],
         Some(&deployment("app", 6, "busybox")),
@@ -236,7 +221,7 @@ fn a_lost_node_s_pods_are_replaced_but_a_partition_evicts_nothing() {
     // The board comes back: it reconciles to the master's view and runs none of the
     // replaced pods (its local cache still listed them).
     let back = HollowProcess::restart_in(&m, &dir.path().join("doomed"), "doomed", 1).unwrap();
-    assert!(eventually(Duration::from_secs(20), || ready_nodes(&m) == 3));
+    assert!(eventually(Duration::from_secs(20), || m.ready_nodes() == 3));
     let prom = dir.path().join("doomed/doomed-0/agent-metrics.prom");
     assert!(
         eventually(Duration::from_secs(20), || std::fs::read_to_string(&prom)
@@ -258,7 +243,7 @@ fn a_lost_node_s_pods_are_replaced_but_a_partition_evicts_nothing() {
 
     // Now lose 2 of the 3 nodes at once (67% > 55%): nothing is evicted.
     drop(_stay);
-    assert!(eventually(Duration::from_secs(10), || ready_nodes(&m) == 0));
+    assert!(eventually(Duration::from_secs(10), || m.ready_nodes() == 0));
     std::thread::sleep(Duration::from_secs(5));
     let left = pods(&m);
     assert_eq!(left.len(), 6, "a partition must not evict: {}", left.len());
@@ -269,7 +254,7 @@ fn rollout_history_and_undo_restore_the_previous_template() {
     let dir = tempfile::tempdir().unwrap();
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
     let _h = HollowProcess::start(&m, &dir.path().join("hollow"), "u", 2, &[]).unwrap();
-    assert!(eventually(Duration::from_secs(30), || ready_nodes(&m) == 2));
+    assert!(eventually(Duration::from_secs(30), || m.ready_nodes() == 2));
     let image_of = |m: &MasterProcess| {
         let d = m
             .http()

@@ -14,21 +14,6 @@ fn pod(name: &str, cpu: &str, memory: &str, extra_spec: &str) -> String {
     )
 }
 
-fn ready_nodes(m: &MasterProcess) -> usize {
-    let v = m.http().get("/api/v1/nodes").unwrap().json();
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| {
-            n["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        })
-        .count()
-}
-
 fn placement(m: &MasterProcess) -> BTreeMap<String, usize> {
     let v = m
         .http()
@@ -50,7 +35,7 @@ fn pending_pods_are_bound_spread_and_run() {
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
     let _h = HollowProcess::start(&m, &dir.path().join("hollow"), "hollow", 3, &[]).unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || ready_nodes(&m) == 3),
+        eventually(Duration::from_secs(30), || m.ready_nodes() == 3),
         "3 hollow nodes never became Ready"
     );
     let all: String = (0..9)
@@ -106,7 +91,7 @@ fn an_unschedulable_pod_says_why_and_is_placed_when_a_fitting_node_joins() {
         &["--memory-bytes", &one_gib],
     )
     .unwrap();
-    assert!(eventually(Duration::from_secs(30), || ready_nodes(&m) == 2));
+    assert!(eventually(Duration::from_secs(30), || m.ready_nodes() == 2));
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&pod("big", "100m", "3Gi", ""))));
     ok_stdout(&m.cli_with_stdin(
         &["apply", "-f", "-"],
@@ -186,7 +171,7 @@ fn node_affinity_cordon_uncordon_and_drain() {
         &["--node-labels", "zone=b,disk=4"],
     )
     .unwrap();
-    assert!(eventually(Duration::from_secs(30), || ready_nodes(&m) == 2));
+    assert!(eventually(Duration::from_secs(30), || m.ready_nodes() == 2));
     let affine = |name: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms:\n        - matchExpressions:\n          - {{key: zone, operator: In, values: [b]}}\n          - {{key: disk, operator: Gt, values: ['2']}}\n  containers: [{{name: c, image: busybox}}]\n"
