@@ -184,7 +184,6 @@ pub fn start(
         lost_after: config.node_lost_after,
         nodes: HashMap::new(),
         pods_by_node: HashMap::new(),
-        node_of_pod: HashMap::new(),
         watched: 0,
         pending: HashMap::new(),
         next_rpc: 1,
@@ -219,7 +218,6 @@ struct Gateway {
     nodes: HashMap<String, NodeState>,
     /// Pods bound to each node, as of revision `watched`.
     pods_by_node: HashMap<String, BTreeMap<String, Arc<Entry>>>,
-    node_of_pod: HashMap<String, String>,
     /// The revision the pod index reflects.
     watched: u64,
     pending: HashMap<u64, oneshot::Sender<LogReply>>,
@@ -275,7 +273,6 @@ impl Gateway {
     fn relist(&mut self) -> Option<crate::store::Watch> {
         let (rev, items) = self.store.list(Kind::Pod, None, &Selector::everything());
         self.pods_by_node.clear();
-        self.node_of_pod.clear();
         for e in items {
             self.index(&e, false);
         }
@@ -306,13 +303,11 @@ impl Gateway {
             if let Some(m) = self.pods_by_node.get_mut(&node) {
                 m.remove(&uid);
             }
-            self.node_of_pod.remove(&uid);
         } else {
             self.pods_by_node
                 .entry(node.clone())
                 .or_default()
                 .insert(uid.clone(), e.clone());
-            self.node_of_pod.insert(uid.clone(), node.clone());
         }
         Some((node, uid))
     }
