@@ -107,14 +107,7 @@ fn replacement() {
     let d = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 6\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: busybox, resources: {requests: {cpu: 100m}}}]\n";
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(d)));
     let ready_elsewhere = |m: &MasterProcess| {
-        let v = m
-            .http()
-            .get("/api/v1/namespaces/default/pods")
-            .unwrap()
-            .json();
-        v["items"]
-            .as_array()
-            .unwrap()
+        m.pods()
             .iter()
             .filter(|p| {
                 p["spec"]["nodeName"] != "doomed-0"
@@ -126,14 +119,7 @@ fn replacement() {
             .count()
     };
     assert!(eventually(Duration::from_secs(30), || {
-        let v = m
-            .http()
-            .get("/api/v1/namespaces/default/pods")
-            .unwrap()
-            .json();
-        v["items"]
-            .as_array()
-            .unwrap()
+        m.pods()
             .iter()
             .filter(|p| p["spec"]["nodeName"] == "doomed-0")
             .count()

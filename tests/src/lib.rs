@@ -125,33 +125,17 @@ impl MasterProcess {
 
     /// Sends a signal to the master.
     pub fn signal(&self, sig: i32) {
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
+        send_signal(self.child.id() as i32, sig);
     }
 
     /// SIGKILLs the master (a power cut, as far as the process is concerned) and reaps it.
     pub fn kill9(mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
+        kill9_child(&mut self.child);
     }
 
     /// SIGTERMs the master and waits for it to exit; returns its exit code.
     pub fn terminate(mut self) -> Option<i32> {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate_child(&mut self.child)
     }
 
     /// Runs the real `bramble` CLI against this master.
@@ -212,6 +196,14 @@ impl MasterProcess {
             .get(&format!("/api/v1/namespaces/default/pods/{name}"))
             .ok()?;
         (r.code == 200).then(|| r.json())
+    }
+
+    /// Every pod in the default namespace, as JSON.
+    pub fn pods(&self) -> Vec<serde_json::Value> {
+        self.http()
+            .get("/api/v1/namespaces/default/pods")
+            .map(|r| r.json()["items"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// How many nodes are Ready.
@@ -349,33 +341,17 @@ impl AgentProcess {
 
     /// Sends a signal to the agent.
     pub fn signal(&self, sig: i32) {
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
+        send_signal(self.child.id() as i32, sig);
     }
 
     /// SIGKILLs the agent and reaps it.
     pub fn kill9(mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
+        kill9_child(&mut self.child);
     }
 
     /// SIGTERMs the agent and waits for it (its containers keep running).
     pub fn terminate(mut self) -> Option<i32> {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate_child(&mut self.child)
     }
 
     /// The init pids of this agent's running containers.
@@ -403,6 +379,28 @@ pub fn container_pids(data_dir: &Path) -> Vec<i32> {
     }
     out.sort();
     out
+}
+
+/// SIGKILLs a child process and reaps it.
+fn kill9_child(child: &mut Child) {
+    send_signal(child.id() as i32, libc::SIGKILL);
+    let _ = child.wait();
+}
+
+/// SIGTERMs a child and waits (20 s at most, then kills it); returns its exit code.
+fn terminate_child(child: &mut Child) -> Option<i32> {
+    send_signal(child.id() as i32, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Sends a signal to a process.

@@ -28,16 +28,6 @@ spec:
     )
 }
 
-fn pods(m: &MasterProcess) -> Vec<serde_json::Value> {
-    m.http()
-        .get("/api/v1/namespaces/default/pods")
-        .unwrap()
-        .json()["items"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn is_ready(p: &serde_json::Value) -> bool {
     p["status"]["conditions"].as_array().is_some_and(|c| {
         c.iter()
@@ -47,7 +37,7 @@ fn is_ready(p: &serde_json::Value) -> bool {
 
 fn per_node(m: &MasterProcess) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    for p in pods(m) {
+    for p in m.pods() {
         if p["metadata"]["deletionTimestamp"].is_null() {
             *out.entry(
                 p["spec"]["nodeName"]
@@ -62,7 +52,7 @@ fn per_node(m: &MasterProcess) -> BTreeMap<String, usize> {
 }
 
 fn all_ready(m: &MasterProcess, n: usize) -> bool {
-    let ps = pods(m);
+    let ps = m.pods();
     ps.len() == n && ps.iter().all(is_ready)
 }
 
@@ -170,7 +160,7 @@ fn a_deployment_spreads_rolls_without_breaking_its_bounds_and_is_collected() {
     assert!(eventually(Duration::from_secs(30), || all_ready(&m, 4)));
     ok_stdout(&m.cli(&["delete", "deploy", "web"]));
     assert!(
-        eventually(Duration::from_secs(30), || pods(&m).is_empty()),
+        eventually(Duration::from_secs(30), || m.pods().is_empty()),
         "owned pods were not collected"
     );
 }
@@ -245,7 +235,7 @@ fn a_lost_node_s_pods_are_replaced_but_a_partition_evicts_nothing() {
     drop(_stay);
     assert!(eventually(Duration::from_secs(10), || m.ready_nodes() == 0));
     std::thread::sleep(Duration::from_secs(5));
-    let left = pods(&m);
+    let left = m.pods();
     assert_eq!(left.len(), 6, "a partition must not evict: {}", left.len());
 }
 
@@ -269,7 +259,7 @@ fn rollout_history_and_undo_restore_the_previous_template() {
     for img in ["busybox:1", "busybox:2", "busybox:3"] {
         ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&deployment("hist", 3, img))));
         assert!(eventually(Duration::from_secs(30), || {
-            let ps = pods(&m);
+            let ps = m.pods();
             ps.len() == 3
                 && ps
                     .iter()
@@ -286,7 +276,7 @@ fn rollout_history_and_undo_restore_the_previous_template() {
     ok_stdout(&m.cli(&["rollout", "undo", "deployment/hist"]));
     assert_eq!(image_of(&m), "busybox:2");
     assert!(eventually(Duration::from_secs(30), || {
-        let ps = pods(&m);
+        let ps = m.pods();
         ps.len() == 3
             && ps
                 .iter()

@@ -59,16 +59,7 @@ fn pending_pods_are_bound_spread_and_run() {
     );
     // They run on their (hollow) nodes and report back.
     assert!(eventually(Duration::from_secs(30), || {
-        let v = m
-            .http()
-            .get("/api/v1/namespaces/default/pods")
-            .unwrap()
-            .json();
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["status"]["phase"] == "Running")
+        m.pods().iter().all(|p| p["status"]["phase"] == "Running")
     }));
     let events = ok_stdout(&m.cli(&["get", "events"]));
     assert!(
