@@ -230,6 +230,10 @@ fn typed(kind: Kind, value: Value) -> Result<(Object, Vec<String>), FieldError> 
         Kind::Service => de(value).map(|(o, u)| (Object::Service(o), u)),
         Kind::Endpoints => de(value).map(|(o, u)| (Object::Endpoints(o), u)),
         Kind::Event => de(value).map(|(o, u)| (Object::Event(o), u)),
+        Kind::Image => Err(FieldError::new(
+            "kind",
+            "Image objects are created by `bramble image import FILE`, not applied",
+        )),
     }?;
     obj.0.normalize_type_meta();
     Ok(obj)

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::deployment::Deployment;
 use crate::event::Event;
+use crate::image::Image;
 use crate::meta::ObjectMeta;
 use crate::namespace::Namespace;
 use crate::node::Node;
@@ -22,11 +23,12 @@ pub enum Kind {
     Service,
     Endpoints,
     Event,
+    Image,
 }
 
 impl Kind {
     /// Every kind, in the order `bramble get all` prints them.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -34,6 +36,7 @@ impl Kind {
         Kind::Service,
         Kind::Endpoints,
         Kind::Event,
+        Kind::Image,
     ];
 
     /// The `kind` field, e.g. `Pod`.
@@ -46,6 +49,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::Endpoints => "Endpoints",
             Kind::Event => "Event",
+            Kind::Image => "Image",
         }
     }
 
@@ -53,6 +57,7 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::Deployment => "apps",
+            Kind::Image => "bramble.io",
             _ => "",
         }
     }
@@ -61,6 +66,7 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::Deployment => "apps/v1",
+            Kind::Image => "bramble.io/v1",
             _ => "v1",
         }
     }
@@ -75,6 +81,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::Endpoints => "endpoints",
             Kind::Event => "events",
+            Kind::Image => "images",
         }
     }
 
@@ -88,6 +95,7 @@ impl Kind {
             Kind::Service => "service",
             Kind::Endpoints => "endpoints",
             Kind::Event => "event",
+            Kind::Image => "image",
         }
     }
 
@@ -101,12 +109,13 @@ impl Kind {
             Kind::Service => "svc",
             Kind::Endpoints => "ep",
             Kind::Event => "ev",
+            Kind::Image => "img",
         }
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::Image)
     }
 
     /// `resource.group` as kubectl prints it: `deployment.apps`, `pod`.
@@ -184,6 +193,7 @@ pub enum Object {
     Service(Service),
     Endpoints(Endpoints),
     Event(Event),
+    Image(Image),
 }
 
 macro_rules! each {
@@ -196,6 +206,7 @@ macro_rules! each {
             Object::Service($o) => $e,
             Object::Endpoints($o) => $e,
             Object::Event($o) => $e,
+            Object::Image($o) => $e,
         }
     };
 }
@@ -211,6 +222,7 @@ impl Object {
             Object::Service(_) => Kind::Service,
             Object::Endpoints(_) => Kind::Endpoints,
             Object::Event(_) => Kind::Event,
+            Object::Image(_) => Kind::Image,
         }
     }
 
@@ -252,6 +264,7 @@ impl Object {
             Kind::Service => Object::Service(serde_json::from_value(value).map_err(e)?),
             Kind::Endpoints => Object::Endpoints(serde_json::from_value(value).map_err(e)?),
             Kind::Event => Object::Event(serde_json::from_value(value).map_err(e)?),
+            Kind::Image => Object::Image(serde_json::from_value(value).map_err(e)?),
         })
     }
 
@@ -266,6 +279,7 @@ impl Object {
             Kind::Service => Object::Service(serde_json::from_slice(json)?),
             Kind::Endpoints => Object::Endpoints(serde_json::from_slice(json)?),
             Kind::Event => Object::Event(serde_json::from_slice(json)?),
+            Kind::Image => Object::Image(serde_json::from_slice(json)?),
         })
     }
 
@@ -310,6 +324,7 @@ impl Object {
             (Object::Deployment(a), Object::Deployment(b)) => a.spec == b.spec,
             (Object::Service(a), Object::Service(b)) => a.spec == b.spec,
             (Object::Endpoints(a), Object::Endpoints(b)) => a.subsets == b.subsets,
+            (Object::Image(a), Object::Image(b)) => a.spec == b.spec,
             (Object::Event(a), Object::Event(b)) => {
                 let strip = |e: &crate::event::Event| {
                     let mut e = e.clone();

@@ -33,6 +33,13 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
                 v.push("involvedObject.name", "Required value");
             }
         }
+        Object::Image(i) => {
+            v.check(
+                "spec.reference",
+                crate::image::ImageRef::parse(&i.spec.reference).map(|_| ()),
+            );
+            v.check("spec.digest", crate::image::validate_digest(&i.spec.digest));
+        }
     }
     v.0
 }

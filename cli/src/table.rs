@@ -22,6 +22,7 @@ pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str
         Kind::Namespace => vec!["NAME", "STATUS", "AGE"],
         Kind::Endpoints => vec!["NAME", "ENDPOINTS", "AGE"],
         Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        Kind::Image => vec!["IMAGE", "TAG", "DIGEST", "PLATFORMS", "SIZE", "AGE"],
     };
     if wide {
         h.extend(match kind {
@@ -43,6 +44,20 @@ fn age(meta: &ObjectMeta, now: i64) -> String {
         .as_deref()
         .and_then(parse_rfc3339)
         .map_or_else(|| "<unknown>".to_string(), |t| human_age(now - t))
+}
+
+/// `21.3MB`, `512kB`, `87B`, as `docker images` prints sizes (powers of 1000).
+pub fn human_bytes(n: u64) -> String {
+    let f = n as f64;
+    if f >= 1e9 {
+        format!("{:.1}GB", f / 1e9)
+    } else if f >= 1e6 {
+        format!("{:.1}MB", f / 1e6)
+    } else if f >= 1e3 {
+        format!("{:.0}kB", f / 1e3)
+    } else {
+        format!("{n}B")
+    }
 }
 
 fn or_none(s: String) -> String {
@@ -264,6 +279,23 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
                 ev.reason.clone(),
                 format!("{}/{}", o.kind.to_lowercase(), o.name),
                 ev.message.clone(),
+            ]
+        }
+        Object::Image(i) => {
+            let (repo, tag) = i
+                .spec
+                .reference
+                .rsplit_once(':')
+                .unwrap_or((i.spec.reference.as_str(), ""));
+            let digest = i.spec.digest.strip_prefix("sha256:").unwrap_or(&i.spec.digest);
+            let platforms: Vec<String> = i.spec.platforms.iter().map(|p| p.display()).collect();
+            vec![
+                repo.to_string(),
+                tag.to_string(),
+                digest.chars().take(12).collect(),
+                or_none(platforms.join(",")),
+                human_bytes(i.spec.size),
+                age(m, now),
             ]
         }
     };

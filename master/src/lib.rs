@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod enrollment;
 pub mod events;
 pub mod gateway;
+pub mod images;
 pub mod metrics;
 pub mod scheduler;
 pub mod server;
@@ -70,6 +71,7 @@ pub struct Master {
     internal: CancellationToken,
     mqtt_host: String,
     mqtt_port: u16,
+    images: Arc<server::images::ImageService>,
 }
 
 impl Master {
@@ -96,6 +98,11 @@ impl Master {
                 }
             }
         }
+        let blobs = images::Blobs::open(dir).map_err(|source| StartError::DataDir {
+            path: dir.join("blobs").display().to_string(),
+            source,
+        })?;
+        let images = Arc::new(server::images::ImageService::new(blobs));
         let admin_token =
             credentials::load_or_create_token(&dir.join(credentials::ADMIN_TOKEN_FILE))?;
         let enrollment = Arc::new(enrollment::Enrollment::load(dir)?);
@@ -176,6 +183,7 @@ impl Master {
             internal,
             mqtt_host,
             mqtt_port: gw_port,
+            images,
         })
     }
 
@@ -212,6 +220,7 @@ impl Master {
             gateway: self.gateway.clone(),
             mqtt_host: self.mqtt_host.clone(),
             mqtt_port: self.mqtt_port,
+            images: self.images.clone(),
         });
         let app = server::router(state);
         tracing::info!(addr = %self.addr, "API server listening");

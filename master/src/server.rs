@@ -3,6 +3,7 @@
 
 mod body;
 mod error;
+pub mod images;
 mod nodes;
 mod path;
 mod resources;
@@ -38,6 +39,7 @@ pub struct AppState {
     /// Broker address given to joining agents (empty host: the master's host).
     pub mqtt_host: String,
     pub mqtt_port: u16,
+    pub images: Arc<images::ImageService>,
 }
 
 /// The API router.
@@ -48,6 +50,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/bramble/v1/join", post(nodes::join))
         .route("/bramble/v1/tokens", get(nodes::tokens).post(nodes::tokens))
+        .route(
+            "/bramble/v1/images",
+            post(images::import).delete(images::remove),
+        )
+        .route("/bramble/v1/images/resolve", get(images::resolve))
+        .route("/bramble/v1/blobs/{digest}", get(images::blob))
         .fallback(api)
         .with_state(state)
 }

@@ -51,6 +51,30 @@ pub async fn handle(
             result.unwrap_or_else(IntoResponse::into_response),
         );
     }
+    if target.kind == Kind::Image && !matches!(method, Method::GET | Method::DELETE) {
+        return (
+            "unknown",
+            resource,
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "images are created by `bramble image import FILE` (POST /bramble/v1/images)",
+            )
+            .into_response(),
+        );
+    }
+    if target.kind == Kind::Image && method == Method::DELETE {
+        return (
+            "delete",
+            resource,
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "images are removed by `bramble image rm REF` (DELETE /bramble/v1/images?reference=REF)",
+            )
+            .into_response(),
+        );
+    }
     let (verb, result) = match (&method, target.name.is_some(), target.status) {
         (&Method::GET, false, _) if watching => ("watch", watch(st, &target, &query)),
         (&Method::GET, false, _) => ("list", list(st, &target, &query)),
