@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::images::{ImageStore, RootfsDirs};
+use crate::images::ImageStore;
 use crate::join::{self, Credentials, JoinError};
 use crate::localstore::{LocalStore, LocalStoreError};
 use crate::pods::plan::Backoff;
@@ -172,7 +172,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         shim_exe,
         config.log_max_bytes,
     )?);
-    let images: Arc<dyn ImageStore> = Arc::new(RootfsDirs::new(&config.images_dir));
+    let cache = crate::images::oci::OciStore::open(
+        dir,
+        &config.images_dir,
+        (
+            "linux".to_string(),
+            crate::facts::architecture(),
+            crate::facts::variant(),
+        ),
+        config.image_cache,
+    )
+    .map_err(|source| AgentError::DataDir {
+        path: dir.join("image-cache").display().to_string(),
+        source,
+    })?;
+    let images: Arc<dyn ImageStore> = Arc::new(cache);
     run_with_runtime(config, runtime, images, shutdown).await
 }
 

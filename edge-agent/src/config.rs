@@ -89,6 +89,16 @@ pub struct RunArgs {
     /// Directory of unpacked images (<name>[_<tag>]/rootfs) [default: <data-dir>/images]
     #[arg(long)]
     pub images_dir: Option<PathBuf>,
+    /// Collect unused images when the disk is fuller than this percentage [default: 85]
+    #[arg(long)]
+    pub image_gc_high_percent: Option<u8>,
+    /// Collect down to this percentage [default: 80]
+    #[arg(long)]
+    pub image_gc_low_percent: Option<u8>,
+    /// Collect unused images when the image cache holds more than this many bytes
+    /// [default: no limit]
+    #[arg(long)]
+    pub image_cache_max_bytes: Option<u64>,
     /// Memory kept back from pods, in bytes [default: 134217728]
     #[arg(long)]
     pub reserved_memory: Option<u64>,
@@ -110,6 +120,9 @@ struct FileConfig {
     restart_backoff_max: Option<String>,
     log_max_bytes: Option<u64>,
     images_dir: Option<PathBuf>,
+    image_gc_high_percent: Option<u8>,
+    image_gc_low_percent: Option<u8>,
+    image_cache_max_bytes: Option<u64>,
     reserved_memory: Option<u64>,
     reserved_cpu: Option<u64>,
 }
@@ -128,6 +141,7 @@ pub struct Config {
     pub restart_backoff_max: Duration,
     pub log_max_bytes: u64,
     pub images_dir: PathBuf,
+    pub image_cache: crate::images::oci::CacheLimits,
     pub reserved_memory: u64,
     pub reserved_cpu: u64,
     /// Reported CPUs and memory instead of the machine's (hollow nodes).
@@ -238,6 +252,25 @@ impl TryFrom<RunArgs> for Config {
             .images_dir
             .or(file.images_dir)
             .unwrap_or_else(|| data_dir.join("images"));
+        let high = a
+            .image_gc_high_percent
+            .or(file.image_gc_high_percent)
+            .unwrap_or(85);
+        let low = a
+            .image_gc_low_percent
+            .or(file.image_gc_low_percent)
+            .unwrap_or(80.min(high));
+        if high > 100 || low > high {
+            return Err(format!(
+                "--image-gc-high-percent ({high}) must be at most 100 and at least \
+                 --image-gc-low-percent ({low})"
+            ));
+        }
+        let image_cache = crate::images::oci::CacheLimits {
+            high_percent: high,
+            low_percent: low,
+            max_bytes: a.image_cache_max_bytes.or(file.image_cache_max_bytes),
+        };
         Ok(Config {
             data_dir,
             server,
@@ -250,6 +283,7 @@ impl TryFrom<RunArgs> for Config {
             restart_backoff_max,
             log_max_bytes,
             images_dir,
+            image_cache,
             reserved_memory: a
                 .reserved_memory
                 .or(file.reserved_memory)
@@ -288,6 +322,10 @@ mod tests {
             ),
             (&["--node-ip", "999.1.1.1"][..], "--node-ip"),
             (&["--log-max-bytes", "10"][..], "--log-max-bytes"),
+            (
+                &["--image-gc-high-percent", "50", "--image-gc-low-percent", "60"][..],
+                "--image-gc-high-percent",
+            ),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(flag), "{args:?}: {e}");

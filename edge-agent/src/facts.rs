@@ -18,6 +18,21 @@ pub fn architecture() -> String {
     .to_string()
 }
 
+/// The ARM variant (`v6`, `v7`, `v8`) of this machine, empty elsewhere.
+pub fn variant() -> String {
+    let machine = nix::sys::utsname::uname()
+        .map(|u| u.machine().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match machine.as_str() {
+        "aarch64" | "arm64" => "v8",
+        m if m.starts_with("armv7") => "v7",
+        m if m.starts_with("armv6") => "v6",
+        m if m.starts_with("armv5") => "v5",
+        _ => "",
+    }
+    .to_string()
+}
+
 fn meminfo(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;

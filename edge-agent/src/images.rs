@@ -1,25 +1,88 @@
 //! Where a container's root filesystem comes from.
 //!
-//! Until OCI image distribution lands, an image name resolves to an unpacked root filesystem
-//! in the agent's images directory: `busybox:1.36` is `<images>/busybox_1.36/rootfs`, or
-//! `<images>/busybox/rootfs` for any tag. The images issue replaces this implementation
-//! behind the same trait.
+//! [`oci::OciStore`] pulls OCI images from the master (the image source of an offline site),
+//! verifies every blob by digest, picks the node's platform from an index, and unpacks each
+//! layer once into its own directory; a container's rootfs is an overlay of those layers.
+//! [`RootfsDirs`] keeps side-loaded root filesystems working: `busybox:1.36` is
+//! `<images>/busybox_1.36/rootfs`, or `<images>/busybox/rootfs` for any tag; a side-loaded
+//! rootfs wins over a pull.
+
+pub mod oci;
+pub mod unpack;
 
 use std::path::{Path, PathBuf};
 
-/// Why an image could not be resolved.
+use bramble_api::image::ImageConfig;
+
+/// Why an image could not be made ready.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImageError {
     #[error("image {image:?} is not present on this node (looked in {looked})")]
     NotPresent { image: String, looked: String },
     #[error("image {0:?} is not a valid image reference")]
     Invalid(String),
+    /// Fetching or unpacking failed; retried with back-off.
+    #[error("pulling image {image:?}: {message}")]
+    Pull { image: String, message: String },
+    /// The image has no variant for this node's platform.
+    #[error("{0}")]
+    NoPlatform(String),
 }
 
-/// Resolves image references to root filesystems.
+impl ImageError {
+    /// The container's waiting reason, as the kubelet names it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ImageError::NotPresent { .. } => "ErrImageNeverPull",
+            ImageError::Invalid(_) => "InvalidImageName",
+            ImageError::Pull { .. } | ImageError::NoPlatform(_) => "ErrImagePull",
+        }
+    }
+}
+
+/// When to ask the master for an image (`imagePullPolicy`; the master is the registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Resolve the tag at the master on every container start; if the master is unreachable,
+    /// run what the node has (an offline site keeps working).
+    Always,
+    /// Use the node's copy if it has one.
+    IfNotPresent,
+    /// Only the node's copy.
+    Never,
+}
+
+impl PullPolicy {
+    /// Kubernetes' defaulting: `Always` for `:latest` or no tag, else `IfNotPresent`.
+    pub fn of(policy: &str, image: &str) -> PullPolicy {
+        match policy {
+            "Always" => PullPolicy::Always,
+            "Never" => PullPolicy::Never,
+            "IfNotPresent" => PullPolicy::IfNotPresent,
+            _ => match bramble_api::image::ImageRef::parse(image) {
+                Ok(r) if r.digest.is_none() && r.tag == "latest" => PullPolicy::Always,
+                _ => PullPolicy::IfNotPresent,
+            },
+        }
+    }
+}
+
+/// A ready image: its layers (lowest first) and its container defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PreparedImage {
+    pub layers: Vec<PathBuf>,
+    pub config: ImageConfig,
+}
+
+/// Makes images ready for containers. Calls may block (downloads, unpacking).
 pub trait ImageStore: Send + Sync + 'static {
-    /// The root filesystem directory of `image`.
-    fn rootfs(&self, image: &str) -> Result<PathBuf, ImageError>;
+    /// The layers and config of `image`, pulling it first if the policy says so.
+    fn prepare(&self, image: &str, policy: PullPolicy) -> Result<PreparedImage, ImageError>;
+    /// Frees disk by removing images that none of `in_use` names and no container uses, if
+    /// the cache is over its limits. Returns the bytes freed.
+    fn collect(&self, _in_use: &[String]) -> u64 {
+        0
+    }
 }
 
 /// Unpacked root filesystems in a directory.
@@ -59,8 +122,9 @@ fn parse(image: &str) -> Result<(String, Option<String>), ImageError> {
     Ok((safe, tag))
 }
 
-impl ImageStore for RootfsDirs {
-    fn rootfs(&self, image: &str) -> Result<PathBuf, ImageError> {
+impl RootfsDirs {
+    /// The side-loaded root filesystem of `image`.
+    pub fn rootfs(&self, image: &str) -> Result<PathBuf, ImageError> {
         let (name, tag) = parse(image)?;
         let mut candidates = Vec::new();
         if let Some(t) = &tag {
@@ -80,6 +144,15 @@ impl ImageStore for RootfsDirs {
         Err(ImageError::NotPresent {
             image: image.to_string(),
             looked,
+        })
+    }
+}
+
+impl ImageStore for RootfsDirs {
+    fn prepare(&self, image: &str, _policy: PullPolicy) -> Result<PreparedImage, ImageError> {
+        Ok(PreparedImage {
+            layers: vec![self.rootfs(image)?],
+            config: ImageConfig::default(),
         })
     }
 }

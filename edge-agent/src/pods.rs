@@ -41,7 +41,12 @@ pub struct PodManager {
     last_reported: HashMap<String, PodReport>,
     /// Probe state per running container instance.
     probes: HashMap<String, probes::ProbeState>,
+    /// When the image cache was last checked against its limits.
+    last_image_gc_ms: i64,
 }
+
+/// How often the image cache is checked against its limits (also after every pull).
+const IMAGE_GC_EVERY_MS: i64 = 60_000;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -94,6 +99,7 @@ impl PodManager {
             host_ip: config.host_ip,
             last_reported: HashMap::new(),
             probes: HashMap::new(),
+            last_image_gc_ms: now_ms(),
         })
     }
 
@@ -198,6 +204,9 @@ impl PodManager {
             .await
         };
         let now = now_ms();
+        if now - self.last_image_gc_ms >= IMAGE_GC_EVERY_MS {
+            self.collect_images().await;
+        }
         plan::observe(
             &mut self.records,
             &self.desired,
@@ -417,6 +426,18 @@ impl PodManager {
         Ok(self.log_file(&rec.uid, container, c.attempt - back))
     }
 
+    /// Lets the image store free disk, keeping every image a desired pod names.
+    async fn collect_images(&mut self) {
+        self.last_image_gc_ms = now_ms();
+        let in_use: Vec<String> = self
+            .desired
+            .values()
+            .flat_map(|p| p.spec.containers.iter().map(|c| c.image.clone()))
+            .collect();
+        let images = self.images.clone();
+        let _ = tokio::task::spawn_blocking(move || images.collect(&in_use)).await;
+    }
+
     fn set_waiting(
         &mut self,
         uid: &str,
@@ -506,16 +527,25 @@ impl PodManager {
                     .entry(container.clone())
                     .or_insert_with(|| ContainerRecord::new(&spec_c.image));
                 let instance = cr.attempt;
-                let rootfs = match self.images.rootfs(&spec_c.image) {
-                    Ok(r) => r,
+                let images = self.images.clone();
+                let (image, policy) = (
+                    spec_c.image.clone(),
+                    crate::images::PullPolicy::of(&spec_c.image_pull_policy, &spec_c.image),
+                );
+                let prepared =
+                    tokio::task::spawn_blocking(move || images.prepare(&image, policy)).await;
+                let prepared = match prepared {
+                    Ok(Ok(p)) => {
+                        self.collect_images().await;
+                        p
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(uid, container, error = %e, "image not ready");
+                        self.set_waiting(&uid, Some(&container), e.reason(), e.to_string(), now);
+                        return None;
+                    }
                     Err(e) => {
-                        self.set_waiting(
-                            &uid,
-                            Some(&container),
-                            "ErrImageNeverPull",
-                            e.to_string(),
-                            now,
-                        );
+                        self.set_waiting(&uid, Some(&container), "ErrImagePull", e.to_string(), now);
                         return None;
                     }
                 };
@@ -540,7 +570,7 @@ impl PodManager {
                     pod_name: pod.metadata.name.clone(),
                     namespace: pod.metadata.namespace.clone(),
                     container: spec_c,
-                    image_rootfs: rootfs,
+                    image: prepared,
                     netns,
                     volumes,
                     hostname: if pod.spec.hostname.is_empty() {

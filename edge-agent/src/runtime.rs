@@ -29,8 +29,8 @@ pub struct ContainerSpec {
     pub pod_name: String,
     pub namespace: String,
     pub container: Container,
-    /// The image's root filesystem (read-only lower layer).
-    pub image_rootfs: PathBuf,
+    /// The image: its layers (read-only overlay lower directories) and config.
+    pub image: crate::images::PreparedImage,
     /// The pod's network namespace; None for `hostNetwork: true`.
     pub netns: Option<PathBuf>,
     /// Host directories for the pod's volumes, by volume name.

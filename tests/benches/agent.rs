@@ -165,7 +165,10 @@ fn container_start_vs_runc(dir: &std::path::Path) {
             serde_json::json!({"name": "c", "image": "busybox", "command": ["sleep", "3600"]}),
         )
         .unwrap(),
-        image_rootfs: data.join("images/busybox/rootfs"),
+        image: bramble_agent::images::PreparedImage {
+            layers: vec![data.join("images/busybox/rootfs")],
+            config: Default::default(),
+        },
         netns: None,
         volumes: vec![],
         hostname: format!("b{i}"),
@@ -192,7 +195,7 @@ fn container_start_vs_runc(dir: &std::path::Path) {
             // The same config.json, on a read-only view of the same image rootfs.
             let b = data.join(format!("runc/{i}"));
             std::fs::create_dir_all(&b).unwrap();
-            let mut cfg = bundle::config(&s, &data.join("images/busybox/rootfs"));
+            let mut cfg = bundle::config(&s, &data.join("images/busybox/rootfs"), (0, 0));
             cfg["root"]["readonly"] = serde_json::json!(true);
             cfg["linux"]["cgroupsPath"] = serde_json::json!(format!("/bramble-bench/runc{i}"));
             std::fs::write(b.join("config.json"), cfg.to_string()).unwrap();

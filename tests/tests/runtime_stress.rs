@@ -29,7 +29,10 @@ fn spec(data: &std::path::Path, n: usize) -> ContainerSpec {
         pod_name: format!("stress{n}"),
         namespace: "default".into(),
         container,
-        image_rootfs: data.join("images/busybox/rootfs"),
+        image: bramble_agent::images::PreparedImage {
+            layers: vec![data.join("images/busybox/rootfs")],
+            config: Default::default(),
+        },
         netns: None,
         volumes: vec![],
         hostname: format!("stress{n}"),

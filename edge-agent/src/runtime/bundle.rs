@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use bramble_api::image::ImageConfig;
 use bramble_api::pod::Container;
 use serde_json::{Value, json};
 
@@ -30,15 +31,69 @@ const CAPABILITIES: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// The process's argv: `command` replaces the image entrypoint and `args` its cmd, as in
-/// Kubernetes. A rootfs directory has no image config, so a container with neither runs `sh`.
-pub fn argv(c: &Container) -> Vec<String> {
-    let mut v: Vec<String> = c.command.clone();
-    v.extend(c.args.iter().cloned());
+/// The process's argv: `command` replaces the image's Entrypoint and `args` its Cmd, as in
+/// Kubernetes (a `command` without `args` drops the image's Cmd too). A side-loaded rootfs
+/// has no image config, so a container with nothing to run runs `sh`.
+pub fn argv(c: &Container, image: &ImageConfig) -> Vec<String> {
+    let mut v: Vec<String> = if c.command.is_empty() {
+        image.entrypoint.clone().unwrap_or_default()
+    } else {
+        c.command.clone()
+    };
+    if !c.args.is_empty() {
+        v.extend(c.args.iter().cloned());
+    } else if c.command.is_empty() {
+        v.extend(image.cmd.clone().unwrap_or_default());
+    }
     if v.is_empty() {
         v.push("sh".into());
     }
     v
+}
+
+/// The uid and gid of an image's `User` (`uid`, `uid:gid`, `name`, `name:group`), names
+/// looked up in the container's own `/etc/passwd` and `/etc/group` under `rootfs`.
+pub fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), String> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
+        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 3 && f[0] == name).then(|| {
+                let id = f[2].parse().ok()?;
+                let gid = f.get(3).and_then(|x| x.parse().ok()).unwrap_or(id);
+                Some((id, gid))
+            })?
+        })
+    };
+    let (uid, mut gid) = match u.parse::<u32>() {
+        Ok(n) => (n, lookup_gid_of_uid(rootfs, n).unwrap_or(0)),
+        Err(_) => lookup("etc/passwd", u)
+            .ok_or_else(|| format!("user {u:?} of the image is not in its /etc/passwd"))?,
+    };
+    if let Some(g) = g {
+        gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => lookup("etc/group", g)
+                .map(|(id, _)| id)
+                .ok_or_else(|| format!("group {g:?} of the image is not in its /etc/group"))?,
+        };
+    }
+    Ok((uid, gid))
+}
+
+fn lookup_gid_of_uid(rootfs: &Path, uid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[3].parse().ok())?
+    })
 }
 
 /// The cgroup of a container, below Bramble's own parent.
@@ -47,20 +102,26 @@ pub fn cgroup_path(spec: &ContainerSpec) -> String {
 }
 
 /// Builds the OCI runtime config for a container whose rootfs is mounted at `rootfs`.
-pub fn config(spec: &ContainerSpec, rootfs: &Path) -> Value {
+/// `user` is the process's uid and gid (from [`resolve_user`]).
+pub fn config(spec: &ContainerSpec, rootfs: &Path, user: (u32, u32)) -> Value {
     let c = &spec.container;
-    let mut env: Vec<String> = vec![
-        format!("PATH={DEFAULT_PATH}"),
-        format!("HOSTNAME={}", spec.hostname),
-    ];
+    let image = &spec.image.config;
+    let mut env: Vec<String> = image.env.clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, format!("PATH={DEFAULT_PATH}"));
+    }
+    env.retain(|x| !x.starts_with("HOSTNAME="));
+    env.push(format!("HOSTNAME={}", spec.hostname));
     for e in &c.env {
         env.retain(|x| !x.starts_with(&format!("{}=", e.name)));
         env.push(format!("{}={}", e.name, e.value));
     }
-    let cwd = if c.working_dir.is_empty() {
-        "/".to_string()
-    } else {
+    let cwd = if !c.working_dir.is_empty() {
         c.working_dir.clone()
+    } else if !image.working_dir.is_empty() {
+        image.working_dir.clone()
+    } else {
+        "/".to_string()
     };
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
@@ -126,8 +187,8 @@ pub fn config(spec: &ContainerSpec, rootfs: &Path) -> Value {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": 0, "gid": 0},
-            "args": argv(c),
+            "user": {"uid": user.0, "gid": user.1},
+            "args": argv(c, image),
             "env": env,
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
@@ -161,7 +222,7 @@ mod tests {
             pod_name: "web".into(),
             namespace: "default".into(),
             container: c,
-            image_rootfs: PathBuf::from("/images/busybox/rootfs"),
+            image: Default::default(),
             netns: Some(PathBuf::from("/run/bramble/netns/uid1")),
             volumes: vec![(
                 "data".into(),
@@ -177,7 +238,7 @@ mod tests {
         let s = spec(
             "name: main\nimage: busybox\ncommand: [sh, -c]\nargs: ['echo hi']\nenv: [{name: A, value: '1'}, {name: PATH, value: /bin}]\nworkingDir: /tmp\nresources: {limits: {memory: 64Mi, cpu: 250m}, requests: {cpu: 100m}}\nvolumeMounts: [{name: data, mountPath: /data, readOnly: true}]\n",
         );
-        let v = config(&s, Path::new("/c/rootfs"));
+        let v = config(&s, Path::new("/c/rootfs"), (0, 0));
         assert_eq!(v["process"]["args"], json!(["sh", "-c", "echo hi"]));
         let env: Vec<&str> = v["process"]["env"]
             .as_array()
@@ -214,7 +275,7 @@ mod tests {
     fn host_network_has_no_network_namespace_and_defaults_apply() {
         let mut s = spec("name: main\nimage: busybox\n");
         s.netns = None;
-        let v = config(&s, Path::new("/c/rootfs"));
+        let v = config(&s, Path::new("/c/rootfs"), (0, 0));
         assert!(
             !v["linux"]["namespaces"]
                 .as_array()
@@ -224,5 +285,44 @@ mod tests {
         );
         assert_eq!(v["process"]["args"], json!(["sh"]));
         assert!(v["linux"]["resources"].get("memory").is_none());
+    }
+
+    #[test]
+    fn image_config_gives_defaults_with_kubernetes_semantics() {
+        let img = ImageConfig {
+            user: String::new(),
+            env: Some(vec!["PATH=/opt/bin".into(), "MODE=prod".into()]),
+            entrypoint: Some(vec!["/entry".into()]),
+            cmd: Some(vec!["serve".into(), "--port=80".into()]),
+            working_dir: "/srv".into(),
+        };
+        let argv_of = |yaml: &str| argv(&serde_norway::from_str(yaml).unwrap(), &img);
+        assert_eq!(argv_of("name: a\nimage: x\n"), ["/entry", "serve", "--port=80"]);
+        assert_eq!(argv_of("name: a\nimage: x\nargs: [check]\n"), ["/entry", "check"]);
+        assert_eq!(argv_of("name: a\nimage: x\ncommand: [sh]\n"), ["sh"]);
+        assert_eq!(argv_of("name: a\nimage: x\ncommand: [sh]\nargs: [-c, x]\n"), ["sh", "-c", "x"]);
+        let mut s = spec("name: main\nimage: busybox\nenv: [{name: MODE, value: dev}]\n");
+        s.image.config = img.clone();
+        let v = config(&s, Path::new("/c/rootfs"), (1000, 100));
+        let env: Vec<&str> = v["process"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        assert!(env.contains(&"PATH=/opt/bin") && env.contains(&"MODE=dev") && !env.contains(&"MODE=prod"), "{env:?}");
+        assert_eq!(v["process"]["cwd"], "/srv");
+        assert_eq!(v["process"]["user"], json!({"uid": 1000, "gid": 100}));
+    }
+
+    #[test]
+    fn users_resolve_by_number_and_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nweb:x:1000:1001::/srv:/bin/sh\n").unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        let r = |u: &str| resolve_user(u, dir.path());
+        assert_eq!(r(""), Ok((0, 0)));
+        assert_eq!(r("web"), Ok((1000, 1001)));
+        assert_eq!(r("1000"), Ok((1000, 1001)));
+        assert_eq!(r("4242"), Ok((4242, 0)));
+        assert_eq!(r("web:staff"), Ok((1000, 50)));
+        assert_eq!(r("7:8"), Ok((7, 8)));
+        assert!(r("nobody-here").unwrap_err().contains("not in its /etc/passwd"));
     }
 }

@@ -189,16 +189,24 @@ impl Runtime for LibcontainerRuntime {
             id: spec.id.clone(),
             message,
         };
-        if !spec.image_rootfs.is_dir() {
-            return Err(cerr(format!(
-                "image rootfs {} is missing",
-                spec.image_rootfs.display()
-            )));
+        if let Some(missing) = spec.image.layers.iter().find(|l| !l.is_dir()) {
+            return Err(cerr(format!("image layer {} is missing", missing.display())));
+        }
+        if spec.image.layers.is_empty() {
+            return Err(cerr("the image has no layers".into()));
         }
         if !sandbox::is_mount_point(&rootfs) {
+            // overlayfs lists lower directories top first.
+            let lowers: Vec<String> = spec
+                .image
+                .layers
+                .iter()
+                .rev()
+                .map(|l| l.display().to_string())
+                .collect();
             let data = format!(
                 "lowerdir={},upperdir={},workdir={}",
-                spec.image_rootfs.display(),
+                lowers.join(":"),
                 upper.display(),
                 work.display()
             );
@@ -211,7 +219,8 @@ impl Runtime for LibcontainerRuntime {
             )
             .map_err(|e| cerr(format!("mounting the overlay rootfs: {e}")))?;
         }
-        let config = bundle::config(spec, &rootfs);
+        let user = bundle::resolve_user(&spec.image.config.user, &rootfs).map_err(cerr)?;
+        let config = bundle::config(spec, &rootfs, user);
         std::fs::write(dir.join("config.json"), config.to_string())
             .map_err(RuntimeError::io(format!("{}/config.json", dir.display())))?;
         let shim_log =

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::{ContainerSpec, Exit, Observed, Runtime, RuntimeError};
-use crate::images::{ImageError, ImageStore};
+use crate::images::{ImageError, ImageStore, PreparedImage, PullPolicy};
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -46,7 +46,7 @@ impl MemoryRuntime {
 
 /// The exit code a hollow container's command asks for, if it ends at once.
 fn immediate_exit(spec: &ContainerSpec) -> Option<i32> {
-    let argv = super::bundle::argv(&spec.container);
+    let argv = super::bundle::argv(&spec.container, &spec.image.config);
     match argv
         .iter()
         .map(String::as_str)
@@ -145,7 +145,10 @@ impl Runtime for MemoryRuntime {
 pub struct AnyImage;
 
 impl ImageStore for AnyImage {
-    fn rootfs(&self, _image: &str) -> Result<PathBuf, ImageError> {
-        Ok(PathBuf::from("/nonexistent/hollow-rootfs"))
+    fn prepare(&self, _image: &str, _policy: PullPolicy) -> Result<PreparedImage, ImageError> {
+        Ok(PreparedImage {
+            layers: vec![PathBuf::from("/nonexistent/hollow-rootfs")],
+            config: Default::default(),
+        })
     }
 }
