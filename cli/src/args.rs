@@ -47,6 +47,9 @@ pub enum Command {
     /// Join tokens for new nodes
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Images on the master: import archives, list, remove
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Set a Deployment's replica count
     Scale(ScaleArgs),
     /// Follow or restart a Deployment's rollout
@@ -125,6 +128,32 @@ pub struct LogsArgs {
     /// The previous instance of the container (after a restart)
     #[arg(short = 'p', long)]
     pub previous: bool,
+}
+
+/// `bramble image`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI archive (`skopeo copy ... oci-archive:FILE`) or a `docker save` tarball
+    Import {
+        /// The archive; `-` reads standard input
+        file: String,
+        /// Name the image REPOSITORY[:TAG] (the tag defaults to the archive's own)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List imported images
+    #[command(alias = "list")]
+    Ls,
+    /// Remove an image (refused while a pod uses it, unless --force)
+    #[command(alias = "remove")]
+    Rm {
+        /// REPOSITORY[:TAG]
+        #[arg(required = true)]
+        references: Vec<String>,
+        /// Remove even if pods use it
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `bramble token`.

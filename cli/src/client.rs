@@ -187,6 +187,27 @@ impl Client {
         )
     }
 
+    /// POSTs a body streamed from `reader` (an image archive), with no overall timeout.
+    pub fn post_stream(&self, path: &str, reader: &mut dyn std::io::Read) -> Result<Reply> {
+        self.finish(
+            self.watch_agent
+                .post(self.url(path))
+                .header("Authorization", self.auth())
+                .header("Content-Type", "application/x-tar")
+                .send(ureq::SendBody::from_reader(reader)),
+        )
+    }
+
+    /// DELETE with no body.
+    pub fn delete_plain(&self, path: &str) -> Result<Reply> {
+        self.finish(
+            self.agent
+                .delete(self.url(path))
+                .header("Authorization", self.auth())
+                .call(),
+        )
+    }
+
     /// POST with no body.
     pub fn post_empty(&self, path: &str) -> Result<Reply> {
         self.finish(

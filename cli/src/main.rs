@@ -35,6 +35,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Delete(a) => cmd::delete::run(&client, ns, a),
         Command::Logs(a) => cmd::logs::run(&client, ns, a),
         Command::Token(t) => cmd::token::run(&client, t),
+        Command::Image(i) => cmd::image::run(&client, i),
         Command::Scale(a) => cmd::rollout::scale(&client, ns, a),
         Command::Rollout(r) => cmd::rollout::run(&client, ns, r),
         Command::Cordon(a) => cmd::node::cordon(&client, &a.node, true),

@@ -8,7 +8,7 @@
 //! which the next start removes. Blobs no Image references are collected after a removal or a
 //! failed import.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -723,10 +723,168 @@ pub fn users(pods: &[bramble_api::pod::Pod], reference: &str) -> Vec<String> {
         .collect()
 }
 
-/// Platforms by reference, for the scheduler.
-pub fn platforms_by_reference(images: &[ImageSpec]) -> BTreeMap<String, Vec<ImagePlatform>> {
-    images
-        .iter()
-        .map(|i| (i.reference.clone(), i.platforms.clone()))
-        .collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sha(b: &[u8]) -> String {
+        format!("sha256:{}", hex(&Sha256::digest(b)))
+    }
+
+    /// Entries of an archive under construction.
+    #[derive(Default)]
+    struct Archive(Vec<(String, Vec<u8>)>);
+
+    impl Archive {
+        fn add(&mut self, path: &str, data: &[u8]) {
+            self.0.push((path.to_string(), data.to_vec()));
+        }
+        fn blob(&mut self, data: &[u8]) -> (String, u64) {
+            let d = sha(data);
+            self.add(&format!("blobs/sha256/{}", &d[7..]), data);
+            (d, data.len() as u64)
+        }
+        fn tar(&self) -> Vec<u8> {
+            let mut b = tar::Builder::new(Vec::new());
+            for (p, d) in &self.0 {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(d.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append_data(&mut h, p, &d[..]).unwrap();
+            }
+            b.into_inner().unwrap()
+        }
+    }
+
+    fn layer_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, "bin/app", &b"hi"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// An OCI layout with one linux/`arch` image; returns it and the manifest digest.
+    fn oci(arch: &str, ref_name: Option<&str>) -> (Archive, String) {
+        let mut a = Archive::default();
+        a.add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+        let layer = layer_tar();
+        let (ld, ls) = a.blob(&layer);
+        let config = serde_json::to_vec(&json!({"architecture": arch, "os": "linux",
+            "config": {"Cmd": ["/bin/app"]}, "rootfs": {"type": "layers", "diff_ids": [ld]}}))
+        .unwrap();
+        let (cd, cs) = a.blob(&config);
+        let manifest = serde_json::to_vec(&json!({"schemaVersion": 2,
+            "mediaType": image::MEDIA_OCI_MANIFEST,
+            "config": {"mediaType": image::MEDIA_OCI_CONFIG, "digest": cd, "size": cs},
+            "layers": [{"mediaType": image::MEDIA_OCI_LAYER, "digest": ld, "size": ls}]}))
+        .unwrap();
+        let (md, ms) = a.blob(&manifest);
+        let mut desc = json!({"mediaType": image::MEDIA_OCI_MANIFEST, "digest": md, "size": ms});
+        if let Some(r) = ref_name {
+            desc["annotations"] = json!({REF_NAME_ANNOTATION: r});
+        }
+        a.add(
+            "index.json",
+            &serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [desc]})).unwrap(),
+        );
+        (a, md)
+    }
+
+    fn import(a: &Archive, name: Option<&str>) -> (tempfile::TempDir, Blobs, Result<Vec<Imported>, ImageError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let bytes = a.tar();
+        let r = import_archive(&blobs, &mut &bytes[..], name);
+        (dir, blobs, r)
+    }
+
+    #[test]
+    fn an_oci_layout_imports_with_its_platform_and_name() {
+        let (a, md) = oci("arm64", Some("1.2"));
+        let (_d, blobs, r) = import(&a, Some("web"));
+        let i = r.unwrap();
+        assert_eq!(i.len(), 1);
+        assert_eq!(i[0].reference, "web:1.2");
+        assert_eq!(i[0].spec.digest, md);
+        assert_eq!(i[0].spec.platforms[0].display(), "linux/arm64");
+        assert!(blobs.has(&md));
+        // Without a name the tag alone is not enough.
+        let (_d, _b, r) = import(&a, None);
+        assert!(r.unwrap_err().to_string().contains("pass --name"));
+        let (a, _) = oci("amd64", Some("registry:5000/team/app:2"));
+        let (_d, _b, r) = import(&a, None);
+        assert_eq!(r.unwrap()[0].reference, "registry:5000/team/app:2");
+    }
+
+    #[test]
+    fn a_docker_save_tarball_imports_with_a_generated_manifest() {
+        let mut a = Archive::default();
+        let layer = layer_tar();
+        a.add("abc/layer.tar", &layer);
+        let config = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [sha(&layer)]}}))
+        .unwrap();
+        let cfg_name = format!("{}.json", &sha(&config)[7..]);
+        a.add(&cfg_name, &config);
+        a.add(
+            "manifest.json",
+            &serde_json::to_vec(&json!([{"Config": cfg_name, "RepoTags": ["busybox:1.36"],
+                "Layers": ["abc/layer.tar"]}]))
+            .unwrap(),
+        );
+        let (_d, blobs, r) = import(&a, None);
+        let i = r.unwrap();
+        assert_eq!(i[0].reference, "busybox:1.36");
+        let m: Manifest = serde_json::from_slice(&blobs.read_small(&i[0].spec.digest).unwrap()).unwrap();
+        assert_eq!(m.layers[0].digest, sha(&layer));
+        assert_eq!(m.layers[0].media_type, image::MEDIA_OCI_LAYER);
+    }
+
+    #[test]
+    fn broken_archives_are_refused_with_the_reason() {
+        // A blob whose content does not match its name.
+        let (mut a, _) = oci("amd64", Some("1"));
+        a.add(&format!("blobs/sha256/{}", "1".repeat(64)), b"tampered");
+        let (_d, _b, r) = import(&a, Some("x"));
+        assert!(r.unwrap_err().to_string().contains("content has digest"));
+        // A manifest naming a layer the archive lacks.
+        let (mut a, _) = oci("amd64", Some("1"));
+        a.0.retain(|(p, d)| !(p.starts_with("blobs/") && d.len() > 1000));
+        let (_d, blobs, r) = import(&a, Some("x"));
+        assert!(r.unwrap_err().to_string().contains("is not in the archive"));
+        assert!(!blobs.list().is_empty(), "the caller collects what a failed import left");
+        // No oci-layout.
+        let (mut a, _) = oci("amd64", Some("1"));
+        a.0.retain(|(p, _)| p != "oci-layout");
+        let (_d, _b, r) = import(&a, Some("x"));
+        assert!(r.unwrap_err().to_string().contains("oci-layout"));
+        // Neither layout.
+        let (_d, _b, r) = import(&Archive::default(), Some("x"));
+        assert!(r.unwrap_err().to_string().contains("neither index.json"));
+        // Not a tar at all.
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let r = import_archive(&blobs, &mut &[7u8; 700][..], Some("x"));
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn unreferenced_blobs_are_collected() {
+        let (a, md) = oci("amd64", Some("1"));
+        let (_d, blobs, r) = import(&a, Some("x"));
+        let i = r.unwrap();
+        blobs.put_bytes(b"orphan", "test").unwrap();
+        let keep = referenced(&blobs, &[i[0].spec.clone()]);
+        assert_eq!(keep.len(), 3, "manifest, config, layer");
+        blobs.collect(&keep);
+        assert_eq!(blobs.list().len(), 3);
+        assert!(blobs.has(&md));
+        blobs.collect(&BTreeSet::new());
+        assert!(blobs.list().is_empty());
+    }
 }

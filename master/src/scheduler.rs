@@ -50,6 +50,8 @@ pub struct PodView {
     pub host_ports: Vec<(i32, String)>,
     pub owner: Option<String>,
     pub required_affinity: Option<bramble_api::pod::NodeSelector>,
+    /// The platforms of each of the pod's images that the master holds.
+    pub image_platforms: Vec<(String, Vec<bramble_api::image::ImagePlatform>)>,
 }
 
 impl PodView {
@@ -377,6 +379,21 @@ impl Scheduler {
         }
     }
 
+    /// The platforms of the pod's images, from the Image objects of imported ones.
+    fn image_platforms(&self, p: &Pod) -> Vec<(String, Vec<bramble_api::image::ImagePlatform>)> {
+        p.spec
+            .containers
+            .iter()
+            .filter_map(|c| {
+                let r = bramble_api::image::ImageRef::parse(&c.image).ok()?;
+                match self.store.get(Kind::Image, "", &r.object_name())?.object() {
+                    Ok(Object::Image(i)) => Some((c.image.clone(), i.spec.platforms)),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     fn on_pod(&mut self, p: &Pod, deleted: bool) -> bool {
         let uid = p.metadata.uid.clone();
         let finished = p
@@ -399,13 +416,11 @@ impl Scheduler {
                 let new = !self.pending.contains_key(&uid);
                 // The pod as last seen: a bind of a stale copy is a conflict, retried on the
                 // pod's next event.
+                let mut view = PodView::of(p);
+                view.image_platforms = self.image_platforms(p);
                 self.pending.insert(
                     uid,
-                    (
-                        p.metadata.namespace.clone(),
-                        p.metadata.name.clone(),
-                        PodView::of(p),
-                    ),
+                    (p.metadata.namespace.clone(), p.metadata.name.clone(), view),
                 );
                 return new;
             }

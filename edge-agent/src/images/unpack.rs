@@ -479,3 +479,298 @@ fn set_xattr(p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    /// A tar entry written by hand, so that tests can say what no well-behaved tool writes.
+    struct Raw {
+        name: Vec<u8>,
+        kind: u8,
+        data: Vec<u8>,
+        link: Vec<u8>,
+        mode: u32,
+        /// The size field, if it should lie.
+        claimed: Option<u64>,
+    }
+
+    fn file(name: &str, data: &str) -> Raw {
+        Raw {
+            name: name.into(),
+            kind: b'0',
+            data: data.into(),
+            link: vec![],
+            mode: 0o644,
+            claimed: None,
+        }
+    }
+    fn dir(name: &str) -> Raw {
+        Raw {
+            kind: b'5',
+            mode: 0o755,
+            ..file(name, "")
+        }
+    }
+    fn symlink(name: &str, target: &str) -> Raw {
+        Raw {
+            kind: b'2',
+            link: target.into(),
+            mode: 0o777,
+            ..file(name, "")
+        }
+    }
+    fn hardlink(name: &str, target: &str) -> Raw {
+        Raw {
+            kind: b'1',
+            link: target.into(),
+            ..file(name, "")
+        }
+    }
+
+    fn octal(field: &mut [u8], v: u64) {
+        let s = format!("{:0width$o}\0", v, width = field.len() - 1);
+        field.copy_from_slice(s.as_bytes());
+    }
+
+    fn header(name: &[u8], kind: u8, size: u64, link: &[u8], mode: u32) -> [u8; 512] {
+        let mut h = [0u8; 512];
+        h[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
+        octal(&mut h[100..108], u64::from(mode));
+        octal(&mut h[108..116], 0);
+        octal(&mut h[116..124], 0);
+        octal(&mut h[124..136], size);
+        octal(&mut h[136..148], 0);
+        h[156] = kind;
+        h[157..157 + link.len().min(100)].copy_from_slice(&link[..link.len().min(100)]);
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        let s = format!("{sum:06o}\0 ");
+        h[148..156].copy_from_slice(s.as_bytes());
+        h
+    }
+
+    fn tar(entries: &[Raw]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in entries {
+            if e.name.len() > 100 {
+                // A pax header carries the long path.
+                let rec_body = format!(" path={}\n", String::from_utf8_lossy(&e.name));
+                let mut len = rec_body.len() + 1;
+                while format!("{len}{rec_body}").len() != len {
+                    len += 1;
+                }
+                let rec = format!("{len}{rec_body}");
+                out.extend_from_slice(&header(b"pax", b'x', rec.len() as u64, b"", 0o644));
+                out.extend_from_slice(rec.as_bytes());
+                out.resize(out.len().div_ceil(512) * 512, 0);
+            }
+            let size = e.claimed.unwrap_or(e.data.len() as u64);
+            out.extend_from_slice(&header(&e.name, e.kind, size, &e.link, e.mode));
+            out.extend_from_slice(&e.data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn gz(b: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A sandbox: `<root>/layer` to unpack into, `<root>/outside` that must stay empty.
+    struct Sandbox {
+        _t: tempfile::TempDir,
+        layer: PathBuf,
+        lower: PathBuf,
+        outside: PathBuf,
+    }
+
+    fn sandbox() -> Sandbox {
+        let t = tempfile::tempdir().unwrap();
+        let layer = t.path().join("layer");
+        let lower = t.path().join("lower");
+        let outside = t.path().join("outside");
+        for d in [&layer, &lower, &outside] {
+            fs::create_dir(d).unwrap();
+        }
+        Sandbox {
+            layer,
+            lower,
+            outside,
+            _t: t,
+        }
+    }
+
+    fn run(sb: &Sandbox, blob: &[u8], gzip: bool) -> Result<Stats, UnpackError> {
+        unpack_layer(
+            &mut &blob[..],
+            gzip,
+            &sb.layer,
+            std::slice::from_ref(&sb.lower),
+            None,
+        )
+    }
+
+    fn names_under(p: &Path) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut stack = vec![p.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                let m = e.path().symlink_metadata().unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                }
+                v.push(e.path().strip_prefix(p).unwrap().display().to_string());
+            }
+        }
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn hostile_layers_are_refused_and_write_nothing_outside() {
+        let outside = |sb: &Sandbox| sb.outside.display().to_string();
+        let cases: Vec<(&str, Box<dyn Fn(&Sandbox) -> (Vec<u8>, bool)>, &str)> = vec![
+            (
+                "parent traversal",
+                Box::new(|_| (tar(&[file("../evil", "x")]), false)),
+                "path contains '..'",
+            ),
+            (
+                "traversal inside a path",
+                Box::new(|_| (tar(&[dir("a"), file("a/../../evil", "x")]), false)),
+                "path contains '..'",
+            ),
+            (
+                "absolute path",
+                Box::new(move |sb| (tar(&[file(&format!("{}/evil", outside(sb)), "x")]), false)),
+                "absolute path",
+            ),
+            (
+                "symlink escape within the layer",
+                Box::new(move |sb| {
+                    (tar(&[symlink("esc", &outside(sb)), file("esc/evil", "x")]), false)
+                }),
+                "a symlink planted earlier in this layer",
+            ),
+            (
+                "symlink escape through a lower layer",
+                Box::new(move |sb| {
+                    std::os::unix::fs::symlink(&sb.outside, sb.lower.join("esc")).unwrap();
+                    (tar(&[file("esc/evil", "x")]), false)
+                }),
+                "a symlink in a lower layer",
+            ),
+            (
+                "hard link escape",
+                Box::new(|_| (tar(&[hardlink("hl", "../../../etc/passwd")]), false)),
+                "hard link target leaves the layer",
+            ),
+            (
+                "hard link to an absolute path",
+                Box::new(|_| (tar(&[hardlink("hl", "/etc/passwd")]), false)),
+                "hard link target leaves the layer",
+            ),
+            (
+                "hard link through a symlink",
+                Box::new(move |sb| {
+                    fs::write(sb.outside.join("secret"), "s").unwrap();
+                    (tar(&[symlink("ln", &outside(sb)), hardlink("hl", "ln/secret")]), false)
+                }),
+                "passes through a symlink",
+            ),
+            (
+                "oversized path header",
+                Box::new(|_| (tar(&[file(&"a/".repeat(3000), "x")]), false)),
+                "more than 4096",
+            ),
+            (
+                "entry larger than the archive",
+                Box::new(|_| {
+                    let mut e = file("big", "x");
+                    e.claimed = Some(1 << 30);
+                    let mut t = tar(&[e]);
+                    t.truncate(2048);
+                    (t, false)
+                }),
+                "unexpected EOF",
+            ),
+            (
+                "truncated gzip",
+                Box::new(|_| {
+                    let mut g = gz(&tar(&[file("a", &"y".repeat(100_000))]));
+                    g.truncate(g.len() / 2);
+                    (g, true)
+                }),
+                "not a valid tar (gzip)",
+            ),
+            (
+                "malformed whiteout",
+                Box::new(|_| (tar(&[file(".wh.", "")]), false)),
+                "malformed whiteout",
+            ),
+        ];
+        assert!(cases.len() >= 10);
+        for (what, make, expect) in cases {
+            let sb = sandbox();
+            let (blob, gzip) = make(&sb);
+            let before = names_under(&sb.outside);
+            let err = run(&sb, &blob, gzip).expect_err(what).to_string();
+            assert!(err.contains(expect), "{what}: {err}");
+            assert_eq!(names_under(&sb.outside), before, "{what} wrote outside");
+            assert!(
+                !names_under(sb.layer.parent().unwrap())
+                    .iter()
+                    .any(|n| n.ends_with("evil") && !n.starts_with("layer/")),
+                "{what}: an 'evil' file appeared outside the layer"
+            );
+        }
+    }
+
+    #[test]
+    fn files_links_modes_and_whiteouts_unpack() {
+        let sb = sandbox();
+        let mut exe = file("bin/tool", "#!/bin/sh\n");
+        exe.mode = 0o4755;
+        let blob = gz(&tar(&[
+            dir("bin"),
+            exe,
+            symlink("bin/sh", "/bin/busybox"),
+            hardlink("bin/tool2", "bin/tool"),
+            file("etc/deep/conf", "c"),
+            file("etc/.wh.old", ""),
+            file("opt/.wh..wh..opq", ""),
+        ]));
+        let stats = run(&sb, &blob, true).unwrap();
+        assert_eq!(stats.whiteouts, 2);
+        let l = &sb.layer;
+        let m = fs::metadata(l.join("bin/tool")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o4755, "set-uid kept after chown");
+        assert_eq!(fs::read_link(l.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(m.ino(), fs::metadata(l.join("bin/tool2")).unwrap().ino());
+        assert_eq!(fs::read_to_string(l.join("etc/deep/conf")).unwrap(), "c");
+        let wh = fs::symlink_metadata(l.join("etc/old")).unwrap();
+        assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "overlay whiteout");
+        assert!(l.join("opt").is_dir());
+    }
+
+    #[test]
+    fn the_diff_id_is_checked_on_the_uncompressed_stream() {
+        let sb = sandbox();
+        let t = tar(&[file("a", "1")]);
+        let right = format!("sha256:{}", hex(&Sha256::digest(&t)));
+        let blob = gz(&t);
+        unpack_layer(&mut &blob[..], true, &sb.layer, &[], Some(&right)).unwrap();
+        let sb = sandbox();
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let e = unpack_layer(&mut &blob[..], true, &sb.layer, &[], Some(&wrong)).unwrap_err();
+        assert!(matches!(e, UnpackError::DiffId { .. }), "{e}");
+    }
+}

@@ -126,8 +126,37 @@ pub fn defaults() -> Vec<Box<dyn Filter>> {
         Box::new(NodeSelector),
         Box::new(NodeAffinity),
         Box::new(HostPorts),
+        Box::new(ImagePlatforms),
         Box::new(Resources),
     ]
+}
+
+/// Every imported image of the pod has a variant for the node's OS and architecture (the
+/// `kubernetes.io/os` and `kubernetes.io/arch` labels). Images the master does not hold
+/// (side-loaded on the nodes) are not checked.
+pub struct ImagePlatforms;
+impl Filter for ImagePlatforms {
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
+        if pod.image_platforms.is_empty() {
+            return Ok(());
+        }
+        let os = node
+            .labels
+            .get("kubernetes.io/os")
+            .map_or("linux", String::as_str);
+        let arch = node
+            .labels
+            .get("kubernetes.io/arch")
+            .map_or("", String::as_str);
+        let fits = pod.image_platforms.iter().all(|(_, platforms)| {
+            bramble_api::image::select_platform(platforms, os, arch, "").is_some()
+        });
+        if fits {
+            Ok(())
+        } else {
+            Err("node(s) didn't match the image's platform".into())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +174,33 @@ mod tests {
             alloc_pods: 10,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn image_platforms_match_the_node_architecture() {
+        use bramble_api::image::ImagePlatform;
+        let plat = |arch: &str, variant: &str| ImagePlatform {
+            os: "linux".into(),
+            architecture: arch.into(),
+            variant: variant.into(),
+            digest: String::new(),
+        };
+        let mut n = node();
+        n.labels.insert("kubernetes.io/arch".into(), "arm64".into());
+        assert!(ImagePlatforms.check(&PodView::default(), &n).is_ok(), "not imported");
+        let mut pod = PodView::default();
+        pod.image_platforms = vec![("web:1".into(), vec![plat("amd64", ""), plat("arm64", "v8")])];
+        assert!(ImagePlatforms.check(&pod, &n).is_ok());
+        pod.image_platforms.push(("db:1".into(), vec![plat("amd64", "")]));
+        assert_eq!(
+            ImagePlatforms.check(&pod, &n).unwrap_err(),
+            "node(s) didn't match the image's platform"
+        );
+        n.labels.insert("kubernetes.io/arch".into(), "amd64".into());
+        assert!(ImagePlatforms.check(&pod, &n).is_ok());
+        n.labels.insert("kubernetes.io/arch".into(), "arm".into());
+        pod.image_platforms = vec![("web:1".into(), vec![plat("arm", "v7")])];
+        assert!(ImagePlatforms.check(&pod, &n).is_ok(), "the agent checks the variant");
     }
 
     #[test]
