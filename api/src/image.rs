@@ -335,7 +335,11 @@ pub fn no_platform_message(
     platforms: &[ImagePlatform],
 ) -> String {
     let has: Vec<String> = platforms.iter().map(ImagePlatform::display).collect();
-    let variant = if node_arch == "arm64" { "" } else { node_variant };
+    let variant = if node_arch == "arm64" {
+        ""
+    } else {
+        node_variant
+    };
     format!(
         "image {image:?} has no {} variant (has: {})",
         platform_string(node_os, node_arch, variant),
@@ -365,11 +369,22 @@ mod tests {
         let r = ImageRef::parse("web").unwrap();
         assert_eq!(r.tagged(), "web:latest");
         let r = ImageRef::parse("registry:5000/team/app:2").unwrap();
-        assert_eq!((r.repository.as_str(), r.tag.as_str()), ("registry:5000/team/app", "2"));
+        assert_eq!(
+            (r.repository.as_str(), r.tag.as_str()),
+            ("registry:5000/team/app", "2")
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         let r = ImageRef::parse(&format!("web:1.2@{d}")).unwrap();
         assert_eq!(r.digest.as_deref(), Some(d.as_str()));
-        for bad in ["", "Web:1", "web:", "web:-x", "a//b", "web@sha256:zz", "../x:1"] {
+        for bad in [
+            "",
+            "Web:1",
+            "web:",
+            "web:-x",
+            "a//b",
+            "web@sha256:zz",
+            "../x:1",
+        ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -386,7 +401,12 @@ mod tests {
 
     #[test]
     fn platform_selection_prefers_exact_and_respects_arm_compatibility() {
-        let ps = [p("amd64", ""), p("arm64", "v8"), p("arm", "v6"), p("arm", "v7")];
+        let ps = [
+            p("amd64", ""),
+            p("arm64", "v8"),
+            p("arm", "v6"),
+            p("arm", "v7"),
+        ];
         let pick = |a: &str, v: &str| select_platform(&ps, "linux", a, v).map(|p| p.digest.clone());
         assert_eq!(pick("arm64", "").as_deref(), Some("arm64v8"));
         assert_eq!(pick("arm", "v7").as_deref(), Some("armv7"));
@@ -394,7 +414,10 @@ mod tests {
         assert_eq!(pick("amd64", "").as_deref(), Some("amd64"));
         assert_eq!(pick("riscv64", ""), None);
         // A v6 board cannot run v7 code.
-        assert_eq!(select_platform(&[p("arm", "v7")], "linux", "arm", "v6"), None);
+        assert_eq!(
+            select_platform(&[p("arm", "v7")], "linux", "arm", "v6"),
+            None
+        );
         assert_eq!(
             no_platform_message("web:1.2", "linux", "arm64", "v8", &[p("amd64", "")]),
             r#"image "web:1.2" has no linux/arm64 variant (has: linux/amd64)"#

@@ -287,7 +287,11 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
                 .reference
                 .rsplit_once(':')
                 .unwrap_or((i.spec.reference.as_str(), ""));
-            let digest = i.spec.digest.strip_prefix("sha256:").unwrap_or(&i.spec.digest);
+            let digest = i
+                .spec
+                .digest
+                .strip_prefix("sha256:")
+                .unwrap_or(&i.spec.digest);
             let platforms: Vec<String> = i.spec.platforms.iter().map(|p| p.display()).collect();
             vec![
                 repo.to_string(),

@@ -323,7 +323,12 @@ mod tests {
             (&["--node-ip", "999.1.1.1"][..], "--node-ip"),
             (&["--log-max-bytes", "10"][..], "--log-max-bytes"),
             (
-                &["--image-gc-high-percent", "50", "--image-gc-low-percent", "60"][..],
+                &[
+                    "--image-gc-high-percent",
+                    "50",
+                    "--image-gc-low-percent",
+                    "60",
+                ][..],
                 "--image-gc-high-percent",
             ),
         ] {

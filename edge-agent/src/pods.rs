@@ -545,7 +545,13 @@ impl PodManager {
                         return None;
                     }
                     Err(e) => {
-                        self.set_waiting(&uid, Some(&container), "ErrImagePull", e.to_string(), now);
+                        self.set_waiting(
+                            &uid,
+                            Some(&container),
+                            "ErrImagePull",
+                            e.to_string(),
+                            now,
+                        );
                         return None;
                     }
                 };

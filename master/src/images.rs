@@ -14,8 +14,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bramble_api::image::{
-    self, Descriptor, Image, ImageConfigFile, ImagePlatform, ImageRef, ImageSpec, Index,
-    Manifest, REF_NAME_ANNOTATION,
+    self, Descriptor, Image, ImageConfigFile, ImagePlatform, ImageRef, ImageSpec, Index, Manifest,
+    REF_NAME_ANNOTATION,
 };
 use bramble_api::{Kind, Object};
 use serde::Deserialize;
@@ -113,7 +113,9 @@ impl Blobs {
         let mut buf = vec![0u8; 64 << 10];
         let mut size = 0u64;
         loop {
-            let n = r.read(&mut buf).map_err(io_err(format!("reading {what}")))?;
+            let n = r
+                .read(&mut buf)
+                .map_err(io_err(format!("reading {what}")))?;
             if n == 0 {
                 break;
             }
@@ -291,14 +293,15 @@ pub fn import_archive(
             let expect = format!("sha256:{hex_name}");
             image::validate_digest(&expect)
                 .map_err(|e| invalid(format!("archive entry {path:?}: {e}")))?;
-            let (d, n) = blobs.put(&mut entry, Some(&expect), &format!("archive entry {path:?}"))?;
+            let (d, n) = blobs.put(
+                &mut entry,
+                Some(&expect),
+                &format!("archive entry {path:?}"),
+            )?;
             stored.insert(path, (d, n));
         } else if path == "oci-layout" {
             saw_layout = true;
-        } else if path.ends_with(".json") && !path.contains('/') && path != "index.json"
-            || path == "index.json"
-            || path == "manifest.json"
-        {
+        } else if path == "manifest.json" || path.ends_with(".json") && !path.contains('/') {
             if size > MAX_JSON_BYTES {
                 return Err(invalid(format!(
                     "archive entry {path:?} is {size} bytes; JSON documents are limited to {MAX_JSON_BYTES}"
@@ -365,8 +368,8 @@ fn oci_images(
     index_json: &[u8],
     name: Option<&str>,
 ) -> Result<Vec<(String, String, String)>, ImageError> {
-    let index: Index = serde_json::from_slice(index_json)
-        .map_err(|e| invalid(format!("index.json: {e}")))?;
+    let index: Index =
+        serde_json::from_slice(index_json).map_err(|e| invalid(format!("index.json: {e}")))?;
     if index.manifests.is_empty() {
         return Err(invalid("index.json lists no manifests"));
     }
@@ -560,8 +563,8 @@ pub fn describe(
     size += top.len() as u64;
     seen.insert(digest.to_string());
     if image::is_index(media_type) {
-        let index: Index = serde_json::from_slice(&top)
-            .map_err(|e| invalid(format!("index {digest}: {e}")))?;
+        let index: Index =
+            serde_json::from_slice(&top).map_err(|e| invalid(format!("index {digest}: {e}")))?;
         if index.manifests.is_empty() {
             return Err(invalid(format!("index {digest} lists no manifests")));
         }
@@ -629,14 +632,18 @@ fn check_manifest(
             bytes.len()
         )));
     }
-    let m: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| invalid(format!("manifest {digest}: {e}")))?;
+    let m: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(format!("manifest {digest}: {e}")))?;
     let mut size = if seen.insert(digest.to_string()) {
         bytes.len() as u64
     } else {
         0
     };
-    let config_bytes = read_doc(blobs, &m.config.digest, &format!("manifest {digest}: config"))?;
+    let config_bytes = read_doc(
+        blobs,
+        &m.config.digest,
+        &format!("manifest {digest}: config"),
+    )?;
     let config: ImageConfigFile = serde_json::from_slice(&config_bytes)
         .map_err(|e| invalid(format!("config {}: {e}", m.config.digest)))?;
     if seen.insert(m.config.digest.clone()) {
@@ -656,12 +663,15 @@ fn check_manifest(
                 l.digest, l.media_type
             )));
         }
-        let p = blobs.path(&l.digest).filter(|p| p.is_file()).ok_or_else(|| {
-            invalid(format!(
-                "manifest {digest}: layer {} is not in the archive (nor imported before)",
-                l.digest
-            ))
-        })?;
+        let p = blobs
+            .path(&l.digest)
+            .filter(|p| p.is_file())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "manifest {digest}: layer {} is not in the archive (nor imported before)",
+                    l.digest
+                ))
+            })?;
         let actual = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         if actual != l.size {
             return Err(invalid(format!(
@@ -715,9 +725,10 @@ pub fn referenced(blobs: &Blobs, images: &[ImageSpec]) -> BTreeSet<String> {
 pub fn users(pods: &[bramble_api::pod::Pod], reference: &str) -> Vec<String> {
     pods.iter()
         .filter(|p| {
-            p.spec.containers.iter().any(|c| {
-                ImageRef::parse(&c.image).is_ok_and(|r| r.tagged() == reference)
-            })
+            p.spec
+                .containers
+                .iter()
+                .any(|c| ImageRef::parse(&c.image).is_ok_and(|r| r.tagged() == reference))
         })
         .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
         .collect()
@@ -795,7 +806,10 @@ mod tests {
         (a, md)
     }
 
-    fn import(a: &Archive, name: Option<&str>) -> (tempfile::TempDir, Blobs, Result<Vec<Imported>, ImageError>) {
+    fn import(
+        a: &Archive,
+        name: Option<&str>,
+    ) -> (tempfile::TempDir, Blobs, Result<Vec<Imported>, ImageError>) {
         let dir = tempfile::tempdir().unwrap();
         let blobs = Blobs::open(dir.path()).unwrap();
         let bytes = a.tar();
@@ -840,7 +854,8 @@ mod tests {
         let (_d, blobs, r) = import(&a, None);
         let i = r.unwrap();
         assert_eq!(i[0].reference, "busybox:1.36");
-        let m: Manifest = serde_json::from_slice(&blobs.read_small(&i[0].spec.digest).unwrap()).unwrap();
+        let m: Manifest =
+            serde_json::from_slice(&blobs.read_small(&i[0].spec.digest).unwrap()).unwrap();
         assert_eq!(m.layers[0].digest, sha(&layer));
         assert_eq!(m.layers[0].media_type, image::MEDIA_OCI_LAYER);
     }
@@ -857,7 +872,10 @@ mod tests {
         a.0.retain(|(p, d)| !(p.starts_with("blobs/") && d.len() > 1000));
         let (_d, blobs, r) = import(&a, Some("x"));
         assert!(r.unwrap_err().to_string().contains("is not in the archive"));
-        assert!(!blobs.list().is_empty(), "the caller collects what a failed import left");
+        assert!(
+            !blobs.list().is_empty(),
+            "the caller collects what a failed import left"
+        );
         // No oci-layout.
         let (mut a, _) = oci("amd64", Some("1"));
         a.0.retain(|(p, _)| p != "oci-layout");

@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bramble_api::image::{
-    self, Image, ImageConfigFile, ImagePlatform, ImageRef, Index, Manifest,
-};
+use bramble_api::image::{self, Image, ImageConfigFile, ImagePlatform, ImageRef, Index, Manifest};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -252,10 +250,11 @@ impl OciStore {
             .unwrap_or_default();
         let is_index = image::is_index(&media)
             || (media.is_empty()
-                && serde_json::from_slice::<Index>(&top_doc).is_ok_and(|i| !i.manifests.is_empty()));
+                && serde_json::from_slice::<Index>(&top_doc)
+                    .is_ok_and(|i| !i.manifests.is_empty()));
         let (manifest_digest, manifest_size) = if is_index {
-            let idx: Index = serde_json::from_slice(&top_doc)
-                .map_err(|e| perr(format!("index {top}: {e}")))?;
+            let idx: Index =
+                serde_json::from_slice(&top_doc).map_err(|e| perr(format!("index {top}: {e}")))?;
             let listed: Vec<ImagePlatform> = idx
                 .manifests
                 .iter()
@@ -326,9 +325,14 @@ impl OciStore {
             if dir.is_dir() {
                 continue;
             }
-            let blob = self.fetch(&src, &layer.digest, Some(layer.size)).map_err(perr)?;
+            let blob = self
+                .fetch(&src, &layer.digest, Some(layer.size))
+                .map_err(perr)?;
             let lowers: Vec<PathBuf> = chain[..i].iter().rev().map(|c| self.layer_dir(c)).collect();
-            let tmp = self.root.join("tmp").join(format!("layer-{}", hex_of(&chain[i])));
+            let tmp = self
+                .root
+                .join("tmp")
+                .join(format!("layer-{}", hex_of(&chain[i])));
             let _ = fs::remove_dir_all(&tmp);
             fs::create_dir(&tmp).map_err(|e| perr(format!("{}: {e}", tmp.display())))?;
             let result = File::open(&blob)
@@ -429,7 +433,8 @@ impl OciStore {
             .map_err(|e| format!("blob {digest}: transfer interrupted: {e}"))?;
         file.flush().map_err(|e| e.to_string())?;
         drop(file);
-        let (actual, len) = hash_file(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+        let (actual, len) =
+            hash_file(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
         if actual != digest || size.is_some_and(|s| s != len) {
             let _ = fs::remove_file(&partial);
             return Err(format!(
@@ -576,7 +581,11 @@ impl ImageStore for OciStore {
                 Ok(l) => l,
                 // The master is the registry; an offline site keeps running what it has.
                 Err(ImageError::Pull { message, .. }) if local.is_some() => {
-                    tracing::warn!(image, error = message, "pull failed; using the cached image");
+                    tracing::warn!(
+                        image,
+                        error = message,
+                        "pull failed; using the cached image"
+                    );
                     local.unwrap_or_else(|| unreachable!("checked is_some"))
                 }
                 Err(e) => return Err(e),

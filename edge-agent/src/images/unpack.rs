@@ -73,6 +73,22 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// Counts what the tar reader consumed and whether the stream has ended, so that a layer
+/// that stops right after its last entry's data can be told from a truncated one.
+struct Tracking<R> {
+    inner: R,
+    seen: std::rc::Rc<std::cell::Cell<(u64, bool)>>,
+}
+
+impl<R: Read> Read for Tracking<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let (total, _) = self.seen.get();
+        self.seen.set((total + n as u64, n == 0 && !buf.is_empty()));
+        Ok(n)
+    }
+}
+
 /// Unpacks a layer from `blob` into `dest` (an empty directory). `gzip` says whether the blob
 /// is compressed (or sniff it with [`is_gzip`]); `lowers` are the image's lower layers, top
 /// first; `diff_id`, if given, is checked against the uncompressed content.
@@ -98,7 +114,14 @@ pub fn unpack_layer(
     };
     let mut stats = Stats::default();
     {
-        let mut archive = tar::Archive::new(&mut hashing);
+        let seen = std::rc::Rc::new(std::cell::Cell::new((0u64, false)));
+        let tracking = Tracking {
+            inner: &mut hashing,
+            seen: seen.clone(),
+        };
+        let mut archive = tar::Archive::new(tracking);
+        // Where the last entry's data ended.
+        let mut last_end = 0u64;
         let mut u = Unpacker {
             dest,
             lowers,
@@ -106,9 +129,20 @@ pub fn unpack_layer(
             stats: &mut stats,
         };
         for entry in archive.entries().map_err(corrupt)? {
-            let mut entry = entry.map_err(corrupt)?;
+            let mut entry = match entry {
+                Ok(e) => e,
+                // Some writers (umoci 0.4.7, as Debian 12 ships it) end a layer right after
+                // the last entry's data, without padding or the end-of-archive blocks; Go's
+                // archive/tar, which Docker and containerd use, accepts that, and so does
+                // Bramble. Anything cut shorter is an error.
+                Err(_) if seen.get().1 && seen.get().0 < last_end + 512 => break,
+                Err(e) => return Err(corrupt(e)),
+            };
+            last_end = entry.raw_file_position() + entry.header().entry_size().unwrap_or(0);
             u.entry(&mut entry).map_err(|e| match e {
-                UnpackError::Io { what, source } if source.kind() == io::ErrorKind::UnexpectedEof => {
+                UnpackError::Io { what, source }
+                    if source.kind() == io::ErrorKind::UnexpectedEof =>
+                {
                     UnpackError::Corrupt {
                         gzip,
                         message: format!("{what}: truncated"),
@@ -165,13 +199,18 @@ fn clean(raw: &[u8], entry: &str) -> Result<PathBuf, UnpackError> {
     use std::os::unix::ffi::OsStrExt;
     let p = Path::new(std::ffi::OsStr::from_bytes(raw));
     let mut out = PathBuf::new();
+    let mut absolute = false;
     for c in p.components() {
         match c {
-            Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(hostile(entry, "absolute path"));
+            Component::Normal(n) => {
+                if absolute {
+                    return Err(hostile(entry, "absolute path"));
+                }
+                out.push(n);
             }
+            Component::CurDir => {}
+            // "/" alone names the layer root (umoci writes it); anything below it is refused.
+            Component::RootDir | Component::Prefix(_) => absolute = true,
             Component::ParentDir => {
                 return Err(hostile(entry, "path contains '..'"));
             }
@@ -258,14 +297,22 @@ impl Unpacker<'_> {
                     .open(&target)
                     .map_err(io_at(&target))?;
                 let n = io::copy(e, &mut f).map_err(io_at(&target))?;
+                let declared = e.header().size().unwrap_or(0);
+                if n != declared {
+                    return Err(UnpackError::Corrupt {
+                        gzip: false,
+                        message: format!(
+                            "entry {shown:?} is truncated: its header says {declared} bytes, the layer holds {n}"
+                        ),
+                    });
+                }
                 self.stats.bytes += n;
                 std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io_at(&target))?;
                 // After chown, which clears set-id bits.
                 f.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(io_at(&target))?;
-                let _ = f.set_modified(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime),
-                );
+                let _ =
+                    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime));
             }
             T::Symlink => {
                 let link = e
@@ -278,8 +325,7 @@ impl Unpacker<'_> {
                 use std::os::unix::ffi::OsStrExt;
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &target)
                     .map_err(io_at(&target))?;
-                std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
-                    .map_err(io_at(&target))?;
+                std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io_at(&target))?;
             }
             T::Link => {
                 let link = e
@@ -379,7 +425,10 @@ impl Unpacker<'_> {
                 Ok(_) => {
                     return Err(hostile(
                         shown,
-                        format!("path passes through {}, which is not a directory", rel.display()),
+                        format!(
+                            "path passes through {}, which is not a directory",
+                            rel.display()
+                        ),
                     ));
                 }
                 Err(_) => {
@@ -636,7 +685,8 @@ mod tests {
     #[test]
     fn hostile_layers_are_refused_and_write_nothing_outside() {
         let outside = |sb: &Sandbox| sb.outside.display().to_string();
-        let cases: Vec<(&str, Box<dyn Fn(&Sandbox) -> (Vec<u8>, bool)>, &str)> = vec![
+        type Make = Box<dyn Fn(&Sandbox) -> (Vec<u8>, bool)>;
+        let cases: Vec<(&str, Make, &str)> = vec![
             (
                 "parent traversal",
                 Box::new(|_| (tar(&[file("../evil", "x")]), false)),
@@ -655,7 +705,10 @@ mod tests {
             (
                 "symlink escape within the layer",
                 Box::new(move |sb| {
-                    (tar(&[symlink("esc", &outside(sb)), file("esc/evil", "x")]), false)
+                    (
+                        tar(&[symlink("esc", &outside(sb)), file("esc/evil", "x")]),
+                        false,
+                    )
                 }),
                 "a symlink planted earlier in this layer",
             ),
@@ -681,7 +734,10 @@ mod tests {
                 "hard link through a symlink",
                 Box::new(move |sb| {
                     fs::write(sb.outside.join("secret"), "s").unwrap();
-                    (tar(&[symlink("ln", &outside(sb)), hardlink("hl", "ln/secret")]), false)
+                    (
+                        tar(&[symlink("ln", &outside(sb)), hardlink("hl", "ln/secret")]),
+                        false,
+                    )
                 }),
                 "passes through a symlink",
             ),
@@ -699,7 +755,7 @@ mod tests {
                     t.truncate(2048);
                     (t, false)
                 }),
-                "unexpected EOF",
+                "is truncated",
             ),
             (
                 "truncated gzip",
@@ -751,14 +807,41 @@ mod tests {
         assert_eq!(stats.whiteouts, 2);
         let l = &sb.layer;
         let m = fs::metadata(l.join("bin/tool")).unwrap();
-        assert_eq!(m.permissions().mode() & 0o7777, 0o4755, "set-uid kept after chown");
-        assert_eq!(fs::read_link(l.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+        assert_eq!(
+            m.permissions().mode() & 0o7777,
+            0o4755,
+            "set-uid kept after chown"
+        );
+        assert_eq!(
+            fs::read_link(l.join("bin/sh")).unwrap(),
+            Path::new("/bin/busybox")
+        );
         use std::os::unix::fs::MetadataExt;
         assert_eq!(m.ino(), fs::metadata(l.join("bin/tool2")).unwrap().ino());
         assert_eq!(fs::read_to_string(l.join("etc/deep/conf")).unwrap(), "c");
         let wh = fs::symlink_metadata(l.join("etc/old")).unwrap();
-        assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "overlay whiteout");
+        assert!(
+            wh.file_type().is_char_device() && wh.rdev() == 0,
+            "overlay whiteout"
+        );
         assert!(l.join("opt").is_dir());
+    }
+
+    #[test]
+    fn a_layer_without_its_end_of_archive_blocks_unpacks() {
+        // What umoci 0.4.7 writes: the last file's data, then nothing.
+        let sb = sandbox();
+        let mut t = tar(&[dir("bin"), file("bin/f", "x\n")]);
+        t.truncate(512 * 2 + 2);
+        let digest = format!("sha256:{}", hex(&Sha256::digest(&t)));
+        unpack_layer(&mut &t[..], false, &sb.layer, &[], Some(&digest)).unwrap();
+        assert_eq!(fs::read_to_string(sb.layer.join("bin/f")).unwrap(), "x\n");
+        // Cut inside the data, it is refused.
+        let sb = sandbox();
+        let mut t = tar(&[file("f", &"y".repeat(2000))]);
+        t.truncate(512 + 1000);
+        let e = unpack_layer(&mut &t[..], false, &sb.layer, &[], None).unwrap_err();
+        assert!(e.to_string().contains("is truncated"), "{e}");
     }
 
     #[test]

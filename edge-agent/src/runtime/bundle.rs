@@ -297,15 +297,34 @@ mod tests {
             working_dir: "/srv".into(),
         };
         let argv_of = |yaml: &str| argv(&serde_norway::from_str(yaml).unwrap(), &img);
-        assert_eq!(argv_of("name: a\nimage: x\n"), ["/entry", "serve", "--port=80"]);
-        assert_eq!(argv_of("name: a\nimage: x\nargs: [check]\n"), ["/entry", "check"]);
+        assert_eq!(
+            argv_of("name: a\nimage: x\n"),
+            ["/entry", "serve", "--port=80"]
+        );
+        assert_eq!(
+            argv_of("name: a\nimage: x\nargs: [check]\n"),
+            ["/entry", "check"]
+        );
         assert_eq!(argv_of("name: a\nimage: x\ncommand: [sh]\n"), ["sh"]);
-        assert_eq!(argv_of("name: a\nimage: x\ncommand: [sh]\nargs: [-c, x]\n"), ["sh", "-c", "x"]);
+        assert_eq!(
+            argv_of("name: a\nimage: x\ncommand: [sh]\nargs: [-c, x]\n"),
+            ["sh", "-c", "x"]
+        );
         let mut s = spec("name: main\nimage: busybox\nenv: [{name: MODE, value: dev}]\n");
         s.image.config = img.clone();
         let v = config(&s, Path::new("/c/rootfs"), (1000, 100));
-        let env: Vec<&str> = v["process"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
-        assert!(env.contains(&"PATH=/opt/bin") && env.contains(&"MODE=dev") && !env.contains(&"MODE=prod"), "{env:?}");
+        let env: Vec<&str> = v["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        assert!(
+            env.contains(&"PATH=/opt/bin")
+                && env.contains(&"MODE=dev")
+                && !env.contains(&"MODE=prod"),
+            "{env:?}"
+        );
         assert_eq!(v["process"]["cwd"], "/srv");
         assert_eq!(v["process"]["user"], json!({"uid": 1000, "gid": 100}));
     }
@@ -314,7 +333,11 @@ mod tests {
     fn users_resolve_by_number_and_by_name() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nweb:x:1000:1001::/srv:/bin/sh\n").unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nweb:x:1000:1001::/srv:/bin/sh\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         let r = |u: &str| resolve_user(u, dir.path());
         assert_eq!(r(""), Ok((0, 0)));
@@ -323,6 +346,10 @@ mod tests {
         assert_eq!(r("4242"), Ok((4242, 0)));
         assert_eq!(r("web:staff"), Ok((1000, 50)));
         assert_eq!(r("7:8"), Ok((7, 8)));
-        assert!(r("nobody-here").unwrap_err().contains("not in its /etc/passwd"));
+        assert!(
+            r("nobody-here")
+                .unwrap_err()
+                .contains("not in its /etc/passwd")
+        );
     }
 }

@@ -190,7 +190,10 @@ impl Runtime for LibcontainerRuntime {
             message,
         };
         if let Some(missing) = spec.image.layers.iter().find(|l| !l.is_dir()) {
-            return Err(cerr(format!("image layer {} is missing", missing.display())));
+            return Err(cerr(format!(
+                "image layer {} is missing",
+                missing.display()
+            )));
         }
         if spec.image.layers.is_empty() {
             return Err(cerr("the image has no layers".into()));

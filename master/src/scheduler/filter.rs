@@ -187,11 +187,17 @@ mod tests {
         };
         let mut n = node();
         n.labels.insert("kubernetes.io/arch".into(), "arm64".into());
-        assert!(ImagePlatforms.check(&PodView::default(), &n).is_ok(), "not imported");
-        let mut pod = PodView::default();
-        pod.image_platforms = vec![("web:1".into(), vec![plat("amd64", ""), plat("arm64", "v8")])];
+        assert!(
+            ImagePlatforms.check(&PodView::default(), &n).is_ok(),
+            "not imported"
+        );
+        let mut pod = PodView {
+            image_platforms: vec![("web:1".into(), vec![plat("amd64", ""), plat("arm64", "v8")])],
+            ..Default::default()
+        };
         assert!(ImagePlatforms.check(&pod, &n).is_ok());
-        pod.image_platforms.push(("db:1".into(), vec![plat("amd64", "")]));
+        pod.image_platforms
+            .push(("db:1".into(), vec![plat("amd64", "")]));
         assert_eq!(
             ImagePlatforms.check(&pod, &n).unwrap_err(),
             "node(s) didn't match the image's platform"
@@ -200,7 +206,10 @@ mod tests {
         assert!(ImagePlatforms.check(&pod, &n).is_ok());
         n.labels.insert("kubernetes.io/arch".into(), "arm".into());
         pod.image_platforms = vec![("web:1".into(), vec![plat("arm", "v7")])];
-        assert!(ImagePlatforms.check(&pod, &n).is_ok(), "the agent checks the variant");
+        assert!(
+            ImagePlatforms.check(&pod, &n).is_ok(),
+            "the agent checks the variant"
+        );
     }
 
     #[test]

@@ -47,9 +47,11 @@ impl From<ImageError> for ApiError {
     fn from(e: ImageError) -> Self {
         match e {
             ImageError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", m),
-            e @ ImageError::Io { .. } => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string())
-            }
+            e @ ImageError::Io { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -120,7 +122,13 @@ async fn do_import(
         r
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })?;
     let imported = match result {
         Ok(i) => i,
         Err(e) => {
@@ -132,7 +140,11 @@ async fn do_import(
     let mut items = Vec::new();
     for i in &imported {
         let out = st.store.write(Op::Apply(images::image_object(i))).await?;
-        tracing::info!(reference = i.reference, digest = i.spec.digest, "image imported");
+        tracing::info!(
+            reference = i.reference,
+            digest = i.spec.digest,
+            "image imported"
+        );
         items.push(out.entry().json.clone());
     }
     collect_garbage(st).await;
@@ -263,7 +275,11 @@ pub async fn resolve(
             .get("reference")
             .ok_or_else(|| ApiError::bad_request("reference is required"))?;
         let r = ImageRef::parse(r).map_err(ApiError::bad_request)?;
-        match st.store.get(Kind::Image, "", &r.object_name()).map(|e| e.object()) {
+        match st
+            .store
+            .get(Kind::Image, "", &r.object_name())
+            .map(|e| e.object())
+        {
             Some(Ok(Object::Image(i))) => Ok(i),
             _ => Err(not_imported(&r.tagged())),
         }
@@ -299,7 +315,13 @@ async fn do_blob(st: &AppState, digest: &str, headers: &HeaderMap) -> Result<Res
         .clone()
         .acquire_owned()
         .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "shutting down"))?;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "shutting down",
+            )
+        })?;
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -317,11 +339,13 @@ async fn do_blob(st: &AppState, digest: &str, headers: &HeaderMap) -> Result<Res
             ));
         }
     };
-    let len = file
-        .metadata()
-        .await
-        .map(|m| m.len())
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    let len = file.metadata().await.map(|m| m.len()).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })?;
     let start = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -342,7 +366,13 @@ async fn do_blob(st: &AppState, digest: &str, headers: &HeaderMap) -> Result<Res
     if offset > 0 {
         file.seek(std::io::SeekFrom::Start(offset))
             .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    e.to_string(),
+                )
+            })?;
     }
     // The permit travels with the stream: it is released when the transfer ends.
     let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len - offset), 64 << 10)
@@ -358,11 +388,14 @@ async fn do_blob(st: &AppState, digest: &str, headers: &HeaderMap) -> Result<Res
         header::HeaderValue::from_static("application/octet-stream"),
     );
     h.insert(header::CONTENT_LENGTH, (len - offset).into());
-    h.insert(header::ACCEPT_RANGES, header::HeaderValue::from_static("bytes"));
-    if status == StatusCode::PARTIAL_CONTENT {
-        if let Ok(v) = format!("bytes {offset}-{}/{len}", len.saturating_sub(1)).parse() {
-            h.insert(header::CONTENT_RANGE, v);
-        }
+    h.insert(
+        header::ACCEPT_RANGES,
+        header::HeaderValue::from_static("bytes"),
+    );
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = format!("bytes {offset}-{}/{len}", len.saturating_sub(1)).parse()
+    {
+        h.insert(header::CONTENT_RANGE, v);
     }
     Ok(resp)
 }
