@@ -104,13 +104,17 @@ impl ImageRef {
             return Err(format!("image reference {text:?} has no repository"));
         }
         if repository.len() > 255
-            || !repository
-                .split('/')
-                .all(|part| !part.is_empty() && part.chars().all(repo_char))
+            || !repository.split('/').all(|part| {
+                let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+                part.chars().all(repo_char)
+                    && alnum(part.chars().next())
+                    && alnum(part.chars().last())
+            })
         {
             return Err(format!(
                 "image reference {text:?}: repository {repository:?} must be lowercase letters, \
-                 digits, '.', '_', '-' and ':' (a registry port) separated by '/'"
+                 digits, '.', '_', '-' and ':' (a registry port) separated by '/', each part starting and \
+                 ending with a letter or digit"
             ));
         }
         if tag.is_empty()
