@@ -100,6 +100,17 @@ impl ImageRef {
             Some((r, tag)) if !tag.contains('/') => (r, tag),
             _ => (rest, "latest"),
         };
+        // Docker Hub's long names are the familiar short ones, as `docker` shows them:
+        // `docker.io/library/nginx` is `nginx`, `docker.io/team/app` is `team/app`.
+        let repository = [
+            "docker.io/library/",
+            "index.docker.io/library/",
+            "docker.io/",
+            "index.docker.io/",
+        ]
+        .iter()
+        .find_map(|p| repository.strip_prefix(p))
+        .unwrap_or(repository);
         if repository.is_empty() {
             return Err(format!("image reference {text:?} has no repository"));
         }
@@ -372,6 +383,16 @@ mod tests {
     fn references_parse_with_default_tag_and_registry_ports() {
         let r = ImageRef::parse("web").unwrap();
         assert_eq!(r.tagged(), "web:latest");
+        assert_eq!(
+            ImageRef::parse("docker.io/library/nginx:1.27")
+                .unwrap()
+                .tagged(),
+            "nginx:1.27"
+        );
+        assert_eq!(
+            ImageRef::parse("docker.io/team/app").unwrap().tagged(),
+            "team/app:latest"
+        );
         let r = ImageRef::parse("registry:5000/team/app:2").unwrap();
         assert_eq!(
             (r.repository.as_str(), r.tag.as_str()),

@@ -441,3 +441,63 @@ fn broken_archives_are_refused_and_leave_nothing() {
     let ls = m.cli(&["image", "ls"]);
     assert!(String::from_utf8_lossy(&ls.stderr).contains("No images found"));
 }
+
+#[test]
+fn archives_written_by_skopeo_import_docker_and_oci_alike() {
+    let f = fixture();
+    let skopeo = |args: &[&str]| {
+        let out = Command::new("skopeo").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let layout = f.layout.display().to_string();
+    // A `docker save`-format tarball, named by its RepoTags.
+    let docker = f.root.join("docker.tar");
+    skopeo(&[
+        "copy",
+        &format!("oci:{layout}:amd64"),
+        &format!("docker-archive:{}:demo:docker", docker.display()),
+    ]);
+    let out = ok_stdout(&f.master.cli(&["image", "import", docker.to_str().unwrap()]));
+    assert!(
+        out.contains("imported demo:docker sha256:") && out.contains("linux/amd64"),
+        "{out}"
+    );
+    // An OCI archive of the two-platform index, as `skopeo copy --all ... oci-archive:`
+    // writes it, named by its own annotation.
+    let multi = f.root.join("multi.tar");
+    skopeo(&[
+        "copy",
+        "--all",
+        &format!("oci:{layout}:multi"),
+        &format!("oci-archive:{}:demo:skopeo", multi.display()),
+    ]);
+    let out = ok_stdout(&f.master.cli(&["image", "import", multi.to_str().unwrap()]));
+    assert!(
+        out.contains("imported demo:skopeo") && out.contains("linux/amd64, linux/arm64"),
+        "{out}"
+    );
+
+    // The docker tarball's layers are the same layers (same diff ids): one unpacked copy.
+    let cache = joined_cache(
+        &f.master,
+        &f.root.join("node"),
+        "n1",
+        CacheLimits::default(),
+    );
+    let a = cache
+        .prepare("demo:amd64", PullPolicy::IfNotPresent)
+        .unwrap();
+    let d = cache
+        .prepare("demo:docker", PullPolicy::IfNotPresent)
+        .unwrap();
+    let s = cache
+        .prepare("demo:skopeo", PullPolicy::IfNotPresent)
+        .unwrap();
+    assert_eq!(a.layers, d.layers);
+    assert_eq!(a.layers, s.layers);
+    assert_eq!(d.config.working_dir, "/data");
+}
