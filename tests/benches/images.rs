@@ -141,6 +141,7 @@ fn main() {
     let m = MasterProcess::start(&work.join("master")).unwrap();
     let mut imp = Vec::new();
     let mut cp = Vec::new();
+    let mut cp_sync = Vec::new();
     for r in 0..ROUNDS {
         // A fresh name each round; blobs already stored are still hashed and rewritten.
         let name = format!("big:r{r}");
@@ -155,13 +156,25 @@ fn main() {
         let dest = work.join(format!("master/copy{r}.tar"));
         cp.push(timed(|| run(Command::new("cp").arg(&tar).arg(&dest))));
         run(&mut Command::new("sync"));
+        // The import makes every blob durable: cp followed by an fsync of the copy.
+        let dest = work.join(format!("master/copy{r}-synced.tar"));
+        cp_sync.push(timed(|| {
+            run(Command::new("cp").arg(&tar).arg(&dest));
+            run(Command::new("sync").arg(&dest));
+        }));
     }
-    let (i, c) = (median(imp), median(cp));
+    let (i, c, cs) = (median(imp), median(cp), median(cp_sync));
     println!(
         "| import (bramble image import), MB/s | {:.0} | cp: {:.0} | {:.2}x |",
         mb / i,
         mb / c,
         c / i
+    );
+    println!(
+        "| import, MB/s | {:.0} | cp + fsync: {:.0} | {:.2}x |",
+        mb / i,
+        mb / cs,
+        cs / i
     );
 
     // Distribution: N caches pull at once (download, verify, unpack).

@@ -500,4 +500,13 @@ fn archives_written_by_skopeo_import_docker_and_oci_alike() {
     assert_eq!(a.layers, d.layers);
     assert_eq!(a.layers, s.layers);
     assert_eq!(d.config.working_dir, "/data");
+
+    // The master gone, `Always` runs what the node has (an offline site keeps working), and
+    // an image the node lacks says why it cannot be pulled.
+    let Fixture { master, _dir, .. } = f;
+    master.kill9();
+    let again = cache.prepare("demo:amd64", PullPolicy::Always).unwrap();
+    assert_eq!(again.layers, a.layers);
+    let err = cache.prepare("demo:arm64", PullPolicy::Always).unwrap_err();
+    assert!(err.to_string().contains("cannot reach the master"), "{err}");
 }

@@ -55,6 +55,8 @@ struct LocalRef {
     digest: String,
     /// The manifest chosen for this node's platform.
     manifest: String,
+    #[serde(default)]
+    config_digest: String,
     config: ImageConfigFile,
     /// Chain ids of the layers, lowest first.
     chain: Vec<String>,
@@ -372,10 +374,18 @@ impl OciStore {
                 "layer unpacked"
             );
         }
+        if let Some(old) = self.load_ref(key)
+            && old.digest == top
+            && old.manifest == manifest_digest
+        {
+            // Nothing changed (an `Always` pull of the same digest): no write.
+            return Ok(old);
+        }
         let local = LocalRef {
             reference: key.to_string(),
             digest: top,
             manifest: manifest_digest,
+            config_digest: manifest.config.digest.clone(),
             config,
             chain,
             last_used_ms: now_ms(),
@@ -510,9 +520,13 @@ impl OciStore {
         let keep_blobs: HashSet<String> = refs
             .iter()
             .flat_map(|(_, r)| {
-                [r.digest.clone(), r.manifest.clone()]
-                    .into_iter()
-                    .map(|d| hex_of(&d).to_string())
+                [
+                    r.digest.clone(),
+                    r.manifest.clone(),
+                    r.config_digest.clone(),
+                ]
+                .into_iter()
+                .map(|d| hex_of(&d).to_string())
             })
             .collect();
         let mut freed = 0;
@@ -536,8 +550,7 @@ impl OciStore {
                 }
             }
         }
-        // Manifests and configs are small; keep those of remaining refs (configs are in the
-        // ref records, so only the top and manifest documents matter).
+        // Keep the documents of remaining refs (an `Always` pull checks them again).
         if let Ok(rd) = fs::read_dir(self.root.join("blobs/sha256")) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
