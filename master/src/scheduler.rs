@@ -263,12 +263,69 @@ fn spawn_event_writer(
     tx
 }
 
+/// The nodes, in name order, in a vector (a search walks it without per-node lookups) with
+/// an index by name.
+#[derive(Default)]
+struct NodeTable {
+    list: Vec<NodeView>,
+    index: HashMap<String, usize>,
+}
+
+impl NodeTable {
+    fn clear(&mut self) {
+        self.list.clear();
+        self.index.clear();
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .list
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+    }
+
+    /// Adds or replaces a node (nodes come and go rarely; pods are the hot path).
+    fn insert(&mut self, view: NodeView) {
+        if let Some(&i) = self.index.get(&view.name) {
+            self.list[i] = view;
+            return;
+        }
+        let at = self.list.partition_point(|n| n.name < view.name);
+        self.list.insert(at, view);
+        self.reindex();
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(i) = self.index.get(name).copied() {
+            self.list.remove(i);
+            self.reindex();
+        }
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut NodeView> {
+        let i = *self.index.get(name)?;
+        self.list.get_mut(i)
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Every node, starting at position `start` and wrapping around.
+    fn from(&self, start: usize) -> impl Iterator<Item = &NodeView> {
+        let start = start.min(self.list.len());
+        self.list[start..].iter().chain(self.list[..start].iter())
+    }
+}
+
 /// The scheduler's cache and queue.
 struct Scheduler {
     store: Store,
     events: EventRecorder,
     profile: Profile,
-    nodes: BTreeMap<String, NodeView>,
+    nodes: NodeTable,
     /// Bound pods: uid → (node, view).
     bound: HashMap<String, (String, PodView)>,
     /// Pods waiting for a node: uid → (namespace, name).
@@ -290,7 +347,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
         events: EventRecorder::new(store.clone(), "default-scheduler"),
         store,
         profile: Profile::default(),
-        nodes: BTreeMap::new(),
+        nodes: NodeTable::default(),
         bound: HashMap::new(),
         pending: BTreeMap::new(),
         last_reason: HashMap::new(),
@@ -335,7 +392,7 @@ impl Scheduler {
         let (nrev, nodes) = self.store.list(Kind::Node, None, &Selector::everything());
         for e in nodes {
             if let Ok(Object::Node(n)) = e.object() {
-                self.nodes.insert(n.metadata.name.clone(), NodeView::of(&n));
+                self.nodes.insert(NodeView::of(&n));
             }
         }
         let (prev, pods) = self.store.list(Kind::Pod, None, &Selector::everything());
@@ -371,7 +428,7 @@ impl Scheduler {
                         view.add(p, 1);
                     }
                 }
-                self.nodes.insert(view.name.clone(), view);
+                self.nodes.insert(view);
                 true
             }
             Ok(Object::Pod(p)) => self.on_pod(&p, c.type_ == EventType::Deleted),
@@ -448,8 +505,8 @@ impl Scheduler {
         // all concurrently: the store commits concurrent writes in groups.
         let t0 = std::time::Instant::now();
         let mut binds: Vec<(String, String, PodView, Pod)> = Vec::new();
-        let names: Vec<String> = self.nodes.keys().cloned().collect();
-        let enough = feasible_to_find(names.len());
+        let node_count = self.nodes.len();
+        let enough = feasible_to_find(node_count);
         for (uid, (ns, name, view)) in pending {
             // The pod as stored now; gone or bound meanwhile: nothing to do.
             let current = match self.store.get(Kind::Pod, &ns, &name).map(|e| e.object()) {
@@ -465,21 +522,18 @@ impl Scheduler {
                 continue;
             };
             // Start where the last search stopped, so sampling visits every node in turn.
-            self.next_start = if names.is_empty() {
+            self.next_start = if node_count == 0 {
                 0
             } else {
-                self.next_start % names.len()
+                self.next_start % node_count
             };
-            let order = names[self.next_start..]
-                .iter()
-                .chain(names[..self.next_start].iter());
             let picked = pick_some(
                 &view,
-                order.filter_map(|n| self.nodes.get(n)),
+                self.nodes.from(self.next_start),
                 enough,
                 &self.profile,
             );
-            self.next_start += enough.min(names.len()).max(1);
+            self.next_start += enough.min(node_count).max(1);
             match picked {
                 Ok(node) => {
                     if let Some(n) = self.nodes.get_mut(&node) {
@@ -499,13 +553,15 @@ impl Scheduler {
             }
         }
         tracing::debug!(pods = binds.len(), took = ?t0.elapsed(), "scheduling decisions made");
+        // Scheduled events go out once the round's bindings are written, so that they never
+        // compete with bindings for the store's writer.
+        let mut events = Vec::new();
         for chunk in binds.chunks(1024) {
             let writes = chunk.iter().map(|(_, _, _, pod)| {
                 self.store
                     .write(Op::Update(Object::Pod(pod.clone()), Subresource::Main))
             });
             let results = futures_util::future::join_all(writes).await;
-            let mut events = Vec::new();
             for ((uid, node, view, pod), r) in chunk.iter().zip(results) {
                 match r {
                     Ok(_) => {
@@ -533,10 +589,10 @@ impl Scheduler {
                     }
                 }
             }
-            for e in events {
-                if self.event_tx.try_send(e).is_err() {
-                    tracing::debug!("event queue full: a Scheduled event was dropped");
-                }
+        }
+        for e in events {
+            if self.event_tx.try_send(e).is_err() {
+                tracing::debug!("event queue full: a Scheduled event was dropped");
             }
         }
     }

@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bramble_api::wire::{self, Channel, Heartbeat, Message, StatusReport};
@@ -201,56 +199,13 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
     assert!(ok_stdout(&m.cli(&["logs", "steady"])).contains("steady"));
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Mosquitto(Child);
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_mosquitto(dir: &std::path::Path) -> (Mosquitto, u16) {
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("mosquitto is missing: apt-get install mosquitto (scripts/setup does)");
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n")).unwrap();
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let m = Mosquitto(child);
-    assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
-        "mosquitto did not start"
-    );
-    (m, port)
-}
-
 #[test]
 fn the_whole_flow_runs_against_mosquitto() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let agent_dir = dir.path().join("agent");
     let _c = Cleanup(agent_dir.clone());
-    let (_mosquitto, port) = start_mosquitto(dir.path());
+    let (_mosquitto, port) = bramble_tests::start_mosquitto(dir.path()).unwrap();
     let broker = format!("127.0.0.1:{port}");
     let m = MasterProcess::start_with(&dir.path().join("master"), &["--external-broker", &broker])
         .unwrap();
