@@ -178,6 +178,7 @@ pub fn start(
     });
     let store_for_events = store.clone();
     let gw = Gateway {
+        ready_tx: spawn_status_writer(store.clone(), shutdown.clone()),
         store,
         metrics,
         client,
@@ -210,7 +211,97 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// A node's Ready condition to persist.
+struct ReadyUpdate {
+    node: String,
+    ready: bool,
+    reason: String,
+    message: String,
+    facts: Option<NodeFacts>,
+}
+
+/// Persists Ready transitions in batches (the latest per node wins), many at once so that the
+/// store commits them in groups.
+fn spawn_status_writer(
+    store: Store,
+    shutdown: CancellationToken,
+) -> mpsc::UnboundedSender<ReadyUpdate> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<ReadyUpdate>();
+    tokio::spawn(async move {
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                u = rx.recv() => match u { Some(u) => u, None => return },
+            };
+            let mut latest: HashMap<String, ReadyUpdate> = HashMap::new();
+            latest.insert(first.node.clone(), first);
+            while latest.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(u) => {
+                        latest.insert(u.node.clone(), u);
+                    }
+                    Err(_) => break,
+                }
+            }
+            futures_util::future::join_all(latest.into_values().map(|u| write_ready(&store, u)))
+                .await;
+        }
+    });
+    tx
+}
+
+/// Writes a node's Ready condition (and its facts) if the stored status differs.
+async fn write_ready(store: &Store, u: ReadyUpdate) {
+    let Some(entry) = store.get(Kind::Node, "", &u.node) else {
+        return;
+    };
+    let Ok(Object::Node(mut n)) = entry.object() else {
+        return;
+    };
+    let old = n.status.clone().unwrap_or_default();
+    let now = now_secs();
+    let condition = (u.ready, u.reason.as_str(), u.message.as_str());
+    let status = match &u.facts {
+        Some(f) => bramble_api::report::node_status(f, condition, Some(&old), now),
+        None => {
+            let mut s = old.clone();
+            s.conditions.retain(|c| c.type_ != "Ready");
+            s.conditions.push(bramble_api::report::ready_condition(
+                u.ready,
+                &u.reason,
+                &u.message,
+                Some(&old),
+                now,
+            ));
+            s
+        }
+    };
+    if status == old {
+        return;
+    }
+    if !u.ready {
+        tracing::warn!(
+            node = u.node,
+            reason = u.reason,
+            message = u.message,
+            "node is NotReady"
+        );
+    } else {
+        tracing::info!(node = u.node, "node is Ready");
+    }
+    n.status = Some(status);
+    n.metadata.resource_version.clear();
+    if let Err(e) = store
+        .write(Op::Update(Object::Node(n), Subresource::Status))
+        .await
+    {
+        tracing::error!(node = u.node, error = %e, "cannot persist the node's status");
+    }
+}
+
 struct Gateway {
+    /// Ready transitions, persisted by the status writer.
+    ready_tx: mpsc::UnboundedSender<ReadyUpdate>,
     store: Store,
     metrics: Arc<Metrics>,
     client: AsyncClient,
@@ -507,54 +598,21 @@ impl Gateway {
         self.set_ready(node, false, "NodeLost", why).await;
     }
 
-    /// Persists the node's Ready condition if it changed (a transition, not a heartbeat).
+    /// Records the node's readiness and has the status writer persist its Ready condition
+    /// (a transition, not a heartbeat). The loop never waits for the write: a storm of hellos
+    /// must not hold back the heartbeats queued behind them.
     async fn set_ready(&mut self, node: &str, ready: bool, reason: &str, message: &str) {
-        let Some(entry) = self.store.get(Kind::Node, "", node) else {
-            return;
-        };
-        let Ok(Object::Node(mut n)) = entry.object() else {
-            return;
-        };
-        let old = n.status.clone().unwrap_or_default();
         let facts = self.nodes.get(node).and_then(|s| s.facts.clone());
-        let now = now_secs();
-        let status = match &facts {
-            Some(f) => {
-                bramble_api::report::node_status(f, (ready, reason, message), Some(&old), now)
-            }
-            None => {
-                let mut s = old.clone();
-                s.conditions.retain(|c| c.type_ != "Ready");
-                s.conditions.push(bramble_api::report::ready_condition(
-                    ready,
-                    reason,
-                    message,
-                    Some(&old),
-                    now,
-                ));
-                s
-            }
-        };
         if let Some(s) = self.nodes.get_mut(node) {
             s.ready = ready;
         }
-        if status == old {
-            return;
-        }
-        if !ready {
-            tracing::warn!(node, reason, message, "node is NotReady");
-        } else {
-            tracing::info!(node, "node is Ready");
-        }
-        n.status = Some(status);
-        n.metadata.resource_version.clear();
-        if let Err(e) = self
-            .store
-            .write(Op::Update(Object::Node(n), Subresource::Status))
-            .await
-        {
-            tracing::error!(node, error = %e, "cannot persist the node's status");
-        }
+        let _ = self.ready_tx.send(ReadyUpdate {
+            node: node.to_string(),
+            ready,
+            reason: reason.to_string(),
+            message: message.to_string(),
+            facts,
+        });
     }
 
     async fn apply_reports(&mut self, node: &str, reports: &[PodReport]) {

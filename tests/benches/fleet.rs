@@ -171,12 +171,16 @@ fn replacement() {
 fn main() {
     println!("| benchmark | median | baseline (same run) | ratio |");
     println!("|---|---|---|---|");
-    replacement();
+    if std::env::var("BRAMBLE_BENCH_BROKER").is_err() {
+        replacement();
+    }
     let sizes: Vec<usize> = std::env::var("BRAMBLE_BENCH_FLEET")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1000, 5000]);
-    for &n in &sizes {
+    // `BRAMBLE_BENCH_BROKER=mosquitto` runs only the external-broker variant.
+    let only_external = std::env::var("BRAMBLE_BENCH_BROKER").is_ok_and(|b| b == "mosquitto");
+    for &n in sizes.iter().filter(|_| !only_external) {
         fleet(n, false);
     }
     // The large fleet again with an external broker.

@@ -758,7 +758,7 @@ pub fn start_mosquitto(dir: &Path) -> Result<(Mosquitto, u16)> {
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nmax_inflight_messages 0\nmax_queued_messages 100000\n"
         ),
     )?;
     let child = Command::new(bin)
