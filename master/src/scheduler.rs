@@ -19,7 +19,7 @@ use bramble_api::{Kind, Object, Selector};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventRecorder;
-use crate::store::{Change, EventType, Op, Store, StoreError, Subresource, WatchFilter};
+use crate::store::{Binding, Change, EventType, Op, Store, StoreError, Subresource, WatchFilter};
 
 /// What the scheduler knows of a node.
 #[derive(Debug, Clone, Default)]
@@ -193,12 +193,18 @@ pub fn pick_some<'a>(
     let mut best: Option<(i64, &NodeView)> = None;
     let mut total = 0;
     let mut feasible = 0;
+    let active: Vec<&dyn filter::Filter> = profile
+        .filters
+        .iter()
+        .filter(|f| f.applies(pod))
+        .map(|f| f.as_ref())
+        .collect();
     for n in nodes {
         if feasible >= enough {
             break;
         }
         total += 1;
-        if let Some(r) = profile.filters.iter().find_map(|f| f.check(pod, n).err()) {
+        if let Some(r) = active.iter().find_map(|f| f.check(pod, n).err()) {
             *reasons.entry(r).or_default() += 1;
             continue;
         }
@@ -262,6 +268,12 @@ fn spawn_event_writer(
     });
     tx
 }
+
+/// A decided binding: (uid, namespace, name, node, the pod's view).
+type Bind = (String, String, String, String, PodView);
+
+/// Bindings per concurrent batch.
+const BIND_CHUNK: usize = 1024;
 
 /// The nodes, in name order, in a vector (a search walks it without per-node lookups) with
 /// an index by name.
@@ -501,26 +513,15 @@ impl Scheduler {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        // Decide every pod first (the cache accounts each decision at once), then bind them
-        // all concurrently: the store commits concurrent writes in groups.
+        // Decisions are made one pod after another (the cache accounts each at once); every
+        // 1,024 of them go to the store as concurrent bindings on their own task while the
+        // next decisions are made, and the store commits them in groups.
         let t0 = std::time::Instant::now();
-        let mut binds: Vec<(String, String, PodView, Pod)> = Vec::new();
+        let mut binds: Vec<Bind> = Vec::new();
+        let mut inflight = Vec::new();
         let node_count = self.nodes.len();
         let enough = feasible_to_find(node_count);
         for (uid, (ns, name, view)) in pending {
-            // The pod as stored now; gone or bound meanwhile: nothing to do.
-            let current = match self.store.get(Kind::Pod, &ns, &name).map(|e| e.object()) {
-                Some(Ok(Object::Pod(p)))
-                    if p.metadata.uid == uid && p.spec.node_name.is_empty() =>
-                {
-                    Some(p)
-                }
-                _ => None,
-            };
-            let Some(mut pod) = current else {
-                self.pending.remove(&uid);
-                continue;
-            };
             // Start where the last search stopped, so sampling visits every node in turn.
             self.next_start = if node_count == 0 {
                 0
@@ -541,50 +542,63 @@ impl Scheduler {
                     }
                     self.pending.remove(&uid);
                     self.last_reason.remove(&uid);
-                    pod.spec.node_name = node.clone();
-                    binds.push((uid, node, view, pod));
+                    binds.push((uid, ns, name, node, view));
+                    if binds.len() == BIND_CHUNK {
+                        inflight.push(self.send_binds(std::mem::take(&mut binds)));
+                    }
                 }
                 Err(why) => {
-                    if self.last_reason.get(&uid) != Some(&why) {
-                        self.last_reason.insert(uid.clone(), why.clone());
-                        self.mark_unschedulable(pod, &why).await;
+                    if self.last_reason.get(&uid) == Some(&why) {
+                        continue;
+                    }
+                    // The pod as stored now; gone or bound meanwhile: nothing to do.
+                    match self.store.get(Kind::Pod, &ns, &name).map(|e| e.object()) {
+                        Some(Ok(Object::Pod(pod)))
+                            if pod.metadata.uid == uid && pod.spec.node_name.is_empty() =>
+                        {
+                            self.last_reason.insert(uid.clone(), why.clone());
+                            self.mark_unschedulable(pod, &why).await;
+                        }
+                        _ => {
+                            self.pending.remove(&uid);
+                        }
                     }
                 }
             }
         }
-        tracing::debug!(pods = binds.len(), took = ?t0.elapsed(), "scheduling decisions made");
+        if !binds.is_empty() {
+            inflight.push(self.send_binds(binds));
+        }
+        tracing::debug!(took = ?t0.elapsed(), "scheduling decisions made");
         // Scheduled events go out once the round's bindings are written, so that they never
         // compete with bindings for the store's writer.
         let mut events = Vec::new();
-        for chunk in binds.chunks(1024) {
-            let writes = chunk.iter().map(|(_, _, _, pod)| {
-                self.store
-                    .write(Op::Update(Object::Pod(pod.clone()), Subresource::Main))
-            });
-            let results = futures_util::future::join_all(writes).await;
-            for ((uid, node, view, pod), r) in chunk.iter().zip(results) {
+        for task in inflight {
+            let Ok(done) = task.await else { continue };
+            for ((uid, ns, name, node, view), r) in done {
                 match r {
                     Ok(_) => {
-                        self.bound.insert(uid.clone(), (node.clone(), view.clone()));
-                        let msg = format!(
-                            "Successfully assigned {}/{} to {node}",
-                            pod.metadata.namespace, pod.metadata.name
-                        );
+                        let msg = format!("Successfully assigned {ns}/{name} to {node}");
+                        let mut involved = Pod::default();
+                        involved.metadata.name = name.clone();
+                        involved.metadata.namespace = ns;
+                        involved.metadata.uid = uid.clone();
                         events.push(EventRecorder::event(
-                            Object::Pod(pod.clone()),
+                            Object::Pod(involved),
                             "Normal",
                             "Scheduled",
                             &msg,
                             "default-scheduler",
                         ));
+                        self.bound.insert(uid, (node, view));
                     }
                     Err(e) => {
                         // Changed under us (or gone): undo; the pod's next event brings it back.
-                        if let Some(n) = self.nodes.get_mut(node) {
-                            n.add(view, -1);
+                        if let Some(n) = self.nodes.get_mut(&node) {
+                            n.add(&view, -1);
                         }
                         if !matches!(e, StoreError::Conflict { .. } | StoreError::NotFound { .. }) {
-                            tracing::warn!(pod = %pod.metadata.name, error = %e, "cannot bind");
+                            tracing::warn!(pod = %name, error = %e, "cannot bind");
                         }
                     }
                 }
@@ -595,6 +609,26 @@ impl Scheduler {
                 tracing::debug!("event queue full: a Scheduled event was dropped");
             }
         }
+    }
+
+    /// Writes a chunk of bindings concurrently on a task of its own.
+    fn send_binds(
+        &self,
+        chunk: Vec<Bind>,
+    ) -> tokio::task::JoinHandle<Vec<(Bind, Result<crate::store::Outcome, StoreError>)>> {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let writes = chunk.iter().map(|(uid, ns, name, node, _)| {
+                store.write(Op::Bind(Binding {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    uid: uid.clone(),
+                    node: node.clone(),
+                }))
+            });
+            let results = futures_util::future::join_all(writes).await;
+            chunk.into_iter().zip(results).collect()
+        })
     }
 
     async fn mark_unschedulable(&mut self, mut pod: Pod, why: &str) {

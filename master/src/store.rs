@@ -136,6 +136,19 @@ pub enum Op {
     /// Create, or update the user-owned parts (labels, annotations, spec) of, an object.
     Apply(Object),
     Delete(DeleteRequest),
+    /// Assign a pending pod to a node (Kubernetes' `pods/binding`): a conflict if the pod is
+    /// already bound, being deleted, or was replaced (another uid).
+    Bind(Binding),
+}
+
+/// A pod's assignment to a node.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub namespace: String,
+    pub name: String,
+    /// The pod the scheduler decided for; empty: any.
+    pub uid: String,
+    pub node: String,
 }
 
 /// A deletion; `grace_seconds: Some(0)` removes a pod at once instead of gracefully.

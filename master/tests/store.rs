@@ -428,3 +428,46 @@ async fn concurrent_writes_commit_in_groups_and_survive_reopen() {
     revs.dedup();
     assert_eq!(revs.len(), 400);
 }
+
+#[tokio::test]
+async fn binding_assigns_a_pending_pod_once() {
+    use bramble_master::store::Binding;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), StoreOptions::default()).await;
+    let created = s.create(pod("p", "")).await.unwrap();
+    let uid = created.entry().object().unwrap().meta().uid.clone();
+    let bind = |uid: &str, node: &str| {
+        Op::Bind(Binding {
+            namespace: "default".into(),
+            name: "p".into(),
+            uid: uid.into(),
+            node: node.into(),
+        })
+    };
+    // Another uid (the pod was replaced since the decision): conflict, nothing written.
+    let e = s.write(bind("not-the-uid", "n1")).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+    let r = s.write(bind(&uid, "n1")).await.unwrap();
+    assert!(matches!(r, Outcome::Updated(_)));
+    let Object::Pod(p) = s.get(Kind::Pod, "default", "p").unwrap().object().unwrap() else {
+        panic!()
+    };
+    assert_eq!(p.spec.node_name, "n1");
+    assert_eq!(p.metadata.resource_version, s.revision().to_string());
+    // Bound already: a second binding is a conflict that names the node.
+    let e = s.write(bind(&uid, "n2")).await.unwrap_err();
+    assert!(
+        e.to_string().contains("already assigned to node \"n1\""),
+        "{e}"
+    );
+    let e = s
+        .write(Op::Bind(Binding {
+            namespace: "default".into(),
+            name: "gone".into(),
+            uid: String::new(),
+            node: "n1".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound { .. }));
+}

@@ -8,6 +8,11 @@ pub trait Filter: Send + Sync {
     /// `Err(reason)` when the pod may not run on the node; the reason is counted per node in
     /// the unschedulable message, e.g. `Insufficient memory`.
     fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String>;
+    /// Whether the filter can say no to this pod at all (a pod without a `nodeSelector` passes
+    /// that filter everywhere): the search skips filters that cannot.
+    fn applies(&self, _pod: &PodView) -> bool {
+        true
+    }
 }
 
 /// The node is Ready.
@@ -54,6 +59,10 @@ impl Filter for Resources {
 /// `nodeSelector` labels all match.
 pub struct NodeSelector;
 impl Filter for NodeSelector {
+    fn applies(&self, pod: &PodView) -> bool {
+        !pod.node_selector.is_empty()
+    }
+
     fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
         if pod
             .node_selector
@@ -70,6 +79,10 @@ impl Filter for NodeSelector {
 /// Required node affinity terms match the node's labels.
 pub struct NodeAffinity;
 impl Filter for NodeAffinity {
+    fn applies(&self, pod: &PodView) -> bool {
+        pod.required_affinity.is_some()
+    }
+
     fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
         match &pod.required_affinity {
             Some(sel) if !sel.matches(&node.labels) => {
@@ -108,6 +121,10 @@ impl Filter for Taints {
 /// Requested host ports are free on the node.
 pub struct HostPorts;
 impl Filter for HostPorts {
+    fn applies(&self, pod: &PodView) -> bool {
+        !pod.host_ports.is_empty()
+    }
+
     fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
         if pod.host_ports.iter().any(|p| node.used_ports.contains(p)) {
             Err("node(s) didn't have free ports for the requested pod ports".into())
@@ -136,6 +153,10 @@ pub fn defaults() -> Vec<Box<dyn Filter>> {
 /// (side-loaded on the nodes) are not checked.
 pub struct ImagePlatforms;
 impl Filter for ImagePlatforms {
+    fn applies(&self, pod: &PodView) -> bool {
+        !pod.image_platforms.is_empty()
+    }
+
     fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
         if pod.image_platforms.is_empty() {
             return Ok(());
@@ -210,6 +231,31 @@ mod tests {
             ImagePlatforms.check(&pod, &n).is_ok(),
             "the agent checks the variant"
         );
+    }
+
+    #[test]
+    fn a_filter_that_does_not_apply_passes_everywhere() {
+        // The search skips filters whose `applies` is false: they must never say no then.
+        let mut tainted = node();
+        tainted.labels.insert("zone".into(), "b".into());
+        tainted.used_ports.insert((80, "TCP".into()));
+        let nodes = [node(), tainted];
+        let pod = PodView::default();
+        for f in defaults() {
+            if f.applies(&pod) {
+                continue;
+            }
+            for n in &nodes {
+                assert!(f.check(&pod, n).is_ok());
+            }
+        }
+        let narrow = PodView {
+            node_selector: [("zone".into(), "a".into())].into(),
+            host_ports: vec![(80, "TCP".into())],
+            ..Default::default()
+        };
+        assert!(NodeSelector.applies(&narrow) && HostPorts.applies(&narrow));
+        assert!(!NodeSelector.applies(&pod) && !ImagePlatforms.applies(&pod));
     }
 
     #[test]

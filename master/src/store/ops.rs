@@ -122,7 +122,45 @@ pub(crate) fn decide(view: &mut View<'_>, op: Op) -> Result<Outcome, StoreError>
             }
         }
         Op::Delete(req) => delete(view, req),
+        Op::Bind(b) => bind(view, b),
     }
+}
+
+/// Sets a pending pod's node. Decoding only the stored pod keeps a scheduler's burst of
+/// bindings cheap.
+fn bind(view: &mut View<'_>, b: super::Binding) -> Result<Outcome, StoreError> {
+    let key = (Kind::Pod, b.namespace.clone(), b.name.clone());
+    let conflict = |reason: String| StoreError::Conflict {
+        kind: Kind::Pod,
+        name: b.name.clone(),
+        reason,
+    };
+    let Some(old_entry) = view.get(&key) else {
+        return Err(StoreError::NotFound {
+            kind: Kind::Pod,
+            name: b.name.clone(),
+        });
+    };
+    let Object::Pod(mut pod) = old_entry.object()? else {
+        return Err(StoreError::Storage(format!("{:?} is not a pod", b.name)));
+    };
+    if !b.uid.is_empty() && pod.metadata.uid != b.uid {
+        return Err(conflict("the pod was replaced (another uid)".into()));
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Err(conflict("the pod is being deleted".into()));
+    }
+    if !pod.spec.node_name.is_empty() {
+        return Err(conflict(format!(
+            "pod {} is already assigned to node {:?}",
+            b.name, pod.spec.node_name
+        )));
+    }
+    pod.spec.node_name = b.node;
+    pod.metadata.generation += 1;
+    Ok(Outcome::Updated(
+        view.put(EventType::Modified, Object::Pod(pod)),
+    ))
 }
 
 fn normalize_namespace(obj: &mut Object) {
