@@ -269,6 +269,81 @@ fn spawn_event_writer(
     tx
 }
 
+/// The parts of a stored pod the scheduler reads. Decoding only these (serde skips the rest
+/// without building it) keeps a relist of 10,000 pods, and every pod event, cheap.
+#[derive(serde::Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct SchedPod {
+    metadata: SchedMeta,
+    spec: SchedSpec,
+    status: Option<SchedStatus>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct SchedMeta {
+    name: String,
+    namespace: String,
+    uid: String,
+    deletion_timestamp: Option<String>,
+    owner_references: Vec<bramble_api::meta::OwnerReference>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct SchedSpec {
+    containers: Vec<SchedContainer>,
+    node_name: String,
+    node_selector: BTreeMap<String, String>,
+    tolerations: Vec<Toleration>,
+    affinity: Option<bramble_api::pod::Affinity>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct SchedContainer {
+    image: String,
+    ports: Vec<bramble_api::pod::ContainerPort>,
+    resources: bramble_api::pod::ResourceRequirements,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct SchedStatus {
+    phase: String,
+}
+
+/// A pod with only what scheduling needs filled in, from its stored JSON.
+fn sched_pod(json: &[u8]) -> Option<Pod> {
+    let s: SchedPod = serde_json::from_slice(json).ok()?;
+    let mut p = Pod::default();
+    p.metadata.name = s.metadata.name;
+    p.metadata.namespace = s.metadata.namespace;
+    p.metadata.uid = s.metadata.uid;
+    p.metadata.deletion_timestamp = s.metadata.deletion_timestamp;
+    p.metadata.owner_references = s.metadata.owner_references;
+    p.spec.node_name = s.spec.node_name;
+    p.spec.node_selector = s.spec.node_selector;
+    p.spec.tolerations = s.spec.tolerations;
+    p.spec.affinity = s.spec.affinity;
+    p.spec.containers = s
+        .spec
+        .containers
+        .into_iter()
+        .map(|c| bramble_api::pod::Container {
+            image: c.image,
+            ports: c.ports,
+            resources: c.resources,
+            ..Default::default()
+        })
+        .collect();
+    p.status = s.status.map(|st| bramble_api::pod::PodStatus {
+        phase: st.phase,
+        ..Default::default()
+    });
+    Some(p)
+}
+
 /// A decided binding: (uid, namespace, name, node, the pod's view).
 type Bind = (String, String, String, String, PodView);
 
@@ -409,7 +484,7 @@ impl Scheduler {
         }
         let (prev, pods) = self.store.list(Kind::Pod, None, &Selector::everything());
         for e in pods {
-            if let Ok(Object::Pod(p)) = e.object() {
+            if let Some(p) = sched_pod(&e.json) {
                 self.on_pod(&p, false);
             }
         }
@@ -427,6 +502,12 @@ impl Scheduler {
     /// Updates the cache; returns whether pending pods deserve a (re)try: a node appeared or
     /// changed, resources were freed, or a pod is newly pending.
     fn on_change(&mut self, c: &Change) -> bool {
+        if c.entry.kind == Kind::Pod {
+            return match sched_pod(&c.entry.json) {
+                Some(p) => self.on_pod(&p, c.type_ == EventType::Deleted),
+                None => false,
+            };
+        }
         match c.entry.object() {
             Ok(Object::Node(n)) => {
                 if c.type_ == EventType::Deleted {
@@ -678,6 +759,31 @@ mod tests {
             alloc_pods: 110,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_light_decoding_keeps_everything_scheduling_reads() {
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: ns\n  uid: u1\n  ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: d, uid: o1, controller: true}]\nspec:\n  nodeSelector: {zone: a}\n  tolerations: [{key: k, operator: Exists, effect: NoSchedule}]\n  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms: [{matchExpressions: [{key: arch, operator: In, values: [arm64]}]}]\n  containers:\n  - name: c\n    image: web:1\n    command: [sh]\n    ports: [{containerPort: 80, hostPort: 8080}]\n    resources: {requests: {cpu: 250m, memory: 64Mi}, limits: {memory: 128Mi}}\n";
+        let full = match bramble_api::manifest::parse_manifests(yaml)
+            .unwrap()
+            .remove(0)
+            .object
+        {
+            Object::Pod(p) => p,
+            _ => unreachable!(),
+        };
+        let light = sched_pod(&Object::Pod(full.clone()).to_json()).unwrap();
+        let (a, b) = (PodView::of(&full), PodView::of(&light));
+        assert_eq!(
+            (a.cpu_m, a.mem, a.owner.clone()),
+            (b.cpu_m, b.mem, b.owner.clone())
+        );
+        assert_eq!(a.node_selector, b.node_selector);
+        assert_eq!(a.host_ports, b.host_ports);
+        assert_eq!(a.tolerations, b.tolerations);
+        assert_eq!(a.required_affinity, b.required_affinity);
+        assert_eq!(light.metadata.uid, "u1");
+        assert_eq!(light.spec.containers[0].image, "web:1");
     }
 
     #[test]
