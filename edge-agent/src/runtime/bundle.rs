@@ -214,6 +214,15 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
+    fn env_of(v: &Value) -> Vec<&str> {
+        v["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect()
+    }
+
     fn spec(yaml: &str) -> ContainerSpec {
         let c: Container = serde_norway::from_str(yaml).unwrap();
         ContainerSpec {
@@ -240,12 +249,7 @@ mod tests {
         );
         let v = config(&s, Path::new("/c/rootfs"), (0, 0));
         assert_eq!(v["process"]["args"], json!(["sh", "-c", "echo hi"]));
-        let env: Vec<&str> = v["process"]["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e.as_str().unwrap())
-            .collect();
+        let env = env_of(&v);
         assert!(
             env.contains(&"A=1") && env.contains(&"PATH=/bin") && env.contains(&"HOSTNAME=web")
         );
@@ -313,12 +317,7 @@ mod tests {
         let mut s = spec("name: main\nimage: busybox\nenv: [{name: MODE, value: dev}]\n");
         s.image.config = img.clone();
         let v = config(&s, Path::new("/c/rootfs"), (1000, 100));
-        let env: Vec<&str> = v["process"]["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e.as_str().unwrap())
-            .collect();
+        let env = env_of(&v);
         assert!(
             env.contains(&"PATH=/opt/bin")
                 && env.contains(&"MODE=dev")

@@ -20,6 +20,15 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
     }
+
+    /// 500 Internal Server Error.
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            message.to_string(),
+        )
+    }
 }
 
 impl From<StoreError> for ApiError {

@@ -47,11 +47,7 @@ impl From<ImageError> for ApiError {
     fn from(e: ImageError) -> Self {
         match e {
             ImageError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", m),
-            e @ ImageError::Io { .. } => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                e.to_string(),
-            ),
+            e @ ImageError::Io { .. } => ApiError::internal(e),
         }
     }
 }
@@ -122,13 +118,7 @@ async fn do_import(
         r
     })
     .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        )
-    })?;
+    .map_err(ApiError::internal)?;
     let imported = match result {
         Ok(i) => i,
         Err(e) => {
@@ -332,20 +322,14 @@ async fn do_blob(st: &AppState, digest: &str, headers: &HeaderMap) -> Result<Res
             ));
         }
         Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                e.to_string(),
-            ));
+            return Err(ApiError::internal(e));
         }
     };
-    let len = file.metadata().await.map(|m| m.len()).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        )
-    })?;
+    let len = file
+        .metadata()
+        .await
+        .map(|m| m.len())
+        .map_err(ApiError::internal)?;
     let start = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -366,13 +350,7 @@ async fn do_blob(st: &AppState, digest: &str, headers: &HeaderMap) -> Result<Res
     if offset > 0 {
         file.seek(std::io::SeekFrom::Start(offset))
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    e.to_string(),
-                )
-            })?;
+            .map_err(ApiError::internal)?;
     }
     // The permit travels with the stream: it is released when the transfer ends.
     let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len - offset), 64 << 10)
