@@ -47,6 +47,12 @@ pub struct Args {
     /// Evict a lost node's pods after this long, e.g. 5s or 5m [default: 5s]
     #[arg(long)]
     pub pod_eviction_timeout: Option<String>,
+    /// The pod network, cut into one CIDR per node [default: 10.42.0.0/16]
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+    /// Prefix length of each node's pod CIDR [default: 24]
+    #[arg(long)]
+    pub node_cidr_mask_size: Option<u8>,
 }
 
 /// The config file's settings.
@@ -61,6 +67,8 @@ struct FileConfig {
     external_broker: Option<String>,
     node_lost_after: Option<String>,
     pod_eviction_timeout: Option<String>,
+    cluster_cidr: Option<String>,
+    node_cidr_mask_size: Option<u8>,
 }
 
 /// Where agents' MQTT traffic goes.
@@ -82,6 +90,16 @@ pub struct Config {
     pub broker: Broker,
     pub node_lost_after: std::time::Duration,
     pub pod_eviction_timeout: std::time::Duration,
+    /// Node pod CIDRs come from here.
+    pub pod_cidrs: crate::controllers::ipam::CidrPool,
+}
+
+/// The pod network of a cluster, as k3s defaults it.
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
+
+fn default_pool() -> crate::controllers::ipam::CidrPool {
+    crate::controllers::ipam::CidrPool::parse(DEFAULT_CLUSTER_CIDR, 24)
+        .unwrap_or_else(|e| unreachable!("the default cluster CIDR is valid: {e}"))
 }
 
 impl Config {
@@ -95,6 +113,7 @@ impl Config {
             broker: Broker::Embedded(SocketAddr::from(([127, 0, 0, 1], 0))),
             node_lost_after: std::time::Duration::from_secs(3),
             pod_eviction_timeout: std::time::Duration::from_secs(5),
+            pod_cidrs: default_pool(),
         }
     }
 
@@ -194,6 +213,16 @@ impl TryFrom<Args> for Config {
             bramble_api::time::parse_duration(&evict_text).ok_or_else(|| {
                 format!("--pod-eviction-timeout: {evict_text:?} is not a duration (e.g. 5s, 5m)")
             })?;
+        let cluster_cidr = a
+            .cluster_cidr
+            .or(file.cluster_cidr)
+            .unwrap_or_else(|| DEFAULT_CLUSTER_CIDR.into());
+        let mask = a
+            .node_cidr_mask_size
+            .or(file.node_cidr_mask_size)
+            .unwrap_or(24);
+        let pod_cidrs = crate::controllers::ipam::CidrPool::parse(&cluster_cidr, mask)
+            .map_err(|e| format!("--cluster-cidr/--node-cidr-mask-size: {e}"))?;
         Ok(Config {
             data_dir,
             listen,
@@ -202,6 +231,7 @@ impl TryFrom<Args> for Config {
             broker,
             node_lost_after,
             pod_eviction_timeout,
+            pod_cidrs,
         })
     }
 }
@@ -237,6 +267,11 @@ mod tests {
                 .unwrap_err()
                 .contains("--max-body-bytes")
         );
+        let e = parse(&["--cluster-cidr", "10.42.0.0/33"]).unwrap_err();
+        assert!(e.contains("--cluster-cidr"), "{e}");
+        let e = parse(&["--node-cidr-mask-size", "8"]).unwrap_err();
+        assert!(e.contains("must be longer"), "{e}");
+        assert_eq!(parse(&[]).unwrap().pod_cidrs.nth(1), "10.42.1.0/24");
         assert!(
             parse(&["--data-dir", "/etc/hostname"])
                 .unwrap_err()

@@ -162,6 +162,11 @@ impl Master {
                 lifecycle,
                 internal.clone(),
             )),
+            tokio::spawn(controllers::ipam::run(
+                store.clone(),
+                config.pod_cidrs,
+                internal.clone(),
+            )),
         ];
         credentials::write_client_config(
             &dir.join(credentials::CLIENT_CONFIG_FILE),

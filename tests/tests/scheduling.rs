@@ -213,3 +213,70 @@ fn node_affinity_cordon_uncordon_and_drain() {
     let node = m.http().get("/api/v1/nodes/zb-0").unwrap().json();
     assert_eq!(node["spec"]["unschedulable"], true);
 }
+
+fn pod_cidrs(m: &MasterProcess) -> BTreeMap<String, String> {
+    m.http().get("/api/v1/nodes").unwrap().json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| {
+            let cidr = n["spec"]["podCIDR"].as_str()?;
+            Some((
+                n["metadata"]["name"].as_str()?.to_string(),
+                cidr.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn every_node_gets_its_own_pod_cidr_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mdir = dir.path().join("master");
+    let m = MasterProcess::start_with(
+        &mdir,
+        &[
+            "--cluster-cidr",
+            "10.99.0.0/22",
+            "--node-cidr-mask-size",
+            "24",
+        ],
+    )
+    .unwrap();
+    let h = HollowProcess::start(&m, &dir.path().join("hollow"), "ipam", 3, &[]).unwrap();
+    assert!(eventually(Duration::from_secs(20), || pod_cidrs(&m).len() == 3));
+    let first = pod_cidrs(&m);
+    let mut values: Vec<&String> = first.values().collect();
+    values.sort();
+    values.dedup();
+    assert_eq!(
+        values,
+        ["10.99.0.0/24", "10.99.1.0/24", "10.99.2.0/24"],
+        "{first:?}"
+    );
+    // A restarted master keeps every assignment.
+    drop(h);
+    m.terminate();
+    let m = MasterProcess::start_with(&mdir, &["--cluster-cidr", "10.99.0.0/22"]).unwrap();
+    let _h = HollowProcess::start(&m, &dir.path().join("hollow2"), "more", 2, &[]).unwrap();
+    assert!(eventually(Duration::from_secs(20), || pod_cidrs(&m).len() == 4));
+    let now = pod_cidrs(&m);
+    for (node, cidr) in &first {
+        assert_eq!(now.get(node), Some(cidr), "{node} kept its CIDR");
+    }
+    // The pool has four /24s: the fourth node takes the last, the fifth gets none.
+    assert_eq!(
+        now.values()
+            .filter(|c| c.as_str() == "10.99.3.0/24")
+            .count(),
+        1
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pod_cidrs(&m).len(), 4, "no CIDR is handed out twice");
+    // A deleted node's CIDR is free again.
+    let gone = first.keys().next().unwrap().clone();
+    ok_stdout(&m.cli(&["delete", "node", &gone]));
+    assert!(eventually(Duration::from_secs(20), || pod_cidrs(&m).len()
+        == 4
+        && pod_cidrs(&m).values().any(|c| c == &first[&gone])));
+}

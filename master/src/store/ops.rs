@@ -307,6 +307,9 @@ fn update(
 /// Fields the system assigned that a user's manifest does not carry.
 fn keep_allocated(new: &mut Object, old: &Object) {
     match (new, old) {
+        (Object::Node(n), Object::Node(o)) if n.spec.pod_cidr.is_empty() => {
+            n.spec.pod_cidr = o.spec.pod_cidr.clone();
+        }
         (Object::Pod(n), Object::Pod(o)) if n.spec.node_name.is_empty() => {
             n.spec.node_name = o.spec.node_name.clone();
         }

@@ -1,0 +1,241 @@
+//! Node IPAM: every node gets its own pod CIDR (`spec.podCIDR`) from the cluster CIDR
+//! (default 10.42.0.0/16, a /24 per node), as Kubernetes' range allocator does. One task
+//! allocates, from the Nodes in the store (so a restart keeps every assignment), writing with
+//! the node's resourceVersion (so a concurrent change is retried, never overwritten); no two
+//! nodes ever share a CIDR. A deleted node's CIDR is free again, and goes to a node that is
+//! still waiting for one.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use bramble_api::node::Node;
+use bramble_api::{Kind, Object, Selector};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{EventType, Op, Store, StoreError, Subresource, WatchFilter};
+
+/// The cluster CIDR cut into equal node CIDRs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CidrPool {
+    base: u32,
+    prefix: u8,
+    node_prefix: u8,
+}
+
+impl CidrPool {
+    /// `10.42.0.0/16` with `/24` per node. The node prefix must be longer than the cluster's
+    /// and leave room for pods (at most /30).
+    pub fn parse(cluster: &str, node_prefix: u8) -> Result<CidrPool, String> {
+        let (addr, len) = cluster
+            .split_once('/')
+            .ok_or_else(|| format!("{cluster:?} is not an IPv4 CIDR like 10.42.0.0/16"))?;
+        let ip: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{cluster:?} is not an IPv4 CIDR like 10.42.0.0/16"))?;
+        let prefix: u8 = len
+            .parse()
+            .ok()
+            .filter(|p| *p <= 30)
+            .ok_or_else(|| format!("{cluster:?}: the prefix length must be 0-30"))?;
+        if node_prefix <= prefix || node_prefix > 30 {
+            return Err(format!(
+                "the node CIDR mask size /{node_prefix} must be longer than the cluster's /{prefix} and at most /30"
+            ));
+        }
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        let base = u32::from(ip);
+        if base & !mask != 0 {
+            return Err(format!(
+                "{cluster:?} has host bits set; did you mean {}/{prefix}?",
+                Ipv4Addr::from(base & mask)
+            ));
+        }
+        Ok(CidrPool {
+            base,
+            prefix,
+            node_prefix,
+        })
+    }
+
+    /// How many node CIDRs the pool holds.
+    pub fn capacity(&self) -> usize {
+        1usize << (self.node_prefix - self.prefix)
+    }
+
+    /// The i-th node CIDR.
+    pub fn nth(&self, i: usize) -> String {
+        let addr = self.base + ((i as u32) << (32 - self.node_prefix));
+        format!("{}/{}", Ipv4Addr::from(addr), self.node_prefix)
+    }
+
+    /// The index of a node CIDR of this pool, if it is one.
+    pub fn index_of(&self, cidr: &str) -> Option<usize> {
+        let (addr, len) = cidr.split_once('/')?;
+        if len.parse::<u8>().ok()? != self.node_prefix {
+            return None;
+        }
+        let a = u32::from(addr.parse::<Ipv4Addr>().ok()?);
+        let off = a.checked_sub(self.base)?;
+        let step = 1u32 << (32 - self.node_prefix);
+        let i = (off / step) as usize;
+        (off % step == 0 && i < self.capacity()).then_some(i)
+    }
+
+    /// The lowest free node CIDR.
+    pub fn first_free(&self, used: &BTreeSet<usize>) -> Option<usize> {
+        (0..self.capacity()).find(|i| !used.contains(i))
+    }
+}
+
+/// Runs the allocator until `shutdown`.
+pub async fn run(store: Store, pool: CidrPool, shutdown: CancellationToken) {
+    loop {
+        let (rev, nodes) = store.list(Kind::Node, None, &Selector::everything());
+        for e in nodes {
+            if let Ok(Object::Node(n)) = e.object() {
+                allocate_if_needed(&store, &pool, n).await;
+            }
+        }
+        let filter = WatchFilter {
+            kind: Kind::Node,
+            namespace: None,
+            selector: Selector::everything(),
+        };
+        let mut watch = match store.watch(filter, Some(rev)) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "node IPAM cannot watch nodes");
+                return;
+            }
+        };
+        loop {
+            let change = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                c = watch.next() => c,
+            };
+            match change {
+                Ok(c) if c.type_ != EventType::Deleted => {
+                    if let Ok(Object::Node(n)) = c.entry.object() {
+                        allocate_if_needed(&store, &pool, n).await;
+                    }
+                }
+                // A CIDR was freed: nodes still waiting for one may have it.
+                Ok(_) => {
+                    let waiting: Vec<Node> = store
+                        .list(Kind::Node, None, &Selector::everything())
+                        .1
+                        .iter()
+                        .filter_map(|e| match e.object() {
+                            Ok(Object::Node(n)) if n.spec.pod_cidr.is_empty() => Some(n),
+                            _ => None,
+                        })
+                        .collect();
+                    for n in waiting {
+                        allocate_if_needed(&store, &pool, n).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "node IPAM watch ended; re-listing");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The indexes in use by every node but `except`.
+fn used(store: &Store, pool: &CidrPool, except: &str) -> BTreeSet<usize> {
+    store
+        .list(Kind::Node, None, &Selector::everything())
+        .1
+        .iter()
+        .filter(|e| e.name != except)
+        .filter_map(|e| match e.object() {
+            Ok(Object::Node(n)) => pool.index_of(&n.spec.pod_cidr),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn allocate_if_needed(store: &Store, pool: &CidrPool, mut node: Node) {
+    if !node.spec.pod_cidr.is_empty() {
+        return;
+    }
+    let name = node.metadata.name.clone();
+    let Some(i) = pool.first_free(&used(store, pool, &name)) else {
+        tracing::error!(
+            node = name,
+            "no pod CIDR left in the cluster CIDR; the node gets none"
+        );
+        return;
+    };
+    node.spec.pod_cidr = pool.nth(i);
+    let cidr = node.spec.pod_cidr.clone();
+    // The node as read: a concurrent change is a conflict, and its event brings it back.
+    match store
+        .write(Op::Update(Object::Node(node), Subresource::Main))
+        .await
+    {
+        Ok(_) => tracing::info!(node = name, cidr, "pod CIDR assigned"),
+        Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+        Err(e) => tracing::warn!(node = name, error = %e, "cannot assign a pod CIDR"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_cuts_the_cluster_cidr_into_node_cidrs() {
+        let p = CidrPool::parse("10.42.0.0/16", 24).unwrap();
+        assert_eq!(p.capacity(), 256);
+        assert_eq!(p.nth(0), "10.42.0.0/24");
+        assert_eq!(p.nth(255), "10.42.255.0/24");
+        assert_eq!(p.index_of("10.42.7.0/24"), Some(7));
+        for other in [
+            "10.43.0.0/24",
+            "10.42.7.128/24",
+            "10.42.7.0/25",
+            "x",
+            "10.41.255.0/24",
+        ] {
+            assert_eq!(p.index_of(other), None, "{other}");
+        }
+        let used: BTreeSet<usize> = [0, 1, 3].into();
+        assert_eq!(p.first_free(&used), Some(2));
+        let full: BTreeSet<usize> = (0..256).collect();
+        assert_eq!(p.first_free(&full), None);
+        let small = CidrPool::parse("192.168.0.0/23", 25).unwrap();
+        assert_eq!(
+            (small.capacity(), small.nth(3).as_str()),
+            (4, "192.168.1.128/25")
+        );
+    }
+
+    #[test]
+    fn bad_cidrs_are_refused_with_the_reason() {
+        assert!(
+            CidrPool::parse("10.42.0.0", 24)
+                .unwrap_err()
+                .contains("not an IPv4 CIDR")
+        );
+        assert!(
+            CidrPool::parse("10.42.1.0/16", 24)
+                .unwrap_err()
+                .contains("did you mean 10.42.0.0/16")
+        );
+        assert!(
+            CidrPool::parse("10.42.0.0/16", 16)
+                .unwrap_err()
+                .contains("must be longer")
+        );
+        assert!(CidrPool::parse("10.42.0.0/16", 31).is_err());
+    }
+}
