@@ -50,6 +50,8 @@ pub struct PodView {
     pub host_ports: Vec<(i32, String)>,
     pub owner: Option<String>,
     pub required_affinity: Option<bramble_api::pod::NodeSelector>,
+    /// The pod's container images.
+    pub images: Vec<String>,
     /// The platforms of each of the pod's images that the master holds.
     pub image_platforms: Vec<(String, Vec<bramble_api::image::ImagePlatform>)>,
 }
@@ -79,6 +81,7 @@ impl PodView {
             ..Default::default()
         };
         for c in &pod.spec.containers {
+            v.images.push(c.image.clone());
             let get = |k: &str| {
                 c.resources
                     .requests
@@ -442,7 +445,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
         event_tx: spawn_event_writer(store_for_events, shutdown.clone()),
     };
     loop {
-        let (mut nodes_w, mut pods_w) = match s.relist() {
+        let [mut nodes_w, mut pods_w, mut images_w] = match s.relist() {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "scheduler cannot watch the store");
@@ -455,6 +458,15 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => return,
                 c = nodes_w.next() => c,
                 c = pods_w.next() => c,
+                c = images_w.next() => match c {
+                    Ok(_) => {
+                        if s.on_image_change() {
+                            s.schedule_pending().await;
+                        }
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
             };
             match changed {
                 Ok(c) => {
@@ -472,7 +484,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
 }
 
 impl Scheduler {
-    fn relist(&mut self) -> Result<(crate::store::Watch, crate::store::Watch), StoreError> {
+    fn relist(&mut self) -> Result<[crate::store::Watch; 3], StoreError> {
         self.nodes.clear();
         self.bound.clear();
         self.pending.clear();
@@ -493,10 +505,12 @@ impl Scheduler {
             namespace: None,
             selector: Selector::everything(),
         };
-        Ok((
+        Ok([
             self.store.watch(all(Kind::Node), Some(nrev))?,
             self.store.watch(all(Kind::Pod), Some(prev))?,
-        ))
+            // From the first list on: a change seen twice only recomputes.
+            self.store.watch(all(Kind::Image), Some(nrev))?,
+        ])
     }
 
     /// Updates the cache; returns whether pending pods deserve a (re)try: a node appeared or
@@ -530,18 +544,36 @@ impl Scheduler {
     }
 
     /// The platforms of the pod's images, from the Image objects of imported ones.
-    fn image_platforms(&self, p: &Pod) -> Vec<(String, Vec<bramble_api::image::ImagePlatform>)> {
-        p.spec
-            .containers
+    fn image_platforms(
+        &self,
+        images: &[String],
+    ) -> Vec<(String, Vec<bramble_api::image::ImagePlatform>)> {
+        images
             .iter()
-            .filter_map(|c| {
-                let r = bramble_api::image::ImageRef::parse(&c.image).ok()?;
+            .filter_map(|image| {
+                let r = bramble_api::image::ImageRef::parse(image).ok()?;
                 match self.store.get(Kind::Image, "", &r.object_name())?.object() {
-                    Ok(Object::Image(i)) => Some((c.image.clone(), i.spec.platforms)),
+                    Ok(Object::Image(i)) => Some((image.clone(), i.spec.platforms)),
                     _ => None,
                 }
             })
             .collect()
+    }
+
+    /// An image was imported, replaced or removed: pending pods see its platforms anew.
+    fn on_image_change(&mut self) -> bool {
+        let uids: Vec<String> = self.pending.keys().cloned().collect();
+        for uid in uids {
+            let images = match self.pending.get(&uid) {
+                Some((_, _, v)) => v.images.clone(),
+                None => continue,
+            };
+            let platforms = self.image_platforms(&images);
+            if let Some((_, _, v)) = self.pending.get_mut(&uid) {
+                v.image_platforms = platforms;
+            }
+        }
+        !self.pending.is_empty()
     }
 
     fn on_pod(&mut self, p: &Pod, deleted: bool) -> bool {
@@ -567,7 +599,7 @@ impl Scheduler {
                 // The pod as last seen: a bind of a stale copy is a conflict, retried on the
                 // pod's next event.
                 let mut view = PodView::of(p);
-                view.image_platforms = self.image_platforms(p);
+                view.image_platforms = self.image_platforms(&view.images);
                 self.pending.insert(
                     uid,
                     (p.metadata.namespace.clone(), p.metadata.name.clone(), view),

@@ -333,6 +333,27 @@ fn pods_run_imported_images_with_their_config_and_removal_waits_for_them() {
         waiting_message(m, "pinned")
     );
 
+    // Importing an amd64 image under that name: the scheduler places the waiting pod.
+    let retag = f.root.join("retag.tar");
+    let out = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{}:amd64", f.layout.display()))
+        .arg(format!("oci-archive:{}:demo:arm64", retag.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok_stdout(&m.cli(&["image", "import", retag.to_str().unwrap()]));
+    assert!(
+        eventually(Duration::from_secs(10), || m
+            .pod("armonly")
+            .is_some_and(|p| p["spec"]["nodeName"] == "board-a")),
+        "an image import does not wake the scheduler"
+    );
+
     // Removal waits for the pods that use the image, unless forced.
     let out = m.cli(&["image", "rm", "demo:multi"]);
     assert!(!out.status.success());
