@@ -11,6 +11,8 @@
 //! one does not are flushed and deleted, so the whole ruleset applies atomically with
 //! `iptables-restore --noflush`, touching no rule Bramble does not own.
 
+pub mod iptables;
+
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
