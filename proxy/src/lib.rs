@@ -102,8 +102,95 @@ fn backends(
     out.into_iter().collect()
 }
 
-/// The ruleset for `services` and their `endpoints` (matched by namespace and name).
+/// The ruleset for `services` and their `endpoints` (matched by namespace and name), as
+/// `iptables-restore` input that rewrites every Bramble chain and deletes stale ones.
 pub fn render(services: &[Service], endpoints: &[Endpoints], node: &NodeContext) -> String {
+    build(services, endpoints, node).text(None, &node.existing_chains)
+}
+
+/// A ruleset as chains with their rules, per table, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub filter: Vec<(String, Vec<String>)>,
+    pub nat: Vec<(String, Vec<String>)>,
+}
+
+/// Groups `-A CHAIN ...` lines by chain, in the order of `chains`.
+fn group(chains: &[String], text: &str) -> Vec<(String, Vec<String>)> {
+    let index: std::collections::HashMap<&str, usize> = chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+    let mut out: Vec<(String, Vec<String>)> =
+        chains.iter().map(|c| (c.clone(), Vec::new())).collect();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("-A ") else {
+            continue;
+        };
+        let chain = rest.split(' ').next().unwrap_or("");
+        if let Some(&i) = index.get(chain) {
+            out[i].1.push(line.to_string());
+        }
+    }
+    out
+}
+
+impl Ruleset {
+    /// `iptables-restore --noflush` input. With `previous` (what was applied last), only
+    /// chains whose rules changed are written: one endpoint change rewrites one service
+    /// chain and its endpoint chains, not thousands of rules. Chains in `previous` or
+    /// `existing` that this ruleset lacks are flushed and deleted.
+    pub fn text(&self, previous: Option<&Ruleset>, existing: &[String]) -> String {
+        let mut out = String::new();
+        for (table, chains, before) in [
+            ("filter", &self.filter, previous.map(|p| &p.filter)),
+            ("nat", &self.nat, previous.map(|p| &p.nat)),
+        ] {
+            let before_map: Option<std::collections::HashMap<&String, &Vec<String>>> =
+                before.map(|b| b.iter().map(|(c, r)| (c, r)).collect());
+            let changed: Vec<&(String, Vec<String>)> = chains
+                .iter()
+                .filter(|(c, rules)| {
+                    before_map
+                        .as_ref()
+                        .is_none_or(|m| m.get(c).is_none_or(|r| *r != rules))
+                })
+                .collect();
+            let mut stale: BTreeSet<&String> = BTreeSet::new();
+            if table == "nat" {
+                let known = before
+                    .into_iter()
+                    .flat_map(|b| b.iter().map(|(c, _)| c))
+                    .chain(existing.iter())
+                    .filter(|c| c.starts_with("BRAMBLE-SVC-") || c.starts_with("BRAMBLE-SEP-"));
+                let current: BTreeSet<&String> = chains.iter().map(|(c, _)| c).collect();
+                stale = known.filter(|c| !current.contains(c)).collect();
+            }
+            let _ = writeln!(out, "*{table}");
+            for (c, _) in &changed {
+                let _ = writeln!(out, ":{c} - [0:0]");
+            }
+            for c in &stale {
+                let _ = writeln!(out, ":{c} - [0:0]");
+            }
+            for (_, rules) in &changed {
+                for r in rules {
+                    out.push_str(r);
+                    out.push('\n');
+                }
+            }
+            for c in &stale {
+                let _ = writeln!(out, "-X {c}");
+            }
+            out.push_str("COMMIT\n");
+        }
+        out
+    }
+}
+
+/// The ruleset for `services` and their `endpoints`.
+pub fn build(services: &[Service], endpoints: &[Endpoints], node: &NodeContext) -> Ruleset {
     let mut nat_chains: Vec<String> = vec![
         SERVICES.into(),
         NODEPORTS.into(),
@@ -224,30 +311,10 @@ pub fn render(services: &[Service], endpoints: &[Endpoints], node: &NodeContext)
     );
     nat.push_str(&nodeport_rules);
     nat.push_str(&chain_rules);
-    let wanted: BTreeSet<&String> = nat_chains.iter().collect();
-    let stale: Vec<&String> = node
-        .existing_chains
-        .iter()
-        .filter(|c| {
-            (c.starts_with("BRAMBLE-SVC-") || c.starts_with("BRAMBLE-SEP-")) && !wanted.contains(c)
-        })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut out = String::from("*filter\n");
-    let _ = writeln!(out, ":{SERVICES} - [0:0]");
-    let _ = writeln!(out, ":{NODEPORTS} - [0:0]");
-    out.push_str(&filter);
-    out.push_str("COMMIT\n*nat\n");
-    for c in nat_chains.iter().chain(stale.iter().copied()) {
-        let _ = writeln!(out, ":{c} - [0:0]");
+    Ruleset {
+        filter: group(&[SERVICES.to_string(), NODEPORTS.to_string()], &filter),
+        nat: group(&nat_chains, &nat),
     }
-    out.push_str(&nat);
-    for c in stale {
-        let _ = writeln!(out, "-X {c}");
-    }
-    out.push_str("COMMIT\n");
-    out
 }
 
 #[cfg(test)]
@@ -264,6 +331,68 @@ mod tests {
         assert_eq!(c.len(), 28);
         assert_eq!(c, chain("SVC", "default/web:http:tcp"));
         assert_ne!(c, chain("SVC", "default/web:https:tcp"));
+    }
+
+    #[test]
+    fn a_change_rewrites_only_the_chains_it_touches() {
+        use bramble_api::service::{EndpointAddress, EndpointPort, EndpointSubset, ServicePort};
+        let svc = |name: &str, ip: &str| {
+            let mut s = Service::default();
+            s.metadata.name = name.into();
+            s.metadata.namespace = "default".into();
+            s.spec.cluster_ip = ip.into();
+            s.spec.ports = vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                ..Default::default()
+            }];
+            s
+        };
+        let eps = |name: &str, ips: &[&str]| {
+            let mut e = Endpoints::default();
+            e.metadata.name = name.into();
+            e.metadata.namespace = "default".into();
+            e.subsets = vec![EndpointSubset {
+                addresses: ips
+                    .iter()
+                    .map(|ip| EndpointAddress {
+                        ip: ip.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ports: vec![EndpointPort {
+                    name: "http".into(),
+                    port: 8080,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }];
+            e
+        };
+        let services = [svc("a", "10.43.0.1"), svc("b", "10.43.0.2")];
+        let node = NodeContext::default();
+        let before = build(
+            &services,
+            &[
+                eps("a", &["10.42.0.5", "10.42.0.6"]),
+                eps("b", &["10.42.0.7"]),
+            ],
+            &node,
+        );
+        let after = build(
+            &services,
+            &[eps("a", &["10.42.0.5"]), eps("b", &["10.42.0.7"])],
+            &node,
+        );
+        let text = after.text(Some(&before), &[]);
+        let declared = chains(&text);
+        // a's service chain (one jump fewer) and the removed endpoint's chain, nothing else.
+        assert_eq!(declared.len(), 2, "{text}");
+        assert!(text.contains("default/a:http -> 10.42.0.5:8080"));
+        assert!(!text.contains("default/b"), "b is untouched: {text}");
+        assert_eq!(text.matches("\n-X BRAMBLE-SEP-").count(), 1, "{text}");
+        // Nothing changed: nothing is written.
+        assert!(chains(&after.text(Some(&after), &[])).is_empty());
     }
 
     #[test]
