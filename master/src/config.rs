@@ -53,6 +53,12 @@ pub struct Args {
     /// Prefix length of each node's pod CIDR [default: 24]
     #[arg(long)]
     pub node_cidr_mask_size: Option<u8>,
+    /// Services' ClusterIPs come from here [default: 10.43.0.0/16]
+    #[arg(long)]
+    pub service_cidr: Option<String>,
+    /// NodePorts come from this range [default: 30000-32767]
+    #[arg(long)]
+    pub service_node_port_range: Option<String>,
 }
 
 /// The config file's settings.
@@ -69,6 +75,8 @@ struct FileConfig {
     pod_eviction_timeout: Option<String>,
     cluster_cidr: Option<String>,
     node_cidr_mask_size: Option<u8>,
+    service_cidr: Option<String>,
+    service_node_port_range: Option<String>,
 }
 
 /// Where agents' MQTT traffic goes.
@@ -92,6 +100,8 @@ pub struct Config {
     pub pod_eviction_timeout: std::time::Duration,
     /// Node pod CIDRs come from here.
     pub pod_cidrs: crate::controllers::ipam::CidrPool,
+    /// Services' ClusterIPs and NodePorts come from here.
+    pub services: crate::store::ServiceRanges,
 }
 
 /// The pod network of a cluster, as k3s defaults it.
@@ -114,6 +124,7 @@ impl Config {
             node_lost_after: std::time::Duration::from_secs(3),
             pod_eviction_timeout: std::time::Duration::from_secs(5),
             pod_cidrs: default_pool(),
+            services: crate::store::ServiceRanges::default(),
         }
     }
 
@@ -223,6 +234,16 @@ impl TryFrom<Args> for Config {
             .unwrap_or(24);
         let pod_cidrs = crate::controllers::ipam::CidrPool::parse(&cluster_cidr, mask)
             .map_err(|e| format!("--cluster-cidr/--node-cidr-mask-size: {e}"))?;
+        let service_cidr = a
+            .service_cidr
+            .or(file.service_cidr)
+            .unwrap_or_else(|| "10.43.0.0/16".into());
+        let node_port_range = a
+            .service_node_port_range
+            .or(file.service_node_port_range)
+            .unwrap_or_else(|| "30000-32767".into());
+        let services = crate::store::ServiceRanges::parse(&service_cidr, &node_port_range)
+            .map_err(|e| format!("--service-cidr/--service-node-port-range: {e}"))?;
         Ok(Config {
             data_dir,
             listen,
@@ -232,6 +253,7 @@ impl TryFrom<Args> for Config {
             node_lost_after,
             pod_eviction_timeout,
             pod_cidrs,
+            services,
         })
     }
 }
@@ -272,6 +294,10 @@ mod tests {
         let e = parse(&["--node-cidr-mask-size", "8"]).unwrap_err();
         assert!(e.contains("must be longer"), "{e}");
         assert_eq!(parse(&[]).unwrap().pod_cidrs.nth(1), "10.42.1.0/24");
+        let e = parse(&["--service-node-port-range", "40000-30000"]).unwrap_err();
+        assert!(e.contains("not a port range"), "{e}");
+        let e = parse(&["--service-cidr", "10.43.0.1/16"]).unwrap_err();
+        assert!(e.contains("host bits"), "{e}");
         assert!(
             parse(&["--data-dir", "/etc/hostname"])
                 .unwrap_err()

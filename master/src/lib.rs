@@ -85,6 +85,7 @@ impl Master {
         })?;
         let opts = StoreOptions {
             change_log: config.watch_change_log,
+            services: config.services,
             ..StoreOptions::default()
         };
         let (store, writer) = Store::open(&config.store_path(), opts)?;

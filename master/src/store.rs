@@ -15,6 +15,7 @@
 //!   that would double the bytes written per object write on an SD card, and after a master
 //!   restart every watcher re-lists anyway.
 
+mod alloc;
 mod ops;
 mod state;
 mod watch;
@@ -28,6 +29,7 @@ use bramble_api::{Invalid, Kind, Object, Selector};
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub use alloc::ServiceRanges;
 pub use state::{Change, EventType};
 pub use watch::{Watch, WatchFilter};
 
@@ -173,6 +175,8 @@ pub struct StoreOptions {
     pub queue: usize,
     /// Watch events buffered per watcher before it must catch up from the change log.
     pub watch_buffer: usize,
+    /// Where Services' ClusterIPs and NodePorts come from.
+    pub services: ServiceRanges,
 }
 
 impl Default for StoreOptions {
@@ -182,6 +186,7 @@ impl Default for StoreOptions {
             max_batch: 512,
             queue: 1024,
             watch_buffer: 1024,
+            services: ServiceRanges::default(),
         }
     }
 }
@@ -227,6 +232,7 @@ impl Store {
             shared: shared.clone(),
             rx,
             max_batch: opts.max_batch.max(1),
+            ranges: opts.services,
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())

@@ -471,3 +471,101 @@ async fn binding_assigns_a_pending_pod_once() {
         .unwrap_err();
     assert!(matches!(e, StoreError::NotFound { .. }));
 }
+
+fn service(name: &str, extra: &str) -> Object {
+    obj(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: x}}\n  ports: [{{name: http, port: 80}}]\n{extra}"
+    ))
+}
+
+fn cluster_ip(o: &Outcome) -> (String, Vec<Option<i32>>) {
+    match o.entry().object().unwrap() {
+        Object::Service(s) => (
+            s.spec.cluster_ip,
+            s.spec.ports.iter().map(|p| p.node_port).collect(),
+        ),
+        _ => panic!(),
+    }
+}
+
+#[tokio::test]
+async fn services_get_unique_cluster_ips_and_node_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), StoreOptions::default()).await;
+    let a = s.create(service("a", "")).await.unwrap();
+    assert_eq!(cluster_ip(&a), ("10.43.0.1".into(), vec![None]));
+    let b = s.create(service("b", "  type: NodePort\n")).await.unwrap();
+    assert_eq!(cluster_ip(&b), ("10.43.0.2".into(), vec![Some(30000)]));
+    // Explicit values are honoured when free and in range, refused otherwise.
+    let c = s
+        .create(service(
+            "c",
+            "  type: NodePort\n  clusterIP: 10.43.9.9\n  ports: [{port: 80, nodePort: 30500}]\n",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(cluster_ip(&c), ("10.43.9.9".into(), vec![Some(30500)]));
+    for (extra, field, why) in [
+        (
+            "  clusterIP: 10.43.0.1\n",
+            "spec.clusterIP",
+            "already allocated",
+        ),
+        (
+            "  clusterIP: 10.99.0.1\n",
+            "spec.clusterIP",
+            "not in the service CIDR",
+        ),
+        (
+            "  type: NodePort\n  ports: [{port: 80, nodePort: 30500}]\n",
+            "spec.ports[0].nodePort",
+            "already allocated",
+        ),
+        (
+            "  type: NodePort\n  ports: [{port: 80, nodePort: 80}]\n",
+            "spec.ports[0].nodePort",
+            "not in the node port range",
+        ),
+    ] {
+        let e = s.create(service("d", extra)).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(field) && msg.contains(why), "{extra}: {msg}");
+    }
+    // Headless: no address.
+    let h = s.create(service("h", "  clusterIP: None\n")).await.unwrap();
+    assert_eq!(cluster_ip(&h).0, "None");
+    // An apply without the allocated values keeps them; changing the ClusterIP is refused.
+    let again = s
+        .write(Op::Apply(service("b", "  type: NodePort\n")))
+        .await
+        .unwrap();
+    assert_eq!(cluster_ip(&again), ("10.43.0.2".into(), vec![Some(30000)]));
+    let e = s
+        .write(Op::Apply(service(
+            "b",
+            "  type: NodePort\n  clusterIP: 10.43.7.7\n",
+        )))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("immutable"), "{e}");
+    // Deleting frees the address and the port for the next Service.
+    s.write(Op::Delete(DeleteRequest {
+        kind: Kind::Service,
+        namespace: "default".into(),
+        name: "b".into(),
+        grace_seconds: None,
+        resource_version: None,
+    }))
+    .await
+    .unwrap();
+    let e2 = s.create(service("e", "  type: NodePort\n")).await.unwrap();
+    assert_eq!(cluster_ip(&e2), ("10.43.0.2".into(), vec![Some(30000)]));
+    // Concurrent creates (one group commit) never share an address.
+    let writes = (0..40).map(|i| s.create(service(&format!("many-{i}"), "")));
+    let ips: std::collections::BTreeSet<String> = futures_util::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|r| cluster_ip(&r.unwrap()).0)
+        .collect();
+    assert_eq!(ips.len(), 40);
+}

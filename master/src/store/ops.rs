@@ -1,7 +1,7 @@
 //! The decisions of the writer: what each write request does to the store, as a pure
 //! function of the current state (plus earlier decisions of the same group) and the clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bramble_api::error::{FieldError, Invalid};
@@ -20,6 +20,7 @@ const DEFAULT_GRACE_SECONDS: i64 = 30;
 /// The state as seen by one group of writes: the committed state plus the group's changes.
 pub(crate) struct View<'a> {
     state: &'a State,
+    ranges: super::alloc::ServiceRanges,
     overlay: BTreeMap<Key, Option<Arc<Entry>>>,
     changes: Vec<Arc<Change>>,
     revision: u64,
@@ -27,9 +28,10 @@ pub(crate) struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    pub fn new(state: &'a State, now: i64) -> Self {
+    pub fn new(state: &'a State, now: i64, ranges: super::alloc::ServiceRanges) -> Self {
         View {
             state,
+            ranges,
             overlay: BTreeMap::new(),
             changes: Vec::new(),
             revision: state.revision,
@@ -89,6 +91,28 @@ impl<'a> View<'a> {
         keys.dedup();
         keys.retain(|k| self.get(k).is_some());
         keys
+    }
+
+    /// Every Service but the one at `except`, committed or written by this group.
+    fn other_services(&self, except: &Key) -> Vec<bramble_api::service::Service> {
+        let mut keys: BTreeSet<Key> = self
+            .state
+            .range(Kind::Service, None)
+            .map(|e| (e.kind, e.namespace.clone(), e.name.clone()))
+            .collect();
+        keys.extend(
+            self.overlay
+                .keys()
+                .filter(|k| k.0 == Kind::Service)
+                .cloned(),
+        );
+        keys.remove(except);
+        keys.iter()
+            .filter_map(|k| match self.get(k)?.object() {
+                Ok(Object::Service(s)) => Some(s),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn finish(self) -> (Vec<Arc<Change>>, u64) {
@@ -205,6 +229,11 @@ fn create(view: &mut View<'_>, mut obj: Object) -> Result<Outcome, StoreError> {
     m.generation = 1;
     m.deletion_timestamp = None;
     m.deletion_grace_period_seconds = None;
+    let ranges = view.ranges;
+    if let Object::Service(svc) = &mut obj {
+        let others = view.other_services(&key);
+        super::alloc::allocate(svc, &ranges, &super::alloc::InUse::of(others.iter()))?;
+    }
     match &mut obj {
         Object::Pod(p) if p.status.is_none() => {
             p.status = Some(PodStatus {
@@ -256,6 +285,24 @@ fn update(
                 n.copy_status_from(&old);
             }
             keep_allocated(&mut n, &old);
+            if let (Object::Service(ns), Object::Service(os)) = (&mut n, &old) {
+                if !os.spec.cluster_ip.is_empty() && ns.spec.cluster_ip != os.spec.cluster_ip {
+                    return Err(StoreError::Invalid(Invalid {
+                        what: format!("service {:?}", ns.metadata.name),
+                        errors: vec![FieldError::new(
+                            "spec.clusterIP",
+                            format!("field is immutable (it is {})", os.spec.cluster_ip),
+                        )],
+                    }));
+                }
+                let others = view.other_services(&key);
+                let used = super::alloc::InUse::of(others.iter());
+                // The Service's own address stays: only missing NodePorts are allocated.
+                let mut probe = ns.clone();
+                probe.spec.cluster_ip = "None".into();
+                super::alloc::allocate(&mut probe, &view.ranges, &used)?;
+                ns.spec.ports = probe.spec.ports;
+            }
             if apply {
                 // Apply owns labels, annotations and spec; the rest of metadata is kept.
                 let (om, nm) = (old.meta(), n.meta_mut());

@@ -108,6 +108,7 @@ pub(crate) struct Writer {
     pub shared: Arc<Shared>,
     pub rx: mpsc::Receiver<Request>,
     pub max_batch: usize,
+    pub ranges: super::alloc::ServiceRanges,
 }
 
 impl Writer {
@@ -133,7 +134,7 @@ impl Writer {
         // Decide every request against the state plus the decisions before it.
         let (results, changes, revision) = {
             let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
-            let mut view = View::new(&state, now);
+            let mut view = View::new(&state, now, self.ranges);
             let mut results = Vec::with_capacity(batch.len());
             let mut replies = Vec::with_capacity(batch.len());
             for (op, reply) in batch {
