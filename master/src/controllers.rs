@@ -2,6 +2,7 @@
 //! the store, marks what an event touches as dirty, and reconciles it with a pure planner.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod ipam;
 pub mod nodes;
 

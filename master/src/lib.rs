@@ -163,6 +163,7 @@ impl Master {
                 lifecycle,
                 internal.clone(),
             )),
+            tokio::spawn(controllers::endpoints::run(store.clone(), internal.clone())),
             tokio::spawn(controllers::ipam::run(
                 store.clone(),
                 config.pod_cidrs,

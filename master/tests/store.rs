@@ -569,3 +569,89 @@ async fn services_get_unique_cluster_ips_and_node_ports() {
         .collect();
     assert_eq!(ips.len(), 40);
 }
+
+#[tokio::test]
+async fn the_endpoints_controller_follows_ready_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), StoreOptions::default()).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let ctl = tokio::spawn(bramble_master::controllers::endpoints::run(
+        s.clone(),
+        shutdown.clone(),
+    ));
+    s.create(service("web", "")).await.unwrap();
+    // A pod becomes Running with an IP and Ready (as its agent reports).
+    let set_status = |name: &str, ip: &str, ready: bool| {
+        let mut p = match s.get(Kind::Pod, "default", name).unwrap().object().unwrap() {
+            Object::Pod(p) => p,
+            _ => unreachable!(),
+        };
+        let st = p.status.get_or_insert_with(Default::default);
+        st.phase = "Running".into();
+        st.pod_ip = ip.into();
+        st.conditions = vec![bramble_api::meta::Condition {
+            type_: "Ready".into(),
+            status: if ready { "True" } else { "False" }.into(),
+            ..Default::default()
+        }];
+        p.metadata.resource_version.clear();
+        s.write(Op::Update(Object::Pod(p), Subresource::Status))
+    };
+    s.create(pod("a", "app: x")).await.unwrap();
+    s.create(pod("b", "app: x")).await.unwrap();
+    s.create(pod("c", "app: other")).await.unwrap();
+    set_status("a", "10.42.0.5", true).await.unwrap();
+    set_status("b", "10.42.0.6", false).await.unwrap();
+    set_status("c", "10.42.0.7", true).await.unwrap();
+    let endpoints = || -> Option<(Vec<String>, Vec<String>)> {
+        match s.get(Kind::Endpoints, "default", "web")?.object().ok()? {
+            Object::Endpoints(e) => {
+                let sub = e.subsets.first().cloned().unwrap_or_default();
+                Some((
+                    sub.addresses.iter().map(|a| a.ip.clone()).collect(),
+                    sub.not_ready_addresses
+                        .iter()
+                        .map(|a| a.ip.clone())
+                        .collect(),
+                ))
+            }
+            _ => None,
+        }
+    };
+    let wait = |want: Option<(Vec<String>, Vec<String>)>| async move {
+        for _ in 0..200 {
+            if endpoints() == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("endpoints {:?}, wanted {want:?}", endpoints());
+    };
+    let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    wait(Some((v(&["10.42.0.5"]), v(&["10.42.0.6"])))).await;
+    // b becomes ready; a is deleted.
+    set_status("b", "10.42.0.6", true).await.unwrap();
+    s.write(Op::Delete(DeleteRequest {
+        kind: Kind::Pod,
+        namespace: "default".into(),
+        name: "a".into(),
+        grace_seconds: Some(0),
+        resource_version: None,
+    }))
+    .await
+    .unwrap();
+    wait(Some((v(&["10.42.0.6"]), v(&[])))).await;
+    // The Service goes: so do its Endpoints.
+    s.write(Op::Delete(DeleteRequest {
+        kind: Kind::Service,
+        namespace: "default".into(),
+        name: "web".into(),
+        grace_seconds: None,
+        resource_version: None,
+    }))
+    .await
+    .unwrap();
+    wait(None).await;
+    shutdown.cancel();
+    ctl.await.unwrap();
+}
