@@ -531,3 +531,94 @@ fn archives_written_by_skopeo_import_docker_and_oci_alike() {
     let err = cache.prepare("demo:arm64", PullPolicy::Always).unwrap_err();
     assert!(err.to_string().contains("cannot reach the master"), "{err}");
 }
+
+#[test]
+fn blobs_need_a_node_or_admin_token_and_honour_ranges() {
+    let f = fixture();
+    let m = &f.master;
+    let facts = bramble_api::wire::NodeFacts::default();
+    let node = bramble_agent::join::join(&m.url, &m.join_token(), "reader", &facts).unwrap();
+    let (digest, path) = largest_layer(&f.layout, "amd64");
+    let full = std::fs::read(&path).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |p: &str, token: Option<&str>, range: Option<&str>| {
+        let mut r = agent.get(format!("{}{p}", m.url));
+        if let Some(t) = token {
+            r = r.header("Authorization", format!("Bearer {t}"));
+        }
+        if let Some(x) = range {
+            r = r.header("Range", x);
+        }
+        let resp = r.call().unwrap();
+        let code = resp.status().as_u16();
+        let content_range = resp
+            .headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .into_body()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .unwrap();
+        (code, content_range, body)
+    };
+    let blob = format!("/bramble/v1/blobs/{digest}");
+    assert_eq!(get(&blob, None, None).0, 401);
+    assert_eq!(get(&blob, Some("not-a-token"), None).0, 401);
+    let (code, _, body) = get(&blob, Some(&node.node_token), None);
+    assert_eq!(
+        (code, bramble_tests::oci::sha256(&body)),
+        (200, digest.clone())
+    );
+    assert_eq!(body, full);
+    // A resumed download: the rest from an offset.
+    let (code, range, body) = get(&blob, Some(&node.node_token), Some("bytes=100-"));
+    assert_eq!(code, 206);
+    assert_eq!(body, full[100..]);
+    assert_eq!(
+        range.unwrap(),
+        format!("bytes 100-{}/{}", full.len() - 1, full.len())
+    );
+    let past = format!("bytes={}-", full.len() + 1);
+    assert_eq!(get(&blob, Some(&node.node_token), Some(&past)).0, 416);
+    assert_eq!(
+        get(
+            "/bramble/v1/blobs/sha256:nothex",
+            Some(&node.node_token),
+            None
+        )
+        .0,
+        400
+    );
+    let missing = format!("/bramble/v1/blobs/sha256:{}", "0".repeat(64));
+    assert_eq!(get(&missing, Some(&node.node_token), None).0, 404);
+    // A node token reads images, not the rest of the API.
+    assert_eq!(
+        get(
+            "/bramble/v1/images/resolve?reference=demo:amd64",
+            Some(&node.node_token),
+            None
+        )
+        .0,
+        200
+    );
+    assert_eq!(get("/api/v1/pods", Some(&node.node_token), None).0, 401);
+    // Images enter by import only.
+    let r = m
+        .http()
+        .request(
+            "POST",
+            "/apis/bramble.io/v1/images",
+            Some("application/json"),
+            b"{}",
+            true,
+        )
+        .unwrap();
+    assert_eq!(r.code, 405);
+    assert!(String::from_utf8_lossy(&r.body).contains("bramble image import"));
+}
