@@ -43,7 +43,17 @@ pub struct PodManager {
     probes: HashMap<String, probes::ProbeState>,
     /// When the image cache was last checked against its limits.
     last_image_gc_ms: i64,
+    /// Image pulls still running, by image: a slow pull does not hold back other pods.
+    pulls: HashMap<String, Pull>,
 }
+
+/// A pull running on a blocking thread.
+type Pull =
+    tokio::task::JoinHandle<Result<crate::images::PreparedImage, crate::images::ImageError>>;
+
+/// How long a container start waits for its image before the round moves on (the start is
+/// retried on the next round, picking up the finished pull).
+const PULL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often the image cache is checked against its limits (also after every pull).
 const IMAGE_GC_EVERY_MS: i64 = 60_000;
@@ -100,6 +110,7 @@ impl PodManager {
             last_reported: HashMap::new(),
             probes: HashMap::new(),
             last_image_gc_ms: now_ms(),
+            pulls: HashMap::new(),
         })
     }
 
@@ -527,13 +538,42 @@ impl PodManager {
                     .entry(container.clone())
                     .or_insert_with(|| ContainerRecord::new(&spec_c.image));
                 let instance = cr.attempt;
-                let images = self.images.clone();
-                let (image, policy) = (
-                    spec_c.image.clone(),
-                    crate::images::PullPolicy::of(&spec_c.image_pull_policy, &spec_c.image),
-                );
-                let prepared =
-                    tokio::task::spawn_blocking(move || images.prepare(&image, policy)).await;
+                let image = spec_c.image.clone();
+                // A pull already under way is only checked; a new one gets a moment, which
+                // is all an image the node has needs.
+                let wait = if self.pulls.contains_key(&image) {
+                    std::time::Duration::ZERO
+                } else {
+                    PULL_WAIT
+                };
+                let mut pull = match self.pulls.remove(&image) {
+                    Some(p) => p,
+                    None => {
+                        let images = self.images.clone();
+                        let policy =
+                            crate::images::PullPolicy::of(&spec_c.image_pull_policy, &image);
+                        let i = image.clone();
+                        tokio::task::spawn_blocking(move || images.prepare(&i, policy))
+                    }
+                };
+                let prepared = match tokio::time::timeout(wait, &mut pull).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        // Still pulling: other pods go on; a later round takes the result.
+                        self.pulls.insert(image.clone(), pull);
+                        if let Some(c) = self
+                            .records
+                            .get_mut(&uid)
+                            .and_then(|r| r.containers.get_mut(&container))
+                        {
+                            c.state = ContainerState::Waiting {
+                                reason: "ContainerCreating".into(),
+                                message: format!("pulling image {image:?}"),
+                            };
+                        }
+                        return None;
+                    }
+                };
                 let prepared = match prepared {
                     Ok(Ok(p)) => {
                         self.collect_images().await;
@@ -700,5 +740,101 @@ impl PodManager {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::{ImageError, PreparedImage, PullPolicy};
+    use crate::runtime::memory::MemoryRuntime;
+    use bramble_api::wire::DesiredPod;
+
+    /// Images named `slow...` take seconds to pull; the others are there at once.
+    struct SlowImages;
+    impl ImageStore for SlowImages {
+        fn prepare(&self, image: &str, _p: PullPolicy) -> Result<PreparedImage, ImageError> {
+            if image.starts_with("slow") {
+                std::thread::sleep(std::time::Duration::from_secs(3));
+            }
+            Ok(PreparedImage {
+                layers: vec![PathBuf::from("/nonexistent")],
+                config: Default::default(),
+            })
+        }
+    }
+
+    fn state(pm: &PodManager, pod: &str) -> ContainerState {
+        pm.all_reports()
+            .into_iter()
+            .find(|r| r.name == pod)
+            .and_then(|r| r.containers.first().map(|c| c.state.clone()))
+            .unwrap_or(ContainerState::Waiting {
+                reason: String::new(),
+                message: String::new(),
+            })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_pull_does_not_hold_back_other_pods() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&dir.path().join("agent.redb")).unwrap();
+        let mut pm = PodManager::load(
+            Arc::new(MemoryRuntime::new()),
+            Arc::new(SlowImages),
+            store,
+            PodManagerConfig {
+                data_dir: dir.path().to_path_buf(),
+                backoff: Backoff {
+                    base: std::time::Duration::from_millis(10),
+                    max: std::time::Duration::from_millis(100),
+                },
+                host_ip: "127.0.0.1".into(),
+            },
+        )
+        .unwrap();
+        let pod = |name: &str, image: &str| {
+            DesiredPod {
+            uid: format!("uid-{name}"),
+            revision: 1,
+            pod_json: serde_json::to_vec(&serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+                "spec": {"nodeName": "n", "containers": [{"name": "c", "image": image, "command": ["sleep", "1000"]}]}
+            }))
+            .unwrap(),
+        }
+        };
+        pm.apply_desired(Desired {
+            revision: 1,
+            prev_revision: 0,
+            change: DesiredChange::Snapshot(vec![pod("a", "slow:1"), pod("b", "fast:1")]),
+        })
+        .unwrap();
+        let running = |s: ContainerState| matches!(s, ContainerState::Running { .. });
+        let t = std::time::Instant::now();
+        while !running(state(&pm, "b")) {
+            assert!(
+                t.elapsed() < std::time::Duration::from_millis(2500),
+                "the fast pod waited for the slow pull"
+            );
+            pm.reconcile().await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        match state(&pm, "a") {
+            ContainerState::Waiting { reason, message } => {
+                assert_eq!(reason, "ContainerCreating");
+                assert!(message.contains("pulling image"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        while !running(state(&pm, "a")) {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "the pull never finished"
+            );
+            pm.reconcile().await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
