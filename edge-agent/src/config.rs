@@ -28,6 +28,8 @@ pub enum Sub {
     Shim(crate::runtime::shim::ShimArgs),
     /// Run many simulated nodes in this process: the real agent code with in-memory containers
     Hollow(HollowArgs),
+    /// Check this board for what the agent needs and explain each problem with its fix
+    Doctor,
 }
 
 /// `bramble-agent hollow`: simulated nodes for scale tests and benchmarks.

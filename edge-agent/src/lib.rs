@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod doctor;
 pub mod facts;
 pub mod hollow;
 pub mod images;

@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 /// EX_USAGE: invalid flags or config.
 const EXIT_USAGE: u8 = 64;
+/// EX_CONFIG: the board lacks something the agent needs (see `bramble-agent doctor`).
+const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -16,6 +18,7 @@ fn main() -> ExitCode {
         // Single-threaded on purpose: libcontainer forks with a raw clone.
         return ExitCode::from(bramble_agent::runtime::shim::run(shim).clamp(0, 255) as u8);
     }
+    let doctor = matches!(args.command, Some(Sub::Doctor));
     let hollow = match args.command {
         Some(Sub::Hollow(h)) => Some(h),
         _ => None,
@@ -35,6 +38,30 @@ fn main() -> ExitCode {
         .init();
     if let Some(h) = hollow {
         return run_hollow(config, h);
+    }
+    let checks = bramble_agent::doctor::checks(&bramble_agent::doctor::read_host(&config.data_dir));
+    if doctor {
+        return if bramble_agent::doctor::report(&checks) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    if let Some(fatal) = checks
+        .iter()
+        .find(|c| c.level == bramble_agent::doctor::Level::Fatal)
+    {
+        eprintln!(
+            "bramble-agent: cannot run on this board: {}: {}\n  fix: {}\n(`bramble-agent doctor` checks everything)",
+            fatal.name, fatal.detail, fatal.fix
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    for w in checks
+        .iter()
+        .filter(|c| c.level == bramble_agent::doctor::Level::Warn)
+    {
+        tracing::warn!(check = w.name, detail = w.detail, fix = w.fix, "preflight");
     }
     // One worker thread keeps the agent small; container operations run on blocking threads.
     let rt = match tokio::runtime::Builder::new_current_thread()

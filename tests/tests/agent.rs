@@ -607,3 +607,27 @@ spec:
     // The healthy container was never restarted (its TCP liveness probe passes).
     assert_eq!(status("web").unwrap()["restartCount"], 0);
 }
+
+#[test]
+fn doctor_checks_this_board_and_explains() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bramble_tests::bin("bramble-agent"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // This machine runs containers: nothing required is missing.
+    assert!(out.status.success(), "{text}");
+    for check in [
+        "memory cgroup: enabled",
+        "namespaces:",
+        "overlayfs: available",
+        "free disk:",
+        "clock:",
+    ] {
+        assert!(text.contains(check), "{check} missing from:\n{text}");
+    }
+    assert!(!text.contains("FAIL"), "{text}");
+}

@@ -1,0 +1,413 @@
+//! `bramble-agent doctor`: a preflight that checks what the agent needs from the board and
+//! explains each problem with its fix. The checks are a pure function of a [`HostView`]
+//! (what was read from /proc, /sys and the data dir), so they are unit-tested against
+//! Raspberry Pi situations this machine does not have. The agent runs the same checks at
+//! start and refuses to start on a fatal one.
+
+use std::path::Path;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fatal,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub level: Level,
+    pub detail: String,
+    /// What to do about it (empty when fine).
+    pub fix: String,
+}
+
+/// What the checks look at.
+#[derive(Debug, Clone, Default)]
+pub struct HostView {
+    /// /proc/cmdline.
+    pub cmdline: String,
+    /// True on a unified (v2) cgroup hierarchy.
+    pub cgroup_v2: bool,
+    /// v2: /sys/fs/cgroup/cgroup.controllers; v1: /proc/cgroups.
+    pub cgroup_controllers: String,
+    /// /proc/filesystems.
+    pub filesystems: String,
+    /// Namespaces present under /proc/self/ns.
+    pub namespaces: Vec<String>,
+    /// Kernel modules loaded or built in (from /sys/module).
+    pub modules: Vec<String>,
+    /// Seconds since the epoch.
+    pub now: i64,
+    /// Free bytes on the data dir's filesystem.
+    pub free_bytes: u64,
+    /// Mount options of the data dir's filesystem.
+    pub mount_options: String,
+    /// Whether the iptables commands exist: (nft, legacy).
+    pub iptables: (bool, bool),
+}
+
+/// 2024-01-01: a board whose clock is earlier has no RTC and no time from the network yet.
+const SANE_TIME: i64 = 1_704_067_200;
+
+fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        level: Level::Ok,
+        detail: detail.into(),
+        fix: String::new(),
+    }
+}
+
+fn finding(
+    name: &'static str,
+    level: Level,
+    detail: impl Into<String>,
+    fix: impl Into<String>,
+) -> Check {
+    Check {
+        name,
+        level,
+        detail: detail.into(),
+        fix: fix.into(),
+    }
+}
+
+fn memory_cgroup(h: &HostView) -> bool {
+    if h.cgroup_v2 {
+        h.cgroup_controllers
+            .split_whitespace()
+            .any(|c| c == "memory")
+    } else {
+        h.cgroup_controllers.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.first() == Some(&"memory") && f.get(3) == Some(&"1")
+        })
+    }
+}
+
+/// Every check, in a fixed order.
+pub fn checks(h: &HostView) -> Vec<Check> {
+    let mut out = Vec::new();
+    // Memory cgroup: Raspberry Pi OS kernels ship it disabled.
+    if memory_cgroup(h) {
+        out.push(ok("memory cgroup", "enabled"));
+    } else {
+        let disabled = h
+            .cmdline
+            .split_whitespace()
+            .any(|w| w == "cgroup_disable=memory");
+        let mut fix = "add `cgroup_enable=memory cgroup_memory=1` to the single line of \
+                       /boot/firmware/cmdline.txt (/boot/cmdline.txt on older Raspberry Pi OS) \
+                       and reboot"
+            .to_string();
+        if disabled {
+            fix.push_str(
+                "; this kernel's command line has `cgroup_disable=memory` (newer Pi kernels \
+                 append it): the enable flags must come after it, or remove it",
+            );
+        }
+        out.push(finding(
+            "memory cgroup",
+            Level::Fatal,
+            "the memory cgroup controller is not enabled: memory limits and OOM reporting cannot work",
+            fix,
+        ));
+    }
+    out.push(ok(
+        "cgroup version",
+        if h.cgroup_v2 {
+            "v2 (unified)"
+        } else {
+            "v1 (legacy or hybrid)"
+        },
+    ));
+    let missing_ns: Vec<&str> = ["mnt", "pid", "net", "ipc", "uts"]
+        .into_iter()
+        .filter(|n| !h.namespaces.iter().any(|x| x == n))
+        .collect();
+    if missing_ns.is_empty() {
+        out.push(ok("namespaces", "mnt, pid, net, ipc, uts"));
+    } else {
+        out.push(finding(
+            "namespaces",
+            Level::Fatal,
+            format!("missing: {}", missing_ns.join(", ")),
+            "use a kernel built with CONFIG_NAMESPACES (every Raspberry Pi OS and Debian kernel is)",
+        ));
+    }
+    if h.filesystems
+        .lines()
+        .any(|l| l.trim_end().ends_with("overlay"))
+        || h.modules.iter().any(|m| m == "overlay")
+    {
+        out.push(ok("overlayfs", "available"));
+    } else {
+        out.push(finding(
+            "overlayfs",
+            Level::Fatal,
+            "overlayfs is not available: container root filesystems are overlays of image layers",
+            "`modprobe overlay` (and add `overlay` to /etc/modules to load it at boot)",
+        ));
+    }
+    let net_missing: Vec<&str> = ["bridge", "veth", "nf_nat"]
+        .into_iter()
+        .filter(|m| !h.modules.iter().any(|x| x == m))
+        .collect();
+    if net_missing.is_empty() {
+        out.push(ok("pod network modules", "bridge, veth, nf_nat"));
+    } else {
+        out.push(finding(
+            "pod network modules",
+            Level::Warn,
+            format!("not loaded: {}", net_missing.join(", ")),
+            format!(
+                "`modprobe {}` (usually loaded on demand; needed by pod networking and Services)",
+                net_missing.join(" ")
+            ),
+        ));
+    }
+    out.push(match h.iptables {
+        (true, _) => ok(
+            "iptables",
+            "nf_tables backend available (the proxy uses the backend that holds the host's rules)",
+        ),
+        (false, true) => ok("iptables", "legacy backend only"),
+        (false, false) => finding(
+            "iptables",
+            Level::Warn,
+            "iptables is not installed: Services cannot be programmed",
+            "apt-get install iptables",
+        ),
+    });
+    if h.now < SANE_TIME {
+        out.push(finding(
+            "clock",
+            Level::Warn,
+            format!("the clock says {} (before 2024): the board has no RTC and has not synced yet", bramble_api::time::format_rfc3339(h.now)),
+            "enable time sync (`timedatectl set-ntp true`, or systemd-timesyncd / chrony) and wait for it; certificates and logs need a sane clock",
+        ));
+    } else {
+        out.push(ok("clock", bramble_api::time::format_rfc3339(h.now)));
+    }
+    let gib = h.free_bytes as f64 / (1u64 << 30) as f64;
+    out.push(if h.free_bytes < 200 << 20 {
+        finding(
+            "free disk",
+            Level::Fatal,
+            format!(
+                "{:.0} MiB free in the data dir",
+                h.free_bytes as f64 / (1u64 << 20) as f64
+            ),
+            "free space or point --data-dir at a larger disk: images and logs need room",
+        )
+    } else if h.free_bytes < 2 << 30 {
+        finding(
+            "free disk",
+            Level::Warn,
+            format!("{gib:.1} GiB free in the data dir"),
+            "images fill SD cards quickly; set --image-cache-max-bytes or use a USB SSD",
+        )
+    } else {
+        ok("free disk", format!("{gib:.1} GiB free"))
+    });
+    if h.mount_options.split(',').any(|o| o == "strictatime") {
+        out.push(finding(
+            "SD-card wear",
+            Level::Warn,
+            "the data dir's filesystem updates access times on every read (strictatime)",
+            "mount it with `noatime` in /etc/fstab",
+        ));
+    } else {
+        out.push(ok(
+            "SD-card wear",
+            "no strictatime; the agent writes only on change",
+        ));
+    }
+    out
+}
+
+/// Reads what the checks need from this host.
+pub fn read_host(data_dir: &Path) -> HostView {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cgroup_v2 = crate::facts::cgroup_version() == 2;
+    let list = |p: &str| -> Vec<String> {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The nearest existing ancestor of the data dir tells its filesystem.
+    let mut probe = data_dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    // statvfs fields are 32-bit on 32-bit ARM boards.
+    #[allow(clippy::unnecessary_cast)]
+    let free_bytes = nix::sys::statvfs::statvfs(&probe)
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .unwrap_or(0);
+    let mount_options = mount_options_of(&probe, &read("/proc/self/mountinfo"));
+    let exists = |c: &str| {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(c).exists())
+    };
+    HostView {
+        cmdline: read("/proc/cmdline"),
+        cgroup_v2,
+        cgroup_controllers: if cgroup_v2 {
+            read("/sys/fs/cgroup/cgroup.controllers")
+        } else {
+            read("/proc/cgroups")
+        },
+        filesystems: read("/proc/filesystems"),
+        namespaces: list("/proc/self/ns"),
+        modules: list("/sys/module"),
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        free_bytes,
+        mount_options,
+        iptables: (
+            exists("iptables-nft-restore"),
+            exists("iptables-legacy-restore"),
+        ),
+    }
+}
+
+/// The mount options of the longest mount point containing `path`.
+fn mount_options_of(path: &Path, mountinfo: &str) -> String {
+    let p = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Some((*f.get(4)?, *f.get(5)?))
+        })
+        .filter(|(mp, _)| p.starts_with(mp))
+        .max_by_key(|(mp, _)| mp.len())
+        .map(|(_, o)| o.to_string())
+        .unwrap_or_default()
+}
+
+/// Prints the findings; returns whether none is fatal.
+pub fn report(checks: &[Check]) -> bool {
+    for c in checks {
+        let mark = match c.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fatal => "FAIL",
+        };
+        println!("{mark}  {}: {}", c.name, c.detail);
+        if !c.fix.is_empty() {
+            println!("      fix: {}", c.fix);
+        }
+    }
+    !checks.iter().any(|c| c.level == Level::Fatal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> HostView {
+        HostView {
+            cmdline: "console=tty1 root=/dev/mmcblk0p2".into(),
+            cgroup_v2: true,
+            cgroup_controllers: "cpuset cpu io memory pids".into(),
+            filesystems: "nodev\tproc\nnodev\toverlay\n".into(),
+            namespaces: ["mnt", "pid", "net", "ipc", "uts", "user"]
+                .map(String::from)
+                .to_vec(),
+            modules: ["bridge", "veth", "nf_nat", "overlay"]
+                .map(String::from)
+                .to_vec(),
+            now: 1_790_000_000,
+            free_bytes: 20 << 30,
+            mount_options: "rw,noatime".into(),
+            iptables: (true, true),
+        }
+    }
+
+    fn level(cs: &[Check], name: &str) -> Level {
+        cs.iter().find(|c| c.name == name).unwrap().level
+    }
+
+    #[test]
+    fn a_healthy_board_passes() {
+        let cs = checks(&healthy());
+        assert!(cs.iter().all(|c| c.level == Level::Ok), "{cs:?}");
+    }
+
+    #[test]
+    fn a_pi_kernel_without_the_memory_cgroup_is_fatal_with_the_cmdline_fix() {
+        let mut h = healthy();
+        h.cgroup_controllers = "cpuset cpu io pids".into();
+        h.cmdline = "console=serial0 root=PARTUUID=1 cgroup_disable=memory".into();
+        let cs = checks(&h);
+        let c = cs.iter().find(|c| c.name == "memory cgroup").unwrap();
+        assert_eq!(c.level, Level::Fatal);
+        assert!(c.fix.contains("cgroup_enable=memory cgroup_memory=1"));
+        assert!(c.fix.contains("cgroup_disable=memory"), "{}", c.fix);
+        // v1: /proc/cgroups with memory disabled.
+        let mut v1 = healthy();
+        v1.cgroup_v2 = false;
+        v1.cgroup_controllers =
+            "#subsys_name\thierarchy\tnum_cgroups\tenabled\nmemory\t0\t1\t0\n".into();
+        assert_eq!(level(&checks(&v1), "memory cgroup"), Level::Fatal);
+        v1.cgroup_controllers = "memory\t4\t80\t1\n".into();
+        assert_eq!(level(&checks(&v1), "memory cgroup"), Level::Ok);
+    }
+
+    #[test]
+    fn other_problems_are_named_with_their_level() {
+        let mut h = healthy();
+        h.filesystems = "nodev\tproc\n".into();
+        h.modules.retain(|m| m != "overlay" && m != "veth");
+        h.now = 86_400;
+        h.free_bytes = 1 << 30;
+        h.mount_options = "rw,strictatime".into();
+        h.iptables = (false, false);
+        h.namespaces.retain(|n| n != "pid");
+        let cs = checks(&h);
+        assert_eq!(level(&cs, "overlayfs"), Level::Fatal);
+        assert_eq!(level(&cs, "namespaces"), Level::Fatal);
+        assert_eq!(level(&cs, "pod network modules"), Level::Warn);
+        assert_eq!(level(&cs, "clock"), Level::Warn);
+        assert_eq!(level(&cs, "free disk"), Level::Warn);
+        assert_eq!(level(&cs, "SD-card wear"), Level::Warn);
+        assert_eq!(level(&cs, "iptables"), Level::Warn);
+        h.free_bytes = 50 << 20;
+        assert_eq!(level(&checks(&h), "free disk"), Level::Fatal);
+    }
+
+    #[test]
+    fn mount_options_come_from_the_closest_mount_point() {
+        let mi = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                  30 22 8:2 / /var/lib rw,noatime shared:2 - ext4 /dev/sda2 rw\n";
+        assert_eq!(
+            mount_options_of(Path::new("/var/lib/bramble"), mi),
+            "rw,noatime"
+        );
+        assert_eq!(mount_options_of(Path::new("/home"), mi), "rw,relatime");
+    }
+
+    #[test]
+    fn this_machine_reads_and_passes_the_fatal_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = read_host(dir.path());
+        let cs = checks(&h);
+        let fatal: Vec<&Check> = cs.iter().filter(|c| c.level == Level::Fatal).collect();
+        assert!(fatal.is_empty(), "{fatal:?}");
+        assert!(h.free_bytes > 0 && !h.namespaces.is_empty());
+    }
+}
