@@ -76,6 +76,10 @@ pub struct RunArgs {
     /// YAML config file with the same settings in camelCase; flags win
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
+    /// Board defaults: pi3b, pi3b-plus, pi4b (pi4), pi5, zero2w, cm4, generic-arm64,
+    /// generic-armv7, or a board config file; the config file and flags win
+    #[arg(long)]
+    pub board: Option<String>,
     /// Heartbeat interval, e.g. 1s or 500ms [default: 1s]
     #[arg(long)]
     pub heartbeat_interval: Option<String>,
@@ -109,6 +113,50 @@ pub struct RunArgs {
     pub reserved_cpu: Option<u64>,
 }
 
+/// The board configs built into the binary (`board-configs/` in the repository).
+pub const BOARDS: &[(&str, &str)] = &[
+    ("pi3b", include_str!("../../board-configs/pi3b.yaml")),
+    (
+        "pi3b-plus",
+        include_str!("../../board-configs/pi3b-plus.yaml"),
+    ),
+    ("pi4b", include_str!("../../board-configs/pi4b.yaml")),
+    ("pi5", include_str!("../../board-configs/pi5.yaml")),
+    ("zero2w", include_str!("../../board-configs/zero2w.yaml")),
+    ("cm4", include_str!("../../board-configs/cm4.yaml")),
+    (
+        "generic-arm64",
+        include_str!("../../board-configs/generic-arm64.yaml"),
+    ),
+    (
+        "generic-armv7",
+        include_str!("../../board-configs/generic-armv7.yaml"),
+    ),
+];
+
+fn parse_file(text: &str, what: &str) -> Result<FileConfig, String> {
+    serde_norway::from_str::<Option<FileConfig>>(text)
+        .map_err(|e| format!("{what}: {e}"))
+        .map(Option::unwrap_or_default)
+}
+
+/// A board config by name (built in) or path.
+fn board(name: &str) -> Result<FileConfig, String> {
+    let name = if name == "pi4" { "pi4b" } else { name };
+    if let Some((_, text)) = BOARDS.iter().find(|(n, _)| *n == name) {
+        return parse_file(text, &format!("board {name}"));
+    }
+    if name.contains('/') || name.ends_with(".yaml") || name.ends_with(".yml") {
+        let text = std::fs::read_to_string(name).map_err(|e| format!("--board {name}: {e}"))?;
+        return parse_file(&text, &format!("board config {name}"));
+    }
+    let known: Vec<&str> = BOARDS.iter().map(|(n, _)| *n).collect();
+    Err(format!(
+        "--board: unknown board {name:?}; known: {} (or a path to a board config file)",
+        known.join(", ")
+    ))
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FileConfig {
@@ -127,6 +175,37 @@ struct FileConfig {
     image_cache_max_bytes: Option<u64>,
     reserved_memory: Option<u64>,
     reserved_cpu: Option<u64>,
+}
+
+impl FileConfig {
+    /// This file's settings, with `lower`'s where this one has none; labels add up (lower
+    /// first, so a later label with the same key wins).
+    fn over(self, lower: FileConfig) -> FileConfig {
+        let labels = match (lower.labels, self.labels) {
+            (Some(mut l), Some(s)) => {
+                l.extend(s);
+                Some(l)
+            }
+            (l, s) => s.or(l),
+        };
+        FileConfig {
+            data_dir: self.data_dir.or(lower.data_dir),
+            server: self.server.or(lower.server),
+            node_name: self.node_name.or(lower.node_name),
+            labels,
+            node_ip: self.node_ip.or(lower.node_ip),
+            heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
+            restart_backoff: self.restart_backoff.or(lower.restart_backoff),
+            restart_backoff_max: self.restart_backoff_max.or(lower.restart_backoff_max),
+            log_max_bytes: self.log_max_bytes.or(lower.log_max_bytes),
+            images_dir: self.images_dir.or(lower.images_dir),
+            image_gc_high_percent: self.image_gc_high_percent.or(lower.image_gc_high_percent),
+            image_gc_low_percent: self.image_gc_low_percent.or(lower.image_gc_low_percent),
+            image_cache_max_bytes: self.image_cache_max_bytes.or(lower.image_cache_max_bytes),
+            reserved_memory: self.reserved_memory.or(lower.reserved_memory),
+            reserved_cpu: self.reserved_cpu.or(lower.reserved_cpu),
+        }
+    }
 }
 
 /// The validated agent configuration.
@@ -165,11 +244,13 @@ impl TryFrom<RunArgs> for Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| format!("config file {}: {e}", p.display()))?;
-                serde_norway::from_str::<Option<FileConfig>>(&text)
-                    .map_err(|e| format!("config file {}: {e}", p.display()))?
-                    .unwrap_or_default()
+                parse_file(&text, &format!("config file {}", p.display()))?
             }
             None => FileConfig::default(),
+        };
+        let file = match &a.board {
+            Some(b) => file.over(board(b)?),
+            None => file,
         };
         let data_dir = a
             .data_dir
@@ -197,11 +278,8 @@ impl TryFrom<RunArgs> for Config {
         bramble_api::names::dns1123_subdomain(&node_name)
             .map_err(|e| format!("--node-name: {e}"))?;
         let mut labels = Vec::new();
-        let raw_labels = if a.labels.is_empty() {
-            file.labels.unwrap_or_default()
-        } else {
-            a.labels
-        };
+        let mut raw_labels = file.labels.unwrap_or_default();
+        raw_labels.extend(a.labels);
         for l in raw_labels.iter().filter(|l| !l.is_empty()) {
             let (k, v) = l
                 .split_once('=')
@@ -337,6 +415,42 @@ mod tests {
             let e = parse(args).unwrap_err();
             assert!(e.contains(flag), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn boards_give_defaults_that_files_and_flags_override() {
+        for (name, _) in BOARDS {
+            let c = parse(&["--board", name]).unwrap();
+            assert!(
+                c.labels
+                    .contains(&("bramble.io/board".to_string(), name.to_string())),
+                "{name}: {:?}",
+                c.labels
+            );
+        }
+        let c = parse(&["--board", "pi4", "--labels", "zone=a"]).unwrap();
+        assert_eq!(c.reserved_memory, 256 << 20);
+        assert_eq!(c.image_cache.max_bytes, Some(8 << 30));
+        assert!(c.labels.contains(&("zone".into(), "a".into())));
+        let z = parse(&["--board", "zero2w"]).unwrap();
+        assert_eq!(
+            (z.heartbeat_interval, z.log_max_bytes),
+            (Duration::from_secs(2), 1 << 20)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.yaml");
+        std::fs::write(&file, "reservedMemory: 1000000\n").unwrap();
+        let c = parse(&["--board", "pi4", "-c", file.to_str().unwrap()]).unwrap();
+        assert_eq!((c.reserved_memory, c.reserved_cpu), (1_000_000, 250));
+        let c = parse(&["--board", "pi4", "--reserved-memory", "5"]).unwrap();
+        assert_eq!(c.reserved_memory, 5);
+        // A board file's unknown key is an error naming it; so is an unknown board.
+        let bad = dir.path().join("myboard.yaml");
+        std::fs::write(&bad, "labels: [a=b]\nreservedMemroy: 1\n").unwrap();
+        let e = parse(&["--board", bad.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains("reservedMemroy"), "{e}");
+        let e = parse(&["--board", "pi9"]).unwrap_err();
+        assert!(e.contains("unknown board") && e.contains("zero2w"), "{e}");
     }
 
     #[test]
