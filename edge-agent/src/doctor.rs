@@ -47,6 +47,9 @@ pub struct HostView {
     pub mount_options: String,
     /// Whether the iptables commands exist: (nft, legacy).
     pub iptables: (bool, bool),
+    /// The master's API and broker addresses and whether each answered a TCP connect; None
+    /// before the node has joined without --server.
+    pub master: Option<Vec<(String, bool)>>,
 }
 
 /// 2024-01-01: a board whose clock is earlier has no RTC and no time from the network yet.
@@ -213,6 +216,28 @@ pub fn checks(h: &HostView) -> Vec<Check> {
     } else {
         ok("free disk", format!("{gib:.1} GiB free"))
     });
+    match &h.master {
+        None => out.push(ok("master", "not joined yet and no --server given")),
+        Some(addrs) => {
+            let down: Vec<&str> = addrs
+                .iter()
+                .filter(|(_, up)| !up)
+                .map(|(a, _)| a.as_str())
+                .collect();
+            if down.is_empty() {
+                let all: Vec<&str> = addrs.iter().map(|(a, _)| a.as_str()).collect();
+                out.push(ok("master", format!("reachable at {}", all.join(" and "))));
+            } else {
+                out.push(finding(
+                    "master",
+                    Level::Warn,
+                    format!("no answer from {}", down.join(" and ")),
+                    "check the master is running and that the network and firewall let this \
+                     board reach its API (6443) and MQTT (1883) ports; pods keep running meanwhile",
+                ));
+            }
+        }
+    }
     if h.mount_options.split(',').any(|o| o == "strictatime") {
         out.push(finding(
             "SD-card wear",
@@ -229,8 +254,38 @@ pub fn checks(h: &HostView) -> Vec<Check> {
     out
 }
 
-/// Reads what the checks need from this host.
-pub fn read_host(data_dir: &Path) -> HostView {
+/// Whether a TCP connection to `host:port` opens within 3 s.
+fn reachable(host: &str, port: u16) -> bool {
+    use std::net::ToSocketAddrs;
+    (host, port).to_socket_addrs().is_ok_and(|mut a| {
+        a.any(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3)).is_ok()
+        })
+    })
+}
+
+/// The master's API and broker addresses for this node, and whether they answer.
+fn master_status(data_dir: &Path, server: Option<&str>) -> Option<Vec<(String, bool)>> {
+    let creds = crate::join::load(data_dir).ok().flatten();
+    let server = creds
+        .as_ref()
+        .map(|c| c.server.clone())
+        .or(server.map(str::to_string))?;
+    let (host, port) = crate::join::server_host(&server);
+    let mut out = vec![(format!("{host}:{port} (API)"), reachable(&host, port))];
+    if let Some(c) = creds {
+        let b = c.broker_host();
+        out.push((
+            format!("{b}:{} (MQTT)", c.mqtt_port),
+            reachable(&b, c.mqtt_port),
+        ));
+    }
+    Some(out)
+}
+
+/// Reads what the checks need from this host. `server` (or the node's credentials) names
+/// the master to probe; None skips the probe (the agent's own start must not wait on it).
+pub fn read_host(data_dir: &Path, server: Option<Option<&str>>) -> HostView {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cgroup_v2 = crate::facts::cgroup_version() == 2;
     let list = |p: &str| -> Vec<String> {
@@ -281,6 +336,7 @@ pub fn read_host(data_dir: &Path) -> HostView {
             exists("iptables-nft-restore"),
             exists("iptables-legacy-restore"),
         ),
+        master: server.and_then(|s| master_status(data_dir, s)),
     }
 }
 
@@ -335,6 +391,7 @@ mod tests {
             free_bytes: 20 << 30,
             mount_options: "rw,noatime".into(),
             iptables: (true, true),
+            master: Some(vec![("10.0.0.1:6443 (API)".into(), true)]),
         }
     }
 
@@ -378,7 +435,18 @@ mod tests {
         h.mount_options = "rw,strictatime".into();
         h.iptables = (false, false);
         h.namespaces.retain(|n| n != "pid");
+        h.master = Some(vec![
+            ("10.0.0.1:6443 (API)".into(), true),
+            ("10.0.0.1:1883 (MQTT)".into(), false),
+        ]);
         let cs = checks(&h);
+        let m = cs.iter().find(|c| c.name == "master").unwrap();
+        assert_eq!(m.level, Level::Warn);
+        assert!(
+            m.detail.contains("1883") && !m.detail.contains("6443"),
+            "{}",
+            m.detail
+        );
         assert_eq!(level(&cs, "overlayfs"), Level::Fatal);
         assert_eq!(level(&cs, "namespaces"), Level::Fatal);
         assert_eq!(level(&cs, "pod network modules"), Level::Warn);
@@ -404,7 +472,12 @@ mod tests {
     #[test]
     fn this_machine_reads_and_passes_the_fatal_checks() {
         let dir = tempfile::tempdir().unwrap();
-        let h = read_host(dir.path());
+        // Nothing listens on port 9 of this machine's loopback.
+        let h = read_host(dir.path(), Some(Some("http://127.0.0.1:9")));
+        assert_eq!(
+            h.master,
+            Some(vec![("127.0.0.1:9 (API)".to_string(), false)])
+        );
         let cs = checks(&h);
         let fatal: Vec<&Check> = cs.iter().filter(|c| c.level == Level::Fatal).collect();
         assert!(fatal.is_empty(), "{fatal:?}");

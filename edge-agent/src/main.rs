@@ -39,7 +39,10 @@ fn main() -> ExitCode {
     if let Some(h) = hollow {
         return run_hollow(config, h);
     }
-    let checks = bramble_agent::doctor::checks(&bramble_agent::doctor::read_host(&config.data_dir));
+    // The doctor probes the master; the agent's own start does not wait on the network.
+    let probe = doctor.then_some(config.server.as_deref());
+    let checks =
+        bramble_agent::doctor::checks(&bramble_agent::doctor::read_host(&config.data_dir, probe));
     if doctor {
         return if bramble_agent::doctor::report(&checks) {
             ExitCode::SUCCESS
