@@ -611,7 +611,9 @@ impl Scheduler {
         self.pending.remove(&uid);
         self.last_reason.remove(&uid);
         if !self.bound.contains_key(&uid) {
-            let view = PodView::of(p);
+            let mut view = PodView::of(p);
+            // A bound pod's images no longer matter: 10,000 bound pods stay small.
+            view.images = Vec::new();
             if let Some(n) = self.nodes.get_mut(&p.spec.node_name) {
                 n.add(&view, 1);
             }

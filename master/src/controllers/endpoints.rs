@@ -132,20 +132,40 @@ fn objects<T>(store: &Store, kind: Kind, ns: &str, pick: fn(Object) -> Option<T>
         .collect()
 }
 
-/// Brings one namespace's Endpoints in line with its Services and pods.
+/// Brings one namespace's Endpoints in line with its Services and pods. A namespace without
+/// Services or Endpoints costs one lookup; pods are matched by their labels before any is
+/// decoded.
 pub async fn sync_namespace(store: &Store, ns: &str) {
     let services = objects(store, Kind::Service, ns, |o| match o {
         Object::Service(s) => Some(s),
-        _ => None,
-    });
-    let pods = objects(store, Kind::Pod, ns, |o| match o {
-        Object::Pod(p) => Some(p),
         _ => None,
     });
     let existing = objects(store, Kind::Endpoints, ns, |o| match o {
         Object::Endpoints(e) => Some(e),
         _ => None,
     });
+    if services.is_empty() && existing.is_empty() {
+        return;
+    }
+    let selectors: Vec<&BTreeMap<String, String>> = services
+        .iter()
+        .map(|s| &s.spec.selector)
+        .filter(|sel| !sel.is_empty())
+        .collect();
+    let pods: Vec<Pod> = store
+        .list(Kind::Pod, Some(ns), &Selector::everything())
+        .1
+        .iter()
+        .filter(|e| {
+            selectors
+                .iter()
+                .any(|sel| sel.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+        })
+        .filter_map(|e| match e.object() {
+            Ok(Object::Pod(p)) => Some(p),
+            _ => None,
+        })
+        .collect();
     let mut wanted = BTreeSet::new();
     for svc in services.iter().filter(|s| !s.spec.selector.is_empty()) {
         let name = svc.metadata.name.clone();
