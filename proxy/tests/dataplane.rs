@@ -109,7 +109,25 @@ fn lab() -> Lab {
             .unwrap();
         lab.servers.push(server);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Every backend answers before the test starts.
+    for i in 1..=3 {
+        let ip = format!("10.42.0.1{i}");
+        let up = (0..50).any(|_| {
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", &lab.node, "busybox", "nc", "-w", "1", &ip, "8080",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let answered = String::from_utf8_lossy(&out.stdout).contains("backend-");
+            if !answered {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            answered
+        });
+        assert!(up, "backend {ip} never answered");
+    }
     lab
 }
 

@@ -13,6 +13,7 @@ use bramble_agent::runtime::container::LibcontainerRuntime;
 use bramble_agent::runtime::{ContainerSpec, Runtime, bundle};
 use bramble_tests::{
     AgentProcess, MasterProcess, bin, busybox_image, cleanup_agent_dir, eventually, require_root,
+    rss_mb,
 };
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -23,20 +24,6 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 
 fn row(name: &str, value: String, baseline: String, ratio: String) {
     println!("| {name} | {value} | {baseline} | {ratio} |");
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    kb / 1024.0
 }
 
 fn write_bytes(pid: u32) -> u64 {

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use bramble_tests::{HollowProcess, MasterProcess, eventually, ok_stdout};
+use bramble_tests::{HollowProcess, MasterProcess, eventually, ok_stdout, rss_mb};
 
 fn ticks() -> f64 {
     100.0 // USER_HZ on Linux
@@ -20,20 +20,6 @@ fn cpu_secs(pid: u32) -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat; after "pid (comm)" they are 11 and 12.
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks()
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    kb / 1024.0
 }
 
 fn row(name: &str, value: String, baseline: String, ratio: String) {

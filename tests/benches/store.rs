@@ -163,19 +163,7 @@ async fn http_benches() {
     let dir = tempfile::tempdir_in(bench_dir()).unwrap();
     let m = MasterProcess::start(dir.path()).unwrap();
     let pid = m.child.id();
-    let rss = |pid: u32| -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let kb: f64 = s
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        kb / 1024.0
-    };
+    let rss = bramble_tests::rss_mb;
     std::thread::sleep(Duration::from_millis(300));
     let idle_rss = rss(pid);
 

@@ -285,6 +285,21 @@ pub fn busybox_image(images: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `bramble-agent --data-dir DIR` with the tests' logging and stdio (RUST_LOG, default warn).
+fn agent_command(data_dir: &Path) -> Command {
+    let mut c = Command::new(bin("bramble-agent"));
+    c.arg("--data-dir")
+        .arg(data_dir)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    c
+}
+
 /// A `bramble-agent` child process.
 pub struct AgentProcess {
     pub child: Child,
@@ -312,9 +327,7 @@ impl AgentProcess {
     }
 
     fn spawn(data_dir: &Path, node: &str, join: &[String], extra: &[&str]) -> Result<AgentProcess> {
-        let child = Command::new(bin("bramble-agent"))
-            .arg("--data-dir")
-            .arg(data_dir)
+        let child = agent_command(data_dir)
             .args(join)
             .args([
                 "--node-name",
@@ -325,13 +338,6 @@ impl AgentProcess {
                 "2s",
             ])
             .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
             .spawn()
             .context("spawning bramble-agent")?;
         Ok(AgentProcess {
@@ -436,20 +442,11 @@ impl HollowProcess {
         count: usize,
         extra: &[&str],
     ) -> Result<HollowProcess> {
-        let child = Command::new(bin("bramble-agent"))
-            .arg("--data-dir")
-            .arg(data_dir)
+        let child = agent_command(data_dir)
             .args(["--server", &master.url, "--token", &master.join_token()])
             .args(["--restart-backoff", "500ms", "--restart-backoff-max", "2s"])
             .args(["hollow", "--count", &count.to_string(), "--prefix", prefix])
             .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
             .spawn()
             .context("spawning bramble-agent hollow")?;
         Ok(HollowProcess { child })
@@ -775,4 +772,19 @@ pub fn start_mosquitto(dir: &Path) -> Result<(Mosquitto, u16)> {
         bail!("mosquitto did not start");
     }
     Ok((m, port))
+}
+
+/// A process's resident memory (VmRSS) in MB, for the benches; 0 if it cannot be read.
+pub fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -125,13 +125,10 @@ fn a_pod_runs_logs_restarts_and_is_cleaned_up() {
             .take(4)
             .collect::<Vec<_>>()
     });
-    let got = (0..100).find_map(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        lines.is_finished().then_some(())
-    });
+    let got = eventually(Duration::from_secs(10), || lines.is_finished());
     let _ = follow.kill();
     let _ = follow.wait();
-    assert!(got.is_some(), "bramble logs -f did not keep streaming");
+    assert!(got, "bramble logs -f did not keep streaming");
     let lines = lines.join().unwrap();
     assert!(lines.iter().all(|l| l.starts_with("tick ")), "{lines:?}");
     let tail = ok_stdout(&m.cli(&["logs", "web", "--tail", "1"]));

@@ -95,10 +95,7 @@ fn hex_of(digest: &str) -> &str {
 }
 
 fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
+    unpack::hex(&Sha256::digest(b))
 }
 
 /// OCI chain ids: the first layer's diff id, then sha256 of "<parent chain> <diff id>".
@@ -678,7 +675,7 @@ fn hash_file(p: &Path) -> io::Result<(String, u64)> {
         h.update(&buf[..k]);
         n += k as u64;
     }
-    let hex: String = h.finalize().iter().map(|x| format!("{x:02x}")).collect();
+    let hex = unpack::hex(&h.finalize());
     Ok((format!("sha256:{hex}"), n))
 }
 

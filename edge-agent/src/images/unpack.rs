@@ -173,7 +173,8 @@ pub fn is_gzip(path: &Path) -> io::Result<bool> {
     Ok(n == 2 && magic == [0x1f, 0x8b])
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lowercase hex of bytes.
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Mutex, Semaphore};
 
 use super::error::ApiError;
-use super::{AppState, authorize};
+use super::{AppState, authorize, bearer};
 use crate::images::{self, Blobs, ImageError};
 use crate::store::{DeleteRequest, Op};
 
@@ -57,13 +57,7 @@ fn authorize_reader(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     if authorize(st, headers).is_ok() {
         return Ok(());
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
-    match st.enrollment.node_of_token(token) {
+    match st.enrollment.node_of_token(bearer(headers).unwrap_or("")) {
         Some(_) => Ok(()),
         None => authorize(st, headers),
     }
