@@ -17,6 +17,10 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// The root of every node topic.
 pub const TOPIC_ROOT: &str = "bramble/v1/node";
+/// Master → every agent and proxy: the cluster's network changes (routes, Services,
+/// Endpoints) as revisioned events. Snapshots go to each node on its own
+/// [`Channel::Network`] topic, when it asks with a hello.
+pub const SERVICES_TOPIC: &str = "bramble/v1/services";
 
 /// One of a node's topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,10 +39,13 @@ pub enum Channel {
     Request,
     /// Agent → master: replies to requests.
     Reply,
+    /// Master → agent: a snapshot of the cluster's network (events follow on
+    /// [`SERVICES_TOPIC`]).
+    Network,
 }
 
 impl Channel {
-    const ALL: [Channel; 7] = [
+    const ALL: [Channel; 8] = [
         Channel::Hello,
         Channel::Heartbeat,
         Channel::Status,
@@ -46,6 +53,7 @@ impl Channel {
         Channel::Desired,
         Channel::Request,
         Channel::Reply,
+        Channel::Network,
     ];
 
     fn suffix(self) -> &'static str {
@@ -57,6 +65,7 @@ impl Channel {
             Channel::Desired => "desired",
             Channel::Request => "rpc/request",
             Channel::Reply => "rpc/reply",
+            Channel::Network => "network",
         }
     }
 
@@ -104,6 +113,8 @@ pub enum Message {
     LogReply(LogReply),
     /// The agent's Last Will: it vanished without a clean disconnect.
     Gone,
+    /// The cluster's network: a snapshot (to one node) or one change (to all).
+    Network(NetworkUpdate),
 }
 
 /// Full status, sent on every (re)connect.
@@ -114,6 +125,10 @@ pub struct Hello {
     pub facts: NodeFacts,
     /// The last desired revision the agent applied; the master answers with a snapshot.
     pub desired_revision: u64,
+    /// The last network revision the agent applied, when it follows the network stream
+    /// (the master answers with a network snapshot); None for agents that do not (hollow
+    /// nodes).
+    pub network_revision: Option<u64>,
     pub pods: Vec<PodReport>,
 }
 
@@ -233,6 +248,83 @@ pub struct DesiredPod {
     pub uid: String,
     pub revision: u64,
     pub pod_json: Vec<u8>,
+}
+
+/// Master → agents and proxies: the cluster's network state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkUpdate {
+    /// The store revision this message brings the receiver to.
+    pub revision: u64,
+    /// The revision of the previous event on [`SERVICES_TOPIC`]; a receiver whose last
+    /// applied revision differs has missed one and asks for a snapshot.
+    pub prev_revision: u64,
+    pub change: NetworkChange,
+}
+
+/// A snapshot replaces everything; upserts and removals apply one change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NetworkChange {
+    Snapshot(NetworkSnapshot),
+    Upsert(NetObject),
+    Remove(NetKey),
+}
+
+/// Everything a node needs to route pod traffic and program Services.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSnapshot {
+    /// The pod network (`--cluster-cidr`), e.g. `10.42.0.0/16`.
+    pub cluster_cidr: String,
+    /// The Services' virtual addresses (`--service-cidr`).
+    pub service_cidr: String,
+    pub objects: Vec<NetObject>,
+}
+
+/// One object of the network state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NetObject {
+    /// A node's pod CIDR and the address it is reached at (host-gw routing).
+    Route(NodeRoute),
+    /// A Service, as its API JSON.
+    Service(ObjectJson),
+    /// A Service's Endpoints, as their API JSON.
+    Endpoints(ObjectJson),
+}
+
+impl NetObject {
+    /// The key a removal names.
+    pub fn key(&self) -> NetKey {
+        match self {
+            NetObject::Route(r) => NetKey::Route(r.node.clone()),
+            NetObject::Service(o) => NetKey::Service(o.namespace.clone(), o.name.clone()),
+            NetObject::Endpoints(o) => NetKey::Endpoints(o.namespace.clone(), o.name.clone()),
+        }
+    }
+}
+
+/// What a removal removes: a node's route, or a Service's or Endpoints' namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum NetKey {
+    Route(String),
+    Service(String, String),
+    Endpoints(String, String),
+}
+
+/// Where a node's pods are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRoute {
+    pub node: String,
+    /// The node's InternalIP.
+    pub address: String,
+    /// Its pod CIDR (`spec.podCIDR`).
+    pub pod_cidr: String,
+}
+
+/// An API object as JSON, with its namespace and name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectJson {
+    pub namespace: String,
+    pub name: String,
+    pub json: Vec<u8>,
 }
 
 /// Master → agent: read a container's log.
@@ -362,6 +454,7 @@ mod tests {
                     ..Default::default()
                 },
                 desired_revision: 5,
+                network_revision: Some(8),
                 pods: vec![report()],
             }),
             Message::Heartbeat(Heartbeat {
@@ -416,6 +509,50 @@ mod tests {
                 error: String::new(),
             }),
             Message::Gone,
+            Message::Network(NetworkUpdate {
+                revision: 12,
+                prev_revision: 0,
+                change: NetworkChange::Snapshot(NetworkSnapshot {
+                    cluster_cidr: "10.42.0.0/16".into(),
+                    service_cidr: "10.43.0.0/16".into(),
+                    objects: vec![
+                        NetObject::Route(NodeRoute {
+                            node: "pi1".into(),
+                            address: "192.0.2.10".into(),
+                            pod_cidr: "10.42.1.0/24".into(),
+                        }),
+                        NetObject::Service(ObjectJson {
+                            namespace: "default".into(),
+                            name: "web".into(),
+                            json: br#"{"kind":"Service"}"#.to_vec(),
+                        }),
+                        NetObject::Endpoints(ObjectJson {
+                            namespace: "default".into(),
+                            name: "web".into(),
+                            json: br#"{"kind":"Endpoints"}"#.to_vec(),
+                        }),
+                    ],
+                }),
+            }),
+            Message::Network(NetworkUpdate {
+                revision: 13,
+                prev_revision: 12,
+                change: NetworkChange::Remove(NetKey::Endpoints("default".into(), "web".into())),
+            }),
+            Message::Network(NetworkUpdate {
+                revision: 13,
+                prev_revision: 12,
+                change: NetworkChange::Upsert(NetObject::Route(NodeRoute {
+                    node: "pi3".into(),
+                    address: "192.0.2.12".into(),
+                    pod_cidr: "10.42.3.0/24".into(),
+                })),
+            }),
+            Message::Network(NetworkUpdate {
+                revision: 14,
+                prev_revision: 13,
+                change: NetworkChange::Remove(NetKey::Route("pi2".into())),
+            }),
         ]
     }
 

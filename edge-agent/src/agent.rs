@@ -17,6 +17,9 @@ use crate::config::Config;
 use crate::images::ImageStore;
 use crate::join::{self, Credentials, JoinError};
 use crate::localstore::{LocalStore, LocalStoreError};
+use crate::network::dataplane::Dataplane;
+use crate::network::proxy::ProxyInput;
+use crate::network::{NetApplied, NetView, PodNetwork};
 use crate::pods::plan::Backoff;
 use crate::pods::{Applied, PodManager, PodManagerConfig};
 use crate::runtime::container::LibcontainerRuntime;
@@ -187,7 +190,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         source,
     })?;
     let images: Arc<dyn ImageStore> = Arc::new(cache);
-    run_with_runtime(config, runtime, images, shutdown).await
+    let network = config.pod_network.then(|| {
+        Arc::new(PodNetwork::load(
+            dir,
+            Some(Dataplane::new(&config.pod_bridge)),
+        ))
+    });
+    run_with_runtime(config, runtime, images, network, shutdown).await
 }
 
 /// Runs the agent with a given runtime (the real one, or a hollow agent's in-memory one).
@@ -195,6 +204,7 @@ pub async fn run_with_runtime(
     config: Config,
     runtime: Arc<dyn Runtime>,
     images: Arc<dyn ImageStore>,
+    network: Option<Arc<PodNetwork>>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let dir = config.data_dir.clone();
@@ -218,8 +228,23 @@ pub async fn run_with_runtime(
                 max: config.restart_backoff_max,
             },
             host_ip: early_facts.address.clone(),
+            network: network.clone(),
         },
     )?;
+    // Routes to the other nodes' pods as last known, before the master answers.
+    if let Some(net) = &network {
+        sync_routes(net);
+    }
+    let (proxy_tx, proxy_rx) = watch::channel(Arc::new(ProxyInput::default()));
+    if config.proxy && network.is_some() {
+        tokio::spawn(crate::network::proxy::run(
+            proxy_rx,
+            Duration::from_secs(60),
+            shutdown.clone(),
+        ));
+    }
+    let mut view = NetView::default();
+    let mut snapshot_asked: Option<Instant> = None;
     // Bring cached pods back before (and whether or not) the master is reached.
     pods.reconcile().await;
     let creds = tokio::select! {
@@ -230,6 +255,8 @@ pub async fn run_with_runtime(
     let node = creds.node_name.clone();
     let host = creds.broker_host();
     let facts = crate::facts::gather(&config, Some((&host, creds.mqtt_port)));
+    // On the first start the address was not known before joining.
+    pods.set_host_ip(&facts.address);
     let session = {
         let mut b = [0u8; 8];
         let _ = getrandom::fill(&mut b);
@@ -323,6 +350,16 @@ pub async fn run_with_runtime(
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Routes are level-triggered too: put back what someone removed.
+    let mut route_tick = tokio::time::interval(ROUTE_RESYNC);
+    route_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let hello = |pods: &PodManager, view: &NetView| Hello {
+        session,
+        facts: facts.clone(),
+        desired_revision: pods.desired_revision(),
+        network_revision: network.as_ref().map(|_| view.revision),
+        pods: pods.all_reports(),
+    };
     let publish = |channel: Channel, msg: Message| {
         let payload = wire::encode(&node, msg);
         if let Err(e) = client.try_publish(channel.topic(&node), QoS::AtLeastOnce, false, payload) {
@@ -335,13 +372,31 @@ pub async fn run_with_runtime(
             Some(ev) = in_rx.recv() => match ev {
                 Incoming::Connected => {
                     tracing::info!(node, "connected to the master's broker");
-                    for c in [Channel::Desired, Channel::Request] {
-                        if let Err(e) = client.try_subscribe(c.topic(&node), QoS::AtLeastOnce) {
+                    let mut topics = vec![Channel::Desired.topic(&node), Channel::Request.topic(&node)];
+                    if network.is_some() {
+                        topics.push(Channel::Network.topic(&node));
+                        topics.push(wire::SERVICES_TOPIC.to_string());
+                    }
+                    for t in topics {
+                        if let Err(e) = client.try_subscribe(t, QoS::AtLeastOnce) {
                             tracing::error!(error = %e, "cannot subscribe");
                         }
                     }
-                    let hello = Hello { session, facts: facts.clone(), desired_revision: pods.desired_revision(), pods: pods.all_reports() };
-                    publish(Channel::Hello, Message::Hello(hello));
+                    snapshot_asked = network.as_ref().map(|_| Instant::now());
+                    publish(Channel::Hello, Message::Hello(hello(&pods, &view)));
+                }
+                Incoming::Publish(topic, payload) if topic == wire::SERVICES_TOPIC => {
+                    match wire::decode(&payload) {
+                        Ok(wire::Envelope { message: Message::Network(u), .. }) if network.is_some() => {
+                            if on_network(u, &mut view, &node, network.as_deref(), &proxy_tx) && snapshot_asked.is_none_or(|t| t.elapsed() >= SNAPSHOT_RETRY) {
+                                tracing::info!("missed a network event; asking for a snapshot");
+                                snapshot_asked = Some(Instant::now());
+                                publish(Channel::Hello, Message::Hello(hello(&pods, &view)));
+                            }
+                        }
+                        Ok(_) => drops.count("wrong_channel", &topic),
+                        Err(e) => drops.count("malformed", &format!("{topic}: {e}")),
+                    }
                 }
                 Incoming::Publish(topic, payload) => {
                     let Some((to, channel)) = Channel::parse(&topic) else {
@@ -378,11 +433,22 @@ pub async fn run_with_runtime(
                             }
                             Ok(Applied::Gap { have, expected_prev }) => {
                                 tracing::info!(have, expected_prev, "missed a desired-state message; asking for a snapshot");
-                                let hello = Hello { session, facts: facts.clone(), desired_revision: pods.desired_revision(), pods: pods.all_reports() };
-                                publish(Channel::Hello, Message::Hello(hello));
+                                publish(Channel::Hello, Message::Hello(hello(&pods, &view)));
                             }
                             Err(e) => tracing::error!(error = %e, "cannot persist desired pods"),
                         },
+                        (Channel::Network, Message::Network(u)) if network.is_some() => {
+                            let had_cidr = network.as_ref().and_then(|n| n.pod_cidr()).is_some();
+                            on_network(u, &mut view, &node, network.as_deref(), &proxy_tx);
+                            snapshot_asked = None;
+                            if !had_cidr && network.as_ref().and_then(|n| n.pod_cidr()).is_some() {
+                                // Pods waiting for the node's CIDR go on now.
+                                let reports = pods.reconcile().await;
+                                if !reports.is_empty() {
+                                    publish(Channel::Status, Message::Status(StatusReport { pods: reports }));
+                                }
+                            }
+                        }
                         (Channel::Request, Message::LogRequest(r)) => {
                             let reply = read_logs(&pods, r).await;
                             publish(Channel::Reply, Message::LogReply(reply));
@@ -391,6 +457,11 @@ pub async fn run_with_runtime(
                     }
                 }
             },
+            _ = route_tick.tick() => {
+                if let Some(net) = &network {
+                    sync_routes(net);
+                }
+            }
             _ = tick.tick() => {
                 let reports = pods.reconcile().await;
                 if !reports.is_empty() {
@@ -408,6 +479,57 @@ pub async fn run_with_runtime(
     let _ = tokio::time::timeout(Duration::from_millis(500), pump).await;
     hb.abort();
     Ok(())
+}
+
+/// How long a node waits for a network snapshot it asked for before asking again.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(3);
+/// How often the routes to other nodes' pods are checked.
+const ROUTE_RESYNC: Duration = Duration::from_secs(10);
+
+/// Applies a network message; returns whether it revealed a gap (ask for a snapshot).
+fn on_network(
+    u: wire::NetworkUpdate,
+    view: &mut NetView,
+    node: &str,
+    network: Option<&PodNetwork>,
+    proxy: &watch::Sender<Arc<ProxyInput>>,
+) -> bool {
+    let Some(net) = network else { return false };
+    match view.apply(u) {
+        NetApplied::Unchanged => false,
+        NetApplied::Gap => true,
+        NetApplied::Changed { routes, services } => {
+            if routes && net.update(node, view) {
+                // A few netlink calls on the node's own socket: quick enough to run inline.
+                sync_routes(net);
+            }
+            if services || routes {
+                let cluster_cidr = view.cluster_cidr.clone();
+                let input = ProxyInput {
+                    services: view.services.values().cloned().collect(),
+                    endpoints: view.endpoints.values().cloned().collect(),
+                    cluster_cidr,
+                };
+                proxy.send_replace(Arc::new(input));
+            }
+            false
+        }
+    }
+}
+
+/// Brings the routes to other nodes' pod CIDRs in line with what the node knows.
+fn sync_routes(net: &PodNetwork) {
+    let Some(dp) = &net.dataplane else { return };
+    if net.pod_cidr().is_none() {
+        return;
+    }
+    match dp.sync_routes(&net.peer_routes()) {
+        Ok((0, 0)) => {}
+        Ok((added, removed)) => {
+            tracing::info!(added, removed, "routes to other nodes' pods updated")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot update the routes to other nodes' pods"),
+    }
 }
 
 async fn keep_reconciling(pods: &mut PodManager, shutdown: &CancellationToken) {

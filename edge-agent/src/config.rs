@@ -111,6 +111,16 @@ pub struct RunArgs {
     /// CPU kept back from pods, in millicores [default: 100]
     #[arg(long)]
     pub reserved_cpu: Option<u64>,
+    /// Do not give pods their own network (bridge, veth, pod IP, routes to other nodes):
+    /// pods get only a loopback interface
+    #[arg(long)]
+    pub no_pod_network: bool,
+    /// Do not run the service proxy in the agent (run `bramble-proxy` instead, or none)
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// The bridge pods are attached to
+    #[arg(long, default_value = "bramble0")]
+    pub pod_bridge: String,
 }
 
 /// The board configs built into the binary (`board-configs/` in the repository).
@@ -227,6 +237,11 @@ pub struct Config {
     pub reserved_cpu: u64,
     /// Reported CPUs and memory instead of the machine's (hollow nodes).
     pub capacity_override: Option<(u32, u64)>,
+    /// Pods get their own network, and the agent follows the cluster's network stream.
+    pub pod_network: bool,
+    /// The agent programs Services (needs the pod network).
+    pub proxy: bool,
+    pub pod_bridge: String,
 }
 
 fn hostname() -> String {
@@ -370,6 +385,17 @@ impl TryFrom<RunArgs> for Config {
                 .unwrap_or(128 << 20),
             reserved_cpu: a.reserved_cpu.or(file.reserved_cpu).unwrap_or(100),
             capacity_override: None,
+            pod_network: !a.no_pod_network,
+            proxy: !a.no_pod_network && !a.no_proxy,
+            pod_bridge: {
+                let b = a.pod_bridge;
+                if b.is_empty() || b.len() > 15 || b.contains(['/', ' ']) {
+                    return Err(format!(
+                        "--pod-bridge: {b:?} is not an interface name (1-15 characters, no '/' or spaces)"
+                    ));
+                }
+                b
+            },
         })
     }
 }

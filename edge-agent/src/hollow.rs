@@ -26,6 +26,10 @@ pub fn node_config(base: &Config, args: &HollowArgs, n: usize) -> Result<Config,
     c.capacity_override = Some((args.cpus, args.memory_bytes));
     c.reserved_cpu = 0;
     c.reserved_memory = 0;
+    // Hollow pods need no addresses, and thousands of nodes following the network stream
+    // would measure the stream rather than the control plane.
+    c.pod_network = false;
+    c.proxy = false;
     Ok(c)
 }
 
@@ -45,6 +49,7 @@ pub async fn run(
                 config,
                 Arc::new(MemoryRuntime::new()),
                 Arc::new(AnyImage),
+                None,
                 shutdown,
             )
             .await

@@ -17,6 +17,7 @@ pub mod images;
 pub mod join;
 pub mod localstore;
 pub mod logs;
+pub mod network;
 pub mod pods;
 pub mod runtime;
 

@@ -6,7 +6,8 @@
 pub mod plan;
 pub mod probes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use bramble_api::wire::{ContainerState, Desired, DesiredChange, PodReport};
 
 use crate::images::ImageStore;
 use crate::localstore::{LocalStore, LocalStoreError};
+use crate::network::PodNetwork;
 use crate::runtime::{ContainerSpec, Observed, Runtime};
 use plan::{Backoff, ContainerRecord, Op, PodRecord};
 
@@ -45,6 +47,10 @@ pub struct PodManager {
     last_image_gc_ms: i64,
     /// Image pulls still running, by image: a slow pull does not hold back other pods.
     pulls: HashMap<String, Pull>,
+    /// The node's pod network (None: pods get no IP, as on hollow nodes).
+    network: Option<Arc<PodNetwork>>,
+    /// The last pod IP handed out (allocation goes round-robin from it).
+    last_pod_ip: Option<Ipv4Addr>,
 }
 
 /// A pull running on a blocking thread.
@@ -70,6 +76,8 @@ pub struct PodManagerConfig {
     pub data_dir: PathBuf,
     pub backoff: Backoff,
     pub host_ip: String,
+    /// The node's pod network, if pods get IPs.
+    pub network: Option<Arc<PodNetwork>>,
 }
 
 impl PodManager {
@@ -111,7 +119,16 @@ impl PodManager {
             probes: HashMap::new(),
             last_image_gc_ms: now_ms(),
             pulls: HashMap::new(),
+            network: config.network,
+            last_pod_ip: None,
         })
+    }
+
+    /// The address pods report as their hostIP (and host-network pods as their podIP).
+    pub fn set_host_ip(&mut self, ip: &str) {
+        if !ip.is_empty() {
+            self.host_ip = ip.to_string();
+        }
     }
 
     /// The last desired revision applied.
@@ -493,6 +510,7 @@ impl PodManager {
                         name: pod.metadata.name.clone(),
                         sandbox_ready: false,
                         netns: None,
+                        pod_ip: String::new(),
                         start_time: now / 1000,
                         grace_seconds: pod.spec.termination_grace_period_seconds.unwrap_or(30),
                         containers: pod
@@ -512,8 +530,26 @@ impl PodManager {
                 match self.blocking(move |rt| rt.create_sandbox(&u, host)).await {
                     Ok(netns) => {
                         if let Some(r) = self.records.get_mut(&uid) {
+                            r.netns = netns.clone();
+                        }
+                        if let (Some(ns), false) = (netns, host)
+                            && let Err((reason, message)) = self.connect_pod(&uid, ns).await
+                        {
+                            if reason == "ContainerCreating" {
+                                // Waiting for the master is not a failure: no back-off.
+                                for c in self.records.get_mut(&uid)?.containers.values_mut() {
+                                    c.state = ContainerState::Waiting {
+                                        reason: reason.into(),
+                                        message: message.clone(),
+                                    };
+                                }
+                            } else {
+                                self.set_waiting(&uid, None, reason, message, now);
+                            }
+                            return None;
+                        }
+                        if let Some(r) = self.records.get_mut(&uid) {
                             r.sandbox_ready = true;
-                            r.netns = netns;
                         }
                     }
                     Err(e) => {
@@ -694,6 +730,13 @@ impl PodManager {
                 None
             }
             Op::RemoveSandbox { uid } => {
+                if let Some(dp) = self.network.as_ref().and_then(|n| n.dataplane.clone()) {
+                    let u = uid.clone();
+                    let r = tokio::task::spawn_blocking(move || dp.detach(&u)).await;
+                    if let Ok(Err(e)) = r {
+                        tracing::warn!(uid, error = %e, "cannot remove the pod's veth");
+                    }
+                }
                 let u = uid.clone();
                 if let Err(e) = self.blocking(move |rt| rt.remove_sandbox(&u)).await {
                     tracing::warn!(uid, error = %e, "cannot remove the pod sandbox");
@@ -712,6 +755,59 @@ impl PodManager {
                 Some(uid)
             }
         }
+    }
+
+    /// Gives a pod its IP (kept in its record) and, on a real node, wires its namespace to
+    /// the bridge. Err is the waiting reason and message.
+    async fn connect_pod(
+        &mut self,
+        uid: &str,
+        netns: PathBuf,
+    ) -> Result<(), (&'static str, String)> {
+        let Some(net) = self.network.clone() else {
+            return Ok(());
+        };
+        let Some(cidr) = net.pod_cidr() else {
+            return Err((
+                "ContainerCreating",
+                "waiting for the master to assign this node a pod CIDR".into(),
+            ));
+        };
+        let kept = self
+            .records
+            .get(uid)
+            .and_then(|r| r.pod_ip.parse::<Ipv4Addr>().ok())
+            .filter(|ip| cidr.contains(*ip));
+        let ip = match kept {
+            Some(ip) => ip,
+            None => {
+                let used: HashSet<Ipv4Addr> = self
+                    .records
+                    .values()
+                    .filter_map(|r| r.pod_ip.parse().ok())
+                    .collect();
+                let ip = crate::network::allocate(cidr, &used, self.last_pod_ip).ok_or((
+                    "CreatePodSandboxError",
+                    format!("no free address left in the node's pod CIDR {cidr}"),
+                ))?;
+                self.last_pod_ip = Some(ip);
+                if let Some(r) = self.records.get_mut(uid) {
+                    r.pod_ip = ip.to_string();
+                }
+                ip
+            }
+        };
+        let Some(dp) = net.dataplane.clone() else {
+            return Ok(());
+        };
+        let u = uid.to_string();
+        tokio::task::spawn_blocking(move || dp.attach(&u, &netns, ip, cidr))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+            .map_err(|e| {
+                tracing::warn!(uid, error = %e, "cannot connect the pod to the network");
+                ("CreatePodSandboxError", format!("pod network: {e}"))
+            })
     }
 
     fn volume_path(&self, uid: &str, v: &bramble_api::pod::Volume) -> PathBuf {
@@ -790,6 +886,7 @@ mod tests {
                     max: std::time::Duration::from_millis(100),
                 },
                 host_ip: "127.0.0.1".into(),
+                network: None,
             },
         )
         .unwrap();

@@ -34,6 +34,8 @@ pub struct GatewayConfig {
     /// MQTT credentials of the master's client (None for an anonymous external broker).
     pub credentials: Option<(String, String)>,
     pub node_lost_after: Duration,
+    /// The CIDRs the network stream tells every node.
+    pub cidrs: crate::netstream::Cidrs,
 }
 
 /// Requests to the gateway from the API server.
@@ -177,7 +179,16 @@ pub fn start(
         }
     });
     let store_for_events = store.clone();
+    let (net_tx, net_rx) = mpsc::unbounded_channel();
+    let net_task = tokio::spawn(crate::netstream::run(
+        store.clone(),
+        client.clone(),
+        config.cidrs.clone(),
+        net_rx,
+        shutdown.clone(),
+    ));
     let gw = Gateway {
+        net_tx,
         ready_tx: spawn_status_writer(store.clone(), shutdown.clone()),
         store,
         metrics,
@@ -194,6 +205,7 @@ pub fn start(
     let task = tokio::spawn(async move {
         gw.run(inbox_rx, cmd_rx, shutdown).await;
         pump.abort();
+        net_task.abort();
     });
     (GatewayHandle { tx: cmd_tx }, task)
 }
@@ -300,6 +312,8 @@ async fn write_ready(store: &Store, u: ReadyUpdate) {
 }
 
 struct Gateway {
+    /// Nodes that asked for a network snapshot, for the network stream.
+    net_tx: mpsc::UnboundedSender<String>,
     /// Ready transitions, persisted by the status writer.
     ready_tx: mpsc::UnboundedSender<ReadyUpdate>,
     store: Store,
@@ -530,6 +544,9 @@ impl Gateway {
                 }
                 self.mark_ready(&node).await;
                 self.send_snapshot(&node);
+                if h.network_revision.is_some() {
+                    let _ = self.net_tx.send(node.clone());
+                }
                 self.apply_reports(&node, &h.pods).await;
             }
             (Channel::Heartbeat, Message::Heartbeat(hb)) => {
@@ -725,5 +742,6 @@ fn message_name(m: &Message) -> &'static str {
         Message::LogRequest(_) => "LogRequest",
         Message::LogReply(_) => "LogReply",
         Message::Gone => "Gone",
+        Message::Network(_) => "Network",
     }
 }

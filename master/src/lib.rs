@@ -13,6 +13,7 @@ pub mod events;
 pub mod gateway;
 pub mod images;
 pub mod metrics;
+pub mod netstream;
 pub mod scheduler;
 pub mod server;
 pub mod store;
@@ -135,6 +136,10 @@ impl Master {
                 port: gw_port,
                 credentials,
                 node_lost_after: config.node_lost_after,
+                cidrs: netstream::Cidrs {
+                    cluster: config.pod_cidrs.cluster(),
+                    service: config.services.cidr_string(),
+                },
             },
             internal.clone(),
         );

@@ -120,6 +120,9 @@ pub const JUMPS: &[(&str, &str, &str)] = &[
     ("nat", "OUTPUT", crate::SERVICES),
     ("nat", "POSTROUTING", crate::POSTROUTING),
     ("filter", "INPUT", crate::NODEPORTS),
+    // Each jump is inserted first in its chain: BRAMBLE-FORWARD's accepts go in before and
+    // so end up after BRAMBLE-SERVICES' rejects.
+    ("filter", "FORWARD", crate::FORWARD),
     ("filter", "FORWARD", crate::SERVICES),
     ("filter", "OUTPUT", crate::SERVICES),
 ];

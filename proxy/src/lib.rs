@@ -27,6 +27,9 @@ pub const NODEPORTS: &str = "BRAMBLE-NODEPORTS";
 pub const POSTROUTING: &str = "BRAMBLE-POSTROUTING";
 /// Marks traffic for masquerading.
 pub const MARK_MASQ: &str = "BRAMBLE-MARK-MASQ";
+/// Accepts forwarded pod traffic (jumped to from filter FORWARD), so that a host whose
+/// FORWARD policy is DROP (Docker sets it) still routes pods.
+pub const FORWARD: &str = "BRAMBLE-FORWARD";
 /// The fwmark bit Bramble uses for "masquerade this".
 pub const MASQ_MARK: &str = "0x4000/0x4000";
 
@@ -199,6 +202,21 @@ pub fn build(services: &[Service], endpoints: &[Endpoints], node: &NodeContext) 
     ];
     let mut nat = String::new();
     let mut filter = String::new();
+    if !node.cluster_cidr.is_empty() {
+        let c = &node.cluster_cidr;
+        let _ = writeln!(
+            nat,
+            "-A {POSTROUTING} -s {c} ! -d {c} -m comment --comment \"pod traffic leaving the cluster\" -j MASQUERADE"
+        );
+        let _ = writeln!(
+            filter,
+            "-A {FORWARD} -s {c} -m comment --comment \"pod traffic\" -j ACCEPT"
+        );
+        let _ = writeln!(
+            filter,
+            "-A {FORWARD} -d {c} -m comment --comment \"pod traffic\" -j ACCEPT"
+        );
+    }
     let _ = writeln!(
         nat,
         "-A {POSTROUTING} -m mark ! --mark {MASQ_MARK} -j RETURN"
@@ -312,8 +330,74 @@ pub fn build(services: &[Service], endpoints: &[Endpoints], node: &NodeContext) 
     nat.push_str(&nodeport_rules);
     nat.push_str(&chain_rules);
     Ruleset {
-        filter: group(&[SERVICES.to_string(), NODEPORTS.to_string()], &filter),
+        filter: group(
+            &[
+                SERVICES.to_string(),
+                NODEPORTS.to_string(),
+                FORWARD.to_string(),
+            ],
+            &filter,
+        ),
         nat: group(&nat_chains, &nat),
+    }
+}
+
+/// Keeps the node's rules in step: a full sync (every chain, stale ones deleted, as read
+/// from `iptables-save`) first, after a failure and every `resync_every`; otherwise only the
+/// chains that changed since the last apply.
+pub struct Syncer {
+    backend: iptables::Backend,
+    previous: Option<Ruleset>,
+    last_full: Option<std::time::Instant>,
+    pub resync_every: std::time::Duration,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncStats {
+    pub full: bool,
+    /// Lines of `iptables-restore` input written.
+    pub lines: usize,
+}
+
+impl Syncer {
+    pub fn new(backend: iptables::Backend) -> Syncer {
+        Syncer {
+            backend,
+            previous: None,
+            last_full: None,
+            resync_every: std::time::Duration::from_secs(60),
+        }
+    }
+
+    /// Renders and applies; a partial sync when nothing is due, else a full one.
+    pub fn sync(
+        &mut self,
+        services: &[Service],
+        endpoints: &[Endpoints],
+        node: &NodeContext,
+    ) -> Result<SyncStats, iptables::IptablesError> {
+        let ruleset = build(services, endpoints, node);
+        let full = self.previous.is_none()
+            || self
+                .last_full
+                .is_none_or(|t| t.elapsed() >= self.resync_every);
+        let text = if full {
+            let existing = iptables::existing_chains(self.backend)?;
+            ruleset.text(None, &existing)
+        } else {
+            ruleset.text(self.previous.as_ref(), &[])
+        };
+        self.previous = None;
+        iptables::apply(self.backend, &text)?;
+        self.previous = Some(ruleset);
+        if full {
+            self.last_full = Some(std::time::Instant::now());
+        }
+        Ok(SyncStats {
+            full,
+            lines: text.lines().count(),
+        })
     }
 }
 

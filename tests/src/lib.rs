@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+pub mod netlab;
 pub mod oci;
 
 /// The path of a workspace binary built next to the running test or bench.
@@ -64,7 +65,11 @@ impl MasterProcess {
         let mut child = Command::new(bin("bramble-master"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(if extra.iter().any(|a| a.starts_with("--listen")) {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
             .args(
                 if extra
                     .iter()
@@ -316,8 +321,19 @@ impl AgentProcess {
         node: &str,
         extra: &[&str],
     ) -> Result<AgentProcess> {
+        Self::join(&master.url, &master.join_token(), data_dir, node, extra)
+    }
+
+    /// As [`start`](Self::start), from the master's URL and a join token.
+    pub fn join(
+        url: &str,
+        token: &str,
+        data_dir: &Path,
+        node: &str,
+        extra: &[&str],
+    ) -> Result<AgentProcess> {
         busybox_image(&data_dir.join("images"))?;
-        let join = ["--server", &master.url, "--token", &master.join_token()].map(str::to_string);
+        let join = ["--server", url, "--token", token].map(str::to_string);
         Self::spawn(data_dir, node, &join, extra)
     }
 
@@ -327,8 +343,22 @@ impl AgentProcess {
     }
 
     fn spawn(data_dir: &Path, node: &str, join: &[String], extra: &[&str]) -> Result<AgentProcess> {
+        // Agents of the tests share the host's network namespace: no pod network there
+        // (bridges and routes of several agents would collide); the network tests run
+        // agents in namespaces of their own with `--pod-network`.
+        let own_network = extra.contains(&"--pod-network");
+        let extra: Vec<&str> = extra
+            .iter()
+            .copied()
+            .filter(|a| *a != "--pod-network")
+            .collect();
         let child = agent_command(data_dir)
             .args(join)
+            .args(if own_network {
+                &[][..]
+            } else {
+                &["--no-pod-network"][..]
+            })
             .args([
                 "--node-name",
                 node,
@@ -337,7 +367,7 @@ impl AgentProcess {
                 "--restart-backoff-max",
                 "2s",
             ])
-            .args(extra)
+            .args(&extra)
             .spawn()
             .context("spawning bramble-agent")?;
         Ok(AgentProcess {

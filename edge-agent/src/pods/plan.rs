@@ -23,6 +23,10 @@ pub struct PodRecord {
     /// The pod's network namespace (None with host networking).
     #[serde(default)]
     pub netns: Option<std::path::PathBuf>,
+    /// The pod's IP from the node's pod CIDR (empty: none yet, or host networking). Held
+    /// for as long as the record exists.
+    #[serde(default)]
+    pub pod_ip: String,
     /// Unix seconds the pod started on this node.
     pub start_time: i64,
     /// Grace period for stopping, from the pod (kept for pods the master has already forgotten).
@@ -404,6 +408,8 @@ pub fn report(pod: Option<&Pod>, rec: &PodRecord, host_ip: &str) -> PodReport {
         host_ip: host_ip.to_string(),
         pod_ip: if pod.is_some_and(|p| p.spec.host_network) {
             host_ip.to_string()
+        } else if rec.sandbox_ready {
+            rec.pod_ip.clone()
         } else {
             String::new()
         },
@@ -470,6 +476,7 @@ mod tests {
             name: format!("p-{uid}"),
             sandbox_ready: true,
             netns: None,
+            pod_ip: String::new(),
             start_time: 1,
             grace_seconds: 30,
             containers: [("main".to_string(), c)].into(),

@@ -62,6 +62,11 @@ impl CidrPool {
         })
     }
 
+    /// The cluster CIDR, e.g. `10.42.0.0/16`.
+    pub fn cluster(&self) -> String {
+        format!("{}/{}", Ipv4Addr::from(self.base), self.prefix)
+    }
+
     /// How many node CIDRs the pool holds.
     pub fn capacity(&self) -> usize {
         1usize << (self.node_prefix - self.prefix)

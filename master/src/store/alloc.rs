@@ -31,6 +31,11 @@ impl Default for ServiceRanges {
 }
 
 impl ServiceRanges {
+    /// The service CIDR, e.g. `10.43.0.0/16`.
+    pub fn cidr_string(&self) -> String {
+        format!("{}/{}", self.cidr.0, self.cidr.1)
+    }
+
     /// Parses `10.43.0.0/16` and `30000-32767`.
     pub fn parse(cidr: &str, node_ports: &str) -> Result<ServiceRanges, String> {
         let bad = || format!("{cidr:?} is not an IPv4 CIDR like 10.43.0.0/16");
