@@ -11,6 +11,7 @@
 //! one does not are flushed and deleted, so the whole ruleset applies atomically with
 //! `iptables-restore --noflush`, touching no rule Bramble does not own.
 
+pub mod follow;
 pub mod iptables;
 
 use std::collections::BTreeSet;
@@ -482,8 +483,24 @@ mod tests {
     #[test]
     fn an_empty_cluster_has_only_the_base_chains() {
         let r = render(&[], &[], &NodeContext::default());
-        assert_eq!(chains(&r).len(), 6);
+        assert_eq!(chains(&r).len(), 7);
         assert!(r.contains("-j MASQUERADE"));
         assert!(r.ends_with("COMMIT\n"));
+        assert!(
+            !r.contains("leaving the cluster"),
+            "no pod network, no egress rule"
+        );
+        let with_pods = render(
+            &[],
+            &[],
+            &NodeContext {
+                cluster_cidr: "10.42.0.0/16".into(),
+                existing_chains: Vec::new(),
+            },
+        );
+        assert!(with_pods.contains(
+            "-A BRAMBLE-POSTROUTING -s 10.42.0.0/16 ! -d 10.42.0.0/16 -m comment --comment \"pod traffic leaving the cluster\" -j MASQUERADE"
+        ));
+        assert!(with_pods.contains("-A BRAMBLE-FORWARD -d 10.42.0.0/16"));
     }
 }

@@ -1,7 +1,8 @@
-//! `bramble-proxy`: the standalone service proxy. `--apply FILE` renders the Services and
-//! Endpoints in a manifest file and applies them once; `--cleanup` removes every Bramble
-//! chain and jump. Following the master's Services and Endpoints continuously arrives with
-//! the rest of the networking issue.
+//! `bramble-proxy`: the standalone service proxy, for hosts that route Services but run no
+//! agent (agents run the same code in-process). `--server URL --token-file FILE` follows the
+//! master's Services and Endpoints through its API and keeps the rules in step;
+//! `--apply FILE` renders the Services and Endpoints of a manifest file and applies them
+//! once; `--cleanup` removes every Bramble chain and jump.
 
 use std::process::ExitCode;
 
@@ -25,6 +26,15 @@ struct Args {
     /// Print the ruleset instead of applying it (with --apply)
     #[arg(long)]
     dry_run: bool,
+    /// Follow this master's Services and Endpoints, e.g. http://192.168.1.10:6443
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The API token (with --server); `-` reads it from standard input
+    #[arg(long, value_name = "FILE", env = "BRAMBLE_TOKEN_FILE")]
+    token_file: Option<String>,
+    /// How often the whole ruleset is rewritten even without changes
+    #[arg(long, default_value = "60s")]
+    resync: String,
 }
 
 fn main() -> ExitCode {
@@ -50,9 +60,44 @@ fn run(args: &Args) -> Result<(), String> {
         let b = iptables::detect().map_err(|e| e.to_string())?;
         return iptables::cleanup(b).map_err(|e| e.to_string());
     }
+    if let Some(server) = &args.server {
+        if !(server.starts_with("http://") || server.starts_with("https://")) {
+            return Err(format!(
+                "--server: {server:?} must be a URL such as http://192.168.1.10:6443"
+            ));
+        }
+        let Some(tf) = &args.token_file else {
+            return Err("--server needs --token-file FILE (the master's admin.token)".into());
+        };
+        let token = if tf == "-" {
+            let mut t = String::new();
+            std::io::stdin()
+                .read_line(&mut t)
+                .map_err(|e| format!("--token-file -: {e}"))?;
+            t
+        } else {
+            std::fs::read_to_string(tf).map_err(|e| format!("--token-file {tf}: {e}"))?
+        };
+        let resync = bramble_api::time::parse_duration(&args.resync)
+            .filter(|d| *d >= std::time::Duration::from_secs(1))
+            .ok_or_else(|| {
+                format!(
+                    "--resync: {:?} is not a duration of at least 1s",
+                    args.resync
+                )
+            })?;
+        let cfg = bramble_proxy::follow::FollowConfig {
+            server: server.clone(),
+            token: token.trim().to_string(),
+            cluster_cidr: args.cluster_cidr.clone(),
+            resync,
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        return bramble_proxy::follow::follow(cfg, stop).map_err(|e| e.to_string());
+    }
     let Some(file) = &args.apply else {
         return Err(
-            "following the master is not implemented yet; use --apply FILE or --cleanup".into(),
+            "say what to do: --server URL --token-file FILE, --apply FILE or --cleanup".into(),
         );
     };
     let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;

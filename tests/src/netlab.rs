@@ -82,13 +82,16 @@ pub struct Lan {
 }
 
 impl Lan {
-    /// A new LAN `10.199.<n>.0/24` (n from the process id, so concurrent labs differ).
+    /// A new LAN `10.199.<n>.0/24` (n from the process id and a counter, so concurrent
+    /// labs differ).
     pub fn new() -> Result<Lan> {
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let tag = format!("bl{}", pid % 100_000);
+        let tag = format!("bl{}x{n}", pid % 100_000);
         let lan = format!("{tag}lan");
         let mut l = Lan {
-            prefix: format!("10.199.{}", pid % 250 + 1),
+            prefix: format!("10.199.{}", (pid + n * 37) % 250 + 1),
             tag,
             lan: lan.clone(),
             namespaces: Vec::new(),

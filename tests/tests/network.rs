@@ -66,6 +66,18 @@ spec:
   - name: main
     image: busybox
     command: [sleep, "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host-net}
+spec:
+  nodeName: board-b
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: [sleep, "3600"]
 "#;
 
 /// Connects from the current namespace and reads the first line (the backend's name).
@@ -202,6 +214,28 @@ fn pods_talk_across_boards_and_services_balance_over_ready_pods() {
         assert_eq!(pod_field(&m, p, &["status", "hostIP"]), boards[b].ip, "{p}");
         ips.insert(p, ip);
     }
+    // hostNetwork still works: the pod has its board's address and no veth.
+    assert!(eventually(Duration::from_secs(30), || ready(
+        &m, "host-net"
+    )));
+    assert_eq!(
+        pod_field(&m, "host-net", &["status", "podIP"]),
+        boards[1].ip
+    );
+    // Every board routes to the two other boards' pod CIDRs through their addresses, and
+    // has one veth per pod on its bridge.
+    for (i, b) in boards.iter().enumerate() {
+        let routes = b.run(&["ip", "route", "show", "proto", "98"]).unwrap();
+        for (j, other) in boards.iter().enumerate() {
+            let want = format!("{} via {}", cidrs[&format!("board-{}", names[j])], other.ip);
+            assert_eq!(routes.contains(&want), i != j, "board {i}: {routes}");
+        }
+        let veths = b
+            .run(&["ip", "-o", "link", "show", "master", "bramble0"])
+            .unwrap();
+        let pods = if i == 0 { 2 } else { 1 };
+        assert_eq!(veths.lines().count(), pods, "board {i}: {veths}");
+    }
     let client_uid = pod_field(&m, "client", &["metadata", "uid"]);
     let client_ns = dir.path().join("agent-a/netns").join(&client_uid);
 
@@ -327,9 +361,31 @@ fn pods_talk_across_boards_and_services_balance_over_ready_pods() {
     );
     let replies = count_replies(&client_ns, vip, 30);
     assert!(!replies.contains_key("echo-c"), "{replies:?}");
+    // Its veth goes with it.
+    assert!(
+        eventually(Duration::from_secs(15), || boards[2]
+            .run(&["ip", "-o", "link", "show", "master", "bramble0"])
+            .unwrap()
+            .trim()
+            .is_empty()),
+        "echo-c's veth stayed"
+    );
     assert!(
         replies.keys().all(|k| k == "echo-a" || k == "echo-b"),
         "{replies:?}"
+    );
+
+    // A node that leaves the cluster leaves the other boards' routes.
+    let c = agents.remove(2);
+    c.terminate();
+    ok_stdout(&m.cli(&["delete", "node", "board-c"]));
+    let c_cidr = cidrs["board-c"].clone();
+    assert!(
+        eventually(Duration::from_secs(10), || !boards[0]
+            .run(&["ip", "route", "show", "proto", "98"])
+            .unwrap()
+            .contains(&c_cidr)),
+        "board-a still routes to the deleted node's pods"
     );
 
     // Nothing of this reached the host's own namespace.
@@ -354,5 +410,89 @@ fn pods_talk_across_boards_and_services_balance_over_ready_pods() {
         host.1
     );
     drop(agents);
+    drop(m);
+}
+
+/// A Service without a selector, and its hand-written Endpoints.
+fn manual_service(ip: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: ext}}
+spec:
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: ext}}
+subsets:
+- addresses: [{{ip: {ip}}}]
+  ports: [{{port: 8080}}]
+"#
+    )
+}
+
+#[test]
+fn the_standalone_proxy_follows_the_master_and_cleans_up() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lan = Lan::new().unwrap();
+    let host = lan.host("s", 2).unwrap();
+    enter_netns(&host.path).unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&manual_service("10.42.0.11"))));
+    let token = dir.path().join("master/admin.token");
+    let mut proxy = Command::new(bramble_tests::bin("bramble-proxy"))
+        .args(["--server", &m.url, "--token-file"])
+        .arg(&token)
+        .args(["--resync", "2s"])
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let rules = || host.run(&["iptables-save", "-t", "nat"]).unwrap();
+    let proxy_guard = Kill(&mut proxy);
+    assert!(
+        eventually(Duration::from_secs(10), || rules()
+            .contains("--to-destination 10.42.0.11:8080")),
+        "{}",
+        rules()
+    );
+    // An Endpoints change moves the rule.
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&manual_service("10.42.0.12"))));
+    assert!(eventually(Duration::from_secs(5), || {
+        let r = rules();
+        r.contains("--to-destination 10.42.0.12:8080") && !r.contains("10.42.0.11")
+    }));
+    // A full resync (every 2 s here) leaves one copy of each jump.
+    std::thread::sleep(Duration::from_secs(3));
+    let r = rules();
+    assert_eq!(
+        r.lines()
+            .filter(|l| *l == "-A PREROUTING -j BRAMBLE-SERVICES")
+            .count(),
+        1,
+        "{r}"
+    );
+    // The Service's deletion takes its chains away.
+    ok_stdout(&m.cli(&["delete", "service", "ext"]));
+    assert!(eventually(Duration::from_secs(5), || !rules().contains("BRAMBLE-SVC-")));
+    drop(proxy_guard);
+    let out = Command::new(bramble_tests::bin("bramble-proxy"))
+        .arg("--cleanup")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = host.run(&["iptables-save"]).unwrap();
+    assert!(!all.contains("BRAMBLE"), "{all}");
     drop(m);
 }
