@@ -127,17 +127,101 @@ pub const JUMPS: &[(&str, &str, &str)] = &[
     ("filter", "OUTPUT", crate::SERVICES),
 ];
 
-/// Applies a rendered ruleset atomically, then makes sure each jump exists exactly once.
-pub fn apply(b: Backend, ruleset: &str) -> Result<(), IptablesError> {
+/// What the kernel holds now: Bramble's chains with their rules, as `iptables-save` prints
+/// them, and how many times each of [`JUMPS`] is present.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub rules: crate::Ruleset,
+    pub jumps: Vec<usize>,
+}
+
+/// Parses `iptables-save` output (the nat and filter tables).
+pub fn parse_live(text: &str) -> Live {
+    let mut live = Live {
+        rules: crate::Ruleset::default(),
+        jumps: vec![0; JUMPS.len()],
+    };
+    // (table, chain) → index in that table's chain list.
+    let mut index: std::collections::HashMap<(String, String), usize> =
+        std::collections::HashMap::new();
+    let mut table = "";
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t;
+            continue;
+        }
+        let chains = match table {
+            "nat" => &mut live.rules.nat,
+            "filter" => &mut live.rules.filter,
+            _ => continue,
+        };
+        let (name, rule) = if let Some(decl) = line.strip_prefix(':') {
+            (decl.split(' ').next().unwrap_or(""), None)
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            (rest.split(' ').next().unwrap_or(""), Some(rest))
+        } else {
+            continue;
+        };
+        if name.starts_with("BRAMBLE-") {
+            let i = *index
+                .entry((table.to_string(), name.to_string()))
+                .or_insert_with(|| {
+                    chains.push((name.to_string(), Vec::new()));
+                    chains.len() - 1
+                });
+            if rule.is_some() {
+                chains[i].1.push(line.to_string());
+            }
+        } else if let Some(rest) = rule
+            && let Some(i) = JUMPS
+                .iter()
+                .position(|(t, c, target)| *t == table && rest == format!("{c} -j {target}"))
+        {
+            live.jumps[i] += 1;
+        }
+    }
+    live
+}
+
+/// Reads Bramble's chains and jumps from the kernel (one `iptables-save`).
+pub fn read(b: Backend) -> Result<Live, IptablesError> {
+    let text = run(&format!("{}-save", b.prefix()), &[], None)?;
+    Ok(parse_live(&text))
+}
+
+/// Restores `ruleset` (`iptables-restore --noflush` input) atomically.
+pub fn restore(b: Backend, ruleset: &str) -> Result<(), IptablesError> {
     run(
         &format!("{}-restore", b.prefix()),
         &["--noflush", "--wait"],
         Some(ruleset),
-    )?;
+    )
+    .map(|_| ())
+}
+
+/// Makes each jump of [`JUMPS`] present exactly once, in order, given how many times each is
+/// there now: a built-in chain whose jumps are all right is not touched.
+pub fn fix_jumps(b: Backend, counts: &[usize]) -> Result<(), IptablesError> {
     let ipt = b.prefix();
-    for (table, chain, target) in JUMPS {
-        let rule = ["-t", table, "-C", chain, "-j", target];
-        if run(ipt, &rule, None).is_err() {
+    let mut done: Vec<(&str, &str)> = Vec::new();
+    for (i, (table, chain, _)) in JUMPS.iter().enumerate() {
+        if counts.get(i) == Some(&1) || done.contains(&(table, chain)) {
+            continue;
+        }
+        done.push((table, chain));
+        // Remove every Bramble jump of this chain, then insert them in order.
+        let mine: Vec<(usize, &str)> = JUMPS
+            .iter()
+            .enumerate()
+            .filter(|(_, (t, c, _))| t == table && c == chain)
+            .map(|(j, (_, _, target))| (j, *target))
+            .collect();
+        for (j, target) in &mine {
+            for _ in 0..counts.get(*j).copied().unwrap_or(0) {
+                run(ipt, &["-w", "-t", table, "-D", chain, "-j", target], None)?;
+            }
+        }
+        for (_, target) in &mine {
             run(
                 ipt,
                 &["-w", "-t", table, "-I", chain, "1", "-j", target],
@@ -146,6 +230,12 @@ pub fn apply(b: Backend, ruleset: &str) -> Result<(), IptablesError> {
         }
     }
     Ok(())
+}
+
+/// Applies a rendered ruleset atomically, then makes sure each jump exists exactly once.
+pub fn apply(b: Backend, ruleset: &str) -> Result<(), IptablesError> {
+    restore(b, ruleset)?;
+    fix_jumps(b, &read(b)?.jumps)
 }
 
 /// Removes the jumps and every Bramble chain; rules Bramble does not own stay.

@@ -70,6 +70,13 @@ fn proto(p: &str) -> String {
     }
 }
 
+/// `1/n` as `iptables-save` prints it back: the kernel keeps the probability as a 31-bit
+/// fraction, printed with 11 decimals.
+fn probability(n: usize) -> String {
+    let scaled = (2f64.powi(31) / n as f64).round();
+    format!("{:.11}", scaled / 2f64.powi(31))
+}
+
 /// The ready endpoints of one service port: by port name (Endpoints name their ports like
 /// the Service), or the only port when the Service has one unnamed port.
 fn backends(
@@ -222,12 +229,15 @@ pub fn build(services: &[Service], endpoints: &[Endpoints], node: &NodeContext) 
         nat,
         "-A {POSTROUTING} -m mark ! --mark {MASQ_MARK} -j RETURN"
     );
-    let _ = writeln!(nat, "-A {POSTROUTING} -j MARK --xor-mark 0x4000");
+    // Rules are written as `iptables-save` prints them back, so that a full resync can
+    // compare the kernel's rules with these line by line (`--xor-mark 0x4000` reads back as
+    // this, `--or-mark` as the one below).
+    let _ = writeln!(nat, "-A {POSTROUTING} -j MARK --set-xmark 0x4000/0x0");
     let _ = writeln!(
         nat,
         "-A {POSTROUTING} -m comment --comment \"bramble service traffic requiring SNAT\" -j MASQUERADE"
     );
-    let _ = writeln!(nat, "-A {MARK_MASQ} -j MARK --or-mark 0x4000");
+    let _ = writeln!(nat, "-A {MARK_MASQ} -j MARK --set-xmark 0x4000/0x4000");
     let mut sorted: Vec<&Service> = services.iter().collect();
     sorted.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
@@ -296,10 +306,10 @@ pub fn build(services: &[Service], endpoints: &[Endpoints], node: &NodeContext) 
                 let sep = chain("SEP", &format!("{key}:{}:{}", b.ip, b.port));
                 nat_chains.push(sep.clone());
                 if i + 1 < n {
-                    let prob = 1.0 / (n - i) as f64;
+                    let prob = probability(n - i);
                     let _ = writeln!(
                         chain_rules,
-                        "-A {svc_chain} -m comment --comment \"{label} -> {}:{}\" -m statistic --mode random --probability {prob:.10} -j {sep}",
+                        "-A {svc_chain} -m comment --comment \"{label} -> {}:{}\" -m statistic --mode random --probability {prob} -j {sep}",
                         b.ip, b.port
                     );
                 } else {
@@ -357,7 +367,7 @@ pub struct Syncer {
 #[derive(Debug, Clone, Copy)]
 pub struct SyncStats {
     pub full: bool,
-    /// Lines of `iptables-restore` input written.
+    /// Chain declarations and rules written (0: nothing differed).
     pub lines: usize,
 }
 
@@ -383,22 +393,32 @@ impl Syncer {
             || self
                 .last_full
                 .is_none_or(|t| t.elapsed() >= self.resync_every);
-        let text = if full {
-            let existing = iptables::existing_chains(self.backend)?;
-            ruleset.text(None, &existing)
+        // A full sync compares with what the kernel holds (not with what was applied last),
+        // so rules changed or removed behind the proxy's back are put back; either way only
+        // the chains that differ are written.
+        let live = if full {
+            Some(iptables::read(self.backend)?)
         } else {
-            ruleset.text(self.previous.as_ref(), &[])
+            None
         };
+        let against = live.as_ref().map(|l| &l.rules).or(self.previous.as_ref());
+        let text = ruleset.text(against, &[]);
         self.previous = None;
-        iptables::apply(self.backend, &text)?;
+        let lines = text
+            .lines()
+            .filter(|l| l.starts_with('-') || l.starts_with(':'))
+            .count();
+        if lines > 0 {
+            iptables::restore(self.backend, &text)?;
+        }
+        if let Some(l) = &live {
+            iptables::fix_jumps(self.backend, &l.jumps)?;
+        }
         self.previous = Some(ruleset);
         if full {
             self.last_full = Some(std::time::Instant::now());
         }
-        Ok(SyncStats {
-            full,
-            lines: text.lines().count(),
-        })
+        Ok(SyncStats { full, lines })
     }
 }
 

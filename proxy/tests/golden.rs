@@ -57,7 +57,7 @@ fn cluster_ip_balances_over_ready_endpoints() {
         3,
         "the not-ready address gets no rule"
     );
-    assert!(r.contains("--probability 0.3333333333") && r.contains("--probability 0.5000000000"));
+    assert!(r.contains("--probability 0.33333333349") && r.contains("--probability 0.50000000000"));
 }
 
 #[test]
