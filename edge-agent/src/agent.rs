@@ -161,6 +161,17 @@ async fn credentials(
 
 /// Runs the agent until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+    if config.memory_runtime {
+        tracing::info!("containers are simulated in memory (--runtime memory)");
+        return run_with_runtime(
+            config,
+            Arc::new(crate::runtime::memory::MemoryRuntime::new()),
+            Arc::new(crate::runtime::memory::AnyImage),
+            None,
+            shutdown,
+        )
+        .await;
+    }
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir {
         path: dir.display().to_string(),

@@ -121,6 +121,11 @@ pub struct RunArgs {
     /// The bridge pods are attached to
     #[arg(long, default_value = "bramble0")]
     pub pod_bridge: String,
+    /// `memory` simulates containers in memory (as hollow nodes do): for fleet tests of the
+    /// real agent under qemu-user, where libcontainer cannot start containers. Implies
+    /// --no-pod-network
+    #[arg(long, default_value = "libcontainer", value_parser = ["libcontainer", "memory"])]
+    pub runtime: String,
 }
 
 /// The board configs built into the binary (`board-configs/` in the repository).
@@ -242,6 +247,8 @@ pub struct Config {
     /// The agent programs Services (needs the pod network).
     pub proxy: bool,
     pub pod_bridge: String,
+    /// Containers are simulated in memory (`--runtime memory`).
+    pub memory_runtime: bool,
 }
 
 fn hostname() -> String {
@@ -385,8 +392,9 @@ impl TryFrom<RunArgs> for Config {
                 .unwrap_or(128 << 20),
             reserved_cpu: a.reserved_cpu.or(file.reserved_cpu).unwrap_or(100),
             capacity_override: None,
-            pod_network: !a.no_pod_network,
-            proxy: !a.no_pod_network && !a.no_proxy,
+            pod_network: !a.no_pod_network && a.runtime != "memory",
+            proxy: !a.no_pod_network && !a.no_proxy && a.runtime != "memory",
+            memory_runtime: a.runtime == "memory",
             pod_bridge: {
                 let b = a.pod_bridge;
                 if b.is_empty() || b.len() > 15 || b.contains(['/', ' ']) {
