@@ -135,6 +135,23 @@ impl Lan {
         })
     }
 
+    /// The LAN's first three octets, e.g. `10.199.7`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The namespace holding the LAN's bridge `lan0`.
+    pub fn lan_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.lan)
+    }
+
+    /// Runs `ip ARGS` in the LAN's namespace.
+    pub fn run_in_lan(&self, args: &[&str]) -> Result<String> {
+        let mut v = vec!["-n", &self.lan];
+        v.extend_from_slice(args);
+        ip(&v)
+    }
+
     /// Cuts (false) or restores (true) a host's link to the LAN.
     pub fn link(&self, host: &str, up: bool) -> Result<()> {
         ip(&[
