@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use bramble_tests::qemufleet::{self, Fleet, connect_times, usage};
+use bramble_tests::qemufleet::{self, Fleet, usage};
 
 const IDLE_WINDOW: Duration = Duration::from_secs(20);
 
@@ -53,28 +53,10 @@ fn measure(n: usize, agent: std::path::PathBuf, emulated: bool) -> (f64, f64, f6
             .map(|((_, a), (_, b))| (b - a) as f64 / ticks / IDLE_WINDOW.as_secs_f64() * 100.0)
             .collect(),
     );
-    let seen: Vec<usize> = f
-        .boards
-        .iter()
-        .map(|b| connect_times(&b.log).len())
-        .collect();
-    f.restart_master().unwrap();
-    let all_back = bramble_tests::eventually(Duration::from_secs(300), || {
-        f.boards
-            .iter()
-            .zip(&seen)
-            .all(|(b, k)| connect_times(&b.log).len() > *k)
-    });
-    assert!(all_back, "not every board reconnected");
-    let firsts: Vec<f64> = f
-        .boards
-        .iter()
-        .zip(&seen)
-        .map(|(b, k)| connect_times(&b.log)[*k])
-        .collect();
-    let lo = firsts.iter().cloned().fold(f64::INFINITY, f64::min);
-    let hi = firsts.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    (join, rss, cpu, hi - lo)
+    let spread = f
+        .restart_master_and_measure(Duration::from_secs(300))
+        .unwrap();
+    (join, rss, cpu, spread)
 }
 
 fn main() {

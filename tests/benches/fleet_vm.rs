@@ -52,16 +52,7 @@ fn main() {
         let mut lan = Lan::new().unwrap();
         let mhost = lan.host("m", 1).unwrap();
         enter_netns(&mhost.path).unwrap();
-        let m = MasterProcess::start_with(
-            &dir.path().join("master"),
-            &[
-                "--listen",
-                &format!("{}:6443", mhost.ip),
-                "--mqtt-listen",
-                &format!("{}:1883", mhost.ip),
-            ],
-        )
-        .unwrap();
+        let m = MasterProcess::start_on(&dir.path().join("master"), &mhost.ip, &[]).unwrap();
         let t0 = Instant::now();
         let vms: Vec<Vm> = (1..=BOARDS as u8)
             .map(|n| Vm::boot(&lan, n, &boot, &m.url, &m.join_token(), dir.path()).unwrap())
@@ -101,7 +92,5 @@ fn main() {
         "| idle board host memory (RSS), MiB, median | {vm_rss:.0} | {a_rss:.1} | {:.0}x |",
         vm_rss / a_rss
     );
-    println!(
-        "| idle board host CPU, % of a core, median | {vm_cpu:.1} | {a_cpu:.2} | - |"
-    );
+    println!("| idle board host CPU, % of a core, median | {vm_cpu:.1} | {a_cpu:.2} | - |");
 }

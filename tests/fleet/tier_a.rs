@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bramble_tests::qemufleet::{Fleet, connect_times};
+use bramble_tests::qemufleet::Fleet;
 use bramble_tests::{MasterProcess, eventually, ok_stdout, require_root};
 
 fn deployment(replicas: usize) -> String {
@@ -144,32 +144,10 @@ fn an_emulated_fleet_joins_spreads_heals_and_survives_a_master_restart() {
     );
 
     // The master restarts: every board reconnects, spread out by jittered back-off.
-    let before: Vec<usize> = f
-        .boards
-        .iter()
-        .map(|b| connect_times(&b.log).len())
-        .collect();
-    f.restart_master().unwrap();
-    assert!(
-        eventually(Duration::from_secs(90), || f
-            .boards
-            .iter()
-            .zip(&before)
-            .all(|(b, n0)| connect_times(&b.log).len() > *n0)),
-        "not every board reconnected"
-    );
-    let firsts: Vec<f64> = f
-        .boards
-        .iter()
-        .zip(&before)
-        .map(|(b, n0)| connect_times(&b.log)[*n0])
-        .collect();
-    let lo = firsts.iter().cloned().fold(f64::INFINITY, f64::min);
-    let hi = firsts.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    println!(
-        "reconnect spread after a master restart: {:.2} s over {n} boards",
-        hi - lo
-    );
+    let spread = f
+        .restart_master_and_measure(Duration::from_secs(90))
+        .unwrap();
+    println!("reconnect spread after a master restart: {spread:.2} s over {n} boards");
     assert!(f.wait_ready(n, Duration::from_secs(60)));
     assert!(
         eventually(Duration::from_secs(60), || running(f.master()) == replicas),

@@ -42,16 +42,7 @@ fn real_aarch64_kernels_boot_join_and_run_a_pod() {
     let mut lan = Lan::new().unwrap();
     let mhost = lan.host("m", 1).unwrap();
     enter_netns(&mhost.path).unwrap();
-    let m = MasterProcess::start_with(
-        &dir.path().join("master"),
-        &[
-            "--listen",
-            &format!("{}:6443", mhost.ip),
-            "--mqtt-listen",
-            &format!("{}:1883", mhost.ip),
-        ],
-    )
-    .unwrap();
+    let m = MasterProcess::start_on(&dir.path().join("master"), &mhost.ip, &[]).unwrap();
     ok_stdout(&m.cli(&["image", "import", tar.to_str().unwrap(), "--name", "demo"]));
     let t0 = Instant::now();
     let vms: Vec<Vm> = (1..=3)

@@ -62,6 +62,15 @@ impl MasterProcess {
         Self::start_with(data_dir, &[])
     }
 
+    /// A master on `ip`'s fixed ports (6443 for the API, 1883 for MQTT), as on a board: for
+    /// a master in a network namespace of its own, which can restart on the same address.
+    pub fn start_on(data_dir: &Path, ip: &str, extra: &[&str]) -> Result<MasterProcess> {
+        let (api, mqtt) = (format!("{ip}:6443"), format!("{ip}:1883"));
+        let mut args = vec!["--listen", &api, "--mqtt-listen", &mqtt];
+        args.extend_from_slice(extra);
+        Self::start_with(data_dir, &args)
+    }
+
     /// As [`start`](Self::start), with extra flags.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Result<MasterProcess> {
         let mut child = Command::new(bin("bramble-master"))

@@ -58,18 +58,7 @@ impl Host {
     pub fn run(&self, args: &[&str]) -> Result<String> {
         let mut v = vec!["netns", "exec", &self.ns];
         v.extend_from_slice(args);
-        let out = Command::new("ip")
-            .args(&v)
-            .output()
-            .context("running ip netns exec")?;
-        if !out.status.success() {
-            bail!(
-                "{}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        ip(&v)
     }
 }
 

@@ -125,16 +125,9 @@ impl Fleet {
         let mut lan = Lan::new()?;
         let mhost = lan.host("m", 1)?;
         enter_netns(&mhost.path)?;
-        let mut master_args: Vec<String> = vec![
-            "--listen".into(),
-            format!("{}:6443", mhost.ip),
-            "--mqtt-listen".into(),
-            format!("{}:1883", mhost.ip),
-        ];
-        master_args.extend(master_extra.iter().map(|s| s.to_string()));
+        let master_args: Vec<String> = master_extra.iter().map(|s| s.to_string()).collect();
         let master_dir = dir.join("master");
-        let args: Vec<&str> = master_args.iter().map(String::as_str).collect();
-        let master = MasterProcess::start_with(&master_dir, &args)?;
+        let master = MasterProcess::start_on(&master_dir, &mhost.ip, master_extra)?;
         let (url, token) = (master.url.clone(), master.join_token());
         let mut boards = Vec::new();
         for i in 1..=n {
@@ -176,8 +169,44 @@ impl Fleet {
             m.terminate();
         }
         let args: Vec<&str> = self.master_args.iter().map(String::as_str).collect();
-        self.master = Some(MasterProcess::start_with(&self.master_dir, &args)?);
+        let ip = self
+            .url
+            .trim_start_matches("http://")
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        self.master = Some(MasterProcess::start_on(&self.master_dir, &ip, &args)?);
         Ok(())
+    }
+
+    /// Restarts the master and waits (up to `timeout`) until every board has reconnected;
+    /// returns the spread of their reconnect times in seconds (first to last).
+    pub fn restart_master_and_measure(&mut self, timeout: Duration) -> Result<f64> {
+        let seen: Vec<usize> = self
+            .boards
+            .iter()
+            .map(|b| connect_times(&b.log).len())
+            .collect();
+        self.restart_master()?;
+        let back = eventually(timeout, || {
+            self.boards
+                .iter()
+                .zip(&seen)
+                .all(|(b, k)| connect_times(&b.log).len() > *k)
+        });
+        if !back {
+            bail!("not every board reconnected within {timeout:?}");
+        }
+        let firsts: Vec<f64> = self
+            .boards
+            .iter()
+            .zip(&seen)
+            .map(|(b, k)| connect_times(&b.log)[*k])
+            .collect();
+        let lo = firsts.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = firsts.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        Ok(hi - lo)
     }
 
     /// Starts a board's agent again (after a kill).
