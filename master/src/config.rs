@@ -41,6 +41,13 @@ pub struct Args {
     /// Use this external MQTT broker (HOST:PORT, e.g. mosquitto) instead of the embedded one
     #[arg(long)]
     pub external_broker: Option<String>,
+    /// The master's user name at the external broker [default: bramble-master]
+    #[arg(long)]
+    pub external_broker_user: Option<String>,
+    /// A file holding the master's password at the external broker (without it the master
+    /// connects anonymously)
+    #[arg(long)]
+    pub external_broker_password_file: Option<PathBuf>,
     /// A node is NotReady (NodeLost) after this much heartbeat silence, e.g. 3s or 1500ms [default: 3s]
     #[arg(long)]
     pub node_lost_after: Option<String>,
@@ -71,6 +78,8 @@ struct FileConfig {
     watch_change_log: Option<usize>,
     mqtt_listen: Option<String>,
     external_broker: Option<String>,
+    external_broker_user: Option<String>,
+    external_broker_password_file: Option<PathBuf>,
     node_lost_after: Option<String>,
     pod_eviction_timeout: Option<String>,
     cluster_cidr: Option<String>,
@@ -84,8 +93,13 @@ struct FileConfig {
 pub enum Broker {
     /// The master runs rumqttd on this address.
     Embedded(SocketAddr),
-    /// An external broker at `host:port`.
-    External { host: String, port: u16 },
+    /// An external broker at `host:port`, with the master's user and password there (None:
+    /// anonymous).
+    External {
+        host: String,
+        port: u16,
+        credentials: Option<(String, String)>,
+    },
 }
 
 /// The validated master configuration.
@@ -193,7 +207,34 @@ impl TryFrom<Args> for Config {
                     })
                     .filter(|(h, p)| !h.is_empty() && *p > 0)
                     .ok_or_else(|| format!("--external-broker: {ext:?} is not HOST:PORT"))?;
-                Broker::External { host, port }
+                let user = a
+                    .external_broker_user
+                    .or(file.external_broker_user)
+                    .unwrap_or_else(|| "bramble-master".into());
+                let credentials = match a
+                    .external_broker_password_file
+                    .or(file.external_broker_password_file)
+                {
+                    Some(f) => {
+                        let pass = std::fs::read_to_string(&f).map_err(|e| {
+                            format!("--external-broker-password-file {}: {e}", f.display())
+                        })?;
+                        let pass = pass.trim_end_matches(['\n', '\r']).to_string();
+                        if pass.is_empty() {
+                            return Err(format!(
+                                "--external-broker-password-file {}: the file is empty",
+                                f.display()
+                            ));
+                        }
+                        Some((user, pass))
+                    }
+                    None => None,
+                };
+                Broker::External {
+                    host,
+                    port,
+                    credentials,
+                }
             }
             None => {
                 let text = a
@@ -303,6 +344,44 @@ mod tests {
                 .unwrap_err()
                 .contains("not a directory")
         );
+    }
+
+    #[test]
+    fn external_broker_credentials_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let ext = [
+            "--external-broker",
+            "mq:1883",
+            "--external-broker-password-file",
+        ];
+        let with = |path: &str| {
+            let mut v = ext.to_vec();
+            v.push(path);
+            parse(&v)
+        };
+        let c = with(f.to_str().unwrap()).unwrap();
+        assert_eq!(
+            c.broker,
+            Broker::External {
+                host: "mq".into(),
+                port: 1883,
+                credentials: Some(("bramble-master".into(), "s3cret".into())),
+            }
+        );
+        let e = with("/nonexistent/secret").unwrap_err();
+        assert!(e.contains("--external-broker-password-file"), "{e}");
+        std::fs::write(&f, "\n").unwrap();
+        assert!(with(f.to_str().unwrap()).unwrap_err().contains("empty"));
+        let anon = parse(&["--external-broker", "mq:1883"]).unwrap();
+        assert!(matches!(
+            anon.broker,
+            Broker::External {
+                credentials: None,
+                ..
+            }
+        ));
     }
 
     #[test]

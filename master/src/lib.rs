@@ -124,7 +124,11 @@ impl Master {
                     Some((broker::MASTER_USER.to_string(), admin_token.clone())),
                 )
             }
-            config::Broker::External { host, port } => (host.clone(), *port, host.clone(), None),
+            config::Broker::External {
+                host,
+                port,
+                credentials,
+            } => (host.clone(), *port, host.clone(), credentials.clone()),
         };
         let metrics = Arc::new(metrics::Metrics::default());
         let internal = CancellationToken::new();

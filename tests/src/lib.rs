@@ -785,6 +785,11 @@ impl Drop for Mosquitto {
 
 /// Starts Debian's mosquitto on a free loopback port (anonymous, no persistence).
 pub fn start_mosquitto(dir: &Path) -> Result<(Mosquitto, u16)> {
+    start_mosquitto_with(dir, "allow_anonymous true\n")
+}
+
+/// As [`start_mosquitto`], with these configuration lines (authentication, ACLs).
+pub fn start_mosquitto_with(dir: &Path, extra: &str) -> Result<(Mosquitto, u16)> {
     let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -796,7 +801,7 @@ pub fn start_mosquitto(dir: &Path) -> Result<(Mosquitto, u16)> {
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nmax_inflight_messages 0\nmax_queued_messages 100000\n"
+            "listener {port} 127.0.0.1\n{extra}persistence false\nlog_dest stderr\nlog_type error\nmax_inflight_messages 0\nmax_queued_messages 100000\n"
         ),
     )?;
     let child = Command::new(bin)

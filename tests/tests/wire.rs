@@ -299,3 +299,173 @@ fn desired_messages_carry_an_unbroken_revision_chain() {
         assert!(w[1].1 > w[0].1);
     }
 }
+
+/// Runs `mosquitto_passwd -b FILE USER PASS` (creating the file with `create`).
+fn mosquitto_user(file: &std::path::Path, user: &str, pass: &str, create: bool) {
+    let mut c = std::process::Command::new("mosquitto_passwd");
+    c.arg("-b");
+    if create {
+        c.arg("-c");
+    }
+    let out = c.arg(file).args([user, pass]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Connects with these credentials (Err: refused) and publishes `payload` to each of
+/// `publish` (QoS 1); returns the client and its event loop's task once the publishes are
+/// acknowledged.
+async fn connect(
+    port: u16,
+    user: &str,
+    pass: &str,
+) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
+    let mut opts = MqttOptions::new(
+        format!("probe-{user}-{}", std::process::id()),
+        "127.0.0.1",
+        port,
+    );
+    opts.set_credentials(user, pass);
+    let (client, mut ev) = AsyncClient::new(opts, 16);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+            Err(_) => return Err("timed out".into()),
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok((client, ev)),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Which of `topics` a node's client can publish to, as seen by a master-credentialed spy
+/// subscribed to all of them (the broker drops what the ACL denies).
+fn delivered(port: u16, node: &str, token: &str, topics: &[&str]) -> Vec<bool> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (spy, mut spy_ev) = connect(port, "bramble-master", "master-secret")
+            .await
+            .unwrap();
+        for t in topics {
+            spy.subscribe(*t, QoS::AtLeastOnce).await.unwrap();
+        }
+        let mut acked = 0;
+        while acked < topics.len() {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = spy_ev.poll().await {
+                acked += 1;
+            }
+        }
+        let (node_client, mut node_ev) = connect(port, node, token).await.unwrap();
+        for t in topics {
+            node_client
+                .publish(*t, QoS::AtLeastOnce, false, b"probe".to_vec())
+                .await
+                .unwrap();
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                e = spy_ev.poll() => if let Ok(Event::Incoming(Packet::Publish(p))) = e {
+                    seen.insert(p.topic);
+                },
+                _ = node_ev.poll() => {}
+            }
+        }
+        topics.iter().map(|t| seen.contains(*t)).collect()
+    })
+}
+
+fn refused(port: u16, user: &str, pass: &str) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(connect(port, user, pass)).is_err()
+}
+
+/// The master authenticates at an external broker that requires passwords, and the broker's
+/// ACL confines each node to its own topics (plus the shared network stream).
+#[test]
+fn an_external_broker_with_passwords_confines_each_node_to_its_topics() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = Cleanup(agent_dir.clone());
+    let pw = dir.path().join("mosquitto.passwd");
+    mosquitto_user(&pw, "bramble-master", "master-secret", true);
+    let acl = dir.path().join("mosquitto.acl");
+    std::fs::write(
+        &acl,
+        "pattern readwrite bramble/v1/node/%u/#\npattern read bramble/v1/services\n\nuser bramble-master\ntopic readwrite #\n",
+    )
+    .unwrap();
+    let (mosquitto, port) = bramble_tests::start_mosquitto_with(
+        dir.path(),
+        &format!(
+            "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+            pw.display(),
+            acl.display()
+        ),
+    )
+    .unwrap();
+    let secret = dir.path().join("master.secret");
+    std::fs::write(&secret, "master-secret\n").unwrap();
+    let broker = format!("127.0.0.1:{port}");
+    let m = MasterProcess::start_with(
+        &dir.path().join("master"),
+        &[
+            "--external-broker",
+            &broker,
+            "--external-broker-password-file",
+            secret.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    // Join through the API, give the node its broker account, then start its agent.
+    let creds = bramble_agent::join::join(
+        &m.url,
+        &m.join_token(),
+        "board-s",
+        &bramble_api::wire::NodeFacts::default(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    bramble_agent::join::save(&agent_dir, &creds).unwrap();
+    bramble_tests::busybox_image(&agent_dir.join("images")).unwrap();
+    mosquitto_user(&pw, "board-s", &creds.node_token, false);
+    bramble_tests::send_signal(mosquitto.0.id() as i32, libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    let _a = AgentProcess::restart(&agent_dir, "board-s", &[]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || m
+            .node_ready("board-s")
+            .is_some_and(|r| r.0 == "True")),
+        "the node never became Ready through the authenticated broker"
+    );
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&POD.replace("NODE", "board-s"))));
+    assert!(eventually(Duration::from_secs(30), || ready(&m, "steady")));
+    // The node may publish on its own topics, not on another node's (nor on the stream).
+    let seen = delivered(
+        port,
+        "board-s",
+        &creds.node_token,
+        &[
+            "bramble/v1/node/board-s/probe",
+            "bramble/v1/node/board-t/probe",
+            "bramble/v1/services",
+        ],
+    );
+    assert_eq!(seen, vec![true, false, false]);
+    assert!(
+        refused(port, "board-s", "wrong"),
+        "a wrong password connected"
+    );
+    assert!(refused(port, "", ""), "an anonymous client connected");
+}
