@@ -269,7 +269,9 @@ pub enum NetworkChange {
     Remove(NetKey),
 }
 
-/// Everything a node needs to route pod traffic and program Services.
+/// Everything a node needs to route pod traffic and program Services. A large snapshot
+/// travels in parts (each well under [`MAX_MESSAGE_BYTES`]) with the same revision; the
+/// receiver applies it once it has all of them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NetworkSnapshot {
     /// The pod network (`--cluster-cidr`), e.g. `10.42.0.0/16`.
@@ -277,7 +279,14 @@ pub struct NetworkSnapshot {
     /// The Services' virtual addresses (`--service-cidr`).
     pub service_cidr: String,
     pub objects: Vec<NetObject>,
+    /// This part's index, from 0.
+    pub part: u32,
+    /// How many parts the snapshot has (at least 1).
+    pub parts: u32,
 }
+
+/// The most object bytes one snapshot part carries.
+pub const SNAPSHOT_PART_BYTES: usize = 1 << 20;
 
 /// One object of the network state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -532,6 +541,8 @@ mod tests {
                             json: br#"{"kind":"Endpoints"}"#.to_vec(),
                         }),
                     ],
+                    part: 0,
+                    parts: 1,
                 }),
             }),
             Message::Network(NetworkUpdate {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use bramble_api::node::Node;
 use bramble_api::wire::{
     self, Channel, Message, NetKey, NetObject, NetworkChange, NetworkSnapshot, NetworkUpdate,
-    NodeRoute, ObjectJson, SERVICES_TOPIC,
+    NodeRoute, ObjectJson, SERVICES_TOPIC, SNAPSHOT_PART_BYTES,
 };
 use bramble_api::{Kind, Object, Selector};
 use rumqttc::{AsyncClient, QoS};
@@ -108,17 +108,44 @@ impl NetState {
         })
     }
 
-    /// Everything, as of the current revision.
-    pub fn snapshot(&self, cidrs: &Cidrs) -> NetworkUpdate {
-        NetworkUpdate {
-            revision: self.revision,
-            prev_revision: 0,
-            change: NetworkChange::Snapshot(NetworkSnapshot {
-                cluster_cidr: cidrs.cluster.clone(),
-                service_cidr: cidrs.service.clone(),
-                objects: self.objects.values().cloned().collect(),
-            }),
+    /// Everything, as of the current revision, in parts of at most about
+    /// [`SNAPSHOT_PART_BYTES`] of objects each.
+    pub fn snapshot(&self, cidrs: &Cidrs) -> Vec<NetworkUpdate> {
+        let size = |o: &NetObject| match o {
+            NetObject::Route(r) => r.node.len() + r.address.len() + r.pod_cidr.len(),
+            NetObject::Service(j) | NetObject::Endpoints(j) => {
+                j.namespace.len() + j.name.len() + j.json.len()
+            }
+        };
+        let mut chunks: Vec<Vec<NetObject>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for o in self.objects.values() {
+            let n = size(o) + 16;
+            if bytes + n > SNAPSHOT_PART_BYTES && !chunks[chunks.len() - 1].is_empty() {
+                chunks.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += n;
+            if let Some(last) = chunks.last_mut() {
+                last.push(o.clone());
+            }
         }
+        let parts = chunks.len() as u32;
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, objects)| NetworkUpdate {
+                revision: self.revision,
+                prev_revision: 0,
+                change: NetworkChange::Snapshot(NetworkSnapshot {
+                    cluster_cidr: cidrs.cluster.clone(),
+                    service_cidr: cidrs.service.clone(),
+                    objects,
+                    part: i as u32,
+                    parts,
+                }),
+            })
+            .collect()
     }
 }
 
@@ -169,9 +196,11 @@ pub async fn run(
             let change = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 Some(node) = snapshots.recv() => {
-                    let msg = wire::encode(&node, Message::Network(state.snapshot(&cidrs)));
-                    if let Err(e) = client.publish(Channel::Network.topic(&node), QoS::AtLeastOnce, false, msg).await {
-                        tracing::warn!(node, error = %e, "cannot send a network snapshot");
+                    for part in state.snapshot(&cidrs) {
+                        let msg = wire::encode(&node, Message::Network(part));
+                        if let Err(e) = client.publish(Channel::Network.topic(&node), QoS::AtLeastOnce, false, msg).await {
+                            tracing::warn!(node, error = %e, "cannot send a network snapshot");
+                        }
                     }
                     continue;
                 }
@@ -227,6 +256,42 @@ mod tests {
     }
 
     #[test]
+    fn a_large_snapshot_travels_in_parts_that_each_fit_a_message() {
+        let mut s = NetState::default();
+        let pad = "x".repeat(1000);
+        for i in 0..3000u64 {
+            let json =
+                format!(r#"{{"kind":"Service","metadata":{{"annotations":{{"a":"{pad}"}}}}}}"#);
+            s.apply(&change(
+                Kind::Service,
+                "default",
+                &format!("svc-{i}"),
+                i + 1,
+                &json,
+                false,
+            ));
+        }
+        let parts = s.snapshot(&Cidrs::default());
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        let mut total = 0;
+        for (i, p) in parts.iter().enumerate() {
+            let bytes = wire::encode("n", Message::Network(p.clone()));
+            assert!(
+                bytes.len() <= wire::MAX_MESSAGE_BYTES,
+                "part {i}: {} bytes",
+                bytes.len()
+            );
+            let NetworkChange::Snapshot(snap) = &p.change else {
+                panic!("not a snapshot")
+            };
+            assert_eq!((snap.part, snap.parts), (i as u32, parts.len() as u32));
+            assert_eq!(p.revision, s.revision);
+            total += snap.objects.len();
+        }
+        assert_eq!(total, 3000);
+    }
+
+    #[test]
     fn only_route_changes_of_nodes_are_events_and_revisions_chain() {
         let mut s = NetState::default();
         // No pod CIDR yet: nothing to route to.
@@ -261,10 +326,12 @@ mod tests {
         assert_eq!(e.change, NetworkChange::Remove(NetKey::Route("a".into())));
         // Removing what is not there is no event.
         assert!(s.apply(&gone).is_none());
-        let snap = s.snapshot(&Cidrs {
+        let mut parts = s.snapshot(&Cidrs {
             cluster: "10.42.0.0/16".into(),
             service: "10.43.0.0/16".into(),
         });
+        assert_eq!(parts.len(), 1);
+        let snap = parts.remove(0);
         assert_eq!(snap.revision, 9);
         let NetworkChange::Snapshot(snap) = snap.change else {
             panic!("not a snapshot")

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use bramble_api::service::{Endpoints, Service};
-use bramble_api::wire::{NetKey, NetObject, NetworkChange, NetworkUpdate, NodeRoute};
+use bramble_api::wire::{
+    NetKey, NetObject, NetworkChange, NetworkSnapshot, NetworkUpdate, NodeRoute,
+};
 use serde::{Deserialize, Serialize};
 
 /// An IPv4 network.
@@ -113,6 +115,8 @@ pub struct NetView {
     /// Events that arrived ahead of the snapshot they follow (topics may be delivered out
     /// of order): replayed once the snapshot is in.
     early: Vec<NetworkUpdate>,
+    /// The parts of a snapshot still being received: its revision and the parts so far.
+    parts: Option<(u64, Vec<Option<NetworkSnapshot>>)>,
 }
 
 /// Events kept while waiting for a snapshot.
@@ -122,7 +126,10 @@ impl NetView {
     /// Applies a snapshot or an event.
     pub fn apply(&mut self, u: NetworkUpdate) -> NetApplied {
         match u.change {
-            NetworkChange::Snapshot(s) => {
+            NetworkChange::Snapshot(part) => {
+                let Some(s) = self.collect(u.revision, part) else {
+                    return NetApplied::Unchanged;
+                };
                 self.routes.clear();
                 self.services.clear();
                 self.endpoints.clear();
@@ -172,6 +179,42 @@ impl NetView {
                 }
             }
         }
+    }
+
+    /// Adds a snapshot part; returns the whole snapshot once every part of its revision has
+    /// arrived. A part of another revision starts over.
+    fn collect(&mut self, revision: u64, part: NetworkSnapshot) -> Option<NetworkSnapshot> {
+        let parts = part.parts.max(1) as usize;
+        let i = part.part as usize;
+        if i >= parts {
+            tracing::warn!(
+                part = i,
+                parts,
+                "ignoring a network snapshot part out of range"
+            );
+            return None;
+        }
+        if parts == 1 {
+            return Some(part);
+        }
+        let fresh = !matches!(&self.parts, Some((r, v)) if *r == revision && v.len() == parts);
+        if fresh {
+            self.parts = Some((revision, vec![None; parts]));
+        }
+        let (_, have) = self.parts.as_mut()?;
+        have[i] = Some(part);
+        if have.iter().any(Option::is_none) {
+            return None;
+        }
+        let (_, have) = self.parts.take()?;
+        let mut whole: Option<NetworkSnapshot> = None;
+        for p in have.into_iter().flatten() {
+            match &mut whole {
+                None => whole = Some(p),
+                Some(w) => w.objects.extend(p.objects),
+            }
+        }
+        whole
     }
 
     /// Returns whether a route changed.
@@ -386,6 +429,8 @@ mod tests {
             cluster_cidr: "10.42.0.0/16".into(),
             service_cidr: "10.43.0.0/16".into(),
             objects: vec![route("a", 1), route("b", 2)],
+            part: 0,
+            parts: 1,
         };
         assert!(matches!(
             v.apply(ev(10, 0, NetworkChange::Snapshot(snap))),
@@ -420,6 +465,49 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_in_parts_applies_once_all_have_arrived() {
+        let part = |rev: u64, i: u32, objects: Vec<NetObject>| {
+            ev(
+                rev,
+                0,
+                NetworkChange::Snapshot(NetworkSnapshot {
+                    cluster_cidr: "10.42.0.0/16".into(),
+                    service_cidr: "10.43.0.0/16".into(),
+                    objects,
+                    part: i,
+                    parts: 3,
+                }),
+            )
+        };
+        let mut v = NetView::default();
+        assert_eq!(
+            v.apply(part(7, 2, vec![route("c", 3)])),
+            NetApplied::Unchanged
+        );
+        assert_eq!(
+            v.apply(part(7, 0, vec![route("a", 1)])),
+            NetApplied::Unchanged
+        );
+        // A part of a newer snapshot starts over; the old parts are dropped.
+        assert_eq!(
+            v.apply(part(8, 0, vec![route("a", 1)])),
+            NetApplied::Unchanged
+        );
+        assert_eq!(
+            v.apply(part(8, 1, vec![route("b", 2)])),
+            NetApplied::Unchanged
+        );
+        assert!(!v.snapshot_seen);
+        assert!(matches!(
+            v.apply(part(8, 2, vec![route("c", 3)])),
+            NetApplied::Changed { .. }
+        ));
+        assert_eq!((v.revision, v.routes.len()), (8, 3));
+        // Out of range is ignored.
+        assert_eq!(v.apply(part(9, 5, vec![])), NetApplied::Unchanged);
+    }
+
+    #[test]
     fn the_node_network_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut v = NetView::default();
@@ -430,6 +518,8 @@ mod tests {
                 cluster_cidr: "10.42.0.0/16".into(),
                 service_cidr: "10.43.0.0/16".into(),
                 objects: vec![route("a", 1), route("b", 2)],
+                part: 0,
+                parts: 1,
             }),
         ));
         let n = PodNetwork::load(dir.path(), None);
