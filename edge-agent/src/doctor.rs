@@ -39,6 +39,10 @@ pub struct HostView {
     pub namespaces: Vec<String>,
     /// Kernel modules loaded or built in (from /sys/module).
     pub modules: Vec<String>,
+    /// The kernel's build configuration (/proc/config.gz or /boot/config-RELEASE), if
+    /// readable: a feature built in (`=y`) or available as a module (`=m`) counts even when
+    /// /sys/module does not list it.
+    pub kernel_config: String,
     /// Seconds since the epoch.
     pub now: i64,
     /// Free bytes on the data dir's filesystem.
@@ -54,6 +58,17 @@ pub struct HostView {
 
 /// 2024-01-01: a board whose clock is earlier has no RTC and no time from the network yet.
 const SANE_TIME: i64 = 1_704_067_200;
+
+/// Whether a kernel feature is there: its module is loaded (or built in with a /sys/module
+/// entry), or the kernel's configuration builds it in or as a module.
+fn available(h: &HostView, module: &str, config_key: &str) -> bool {
+    h.modules.iter().any(|m| m == module)
+        || h.kernel_config.lines().any(|l| {
+            l.strip_prefix(config_key)
+                .and_then(|r| r.strip_prefix('='))
+                .is_some_and(|v| v == "y" || v == "m")
+        })
+}
 
 fn ok(name: &'static str, detail: impl Into<String>) -> Check {
     Check {
@@ -155,12 +170,21 @@ pub fn checks(h: &HostView) -> Vec<Check> {
             "`modprobe overlay` (and add `overlay` to /etc/modules to load it at boot)",
         ));
     }
-    let net_missing: Vec<&str> = ["bridge", "veth", "nf_nat"]
-        .into_iter()
-        .filter(|m| !h.modules.iter().any(|x| x == m))
-        .collect();
+    let net_missing: Vec<&str> = [
+        ("bridge", "CONFIG_BRIDGE"),
+        ("veth", "CONFIG_VETH"),
+        ("nf_nat", "CONFIG_NF_NAT"),
+        ("br_netfilter", "CONFIG_BRIDGE_NETFILTER"),
+    ]
+    .into_iter()
+    .filter(|(m, key)| !available(h, m, key))
+    .map(|(m, _)| m)
+    .collect();
     if net_missing.is_empty() {
-        out.push(ok("pod network modules", "bridge, veth, nf_nat"));
+        out.push(ok(
+            "pod network modules",
+            "bridge, veth, nf_nat, br_netfilter",
+        ));
     } else {
         out.push(finding(
             "pod network modules",
@@ -326,6 +350,7 @@ pub fn read_host(data_dir: &Path, server: Option<Option<&str>>) -> HostView {
         filesystems: read("/proc/filesystems"),
         namespaces: list("/proc/self/ns"),
         modules: list("/sys/module"),
+        kernel_config: kernel_config(),
         now: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -371,6 +396,25 @@ pub fn report(checks: &[Check]) -> bool {
     !checks.iter().any(|c| c.level == Level::Fatal)
 }
 
+/// The running kernel's configuration, or empty.
+fn kernel_config() -> String {
+    use std::io::Read;
+    if let Ok(f) = std::fs::File::open("/proc/config.gz") {
+        let mut text = String::new();
+        if flate2::read::GzDecoder::new(f)
+            .take(4 << 20)
+            .read_to_string(&mut text)
+            .is_ok()
+        {
+            return text;
+        }
+    }
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::fs::read_to_string(format!("/boot/config-{release}")).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,9 +428,10 @@ mod tests {
             namespaces: ["mnt", "pid", "net", "ipc", "uts", "user"]
                 .map(String::from)
                 .to_vec(),
-            modules: ["bridge", "veth", "nf_nat", "overlay"]
+            modules: ["bridge", "veth", "nf_nat", "br_netfilter", "overlay"]
                 .map(String::from)
                 .to_vec(),
+            kernel_config: String::new(),
             now: 1_790_000_000,
             free_bytes: 20 << 30,
             mount_options: "rw,noatime".into(),
@@ -423,6 +468,24 @@ mod tests {
         assert_eq!(level(&checks(&v1), "memory cgroup"), Level::Fatal);
         v1.cgroup_controllers = "memory\t4\t80\t1\n".into();
         assert_eq!(level(&checks(&v1), "memory cgroup"), Level::Ok);
+    }
+
+    #[test]
+    fn built_in_network_features_count_from_the_kernel_config() {
+        let mut h = healthy();
+        h.modules = vec!["overlay".into()];
+        assert_eq!(level(&checks(&h), "pod network modules"), Level::Warn);
+        h.kernel_config = "CONFIG_BRIDGE=y\nCONFIG_VETH=m\nCONFIG_NF_NAT=y\n# CONFIG_BRIDGE_NETFILTER is not set\n".into();
+        let cs = checks(&h);
+        let c = cs.iter().find(|c| c.name == "pod network modules").unwrap();
+        assert_eq!(c.level, Level::Warn);
+        assert!(
+            c.detail.contains("br_netfilter") && !c.detail.contains("veth"),
+            "{}",
+            c.detail
+        );
+        h.kernel_config.push_str("CONFIG_BRIDGE_NETFILTER=m\n");
+        assert_eq!(level(&checks(&h), "pod network modules"), Level::Ok);
     }
 
     #[test]
