@@ -254,6 +254,25 @@ fn pods_talk_across_boards_and_services_balance_over_ready_pods() {
         assert_eq!(got.as_deref(), Some(target), "client -> {target} by pod IP");
     }
 
+    // A pod reaches a host outside the cluster (which has no route to pod addresses):
+    // its traffic leaves masqueraded to its board's address.
+    let listener = in_netns(&outside.path, || {
+        std::net::TcpListener::bind("0.0.0.0:7777").unwrap()
+    });
+    let peer = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        s.write_all(b"outside\n").unwrap();
+        peer.ip().to_string()
+    });
+    let out_addr: SocketAddr = format!("{}:7777", outside.ip).parse().unwrap();
+    let got = in_netns(&client_ns, move || ask(out_addr));
+    assert_eq!(
+        got.as_deref(),
+        Some("outside"),
+        "client pod -> outside host"
+    );
+    assert_eq!(peer.join().unwrap(), boards[0].ip, "egress is masqueraded");
+
     // The ClusterIP balances over all three ready pods.
     let svc = m
         .http()
