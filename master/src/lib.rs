@@ -178,6 +178,7 @@ impl Master {
                 config.pod_cidrs,
                 internal.clone(),
             )),
+            tokio::spawn(trim_memory(internal.clone())),
         ];
         credentials::write_client_config(
             &dir.join(credentials::CLIENT_CONFIG_FILE),
@@ -261,5 +262,25 @@ impl Master {
         // Every handle is gone once the server is: the writer finishes its batch and exits.
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         Ok(())
+    }
+}
+
+/// Hands memory freed after a burst (a big list, a deployment's rollout) back to the system.
+/// glibc keeps freed memory in per-thread arenas for reuse, which on a 512 MB board is memory
+/// nothing else can use; musl (the static ARM builds) returns it by itself.
+async fn trim_memory(shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        #[cfg(target_env = "gnu")]
+        #[allow(unsafe_code)]
+        // SAFETY: malloc_trim only releases free memory of the allocator; it takes no pointers.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 }
