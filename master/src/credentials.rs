@@ -12,6 +12,9 @@ use std::path::Path;
 
 /// File name of the admin token in the data dir.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// A token that may only read the API (GET, list, watch): for `bramble-proxy` on hosts
+/// without an agent, and for monitoring.
+pub const READER_TOKEN_FILE: &str = "reader.token";
 /// File name of the client config in the data dir.
 pub const CLIENT_CONFIG_FILE: &str = "client.yaml";
 

@@ -62,6 +62,7 @@ pub struct Master {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     admin_token: String,
+    reader_token: String,
     enrollment: Arc<enrollment::Enrollment>,
     metrics: Arc<metrics::Metrics>,
     gateway: gateway::GatewayHandle,
@@ -107,6 +108,8 @@ impl Master {
         let images = Arc::new(server::images::ImageService::new(blobs));
         let admin_token =
             credentials::load_or_create_token(&dir.join(credentials::ADMIN_TOKEN_FILE))?;
+        let reader_token =
+            credentials::load_or_create_token(&dir.join(credentials::READER_TOKEN_FILE))?;
         let enrollment = Arc::new(enrollment::Enrollment::load(dir)?);
         let (gw_host, gw_port, mqtt_host, credentials) = match &config.broker {
             config::Broker::Embedded(listen) => {
@@ -192,6 +195,7 @@ impl Master {
             listener,
             addr,
             admin_token,
+            reader_token,
             enrollment,
             metrics,
             gateway,
@@ -231,6 +235,7 @@ impl Master {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             admin_token: self.admin_token.clone(),
+            reader_token: self.reader_token.clone(),
             max_body_bytes: self.config.max_body_bytes,
             shutdown: shutdown.clone(),
             enrollment: self.enrollment.clone(),

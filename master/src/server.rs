@@ -31,6 +31,8 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub admin_token: String,
+    /// May only read the API.
+    pub reader_token: String,
     pub max_body_bytes: usize,
     /// Cancelled at shutdown; open watch streams end on it.
     pub shutdown: CancellationToken,
@@ -95,6 +97,30 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The admin token may do anything; the reader token only read (GET: get, list, watch).
+fn authorize_api(st: &AppState, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    if authorize(st, headers).is_ok() {
+        return Ok(());
+    }
+    match bearer(headers) {
+        Some(t) if constant_time_eq(t.as_bytes(), st.reader_token.as_bytes()) => {
+            if method == Method::GET {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "the read-only token ({}) may only read; {method} needs the admin token",
+                        crate::credentials::READER_TOKEN_FILE
+                    ),
+                ))
+            }
+        }
+        _ => authorize(st, headers),
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -108,7 +134,7 @@ async fn api(
     body: Body,
 ) -> Response {
     let start = Instant::now();
-    let (verb, resource, response) = match authorize(&st, &headers) {
+    let (verb, resource, response) = match authorize_api(&st, &method, &headers) {
         Err(e) => ("unknown", "unknown", e.into_response()),
         Ok(()) => match path::parse(uri.path()) {
             None => (

@@ -67,7 +67,10 @@ fn run(args: &Args) -> Result<(), String> {
             ));
         }
         let Some(tf) = &args.token_file else {
-            return Err("--server needs --token-file FILE (the master's admin.token)".into());
+            return Err(
+                "--server needs --token-file FILE (the master's reader.token, a read-only token)"
+                    .into(),
+            );
         };
         let token = if tf == "-" {
             let mut t = String::new();

@@ -513,7 +513,7 @@ fn restart_keeps_objects_and_credentials_and_sigterm_is_graceful() {
         &["apply", "-f", "-"],
         Some(&pod_yaml("kept", "default", "")),
     ));
-    for f in ["admin.token", "client.yaml"] {
+    for f in ["admin.token", "reader.token", "client.yaml"] {
         let mode = std::fs::metadata(dir.path().join(f))
             .unwrap()
             .permissions()
@@ -545,4 +545,42 @@ fn restart_keeps_objects_and_credentials_and_sigterm_is_graceful() {
         .get("/readyz")
         .map(|r| r.code == 200)
         .unwrap_or(false)));
+}
+
+#[test]
+fn the_reader_token_reads_and_watches_but_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let reader = std::fs::read_to_string(dir.path().join("reader.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(reader, m.token);
+    ok_stdout(&m.cli_with_stdin(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("seen", "default", "")),
+    ));
+    let h = bramble_tests::Http::new(&m.url, &reader);
+    let list = h.get("/api/v1/namespaces/default/pods").unwrap();
+    assert_eq!(list.code, 200);
+    assert_eq!(list.json()["items"][0]["metadata"]["name"], "seen");
+    let (code, _stream) = h.watch("/api/v1/pods?watch=true").unwrap();
+    assert_eq!(code, 200);
+    let write = h
+        .post_json(
+            "/api/v1/namespaces/default/pods",
+            &serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nope"},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+        )
+        .unwrap();
+    assert_eq!(write.code, 403);
+    assert!(
+        String::from_utf8_lossy(&write.body).contains("read-only"),
+        "{}",
+        String::from_utf8_lossy(&write.body)
+    );
+    let bad = bramble_tests::Http::new(&m.url, "not-a-token")
+        .get("/api/v1/pods")
+        .unwrap();
+    assert_eq!(bad.code, 401);
 }

@@ -461,7 +461,8 @@ fn the_standalone_proxy_follows_the_master_and_cleans_up() {
     enter_netns(&host.path).unwrap();
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&manual_service("10.42.0.11"))));
-    let token = dir.path().join("master/admin.token");
+    // The read-only token is enough to follow the master.
+    let token = dir.path().join("master/reader.token");
     let mut proxy = Command::new(bramble_tests::bin("bramble-proxy"))
         .args(["--server", &m.url, "--token-file"])
         .arg(&token)
