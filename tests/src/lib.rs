@@ -345,27 +345,44 @@ impl AgentProcess {
     ) -> Result<AgentProcess> {
         busybox_image(&data_dir.join("images"))?;
         let join = ["--server", url, "--token", token].map(str::to_string);
-        Self::spawn(data_dir, node, &join, extra)
+        Self::spawn(data_dir, node, &join, extra, false)
+    }
+
+    /// As [`join`](Self::join), with the pod network (bridge, veths, routes, proxy): for an
+    /// agent in a network namespace of its own (see [`netlab`]).
+    pub fn join_with_pod_network(
+        url: &str,
+        token: &str,
+        data_dir: &Path,
+        node: &str,
+    ) -> Result<AgentProcess> {
+        busybox_image(&data_dir.join("images"))?;
+        let join = ["--server", url, "--token", token].map(str::to_string);
+        Self::spawn(data_dir, node, &join, &[], true)
     }
 
     /// Starts the agent again from its data dir alone (it has joined: no server or token).
     pub fn restart(data_dir: &Path, node: &str, extra: &[&str]) -> Result<AgentProcess> {
-        Self::spawn(data_dir, node, &[], extra)
+        Self::spawn(data_dir, node, &[], extra, false)
     }
 
-    fn spawn(data_dir: &Path, node: &str, join: &[String], extra: &[&str]) -> Result<AgentProcess> {
-        // Agents of the tests share the host's network namespace: no pod network there
-        // (bridges and routes of several agents would collide); the network tests run
-        // agents in namespaces of their own with `--pod-network`.
-        let own_network = extra.contains(&"--pod-network");
-        let extra: Vec<&str> = extra
-            .iter()
-            .copied()
-            .filter(|a| *a != "--pod-network")
-            .collect();
+    /// As [`restart`](Self::restart), with the pod network.
+    pub fn restart_with_pod_network(data_dir: &Path, node: &str) -> Result<AgentProcess> {
+        Self::spawn(data_dir, node, &[], &[], true)
+    }
+
+    /// Agents that share the host's network namespace run without the pod network (the
+    /// bridges and routes of several agents would collide there).
+    fn spawn(
+        data_dir: &Path,
+        node: &str,
+        join: &[String],
+        extra: &[&str],
+        pod_network: bool,
+    ) -> Result<AgentProcess> {
         let child = agent_command(data_dir)
             .args(join)
-            .args(if own_network {
+            .args(if pod_network {
                 &[][..]
             } else {
                 &["--no-pod-network"][..]
@@ -378,7 +395,7 @@ impl AgentProcess {
                 "--restart-backoff-max",
                 "2s",
             ])
-            .args(&extra)
+            .args(extra)
             .spawn()
             .context("spawning bramble-agent")?;
         Ok(AgentProcess {
@@ -510,6 +527,16 @@ impl Drop for HollowProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Runs [`cleanup_agent_dir`] when dropped: a test holds one per agent data dir, so the
+/// cleanup happens also when the test fails.
+pub struct AgentDirCleanup(pub PathBuf);
+
+impl Drop for AgentDirCleanup {
+    fn drop(&mut self) {
+        cleanup_agent_dir(&self.0);
     }
 }
 

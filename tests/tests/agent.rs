@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bramble_tests::{
-    AgentProcess, MasterProcess, cleanup_agent_dir, container_pids, eventually, mounts_under,
+    AgentDirCleanup, AgentProcess, MasterProcess, container_pids, eventually, mounts_under,
     ok_stdout, pod_cgroups, require_root, send_signal,
 };
 
@@ -44,18 +44,11 @@ fn ready(m: &MasterProcess, pod: &str) -> bool {
         .is_some_and(|p| p["status"]["containerStatuses"][0]["ready"] == true)
 }
 
-struct Cleanup(std::path::PathBuf);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        cleanup_agent_dir(&self.0);
-    }
-}
-
 #[test]
 fn a_pod_runs_logs_restarts_and_is_cleaned_up() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let _c = Cleanup(dir.path().join("agent"));
+    let _c = AgentDirCleanup(dir.path().join("agent"));
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
     let _a = AgentProcess::start(&m, &dir.path().join("agent"), "board-a", &[]).unwrap();
     assert!(
@@ -232,7 +225,7 @@ fn a_pod_runs_logs_restarts_and_is_cleaned_up() {
 fn a_restarted_agent_readopts_its_containers() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let _c = Cleanup(dir.path().join("agent"));
+    let _c = AgentDirCleanup(dir.path().join("agent"));
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
     let a = AgentProcess::start(&m, &dir.path().join("agent"), "board-b", &[]).unwrap();
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&ticker("keep", "board-b", ""))));
@@ -258,7 +251,7 @@ fn a_restarted_agent_readopts_its_containers() {
 fn a_killed_agent_is_reported_lost_in_time() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let _c = Cleanup(dir.path().join("agent"));
+    let _c = AgentDirCleanup(dir.path().join("agent"));
     let m = MasterProcess::start_with(&dir.path().join("master"), &["--node-lost-after", "3s"])
         .unwrap();
     let a = AgentProcess::start(&m, &dir.path().join("agent"), "board-c", &[]).unwrap();
@@ -289,7 +282,7 @@ fn pods_keep_running_and_come_back_without_the_master() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let agent_dir = dir.path().join("agent");
-    let _c = Cleanup(agent_dir.clone());
+    let _c = AgentDirCleanup(agent_dir.clone());
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
     let a = AgentProcess::start(&m, &agent_dir, "board-d", &[]).unwrap();
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&ticker("solo", "board-d", ""))));
@@ -342,7 +335,7 @@ fn containers_of_a_pod_share_network_and_volumes_and_host_network_works() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let agent_dir = dir.path().join("agent");
-    let _c = Cleanup(agent_dir.clone());
+    let _c = AgentDirCleanup(agent_dir.clone());
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
     let _a = AgentProcess::start(&m, &agent_dir, "board-e", &[]).unwrap();
     let host_dir = dir.path().join("host-data");
@@ -472,8 +465,8 @@ fn a_two_replica_deployment_survives_the_sigkill_of_one_of_two_agents() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let (a1_dir, a2_dir) = (dir.path().join("agent1"), dir.path().join("agent2"));
-    let _c1 = Cleanup(a1_dir.clone());
-    let _c2 = Cleanup(a2_dir.clone());
+    let _c1 = AgentDirCleanup(a1_dir.clone());
+    let _c2 = AgentDirCleanup(a2_dir.clone());
     let m = MasterProcess::start_with(
         &dir.path().join("master"),
         &["--node-lost-after", "2s", "--pod-eviction-timeout", "2s"],
@@ -547,7 +540,7 @@ fn probes_drive_readiness_and_restart_unhealthy_containers() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let agent_dir = dir.path().join("agent");
-    let _c = Cleanup(agent_dir.clone());
+    let _c = AgentDirCleanup(agent_dir.clone());
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
     let _a = AgentProcess::start(&m, &agent_dir, "board-p", &[]).unwrap();
     let manifest = r#"apiVersion: v1

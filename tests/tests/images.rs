@@ -13,7 +13,7 @@ use bramble_agent::images::oci::{CacheLimits, OciStore};
 use bramble_agent::images::{ImageError, ImageStore, PullPolicy};
 use bramble_tests::oci::{FileFacts, archive, build_layout, tree_facts};
 use bramble_tests::{
-    AgentProcess, MasterProcess, cleanup_agent_dir, eventually, ok_stdout, require_root,
+    AgentDirCleanup, AgentProcess, MasterProcess, eventually, ok_stdout, require_root,
 };
 
 /// A master with the test layout imported as `demo:amd64`, `demo:arm64` and `demo:multi`.
@@ -247,13 +247,6 @@ fn largest_layer(layout: &Path, tag: &str) -> (String, PathBuf) {
     (d, p)
 }
 
-struct Cleanup(PathBuf);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        cleanup_agent_dir(&self.0);
-    }
-}
-
 fn waiting_message(m: &MasterProcess, pod: &str) -> String {
     m.pod(pod)
         .and_then(|p| {
@@ -268,7 +261,7 @@ fn waiting_message(m: &MasterProcess, pod: &str) -> String {
 fn pods_run_imported_images_with_their_config_and_removal_waits_for_them() {
     let f = fixture();
     let agent_dir = f.root.join("agent");
-    let _c = Cleanup(agent_dir.clone());
+    let _c = AgentDirCleanup(agent_dir.clone());
     let m = &f.master;
     let _a = AgentProcess::start(m, &agent_dir, "board-a", &[]).unwrap();
     assert!(eventually(Duration::from_secs(20), || m.ready_nodes() == 1));

@@ -18,15 +18,8 @@ use std::time::{Duration, Instant};
 
 use bramble_tests::netlab::{Lan, enter_netns, in_netns};
 use bramble_tests::{
-    AgentProcess, MasterProcess, cleanup_agent_dir, eventually, ok_stdout, require_root,
+    AgentDirCleanup, AgentProcess, MasterProcess, eventually, ok_stdout, require_root,
 };
-
-struct Cleanup(PathBuf);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        cleanup_agent_dir(&self.0);
-    }
-}
 
 /// An echo pod pinned to a node: answers each connection with its name, then echoes.
 fn echo_pod(name: &str, node: &str) -> String {
@@ -133,9 +126,9 @@ fn pods_talk_across_boards_and_services_balance_over_ready_pods() {
         .map(|(i, n)| lan.host(n, 11 + i as u8).unwrap())
         .collect();
     let outside = lan.host("x", 50).unwrap();
-    let _cleanups: Vec<Cleanup> = names
+    let _cleanups: Vec<AgentDirCleanup> = names
         .iter()
-        .map(|n| Cleanup(dir.path().join(format!("agent-{n}"))))
+        .map(|n| AgentDirCleanup(dir.path().join(format!("agent-{n}"))))
         .collect();
     // This test's thread lives in the master's namespace from here on; the host's is kept
     // open to look at it in the end.
@@ -159,9 +152,9 @@ fn pods_talk_across_boards_and_services_balance_over_ready_pods() {
         let node = format!("board-{n}");
         in_netns(&board.path, move || {
             if join {
-                AgentProcess::join(&url, &token, &data, &node, &["--pod-network"])
+                AgentProcess::join_with_pod_network(&url, &token, &data, &node)
             } else {
-                AgentProcess::restart(&data, &node, &["--pod-network"])
+                AgentProcess::restart_with_pod_network(&data, &node)
             }
         })
         .unwrap()
@@ -327,9 +320,24 @@ fn pods_talk_across_boards_and_services_balance_over_ready_pods() {
     let a = agents.remove(0);
     a.terminate();
     assert_eq!(echo("between"), "between", "while the agent is down");
+    // While the proxy is down, one of its chains is emptied behind its back: the restarted
+    // proxy's first (full) sync puts it back, which also tells that the sync has run.
+    let marked = before_rules
+        .lines()
+        .find(|l| l.starts_with("-A BRAMBLE-SVC-"))
+        .expect("a service chain")
+        .to_string();
+    let chain = marked.split(' ').nth(1).unwrap().to_string();
+    boards[0]
+        .run(&["iptables", "-t", "nat", "-F", &chain])
+        .unwrap();
+    assert!(!iptables_save(&boards[0]).contains(&marked));
     agents.insert(0, start_agent("a", false));
-    // The restarted agent's proxy starts with a full sync.
-    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        eventually(Duration::from_secs(20), || iptables_save(&boards[0])
+            .contains(&marked)),
+        "the restarted proxy did not restore {chain}"
+    );
     assert_eq!(echo("after"), "after", "after the agent restarted");
     let rules = iptables_save(&boards[0]);
     for jump in [
@@ -490,8 +498,20 @@ fn the_standalone_proxy_follows_the_master_and_cleans_up() {
         let r = rules();
         r.contains("--to-destination 10.42.0.12:8080") && !r.contains("10.42.0.11")
     }));
-    // A full resync (every 2 s here) leaves one copy of each jump.
-    std::thread::sleep(Duration::from_secs(3));
+    // A full resync (every 2 s here) puts back a chain emptied behind the proxy's back and
+    // leaves one copy of each jump.
+    let marked = rules()
+        .lines()
+        .find(|l| l.contains("--to-destination 10.42.0.12:8080"))
+        .unwrap()
+        .to_string();
+    let chain = marked.split(' ').nth(1).unwrap().to_string();
+    host.run(&["iptables", "-t", "nat", "-F", &chain]).unwrap();
+    assert!(!rules().contains(&marked));
+    assert!(
+        eventually(Duration::from_secs(10), || rules().contains(&marked)),
+        "the periodic resync did not restore {chain}"
+    );
     let r = rules();
     assert_eq!(
         r.lines()

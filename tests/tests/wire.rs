@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bramble_api::wire::{self, Channel, Heartbeat, Message, StatusReport};
 use bramble_tests::{
-    AgentProcess, MasterProcess, cleanup_agent_dir, eventually, ok_stdout, require_root,
+    AgentDirCleanup, AgentProcess, MasterProcess, eventually, ok_stdout, require_root,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
@@ -23,13 +23,6 @@ spec:
     image: busybox
     command: [sh, -c, 'trap "exit 0" TERM; echo steady; while true; do sleep 0.5; done']
 "#;
-
-struct Cleanup(std::path::PathBuf);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        cleanup_agent_dir(&self.0);
-    }
-}
 
 fn ready(m: &MasterProcess, pod: &str) -> bool {
     m.pod(pod)
@@ -78,7 +71,7 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let agent_dir = dir.path().join("agent");
-    let _c = Cleanup(agent_dir.clone());
+    let _c = AgentDirCleanup(agent_dir.clone());
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
     let _a = AgentProcess::start(&m, &agent_dir, "board-g", &[]).unwrap();
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&POD.replace("NODE", "board-g"))));
@@ -204,7 +197,7 @@ fn the_whole_flow_runs_against_mosquitto() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let agent_dir = dir.path().join("agent");
-    let _c = Cleanup(agent_dir.clone());
+    let _c = AgentDirCleanup(agent_dir.clone());
     let (_mosquitto, port) = bramble_tests::start_mosquitto(dir.path()).unwrap();
     let broker = format!("127.0.0.1:{port}");
     let m = MasterProcess::start_with(&dir.path().join("master"), &["--external-broker", &broker])
@@ -243,7 +236,7 @@ fn desired_messages_carry_an_unbroken_revision_chain() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let agent_dir = dir.path().join("agent");
-    let _c = Cleanup(agent_dir.clone());
+    let _c = AgentDirCleanup(agent_dir.clone());
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
     let _a = AgentProcess::start(&m, &agent_dir, "board-r", &[]).unwrap();
     assert!(eventually(Duration::from_secs(20), || m
@@ -397,7 +390,7 @@ fn an_external_broker_with_passwords_confines_each_node_to_its_topics() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let agent_dir = dir.path().join("agent");
-    let _c = Cleanup(agent_dir.clone());
+    let _c = AgentDirCleanup(agent_dir.clone());
     let pw = dir.path().join("mosquitto.passwd");
     mosquitto_user(&pw, "bramble-master", "master-secret", true);
     let acl = dir.path().join("mosquitto.acl");
@@ -441,7 +434,14 @@ fn an_external_broker_with_passwords_confines_each_node_to_its_topics() {
     bramble_tests::busybox_image(&agent_dir.join("images")).unwrap();
     mosquitto_user(&pw, "board-s", &creds.node_token, false);
     bramble_tests::send_signal(mosquitto.0.id() as i32, libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        eventually(Duration::from_secs(10), || !refused(
+            port,
+            "board-s",
+            &creds.node_token
+        )),
+        "mosquitto never accepted the node's new account"
+    );
     let _a = AgentProcess::restart(&agent_dir, "board-s", &[]).unwrap();
     assert!(
         eventually(Duration::from_secs(20), || m
