@@ -271,7 +271,25 @@ fn every_node_gets_its_own_pod_cidr_and_keeps_it() {
             .count(),
         1
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // The allocator has turned the fifth node down (its Warning event says so) and handed
+    // out nothing twice.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let events = m
+                .http()
+                .get("/api/v1/namespaces/default/events")
+                .unwrap()
+                .json();
+            events["items"].as_array().is_some_and(|items| {
+                items.iter().any(|e| {
+                    e["reason"] == "CIDRNotAvailable"
+                        && e["involvedObject"]["kind"] == "Node"
+                        && !now.contains_key(e["involvedObject"]["name"].as_str().unwrap_or(""))
+                })
+            })
+        }),
+        "no CIDRNotAvailable event for the fifth node"
+    );
     assert_eq!(pod_cidrs(&m).len(), 4, "no CIDR is handed out twice");
     // A deleted node's CIDR is free again.
     let gone = first.keys().next().unwrap().clone();

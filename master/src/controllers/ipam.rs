@@ -99,11 +99,12 @@ impl CidrPool {
 
 /// Runs the allocator until `shutdown`.
 pub async fn run(store: Store, pool: CidrPool, shutdown: CancellationToken) {
+    let mut events = crate::events::EventRecorder::new(store.clone(), "node-ipam-controller");
     loop {
         let (rev, nodes) = store.list(Kind::Node, None, &Selector::everything());
         for e in nodes {
             if let Ok(Object::Node(n)) = e.object() {
-                allocate_if_needed(&store, &pool, n).await;
+                allocate_if_needed(&store, &pool, n, &mut events).await;
             }
         }
         let filter = WatchFilter {
@@ -126,7 +127,7 @@ pub async fn run(store: Store, pool: CidrPool, shutdown: CancellationToken) {
             match change {
                 Ok(c) if c.type_ != EventType::Deleted => {
                     if let Ok(Object::Node(n)) = c.entry.object() {
-                        allocate_if_needed(&store, &pool, n).await;
+                        allocate_if_needed(&store, &pool, n, &mut events).await;
                     }
                 }
                 // A CIDR was freed: nodes still waiting for one may have it.
@@ -141,7 +142,7 @@ pub async fn run(store: Store, pool: CidrPool, shutdown: CancellationToken) {
                         })
                         .collect();
                     for n in waiting {
-                        allocate_if_needed(&store, &pool, n).await;
+                        allocate_if_needed(&store, &pool, n, &mut events).await;
                     }
                 }
                 Err(e) => {
@@ -168,16 +169,27 @@ fn used(store: &Store, pool: &CidrPool, except: &str) -> BTreeSet<usize> {
         .collect()
 }
 
-async fn allocate_if_needed(store: &Store, pool: &CidrPool, mut node: Node) {
+async fn allocate_if_needed(
+    store: &Store,
+    pool: &CidrPool,
+    mut node: Node,
+    events: &mut crate::events::EventRecorder,
+) {
     if !node.spec.pod_cidr.is_empty() {
         return;
     }
     let name = node.metadata.name.clone();
     let Some(i) = pool.first_free(&used(store, pool, &name)) else {
-        tracing::error!(
-            node = name,
-            "no pod CIDR left in the cluster CIDR; the node gets none"
+        let message = format!(
+            "no pod CIDR left in the cluster CIDR {} ({} node CIDRs, all taken): the node gets none until one is freed",
+            pool.cluster(),
+            pool.capacity()
         );
+        tracing::error!(node = name, "{message}");
+        // As Kubernetes' node IPAM does: a Warning on the node says why it has no CIDR.
+        events
+            .record(Object::Node(node), "Warning", "CIDRNotAvailable", &message)
+            .await;
         return;
     };
     node.spec.pod_cidr = pool.nth(i);
