@@ -10,10 +10,7 @@
 
 use std::time::Instant;
 
-use bramble_api::meta::IntOrString;
-use bramble_api::service::{
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort,
-};
+use bramble_api::service::{Endpoints, Service};
 use bramble_proxy::{NodeContext, Syncer, build, iptables, render};
 use bramble_tests::netlab::{Lan, in_netns};
 
@@ -22,45 +19,8 @@ const ENDPOINTS: usize = 5;
 const ROUNDS: usize = 5;
 
 fn cluster(changed: bool) -> (Vec<Service>, Vec<Endpoints>) {
-    let mut services = Vec::new();
-    let mut endpoints = Vec::new();
-    for i in 0..SERVICES {
-        let mut s = Service::default();
-        s.metadata.name = format!("svc-{i}");
-        s.metadata.namespace = "default".into();
-        s.spec.cluster_ip = format!("10.43.{}.{}", i / 250, i % 250 + 1);
-        s.spec.ports = vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            target_port: Some(IntOrString::Int(8080)),
-            ..Default::default()
-        }];
-        services.push(s);
-        let mut e = Endpoints::default();
-        e.metadata.name = format!("svc-{i}");
-        e.metadata.namespace = "default".into();
-        let n = if changed && i == 0 {
-            ENDPOINTS - 1
-        } else {
-            ENDPOINTS
-        };
-        e.subsets = vec![EndpointSubset {
-            addresses: (0..n)
-                .map(|k| EndpointAddress {
-                    ip: format!("10.42.{}.{}", k, i % 250 + 2),
-                    ..Default::default()
-                })
-                .collect(),
-            ports: vec![EndpointPort {
-                name: "http".into(),
-                port: 8080,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }];
-        endpoints.push(e);
-    }
-    (services, endpoints)
+    let first = if changed { ENDPOINTS - 1 } else { ENDPOINTS };
+    bramble_tests::services::cluster(SERVICES, ENDPOINTS, first, None)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -16,6 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 pub mod netlab;
 pub mod oci;
 pub mod qemufleet;
+pub mod services;
 pub mod vmfleet;
 
 /// The path of a workspace binary built next to the running test or bench.

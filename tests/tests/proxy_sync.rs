@@ -6,51 +6,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
-use bramble_api::meta::IntOrString;
-use bramble_api::service::{
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort,
-};
+use bramble_api::service::{Endpoints, Service};
 use bramble_proxy::{NodeContext, Syncer, iptables};
 use bramble_tests::netlab::{Lan, in_netns};
 use bramble_tests::require_root;
 
+/// 20 Services with 3 endpoints each; the first has `first_endpoints` and a NodePort.
 fn cluster(n: usize, first_endpoints: usize) -> (Vec<Service>, Vec<Endpoints>) {
-    let (mut svcs, mut eps) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        let mut s = Service::default();
-        s.metadata.name = format!("svc-{i}");
-        s.metadata.namespace = "default".into();
-        s.spec.cluster_ip = format!("10.43.0.{}", i + 1);
-        s.spec.ports = vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            target_port: Some(IntOrString::Int(8080)),
-            node_port: (i == 0).then_some(30080),
-            ..Default::default()
-        }];
-        svcs.push(s);
-        let k = if i == 0 { first_endpoints } else { 3 };
-        let subsets = vec![EndpointSubset {
-            addresses: (0..k)
-                .map(|j| EndpointAddress {
-                    ip: format!("10.42.{j}.{}", i + 2),
-                    ..Default::default()
-                })
-                .collect(),
-            ports: vec![EndpointPort {
-                name: "http".into(),
-                port: 8080,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }];
-        eps.push(Endpoints {
-            metadata: svcs[i].metadata.clone(),
-            subsets,
-            ..Default::default()
-        });
-    }
-    (svcs, eps)
+    bramble_tests::services::cluster(n, 3, first_endpoints, Some(30080))
 }
 
 #[test]
