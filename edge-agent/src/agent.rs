@@ -18,7 +18,6 @@ use crate::images::ImageStore;
 use crate::join::{self, Credentials, JoinError};
 use crate::localstore::{LocalStore, LocalStoreError};
 use crate::network::dataplane::Dataplane;
-use crate::network::proxy::ProxyInput;
 use crate::network::{NetApplied, NetView, PodNetwork};
 use crate::pods::plan::Backoff;
 use crate::pods::{Applied, PodManager, PodManagerConfig};
@@ -246,15 +245,19 @@ pub async fn run_with_runtime(
     if let Some(net) = &network {
         sync_routes(net);
     }
-    let (proxy_tx, proxy_rx) = watch::channel(Arc::new(ProxyInput::default()));
+    // The network view is shared with the proxy, which reads it when it syncs (changes
+    // that arrive meanwhile fold into one sync): an event costs a counter bump, not a copy
+    // of every Service.
+    let view = Arc::new(std::sync::Mutex::new(NetView::default()));
+    let (proxy_tx, proxy_rx) = watch::channel(0u64);
     if config.proxy && network.is_some() {
         tokio::spawn(crate::network::proxy::run(
+            view.clone(),
             proxy_rx,
             Duration::from_secs(60),
             shutdown.clone(),
         ));
     }
-    let mut view = NetView::default();
     let mut snapshot_asked: Option<Instant> = None;
     // Bring cached pods back before (and whether or not) the master is reached.
     pods.reconcile().await;
@@ -364,11 +367,13 @@ pub async fn run_with_runtime(
     // Routes are level-triggered too: put back what someone removed.
     let mut route_tick = tokio::time::interval(ROUTE_RESYNC);
     route_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let hello = |pods: &PodManager, view: &NetView| Hello {
+    let hello = |pods: &PodManager, view: &std::sync::Mutex<NetView>| Hello {
         session,
         facts: facts.clone(),
         desired_revision: pods.desired_revision(),
-        network_revision: network.as_ref().map(|_| view.revision),
+        network_revision: network
+            .as_ref()
+            .map(|_| view.lock().unwrap_or_else(|p| p.into_inner()).revision),
         pods: pods.all_reports(),
     };
     let publish = |channel: Channel, msg: Message| {
@@ -399,7 +404,7 @@ pub async fn run_with_runtime(
                 Incoming::Publish(topic, payload) if topic == wire::SERVICES_TOPIC => {
                     match wire::decode(&payload) {
                         Ok(wire::Envelope { message: Message::Network(u), .. }) if network.is_some() => {
-                            if on_network(u, &mut view, &node, network.as_deref(), &proxy_tx) && snapshot_asked.is_none_or(|t| t.elapsed() >= SNAPSHOT_RETRY) {
+                            if on_network(u, &view, &node, network.as_deref(), &proxy_tx) && snapshot_asked.is_none_or(|t| t.elapsed() >= SNAPSHOT_RETRY) {
                                 tracing::info!("missed a network event; asking for a snapshot");
                                 snapshot_asked = Some(Instant::now());
                                 publish(Channel::Hello, Message::Hello(hello(&pods, &view)));
@@ -450,7 +455,7 @@ pub async fn run_with_runtime(
                         },
                         (Channel::Network, Message::Network(u)) if network.is_some() => {
                             let had_cidr = network.as_ref().and_then(|n| n.pod_cidr()).is_some();
-                            on_network(u, &mut view, &node, network.as_deref(), &proxy_tx);
+                            on_network(u, &view, &node, network.as_deref(), &proxy_tx);
                             snapshot_asked = None;
                             if !had_cidr && network.as_ref().and_then(|n| n.pod_cidr()).is_some() {
                                 // Pods waiting for the node's CIDR go on now.
@@ -500,28 +505,23 @@ const ROUTE_RESYNC: Duration = Duration::from_secs(10);
 /// Applies a network message; returns whether it revealed a gap (ask for a snapshot).
 fn on_network(
     u: wire::NetworkUpdate,
-    view: &mut NetView,
+    view: &std::sync::Mutex<NetView>,
     node: &str,
     network: Option<&PodNetwork>,
-    proxy: &watch::Sender<Arc<ProxyInput>>,
+    proxy: &watch::Sender<u64>,
 ) -> bool {
     let Some(net) = network else { return false };
+    let mut view = view.lock().unwrap_or_else(|p| p.into_inner());
     match view.apply(u) {
         NetApplied::Unchanged => false,
         NetApplied::Gap => true,
         NetApplied::Changed { routes, services } => {
-            if routes && net.update(node, view) {
+            if routes && net.update(node, &view) {
                 // A few netlink calls on the node's own socket: quick enough to run inline.
                 sync_routes(net);
             }
             if services || routes {
-                let cluster_cidr = view.cluster_cidr.clone();
-                let input = ProxyInput {
-                    services: view.services.values().cloned().collect(),
-                    endpoints: view.endpoints.values().cloned().collect(),
-                    cluster_cidr,
-                };
-                proxy.send_replace(Arc::new(input));
+                proxy.send_modify(|n| *n += 1);
             }
             false
         }

@@ -2,7 +2,7 @@
 //! rendered by `bramble-proxy`'s library and applied on change (only the chains that
 //! changed) and on a periodic full resync.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bramble_api::service::{Endpoints, Service};
@@ -10,18 +10,14 @@ use bramble_proxy::{NodeContext, Syncer, iptables};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// What the proxy renders.
-#[derive(Debug, Clone, Default)]
-pub struct ProxyInput {
-    pub services: Vec<Service>,
-    pub endpoints: Vec<Endpoints>,
-    pub cluster_cidr: String,
-}
+use super::NetView;
 
-/// Runs the proxy until `shutdown`: after each change of `input` (changes that arrive
-/// while a sync runs are folded into the next one), and every `resync`.
+/// Runs the proxy until `shutdown`: after each change of the network view (`changed`
+/// counts them; changes that arrive while a sync runs are folded into the next one), and
+/// every `resync`.
 pub async fn run(
-    mut input: watch::Receiver<Arc<ProxyInput>>,
+    view: Arc<Mutex<NetView>>,
+    mut changed: watch::Receiver<u64>,
     resync: Duration,
     shutdown: CancellationToken,
 ) {
@@ -45,11 +41,19 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            c = input.changed() => if c.is_err() { return },
+            c = changed.changed() => if c.is_err() { return },
             _ = tick.tick() => {}
         }
-        let now = input.borrow_and_update().clone();
-        if now.cluster_cidr.is_empty() {
+        changed.borrow_and_update();
+        let (services, endpoints, cluster_cidr) = {
+            let v = view.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                v.services.values().cloned().collect::<Vec<Service>>(),
+                v.endpoints.values().cloned().collect::<Vec<Endpoints>>(),
+                v.cluster_cidr.clone(),
+            )
+        };
+        if cluster_cidr.is_empty() {
             // No snapshot yet: rules from before a restart stay until there is one.
             continue;
         }
@@ -57,10 +61,10 @@ pub async fn run(
         let started = std::time::Instant::now();
         let (s, result) = match tokio::task::spawn_blocking(move || {
             let node = NodeContext {
-                cluster_cidr: now.cluster_cidr.clone(),
+                cluster_cidr,
                 existing_chains: Vec::new(),
             };
-            let r = s.sync(&now.services, &now.endpoints, &node);
+            let r = s.sync(&services, &endpoints, &node);
             (s, r)
         })
         .await
@@ -85,7 +89,7 @@ pub async fn run(
                 );
                 tokio::time::sleep(wait).await;
                 // Retry even without a new change.
-                input.mark_changed();
+                changed.mark_changed();
             }
         }
     }
