@@ -96,7 +96,9 @@ impl Drop for Board {
 pub struct Fleet {
     pub boards: Vec<Board>,
     pub master: Option<MasterProcess>,
+    /// The master's extra flags and address, to restart it the same way.
     pub master_args: Vec<String>,
+    pub master_ip: String,
     pub master_dir: PathBuf,
     pub url: String,
     pub token: String,
@@ -145,6 +147,7 @@ impl Fleet {
             boards,
             master: Some(master),
             master_args,
+            master_ip: mhost.ip.clone(),
             master_dir,
             url,
             token,
@@ -169,14 +172,11 @@ impl Fleet {
             m.terminate();
         }
         let args: Vec<&str> = self.master_args.iter().map(String::as_str).collect();
-        let ip = self
-            .url
-            .trim_start_matches("http://")
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        self.master = Some(MasterProcess::start_on(&self.master_dir, &ip, &args)?);
+        self.master = Some(MasterProcess::start_on(
+            &self.master_dir,
+            &self.master_ip,
+            &args,
+        )?);
         Ok(())
     }
 
