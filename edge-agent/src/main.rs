@@ -13,6 +13,7 @@ const EXIT_USAGE: u8 = 64;
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
+    bramble_agent::runtime::sigpipe_default_for_children();
     let args = Args::parse();
     if let Some(Sub::Shim(shim)) = &args.command {
         // Single-threaded on purpose: libcontainer forks with a raw clone.
@@ -30,12 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    bramble_support::init_logging("info");
     if let Some(h) = hollow {
         return run_hollow(config, h);
     }
@@ -124,24 +120,9 @@ fn run_hollow(config: Config, args: bramble_agent::config::HollowArgs) -> ExitCo
 
 /// The first SIGTERM or SIGINT stops the agent (containers keep running); a second exits.
 async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    for n in 0..2 {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        if n == 0 {
-            tracing::info!("signal received; stopping (containers keep running)");
-            shutdown.cancel();
-        } else {
-            std::process::exit(130);
-        }
-    }
+    bramble_support::shutdown_on_signals(
+        shutdown,
+        "signal received; stopping (containers keep running)",
+    )
+    .await;
 }

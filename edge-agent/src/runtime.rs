@@ -19,6 +19,31 @@ pub mod shim;
 use std::path::PathBuf;
 
 use bramble_api::pod::Container;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+extern "C" fn on_sigpipe(_: nix::libc::c_int) {}
+
+/// Makes SIGPIPE harmless to this process without passing "ignored" on to containers.
+///
+/// Rust's runtime sets SIGPIPE to SIG_IGN, and an ignored signal stays ignored across
+/// `exec`: every container (and exec probe) started from this process would ignore it, so
+/// `yes | head -n 1` in a pod never ends (`yes` writes to the closed pipe forever) and a
+/// shell cannot trap it. A handler that does nothing has the same effect here (writes to a
+/// closed pipe fail with EPIPE) and is reset to the default by `exec`, as in any container
+/// runtime that is not written in Rust. Call it first thing in `main`.
+#[allow(unsafe_code)]
+pub fn sigpipe_default_for_children() {
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigpipe),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler does nothing, so it is async-signal-safe; nothing else in the
+    // process sets a SIGPIPE disposition.
+    if let Err(e) = unsafe { sigaction(Signal::SIGPIPE, &action) } {
+        eprintln!("bramble-agent: cannot set the SIGPIPE handler: {e}");
+    }
+}
 
 /// What a container needs to run.
 #[derive(Debug, Clone)]
