@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The largest payload accepted on any topic (a desired snapshot of many pods is the largest).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// The most log bytes one [`LogReply`] carries: the message limit less room for the
+/// envelope (version, node name, reply id, offsets, lengths), so that a full chunk is never
+/// dropped as too large.
+pub const MAX_LOG_CHUNK_BYTES: u64 = (MAX_MESSAGE_BYTES - (16 << 10)) as u64;
 /// The root of every node topic.
 pub const TOPIC_ROOT: &str = "bramble/v1/node";
 /// Master → every agent and proxy: the cluster's network changes (routes, Services,
@@ -350,6 +354,7 @@ pub struct LogRequest {
     pub previous: bool,
     /// Continue from this byte offset of the log stream (for follow).
     pub offset: Option<u64>,
+    /// At most this many bytes (agents read at most [`MAX_LOG_CHUNK_BYTES`]).
     pub limit_bytes: u64,
 }
 
@@ -588,6 +593,33 @@ mod tests {
             }),
         );
         assert!(bytes.len() <= 24, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn a_full_log_chunk_fits_in_one_message() {
+        // The longest node name, the largest ids and offsets, and a full chunk.
+        let node = "n".repeat(253);
+        let reply = LogReply {
+            id: u64::MAX,
+            data: vec![b'x'; MAX_LOG_CHUNK_BYTES as usize],
+            next_offset: u64::MAX,
+            error: String::new(),
+        };
+        let bytes = encode(&node, Message::LogReply(reply.clone()));
+        assert!(bytes.len() <= MAX_MESSAGE_BYTES, "{} bytes", bytes.len());
+        let env = decode(&bytes).expect("a full chunk decodes");
+        assert_eq!(env.message, Message::LogReply(reply));
+        // The old cap (the message limit itself) did not fit: that chunk was dropped.
+        let over = encode(
+            &node,
+            Message::LogReply(LogReply {
+                id: 1,
+                data: vec![b'x'; MAX_MESSAGE_BYTES],
+                next_offset: 0,
+                error: String::new(),
+            }),
+        );
+        assert!(matches!(decode(&over), Err(WireError::TooLarge(_))));
     }
 
     #[test]

@@ -621,3 +621,73 @@ fn doctor_checks_this_board_and_explains() {
     }
     assert!(!text.contains("FAIL"), "{text}");
 }
+
+/// A log larger than one MQTT message: the read answers with the newest chunk that fits
+/// (a chunk as large as the message limit itself was dropped on the wire, and the read
+/// timed out with 503). The log is written by `yes | head`, which only ends because the
+/// container's processes get SIGPIPE's default action (the agent's Rust runtime ignores it,
+/// and an ignored signal used to be inherited: `yes` wrote to the closed pipe forever).
+#[test]
+fn a_log_larger_than_a_message_is_read() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let _c = AgentDirCleanup(dir.path().join("agent"));
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a = AgentProcess::start(&m, &dir.path().join("agent"), "board-a", &[]).unwrap();
+    // 5 MiB of 100-byte lines (under the 10 MiB rotation), then a last line.
+    let manifest = r#"apiVersion: v1
+kind: Pod
+metadata: {name: big}
+spec:
+  nodeName: board-a
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -n 52429 | cut -c1-99; grep SigIgn /proc/self/status; echo last line; exec sleep 3600']
+"#;
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(manifest)));
+    let path = "/api/v1/namespaces/default/pods/big/log";
+    assert!(
+        eventually(Duration::from_secs(60), || m
+            .http()
+            .get(path)
+            .is_ok_and(|r| r.code == 200 && r.body.ends_with(b"last line\n"))),
+        "the log never ended with its last line: {:?}",
+        m.http().get(path).map(|r| (
+            r.code,
+            r.body.len(),
+            String::from_utf8_lossy(&r.body[r.body.len().saturating_sub(300)..]).to_string()
+        ))
+    );
+    let whole = m.http().get(path).unwrap();
+    // No container process starts with SIGPIPE (signal 13, bit 12) ignored.
+    let tail = String::from_utf8_lossy(&whole.body[whole.body.len() - 200..]).to_string();
+    let ignored = tail
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no SigIgn line: {tail:?}"));
+    assert_eq!(ignored & (1 << 12), 0, "SIGPIPE is ignored: {ignored:#x}");
+    assert_eq!(
+        whole.body.len() as u64,
+        bramble_api::wire::MAX_LOG_CHUNK_BYTES,
+        "a full chunk of the newest bytes"
+    );
+    // limitBytes above the chunk is capped to it; below, honoured.
+    let capped = m.http().get(&format!("{path}?limitBytes=8388608")).unwrap();
+    assert_eq!(capped.code, 200);
+    assert_eq!(
+        capped.body.len() as u64,
+        bramble_api::wire::MAX_LOG_CHUNK_BYTES
+    );
+    let small = m.http().get(&format!("{path}?limitBytes=10")).unwrap();
+    assert_eq!(small.body, b"last line\n");
+    // The CLI reads the same.
+    let out = m.cli(&["logs", "big"]);
+    assert!(out.status.success());
+    assert_eq!(
+        out.stdout.len() as u64,
+        bramble_api::wire::MAX_LOG_CHUNK_BYTES
+    );
+}

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bramble_api::node::Node;
-use bramble_api::wire::{LogRequest, NodeFacts};
+use bramble_api::wire::{self, LogRequest, NodeFacts};
 use bramble_api::{Kind, Object};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -90,10 +90,7 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
     if !req.facts.architecture.is_empty() {
         labels.insert("kubernetes.io/arch".into(), req.facts.architecture.clone());
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = bramble_api::time::now_secs();
     let status = bramble_api::report::node_status(
         &req.facts,
         (
@@ -237,7 +234,9 @@ pub async fn logs(
         tail_lines: num("tailLines")?,
         previous: flag("previous"),
         offset: None,
-        limit_bytes: num("limitBytes")?.unwrap_or(4 << 20).min(4 << 20),
+        limit_bytes: num("limitBytes")?
+            .unwrap_or(wire::MAX_LOG_CHUNK_BYTES)
+            .min(wire::MAX_LOG_CHUNK_BYTES),
     };
     let node = pod.spec.node_name.clone();
     let timeout = Duration::from_secs(10);
