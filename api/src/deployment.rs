@@ -5,6 +5,25 @@ use serde::{Deserialize, Serialize};
 use crate::meta::{Condition, IntOrString, LabelSelector, ObjectMeta};
 use crate::pod::PodTemplateSpec;
 
+/// The annotation holding the current revision number, as Kubernetes names it.
+pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+/// The annotation holding the revision history (Bramble has no ReplicaSets to keep it).
+pub const HISTORY_ANNOTATION: &str = "bramble.io/revision-history";
+/// The user's note on why a revision exists, as in kubectl.
+pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
+
+/// One remembered template: the history annotation holds a JSON list of these, oldest
+/// first (the controller writes it; `bramble rollout history|undo` reads it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    pub revision: i64,
+    pub hash: String,
+    #[serde(default)]
+    pub change_cause: String,
+    pub template: PodTemplateSpec,
+}
+
 /// A Deployment (`apps/v1`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

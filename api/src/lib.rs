@@ -5,6 +5,7 @@
 //! and the CLI parses manifests with [`manifest::parse_manifests`] before sending them.
 
 pub mod backoff;
+pub mod client_config;
 pub mod deployment;
 pub mod error;
 pub mod event;
@@ -13,6 +14,7 @@ pub mod manifest;
 pub mod meta;
 pub mod names;
 pub mod namespace;
+pub mod net;
 pub mod node;
 pub mod object;
 pub mod pod;

@@ -1,6 +1,27 @@
 //! RFC 3339 timestamps (`2026-11-27T15:04:05Z`) without a date-time dependency: the civil
 //! calendar conversion is a few lines (Howard Hinnant's days-from-civil algorithm).
 
+/// Seconds since the Unix epoch by the system clock (0 for a clock set before 1970).
+pub fn now_secs() -> i64 {
+    since_epoch().map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Milliseconds since the Unix epoch by the system clock (0 for a clock set before 1970).
+pub fn now_millis() -> i64 {
+    since_epoch().map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Nanoseconds since the Unix epoch by the system clock (0 for a clock set before 1970).
+pub fn now_nanos() -> u128 {
+    since_epoch().map_or(0, |d| d.as_nanos())
+}
+
+fn since_epoch() -> Option<std::time::Duration> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+}
+
 /// Formats seconds since the Unix epoch as an RFC 3339 UTC timestamp.
 pub fn format_rfc3339(unix_secs: i64) -> String {
     let days = unix_secs.div_euclid(86_400);
@@ -113,6 +134,15 @@ pub fn human_age(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clock_readings_agree() {
+        let (s, ms, ns) = (now_secs(), now_millis(), now_nanos());
+        // After 2020 and the three readings within a few seconds of each other.
+        assert!(s > 1_577_836_800, "{s}");
+        assert!((ms / 1000 - s).abs() <= 2, "{ms} vs {s}");
+        assert!((ns / 1_000_000_000) as i64 - s <= 2, "{ns} vs {s}");
+    }
 
     #[test]
     fn formats_and_parses() {

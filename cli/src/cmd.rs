@@ -58,8 +58,5 @@ pub fn encode(s: &str) -> String {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    bramble_api::time::now_secs()
 }

@@ -4,17 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use bramble_api::client_config::ClientConfig;
 
 use crate::args::Connection;
-
-/// The client config written by bramble-master (`client.yaml`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClientConfig {
-    server: Option<String>,
-    token: Option<String>,
-}
 
 /// A resolved connection.
 #[derive(Debug, Clone)]
@@ -35,9 +27,7 @@ fn default_paths() -> Vec<PathBuf> {
 fn read(path: &Path) -> Result<ClientConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading client config {}", path.display()))?;
-    let c: Option<ClientConfig> = serde_norway::from_str(&text)
-        .with_context(|| format!("client config {}", path.display()))?;
-    Ok(c.unwrap_or_default())
+    ClientConfig::parse(&text).with_context(|| format!("client config {}", path.display()))
 }
 
 /// Resolves server and token; a flag or variable wins over the file.

@@ -13,6 +13,9 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+mod inbound;
+
+use self::inbound::Inbound;
 use crate::config::Config;
 use crate::images::ImageStore;
 use crate::join::{self, Credentials, JoinError};
@@ -401,77 +404,45 @@ pub async fn run_with_runtime(
                     snapshot_asked = network.as_ref().map(|_| Instant::now());
                     publish(Channel::Hello, Message::Hello(hello(&pods, &view)));
                 }
-                Incoming::Publish(topic, payload) if topic == wire::SERVICES_TOPIC => {
-                    match wire::decode(&payload) {
-                        Ok(wire::Envelope { message: Message::Network(u), .. }) if network.is_some() => {
-                            if on_network(u, &view, &node, network.as_deref(), &proxy_tx) && snapshot_asked.is_none_or(|t| t.elapsed() >= SNAPSHOT_RETRY) {
-                                tracing::info!("missed a network event; asking for a snapshot");
-                                snapshot_asked = Some(Instant::now());
-                                publish(Channel::Hello, Message::Hello(hello(&pods, &view)));
+                Incoming::Publish(topic, payload) => match inbound::route(&node, &topic, &payload, network.is_some()) {
+                    Err(d) => drops.count(d.reason, &d.detail),
+                    Ok(Inbound::Network { update, shared: true }) => {
+                        if on_network(update, &view, &node, network.as_deref(), &proxy_tx) && snapshot_asked.is_none_or(|t| t.elapsed() >= SNAPSHOT_RETRY) {
+                            tracing::info!("missed a network event; asking for a snapshot");
+                            snapshot_asked = Some(Instant::now());
+                            publish(Channel::Hello, Message::Hello(hello(&pods, &view)));
+                        }
+                    }
+                    Ok(Inbound::Network { update, shared: false }) => {
+                        let had_cidr = network.as_ref().and_then(|n| n.pod_cidr()).is_some();
+                        on_network(update, &view, &node, network.as_deref(), &proxy_tx);
+                        snapshot_asked = None;
+                        if !had_cidr && network.as_ref().and_then(|n| n.pod_cidr()).is_some() {
+                            // Pods waiting for the node's CIDR go on now.
+                            let reports = pods.reconcile().await;
+                            if !reports.is_empty() {
+                                publish(Channel::Status, Message::Status(StatusReport { pods: reports }));
                             }
                         }
-                        Ok(_) => drops.count("wrong_channel", &topic),
-                        Err(e) => drops.count("malformed", &format!("{topic}: {e}")),
                     }
-                }
-                Incoming::Publish(topic, payload) => {
-                    let Some((to, channel)) = Channel::parse(&topic) else {
-                        drops.count("bad_topic", &topic);
-                        continue;
-                    };
-                    if to != node {
-                        drops.count("other_node", &topic);
-                        continue;
-                    }
-                    let env = match wire::decode(&payload) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            let reason = match e {
-                                wire::WireError::TooLarge(_) => "too_large",
-                                wire::WireError::Version(_) => "bad_version",
-                                wire::WireError::Malformed(_) => "malformed",
-                            };
-                            drops.count(reason, &format!("{topic}: {e}"));
-                            continue;
-                        }
-                    };
-                    if env.node != node {
-                        drops.count("node_mismatch", &topic);
-                        continue;
-                    }
-                    match (channel, env.message) {
-                        (Channel::Desired, Message::Desired(d)) => match pods.apply_desired(d) {
-                            Ok(Applied::Changed) => {
-                                let reports = pods.reconcile().await;
-                                if !reports.is_empty() {
-                                    publish(Channel::Status, Message::Status(StatusReport { pods: reports }));
-                                }
-                            }
-                            Ok(Applied::Gap { have, expected_prev }) => {
-                                tracing::info!(have, expected_prev, "missed a desired-state message; asking for a snapshot");
-                                publish(Channel::Hello, Message::Hello(hello(&pods, &view)));
-                            }
-                            Err(e) => tracing::error!(error = %e, "cannot persist desired pods"),
-                        },
-                        (Channel::Network, Message::Network(u)) if network.is_some() => {
-                            let had_cidr = network.as_ref().and_then(|n| n.pod_cidr()).is_some();
-                            on_network(u, &view, &node, network.as_deref(), &proxy_tx);
-                            snapshot_asked = None;
-                            if !had_cidr && network.as_ref().and_then(|n| n.pod_cidr()).is_some() {
-                                // Pods waiting for the node's CIDR go on now.
-                                let reports = pods.reconcile().await;
-                                if !reports.is_empty() {
-                                    publish(Channel::Status, Message::Status(StatusReport { pods: reports }));
-                                }
+                    Ok(Inbound::Desired(d)) => match pods.apply_desired(d) {
+                        Ok(Applied::Changed) => {
+                            let reports = pods.reconcile().await;
+                            if !reports.is_empty() {
+                                publish(Channel::Status, Message::Status(StatusReport { pods: reports }));
                             }
                         }
-                        (Channel::Request, Message::LogRequest(r)) => {
-                            let reply = read_logs(&pods, r).await;
-                            publish(Channel::Reply, Message::LogReply(reply));
+                        Ok(Applied::Gap { have, expected_prev }) => {
+                            tracing::info!(have, expected_prev, "missed a desired-state message; asking for a snapshot");
+                            publish(Channel::Hello, Message::Hello(hello(&pods, &view)));
                         }
-                        (c, _) => drops.count("wrong_channel", &format!("{topic} ({c:?})")),
+                        Err(e) => tracing::error!(error = %e, "cannot persist desired pods"),
+                    },
+                    Ok(Inbound::LogRequest(r)) => {
+                        let reply = read_logs(&pods, r).await;
+                        publish(Channel::Reply, Message::LogReply(reply));
                     }
-                }
+                },
             },
             _ = route_tick.tick() => {
                 if let Some(net) = &network {
@@ -597,7 +568,9 @@ async fn read_logs(pods: &PodManager, r: LogRequest) -> LogReply {
             };
         }
     };
-    let (id, tail, offset, limit) = (r.id, r.tail_lines, r.offset, r.limit_bytes);
+    // The reply must fit in one message, whatever the request asks for.
+    let limit = r.limit_bytes.min(wire::MAX_LOG_CHUNK_BYTES);
+    let (id, tail, offset) = (r.id, r.tail_lines, r.offset);
     let result = tokio::task::spawn_blocking(move || match offset {
         Some(o) => crate::logs::read_from(&path, o, limit).map_err(|e| e.to_string()),
         None => Ok(crate::logs::read_tail(&path, tail, limit)),

@@ -351,10 +351,7 @@ pub fn read_host(data_dir: &Path, server: Option<Option<&str>>) -> HostView {
         namespaces: list("/proc/self/ns"),
         modules: list("/sys/module"),
         kernel_config: kernel_config(),
-        now: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
+        now: bramble_api::time::now_secs(),
         free_bytes,
         mount_options,
         iptables: (

@@ -65,10 +65,7 @@ const PULL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 const IMAGE_GC_EVERY_MS: i64 = 60_000;
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    bramble_api::time::now_millis()
 }
 
 /// Settings of the pod manager.
@@ -208,7 +205,10 @@ impl PodManager {
         let rt = self.runtime.clone();
         match tokio::task::spawn_blocking(move || f(rt.as_ref())).await {
             Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: only a runtime that is shutting down cancels a blocking task, and it
+            // drops this future with it.
+            Err(_) => std::future::pending().await,
         }
     }
 

@@ -96,8 +96,9 @@ pub fn client_url(addr: SocketAddr) -> String {
 
 /// Writes `client.yaml` for the CLI.
 pub fn write_client_config(path: &Path, server: &str, token: &str) -> Result<(), CredentialError> {
-    let text = format!(
-        "# Written by bramble-master; read by `bramble`.\nserver: {server}\ntoken: {token}\n"
-    );
-    write_private(path, text.as_bytes())
+    let config = bramble_api::client_config::ClientConfig {
+        server: Some(server.to_string()),
+        token: Some(token.to_string()),
+    };
+    write_private(path, config.render("bramble-master").as_bytes())
 }

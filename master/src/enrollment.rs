@@ -164,10 +164,7 @@ fn ct_eq(a: &str, b: &str) -> bool {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    bramble_api::time::now_secs()
 }
 
 #[cfg(test)]

@@ -21,11 +21,7 @@ pub struct EventRecorder {
 }
 
 fn now() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    bramble_api::time::format_rfc3339(t)
+    bramble_api::time::format_rfc3339(bramble_api::time::now_secs())
 }
 
 impl EventRecorder {

@@ -6,25 +6,28 @@
 //! publishes each node's desired pods as revisioned changes, with a snapshot on every
 //! (re)contact or detected gap. A malformed or hostile payload is counted, logged at most
 //! once per interval per reason, and dropped.
+//!
+//! The protocol's decisions are a pure state machine ([`protocol`]); this file is its I/O
+//! shell: the MQTT pump, decoding, the store, the status writer and the log RPC.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bramble_api::pod::Pod;
-use bramble_api::wire::{
-    self, Channel, Desired, DesiredChange, DesiredPod, LogReply, LogRequest, Message, NodeFacts,
-    PodReport,
-};
+use bramble_api::wire::{self, Channel, LogReply, LogRequest, Message, PodReport};
 use bramble_api::{Kind, Object, Selector};
+use bramble_support::Coalescing;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{
-    Change, DeleteRequest, Entry, EventType, Op, Store, StoreError, Subresource, WatchFilter,
-};
+use crate::store::{DeleteRequest, Entry, Op, Store, StoreError, Subresource, WatchFilter};
+
+mod protocol;
+
+pub use protocol::{Action, Protocol, ReadyUpdate, Refused};
 
 /// How to reach the broker, and the node-lost timeout.
 #[derive(Debug, Clone)]
@@ -87,18 +90,6 @@ impl GatewayHandle {
     }
 }
 
-/// What the gateway knows of a node between heartbeats.
-struct NodeState {
-    last_seen: Instant,
-    /// Ready as last persisted by this gateway.
-    ready: bool,
-    facts: Option<NodeFacts>,
-    /// Resource use from the last heartbeat that carried it (memory only).
-    usage: Option<wire::Usage>,
-    /// The revision of the last desired message sent; 0 = none yet (send a snapshot).
-    desired_sent: u64,
-}
-
 /// Starts the gateway: an MQTT client and the task that owns the protocol state.
 pub fn start(
     store: Store,
@@ -130,8 +121,10 @@ pub fn start(
 
     let (inbox_tx, inbox_rx) = mpsc::channel::<(String, bytes::Bytes)>(8192);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    // The gateway's helpers stop with it, whether the master shuts down or the loop ends.
+    let helpers = shutdown.child_token();
     let pump_client = client.clone();
-    let pump_shutdown = shutdown.clone();
+    let pump_shutdown = helpers.clone();
     let pump = tokio::spawn(async move {
         let mut attempt = 0u32;
         loop {
@@ -179,24 +172,27 @@ pub fn start(
         }
     });
     let store_for_events = store.clone();
-    let (net_tx, net_rx) = mpsc::unbounded_channel();
+    let snapshots = Arc::new(Coalescing::default());
     let net_task = tokio::spawn(crate::netstream::run(
         store.clone(),
         client.clone(),
         config.cidrs.clone(),
-        net_rx,
-        shutdown.clone(),
+        snapshots.clone(),
+        helpers.clone(),
+    ));
+    let ready = Arc::new(Coalescing::default());
+    let writer = tokio::spawn(write_ready_conditions(
+        store.clone(),
+        ready.clone(),
+        helpers.clone(),
     ));
     let gw = Gateway {
-        net_tx,
-        ready_tx: spawn_status_writer(store.clone(), shutdown.clone()),
+        protocol: Protocol::new(config.node_lost_after),
+        snapshots,
+        ready,
         store,
         metrics,
         client,
-        lost_after: config.node_lost_after,
-        nodes: HashMap::new(),
-        pods_by_node: HashMap::new(),
-        watched: 0,
         pending: HashMap::new(),
         next_rpc: 1,
         last_log: HashMap::new(),
@@ -204,8 +200,16 @@ pub fn start(
     };
     let task = tokio::spawn(async move {
         gw.run(inbox_rx, cmd_rx, shutdown).await;
-        pump.abort();
-        net_task.abort();
+        helpers.cancel();
+        for (name, task) in [
+            ("pump", pump),
+            ("network stream", net_task),
+            ("status writer", writer),
+        ] {
+            if let Err(e) = task.await {
+                tracing::error!(task = name, error = %e, "a gateway task failed");
+            }
+        }
     });
     (GatewayHandle { tx: cmd_tx }, task)
 }
@@ -217,49 +221,24 @@ fn jitter() -> f64 {
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    bramble_api::time::now_secs()
 }
 
-/// A node's Ready condition to persist.
-struct ReadyUpdate {
-    node: String,
-    ready: bool,
-    reason: String,
-    message: String,
-    facts: Option<NodeFacts>,
-}
-
-/// Persists Ready transitions in batches (the latest per node wins), many at once so that the
-/// store commits them in groups.
-fn spawn_status_writer(
+/// Persists Ready transitions in batches (the latest per node wins: the queue holds at most
+/// one update per node), many at once so that the store commits them in groups.
+async fn write_ready_conditions(
     store: Store,
+    queue: Arc<Coalescing<String, ReadyUpdate>>,
     shutdown: CancellationToken,
-) -> mpsc::UnboundedSender<ReadyUpdate> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<ReadyUpdate>();
-    tokio::spawn(async move {
-        loop {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                u = rx.recv() => match u { Some(u) => u, None => return },
-            };
-            let mut latest: HashMap<String, ReadyUpdate> = HashMap::new();
-            latest.insert(first.node.clone(), first);
-            while latest.len() < 1024 {
-                match rx.try_recv() {
-                    Ok(u) => {
-                        latest.insert(u.node.clone(), u);
-                    }
-                    Err(_) => break,
-                }
-            }
-            futures_util::future::join_all(latest.into_values().map(|u| write_ready(&store, u)))
-                .await;
-        }
-    });
-    tx
+) {
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            b = queue.take(1024) => b,
+        };
+        futures_util::future::join_all(batch.into_iter().map(|(_, u)| write_ready(&store, u)))
+            .await;
+    }
 }
 
 /// Writes a node's Ready condition (and its facts) if the stored status differs.
@@ -312,19 +291,15 @@ async fn write_ready(store: &Store, u: ReadyUpdate) {
 }
 
 struct Gateway {
+    /// The protocol's state: what the loop below feeds and whose actions it carries out.
+    protocol: Protocol,
     /// Nodes that asked for a network snapshot, for the network stream.
-    net_tx: mpsc::UnboundedSender<String>,
+    snapshots: Arc<Coalescing<String, ()>>,
     /// Ready transitions, persisted by the status writer.
-    ready_tx: mpsc::UnboundedSender<ReadyUpdate>,
+    ready: Arc<Coalescing<String, ReadyUpdate>>,
     store: Store,
     metrics: Arc<Metrics>,
     client: AsyncClient,
-    lost_after: Duration,
-    nodes: HashMap<String, NodeState>,
-    /// Pods bound to each node, as of revision `watched`.
-    pods_by_node: HashMap<String, BTreeMap<String, Arc<Entry>>>,
-    /// The revision the pod index reflects.
-    watched: u64,
     pending: HashMap<u64, oneshot::Sender<LogReply>>,
     next_rpc: u64,
     /// When each drop reason was last logged (log at most once per interval).
@@ -359,13 +334,16 @@ impl Gateway {
                         None => std::future::pending().await,
                     }
                 } => match change {
-                    Ok(c) => self.on_pod_change(&c),
+                    Ok(c) => {
+                        if let Some(a) = self.protocol.on_pod_change(&c) {
+                            self.execute(a).await;
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "pod watch ended; re-listing and resending snapshots");
                         watch = self.relist();
-                        let nodes: Vec<String> = self.nodes.keys().cloned().collect();
-                        for n in nodes {
-                            self.send_snapshot(&n);
+                        for a in self.protocol.resync_all() {
+                            self.execute(a).await;
                         }
                     }
                 },
@@ -377,11 +355,7 @@ impl Gateway {
     /// Rebuilds the pod index from a list and watches from its revision.
     fn relist(&mut self) -> Option<crate::store::Watch> {
         let (rev, items) = self.store.list(Kind::Pod, None, &Selector::everything());
-        self.pods_by_node.clear();
-        for e in items {
-            self.index(&e, false);
-        }
-        self.watched = rev;
+        self.protocol.relisted(rev, items);
         let filter = WatchFilter {
             kind: Kind::Pod,
             namespace: None,
@@ -396,83 +370,25 @@ impl Gateway {
         }
     }
 
-    /// Updates the index; returns the node and uid the change concerns.
-    fn index(&mut self, e: &Arc<Entry>, deleted: bool) -> Option<(String, String)> {
-        let pod = pod_of(e)?;
-        let uid = pod.metadata.uid.clone();
-        let node = pod.spec.node_name.clone();
-        if node.is_empty() {
-            return None;
-        }
-        if deleted {
-            if let Some(m) = self.pods_by_node.get_mut(&node) {
-                m.remove(&uid);
+    /// Carries out what the protocol decided.
+    async fn execute(&mut self, action: Action) {
+        match action {
+            Action::Publish {
+                node,
+                channel,
+                message,
+            } => self.publish(&node, channel, message),
+            // The loop never waits for the write: a storm of hellos must not hold back the
+            // heartbeats queued behind them.
+            Action::Ready(u) => self.ready.push(u.node.clone(), u),
+            Action::NetworkSnapshot(node) => self.snapshots.push(node, ()),
+            Action::Reports { node, reports } => self.apply_reports(&node, &reports).await,
+            Action::LogReply(r) => {
+                if let Some(tx) = self.pending.remove(&r.id) {
+                    let _ = tx.send(r);
+                }
             }
-        } else {
-            self.pods_by_node
-                .entry(node.clone())
-                .or_default()
-                .insert(uid.clone(), e.clone());
         }
-        Some((node, uid))
-    }
-
-    fn on_pod_change(&mut self, c: &Change) {
-        self.watched = c.revision;
-        let deleted = c.type_ == EventType::Deleted;
-        let Some((node, uid)) = self.index(&c.entry, deleted) else {
-            return;
-        };
-        let Some(state) = self.nodes.get(&node) else {
-            return;
-        };
-        if state.desired_sent == 0 || c.revision <= state.desired_sent {
-            return;
-        }
-        let change = if deleted {
-            DesiredChange::Remove { uid }
-        } else {
-            DesiredChange::Upsert(DesiredPod {
-                uid,
-                revision: c.entry.revision,
-                pod_json: c.entry.json.to_vec(),
-            })
-        };
-        self.send_desired(&node, c.revision, change);
-    }
-
-    fn send_desired(&mut self, node: &str, revision: u64, change: DesiredChange) {
-        let Some(state) = self.nodes.get_mut(node) else {
-            return;
-        };
-        let msg = Message::Desired(Desired {
-            revision,
-            prev_revision: state.desired_sent,
-            change,
-        });
-        state.desired_sent = revision;
-        self.publish(node, Channel::Desired, msg);
-    }
-
-    fn send_snapshot(&mut self, node: &str) {
-        let pods: Vec<DesiredPod> = self
-            .pods_by_node
-            .get(node)
-            .map(|m| {
-                m.iter()
-                    .map(|(uid, e)| DesiredPod {
-                        uid: uid.clone(),
-                        revision: e.revision,
-                        pod_json: e.json.to_vec(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(s) = self.nodes.get_mut(node) {
-            // A snapshot replaces everything: the chain restarts from it.
-            s.desired_sent = 0;
-        }
-        self.send_desired(node, self.watched.max(1), DesiredChange::Snapshot(pods));
     }
 
     fn publish(&mut self, node: &str, channel: Channel, msg: Message) {
@@ -536,100 +452,17 @@ impl Gateway {
                 &format!("{topic}: no Node {node:?}; the agent must join first"),
             );
         }
-        match (channel, env.message) {
-            (Channel::Hello, Message::Hello(h)) => {
-                self.touch(&node);
-                if let Some(s) = self.nodes.get_mut(&node) {
-                    s.facts = Some(h.facts);
-                }
-                self.mark_ready(&node).await;
-                self.send_snapshot(&node);
-                if h.network_revision.is_some() {
-                    let _ = self.net_tx.send(node.clone());
-                }
-                self.apply_reports(&node, &h.pods).await;
-            }
-            (Channel::Heartbeat, Message::Heartbeat(hb)) => {
-                let first_contact = !self.nodes.contains_key(&node);
-                self.touch(&node);
-                if let (Some(u), Some(s)) = (hb.usage, self.nodes.get_mut(&node)) {
-                    s.usage = Some(u);
-                }
-                if first_contact {
-                    // A master that restarted under a running broker: resync this node.
-                    self.send_snapshot(&node);
-                }
-                if !self.nodes.get(&node).is_some_and(|s| s.ready) {
-                    self.mark_ready(&node).await;
+        match self
+            .protocol
+            .on_message(&node, channel, env.message, Instant::now())
+        {
+            Ok(actions) => {
+                for a in actions {
+                    self.execute(a).await;
                 }
             }
-            (Channel::Status, Message::Status(s)) => {
-                self.touch(&node);
-                self.apply_reports(&node, &s.pods).await;
-            }
-            (Channel::Will, Message::Gone) => {
-                self.set_lost(
-                    &node,
-                    "the agent disconnected without saying goodbye (MQTT last will)",
-                )
-                .await;
-            }
-            (Channel::Reply, Message::LogReply(r)) => {
-                if let Some(tx) = self.pending.remove(&r.id) {
-                    let _ = tx.send(r);
-                }
-            }
-            (c, m) => {
-                let detail = format!("{topic}: {c:?} cannot carry {}", message_name(&m));
-                self.drop_msg("wire_wrong_channel", &detail)
-            }
+            Err(r) => self.drop_msg(r.reason, &format!("{topic}: {}", r.detail)),
         }
-    }
-
-    fn touch(&mut self, node: &str) {
-        let s = self.nodes.entry(node.to_string()).or_insert(NodeState {
-            last_seen: Instant::now(),
-            ready: false,
-            facts: None,
-            usage: None,
-            desired_sent: 0,
-        });
-        s.last_seen = Instant::now();
-    }
-
-    async fn mark_ready(&mut self, node: &str) {
-        self.set_ready(
-            node,
-            true,
-            "AgentReady",
-            "bramble-agent is posting heartbeats",
-        )
-        .await;
-    }
-
-    async fn set_lost(&mut self, node: &str, why: &str) {
-        if let Some(s) = self.nodes.get_mut(node) {
-            // Forget the desired chain: the next contact gets a snapshot.
-            s.desired_sent = 0;
-        }
-        self.set_ready(node, false, "NodeLost", why).await;
-    }
-
-    /// Records the node's readiness and has the status writer persist its Ready condition
-    /// (a transition, not a heartbeat). The loop never waits for the write: a storm of hellos
-    /// must not hold back the heartbeats queued behind them.
-    async fn set_ready(&mut self, node: &str, ready: bool, reason: &str, message: &str) {
-        let facts = self.nodes.get(node).and_then(|s| s.facts.clone());
-        if let Some(s) = self.nodes.get_mut(node) {
-            s.ready = ready;
-        }
-        let _ = self.ready_tx.send(ReadyUpdate {
-            node: node.to_string(),
-            ready,
-            reason: reason.to_string(),
-            message: message.to_string(),
-            facts,
-        });
     }
 
     async fn apply_reports(&mut self, node: &str, reports: &[PodReport]) {
@@ -701,18 +534,11 @@ impl Gateway {
     }
 
     async fn on_tick(&mut self) {
-        let lost: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, s)| s.ready && s.last_seen.elapsed() > self.lost_after)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for n in lost {
-            let why = format!("no heartbeat for more than {:?}", self.lost_after);
-            self.set_lost(&n, &why).await;
+        for a in self.protocol.on_tick(Instant::now()) {
+            self.execute(a).await;
         }
         self.pending.retain(|_, tx| !tx.is_closed());
-        let ready = self.nodes.values().filter(|s| s.ready).count();
+        let ready = self.protocol.ready_count();
         self.metrics.set_gauge("nodes_ready", ready as i64);
     }
 
@@ -730,18 +556,5 @@ impl Gateway {
                 self.publish(&node, Channel::Request, Message::LogRequest(request));
             }
         }
-    }
-}
-
-fn message_name(m: &Message) -> &'static str {
-    match m {
-        Message::Hello(_) => "Hello",
-        Message::Heartbeat(_) => "Heartbeat",
-        Message::Status(_) => "Status",
-        Message::Desired(_) => "Desired",
-        Message::LogRequest(_) => "LogRequest",
-        Message::LogReply(_) => "LogReply",
-        Message::Gone => "Gone",
-        Message::Network(_) => "Network",
     }
 }

@@ -34,13 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    bramble_support::init_logging("info,rumqttd=warn");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -79,25 +73,9 @@ fn main() -> ExitCode {
 
 /// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
 async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    for n in 0..2 {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        if n == 0 {
-            tracing::info!("signal received; shutting down (send another to exit at once)");
-            shutdown.cancel();
-        } else {
-            tracing::warn!("second signal; exiting now");
-            std::process::exit(130);
-        }
-    }
+    bramble_support::shutdown_on_signals(
+        shutdown,
+        "signal received; shutting down (send another to exit at once)",
+    )
+    .await;
 }

@@ -9,6 +9,7 @@
 //! `max(store revision, last + 1)`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bramble_api::node::Node;
 use bramble_api::wire::{
@@ -16,8 +17,8 @@ use bramble_api::wire::{
     NodeRoute, ObjectJson, SERVICES_TOPIC, SNAPSHOT_PART_BYTES,
 };
 use bramble_api::{Kind, Object, Selector};
+use bramble_support::Coalescing;
 use rumqttc::{AsyncClient, QoS};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Change, Entry, EventType, Store, WatchFilter};
@@ -162,7 +163,7 @@ pub async fn run(
     store: Store,
     client: AsyncClient,
     cidrs: Cidrs,
-    mut snapshots: mpsc::UnboundedReceiver<String>,
+    snapshots: Arc<Coalescing<String, ()>>,
     shutdown: CancellationToken,
 ) {
     let mut state = NetState::default();
@@ -195,11 +196,13 @@ pub async fn run(
         loop {
             let change = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                Some(node) = snapshots.recv() => {
-                    for part in state.snapshot(&cidrs) {
-                        let msg = wire::encode(&node, Message::Network(part));
-                        if let Err(e) = client.publish(Channel::Network.topic(&node), QoS::AtLeastOnce, false, msg).await {
-                            tracing::warn!(node, error = %e, "cannot send a network snapshot");
+                asking = snapshots.take(64) => {
+                    for (node, ()) in asking {
+                        for part in state.snapshot(&cidrs) {
+                            let msg = wire::encode(&node, Message::Network(part));
+                            if let Err(e) = client.publish(Channel::Network.topic(&node), QoS::AtLeastOnce, false, msg).await {
+                                tracing::warn!(node, error = %e, "cannot send a network snapshot");
+                            }
                         }
                     }
                     continue;
@@ -227,8 +230,6 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn change(kind: Kind, ns: &str, name: &str, rev: u64, json: &str, deleted: bool) -> Change {

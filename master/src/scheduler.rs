@@ -747,10 +747,7 @@ impl Scheduler {
     }
 
     async fn mark_unschedulable(&mut self, mut pod: Pod, why: &str) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = bramble_api::time::now_secs();
         let mut st = pod.status.clone().unwrap_or_default();
         st.conditions.retain(|c| c.type_ != "PodScheduled");
         st.conditions.push(bramble_api::meta::Condition {

@@ -51,11 +51,7 @@ struct Backend {
     port: i32,
 }
 
-fn fnv64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
+use bramble_support::fnv64;
 
 /// `BRAMBLE-SVC-<16 hex>`: 28 characters, within iptables' chain name limit.
 fn chain(prefix: &str, key: &str) -> String {

@@ -38,13 +38,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    bramble_support::init_logging("info");
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -44,7 +44,7 @@ fn update(client: &Client, ns: &str, name: &str, change: impl Fn(&mut Value)) ->
 
 /// The revision history the controller keeps in an annotation, oldest first.
 fn history(d: &Value) -> Vec<Value> {
-    d["metadata"]["annotations"]["bramble.io/revision-history"]
+    d["metadata"]["annotations"][bramble_api::deployment::HISTORY_ANNOTATION]
         .as_str()
         .and_then(|h| serde_json::from_str::<Vec<Value>>(h).ok())
         .unwrap_or_default()
@@ -121,9 +121,7 @@ pub fn run(client: &Client, ns: Option<&str>, cmd: &RolloutCommand) -> Result<()
         }
         RolloutCommand::Restart { target } => {
             let name = deployment_name(target)?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs() as i64;
+            let now = bramble_api::time::now_secs();
             update(client, ns, &name, |d| {
                 d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] =
                     json!(bramble_api::time::format_rfc3339(now));

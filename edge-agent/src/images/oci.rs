@@ -14,7 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bramble_api::image::{self, Image, ImageConfigFile, ImagePlatform, ImageRef, Index, Manifest};
 use serde::{Deserialize, Serialize};
@@ -84,10 +84,7 @@ pub struct OciStore {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    u64::try_from(bramble_api::time::now_millis()).unwrap_or(0)
 }
 
 fn hex_of(digest: &str) -> &str {
@@ -587,18 +584,18 @@ impl ImageStore for OciStore {
                 });
             }
             (PullPolicy::IfNotPresent, None) => self.pull(image, &r, &key)?,
-            (PullPolicy::Always, local) => match self.pull(image, &r, &key) {
-                Ok(l) => l,
+            (PullPolicy::Always, local) => match (self.pull(image, &r, &key), local) {
+                (Ok(l), _) => l,
                 // The master is the registry; an offline site keeps running what it has.
-                Err(ImageError::Pull { message, .. }) if local.is_some() => {
+                (Err(ImageError::Pull { message, .. }), Some(cached)) => {
                     tracing::warn!(
                         image,
                         error = message,
                         "pull failed; using the cached image"
                     );
-                    local.unwrap_or_else(|| unreachable!("checked is_some"))
+                    cached
                 }
-                Err(e) => return Err(e),
+                (Err(e), _) => return Err(e),
             },
         };
         let mut chosen = chosen;

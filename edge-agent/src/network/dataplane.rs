@@ -21,11 +21,7 @@ pub struct Dataplane {
     pub bridge: String,
 }
 
-fn fnv64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
+use bramble_support::fnv64;
 
 /// The host end of a pod's veth pair: `bv` and 12 hex digits (interface names have at most
 /// 15 characters).
@@ -65,7 +61,7 @@ impl Dataplane {
                     .ok_or_else(|| format!("bridge {} vanished", self.bridge))?
             }
         };
-        let gw = cidr.gateway();
+        let gw = super::gateway(cidr);
         let have = nl.addresses(index).map_err(|e| e.to_string())?;
         if !have.contains(&(gw, cidr.prefix)) {
             nl.add_address(index, gw, cidr.prefix)
@@ -103,7 +99,7 @@ impl Dataplane {
         }
         let ns = std::fs::File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
         // The pod's side may still be there from an earlier attempt whose host side went.
-        let gw = cidr.gateway();
+        let gw = super::gateway(cidr);
         let prefix = cidr.prefix;
         let in_pod = |f: InPod| {
             let ns = ns.try_clone().map_err(|e| e.to_string())?;

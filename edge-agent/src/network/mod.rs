@@ -23,61 +23,24 @@ use bramble_api::wire::{
 };
 use serde::{Deserialize, Serialize};
 
-/// An IPv4 network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    pub base: Ipv4Addr,
-    pub prefix: u8,
+pub use bramble_api::net::Cidr;
+
+/// The bridge's address in a pod CIDR: its first host address.
+pub fn gateway(cidr: Cidr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(cidr.base).wrapping_add(1))
 }
 
-impl Cidr {
-    /// Parses `10.42.1.0/24` (host bits must be clear).
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let bad = || format!("{s:?} is not an IPv4 CIDR like 10.42.1.0/24");
-        let (a, l) = s.split_once('/').ok_or_else(bad)?;
-        let base: Ipv4Addr = a.parse().map_err(|_| bad())?;
-        let prefix: u8 = l.parse().ok().filter(|p| *p <= 32).ok_or_else(bad)?;
-        let c = Cidr { base, prefix };
-        if u32::from(base) & !c.mask() != 0 {
-            return Err(format!("{s:?} has host bits set"));
-        }
-        Ok(c)
-    }
-
-    fn mask(&self) -> u32 {
-        if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix)
-        }
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.base)
-    }
-
-    /// The bridge's address: the first host address.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.base) + 1)
-    }
-
-    /// The addresses pods may get: after the gateway, before the broadcast address.
-    fn pod_range(&self) -> (u32, u32) {
-        let base = u32::from(self.base);
-        let last = base | !self.mask();
-        (base + 2, last.saturating_sub(1))
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.base, self.prefix)
-    }
+/// The addresses pods may get: after the gateway, before the broadcast address.
+fn pod_range(cidr: Cidr) -> (u32, u32) {
+    (
+        u32::from(cidr.base).saturating_add(2),
+        u32::from(cidr.last()).saturating_sub(1),
+    )
 }
 
 /// The next free pod address after `after` (round-robin), or None when the CIDR is full.
 pub fn allocate(cidr: Cidr, used: &HashSet<Ipv4Addr>, after: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
-    let (first, last) = cidr.pod_range();
+    let (first, last) = pod_range(cidr);
     if last < first {
         return None;
     }
@@ -373,7 +336,7 @@ mod tests {
     #[test]
     fn allocation_is_round_robin_skips_used_and_reserved_addresses() {
         let c = Cidr::parse("10.42.1.0/24").unwrap();
-        assert_eq!(c.gateway(), Ipv4Addr::new(10, 42, 1, 1));
+        assert_eq!(gateway(c), Ipv4Addr::new(10, 42, 1, 1));
         let mut used = HashSet::new();
         let a = allocate(c, &used, None).unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 42, 1, 2), "after the gateway");

@@ -13,10 +13,7 @@ use super::{ContainerSpec, Exit, Observed, Runtime, RuntimeError};
 use crate::images::{ImageError, ImageStore, PreparedImage, PullPolicy};
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    bramble_api::time::now_secs()
 }
 
 /// In-memory containers.

@@ -48,10 +48,7 @@ pub struct ShimArgs {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    bramble_api::time::now_secs()
 }
 
 /// Writes a file atomically (temp file, then rename).

@@ -198,23 +198,9 @@ pub fn plan(d: &Deployment, pods: &[Pod]) -> Plan {
     }
 }
 
-/// The annotation holding the current revision number, as Kubernetes names it.
-pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
-/// The annotation holding the revision history (Bramble has no ReplicaSets to keep it).
-pub const HISTORY_ANNOTATION: &str = "bramble.io/revision-history";
-/// The user's note on why a revision exists, as in kubectl.
-pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
-
-/// One remembered template.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Revision {
-    pub revision: i64,
-    pub hash: String,
-    #[serde(default)]
-    pub change_cause: String,
-    pub template: bramble_api::pod::PodTemplateSpec,
-}
+pub use bramble_api::deployment::{
+    CHANGE_CAUSE_ANNOTATION, HISTORY_ANNOTATION, REVISION_ANNOTATION, Revision,
+};
 
 /// The Deployment's revision history, oldest first.
 pub fn history(d: &Deployment) -> Vec<Revision> {

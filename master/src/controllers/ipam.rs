@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use bramble_api::net::Cidr;
 use bramble_api::node::Node;
 use bramble_api::{Kind, Object, Selector};
 use tokio_util::sync::CancellationToken;
@@ -27,36 +28,18 @@ impl CidrPool {
     /// `10.42.0.0/16` with `/24` per node. The node prefix must be longer than the cluster's
     /// and leave room for pods (at most /30).
     pub fn parse(cluster: &str, node_prefix: u8) -> Result<CidrPool, String> {
-        let (addr, len) = cluster
-            .split_once('/')
-            .ok_or_else(|| format!("{cluster:?} is not an IPv4 CIDR like 10.42.0.0/16"))?;
-        let ip: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{cluster:?} is not an IPv4 CIDR like 10.42.0.0/16"))?;
-        let prefix: u8 = len
-            .parse()
-            .ok()
-            .filter(|p| *p <= 30)
-            .ok_or_else(|| format!("{cluster:?}: the prefix length must be 0-30"))?;
+        let cidr = Cidr::parse(cluster).map_err(|e| e.to_string())?;
+        let prefix = cidr.prefix;
+        if prefix > 30 {
+            return Err(format!("{cluster:?}: the prefix length must be 0-30"));
+        }
         if node_prefix <= prefix || node_prefix > 30 {
             return Err(format!(
                 "the node CIDR mask size /{node_prefix} must be longer than the cluster's /{prefix} and at most /30"
             ));
         }
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        };
-        let base = u32::from(ip);
-        if base & !mask != 0 {
-            return Err(format!(
-                "{cluster:?} has host bits set; did you mean {}/{prefix}?",
-                Ipv4Addr::from(base & mask)
-            ));
-        }
         Ok(CidrPool {
-            base,
+            base: u32::from(cidr.base),
             prefix,
             node_prefix,
         })

@@ -103,10 +103,7 @@ pub fn plan(nodes: &[Node], now: i64, cfg: &LifecycleConfig) -> NodePlan {
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    bramble_api::time::now_secs()
 }
 
 /// Runs the node lifecycle controller until `shutdown`.

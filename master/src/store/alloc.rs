@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use bramble_api::error::{FieldError, Invalid};
+use bramble_api::net::Cidr;
 use bramble_api::service::Service;
 
 use super::StoreError;
@@ -14,8 +15,8 @@ use super::StoreError;
 /// Where Services' addresses come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceRanges {
-    /// The service CIDR (network address and prefix length).
-    pub cidr: (Ipv4Addr, u8),
+    /// The service CIDR.
+    pub cidr: Cidr,
     /// The NodePort range, inclusive.
     pub node_ports: (i32, i32),
 }
@@ -24,7 +25,10 @@ impl Default for ServiceRanges {
     fn default() -> Self {
         // k3s's defaults.
         ServiceRanges {
-            cidr: (Ipv4Addr::new(10, 43, 0, 0), 16),
+            cidr: Cidr {
+                base: Ipv4Addr::new(10, 43, 0, 0),
+                prefix: 16,
+            },
             node_ports: (30000, 32767),
         }
     }
@@ -33,22 +37,16 @@ impl Default for ServiceRanges {
 impl ServiceRanges {
     /// The service CIDR, e.g. `10.43.0.0/16`.
     pub fn cidr_string(&self) -> String {
-        format!("{}/{}", self.cidr.0, self.cidr.1)
+        self.cidr.to_string()
     }
 
     /// Parses `10.43.0.0/16` and `30000-32767`.
     pub fn parse(cidr: &str, node_ports: &str) -> Result<ServiceRanges, String> {
-        let bad = || format!("{cidr:?} is not an IPv4 CIDR like 10.43.0.0/16");
-        let (a, l) = cidr.split_once('/').ok_or_else(bad)?;
-        let ip: Ipv4Addr = a.parse().map_err(|_| bad())?;
-        let len: u8 = l
-            .parse()
-            .ok()
-            .filter(|l| (8..=29).contains(l))
-            .ok_or_else(|| format!("{cidr:?}: the prefix length must be between 8 and 29"))?;
-        let mask = u32::MAX << (32 - len);
-        if u32::from(ip) & !mask != 0 {
-            return Err(format!("{cidr:?} has host bits set"));
+        let network = Cidr::parse(cidr).map_err(|e| e.to_string())?;
+        if !(8..=29).contains(&network.prefix) {
+            return Err(format!(
+                "{cidr:?}: the prefix length must be between 8 and 29"
+            ));
         }
         let (lo, hi) = node_ports
             .split_once('-')
@@ -56,20 +54,19 @@ impl ServiceRanges {
             .filter(|(a, b)| 0 < *a && a <= b && *b <= 65535)
             .ok_or_else(|| format!("{node_ports:?} is not a port range like 30000-32767"))?;
         Ok(ServiceRanges {
-            cidr: (ip, len),
+            cidr: network,
             node_ports: (lo, hi),
         })
     }
 
     fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX << (32 - self.cidr.1);
-        u32::from(ip) & mask == u32::from(self.cidr.0)
+        self.cidr.contains(ip)
     }
 
     /// The CIDR's host addresses (not its network and broadcast addresses), lowest first.
     fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
-        let base = u32::from(self.cidr.0);
-        let size = 1u32 << (32 - self.cidr.1);
+        let base = u32::from(self.cidr.base);
+        let size = 1u32 << (32 - self.cidr.prefix);
         (1..size - 1).map(move |i| Ipv4Addr::from(base + i))
     }
 }
@@ -122,7 +119,7 @@ pub fn allocate(svc: &mut Service, ranges: &ServiceRanges, used: &InUse) -> Resu
                         "spec.clusterIP",
                         format!(
                             "no free address left in the service CIDR {}/{}",
-                            ranges.cidr.0, ranges.cidr.1
+                            ranges.cidr.base, ranges.cidr.prefix
                         ),
                     )
                 })?;
@@ -141,7 +138,7 @@ pub fn allocate(svc: &mut Service, ranges: &ServiceRanges, used: &InUse) -> Resu
                     "spec.clusterIP",
                     format!(
                         "{ip} is not in the service CIDR {}/{}",
-                        ranges.cidr.0, ranges.cidr.1
+                        ranges.cidr.base, ranges.cidr.prefix
                     ),
                 ));
             }

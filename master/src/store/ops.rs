@@ -517,10 +517,7 @@ fn fill_random(buf: &mut [u8]) {
         // The kernel's random source failing is not recoverable in any useful way; fall back
         // to the clock so names stay unique enough rather than taking the master down.
         tracing::error!(error = %e, "getrandom failed");
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let t = bramble_api::time::now_nanos();
         for (i, x) in buf.iter_mut().enumerate() {
             *x = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
         }

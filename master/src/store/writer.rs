@@ -127,10 +127,7 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: Vec<Request>) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = bramble_api::time::now_secs();
         // Decide every request against the state plus the decisions before it.
         let (results, changes, revision) = {
             let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());

@@ -1,0 +1,48 @@
+//! `client.yaml`: where the CLI finds the master and its token. The master writes it next to
+//! its data; `bramble` reads it (or `~/.bramble/config`, the same format).
+
+use serde::{Deserialize, Serialize};
+
+/// The client config file's contents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The API's URL, e.g. `http://127.0.0.1:6443`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// A bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl ClientConfig {
+    /// The file's text, with a comment saying who wrote it.
+    pub fn render(&self, writer: &str) -> String {
+        // A struct of two optional strings always serializes.
+        let body = serde_norway::to_string(self).unwrap_or_default();
+        format!("# Written by {writer}; read by `bramble`.\n{body}")
+    }
+
+    /// Parses the file's text (an empty file is an empty config).
+    pub fn parse(text: &str) -> Result<ClientConfig, serde_norway::Error> {
+        Ok(serde_norway::from_str::<Option<ClientConfig>>(text)?.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_master_writes_the_cli_reads() {
+        let c = ClientConfig {
+            server: Some("http://[::1]:6443".into()),
+            token: Some("0a1b: #not a comment".into()),
+        };
+        let text = c.render("bramble-master");
+        assert!(text.starts_with("# Written by bramble-master"), "{text}");
+        assert_eq!(ClientConfig::parse(&text).unwrap(), c);
+        assert_eq!(ClientConfig::parse("").unwrap(), ClientConfig::default());
+        assert!(ClientConfig::parse("server: x\nsurprise: 1\n").is_err());
+    }
+}

@@ -1,0 +1,244 @@
+//! What the agent accepts from the broker, as a pure function: a publish (topic and payload)
+//! becomes one [`Inbound`] message for this node, or a [`Dropped`] reason to count and log.
+//! Every check a hostile or confused publisher could trip is here, with a test each.
+
+use bramble_api::wire::{self, Channel, Desired, LogRequest, Message, NetworkUpdate};
+
+/// A message for this node, decoded and checked.
+#[derive(Debug, PartialEq)]
+pub enum Inbound {
+    /// Desired pods: a snapshot or a change in the revision chain.
+    Desired(Desired),
+    /// A network event on the shared stream (`shared`), or a snapshot part on the node's own
+    /// network topic.
+    Network { update: NetworkUpdate, shared: bool },
+    /// The master asks for a container's log.
+    LogRequest(LogRequest),
+}
+
+/// Why a publish was dropped: the metric's name and what to log.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Dropped {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+fn dropped(reason: &'static str, detail: String) -> Dropped {
+    Dropped { reason, detail }
+}
+
+/// Routes a publish received by `node`; `network` says whether the node follows the network
+/// stream (it subscribed to it).
+pub fn route(node: &str, topic: &str, payload: &[u8], network: bool) -> Result<Inbound, Dropped> {
+    if topic == wire::SERVICES_TOPIC {
+        return match wire::decode(payload) {
+            Ok(wire::Envelope {
+                message: Message::Network(update),
+                ..
+            }) if network => Ok(Inbound::Network {
+                update,
+                shared: true,
+            }),
+            Ok(_) => Err(dropped("wrong_channel", topic.to_string())),
+            Err(e) => Err(dropped("malformed", format!("{topic}: {e}"))),
+        };
+    }
+    let Some((to, channel)) = Channel::parse(topic) else {
+        return Err(dropped("bad_topic", topic.to_string()));
+    };
+    if to != node {
+        return Err(dropped("other_node", topic.to_string()));
+    }
+    let env = wire::decode(payload).map_err(|e| {
+        let reason = match e {
+            wire::WireError::TooLarge(_) => "too_large",
+            wire::WireError::Version(_) => "bad_version",
+            wire::WireError::Malformed(_) => "malformed",
+        };
+        dropped(reason, format!("{topic}: {e}"))
+    })?;
+    if env.node != node {
+        return Err(dropped("node_mismatch", topic.to_string()));
+    }
+    match (channel, env.message) {
+        (Channel::Desired, Message::Desired(d)) => Ok(Inbound::Desired(d)),
+        (Channel::Network, Message::Network(update)) if network => Ok(Inbound::Network {
+            update,
+            shared: false,
+        }),
+        (Channel::Request, Message::LogRequest(r)) => Ok(Inbound::LogRequest(r)),
+        (c, _) => Err(dropped("wrong_channel", format!("{topic} ({c:?})"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bramble_api::wire::{DesiredChange, Heartbeat, NetworkChange, NetworkSnapshot};
+
+    use super::*;
+
+    fn desired() -> Message {
+        Message::Desired(Desired {
+            revision: 3,
+            prev_revision: 2,
+            change: DesiredChange::Remove { uid: "u".into() },
+        })
+    }
+
+    fn network() -> Message {
+        Message::Network(NetworkUpdate {
+            revision: 9,
+            prev_revision: 0,
+            change: NetworkChange::Snapshot(NetworkSnapshot::default()),
+        })
+    }
+
+    fn log_request() -> Message {
+        Message::LogRequest(LogRequest {
+            id: 1,
+            namespace: "default".into(),
+            pod: "p".into(),
+            container: String::new(),
+            tail_lines: None,
+            previous: false,
+            offset: None,
+            limit_bytes: 10,
+        })
+    }
+
+    #[test]
+    fn every_publish_is_routed_or_dropped_for_a_reason() {
+        let me = "pi-1";
+        let mine = |c: Channel| c.topic(me);
+        let env = |m: Message| wire::encode(me, m);
+        let mut bad_version = env(desired());
+        bad_version[0] = 9;
+        // (topic, payload, follows the network stream, expected route or drop reason)
+        let table: Vec<(String, Vec<u8>, bool, Result<&str, &str>)> = vec![
+            (mine(Channel::Desired), env(desired()), false, Ok("desired")),
+            (mine(Channel::Request), env(log_request()), false, Ok("log")),
+            (
+                mine(Channel::Network),
+                env(network()),
+                true,
+                Ok("network own"),
+            ),
+            (
+                wire::SERVICES_TOPIC.into(),
+                wire::encode("", network()),
+                true,
+                Ok("network shared"),
+            ),
+            // An agent that does not follow the stream ignores network messages.
+            (
+                mine(Channel::Network),
+                env(network()),
+                false,
+                Err("wrong_channel"),
+            ),
+            (
+                wire::SERVICES_TOPIC.into(),
+                wire::encode("", network()),
+                false,
+                Err("wrong_channel"),
+            ),
+            // Anything but a network event on the shared stream.
+            (
+                wire::SERVICES_TOPIC.into(),
+                wire::encode("", desired()),
+                true,
+                Err("wrong_channel"),
+            ),
+            (
+                wire::SERVICES_TOPIC.into(),
+                b"junk".to_vec(),
+                true,
+                Err("malformed"),
+            ),
+            // Another node's topic, a forged envelope, a topic outside the protocol.
+            (
+                "bramble/v1/node/pi-2/desired".into(),
+                wire::encode("pi-2", desired()),
+                false,
+                Err("other_node"),
+            ),
+            (
+                mine(Channel::Desired),
+                wire::encode("pi-2", desired()),
+                false,
+                Err("node_mismatch"),
+            ),
+            (
+                "elsewhere/x".into(),
+                env(desired()),
+                false,
+                Err("bad_topic"),
+            ),
+            // Undecodable payloads.
+            (
+                mine(Channel::Desired),
+                vec![0; wire::MAX_MESSAGE_BYTES + 1],
+                false,
+                Err("too_large"),
+            ),
+            (
+                mine(Channel::Desired),
+                bad_version,
+                false,
+                Err("bad_version"),
+            ),
+            (
+                mine(Channel::Desired),
+                vec![1, 0xff, 0xff],
+                false,
+                Err("malformed"),
+            ),
+            // A message on a channel that does not carry it.
+            (
+                mine(Channel::Desired),
+                env(log_request()),
+                false,
+                Err("wrong_channel"),
+            ),
+            (
+                mine(Channel::Request),
+                env(Message::Heartbeat(Heartbeat {
+                    seq: 1,
+                    usage: None,
+                })),
+                false,
+                Err("wrong_channel"),
+            ),
+            (
+                mine(Channel::Hello),
+                env(desired()),
+                false,
+                Err("wrong_channel"),
+            ),
+        ];
+        for (i, (topic, payload, follows, want)) in table.into_iter().enumerate() {
+            let got = match route(me, &topic, &payload, follows) {
+                Ok(Inbound::Desired(_)) => Ok("desired"),
+                Ok(Inbound::LogRequest(_)) => Ok("log"),
+                Ok(Inbound::Network { shared: false, .. }) => Ok("network own"),
+                Ok(Inbound::Network { shared: true, .. }) => Ok("network shared"),
+                Err(d) => Err(d.reason),
+            };
+            assert_eq!(got, want, "row {i}: {topic}");
+        }
+    }
+
+    #[test]
+    fn a_routed_message_is_the_one_that_was_sent() {
+        let got = route(
+            "n",
+            &Channel::Desired.topic("n"),
+            &wire::encode("n", desired()),
+            false,
+        );
+        let Message::Desired(d) = desired() else {
+            panic!("desired() builds a Desired")
+        };
+        assert_eq!(got, Ok(Inbound::Desired(d)));
+    }
+}
