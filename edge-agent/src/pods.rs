@@ -64,6 +64,19 @@ const PULL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the image cache is checked against its limits (also after every pull).
 const IMAGE_GC_EVERY_MS: i64 = 60_000;
 
+/// Why a pod's sandbox is not on the pod network yet.
+#[derive(Debug)]
+enum NotConnected {
+    /// The node has no pod CIDR yet: the pod waits (ContainerCreating), without back-off.
+    WaitingForCidr,
+    /// A real failure (no address left, netlink refused): CreatePodSandboxError, backed off.
+    Failed(String),
+}
+
+impl NotConnected {
+    const CIDR_WAIT: &str = "waiting for the master to assign this node a pod CIDR";
+}
+
 fn now_ms() -> i64 {
     bramble_api::time::now_millis()
 }
@@ -246,12 +259,27 @@ impl PodManager {
         let ops = plan::plan(&self.desired, &self.records, &observed, now);
         let mut dropped = Vec::new();
         let mut started = Vec::new();
+        let mut sandboxed = Vec::new();
         for op in ops {
-            if let Op::Start { id, .. } = &op {
-                started.push(id.clone());
+            match &op {
+                Op::Start { id, .. } => started.push(id.clone()),
+                Op::CreateSandbox { uid } => sandboxed.push(uid.clone()),
+                _ => {}
             }
             if let Some(uid) = self.execute(op).await {
                 dropped.push(uid);
+            }
+        }
+        // Pods whose sandbox this round made: start their containers now, not a tick later.
+        sandboxed.retain(|uid| self.records.get(uid).is_some_and(|r| r.sandbox_ready));
+        if !sandboxed.is_empty() {
+            for op in plan::plan(&self.desired, &self.records, &observed, now_ms()) {
+                if let Op::Start { uid, id, .. } = &op
+                    && sandboxed.contains(uid)
+                {
+                    started.push(id.clone());
+                    self.execute(op).await;
+                }
             }
         }
         if !started.is_empty() {
@@ -533,18 +561,27 @@ impl PodManager {
                             r.netns = netns.clone();
                         }
                         if let (Some(ns), false) = (netns, host)
-                            && let Err((reason, message)) = self.connect_pod(&uid, ns).await
+                            && let Err(not_connected) = self.connect_pod(&uid, ns).await
                         {
-                            if reason == "ContainerCreating" {
+                            match not_connected {
                                 // Waiting for the master is not a failure: no back-off.
-                                for c in self.records.get_mut(&uid)?.containers.values_mut() {
-                                    c.state = ContainerState::Waiting {
-                                        reason: reason.into(),
-                                        message: message.clone(),
-                                    };
+                                NotConnected::WaitingForCidr => {
+                                    for c in self.records.get_mut(&uid)?.containers.values_mut() {
+                                        c.state = ContainerState::Waiting {
+                                            reason: "ContainerCreating".into(),
+                                            message: NotConnected::CIDR_WAIT.into(),
+                                        };
+                                    }
                                 }
-                            } else {
-                                self.set_waiting(&uid, None, reason, message, now);
+                                NotConnected::Failed(message) => {
+                                    self.set_waiting(
+                                        &uid,
+                                        None,
+                                        "CreatePodSandboxError",
+                                        message,
+                                        now,
+                                    );
+                                }
                             }
                             return None;
                         }
@@ -759,19 +796,12 @@ impl PodManager {
 
     /// Gives a pod its IP (kept in its record) and, on a real node, wires its namespace to
     /// the bridge. Err is the waiting reason and message.
-    async fn connect_pod(
-        &mut self,
-        uid: &str,
-        netns: PathBuf,
-    ) -> Result<(), (&'static str, String)> {
+    async fn connect_pod(&mut self, uid: &str, netns: PathBuf) -> Result<(), NotConnected> {
         let Some(net) = self.network.clone() else {
             return Ok(());
         };
         let Some(cidr) = net.pod_cidr() else {
-            return Err((
-                "ContainerCreating",
-                "waiting for the master to assign this node a pod CIDR".into(),
-            ));
+            return Err(NotConnected::WaitingForCidr);
         };
         let kept = self
             .records
@@ -786,10 +816,12 @@ impl PodManager {
                     .values()
                     .filter_map(|r| r.pod_ip.parse().ok())
                     .collect();
-                let ip = crate::network::allocate(cidr, &used, self.last_pod_ip).ok_or((
-                    "CreatePodSandboxError",
-                    format!("no free address left in the node's pod CIDR {cidr}"),
-                ))?;
+                let ip =
+                    crate::network::allocate(cidr, &used, self.last_pod_ip).ok_or_else(|| {
+                        NotConnected::Failed(format!(
+                            "no free address left in the node's pod CIDR {cidr}"
+                        ))
+                    })?;
                 self.last_pod_ip = Some(ip);
                 if let Some(r) = self.records.get_mut(uid) {
                     r.pod_ip = ip.to_string();
@@ -806,7 +838,7 @@ impl PodManager {
             .unwrap_or_else(|e| Err(e.to_string()))
             .map_err(|e| {
                 tracing::warn!(uid, error = %e, "cannot connect the pod to the network");
-                ("CreatePodSandboxError", format!("pod network: {e}"))
+                NotConnected::Failed(format!("pod network: {e}"))
             })
     }
 
@@ -871,27 +903,8 @@ mod tests {
             })
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_slow_pull_does_not_hold_back_other_pods() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(&dir.path().join("agent.redb")).unwrap();
-        let mut pm = PodManager::load(
-            Arc::new(MemoryRuntime::new()),
-            Arc::new(SlowImages),
-            store,
-            PodManagerConfig {
-                data_dir: dir.path().to_path_buf(),
-                backoff: Backoff {
-                    base: std::time::Duration::from_millis(10),
-                    max: std::time::Duration::from_millis(100),
-                },
-                host_ip: "127.0.0.1".into(),
-                network: None,
-            },
-        )
-        .unwrap();
-        let pod = |name: &str, image: &str| {
-            DesiredPod {
+    fn pod(name: &str, image: &str) -> DesiredPod {
+        DesiredPod {
             uid: format!("uid-{name}"),
             revision: 1,
             pod_json: serde_json::to_vec(&serde_json::json!({
@@ -901,7 +914,54 @@ mod tests {
             }))
             .unwrap(),
         }
-        };
+    }
+
+    fn manager(dir: &std::path::Path) -> PodManager {
+        let store = LocalStore::open(&dir.join("agent.redb")).unwrap();
+        PodManager::load(
+            Arc::new(MemoryRuntime::new()),
+            Arc::new(SlowImages),
+            store,
+            PodManagerConfig {
+                data_dir: dir.to_path_buf(),
+                backoff: Backoff {
+                    base: std::time::Duration::from_millis(10),
+                    max: std::time::Duration::from_millis(100),
+                },
+                host_ip: "127.0.0.1".into(),
+                network: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_round_makes_the_sandbox_and_starts_the_containers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pm = manager(dir.path());
+        pm.apply_desired(Desired {
+            revision: 1,
+            prev_revision: 0,
+            change: DesiredChange::Snapshot(vec![pod("a", "fast:1")]),
+        })
+        .unwrap();
+        let reports = pm.reconcile().await;
+        assert!(
+            matches!(state(&pm, "a"), ContainerState::Running { .. }),
+            "after one round: {:?}",
+            state(&pm, "a")
+        );
+        assert!(
+            reports.iter().any(|r| r.name == "a"
+                && matches!(r.containers[0].state, ContainerState::Running { .. })),
+            "the round's reports say it runs: {reports:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_pull_does_not_hold_back_other_pods() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pm = manager(dir.path());
         pm.apply_desired(Desired {
             revision: 1,
             prev_revision: 0,

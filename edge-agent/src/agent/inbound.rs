@@ -114,7 +114,8 @@ mod tests {
         let mut bad_version = env(desired());
         bad_version[0] = 9;
         // (topic, payload, follows the network stream, expected route or drop reason)
-        let table: Vec<(String, Vec<u8>, bool, Result<&str, &str>)> = vec![
+        type Row = (String, Vec<u8>, bool, Result<&'static str, &'static str>);
+        let table: Vec<Row> = vec![
             (mine(Channel::Desired), env(desired()), false, Ok("desired")),
             (mine(Channel::Request), env(log_request()), false, Ok("log")),
             (

@@ -451,7 +451,9 @@ mod tests {
             .unwrap();
         // A new pod on n1, then an update, then a deletion: each chained to the last.
         let c = pod("c", "n1", 7);
-        let steps: Vec<(Change, Option<(u64, u64, &str)>)> = vec![
+        // A change, and the desired message it sends: (revision, prev_revision, what).
+        type Step = (Change, Option<(u64, u64, &'static str)>);
+        let steps: Vec<Step> = vec![
             (
                 change(EventType::Added, c.clone()),
                 Some((7, 6, "upsert uid-c")),
