@@ -699,6 +699,7 @@ impl PodManager {
                     },
                     log_path,
                 };
+                let has_readiness_probe = spec.container.readiness_probe.is_some();
                 let result = self.blocking(move |rt| rt.start(&spec)).await;
                 let cr = self.records.get_mut(&uid)?.containers.get_mut(&container)?;
                 match result {
@@ -710,6 +711,9 @@ impl PodManager {
                         cr.killed_at_ms = None;
                         cr.exit_seen = None;
                         cr.done = false;
+                        // A new instance with a readiness probe is not ready until the probe
+                        // passes, whatever the last instance was.
+                        cr.ready = has_readiness_probe.then_some(false);
                         cr.state = ContainerState::Waiting {
                             reason: "ContainerCreating".into(),
                             message: String::new(),
@@ -939,23 +943,35 @@ mod tests {
     async fn one_round_makes_the_sandbox_and_starts_the_containers() {
         let dir = tempfile::tempdir().unwrap();
         let mut pm = manager(dir.path());
+        // b has a readiness probe that has not run yet.
+        let mut probed = pod("b", "fast:1");
+        let mut json: serde_json::Value = serde_json::from_slice(&probed.pod_json).unwrap();
+        json["spec"]["containers"][0]["readinessProbe"] =
+            serde_json::json!({"exec": {"command": ["true"]}});
+        probed.pod_json = serde_json::to_vec(&json).unwrap();
         pm.apply_desired(Desired {
             revision: 1,
             prev_revision: 0,
-            change: DesiredChange::Snapshot(vec![pod("a", "fast:1")]),
+            change: DesiredChange::Snapshot(vec![pod("a", "fast:1"), probed]),
         })
         .unwrap();
         let reports = pm.reconcile().await;
-        assert!(
-            matches!(state(&pm, "a"), ContainerState::Running { .. }),
-            "after one round: {:?}",
-            state(&pm, "a")
-        );
-        assert!(
-            reports.iter().any(|r| r.name == "a"
-                && matches!(r.containers[0].state, ContainerState::Running { .. })),
-            "the round's reports say it runs: {reports:?}"
-        );
+        let report = |name: &str| {
+            reports
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| r.containers[0].clone())
+                .unwrap_or_else(|| panic!("no report for {name}: {reports:?}"))
+        };
+        for name in ["a", "b"] {
+            assert!(
+                matches!(report(name).state, ContainerState::Running { .. }),
+                "{name} after one round: {:?}",
+                report(name)
+            );
+        }
+        assert!(report("a").ready, "no readiness probe: ready when running");
+        assert!(!report("b").ready, "ready before its readiness probe ran");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
