@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use bramble_api::wire::{
     self, Channel, Heartbeat, Hello, LogReply, LogRequest, Message, StatusReport, Usage,
 };
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use bramble_support::LogLimiter;
+use bramble_support::mqtt::{self, Incoming};
+use rumqttc::{AsyncClient, LastWill, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -45,18 +47,11 @@ pub enum AgentError {
     Config(String),
 }
 
-/// Events from the MQTT pump to the main loop.
-enum Incoming {
-    Connected,
-    Publish(String, bytes::Bytes),
-}
-
 /// Counts of dropped messages, written to `<data>/agent-metrics.prom` (node_exporter's
 /// textfile format) when they change.
-#[derive(Default)]
 struct Drops {
     counts: BTreeMap<&'static str, u64>,
-    last_log: BTreeMap<&'static str, Instant>,
+    log: LogLimiter,
     path: std::path::PathBuf,
     /// Pods on the node, as last written.
     pods: Option<usize>,
@@ -65,13 +60,7 @@ struct Drops {
 impl Drops {
     fn count(&mut self, reason: &'static str, detail: &str) {
         *self.counts.entry(reason).or_default() += 1;
-        let now = Instant::now();
-        if self
-            .last_log
-            .get(reason)
-            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10))
-        {
-            self.last_log.insert(reason, now);
+        if self.log.due(reason, Instant::now()) {
             tracing::warn!(
                 reason,
                 detail,
@@ -110,12 +99,6 @@ impl Drops {
     }
 }
 
-fn jitter() -> f64 {
-    let mut b = [0u8; 2];
-    let _ = getrandom::fill(&mut b);
-    f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
-}
-
 /// Finds this node's credentials, joining first if needed (retrying while the master is
 /// unreachable, until `shutdown`).
 async fn credentials(
@@ -147,7 +130,7 @@ async fn credentials(
                     attempt,
                     Duration::from_millis(500),
                     Duration::from_secs(30),
-                    jitter(),
+                    mqtt::jitter(),
                 );
                 attempt += 1;
                 tracing::warn!(server, message, retry_in = ?wait, "cannot reach the master to join");
@@ -280,16 +263,8 @@ pub async fn run_with_runtime(
         u64::from_le_bytes(b)
     };
 
-    let mut opts = MqttOptions::new(&node, &host, creds.mqtt_port);
+    let mut opts = mqtt::options(&node, &host, creds.mqtt_port);
     opts.set_credentials(&node, &creds.node_token);
-    opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_clean_session(true);
-    // Incoming up to twice the protocol limit, so an oversized message is counted by the
-    // decoder instead of dropping the connection.
-    opts.set_max_packet_size(
-        2 * wire::MAX_MESSAGE_BYTES + 4096,
-        wire::MAX_MESSAGE_BYTES + 4096,
-    );
     opts.set_last_will(LastWill::new(
         Channel::Will.topic(&node),
         wire::encode(&node, Message::Gone),
@@ -297,56 +272,21 @@ pub async fn run_with_runtime(
         false,
     ));
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    net.set_connection_timeout(5);
-    eventloop.set_network_options(net);
+    mqtt::network(&mut eventloop, Some(5));
 
     let (in_tx, mut in_rx) = mpsc::channel::<Incoming>(1024);
-    let pump_shutdown = shutdown.clone();
-    let pump = tokio::spawn(async move {
-        let mut attempt = 0u32;
-        loop {
-            let ev = tokio::select! {
-                _ = pump_shutdown.cancelled() => break,
-                ev = eventloop.poll() => ev,
-            };
-            match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    attempt = 0;
-                    if in_tx.send(Incoming::Connected).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if in_tx
-                        .send(Incoming::Publish(p.topic, p.payload))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    // Capped exponential back-off with jitter: a rack back from a power cut
-                    // does not reconnect in lockstep.
-                    let wait = bramble_api::backoff::delay(
-                        attempt,
-                        Duration::from_millis(200),
-                        Duration::from_secs(30),
-                        jitter(),
-                    );
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!(error = %e, retry_in = ?wait, "MQTT connection to the master failed");
-                    tokio::select! {
-                        _ = pump_shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        }
-    });
+    // Capped exponential back-off with jitter: a rack back from a power cut does not
+    // reconnect in lockstep.
+    let pump = tokio::spawn(mqtt::pump(
+        eventloop,
+        in_tx,
+        mqtt::Reconnect {
+            first: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+            what: "MQTT connection to the master",
+        },
+        shutdown.clone(),
+    ));
 
     // Heartbeats on their own task, so a long reconcile round never delays them.
     let (usage_tx, usage_rx) = watch::channel(Usage {
@@ -362,8 +302,10 @@ pub async fn run_with_runtime(
     ));
 
     let mut drops = Drops {
+        counts: BTreeMap::new(),
+        log: LogLimiter::new(Duration::from_secs(10)),
         path: dir.join("agent-metrics.prom"),
-        ..Default::default()
+        pods: None,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

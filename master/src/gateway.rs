@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use bramble_api::pod::Pod;
 use bramble_api::wire::{self, Channel, LogReply, LogRequest, Message, PodReport};
 use bramble_api::{Kind, Object, Selector};
-use bramble_support::Coalescing;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use bramble_support::mqtt;
+use bramble_support::{Coalescing, LogLimiter};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -97,80 +98,31 @@ pub fn start(
     config: GatewayConfig,
     shutdown: CancellationToken,
 ) -> (GatewayHandle, tokio::task::JoinHandle<()>) {
-    let mut opts = MqttOptions::new(
-        format!("{}-{}", crate::broker::MASTER_USER, std::process::id()),
+    let mut opts = mqtt::options(
+        &format!("{}-{}", crate::broker::MASTER_USER, std::process::id()),
         &config.host,
         config.port,
     );
-    opts.set_keep_alive(Duration::from_secs(5));
-    // Incoming up to twice the protocol limit, so an oversized message is counted by the
-    // decoder instead of dropping the connection.
-    opts.set_max_packet_size(
-        2 * wire::MAX_MESSAGE_BYTES + 4096,
-        wire::MAX_MESSAGE_BYTES + 4096,
-    );
-    opts.set_clean_session(true);
     if let Some((u, p)) = &config.credentials {
         opts.set_credentials(u, p);
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
-    let mut net = rumqttc::NetworkOptions::new();
-    // Without it a request/response round trip waits ~40 ms on Nagle's algorithm.
-    net.set_tcp_nodelay(true);
-    eventloop.set_network_options(net);
+    mqtt::network(&mut eventloop, None);
 
-    let (inbox_tx, inbox_rx) = mpsc::channel::<(String, bytes::Bytes)>(8192);
+    let (inbox_tx, inbox_rx) = mpsc::channel::<mqtt::Incoming>(8192);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     // The gateway's helpers stop with it, whether the master shuts down or the loop ends.
     let helpers = shutdown.child_token();
-    let pump_client = client.clone();
-    let pump_shutdown = helpers.clone();
-    let pump = tokio::spawn(async move {
-        let mut attempt = 0u32;
-        loop {
-            let ev = tokio::select! {
-                _ = pump_shutdown.cancelled() => break,
-                ev = eventloop.poll() => ev,
-            };
-            match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    attempt = 0;
-                    tracing::info!("gateway connected to the MQTT broker");
-                    for (c, qos) in [
-                        (Channel::Hello, QoS::AtLeastOnce),
-                        (Channel::Heartbeat, QoS::AtMostOnce),
-                        (Channel::Status, QoS::AtLeastOnce),
-                        (Channel::Will, QoS::AtLeastOnce),
-                        (Channel::Reply, QoS::AtLeastOnce),
-                    ] {
-                        if let Err(e) = pump_client.try_subscribe(c.filter_all(), qos) {
-                            tracing::error!(error = %e, "cannot subscribe");
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if inbox_tx.send((p.topic, p.payload)).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let wait = bramble_api::backoff::delay(
-                        attempt,
-                        Duration::from_millis(100),
-                        Duration::from_secs(5),
-                        jitter(),
-                    );
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!(error = %e, retry_in = ?wait, "gateway MQTT connection failed");
-                    tokio::select! {
-                        _ = pump_shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        }
-    });
+    let pump = tokio::spawn(mqtt::pump(
+        eventloop,
+        inbox_tx,
+        mqtt::Reconnect {
+            first: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            what: "gateway MQTT connection",
+        },
+        helpers.clone(),
+    ));
     let store_for_events = store.clone();
     let snapshots = Arc::new(Coalescing::default());
     let net_task = tokio::spawn(crate::netstream::run(
@@ -195,7 +147,7 @@ pub fn start(
         client,
         pending: HashMap::new(),
         next_rpc: 1,
-        last_log: HashMap::new(),
+        drop_log: LogLimiter::new(Duration::from_secs(10)),
         events: crate::events::EventRecorder::new(store_for_events, "node-agent"),
     };
     let task = tokio::spawn(async move {
@@ -212,12 +164,6 @@ pub fn start(
         }
     });
     (GatewayHandle { tx: cmd_tx }, task)
-}
-
-fn jitter() -> f64 {
-    let mut b = [0u8; 2];
-    let _ = getrandom::fill(&mut b);
-    f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
 }
 
 fn now_secs() -> i64 {
@@ -302,8 +248,8 @@ struct Gateway {
     client: AsyncClient,
     pending: HashMap<u64, oneshot::Sender<LogReply>>,
     next_rpc: u64,
-    /// When each drop reason was last logged (log at most once per interval).
-    last_log: HashMap<&'static str, Instant>,
+    /// Drops are logged at most once per interval per reason.
+    drop_log: LogLimiter,
     events: crate::events::EventRecorder,
 }
 
@@ -317,7 +263,7 @@ fn pod_of(entry: &Entry) -> Option<Pod> {
 impl Gateway {
     async fn run(
         mut self,
-        mut inbox: mpsc::Receiver<(String, bytes::Bytes)>,
+        mut inbox: mpsc::Receiver<mqtt::Incoming>,
         mut commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) {
@@ -326,7 +272,10 @@ impl Gateway {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some((topic, payload)) = inbox.recv() => self.on_publish(&topic, &payload).await,
+                Some(incoming) = inbox.recv() => match incoming {
+                    mqtt::Incoming::Connected => self.subscribe(),
+                    mqtt::Incoming::Publish(topic, payload) => self.on_publish(&topic, &payload).await,
+                },
                 Some(cmd) = commands.recv() => self.on_command(cmd),
                 change = async {
                     match watch.as_mut() {
@@ -348,6 +297,22 @@ impl Gateway {
                     }
                 },
                 _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    /// On every (re)connection: the agents' topics, every node at once.
+    fn subscribe(&self) {
+        tracing::info!("gateway connected to the MQTT broker");
+        for (c, qos) in [
+            (Channel::Hello, QoS::AtLeastOnce),
+            (Channel::Heartbeat, QoS::AtMostOnce),
+            (Channel::Status, QoS::AtLeastOnce),
+            (Channel::Will, QoS::AtLeastOnce),
+            (Channel::Reply, QoS::AtLeastOnce),
+        ] {
+            if let Err(e) = self.client.try_subscribe(c.filter_all(), qos) {
+                tracing::error!(error = %e, "cannot subscribe");
             }
         }
     }
@@ -404,13 +369,7 @@ impl Gateway {
     }
 
     fn log_drop(&mut self, reason: &'static str, detail: &str) {
-        let now = Instant::now();
-        let due = self
-            .last_log
-            .get(reason)
-            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10));
-        if due {
-            self.last_log.insert(reason, now);
+        if self.drop_log.due(reason, Instant::now()) {
             tracing::warn!(
                 reason,
                 detail,

@@ -1,6 +1,9 @@
 //! Plumbing that Bramble's binaries (master, agent, proxy) share, so that each has one home
 //! and no binary imports another: logging set-up, shutdown on signals, a stable hash.
 
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::io::IsTerminal;
@@ -54,6 +57,36 @@ pub fn fnv64(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// Whether a repeated event is due to be logged: at most once per interval per reason, so a
+/// flood of hostile messages cannot fill a board's SD card with the same line.
+#[derive(Debug)]
+pub struct LogLimiter {
+    every: std::time::Duration,
+    last: HashMap<&'static str, std::time::Instant>,
+}
+
+impl LogLimiter {
+    /// At most once per `every` per reason.
+    pub fn new(every: std::time::Duration) -> Self {
+        LogLimiter {
+            every,
+            last: HashMap::new(),
+        }
+    }
+
+    /// Whether to log `reason` now (and if so, the next one waits `every`).
+    pub fn due(&mut self, reason: &'static str, now: std::time::Instant) -> bool {
+        let due = self
+            .last
+            .get(reason)
+            .is_none_or(|t| now.saturating_duration_since(*t) >= self.every);
+        if due {
+            self.last.insert(reason, now);
+        }
+        due
+    }
 }
 
 /// A queue that keeps only the latest value per key: bounded by the number of keys (nodes,
@@ -126,6 +159,25 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn the_log_limiter_allows_once_per_interval_per_reason() {
+        let mut l = LogLimiter::new(Duration::from_secs(10));
+        let t0 = std::time::Instant::now();
+        let s = Duration::from_secs;
+        let table = [
+            ("a", s(0), true),
+            ("a", s(1), false),
+            ("b", s(1), true),
+            ("a", s(9), false),
+            ("a", s(10), true),
+            ("a", s(15), false),
+            ("b", s(11), true),
+        ];
+        for (i, (reason, at, want)) in table.into_iter().enumerate() {
+            assert_eq!(l.due(reason, t0 + at), want, "row {i}");
+        }
+    }
 
     #[tokio::test]
     async fn coalescing_keeps_the_latest_value_per_key() {
