@@ -130,7 +130,7 @@ async fn credentials(
                     attempt,
                     Duration::from_millis(500),
                     Duration::from_secs(30),
-                    mqtt::jitter(),
+                    bramble_support::jitter(),
                 );
                 attempt += 1;
                 tracing::warn!(server, message, retry_in = ?wait, "cannot reach the master to join");

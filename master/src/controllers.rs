@@ -1,18 +1,23 @@
 //! Controllers: level-triggered loops that keep objects true to their spec. Each watches
-//! the store, marks what an event touches as dirty, and reconciles it with a pure planner.
+//! the store, queues what an event touches, and reconciles it with a pure planner; a failed
+//! reconcile is retried after a capped, jittered back-off ([`queue`]), not left for the next
+//! unrelated change.
 
 pub mod deployment;
 pub mod endpoints;
 pub mod ipam;
 pub mod nodes;
+pub mod queue;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
+use std::time::Instant;
 
 use bramble_api::deployment::Deployment;
 use bramble_api::pod::Pod;
 use bramble_api::{Kind, Object, Selector};
 use tokio_util::sync::CancellationToken;
 
+use self::queue::{Retry, WorkQueue};
 use crate::events::EventRecorder;
 use crate::store::{DeleteRequest, EventType, Op, Store, StoreError, Subresource, WatchFilter};
 
@@ -31,7 +36,8 @@ pub async fn run_deployments(store: Store, shutdown: CancellationToken) {
     loop {
         // uid → (namespace, name) of every Deployment, to route pod events to owners.
         let mut by_uid: HashMap<String, (String, String)> = HashMap::new();
-        let mut dirty: BTreeSet<(String, String)> = BTreeSet::new();
+        // What to reconcile: changed Deployments now, failed ones after a back-off.
+        let mut queue: WorkQueue<(String, String)> = WorkQueue::new(Retry::default());
         let (drev, deps) = store.list(Kind::Deployment, None, &Selector::everything());
         for e in &deps {
             if let Ok(Object::Deployment(d)) = e.object() {
@@ -39,7 +45,7 @@ pub async fn run_deployments(store: Store, shutdown: CancellationToken) {
                     d.metadata.uid.clone(),
                     (d.metadata.namespace.clone(), d.metadata.name.clone()),
                 );
-                dirty.insert((d.metadata.namespace.clone(), d.metadata.name.clone()));
+                queue.add((d.metadata.namespace.clone(), d.metadata.name.clone()));
             }
         }
         let (prev, _) = store.list(Kind::Pod, None, &Selector::everything());
@@ -55,13 +61,25 @@ pub async fn run_deployments(store: Store, shutdown: CancellationToken) {
             }
         };
         loop {
-            for (ns, name) in std::mem::take(&mut dirty) {
-                if let Err(e) = reconcile(&store, &mut events, &ns, &name).await {
-                    tracing::warn!(deployment = %name, error = %e, "reconcile failed; retrying on the next change");
+            for key in queue.take(Instant::now()) {
+                match reconcile(&store, &mut events, &key.0, &key.1).await {
+                    Ok(()) => queue.done(&key),
+                    Err(e) => {
+                        let retry_in =
+                            queue.failed(key.clone(), Instant::now(), bramble_support::jitter());
+                        tracing::warn!(deployment = %key.1, error = %e, ?retry_in, "reconcile failed; retrying");
+                    }
                 }
             }
+            let retry = queue.next_retry();
             let change = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = async {
+                    match retry {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => continue,
                 c = dw.next() => c,
                 c = pw.next() => c,
             };
@@ -71,10 +89,11 @@ pub async fn run_deployments(store: Store, shutdown: CancellationToken) {
                     let key = (d.metadata.namespace.clone(), d.metadata.name.clone());
                     if c.type_ == EventType::Deleted {
                         by_uid.remove(&d.metadata.uid);
+                        queue.remove(&key);
                         delete_owned(&store, &d.metadata.namespace, &d.metadata.uid).await;
                     } else {
                         by_uid.insert(d.metadata.uid.clone(), key.clone());
-                        dirty.insert(key);
+                        queue.add(key);
                     }
                 }
                 Ok(Object::Pod(p)) => {
@@ -85,9 +104,7 @@ pub async fn run_deployments(store: Store, shutdown: CancellationToken) {
                         .filter(|o| o.controller == Some(true))
                     {
                         match by_uid.get(&o.uid) {
-                            Some(key) => {
-                                dirty.insert(key.clone());
-                            }
+                            Some(key) => queue.add(key.clone()),
                             None if o.kind == "Deployment" && c.type_ != EventType::Deleted => {
                                 // Its owner is gone: collect it.
                                 delete_pod(&store, &p.metadata.namespace, &p.metadata.name).await;

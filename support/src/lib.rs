@@ -59,6 +59,15 @@ pub fn fnv64(s: &str) -> u64 {
     })
 }
 
+/// A uniform number in [0, 1] from the kernel's random source (0.5 when it fails).
+pub fn jitter() -> f64 {
+    let mut b = [0u8; 2];
+    if getrandom::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
+}
+
 /// Whether a repeated event is due to be logged: at most once per interval per reason, so a
 /// flood of hostile messages cannot fill a board's SD card with the same line.
 #[derive(Debug)]
@@ -159,6 +168,13 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn jitter_stays_in_range_and_varies() {
+        let xs: Vec<f64> = (0..64).map(|_| jitter()).collect();
+        assert!(xs.iter().all(|x| (0.0..=1.0).contains(x)), "{xs:?}");
+        assert!(xs.iter().any(|x| *x != xs[0]), "64 equal draws: {xs:?}");
+    }
 
     #[test]
     fn the_log_limiter_allows_once_per_interval_per_reason() {

@@ -77,8 +77,12 @@ pub async fn pump(
             Ok(Event::Incoming(Packet::Publish(p))) => Incoming::Publish(p.topic, p.payload),
             Ok(_) => continue,
             Err(e) => {
-                let wait =
-                    bramble_api::backoff::delay(attempt, reconnect.first, reconnect.max, jitter());
+                let wait = bramble_api::backoff::delay(
+                    attempt,
+                    reconnect.first,
+                    reconnect.max,
+                    crate::jitter(),
+                );
                 attempt = attempt.saturating_add(1);
                 tracing::warn!(error = %e, retry_in = ?wait, "{} failed", reconnect.what);
                 tokio::select! {
@@ -91,26 +95,5 @@ pub async fn pump(
         if tx.send(incoming).await.is_err() {
             break;
         }
-    }
-}
-
-/// A uniform number in [0, 1] from the kernel's random source (0.5 when it fails).
-pub fn jitter() -> f64 {
-    let mut b = [0u8; 2];
-    if getrandom::fill(&mut b).is_err() {
-        return 0.5;
-    }
-    f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_in_range_and_varies() {
-        let xs: Vec<f64> = (0..64).map(|_| jitter()).collect();
-        assert!(xs.iter().all(|x| (0.0..=1.0).contains(x)), "{xs:?}");
-        assert!(xs.iter().any(|x| *x != xs[0]), "64 equal draws: {xs:?}");
     }
 }
