@@ -7,6 +7,7 @@
 //! Service's deletion deletes its Endpoints.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use bramble_api::meta::IntOrString;
 use bramble_api::pod::Pod;
@@ -16,6 +17,7 @@ use bramble_api::service::{
 use bramble_api::{Kind, Object, Selector};
 use tokio_util::sync::CancellationToken;
 
+use super::queue::{Retry, WorkQueue};
 use crate::store::{DeleteRequest, Op, Store, StoreError, WatchFilter};
 
 fn ready(p: &Pod) -> bool {
@@ -134,8 +136,10 @@ fn objects<T>(store: &Store, kind: Kind, ns: &str, pick: fn(Object) -> Option<T>
 
 /// Brings one namespace's Endpoints in line with its Services and pods. A namespace without
 /// Services or Endpoints costs one lookup; pods are matched by their labels before any is
-/// decoded.
-pub async fn sync_namespace(store: &Store, ns: &str) {
+/// decoded. Every write is tried; the first failure is returned (the caller retries the
+/// namespace after a back-off).
+pub async fn sync_namespace(store: &Store, ns: &str) -> Result<(), StoreError> {
+    let mut result = Ok(());
     let services = objects(store, Kind::Service, ns, |o| match o {
         Object::Service(s) => Some(s),
         _ => None,
@@ -145,7 +149,7 @@ pub async fn sync_namespace(store: &Store, ns: &str) {
         _ => None,
     });
     if services.is_empty() && existing.is_empty() {
-        return;
+        return Ok(());
     }
     let selectors: Vec<&BTreeMap<String, String>> = services
         .iter()
@@ -186,6 +190,7 @@ pub async fn sync_namespace(store: &Store, ns: &str) {
         e.metadata.labels = svc.metadata.labels.clone();
         if let Err(err) = store.write(Op::Apply(Object::Endpoints(e))).await {
             tracing::warn!(namespace = ns, service = name, error = %err, "cannot write endpoints");
+            result = result.and(Err(err));
         }
     }
     for e in existing {
@@ -205,9 +210,11 @@ pub async fn sync_namespace(store: &Store, ns: &str) {
                 && !matches!(err, StoreError::NotFound { .. })
             {
                 tracing::warn!(namespace = ns, endpoints = name, error = %err, "cannot delete endpoints");
+                result = result.and(Err(err));
             }
         }
     }
+    result
 }
 
 /// Runs the controller until `shutdown`.
@@ -231,8 +238,10 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
             )
             .map(|e| e.namespace.clone())
             .collect();
-        for ns in &namespaces {
-            sync_namespace(&store, ns).await;
+        // Namespaces to bring in line: touched ones now, failed ones after a back-off.
+        let mut queue: WorkQueue<String> = WorkQueue::new(Retry::default());
+        for ns in namespaces {
+            queue.add(ns);
         }
         let (Ok(mut services), Ok(mut pods)) = (
             store.watch(all(Kind::Service), Some(rev)),
@@ -242,14 +251,35 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
             return;
         };
         loop {
+            for ns in queue.take(Instant::now()) {
+                match sync_namespace(&store, &ns).await {
+                    Ok(()) => queue.done(&ns),
+                    Err(_) => {
+                        let retry_in =
+                            queue.failed(ns.clone(), Instant::now(), bramble_support::jitter());
+                        tracing::warn!(
+                            namespace = ns,
+                            ?retry_in,
+                            "endpoints sync failed; retrying"
+                        );
+                    }
+                }
+            }
+            let retry = queue.next_retry();
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = async {
+                    match retry {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => continue,
                 c = services.next() => c,
                 c = pods.next() => c,
             };
             let Ok(first) = first else { break };
             // Everything that is already queued, then each touched namespace once.
-            let mut touched = BTreeSet::from([first.entry.namespace.clone()]);
+            queue.add(first.entry.namespace.clone());
             loop {
                 let more = tokio::select! {
                     biased;
@@ -258,14 +288,9 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
                     _ = std::future::ready(()) => break,
                 };
                 match more {
-                    Ok(c) => {
-                        touched.insert(c.entry.namespace.clone());
-                    }
+                    Ok(c) => queue.add(c.entry.namespace.clone()),
                     Err(_) => break,
                 }
-            }
-            for ns in &touched {
-                sync_namespace(&store, ns).await;
             }
         }
         tracing::warn!("endpoints controller watch ended; re-listing");
