@@ -215,6 +215,10 @@ impl Protocol {
             })
             .map(|(n, _)| n.clone())
             .collect();
+        if lost.is_empty() {
+            // The common tick (every 250 ms): nothing to format or allocate.
+            return Vec::new();
+        }
         lost.sort();
         let why = format!("no heartbeat for more than {:?}", self.lost_after);
         lost.iter().map(|n| self.set_lost(n, &why)).collect()
