@@ -29,17 +29,6 @@ pub enum ImageError {
     NoPlatform(String),
 }
 
-impl ImageError {
-    /// The container's waiting reason, as the kubelet names it.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ImageError::NotPresent { .. } => "ErrImageNeverPull",
-            ImageError::Invalid(_) => "InvalidImageName",
-            ImageError::Pull { .. } | ImageError::NoPlatform(_) => "ErrImagePull",
-        }
-    }
-}
-
 /// When to ask the master for an image (`imagePullPolicy`; the master is the registry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullPolicy {

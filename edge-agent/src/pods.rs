@@ -3,22 +3,26 @@
 //! executes them through the [`Runtime`] (off the async workers), persists what changed in
 //! the local store, and returns the status reports that changed.
 
+mod layout;
 pub mod plan;
+mod prober;
 pub mod probes;
+mod pulls;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bramble_api::pod::Pod;
-use bramble_api::wire::{ContainerState, Desired, DesiredChange, PodReport};
+use bramble_api::wire::{Desired, DesiredChange, PodReport};
 
 use crate::images::ImageStore;
 use crate::localstore::{LocalStore, LocalStoreError};
-use crate::network::PodNetwork;
+use crate::network::{PodIps, PodNetwork};
 use crate::runtime::{ContainerSpec, Observed, Runtime};
-use plan::{Backoff, ContainerRecord, Op, PodRecord};
+use layout::PodLayout;
+use plan::{Backoff, Network, Op, Outcome, PodRecord};
+use pulls::{PullState, Pulls};
 
 /// The result of applying a desired-state message.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,7 +38,7 @@ pub struct PodManager {
     runtime: Arc<dyn Runtime>,
     images: Arc<dyn ImageStore>,
     store: LocalStore,
-    pods_dir: PathBuf,
+    layout: PodLayout,
     desired: BTreeMap<String, Pod>,
     desired_revision: u64,
     records: BTreeMap<String, PodRecord>,
@@ -45,37 +49,15 @@ pub struct PodManager {
     probes: HashMap<String, probes::ProbeState>,
     /// When the image cache was last checked against its limits.
     last_image_gc_ms: i64,
-    /// Image pulls still running, by image: a slow pull does not hold back other pods.
-    pulls: HashMap<String, Pull>,
+    /// Image pulls still running: a slow pull does not hold back other pods.
+    pulls: Pulls,
     /// The node's pod network (None: pods get no IP, as on hollow nodes).
     network: Option<Arc<PodNetwork>>,
-    /// The last pod IP handed out (allocation goes round-robin from it).
-    last_pod_ip: Option<Ipv4Addr>,
+    pod_ips: PodIps,
 }
-
-/// A pull running on a blocking thread.
-type Pull =
-    tokio::task::JoinHandle<Result<crate::images::PreparedImage, crate::images::ImageError>>;
-
-/// How long a container start waits for its image before the round moves on (the start is
-/// retried on the next round, picking up the finished pull).
-const PULL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often the image cache is checked against its limits (also after every pull).
 const IMAGE_GC_EVERY_MS: i64 = 60_000;
-
-/// Why a pod's sandbox is not on the pod network yet.
-#[derive(Debug)]
-enum NotConnected {
-    /// The node has no pod CIDR yet: the pod waits (ContainerCreating), without back-off.
-    WaitingForCidr,
-    /// A real failure (no address left, netlink refused): CreatePodSandboxError, backed off.
-    Failed(String),
-}
-
-impl NotConnected {
-    const CIDR_WAIT: &str = "waiting for the master to assign this node a pod CIDR";
-}
 
 fn now_ms() -> i64 {
     bramble_api::time::now_millis()
@@ -119,7 +101,7 @@ impl PodManager {
             runtime,
             images,
             store,
-            pods_dir: config.data_dir.join("pods"),
+            layout: PodLayout::new(&config.data_dir),
             desired,
             desired_revision,
             records,
@@ -128,9 +110,9 @@ impl PodManager {
             last_reported: HashMap::new(),
             probes: HashMap::new(),
             last_image_gc_ms: now_ms(),
-            pulls: HashMap::new(),
+            pulls: Pulls::default(),
             network: config.network,
-            last_pod_ip: None,
+            pod_ips: PodIps::default(),
         })
     }
 
@@ -327,131 +309,12 @@ impl PodManager {
         reports
     }
 
-    /// Runs the probes that are due (concurrently, off the async workers), records readiness
-    /// and restarts a container whose liveness probe failed its threshold.
-    async fn run_probes(&mut self, now: i64) {
-        let mut jobs = Vec::new();
-        let mut live_ids = std::collections::HashSet::new();
-        for (uid, rec) in &self.records {
-            let Some(pod) = self.desired.get(uid) else {
-                continue;
-            };
-            if pod.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            for c in &pod.spec.containers {
-                let Some(cr) = rec.containers.get(&c.name) else {
-                    continue;
-                };
-                let (Some(id), ContainerState::Running { started_at }) = (&cr.current, &cr.state)
-                else {
-                    continue;
-                };
-                live_ids.insert(id.clone());
-                let state = self.probes.entry(id.clone()).or_default();
-                let started_ms = started_at * 1000;
-                for (kind, probe, next) in [
-                    (
-                        probes::Kind::Liveness,
-                        &c.liveness_probe,
-                        state.next_liveness_ms,
-                    ),
-                    (
-                        probes::Kind::Readiness,
-                        &c.readiness_probe,
-                        state.next_readiness_ms,
-                    ),
-                ] {
-                    let Some(p) = probe else { continue };
-                    if !probes::due(p, started_ms, next, now) {
-                        continue;
-                    }
-                    let action = probes::action(c, p);
-                    jobs.push((
-                        uid.clone(),
-                        c.name.clone(),
-                        id.clone(),
-                        kind,
-                        p.clone(),
-                        action,
-                        rec.netns.clone(),
-                    ));
-                }
-            }
-        }
-        self.probes.retain(|id, _| live_ids.contains(id));
-        let rt = self.runtime.clone();
-        let runs = jobs
-            .into_iter()
-            .map(|(uid, name, id, kind, p, action, netns)| {
-                let rt = rt.clone();
-                async move {
-                    let timeout = probes::timeout(&p);
-                    let result = match action {
-                        None => {
-                            Err("the probe names a port the container does not have".to_string())
-                        }
-                        Some(a) => {
-                            let id2 = id.clone();
-                            tokio::task::spawn_blocking(move || {
-                                rt.probe(&id2, netns.as_deref(), &a, timeout)
-                            })
-                            .await
-                            .unwrap_or_else(|e| Err(e.to_string()))
-                        }
-                    };
-                    (uid, name, id, kind, p, result)
-                }
-            });
-        for (uid, name, id, kind, p, result) in futures_util::future::join_all(runs).await {
-            let state = self.probes.entry(id.clone()).or_default();
-            let verdict = probes::record(state, kind, &p, &result, now_ms());
-            if let probes::Verdict::Restart(why) = verdict {
-                tracing::info!(uid, container = name, why, "restarting a container");
-                let i = id.clone();
-                if let Err(e) = self.blocking(move |rt| rt.signal(&i, libc::SIGKILL)).await {
-                    tracing::warn!(error = %e, "cannot kill a container that failed its liveness probe");
-                }
-                self.probes.remove(&id);
-            }
-        }
-        // No readiness probe: ready when running. With one: not ready until it succeeds.
-        for (uid, rec) in self.records.iter_mut() {
-            let Some(pod) = self.desired.get(uid) else {
-                continue;
-            };
-            for c in &pod.spec.containers {
-                if let Some(cr) = rec.containers.get_mut(&c.name) {
-                    cr.ready = match (
-                        &c.readiness_probe,
-                        cr.current.as_ref().and_then(|id| self.probes.get(id)),
-                    ) {
-                        (None, _) => None,
-                        (Some(_), Some(st)) => Some(st.ready),
-                        (Some(_), None) => Some(false),
-                    };
-                }
-            }
-        }
-    }
-
     /// Every pod's report (for a hello).
     pub fn all_reports(&self) -> Vec<PodReport> {
         self.records
             .iter()
             .map(|(uid, rec)| plan::report(self.desired.get(uid), rec, &self.host_ip))
             .collect()
-    }
-
-    fn pod_dir(&self, uid: &str) -> PathBuf {
-        self.pods_dir.join(uid)
-    }
-
-    fn log_file(&self, uid: &str, container: &str, instance: u32) -> PathBuf {
-        self.pod_dir(uid)
-            .join("logs")
-            .join(container)
-            .join(format!("{instance}.log"))
     }
 
     /// The log file for `bramble logs`: the current (or last) instance, or the one before.
@@ -479,7 +342,7 @@ impl PodManager {
                 format!("container {container:?} in pod {pod:?} is waiting to start")
             });
         }
-        Ok(self.log_file(&rec.uid, container, c.attempt - back))
+        Ok(self.layout.log_file(&rec.uid, container, c.attempt - back))
     }
 
     /// Lets the image store free disk, keeping every image a desired pod names.
@@ -494,281 +357,37 @@ impl PodManager {
         let _ = tokio::task::spawn_blocking(move || images.collect(&in_use)).await;
     }
 
-    fn set_waiting(
-        &mut self,
-        uid: &str,
-        container: Option<&str>,
-        reason: &str,
-        message: String,
-        now: i64,
-    ) {
-        let Some(rec) = self.records.get_mut(uid) else {
-            return;
-        };
-        for (name, c) in rec.containers.iter_mut() {
-            if container.is_some_and(|n| n != name) {
-                continue;
-            }
-            c.start_failures += 1;
-            let delay = bramble_api::backoff::crash_loop(
-                c.start_failures - 1,
-                self.backoff.base,
-                self.backoff.max,
-            );
-            c.not_before_ms = now + delay.as_millis() as i64;
-            c.state = ContainerState::Waiting {
-                reason: reason.into(),
-                message: message.clone(),
-            };
-        }
-    }
-
-    /// Executes one operation; returns the uid of a pod that was dropped.
+    /// Executes one operation and folds its outcome into the records; returns the uid of a
+    /// pod that was dropped.
     async fn execute(&mut self, op: Op) -> Option<String> {
-        let now = now_ms();
-        match op {
+        let outcome = match &op {
             Op::CreateSandbox { uid } => {
-                let pod = self.desired.get(&uid)?.clone();
-                let rec = self
-                    .records
-                    .entry(uid.clone())
-                    .or_insert_with(|| PodRecord {
-                        uid: uid.clone(),
-                        namespace: pod.metadata.namespace.clone(),
-                        name: pod.metadata.name.clone(),
-                        sandbox_ready: false,
-                        netns: None,
-                        pod_ip: String::new(),
-                        start_time: now / 1000,
-                        grace_seconds: pod.spec.termination_grace_period_seconds.unwrap_or(30),
-                        containers: pod
-                            .spec
-                            .containers
-                            .iter()
-                            .map(|c| (c.name.clone(), ContainerRecord::new(&c.image)))
-                            .collect(),
-                    });
-                rec.sandbox_ready = false;
-                if let Err(e) = self.prepare_volumes(&uid, &pod) {
-                    self.set_waiting(&uid, None, "CreatePodSandboxError", e, now);
-                    return None;
-                }
-                let host = pod.spec.host_network;
-                let u = uid.clone();
-                match self.blocking(move |rt| rt.create_sandbox(&u, host)).await {
-                    Ok(netns) => {
-                        if let Some(r) = self.records.get_mut(&uid) {
-                            r.netns = netns.clone();
-                        }
-                        if let (Some(ns), false) = (netns, host)
-                            && let Err(not_connected) = self.connect_pod(&uid, ns).await
-                        {
-                            match not_connected {
-                                // Waiting for the master is not a failure: no back-off.
-                                NotConnected::WaitingForCidr => {
-                                    for c in self.records.get_mut(&uid)?.containers.values_mut() {
-                                        c.state = ContainerState::Waiting {
-                                            reason: "ContainerCreating".into(),
-                                            message: NotConnected::CIDR_WAIT.into(),
-                                        };
-                                    }
-                                }
-                                NotConnected::Failed(message) => {
-                                    self.set_waiting(
-                                        &uid,
-                                        None,
-                                        "CreatePodSandboxError",
-                                        message,
-                                        now,
-                                    );
-                                }
-                            }
-                            return None;
-                        }
-                        if let Some(r) = self.records.get_mut(&uid) {
-                            r.sandbox_ready = true;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(uid, error = %e, "cannot create the pod sandbox");
-                        self.set_waiting(&uid, None, "CreatePodSandboxError", e.to_string(), now);
-                    }
-                }
-                None
+                let pod = self.desired.get(uid)?.clone();
+                plan::sandbox_record(&mut self.records, uid, &pod, now_ms());
+                self.create_sandbox(uid, &pod).await
             }
-            Op::Start { uid, container, id } => {
-                let pod = self.desired.get(&uid)?.clone();
-                let spec_c = pod
-                    .spec
-                    .containers
-                    .iter()
-                    .find(|c| c.name == container)?
-                    .clone();
-                let rec = self.records.get_mut(&uid)?;
-                let netns = rec.netns.clone();
-                let cr = rec
-                    .containers
-                    .entry(container.clone())
-                    .or_insert_with(|| ContainerRecord::new(&spec_c.image));
-                let instance = cr.attempt;
-                let image = spec_c.image.clone();
-                // A pull already under way is only checked; a new one gets a moment, which
-                // is all an image the node has needs.
-                let wait = if self.pulls.contains_key(&image) {
-                    std::time::Duration::ZERO
-                } else {
-                    PULL_WAIT
-                };
-                let mut pull = match self.pulls.remove(&image) {
-                    Some(p) => p,
-                    None => {
-                        let images = self.images.clone();
-                        let policy =
-                            crate::images::PullPolicy::of(&spec_c.image_pull_policy, &image);
-                        let i = image.clone();
-                        tokio::task::spawn_blocking(move || images.prepare(&i, policy))
-                    }
-                };
-                let prepared = match tokio::time::timeout(wait, &mut pull).await {
-                    Ok(done) => done,
-                    Err(_) => {
-                        // Still pulling: other pods go on; a later round takes the result.
-                        self.pulls.insert(image.clone(), pull);
-                        if let Some(c) = self
-                            .records
-                            .get_mut(&uid)
-                            .and_then(|r| r.containers.get_mut(&container))
-                        {
-                            c.state = ContainerState::Waiting {
-                                reason: "ContainerCreating".into(),
-                                message: format!("pulling image {image:?}"),
-                            };
-                        }
-                        return None;
-                    }
-                };
-                let prepared = match prepared {
-                    Ok(Ok(p)) => {
-                        self.collect_images().await;
-                        p
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(uid, container, error = %e, "image not ready");
-                        self.set_waiting(&uid, Some(&container), e.reason(), e.to_string(), now);
-                        return None;
-                    }
-                    Err(e) => {
-                        self.set_waiting(
-                            &uid,
-                            Some(&container),
-                            "ErrImagePull",
-                            e.to_string(),
-                            now,
-                        );
-                        return None;
-                    }
-                };
-                let volumes = pod
-                    .spec
-                    .volumes
-                    .iter()
-                    .map(|v| (v.name.clone(), self.volume_path(&uid, v)))
-                    .collect();
-                let log_path = self.log_file(&uid, &container, instance);
-                if instance >= 2 {
-                    // Keep the current and the previous instance's logs only.
-                    let _ = std::fs::remove_file(self.log_file(&uid, &container, instance - 2));
-                    let _ = std::fs::remove_file(
-                        self.log_file(&uid, &container, instance - 2)
-                            .with_extension("log.1"),
-                    );
-                }
-                let spec = ContainerSpec {
-                    id: id.clone(),
-                    pod_uid: uid.clone(),
-                    pod_name: pod.metadata.name.clone(),
-                    namespace: pod.metadata.namespace.clone(),
-                    container: spec_c,
-                    image: prepared,
-                    netns,
-                    volumes,
-                    hostname: if pod.spec.hostname.is_empty() {
-                        pod.metadata.name.clone()
-                    } else {
-                        pod.spec.hostname.clone()
-                    },
-                    log_path,
-                };
-                let has_readiness_probe = spec.container.readiness_probe.is_some();
-                let result = self.blocking(move |rt| rt.start(&spec)).await;
-                let cr = self.records.get_mut(&uid)?.containers.get_mut(&container)?;
-                match result {
-                    Ok(()) => {
-                        cr.current = Some(id);
-                        cr.restart_count = instance;
-                        cr.attempt = instance + 1;
-                        cr.start_failures = 0;
-                        cr.killed_at_ms = None;
-                        cr.exit_seen = None;
-                        cr.done = false;
-                        // A new instance with a readiness probe is not ready until the probe
-                        // passes, whatever the last instance was.
-                        cr.ready = has_readiness_probe.then_some(false);
-                        cr.state = ContainerState::Waiting {
-                            reason: "ContainerCreating".into(),
-                            message: String::new(),
-                        };
-                    }
-                    Err(e) => {
-                        tracing::warn!(uid, container, error = %e, "cannot start a container");
-                        // Clean up what the failed start left; the next attempt reuses the id.
-                        let i = id.clone();
-                        let _ = self.blocking(move |rt| rt.remove(&i)).await;
-                        self.set_waiting(
-                            &uid,
-                            Some(&container),
-                            "CreateContainerError",
-                            e.to_string(),
-                            now,
-                        );
-                    }
-                }
-                None
-            }
+            Op::Start { uid, container, id } => self.start(uid, container, id).await?,
             Op::Signal {
                 uid,
                 container,
                 id,
                 signal,
             } => {
-                let result = self.blocking(move |rt| rt.signal(&id, signal)).await;
-                if let Err(e) = result {
+                let (i, signal) = (id.clone(), *signal);
+                if let Err(e) = self.blocking(move |rt| rt.signal(&i, signal)).await {
                     tracing::warn!(uid, container, error = %e, "cannot signal a container");
                 }
-                if let Some(c) = self
-                    .records
-                    .get_mut(&uid)
-                    .and_then(|r| r.containers.get_mut(&container))
-                {
-                    c.killed_at_ms.get_or_insert(now);
-                }
-                None
+                Outcome::Signalled
             }
-            Op::Remove { uid, container, id } => {
+            Op::Remove { uid, id, .. } => {
                 let i = id.clone();
                 match self.blocking(move |rt| rt.remove(&i)).await {
-                    Ok(()) => {
-                        if let Some(c) = self
-                            .records
-                            .get_mut(&uid)
-                            .and_then(|r| r.containers.get_mut(&container))
-                        {
-                            c.current = None;
-                        }
+                    Ok(()) => Outcome::Removed,
+                    Err(e) => {
+                        tracing::warn!(uid, id, error = %e, "cannot remove a container");
+                        Outcome::Done
                     }
-                    Err(e) => tracing::warn!(uid, id, error = %e, "cannot remove a container"),
                 }
-                None
             }
             Op::RemoveSandbox { uid } => {
                 if let Some(dp) = self.network.as_ref().and_then(|n| n.dataplane.clone()) {
@@ -782,96 +401,142 @@ impl PodManager {
                 if let Err(e) = self.blocking(move |rt| rt.remove_sandbox(&u)).await {
                     tracing::warn!(uid, error = %e, "cannot remove the pod sandbox");
                 }
-                let dir = self.pod_dir(&uid);
-                if let Err(e) = std::fs::remove_dir_all(&dir)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the pod directory");
-                }
-                None
+                self.layout.remove_pod(uid);
+                Outcome::Done
             }
             Op::Drop { uid } => {
-                self.records.remove(&uid);
                 tracing::info!(uid, "pod removed from the node");
-                Some(uid)
+                Outcome::Done
+            }
+        };
+        plan::on_result(&mut self.records, &op, outcome, now_ms(), self.backoff)
+    }
+
+    /// Makes the pod's volumes and sandbox and connects it to the pod network.
+    async fn create_sandbox(&mut self, uid: &str, pod: &Pod) -> Outcome {
+        if let Err(e) = self.layout.prepare_volumes(uid, pod) {
+            return Outcome::SandboxFailed(e.to_string());
+        }
+        let host = pod.spec.host_network;
+        let u = uid.to_string();
+        match self.blocking(move |rt| rt.create_sandbox(&u, host)).await {
+            Ok(Some(netns)) if !host => {
+                let (pod_ip, network) = self.connect_pod(uid, &netns).await;
+                Outcome::SandboxMade {
+                    netns: Some(netns),
+                    pod_ip,
+                    network,
+                }
+            }
+            Ok(netns) => Outcome::SandboxMade {
+                netns,
+                pod_ip: None,
+                network: Network::Connected,
+            },
+            Err(e) => {
+                tracing::warn!(uid, error = %e, "cannot create the pod sandbox");
+                Outcome::SandboxFailed(e.to_string())
             }
         }
     }
 
-    /// Gives a pod its IP (kept in its record) and, on a real node, wires its namespace to
-    /// the bridge. Err is the waiting reason and message.
-    async fn connect_pod(&mut self, uid: &str, netns: PathBuf) -> Result<(), NotConnected> {
+    /// Gives a pod its IP and, on a real node, wires its namespace to the bridge.
+    async fn connect_pod(
+        &mut self,
+        uid: &str,
+        netns: &std::path::Path,
+    ) -> (Option<std::net::Ipv4Addr>, Network) {
         let Some(net) = self.network.clone() else {
-            return Ok(());
+            return (None, Network::Connected);
         };
         let Some(cidr) = net.pod_cidr() else {
-            return Err(NotConnected::WaitingForCidr);
+            return (None, Network::WaitingForCidr);
         };
-        let kept = self
-            .records
-            .get(uid)
-            .and_then(|r| r.pod_ip.parse::<Ipv4Addr>().ok())
-            .filter(|ip| cidr.contains(*ip));
-        let ip = match kept {
-            Some(ip) => ip,
-            None => {
-                let used: HashSet<Ipv4Addr> = self
-                    .records
-                    .values()
-                    .filter_map(|r| r.pod_ip.parse().ok())
-                    .collect();
-                let ip =
-                    crate::network::allocate(cidr, &used, self.last_pod_ip).ok_or_else(|| {
-                        NotConnected::Failed(format!(
-                            "no free address left in the node's pod CIDR {cidr}"
-                        ))
-                    })?;
-                self.last_pod_ip = Some(ip);
-                if let Some(r) = self.records.get_mut(uid) {
-                    r.pod_ip = ip.to_string();
-                }
-                ip
-            }
+        let held = self.records.get(uid).map_or("", |r| r.pod_ip.as_str());
+        let used = self.records.values().map(|r| r.pod_ip.as_str());
+        let Some(ip) = self.pod_ips.assign(cidr, held, used) else {
+            let message = format!("no free address left in the node's pod CIDR {cidr}");
+            return (None, Network::Failed(message));
         };
         let Some(dp) = net.dataplane.clone() else {
-            return Ok(());
+            return (Some(ip), Network::Connected);
         };
-        let u = uid.to_string();
-        tokio::task::spawn_blocking(move || dp.attach(&u, &netns, ip, cidr))
+        let (u, ns) = (uid.to_string(), netns.to_path_buf());
+        let attached = tokio::task::spawn_blocking(move || dp.attach(&u, &ns, ip, cidr))
             .await
-            .unwrap_or_else(|e| Err(e.to_string()))
-            .map_err(|e| {
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match attached {
+            Ok(()) => (Some(ip), Network::Connected),
+            Err(e) => {
                 tracing::warn!(uid, error = %e, "cannot connect the pod to the network");
-                NotConnected::Failed(format!("pod network: {e}"))
-            })
-    }
-
-    fn volume_path(&self, uid: &str, v: &bramble_api::pod::Volume) -> PathBuf {
-        match &v.host_path {
-            Some(h) => PathBuf::from(&h.path),
-            None => self.pod_dir(uid).join("volumes").join(&v.name),
-        }
-    }
-
-    fn prepare_volumes(&self, uid: &str, pod: &Pod) -> Result<(), String> {
-        for v in &pod.spec.volumes {
-            let p = self.volume_path(uid, v);
-            match &v.host_path {
-                None => std::fs::create_dir_all(&p)
-                    .map_err(|e| format!("volume {:?}: {}: {e}", v.name, p.display()))?,
-                Some(h) if h.type_ == "DirectoryOrCreate" => std::fs::create_dir_all(&p)
-                    .map_err(|e| format!("volume {:?}: {}: {e}", v.name, p.display()))?,
-                Some(h) if h.type_ == "Directory" && !p.is_dir() => {
-                    return Err(format!(
-                        "volume {:?}: hostPath {} is not a directory",
-                        v.name,
-                        p.display()
-                    ));
-                }
-                Some(_) => {}
+                (Some(ip), Network::Failed(format!("pod network: {e}")))
             }
         }
-        Ok(())
+    }
+
+    /// Starts one container instance once its image is ready. None: the pod or container
+    /// is no longer desired (nothing to record).
+    async fn start(&mut self, uid: &str, container: &str, id: &str) -> Option<Outcome> {
+        let pod = self.desired.get(uid)?.clone();
+        let spec_c = pod
+            .spec
+            .containers
+            .iter()
+            .find(|c| c.name == container)?
+            .clone();
+        let rec = self.records.get_mut(uid)?;
+        let netns = rec.netns.clone();
+        let instance = plan::next_instance(rec, container, &spec_c.image);
+        let policy = crate::images::PullPolicy::of(&spec_c.image_pull_policy, &spec_c.image);
+        let prepared = match self.pulls.poll(&self.images, &spec_c.image, policy).await {
+            PullState::Ready(p) => {
+                self.collect_images().await;
+                p
+            }
+            PullState::Pending => {
+                return Some(Outcome::Pulling {
+                    image: spec_c.image,
+                });
+            }
+            PullState::Failed { reason, message } => {
+                tracing::warn!(uid, container, error = %message, "image not ready");
+                return Some(Outcome::ImageFailed { reason, message });
+            }
+        };
+        let volumes = pod
+            .spec
+            .volumes
+            .iter()
+            .map(|v| (v.name.clone(), self.layout.volume_path(uid, v)))
+            .collect();
+        self.layout.rotate_logs(uid, container, instance);
+        let readiness_probe = spec_c.readiness_probe.is_some();
+        let spec = ContainerSpec {
+            id: id.to_string(),
+            pod_uid: uid.to_string(),
+            pod_name: pod.metadata.name.clone(),
+            namespace: pod.metadata.namespace.clone(),
+            container: spec_c,
+            image: prepared,
+            netns,
+            volumes,
+            hostname: if pod.spec.hostname.is_empty() {
+                pod.metadata.name.clone()
+            } else {
+                pod.spec.hostname.clone()
+            },
+            log_path: self.layout.log_file(uid, container, instance),
+        };
+        match self.blocking(move |rt| rt.start(&spec)).await {
+            Ok(()) => Some(Outcome::Started { readiness_probe }),
+            Err(e) => {
+                tracing::warn!(uid, container, error = %e, "cannot start a container");
+                // Clean up what the failed start left; the next attempt reuses the id.
+                let i = id.to_string();
+                let _ = self.blocking(move |rt| rt.remove(&i)).await;
+                Some(Outcome::StartFailed(e.to_string()))
+            }
+        }
     }
 }
 
@@ -880,7 +545,7 @@ mod tests {
     use super::*;
     use crate::images::{ImageError, PreparedImage, PullPolicy};
     use crate::runtime::memory::MemoryRuntime;
-    use bramble_api::wire::DesiredPod;
+    use bramble_api::wire::{ContainerState, DesiredPod};
 
     /// Images named `slow...` take seconds to pull; the others are there at once.
     struct SlowImages;

@@ -54,6 +54,34 @@ pub fn allocate(cidr: Cidr, used: &HashSet<Ipv4Addr>, after: Option<Ipv4Addr>) -
         .find(|ip| !used.contains(ip))
 }
 
+/// Hands out pod addresses from the node's pod CIDR, round-robin, so that an address a pod
+/// just gave up is not handed to the next pod at once.
+#[derive(Debug, Default)]
+pub struct PodIps {
+    last: Option<Ipv4Addr>,
+}
+
+impl PodIps {
+    /// The pod's address: the one it `held`, while that is inside `cidr`, else the next one
+    /// that no pod in `used` holds. None: the CIDR is full.
+    pub fn assign<'a>(
+        &mut self,
+        cidr: Cidr,
+        held: &str,
+        used: impl Iterator<Item = &'a str>,
+    ) -> Option<Ipv4Addr> {
+        if let Ok(ip) = held.parse::<Ipv4Addr>()
+            && cidr.contains(ip)
+        {
+            return Some(ip);
+        }
+        let used: HashSet<Ipv4Addr> = used.filter_map(|s| s.parse().ok()).collect();
+        let ip = allocate(cidr, &used, self.last)?;
+        self.last = Some(ip);
+        Some(ip)
+    }
+}
+
 /// What a network message did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NetApplied {
@@ -332,6 +360,36 @@ mod tests {
     use bramble_api::wire::{NetworkSnapshot, ObjectJson};
 
     use super::*;
+
+    #[test]
+    fn a_pod_keeps_its_address_while_it_is_in_the_cidr() {
+        let c = Cidr::parse("10.42.1.0/24").unwrap();
+        let mut ips = PodIps::default();
+        let a = ips.assign(c, "", std::iter::empty()).unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 42, 1, 2));
+        assert_eq!(
+            ips.assign(c, "10.42.1.77", ["10.42.1.2"].into_iter()),
+            Some(Ipv4Addr::new(10, 42, 1, 77)),
+            "held"
+        );
+        // A freed .2 is not handed out again at once: the next pod gets .3.
+        assert_eq!(
+            ips.assign(c, "", std::iter::empty()).unwrap(),
+            Ipv4Addr::new(10, 42, 1, 3)
+        );
+        // An address from an old CIDR is replaced; used addresses are skipped.
+        let b = ips
+            .assign(c, "10.42.9.5", ["10.42.1.4", "junk"].into_iter())
+            .unwrap();
+        assert_eq!(b, Ipv4Addr::new(10, 42, 1, 5));
+        let tiny = Cidr::parse("10.42.2.0/30").unwrap();
+        let mut ips = PodIps::default();
+        assert_eq!(
+            ips.assign(tiny, "", ["10.42.2.2"].into_iter()),
+            None,
+            "full"
+        );
+    }
 
     #[test]
     fn allocation_is_round_robin_skips_used_and_reserved_addresses() {

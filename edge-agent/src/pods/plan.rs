@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::{Exit, Observed};
 
+mod outcome;
+pub use outcome::{CIDR_WAIT, Network, Outcome, Waiting, next_instance, on_result, sandbox_record};
+
 /// What the agent remembers of a pod on this node.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PodRecord {
@@ -69,10 +72,7 @@ impl ContainerRecord {
             attempt: 0,
             current: None,
             restart_count: 0,
-            state: ContainerState::Waiting {
-                reason: "ContainerCreating".into(),
-                message: String::new(),
-            },
+            state: Waiting::ContainerCreating.state(""),
             last_state: None,
             not_before_ms: 0,
             start_failures: 0,
@@ -198,13 +198,10 @@ pub fn observe(
                         c.state = if delay.is_zero() {
                             ended.clone()
                         } else {
-                            ContainerState::Waiting {
-                                reason: "CrashLoopBackOff".into(),
-                                message: format!(
-                                    "back-off {}s restarting failed container={name}",
-                                    delay.as_secs()
-                                ),
-                            }
+                            Waiting::CrashLoopBackOff.state(format!(
+                                "back-off {}s restarting failed container={name}",
+                                delay.as_secs()
+                            ))
                         };
                         c.last_state = Some(ended);
                     } else {
@@ -232,10 +229,7 @@ pub fn observe(
                         started_at: 0,
                         finished_at: exit.finished_at,
                     });
-                    c.state = ContainerState::Waiting {
-                        reason: "ContainerLost".into(),
-                        message: String::new(),
-                    };
+                    c.state = Waiting::ContainerLost.state("");
                     c.not_before_ms = now_ms;
                     if !restart_wanted(&policy, exit.code) || c.killed_at_ms.is_some() {
                         c.state = c.last_state.clone().unwrap_or(c.state.clone());
@@ -434,10 +428,7 @@ pub fn report(pod: Option<&Pod>, rec: &PodRecord, host_ip: &str) -> PodReport {
                         .unwrap_or_default(),
                     ready: false,
                     restart_count: 0,
-                    state: ContainerState::Waiting {
-                        reason: "ContainerCreating".into(),
-                        message: String::new(),
-                    },
+                    state: Waiting::ContainerCreating.state(""),
                     last_state: None,
                 },
             })

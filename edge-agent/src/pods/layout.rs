@@ -1,0 +1,166 @@
+//! Where a pod's files live on the node: `DATA_DIR/pods/UID/` holds its `emptyDir` volumes
+//! (`volumes/NAME/`) and its containers' logs (`logs/CONTAINER/INSTANCE.log`, the rotated
+//! part as `INSTANCE.log.1`), the current and the previous instance's kept.
+
+use std::path::{Path, PathBuf};
+
+use bramble_api::pod::{Pod, Volume};
+
+/// A volume that could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("volume {name:?}: {}: {source}", path.display())]
+    Create {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("volume {name:?}: hostPath {} is not a directory", path.display())]
+    NotADirectory { name: String, path: PathBuf },
+}
+
+/// The pod directory tree under the agent's data directory.
+#[derive(Debug, Clone)]
+pub struct PodLayout {
+    pods_dir: PathBuf,
+}
+
+impl PodLayout {
+    pub fn new(data_dir: &Path) -> Self {
+        PodLayout {
+            pods_dir: data_dir.join("pods"),
+        }
+    }
+
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_dir.join(uid)
+    }
+
+    /// The log file of one container instance.
+    pub fn log_file(&self, uid: &str, container: &str, instance: u32) -> PathBuf {
+        self.pod_dir(uid)
+            .join("logs")
+            .join(container)
+            .join(format!("{instance}.log"))
+    }
+
+    /// Before `instance` starts: removes the logs of instances older than the previous one.
+    pub fn rotate_logs(&self, uid: &str, container: &str, instance: u32) {
+        if instance < 2 {
+            return;
+        }
+        let old = self.log_file(uid, container, instance - 2);
+        let _ = std::fs::remove_file(old.with_extension("log.1"));
+        let _ = std::fs::remove_file(old);
+    }
+
+    /// Where a volume is on the host.
+    pub fn volume_path(&self, uid: &str, v: &Volume) -> PathBuf {
+        match &v.host_path {
+            Some(h) => PathBuf::from(&h.path),
+            None => self.pod_dir(uid).join("volumes").join(&v.name),
+        }
+    }
+
+    /// Makes the pod's `emptyDir` and `DirectoryOrCreate` volumes; checks `Directory` ones.
+    pub fn prepare_volumes(&self, uid: &str, pod: &Pod) -> Result<(), VolumeError> {
+        for v in &pod.spec.volumes {
+            let path = self.volume_path(uid, v);
+            let create = match &v.host_path {
+                None => true,
+                Some(h) if h.type_ == "DirectoryOrCreate" => true,
+                Some(h) if h.type_ == "Directory" && !path.is_dir() => {
+                    return Err(VolumeError::NotADirectory {
+                        name: v.name.clone(),
+                        path,
+                    });
+                }
+                Some(_) => false,
+            };
+            if create {
+                std::fs::create_dir_all(&path).map_err(|source| VolumeError::Create {
+                    name: v.name.clone(),
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes everything the pod left on the node (volumes, logs).
+    pub fn remove_pod(&self, uid: &str) {
+        let dir = self.pod_dir(uid);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the pod directory");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(volumes: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u"},
+            "spec": {"containers": [{"name": "c", "image": "i"}], "volumes": volumes}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn logs_keep_the_current_and_the_previous_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = PodLayout::new(dir.path());
+        assert_eq!(
+            l.log_file("u", "c", 3),
+            dir.path().join("pods/u/logs/c/3.log")
+        );
+        for i in 0..2 {
+            let f = l.log_file("u", "c", i);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, "x").unwrap();
+            std::fs::write(f.with_extension("log.1"), "x").unwrap();
+        }
+        l.rotate_logs("u", "c", 1);
+        assert!(
+            l.log_file("u", "c", 0).exists(),
+            "instance 1 keeps 0 as previous"
+        );
+        l.rotate_logs("u", "c", 2);
+        assert!(!l.log_file("u", "c", 0).exists());
+        assert!(!l.log_file("u", "c", 0).with_extension("log.1").exists());
+        assert!(l.log_file("u", "c", 1).exists());
+        assert!(l.log_file("u", "c", 1).with_extension("log.1").exists());
+    }
+
+    #[test]
+    fn volumes_are_made_or_checked_and_removed_with_the_pod() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = PodLayout::new(dir.path());
+        let made = dir.path().join("host/made");
+        let p = pod(serde_json::json!([
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "h", "hostPath": {"path": made, "type": "DirectoryOrCreate"}}
+        ]));
+        l.prepare_volumes("u", &p).unwrap();
+        assert!(dir.path().join("pods/u/volumes/scratch").is_dir());
+        assert!(made.is_dir());
+        let missing = pod(serde_json::json!([
+            {"name": "h", "hostPath": {"path": dir.path().join("nope"), "type": "Directory"}}
+        ]));
+        let e = l.prepare_volumes("u", &missing).unwrap_err();
+        assert!(
+            matches!(&e, VolumeError::NotADirectory { name, .. } if name == "h"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        l.remove_pod("u");
+        assert!(!l.pod_dir("u").exists());
+        assert!(made.is_dir(), "a hostPath is the host's, not the pod's");
+        l.remove_pod("u");
+    }
+}
