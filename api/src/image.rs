@@ -76,6 +76,35 @@ pub fn platform_string(os: &str, arch: &str, variant: &str) -> String {
     }
 }
 
+/// A digest that is not `sha256:<64 lowercase hex>`, the only form Bramble stores.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("digest {0:?} is not sha256:<64 lowercase hex digits>")]
+pub struct DigestError(pub String);
+
+/// Why an image reference does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ImageRefError {
+    #[error("image reference {reference:?} has no repository")]
+    NoRepository { reference: String },
+    #[error(
+        "image reference {reference:?}: repository {repository:?} must be lowercase letters, \
+         digits, '.', '_', '-' and ':' (a registry port) separated by '/', each part starting and \
+         ending with a letter or digit"
+    )]
+    Repository {
+        reference: String,
+        repository: String,
+    },
+    #[error(
+        "image reference {reference:?}: tag {tag:?} must be 1-128 letters, digits, '.', '_' \
+         or '-', not starting with '.' or '-'"
+    )]
+    Tag { reference: String, tag: String },
+    /// The part after '@'.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+}
+
 /// A parsed image reference: `[registry/]repository[:tag][@digest]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageRef {
@@ -86,7 +115,7 @@ pub struct ImageRef {
 
 impl ImageRef {
     /// Parses a reference; the tag defaults to `latest`.
-    pub fn parse(text: &str) -> Result<ImageRef, String> {
+    pub fn parse(text: &str) -> Result<ImageRef, ImageRefError> {
         let t = text.trim();
         let (rest, digest) = match t.split_once('@') {
             Some((r, d)) => {
@@ -112,7 +141,9 @@ impl ImageRef {
         .find_map(|p| repository.strip_prefix(p))
         .unwrap_or(repository);
         if repository.is_empty() {
-            return Err(format!("image reference {text:?} has no repository"));
+            return Err(ImageRefError::NoRepository {
+                reference: text.to_string(),
+            });
         }
         if repository.len() > 255
             || !repository.split('/').all(|part| {
@@ -122,11 +153,10 @@ impl ImageRef {
                     && alnum(part.chars().last())
             })
         {
-            return Err(format!(
-                "image reference {text:?}: repository {repository:?} must be lowercase letters, \
-                 digits, '.', '_', '-' and ':' (a registry port) separated by '/', each part starting and \
-                 ending with a letter or digit"
-            ));
+            return Err(ImageRefError::Repository {
+                reference: text.to_string(),
+                repository: repository.to_string(),
+            });
         }
         if tag.is_empty()
             || tag.len() > 128
@@ -135,10 +165,10 @@ impl ImageRef {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         {
-            return Err(format!(
-                "image reference {text:?}: tag {tag:?} must be 1-128 letters, digits, '.', '_' \
-                 or '-', not starting with '.' or '-'"
-            ));
+            return Err(ImageRefError::Tag {
+                reference: text.to_string(),
+                tag: tag.to_string(),
+            });
         }
         Ok(ImageRef {
             repository: repository.to_string(),
@@ -187,7 +217,7 @@ fn fnv1a(b: &[u8]) -> u32 {
 }
 
 /// Checks `sha256:<64 lowercase hex>`, the only algorithm Bramble stores.
-pub fn validate_digest(d: &str) -> Result<(), String> {
+pub fn validate_digest(d: &str) -> Result<(), DigestError> {
     match d.strip_prefix("sha256:") {
         Some(hex)
             if hex.len() == 64
@@ -197,9 +227,7 @@ pub fn validate_digest(d: &str) -> Result<(), String> {
         {
             Ok(())
         }
-        _ => Err(format!(
-            "digest {d:?} is not sha256:<64 lowercase hex digits>"
-        )),
+        _ => Err(DigestError(d.to_string())),
     }
 }
 

@@ -180,6 +180,19 @@ impl fmt::Display for Kind {
     }
 }
 
+/// Why a JSON value is not an object of a kind Bramble serves.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("unknown kind {0:?}")]
+    UnknownKind(String),
+    #[error("{kind}: {source}")]
+    Decode {
+        kind: Kind,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// One object of any kind.
 // Objects are built once per request and moved, not copied in bulk; boxing every variant
 // would add an allocation to each for no measurable gain.
@@ -247,15 +260,11 @@ impl Object {
 
     /// Reads a stored or served object (trusted JSON) without validating it; the kind comes
     /// from its `kind` field.
-    pub fn from_value(value: serde_json::Value) -> Result<Object, String> {
-        let kind_name = value
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or("")
-            .to_string();
-        let kind = Kind::from_kind_name(&kind_name)
-            .ok_or_else(|| format!("unknown kind {kind_name:?}"))?;
-        let e = |e: serde_json::Error| format!("{kind_name}: {e}");
+    pub fn from_value(value: serde_json::Value) -> Result<Object, ObjectError> {
+        let kind_name = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let kind = Kind::from_kind_name(kind_name)
+            .ok_or_else(|| ObjectError::UnknownKind(kind_name.to_string()))?;
+        let e = |source| ObjectError::Decode { kind, source };
         Ok(match kind {
             Kind::Namespace => Object::Namespace(serde_json::from_value(value).map_err(e)?),
             Kind::Node => Object::Node(serde_json::from_value(value).map_err(e)?),

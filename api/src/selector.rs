@@ -5,7 +5,42 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::meta::LabelSelector;
-use crate::names;
+use crate::names::{self, NameError};
+
+/// Why a selector is malformed: its query syntax, or one requirement of its structured form.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    #[error("selector {selector:?}: trailing ','")]
+    TrailingComma { selector: String },
+    #[error("selector {selector:?}: expected ',' before {rest:?}")]
+    ExpectedComma { selector: String, rest: String },
+    #[error("expected a label key at {0:?}")]
+    ExpectedKey(String),
+    #[error("expected '(' after {operator:?} for key {key:?}")]
+    ExpectedOpenParen { operator: &'static str, key: String },
+    #[error("missing ')' for key {0:?}")]
+    MissingCloseParen(String),
+    #[error("unexpected {text:?} after key {key:?}")]
+    Unexpected { text: String, key: String },
+    /// A label key or value of a requirement.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("must be non-empty for In and NotIn")]
+    ValuesRequired,
+    #[error("must be empty for Exists and DoesNotExist")]
+    ValuesForbidden,
+    #[error("unsupported operator {0:?}: must be In, NotIn, Exists or DoesNotExist")]
+    UnsupportedOperator(String),
+}
+
+/// A structured selector that does not compile: the field path of the bad part and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct LabelSelectorError {
+    /// e.g. `spec.selector.matchExpressions[0].operator`.
+    pub path: String,
+    pub source: SelectorError,
+}
 
 /// One requirement of a selector.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,7 +95,7 @@ impl Selector {
     }
 
     /// Parses the query syntax used by `labelSelector=` and `bramble get -l`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, SelectorError> {
         let mut requirements = Vec::new();
         let mut rest = text.trim();
         while !rest.is_empty() {
@@ -70,38 +105,52 @@ impl Selector {
             if let Some(r) = rest.strip_prefix(',') {
                 rest = r.trim_start();
                 if rest.is_empty() {
-                    return Err(format!("selector {text:?}: trailing ','"));
+                    return Err(SelectorError::TrailingComma {
+                        selector: text.to_string(),
+                    });
                 }
             } else if !rest.is_empty() {
-                return Err(format!("selector {text:?}: expected ',' before {rest:?}"));
+                return Err(SelectorError::ExpectedComma {
+                    selector: text.to_string(),
+                    rest: rest.to_string(),
+                });
             }
         }
         Ok(Selector { requirements })
     }
 
     /// Compiles a structured selector; errors carry the field path below `path`.
-    pub fn from_label_selector(sel: &LabelSelector, path: &str) -> Result<Self, (String, String)> {
+    pub fn from_label_selector(
+        sel: &LabelSelector,
+        path: &str,
+    ) -> Result<Self, LabelSelectorError> {
+        let at = |path: String| {
+            move |e: NameError| LabelSelectorError {
+                path,
+                source: e.into(),
+            }
+        };
         let mut requirements = Vec::new();
         for (k, v) in &sel.match_labels {
-            names::label_key(k).map_err(|e| (format!("{path}.matchLabels"), e))?;
-            names::label_value(v).map_err(|e| (format!("{path}.matchLabels[{k}]"), e))?;
+            names::label_key(k).map_err(at(format!("{path}.matchLabels")))?;
+            names::label_value(v).map_err(at(format!("{path}.matchLabels[{k}]")))?;
             requirements.push(Requirement::Equals(k.clone(), v.clone()));
         }
         for (i, expr) in sel.match_expressions.iter().enumerate() {
             let p = format!("{path}.matchExpressions[{i}]");
-            names::label_key(&expr.key).map_err(|e| (format!("{p}.key"), e))?;
+            names::label_key(&expr.key).map_err(at(format!("{p}.key")))?;
             let key = expr.key.clone();
             let values = expr.values.clone();
             let req = match expr.operator.as_str() {
                 "In" | "NotIn" => {
                     if values.is_empty() {
-                        return Err((
-                            format!("{p}.values"),
-                            "must be non-empty for In and NotIn".into(),
-                        ));
+                        return Err(LabelSelectorError {
+                            path: format!("{p}.values"),
+                            source: SelectorError::ValuesRequired,
+                        });
                     }
                     for v in &values {
-                        names::label_value(v).map_err(|e| (format!("{p}.values"), e))?;
+                        names::label_value(v).map_err(at(format!("{p}.values")))?;
                     }
                     if expr.operator == "In" {
                         Requirement::In(key, values)
@@ -111,10 +160,10 @@ impl Selector {
                 }
                 "Exists" | "DoesNotExist" => {
                     if !values.is_empty() {
-                        return Err((
-                            format!("{p}.values"),
-                            "must be empty for Exists and DoesNotExist".into(),
-                        ));
+                        return Err(LabelSelectorError {
+                            path: format!("{p}.values"),
+                            source: SelectorError::ValuesForbidden,
+                        });
                     }
                     if expr.operator == "Exists" {
                         Requirement::Exists(key)
@@ -123,12 +172,10 @@ impl Selector {
                     }
                 }
                 other => {
-                    return Err((
-                        format!("{p}.operator"),
-                        format!(
-                            "unsupported operator {other:?}: must be In, NotIn, Exists or DoesNotExist"
-                        ),
-                    ));
+                    return Err(LabelSelectorError {
+                        path: format!("{p}.operator"),
+                        source: SelectorError::UnsupportedOperator(other.to_string()),
+                    });
                 }
             };
             requirements.push(req);
@@ -175,7 +222,7 @@ fn take_key(s: &str) -> (&str, &str) {
     s.split_at(end)
 }
 
-fn parse_requirement(s: &str) -> Result<(Requirement, &str), String> {
+fn parse_requirement(s: &str) -> Result<(Requirement, &str), SelectorError> {
     if let Some(rest) = s.strip_prefix('!') {
         let (key, after) = take_key(rest.trim_start());
         names::label_key(key)?;
@@ -183,12 +230,12 @@ fn parse_requirement(s: &str) -> Result<(Requirement, &str), String> {
     }
     let (key, after) = take_key(s);
     if key.is_empty() {
-        return Err(format!("expected a label key at {s:?}"));
+        return Err(SelectorError::ExpectedKey(s.to_string()));
     }
     names::label_key(key)?;
     let key = key.to_string();
     let after = after.trim_start();
-    let value_of = |rest: &str| -> Result<(String, usize), String> {
+    let value_of = |rest: &str| -> Result<(String, usize), NameError> {
         let rest_trim = rest.trim_start();
         let skipped = rest.len() - rest_trim.len();
         let (v, _) = take_key(rest_trim);
@@ -216,10 +263,13 @@ fn parse_requirement(s: &str) -> Result<(Requirement, &str), String> {
             let rest = rest.trim_start();
             let inner = rest
                 .strip_prefix('(')
-                .ok_or_else(|| format!("expected '(' after {word:?} for key {key:?}"))?;
+                .ok_or_else(|| SelectorError::ExpectedOpenParen {
+                    operator: word,
+                    key: key.clone(),
+                })?;
             let close = inner
                 .find(')')
-                .ok_or_else(|| format!("missing ')' for key {key:?}"))?;
+                .ok_or_else(|| SelectorError::MissingCloseParen(key.clone()))?;
             let mut values = Vec::new();
             for v in inner[..close].split(',') {
                 let v = v.trim();
@@ -237,7 +287,10 @@ fn parse_requirement(s: &str) -> Result<(Requirement, &str), String> {
     if after.is_empty() || after.starts_with(',') {
         return Ok((Requirement::Exists(key), after));
     }
-    Err(format!("unexpected {after:?} after key {key:?}"))
+    Err(SelectorError::Unexpected {
+        text: after.to_string(),
+        key,
+    })
 }
 
 #[cfg(test)]
@@ -332,8 +385,11 @@ mod tests {
             }],
             ..Default::default()
         };
-        let (path, msg) = Selector::from_label_selector(&bad, "spec.selector").unwrap_err();
-        assert_eq!(path, "spec.selector.matchExpressions[0].operator");
-        assert!(msg.contains("Near"));
+        let e = Selector::from_label_selector(&bad, "spec.selector").unwrap_err();
+        assert_eq!(e.path, "spec.selector.matchExpressions[0].operator");
+        assert_eq!(
+            e.source.to_string(),
+            r#"unsupported operator "Near": must be In, NotIn, Exists or DoesNotExist"#
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use crate::deployment::Deployment;
 use crate::error::FieldError;
 use crate::meta::{IntOrString, ObjectMeta};
-use crate::names;
+use crate::names::{self, NameError};
 use crate::node::Node;
 use crate::object::{Kind, Object};
 use crate::pod::{PodSpec, Toleration};
@@ -51,15 +51,15 @@ impl Errors {
     fn push(&mut self, path: &str, msg: impl Into<String>) {
         self.0.push(FieldError::new(path, msg));
     }
-    fn check(&mut self, path: &str, r: Result<(), String>) {
+    fn check<E: std::fmt::Display>(&mut self, path: &str, r: Result<(), E>) {
         if let Err(e) = r {
-            self.push(path, e);
+            self.push(path, e.to_string());
         }
     }
 }
 
 fn validate_meta(v: &mut Errors, kind: Kind, m: &ObjectMeta) {
-    let name_rule: fn(&str) -> Result<(), String> = match kind {
+    let name_rule: fn(&str) -> Result<(), NameError> = match kind {
         Kind::Namespace => names::dns1123_label,
         Kind::Service => names::dns1035_label,
         _ => names::dns1123_subdomain,
@@ -512,7 +512,7 @@ fn validate_deployment(v: &mut Errors, d: &Deployment) {
                     );
                 }
             }
-            Err((p, e)) => v.push(&p, e),
+            Err(e) => v.push(&e.path, e.source.to_string()),
         }
     }
     for (k, val) in &s.template.metadata.labels {

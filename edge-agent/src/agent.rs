@@ -16,8 +16,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 mod inbound;
+mod session;
 
 use self::inbound::Inbound;
+use self::session::{Action, Event, Session};
 use crate::config::Config;
 use crate::images::ImageStore;
 use crate::join::{self, Credentials, JoinError};
@@ -244,7 +246,6 @@ pub async fn run_with_runtime(
             shutdown.clone(),
         ));
     }
-    let mut snapshot_asked: Option<Instant> = None;
     // Bring cached pods back before (and whether or not) the master is reached.
     pods.reconcile().await;
     let creds = tokio::select! {
@@ -327,59 +328,77 @@ pub async fn run_with_runtime(
             tracing::debug!(error = %e, "publish queued while disconnected failed; the next hello resends state");
         }
     };
+    let mut session = Session::new(network.is_some());
+    // Carries out what the protocol core decided.
+    let act = async |action: Action, pods: &mut PodManager| match action {
+        Action::Subscribe => {
+            let mut topics = vec![Channel::Desired.topic(&node), Channel::Request.topic(&node)];
+            if network.is_some() {
+                topics.push(Channel::Network.topic(&node));
+                topics.push(wire::SERVICES_TOPIC.to_string());
+            }
+            for t in topics {
+                if let Err(e) = client.try_subscribe(t, QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "cannot subscribe");
+                }
+            }
+        }
+        Action::Hello => publish(Channel::Hello, Message::Hello(hello(pods, &view))),
+        Action::Reconcile => {
+            let reports = pods.reconcile().await;
+            if !reports.is_empty() {
+                publish(
+                    Channel::Status,
+                    Message::Status(StatusReport { pods: reports }),
+                );
+            }
+        }
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(ev) = in_rx.recv() => match ev {
                 Incoming::Connected => {
                     tracing::info!(node, "connected to the master's broker");
-                    let mut topics = vec![Channel::Desired.topic(&node), Channel::Request.topic(&node)];
-                    if network.is_some() {
-                        topics.push(Channel::Network.topic(&node));
-                        topics.push(wire::SERVICES_TOPIC.to_string());
+                    for action in session.on(Event::Connected, Instant::now()) {
+                        act(action, &mut pods).await;
                     }
-                    for t in topics {
-                        if let Err(e) = client.try_subscribe(t, QoS::AtLeastOnce) {
-                            tracing::error!(error = %e, "cannot subscribe");
-                        }
-                    }
-                    snapshot_asked = network.as_ref().map(|_| Instant::now());
-                    publish(Channel::Hello, Message::Hello(hello(&pods, &view)));
                 }
                 Incoming::Publish(topic, payload) => match inbound::route(&node, &topic, &payload, network.is_some()) {
                     Err(d) => drops.count(d.reason, &d.detail),
                     Ok(Inbound::Network { update, shared: true }) => {
-                        if on_network(update, &view, &node, network.as_deref(), &proxy_tx) && snapshot_asked.is_none_or(|t| t.elapsed() >= SNAPSHOT_RETRY) {
+                        let gap = on_network(update, &view, &node, network.as_deref(), &proxy_tx);
+                        if gap {
                             tracing::info!("missed a network event; asking for a snapshot");
-                            snapshot_asked = Some(Instant::now());
-                            publish(Channel::Hello, Message::Hello(hello(&pods, &view)));
+                        }
+                        for action in session.on(Event::SharedNetwork { gap }, Instant::now()) {
+                            act(action, &mut pods).await;
                         }
                     }
                     Ok(Inbound::Network { update, shared: false }) => {
                         let had_cidr = network.as_ref().and_then(|n| n.pod_cidr()).is_some();
                         on_network(update, &view, &node, network.as_deref(), &proxy_tx);
-                        snapshot_asked = None;
-                        if !had_cidr && network.as_ref().and_then(|n| n.pod_cidr()).is_some() {
-                            // Pods waiting for the node's CIDR go on now.
-                            let reports = pods.reconcile().await;
-                            if !reports.is_empty() {
-                                publish(Channel::Status, Message::Status(StatusReport { pods: reports }));
-                            }
+                        let cidr_arrived = !had_cidr && network.as_ref().and_then(|n| n.pod_cidr()).is_some();
+                        for action in session.on(Event::OwnNetwork { cidr_arrived }, Instant::now()) {
+                            act(action, &mut pods).await;
                         }
                     }
-                    Ok(Inbound::Desired(d)) => match pods.apply_desired(d) {
-                        Ok(Applied::Changed) => {
-                            let reports = pods.reconcile().await;
-                            if !reports.is_empty() {
-                                publish(Channel::Status, Message::Status(StatusReport { pods: reports }));
+                    Ok(Inbound::Desired(d)) => {
+                        let event = match pods.apply_desired(d) {
+                            Ok(Applied::Changed) => Event::DesiredChanged,
+                            Ok(Applied::Gap { have, expected_prev }) => {
+                                tracing::info!(have, expected_prev, "missed a desired-state message; asking for a snapshot");
+                                Event::DesiredGap
                             }
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot persist desired pods");
+                                continue;
+                            }
+                        };
+                        for action in session.on(event, Instant::now()) {
+                            act(action, &mut pods).await;
                         }
-                        Ok(Applied::Gap { have, expected_prev }) => {
-                            tracing::info!(have, expected_prev, "missed a desired-state message; asking for a snapshot");
-                            publish(Channel::Hello, Message::Hello(hello(&pods, &view)));
-                        }
-                        Err(e) => tracing::error!(error = %e, "cannot persist desired pods"),
-                    },
+                    }
                     Ok(Inbound::LogRequest(r)) => {
                         let reply = read_logs(&pods, r).await;
                         publish(Channel::Reply, Message::LogReply(reply));
@@ -410,8 +429,6 @@ pub async fn run_with_runtime(
     Ok(())
 }
 
-/// How long a node waits for a network snapshot it asked for before asking again.
-const SNAPSHOT_RETRY: Duration = Duration::from_secs(3);
 /// How often the routes to other nodes' pods are checked.
 const ROUTE_RESYNC: Duration = Duration::from_secs(10);
 
@@ -506,7 +523,7 @@ async fn read_logs(pods: &PodManager, r: LogRequest) -> LogReply {
                 id: r.id,
                 data: Vec::new(),
                 next_offset: 0,
-                error: e,
+                error: e.to_string(),
             };
         }
     };

@@ -33,6 +33,19 @@ pub enum Applied {
     Gap { have: u64, expected_prev: u64 },
 }
 
+/// Why `bramble logs` cannot be answered from this node (the text goes back to the user).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LogPathError {
+    #[error("pod {namespace}/{pod} is not on this node")]
+    PodNotHere { namespace: String, pod: String },
+    #[error("container {0:?} has not been created yet")]
+    ContainerNotCreated(String),
+    #[error("previous terminated container {container:?} in pod {pod:?} not found")]
+    NoPrevious { container: String, pod: String },
+    #[error("container {container:?} in pod {pod:?} is waiting to start")]
+    Waiting { container: String, pod: String },
+}
+
 /// The pod manager's state and its collaborators.
 pub struct PodManager {
     runtime: Arc<dyn Runtime>,
@@ -324,22 +337,26 @@ impl PodManager {
         pod: &str,
         container: &str,
         previous: bool,
-    ) -> Result<PathBuf, String> {
+    ) -> Result<PathBuf, LogPathError> {
         let rec = self
             .records
             .values()
             .find(|r| r.namespace == namespace && r.name == pod)
-            .ok_or_else(|| format!("pod {namespace}/{pod} is not on this node"))?;
+            .ok_or_else(|| LogPathError::PodNotHere {
+                namespace: namespace.to_string(),
+                pod: pod.to_string(),
+            })?;
         let c = rec
             .containers
             .get(container)
-            .ok_or_else(|| format!("container {container:?} has not been created yet"))?;
+            .ok_or_else(|| LogPathError::ContainerNotCreated(container.to_string()))?;
         let back = if previous { 2 } else { 1 };
         if c.attempt < back {
+            let (container, pod) = (container.to_string(), pod.to_string());
             return Err(if previous {
-                format!("previous terminated container {container:?} in pod {pod:?} not found")
+                LogPathError::NoPrevious { container, pod }
             } else {
-                format!("container {container:?} in pod {pod:?} is waiting to start")
+                LogPathError::Waiting { container, pod }
             });
         }
         Ok(self.layout.log_file(&rec.uid, container, c.attempt - back))
@@ -462,9 +479,11 @@ impl PodManager {
             return (Some(ip), Network::Connected);
         };
         let (u, ns) = (uid.to_string(), netns.to_path_buf());
-        let attached = tokio::task::spawn_blocking(move || dp.attach(&u, &ns, ip, cidr))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+        let attached = match tokio::task::spawn_blocking(move || dp.attach(&u, &ns, ip, cidr)).await
+        {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         match attached {
             Ok(()) => (Some(ip), Network::Connected),
             Err(e) => {

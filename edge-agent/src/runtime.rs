@@ -98,10 +98,141 @@ pub enum RuntimeError {
         what: String,
         source: std::io::Error,
     },
-    #[error("container {id}: {message}")]
-    Container { id: String, message: String },
-    #[error("pod sandbox {uid}: {message}")]
-    Sandbox { uid: String, message: String },
+    #[error("container {id}: {source}")]
+    Container {
+        id: String,
+        #[source]
+        source: ContainerError,
+    },
+    #[error("pod sandbox {uid}: {source}")]
+    Sandbox {
+        uid: String,
+        #[source]
+        source: SandboxError,
+    },
+}
+
+/// Why a container could not be started, signalled or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("image layer {0} is missing")]
+    LayerMissing(PathBuf),
+    #[error("the image has no layers")]
+    NoLayers,
+    #[error("mounting the overlay rootfs: {0}")]
+    MountRootfs(#[source] nix::Error),
+    /// The image's `User` names a user or group its rootfs does not have.
+    #[error(transparent)]
+    User(#[from] bundle::UserError),
+    #[error("spawning the shim: {0}")]
+    SpawnShim(#[source] std::io::Error),
+    /// The shim ended first; its log says why.
+    #[error("the shim exited without starting the container: {log}")]
+    ShimExited { log: String },
+    #[error("the shim did not start the container in time")]
+    StartTimeout,
+    /// Not a signal number.
+    #[error("{0}")]
+    Signal(#[source] nix::Error),
+    #[error("kill {pid}: {source}")]
+    Kill {
+        pid: i32,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("umount rootfs: {0}")]
+    UnmountRootfs(#[source] nix::Error),
+}
+
+/// Why a pod sandbox (its network namespace) could not be made or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unshare(CLONE_NEWNET): {0}")]
+    Unshare(#[source] nix::Error),
+    #[error("bringing up lo: {0}")]
+    LoopbackUp(#[source] std::io::Error),
+    #[error("bind-mounting the namespace to {path}: {source}")]
+    BindMount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("the namespace thread panicked")]
+    ThreadPanicked,
+    #[error("umount {path}: {source}")]
+    Unmount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// Why a probe failed: an expected outcome, recorded and reported with this text (after
+/// `Liveness probe failed: ` when it restarts the container).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("the container is not running")]
+    NotRunning,
+    #[error("the probe names a port the container does not have")]
+    UnknownPort,
+    #[error("{host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{host}: no address")]
+    NoAddress { host: String },
+    #[error("{path}: {source}")]
+    OpenNetns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setns: {0}")]
+    Setns(#[source] nix::Error),
+    #[error("dial tcp {addr}: {source}")]
+    Dial {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Setting up, writing to or reading from the probe's connection.
+    #[error("{0}")]
+    Stream(#[source] std::io::Error),
+    #[error("not an HTTP answer: {0:?}")]
+    NotHttp(String),
+    #[error("HTTP probe failed with statuscode: {0}")]
+    HttpStatus(u16),
+    #[error("nsenter: {0}")]
+    Nsenter(#[source] std::io::Error),
+    #[error("command {command:?} exited with {status}")]
+    Exited {
+        command: Vec<String>,
+        status: std::process::ExitStatus,
+    },
+    /// What the hollow runtime's `false` reports.
+    #[error("exit status {0}")]
+    ExitCode(i32),
+    #[error("command {command:?} timed out after {timeout:?}")]
+    TimedOut {
+        command: Vec<String>,
+        timeout: std::time::Duration,
+    },
+    /// Waiting for the probe's command.
+    #[error("{0}")]
+    Wait(#[source] std::io::Error),
+    #[error("the probe thread panicked")]
+    ThreadPanicked,
+    /// The blocking task that ran the probe failed.
+    #[error("{0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 impl RuntimeError {
@@ -139,7 +270,7 @@ pub trait Runtime: Send + Sync + 'static {
         netns: Option<&std::path::Path>,
         action: &ProbeAction,
         timeout: std::time::Duration,
-    ) -> Result<(), String>;
+    ) -> Result<(), ProbeError>;
 }
 
 /// A probe resolved against its container.
@@ -155,4 +286,48 @@ pub enum ProbeAction {
         host: String,
         port: u16,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// These texts end up in pod statuses and events; the typed errors keep them as they were.
+    #[test]
+    fn messages_name_the_container_or_sandbox_and_the_cause() {
+        let e = RuntimeError::Container {
+            id: "u-c-0".into(),
+            source: ContainerError::Kill {
+                pid: 42,
+                source: nix::errno::Errno::EPERM,
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "container u-c-0: kill 42: EPERM: Operation not permitted"
+        );
+        let e = RuntimeError::Sandbox {
+            uid: "u".into(),
+            source: SandboxError::BindMount {
+                path: "/data/netns/u".into(),
+                source: nix::errno::Errno::EINVAL,
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "pod sandbox u: bind-mounting the namespace to /data/netns/u: EINVAL: Invalid argument"
+        );
+        assert_eq!(
+            ContainerError::LayerMissing("/images/l1".into()).to_string(),
+            "image layer /images/l1 is missing"
+        );
+        let e = ProbeError::TimedOut {
+            command: vec!["cat".into(), "/tmp/healthy".into()],
+            timeout: std::time::Duration::from_secs(1),
+        };
+        assert_eq!(
+            e.to_string(),
+            r#"command ["cat", "/tmp/healthy"] timed out after 1s"#
+        );
+    }
 }

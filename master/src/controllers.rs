@@ -1,7 +1,18 @@
-//! Controllers: level-triggered loops that keep objects true to their spec. Each watches
-//! the store, queues what an event touches, and reconciles it with a pure planner; a failed
-//! reconcile is retried after a capped, jittered back-off ([`queue`]), not left for the next
-//! unrelated change.
+//! Controllers: level-triggered loops that keep objects true to their spec, all on one
+//! shell ([`run`]). A controller names the kinds it watches, maps each change to the keys
+//! it touches, and reconciles one key at a time over a pure planner; the shell lists, watches,
+//! batches what is already queued, and retries a failed key after a capped, jittered
+//! back-off ([`queue`]) instead of leaving it for the next unrelated change. A watch that
+//! ends (fallen behind, store restarted) re-lists.
+//!
+//! | controller | key | watches | file |
+//! |---|---|---|---|
+//! | Deployment (and its garbage collection) | Deployment, or a pod to collect | Deployment, Pod | [`deployment`] |
+//! | Endpoints | namespace | Service, Pod | [`endpoints`] |
+//! | node IPAM | node | Node | [`ipam`] |
+//!
+//! The node lifecycle controller ([`nodes`]) is driven by the clock, not by changes: it
+//! re-plans every node every 500 ms, so its retry is the next sweep.
 
 pub mod deployment;
 pub mod endpoints;
@@ -9,17 +20,37 @@ pub mod ipam;
 pub mod nodes;
 pub mod queue;
 
-use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
 use std::time::Instant;
 
-use bramble_api::deployment::Deployment;
-use bramble_api::pod::Pod;
-use bramble_api::{Kind, Object, Selector};
+use bramble_api::{Kind, Selector};
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use self::queue::{Retry, WorkQueue};
-use crate::events::EventRecorder;
-use crate::store::{DeleteRequest, EventType, Op, Store, StoreError, Subresource, WatchFilter};
+use crate::store::{Change, Store, StoreError, Watch, WatchFilter};
+
+/// A controller on the shared shell.
+pub trait Controller: Send {
+    /// What one reconcile brings in line.
+    type Key: Ord + Clone + Debug + Send + Sync;
+    /// For logs.
+    const NAME: &'static str;
+    /// The kinds whose changes wake it (one store watch each).
+    const WATCHES: &'static [Kind];
+
+    /// After a (re)list: every key to bring in line.
+    fn resync(&mut self, store: &Store) -> impl Future<Output = Vec<Self::Key>> + Send;
+    /// The keys a change touches.
+    fn keys(&mut self, change: &Change) -> Vec<Self::Key>;
+    /// Brings one key in line; an error is retried after a back-off.
+    fn reconcile(
+        &mut self,
+        store: &Store,
+        key: &Self::Key,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
 
 fn all(kind: Kind) -> WatchFilter {
     WatchFilter {
@@ -29,50 +60,43 @@ fn all(kind: Kind) -> WatchFilter {
     }
 }
 
-/// Runs the Deployment controller (and the garbage collection of a deleted Deployment's
-/// pods) until `shutdown`.
-pub async fn run_deployments(store: Store, shutdown: CancellationToken) {
-    let mut events = EventRecorder::new(store.clone(), "deployment-controller");
+/// The next change on any of the watches.
+async fn next(watches: &mut [Watch]) -> Result<std::sync::Arc<Change>, StoreError> {
+    let pending = watches.iter_mut().map(|w| Box::pin(w.next()));
+    futures_util::future::select_all(pending).await.0
+}
+
+/// Runs a controller until `shutdown`.
+pub async fn run<C: Controller>(mut c: C, store: Store, shutdown: CancellationToken) {
     loop {
-        // uid → (namespace, name) of every Deployment, to route pod events to owners.
-        let mut by_uid: HashMap<String, (String, String)> = HashMap::new();
-        // What to reconcile: changed Deployments now, failed ones after a back-off.
-        let mut queue: WorkQueue<(String, String)> = WorkQueue::new(Retry::default());
-        let (drev, deps) = store.list(Kind::Deployment, None, &Selector::everything());
-        for e in &deps {
-            if let Ok(Object::Deployment(d)) = e.object() {
-                by_uid.insert(
-                    d.metadata.uid.clone(),
-                    (d.metadata.namespace.clone(), d.metadata.name.clone()),
-                );
-                queue.add((d.metadata.namespace.clone(), d.metadata.name.clone()));
+        let rev = store.revision();
+        let mut queue: WorkQueue<C::Key> = WorkQueue::new(Retry::default());
+        for key in c.resync(&store).await {
+            queue.add(key);
+        }
+        let mut watches = Vec::new();
+        for kind in C::WATCHES {
+            match store.watch(all(*kind), Some(rev)) {
+                Ok(w) => watches.push(w),
+                Err(e) => {
+                    tracing::error!(controller = C::NAME, error = %e, "cannot watch the store");
+                    return;
+                }
             }
         }
-        let (prev, _) = store.list(Kind::Pod, None, &Selector::everything());
-        collect_orphans(&store, &by_uid).await;
-        let (mut dw, mut pw) = match (
-            store.watch(all(Kind::Deployment), Some(drev)),
-            store.watch(all(Kind::Pod), Some(prev)),
-        ) {
-            (Ok(a), Ok(b)) => (a, b),
-            _ => {
-                tracing::error!("deployment controller cannot watch the store");
-                return;
-            }
-        };
-        loop {
+        'watching: loop {
             for key in queue.take(Instant::now()) {
-                match reconcile(&store, &mut events, &key.0, &key.1).await {
+                match c.reconcile(&store, &key).await {
                     Ok(()) => queue.done(&key),
                     Err(e) => {
                         let retry_in =
                             queue.failed(key.clone(), Instant::now(), bramble_support::jitter());
-                        tracing::warn!(deployment = %key.1, error = %e, ?retry_in, "reconcile failed; retrying");
+                        tracing::warn!(controller = C::NAME, ?key, error = %e, ?retry_in, "reconcile failed; retrying");
                     }
                 }
             }
             let retry = queue.next_retry();
-            let change = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = async {
                     match retry {
@@ -80,165 +104,23 @@ pub async fn run_deployments(store: Store, shutdown: CancellationToken) {
                         None => std::future::pending().await,
                     }
                 } => continue,
-                c = dw.next() => c,
-                c = pw.next() => c,
+                change = next(&mut watches) => change,
             };
-            let Ok(c) = change else { break };
-            match c.entry.object() {
-                Ok(Object::Deployment(d)) => {
-                    let key = (d.metadata.namespace.clone(), d.metadata.name.clone());
-                    if c.type_ == EventType::Deleted {
-                        by_uid.remove(&d.metadata.uid);
-                        queue.remove(&key);
-                        delete_owned(&store, &d.metadata.namespace, &d.metadata.uid).await;
-                    } else {
-                        by_uid.insert(d.metadata.uid.clone(), key.clone());
-                        queue.add(key);
-                    }
+            let Ok(first) = first else { break };
+            for key in c.keys(&first) {
+                queue.add(key);
+            }
+            // Take every change already there before reconciling: a burst touches each key
+            // once.
+            while let Some(more) = next(&mut watches).now_or_never() {
+                let Ok(change) = more else {
+                    break 'watching;
+                };
+                for key in c.keys(&change) {
+                    queue.add(key);
                 }
-                Ok(Object::Pod(p)) => {
-                    for o in p
-                        .metadata
-                        .owner_references
-                        .iter()
-                        .filter(|o| o.controller == Some(true))
-                    {
-                        match by_uid.get(&o.uid) {
-                            Some(key) => queue.add(key.clone()),
-                            None if o.kind == "Deployment" && c.type_ != EventType::Deleted => {
-                                // Its owner is gone: collect it.
-                                delete_pod(&store, &p.metadata.namespace, &p.metadata.name).await;
-                            }
-                            None => {}
-                        }
-                    }
-                }
-                _ => {}
             }
         }
-        tracing::info!("deployment controller re-listing");
+        tracing::warn!(controller = C::NAME, "watch ended; re-listing");
     }
-}
-
-async fn delete_pod(store: &Store, ns: &str, name: &str) {
-    let req = DeleteRequest {
-        kind: Kind::Pod,
-        namespace: ns.into(),
-        name: name.into(),
-        grace_seconds: None,
-        resource_version: None,
-    };
-    match store.write(Op::Delete(req)).await {
-        Ok(_) | Err(StoreError::NotFound { .. }) => {}
-        Err(e) => tracing::warn!(pod = name, error = %e, "cannot delete a pod"),
-    }
-}
-
-fn pods_in(store: &Store, ns: &str) -> Vec<Pod> {
-    let (_, entries) = store.list(Kind::Pod, Some(ns), &Selector::everything());
-    entries
-        .iter()
-        .filter_map(|e| match e.object() {
-            Ok(Object::Pod(p)) => Some(p),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The garbage collector's part: pods whose owning Deployment was deleted.
-async fn delete_owned(store: &Store, ns: &str, owner_uid: &str) {
-    for p in pods_in(store, ns) {
-        if p.metadata
-            .owner_references
-            .iter()
-            .any(|o| o.uid == owner_uid)
-            && p.metadata.deletion_timestamp.is_none()
-        {
-            delete_pod(store, ns, &p.metadata.name).await;
-        }
-    }
-}
-
-/// Pods owned by Deployments that no longer exist (deleted while the master was down).
-async fn collect_orphans(store: &Store, by_uid: &HashMap<String, (String, String)>) {
-    let (_, entries) = store.list(Kind::Pod, None, &Selector::everything());
-    for e in entries {
-        let Ok(Object::Pod(p)) = e.object() else {
-            continue;
-        };
-        let orphan = p.metadata.owner_references.iter().any(|o| {
-            o.controller == Some(true) && o.kind == "Deployment" && !by_uid.contains_key(&o.uid)
-        });
-        if orphan && p.metadata.deletion_timestamp.is_none() {
-            delete_pod(store, &p.metadata.namespace, &p.metadata.name).await;
-        }
-    }
-}
-
-async fn reconcile(
-    store: &Store,
-    events: &mut EventRecorder,
-    ns: &str,
-    name: &str,
-) -> Result<(), StoreError> {
-    let Some(entry) = store.get(Kind::Deployment, ns, name) else {
-        return Ok(());
-    };
-    let Object::Deployment(d) = entry.object()? else {
-        return Ok(());
-    };
-    if d.metadata.deletion_timestamp.is_some() {
-        return Ok(());
-    }
-    if let Some(annotations) = deployment::record_revision(&d) {
-        let mut updated = d.clone();
-        updated.metadata.annotations = annotations;
-        // Conditional on the version read: a concurrent change wins and comes back as an event.
-        match store
-            .write(Op::Update(Object::Deployment(updated), Subresource::Main))
-            .await
-        {
-            Ok(_) | Err(StoreError::Conflict { .. }) => return Ok(()),
-            Err(e) => return Err(e),
-        }
-    }
-    let pods = pods_in(store, ns);
-    let plan = deployment::plan(&d, &pods);
-    for _ in 0..plan.create {
-        store
-            .write(Op::Create(Object::Pod(deployment::new_pod(&d))))
-            .await?;
-    }
-    if plan.create > 0 {
-        let msg = format!(
-            "Created {} pod(s) from template {}",
-            plan.create,
-            deployment::template_hash(&d)
-        );
-        events
-            .record(Object::Deployment(d.clone()), "Normal", "ScalingUp", &msg)
-            .await;
-    }
-    for pod in &plan.delete {
-        delete_pod(store, ns, pod).await;
-    }
-    if !plan.delete.is_empty() {
-        let msg = format!(
-            "Deleted {} pod(s): {}",
-            plan.delete.len(),
-            plan.delete.join(", ")
-        );
-        events
-            .record(Object::Deployment(d.clone()), "Normal", "ScalingDown", &msg)
-            .await;
-    }
-    if d.status.as_ref() != Some(&plan.status) {
-        let mut updated: Deployment = d;
-        updated.status = Some(plan.status);
-        updated.metadata.resource_version.clear();
-        store
-            .write(Op::Update(Object::Deployment(updated), Subresource::Status))
-            .await?;
-    }
-    Ok(())
 }

@@ -166,7 +166,8 @@ impl Master {
         };
         let loops = vec![
             tokio::spawn(scheduler::run(store.clone(), internal.clone())),
-            tokio::spawn(controllers::run_deployments(
+            tokio::spawn(controllers::run(
+                controllers::deployment::Deployments::new(&store),
                 store.clone(),
                 internal.clone(),
             )),
@@ -175,10 +176,14 @@ impl Master {
                 lifecycle,
                 internal.clone(),
             )),
-            tokio::spawn(controllers::endpoints::run(store.clone(), internal.clone())),
-            tokio::spawn(controllers::ipam::run(
+            tokio::spawn(controllers::run(
+                controllers::endpoints::EndpointsController,
                 store.clone(),
-                config.pod_cidrs,
+                internal.clone(),
+            )),
+            tokio::spawn(controllers::run(
+                controllers::ipam::Ipam::new(&store, config.pod_cidrs),
+                store.clone(),
                 internal.clone(),
             )),
             tokio::spawn(trim_memory(internal.clone())),

@@ -169,7 +169,7 @@ pub fn pick<'a>(
     pod: &PodView,
     nodes: impl IntoIterator<Item = &'a NodeView>,
     profile: &Profile,
-) -> Result<String, String> {
+) -> Result<String, NoNode> {
     pick_some(pod, nodes, usize::MAX, profile)
 }
 
@@ -191,8 +191,8 @@ pub fn pick_some<'a>(
     nodes: impl IntoIterator<Item = &'a NodeView>,
     enough: usize,
     profile: &Profile,
-) -> Result<String, String> {
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+) -> Result<String, NoNode> {
+    let mut reasons: BTreeMap<filter::Unfit, usize> = BTreeMap::new();
     let mut best: Option<(i64, &NodeView)> = None;
     let mut total = 0;
     let mut feasible = 0;
@@ -224,22 +224,41 @@ pub fn pick_some<'a>(
     }
     match best {
         Some((_, n)) => Ok(n.name.clone()),
-        None => {
-            let mut parts: Vec<(usize, String)> =
-                reasons.into_iter().map(|(r, c)| (c, r)).collect();
-            parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            let list: Vec<String> = parts.iter().map(|(c, r)| format!("{c} {r}")).collect();
-            if list.is_empty() {
-                Err(format!("0/{total} nodes are available."))
-            } else {
-                Err(format!(
-                    "0/{total} nodes are available: {}.",
-                    list.join(", ")
-                ))
-            }
+        None => Err(NoNode { total, reasons }),
+    }
+}
+
+/// No node fits: how many were looked at and why each was not chosen. Displays as
+/// Kubernetes' FailedScheduling message, most common reason first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoNode {
+    pub total: usize,
+    pub reasons: BTreeMap<filter::Unfit, usize>,
+}
+
+impl std::fmt::Display for NoNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<(usize, String)> = self
+            .reasons
+            .iter()
+            .map(|(r, c)| (*c, r.to_string()))
+            .collect();
+        parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let list: Vec<String> = parts.iter().map(|(c, r)| format!("{c} {r}")).collect();
+        if list.is_empty() {
+            write!(f, "0/{} nodes are available.", self.total)
+        } else {
+            write!(
+                f,
+                "0/{} nodes are available: {}.",
+                self.total,
+                list.join(", ")
+            )
         }
     }
 }
+
+impl std::error::Error for NoNode {}
 
 /// Writes events from a bounded queue, many at once (group commit); drops when full, as
 /// Kubernetes' event broadcaster does under load.
@@ -662,7 +681,8 @@ impl Scheduler {
                         inflight.push(self.send_binds(std::mem::take(&mut binds)));
                     }
                 }
-                Err(why) => {
+                Err(no_node) => {
+                    let why = no_node.to_string();
                     if self.last_reason.get(&uid) == Some(&why) {
                         continue;
                     }
@@ -839,13 +859,13 @@ mod tests {
             .collect();
         small.push(node("x", 4000, 8 << 30));
         small.push(node("y", 4000, 8 << 30));
-        let err = pick(&pod, small.iter(), &p).unwrap_err();
+        let err = pick(&pod, small.iter(), &p).unwrap_err().to_string();
         assert_eq!(
             err,
             "0/5 nodes are available: 3 Insufficient memory, 2 node(s) didn't match Pod's node affinity/selector."
         );
         assert_eq!(
-            pick(&pod, std::iter::empty(), &p).unwrap_err(),
+            pick(&pod, std::iter::empty(), &p).unwrap_err().to_string(),
             "0/0 nodes are available."
         );
     }

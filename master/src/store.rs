@@ -53,10 +53,10 @@ impl Entry {
     /// before it was stored).
     pub fn object(&self) -> Result<Object, StoreError> {
         Object::from_json(self.kind, &self.json).map_err(|e| {
-            StoreError::Storage(format!(
-                "stored {} {:?} is unreadable: {e}",
-                self.kind, self.name
-            ))
+            StoreError::storage(
+                format!("stored {} {:?} is unreadable", self.kind, self.name),
+                e,
+            )
         })
     }
 }
@@ -82,15 +82,42 @@ pub enum StoreError {
     Forbidden(String),
     #[error("too old resource version: {requested} (oldest available: {oldest})")]
     Gone { requested: u64, oldest: u64 },
-    #[error("storage error: {0}")]
-    Storage(String),
+    /// The database (or the thread that writes it) failed; `source` is its error, kept.
+    #[error("storage error: {}", storage_text(context, source.as_deref()))]
+    Storage {
+        context: String,
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
     #[error("the store is shutting down")]
     Closed,
 }
 
+/// `context: source`, either part left out when empty.
+fn storage_text(context: &str, source: Option<&(dyn std::error::Error + Send + Sync)>) -> String {
+    match (context, source) {
+        (c, None) => c.to_string(),
+        ("", Some(e)) => e.to_string(),
+        (c, Some(e)) => format!("{c}: {e}"),
+    }
+}
+
+impl StoreError {
+    /// A storage failure with what was being done and the error that caused it.
+    pub fn storage(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Storage {
+            context: context.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+}
+
 impl From<redb::Error> for StoreError {
     fn from(e: redb::Error) -> Self {
-        StoreError::Storage(e.to_string())
+        StoreError::storage("", e)
     }
 }
 
@@ -238,7 +265,7 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || w.run())
-            .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::storage("cannot start the writer thread", e))?;
         Ok((Store { shared, tx }, WriterHandle(handle)))
     }
 

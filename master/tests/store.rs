@@ -575,7 +575,8 @@ async fn the_endpoints_controller_follows_ready_pods() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), StoreOptions::default()).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let ctl = tokio::spawn(bramble_master::controllers::endpoints::run(
+    let ctl = tokio::spawn(bramble_master::controllers::run(
+        bramble_master::controllers::endpoints::EndpointsController,
         s.clone(),
         shutdown.clone(),
     ));

@@ -1,11 +1,15 @@
 //! Stable hashing and jitter: names derived from keys, and spread for retries.
 
-/// 64-bit FNV-1a of a string: a stable, dependency-free hash for names derived from keys
-/// (iptables chains, veth names). Never change it: the names it makes outlive a process.
-pub fn fnv64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+/// 64-bit FNV-1a: a stable, dependency-free hash for names derived from keys (iptables
+/// chains, veth names, pod template hashes). Never change it: the names it makes outlive a
+/// process.
+pub fn fnv64(bytes: impl AsRef<[u8]>) -> u64 {
+    bytes
+        .as_ref()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
 /// A uniform number in [0, 1] from the kernel's random source (0.5 when it fails).

@@ -47,6 +47,22 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Checks `cond` every 100 ms for the whole `window`; returns false at the first check that
+/// fails. For asserting that something does not happen (a restart, an eviction) over the
+/// time it would take to happen, instead of sleeping and looking once.
+pub fn consistently(window: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + window;
+    loop {
+        if !cond() {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A `bramble-master` child process.
 pub struct MasterProcess {
     pub child: Child,

@@ -5,6 +5,7 @@
 use bramble_api::wire::ContainerState;
 
 use super::{PodManager, now_ms, probes};
+use crate::runtime::ProbeError;
 
 impl PodManager {
     /// Runs the probes that are due (concurrently, off the async workers), records readiness
@@ -68,16 +69,14 @@ impl PodManager {
                 async move {
                     let timeout = probes::timeout(&p);
                     let result = match action {
-                        None => {
-                            Err("the probe names a port the container does not have".to_string())
-                        }
+                        None => Err(ProbeError::UnknownPort),
                         Some(a) => {
                             let id2 = id.clone();
                             tokio::task::spawn_blocking(move || {
                                 rt.probe(&id2, netns.as_deref(), &a, timeout)
                             })
                             .await
-                            .unwrap_or_else(|e| Err(e.to_string()))
+                            .unwrap_or_else(|e| Err(ProbeError::Task(e)))
                         }
                     };
                     (uid, name, id, kind, p, result)

@@ -2,7 +2,7 @@
 
 use bramble_api::pod::{Container, Probe};
 
-use crate::runtime::ProbeAction;
+use crate::runtime::{ProbeAction, ProbeError};
 
 /// Which probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub fn record(
     state: &mut ProbeState,
     kind: Kind,
     p: &Probe,
-    result: &Result<(), String>,
+    result: &Result<(), ProbeError>,
     now: i64,
 ) -> Verdict {
     let period = ms(p.period_seconds, 10).max(1000);
@@ -142,24 +142,25 @@ mod tests {
     fn liveness_restarts_after_the_threshold_of_consecutive_failures() {
         let p = probe(serde_json::json!({}));
         let mut s = ProbeState::default();
-        let err: Result<(), String> = Err("exit 1".into());
+        let err = || Err(ProbeError::ExitCode(1));
         assert_eq!(
-            record(&mut s, Kind::Liveness, &p, &err, 0),
+            record(&mut s, Kind::Liveness, &p, &err(), 0),
             Verdict::Nothing
         );
         assert_eq!(
-            record(&mut s, Kind::Liveness, &p, &err, 0),
+            record(&mut s, Kind::Liveness, &p, &err(), 0),
             Verdict::Nothing
         );
         record(&mut s, Kind::Liveness, &p, &Ok(()), 0);
         assert_eq!(
-            record(&mut s, Kind::Liveness, &p, &err, 0),
+            record(&mut s, Kind::Liveness, &p, &err(), 0),
             Verdict::Nothing,
             "a success resets the count"
         );
-        record(&mut s, Kind::Liveness, &p, &err, 0);
-        assert!(
-            matches!(record(&mut s, Kind::Liveness, &p, &err, 0), Verdict::Restart(m) if m.contains("exit 1"))
+        record(&mut s, Kind::Liveness, &p, &err(), 0);
+        assert_eq!(
+            record(&mut s, Kind::Liveness, &p, &err(), 0),
+            Verdict::Restart("Liveness probe failed: exit status 1".into())
         );
     }
 
@@ -171,9 +172,10 @@ mod tests {
         assert!(!s.ready);
         record(&mut s, Kind::Readiness, &p, &Ok(()), 0);
         assert!(s.ready);
-        record(&mut s, Kind::Readiness, &p, &Err("no".into()), 0);
+        let failed = || Err(ProbeError::HttpStatus(503));
+        record(&mut s, Kind::Readiness, &p, &failed(), 0);
         assert!(s.ready, "one failure is below the threshold");
-        record(&mut s, Kind::Readiness, &p, &Err("no".into()), 0);
+        record(&mut s, Kind::Readiness, &p, &failed(), 0);
         assert!(!s.ready);
     }
 

@@ -51,9 +51,18 @@ pub fn argv(c: &Container, image: &ImageConfig) -> Vec<String> {
     v
 }
 
+/// An image's `User` names a user or group that its own rootfs does not have.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("user {0:?} of the image is not in its /etc/passwd")]
+    UnknownUser(String),
+    #[error("group {0:?} of the image is not in its /etc/group")]
+    UnknownGroup(String),
+}
+
 /// The uid and gid of an image's `User` (`uid`, `uid:gid`, `name`, `name:group`), names
 /// looked up in the container's own `/etc/passwd` and `/etc/group` under `rootfs`.
-pub fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), String> {
+pub fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), UserError> {
     if user.is_empty() {
         return Ok((0, 0));
     }
@@ -74,15 +83,14 @@ pub fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), String> {
     };
     let (uid, mut gid) = match u.parse::<u32>() {
         Ok(n) => (n, lookup_gid_of_uid(rootfs, n).unwrap_or(0)),
-        Err(_) => lookup("etc/passwd", u)
-            .ok_or_else(|| format!("user {u:?} of the image is not in its /etc/passwd"))?,
+        Err(_) => lookup("etc/passwd", u).ok_or_else(|| UserError::UnknownUser(u.to_string()))?,
     };
     if let Some(g) = g {
         gid = match g.parse::<u32>() {
             Ok(n) => n,
             Err(_) => lookup("etc/group", g)
                 .map(|(id, _)| id)
-                .ok_or_else(|| format!("group {g:?} of the image is not in its /etc/group"))?,
+                .ok_or_else(|| UserError::UnknownGroup(g.to_string()))?,
         };
     }
     Ok((uid, gid))
@@ -345,10 +353,13 @@ mod tests {
         assert_eq!(r("4242"), Ok((4242, 0)));
         assert_eq!(r("web:staff"), Ok((1000, 50)));
         assert_eq!(r("7:8"), Ok((7, 8)));
-        assert!(
-            r("nobody-here")
-                .unwrap_err()
-                .contains("not in its /etc/passwd")
+        assert_eq!(
+            r("nobody-here").unwrap_err().to_string(),
+            r#"user "nobody-here" of the image is not in its /etc/passwd"#
+        );
+        assert_eq!(
+            r("web:nogroup"),
+            Err(UserError::UnknownGroup("nogroup".into()))
         );
     }
 }

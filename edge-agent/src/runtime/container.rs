@@ -17,7 +17,10 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{ContainerSpec, Exit, Observed, Runtime, RuntimeError, bundle, sandbox};
+use super::{
+    ContainerError, ContainerSpec, Exit, Observed, ProbeError, Runtime, RuntimeError, bundle,
+    sandbox,
+};
 
 /// How long `start` waits for the shim to report the container running (or failed).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -148,11 +151,11 @@ impl Runtime for LibcontainerRuntime {
         netns: Option<&Path>,
         action: &super::ProbeAction,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProbeError> {
         let pid = self
             .read_pid(id)
             .map(|(p, _)| p)
-            .ok_or("the container is not running")?;
+            .ok_or(ProbeError::NotRunning)?;
         super::probe::run(pid, netns, action, timeout)
     }
     fn create_sandbox(
@@ -185,18 +188,15 @@ impl Runtime for LibcontainerRuntime {
         for d in [&rootfs, &upper, &work] {
             std::fs::create_dir_all(d).map_err(RuntimeError::io(d.display().to_string()))?;
         }
-        let cerr = |message: String| RuntimeError::Container {
+        let cerr = |source: ContainerError| RuntimeError::Container {
             id: spec.id.clone(),
-            message,
+            source,
         };
         if let Some(missing) = spec.image.layers.iter().find(|l| !l.is_dir()) {
-            return Err(cerr(format!(
-                "image layer {} is missing",
-                missing.display()
-            )));
+            return Err(cerr(ContainerError::LayerMissing(missing.clone())));
         }
         if spec.image.layers.is_empty() {
-            return Err(cerr("the image has no layers".into()));
+            return Err(cerr(ContainerError::NoLayers));
         }
         if !sandbox::is_mount_point(&rootfs) {
             // overlayfs lists lower directories top first.
@@ -220,9 +220,10 @@ impl Runtime for LibcontainerRuntime {
                 MsFlags::empty(),
                 Some(data.as_str()),
             )
-            .map_err(|e| cerr(format!("mounting the overlay rootfs: {e}")))?;
+            .map_err(|e| cerr(ContainerError::MountRootfs(e)))?;
         }
-        let user = bundle::resolve_user(&spec.image.config.user, &rootfs).map_err(cerr)?;
+        let user =
+            bundle::resolve_user(&spec.image.config.user, &rootfs).map_err(|e| cerr(e.into()))?;
         let config = bundle::config(spec, &rootfs, user);
         std::fs::write(dir.join("config.json"), config.to_string())
             .map_err(RuntimeError::io(format!("{}/config.json", dir.display())))?;
@@ -249,7 +250,7 @@ impl Runtime for LibcontainerRuntime {
             .stdout(shim_log)
             .stderr(shim_err)
             .spawn()
-            .map_err(|e| cerr(format!("spawning the shim: {e}")))?;
+            .map_err(|e| cerr(ContainerError::SpawnShim(e)))?;
         let _ = std::fs::write(dir.join("shim.pid"), child.id().to_string());
         if let Ok(mut shims) = self.shims.lock() {
             shims.insert(spec.id.clone(), child);
@@ -261,14 +262,13 @@ impl Runtime for LibcontainerRuntime {
             }
             if !self.shim_alive(&spec.id) {
                 let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
-                return Err(cerr(format!(
-                    "the shim exited without starting the container: {}",
-                    log.trim()
-                )));
+                return Err(cerr(ContainerError::ShimExited {
+                    log: log.trim().to_string(),
+                }));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        Err(cerr("the shim did not start the container in time".into()))
+        Err(cerr(ContainerError::StartTimeout))
     }
 
     fn observe(&self, id: &str) -> Observed {
@@ -294,13 +294,13 @@ impl Runtime for LibcontainerRuntime {
         };
         let sig = Signal::try_from(signal).map_err(|e| RuntimeError::Container {
             id: id.into(),
-            message: e.to_string(),
+            source: ContainerError::Signal(e),
         })?;
         match kill(Pid::from_raw(pid), sig) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(RuntimeError::Container {
+            Err(source) => Err(RuntimeError::Container {
                 id: id.into(),
-                message: format!("kill {pid}: {e}"),
+                source: ContainerError::Kill { pid, source },
             }),
         }
     }
@@ -311,7 +311,7 @@ impl Runtime for LibcontainerRuntime {
         if sandbox::is_mount_point(&rootfs) {
             umount2(&rootfs, MntFlags::MNT_DETACH).map_err(|e| RuntimeError::Container {
                 id: id.into(),
-                message: format!("umount rootfs: {e}"),
+                source: ContainerError::UnmountRootfs(e),
             })?;
         }
         // A shim that died mid-way may leave libcontainer's state behind.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use super::{ContainerSpec, Exit, Observed, Runtime, RuntimeError};
+use super::{ContainerSpec, Exit, Observed, ProbeError, Runtime, RuntimeError};
 use crate::images::{ImageError, ImageStore, PreparedImage, PullPolicy};
 
 fn now() -> i64 {
@@ -64,11 +64,11 @@ impl Runtime for MemoryRuntime {
         _netns: Option<&std::path::Path>,
         action: &super::ProbeAction,
         _timeout: std::time::Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProbeError> {
         // Hollow probes: an exec of `false` fails, everything else succeeds.
         match action {
             super::ProbeAction::Exec(cmd) if cmd.first().map(String::as_str) == Some("false") => {
-                Err("exit status 1".into())
+                Err(ProbeError::ExitCode(1))
             }
             _ => Ok(()),
         }

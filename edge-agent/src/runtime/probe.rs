@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
 
-use super::ProbeAction;
+use super::{ProbeAction, ProbeError};
 
 /// Runs `action` for the container whose init is `pid`.
 pub fn run(
@@ -18,7 +18,7 @@ pub fn run(
     netns: Option<&Path>,
     action: &ProbeAction,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     match action {
         ProbeAction::Exec(cmd) => exec(pid, cmd, timeout),
         ProbeAction::Tcp { host, port } => {
@@ -38,13 +38,18 @@ pub fn run(
     }
 }
 
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, ProbeError> {
     let host = if host.is_empty() { "127.0.0.1" } else { host };
     (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("{host}: {e}"))?
+        .map_err(|source| ProbeError::Resolve {
+            host: host.to_string(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{host}: no address"))
+        .ok_or_else(|| ProbeError::NoAddress {
+            host: host.to_string(),
+        })
 }
 
 /// Connects from inside `netns` (or the host's namespace) and runs `then` on the stream.
@@ -53,56 +58,52 @@ fn in_netns(
     host: String,
     port: u16,
     timeout: Duration,
-    then: impl FnOnce(TcpStream) -> Result<(), String> + Send + 'static,
-) -> Result<(), String> {
+    then: impl FnOnce(TcpStream) -> Result<(), ProbeError> + Send + 'static,
+) -> Result<(), ProbeError> {
     let ns: Option<PathBuf> = netns.map(Path::to_path_buf);
     std::thread::spawn(move || {
         if let Some(ns) = ns {
-            let f = std::fs::File::open(&ns).map_err(|e| format!("{}: {e}", ns.display()))?;
+            let f = std::fs::File::open(&ns)
+                .map_err(|source| ProbeError::OpenNetns { path: ns, source })?;
             // This thread only: it ends after the probe.
-            setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
+            setns(f, CloneFlags::CLONE_NEWNET).map_err(ProbeError::Setns)?;
         }
         let addr = resolve(&host, port)?;
         let s = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+            .map_err(|source| ProbeError::Dial { addr, source })?;
         s.set_read_timeout(Some(timeout))
-            .map_err(|e| e.to_string())?;
+            .map_err(ProbeError::Stream)?;
         s.set_write_timeout(Some(timeout))
-            .map_err(|e| e.to_string())?;
+            .map_err(ProbeError::Stream)?;
         then(s)
     })
     .join()
-    .map_err(|_| "the probe thread panicked".to_string())?
+    .map_err(|_| ProbeError::ThreadPanicked)?
 }
 
-fn http_get(s: &mut TcpStream, host: &str, path: &str) -> Result<(), String> {
+fn http_get(s: &mut TcpStream, host: &str, path: &str) -> Result<(), ProbeError> {
     let host = if host.is_empty() { "127.0.0.1" } else { host };
     let req = format!(
         "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: bramble-probe\r\nConnection: close\r\n\r\n"
     );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes()).map_err(ProbeError::Stream)?;
     let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+    let n = s.read(&mut buf).map_err(ProbeError::Stream)?;
     let line = String::from_utf8_lossy(&buf[..n]);
     let code: u16 = line
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP answer: {:?}",
-                line.lines().next().unwrap_or("")
-            )
-        })?;
+        .ok_or_else(|| ProbeError::NotHttp(line.lines().next().unwrap_or("").to_string()))?;
     if (200..400).contains(&code) {
         Ok(())
     } else {
-        Err(format!("HTTP probe failed with statuscode: {code}"))
+        Err(ProbeError::HttpStatus(code))
     }
 }
 
 /// `nsenter` into the container's mount, UTS, IPC, network and PID namespaces.
-fn exec(pid: i32, cmd: &[String], timeout: Duration) -> Result<(), String> {
+fn exec(pid: i32, cmd: &[String], timeout: Duration) -> Result<(), ProbeError> {
     let mut child = Command::new("nsenter")
         .args(["-t", &pid.to_string(), "-m", "-u", "-i", "-n", "-p", "--"])
         .args(cmd)
@@ -110,19 +111,27 @@ fn exec(pid: i32, cmd: &[String], timeout: Duration) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("nsenter: {e}"))?;
+        .map_err(ProbeError::Nsenter)?;
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
             Ok(Some(st)) if st.success() => return Ok(()),
-            Ok(Some(st)) => return Err(format!("command {cmd:?} exited with {st}")),
+            Ok(Some(status)) => {
+                return Err(ProbeError::Exited {
+                    command: cmd.to_vec(),
+                    status,
+                });
+            }
             Ok(None) if Instant::now() > deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("command {cmd:?} timed out after {timeout:?}"));
+                return Err(ProbeError::TimedOut {
+                    command: cmd.to_vec(),
+                    timeout,
+                });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(ProbeError::Wait(e)),
         }
     }
 }

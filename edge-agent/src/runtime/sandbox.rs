@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 
-use super::RuntimeError;
+use super::{RuntimeError, SandboxError};
 
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
@@ -48,18 +48,25 @@ pub fn create_netns(uid: &str, path: &Path) -> Result<(), RuntimeError> {
     if is_mounted(path) {
         return Ok(());
     }
-    let err = |message: String| RuntimeError::Sandbox {
+    make_netns(path).map_err(|source| RuntimeError::Sandbox {
         uid: uid.to_string(),
-        message,
+        source,
+    })
+}
+
+fn make_netns(path: &Path) -> Result<(), SandboxError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SandboxError::Io { path, source }
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    std::fs::File::create(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    std::fs::File::create(path).map_err(io(path))?;
     let target: PathBuf = path.to_path_buf();
-    let made = std::thread::spawn(move || -> Result<(), String> {
-        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
-        loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
+    let made = std::thread::spawn(move || -> Result<(), SandboxError> {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(SandboxError::Unshare)?;
+        loopback_up().map_err(SandboxError::LoopbackUp)?;
         mount(
             Some("/proc/thread-self/ns/net"),
             &target,
@@ -67,31 +74,39 @@ pub fn create_netns(uid: &str, path: &Path) -> Result<(), RuntimeError> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(|e| format!("bind-mounting the namespace to {}: {e}", target.display()))
+        .map_err(|source| SandboxError::BindMount {
+            path: target,
+            source,
+        })
     })
     .join()
-    .map_err(|_| err("the namespace thread panicked".into()))?;
-    made.map_err(|m| {
+    .map_err(|_| SandboxError::ThreadPanicked)?;
+    made.inspect_err(|_| {
         let _ = std::fs::remove_file(path);
-        err(m)
     })
 }
 
 /// Unmounts and removes the namespace file (idempotent).
 pub fn remove_netns(uid: &str, path: &Path) -> Result<(), RuntimeError> {
+    let err = |source| RuntimeError::Sandbox {
+        uid: uid.to_string(),
+        source,
+    };
     if is_mounted(path) {
-        umount2(path, MntFlags::MNT_DETACH).map_err(|e| RuntimeError::Sandbox {
-            uid: uid.to_string(),
-            message: format!("umount {}: {e}", path.display()),
+        umount2(path, MntFlags::MNT_DETACH).map_err(|source| {
+            err(SandboxError::Unmount {
+                path: path.to_path_buf(),
+                source,
+            })
         })?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(RuntimeError::Sandbox {
-            uid: uid.to_string(),
-            message: format!("{}: {e}", path.display()),
-        }),
+        Err(source) => Err(err(SandboxError::Io {
+            path: path.to_path_buf(),
+            source,
+        })),
     }
 }
 

@@ -1,13 +1,22 @@
-//! The Deployment planner: what to create and delete to move a Deployment's pods toward its
-//! template and replica count, honouring `maxSurge` and `maxUnavailable`.
+//! The Deployment controller: its planner ([`plan`], pure: what to create and delete to move
+//! a Deployment's pods toward its template and replica count, honouring `maxSurge` and
+//! `maxUnavailable`) and its shell ([`Deployments`], on the shared controller shell), which
+//! also collects the pods of Deployments that are gone.
 //!
 //! Bramble's Deployments own their pods directly (no ReplicaSets): every pod carries the
 //! `pod-template-hash` of the template it was made from, so the planner can tell new pods
-//! from old ones. Pure: unit-tested without a store.
+//! from old ones.
+
+use std::collections::HashMap;
 
 use bramble_api::deployment::{Deployment, DeploymentStatus};
 use bramble_api::meta::{Condition, IntOrString, OwnerReference};
 use bramble_api::pod::Pod;
+use bramble_api::{Kind, Object, Selector};
+
+use super::Controller;
+use crate::events::EventRecorder;
+use crate::store::{Change, DeleteRequest, EventType, Op, Store, StoreError, Subresource};
 
 /// The label that ties a pod to the template it was created from.
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
@@ -26,12 +35,7 @@ pub struct Plan {
 /// A stable hash of the pod template (FNV-1a over its JSON), as 10 hex characters.
 pub fn template_hash(d: &Deployment) -> String {
     let json = serde_json::to_vec(&d.spec.template).unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in json {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{:010x}", h & 0xff_ffff_ffff)
+    format!("{:010x}", bramble_support::fnv64(json) & 0xff_ffff_ffff)
 }
 
 /// Whether the pod's Ready condition is True.
@@ -268,6 +272,243 @@ pub fn new_pod(d: &Deployment) -> Pod {
         block_owner_deletion: Some(true),
     }];
     p
+}
+
+/// What the Deployment controller reconciles.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    /// Bring a Deployment's pods to its template and replica count.
+    Deployment { namespace: String, name: String },
+    /// A Deployment was deleted: delete the pods it owned.
+    Owned { namespace: String, uid: String },
+    /// A pod whose owning Deployment is gone (deleted while the master was down, or a pod
+    /// that names an unknown owner): delete it.
+    Orphan { namespace: String, name: String },
+}
+
+/// The Deployment controller's state between reconciles.
+pub struct Deployments {
+    events: EventRecorder,
+    /// uid → (namespace, name) of every Deployment, to route pod events to owners.
+    by_uid: HashMap<String, (String, String)>,
+}
+
+impl Deployments {
+    pub fn new(store: &Store) -> Self {
+        Deployments {
+            events: EventRecorder::new(store.clone(), "deployment-controller"),
+            by_uid: HashMap::new(),
+        }
+    }
+
+    fn deployment_key(&self, ns: &str, name: &str) -> Key {
+        Key::Deployment {
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The pod is owned, as its controller, by a Deployment this controller does not know.
+    fn orphaned(&self, p: &Pod) -> bool {
+        p.metadata.owner_references.iter().any(|o| {
+            o.controller == Some(true)
+                && o.kind == "Deployment"
+                && !self.by_uid.contains_key(&o.uid)
+        })
+    }
+}
+
+impl Controller for Deployments {
+    type Key = Key;
+    const NAME: &'static str = "deployment";
+    const WATCHES: &'static [Kind] = &[Kind::Deployment, Kind::Pod];
+
+    async fn resync(&mut self, store: &Store) -> Vec<Key> {
+        self.by_uid.clear();
+        let mut keys = Vec::new();
+        let (_, deployments) = store.list(Kind::Deployment, None, &Selector::everything());
+        for e in &deployments {
+            if let Ok(Object::Deployment(d)) = e.object() {
+                let (ns, name) = (d.metadata.namespace, d.metadata.name);
+                keys.push(self.deployment_key(&ns, &name));
+                self.by_uid.insert(d.metadata.uid, (ns, name));
+            }
+        }
+        let (_, pods) = store.list(Kind::Pod, None, &Selector::everything());
+        for e in pods {
+            if let Ok(Object::Pod(p)) = e.object()
+                && p.metadata.deletion_timestamp.is_none()
+                && self.orphaned(&p)
+            {
+                keys.push(Key::Orphan {
+                    namespace: p.metadata.namespace,
+                    name: p.metadata.name,
+                });
+            }
+        }
+        keys
+    }
+
+    fn keys(&mut self, c: &Change) -> Vec<Key> {
+        match c.entry.object() {
+            Ok(Object::Deployment(d)) => {
+                let m = d.metadata;
+                if c.type_ == EventType::Deleted {
+                    self.by_uid.remove(&m.uid);
+                    vec![Key::Owned {
+                        namespace: m.namespace,
+                        uid: m.uid,
+                    }]
+                } else {
+                    let key = self.deployment_key(&m.namespace, &m.name);
+                    self.by_uid.insert(m.uid, (m.namespace, m.name));
+                    vec![key]
+                }
+            }
+            Ok(Object::Pod(p)) => p
+                .metadata
+                .owner_references
+                .iter()
+                .filter(|o| o.controller == Some(true))
+                .filter_map(|o| match self.by_uid.get(&o.uid) {
+                    Some((ns, name)) => Some(self.deployment_key(ns, name)),
+                    None if o.kind == "Deployment" && c.type_ != EventType::Deleted => {
+                        Some(Key::Orphan {
+                            namespace: p.metadata.namespace.clone(),
+                            name: p.metadata.name.clone(),
+                        })
+                    }
+                    None => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    async fn reconcile(&mut self, store: &Store, key: &Key) -> Result<(), StoreError> {
+        match key {
+            Key::Deployment { namespace, name } => {
+                reconcile(store, &mut self.events, namespace, name).await
+            }
+            Key::Owned { namespace, uid } => {
+                for p in pods_in(store, namespace) {
+                    if p.metadata.deletion_timestamp.is_none()
+                        && p.metadata.owner_references.iter().any(|o| o.uid == *uid)
+                    {
+                        delete_pod(store, namespace, &p.metadata.name).await?;
+                    }
+                }
+                Ok(())
+            }
+            Key::Orphan { namespace, name } => {
+                let Some(e) = store.get(Kind::Pod, namespace, name) else {
+                    return Ok(());
+                };
+                match e.object()? {
+                    Object::Pod(p)
+                        if p.metadata.deletion_timestamp.is_none() && self.orphaned(&p) =>
+                    {
+                        delete_pod(store, namespace, name).await
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Deletes a pod (gracefully); one already gone is not an error.
+async fn delete_pod(store: &Store, ns: &str, name: &str) -> Result<(), StoreError> {
+    let req = DeleteRequest {
+        kind: Kind::Pod,
+        namespace: ns.into(),
+        name: name.into(),
+        grace_seconds: None,
+        resource_version: None,
+    };
+    match store.write(Op::Delete(req)).await {
+        Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn pods_in(store: &Store, ns: &str) -> Vec<Pod> {
+    let (_, entries) = store.list(Kind::Pod, Some(ns), &Selector::everything());
+    entries
+        .iter()
+        .filter_map(|e| match e.object() {
+            Ok(Object::Pod(p)) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn reconcile(
+    store: &Store,
+    events: &mut EventRecorder,
+    ns: &str,
+    name: &str,
+) -> Result<(), StoreError> {
+    let Some(entry) = store.get(Kind::Deployment, ns, name) else {
+        return Ok(());
+    };
+    let Object::Deployment(d) = entry.object()? else {
+        return Ok(());
+    };
+    if d.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    if let Some(annotations) = record_revision(&d) {
+        let mut updated = d.clone();
+        updated.metadata.annotations = annotations;
+        // Conditional on the version read: a concurrent change wins and comes back as an event.
+        match store
+            .write(Op::Update(Object::Deployment(updated), Subresource::Main))
+            .await
+        {
+            Ok(_) | Err(StoreError::Conflict { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    let pods = pods_in(store, ns);
+    let plan = plan(&d, &pods);
+    for _ in 0..plan.create {
+        store.write(Op::Create(Object::Pod(new_pod(&d)))).await?;
+    }
+    if plan.create > 0 {
+        let msg = format!(
+            "Created {} pod(s) from template {}",
+            plan.create,
+            template_hash(&d)
+        );
+        events
+            .record(Object::Deployment(d.clone()), "Normal", "ScalingUp", &msg)
+            .await;
+    }
+    for pod in &plan.delete {
+        if let Err(e) = delete_pod(store, ns, pod).await {
+            tracing::warn!(pod, error = %e, "cannot delete a pod");
+        }
+    }
+    if !plan.delete.is_empty() {
+        let msg = format!(
+            "Deleted {} pod(s): {}",
+            plan.delete.len(),
+            plan.delete.join(", ")
+        );
+        events
+            .record(Object::Deployment(d.clone()), "Normal", "ScalingDown", &msg)
+            .await;
+    }
+    if d.status.as_ref() != Some(&plan.status) {
+        let mut updated: Deployment = d;
+        updated.status = Some(plan.status);
+        updated.metadata.resource_version.clear();
+        store
+            .write(Op::Update(Object::Deployment(updated), Subresource::Status))
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! Service's deletion deletes its Endpoints.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
 
 use bramble_api::meta::IntOrString;
 use bramble_api::pod::Pod;
@@ -15,10 +14,9 @@ use bramble_api::service::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Service,
 };
 use bramble_api::{Kind, Object, Selector};
-use tokio_util::sync::CancellationToken;
 
-use super::queue::{Retry, WorkQueue};
-use crate::store::{DeleteRequest, Op, Store, StoreError, WatchFilter};
+use super::Controller;
+use crate::store::{Change, DeleteRequest, Op, Store, StoreError};
 
 fn ready(p: &Pod) -> bool {
     p.status.as_ref().is_some_and(|s| {
@@ -217,83 +215,29 @@ pub async fn sync_namespace(store: &Store, ns: &str) -> Result<(), StoreError> {
     result
 }
 
-/// Runs the controller until `shutdown`.
-pub async fn run(store: Store, shutdown: CancellationToken) {
-    let all = |kind| WatchFilter {
-        kind,
-        namespace: None,
-        selector: Selector::everything(),
-    };
-    loop {
-        let rev = store.revision();
-        let namespaces: BTreeSet<String> = store
-            .list(Kind::Service, None, &Selector::everything())
-            .1
-            .iter()
-            .chain(
-                store
-                    .list(Kind::Endpoints, None, &Selector::everything())
-                    .1
-                    .iter(),
-            )
+/// The Endpoints controller on the shared shell; its key is a namespace.
+pub struct EndpointsController;
+
+impl Controller for EndpointsController {
+    type Key = String;
+    const NAME: &'static str = "endpoints";
+    const WATCHES: &'static [Kind] = &[Kind::Service, Kind::Pod];
+
+    async fn resync(&mut self, store: &Store) -> Vec<String> {
+        let namespaces: BTreeSet<String> = [Kind::Service, Kind::Endpoints]
+            .into_iter()
+            .flat_map(|kind| store.list(kind, None, &Selector::everything()).1)
             .map(|e| e.namespace.clone())
             .collect();
-        // Namespaces to bring in line: touched ones now, failed ones after a back-off.
-        let mut queue: WorkQueue<String> = WorkQueue::new(Retry::default());
-        for ns in namespaces {
-            queue.add(ns);
-        }
-        let (Ok(mut services), Ok(mut pods)) = (
-            store.watch(all(Kind::Service), Some(rev)),
-            store.watch(all(Kind::Pod), Some(rev)),
-        ) else {
-            tracing::error!("the endpoints controller cannot watch the store");
-            return;
-        };
-        loop {
-            for ns in queue.take(Instant::now()) {
-                match sync_namespace(&store, &ns).await {
-                    Ok(()) => queue.done(&ns),
-                    Err(_) => {
-                        let retry_in =
-                            queue.failed(ns.clone(), Instant::now(), bramble_support::jitter());
-                        tracing::warn!(
-                            namespace = ns,
-                            ?retry_in,
-                            "endpoints sync failed; retrying"
-                        );
-                    }
-                }
-            }
-            let retry = queue.next_retry();
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = async {
-                    match retry {
-                        Some(at) => tokio::time::sleep_until(at.into()).await,
-                        None => std::future::pending().await,
-                    }
-                } => continue,
-                c = services.next() => c,
-                c = pods.next() => c,
-            };
-            let Ok(first) = first else { break };
-            // Everything that is already queued, then each touched namespace once.
-            queue.add(first.entry.namespace.clone());
-            loop {
-                let more = tokio::select! {
-                    biased;
-                    c = services.next() => c,
-                    c = pods.next() => c,
-                    _ = std::future::ready(()) => break,
-                };
-                match more {
-                    Ok(c) => queue.add(c.entry.namespace.clone()),
-                    Err(_) => break,
-                }
-            }
-        }
-        tracing::warn!("endpoints controller watch ended; re-listing");
+        namespaces.into_iter().collect()
+    }
+
+    fn keys(&mut self, change: &Change) -> Vec<String> {
+        vec![change.entry.namespace.clone()]
+    }
+
+    async fn reconcile(&mut self, store: &Store, ns: &String) -> Result<(), StoreError> {
+        sync_namespace(store, ns).await
     }
 }
 

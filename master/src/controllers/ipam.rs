@@ -7,14 +7,26 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
-use bramble_api::net::Cidr;
-use bramble_api::node::Node;
+use bramble_api::net::{Cidr, CidrError};
 use bramble_api::{Kind, Object, Selector};
-use tokio_util::sync::CancellationToken;
 
-use crate::store::{EventType, Op, Store, StoreError, Subresource, WatchFilter};
+use super::Controller;
+use crate::events::EventRecorder;
+use crate::store::{Change, EventType, Op, Store, StoreError, Subresource};
+
+/// Why a cluster CIDR and node mask size were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Cidr(#[from] CidrError),
+    #[error("{0:?}: the prefix length must be 0-30")]
+    Prefix(String),
+    #[error(
+        "the node CIDR mask size /{node_prefix} must be longer than the cluster's /{prefix} and at most /30"
+    )]
+    NodePrefix { node_prefix: u8, prefix: u8 },
+}
 
 /// The cluster CIDR cut into equal node CIDRs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,16 +39,17 @@ pub struct CidrPool {
 impl CidrPool {
     /// `10.42.0.0/16` with `/24` per node. The node prefix must be longer than the cluster's
     /// and leave room for pods (at most /30).
-    pub fn parse(cluster: &str, node_prefix: u8) -> Result<CidrPool, String> {
-        let cidr = Cidr::parse(cluster).map_err(|e| e.to_string())?;
+    pub fn parse(cluster: &str, node_prefix: u8) -> Result<CidrPool, PoolError> {
+        let cidr = Cidr::parse(cluster)?;
         let prefix = cidr.prefix;
         if prefix > 30 {
-            return Err(format!("{cluster:?}: the prefix length must be 0-30"));
+            return Err(PoolError::Prefix(cluster.to_string()));
         }
         if node_prefix <= prefix || node_prefix > 30 {
-            return Err(format!(
-                "the node CIDR mask size /{node_prefix} must be longer than the cluster's /{prefix} and at most /30"
-            ));
+            return Err(PoolError::NodePrefix {
+                node_prefix,
+                prefix,
+            });
         }
         Ok(CidrPool {
             base: u32::from(cidr.base),
@@ -80,63 +93,71 @@ impl CidrPool {
     }
 }
 
-/// Runs the allocator until `shutdown`.
-pub async fn run(store: Store, pool: CidrPool, shutdown: CancellationToken) {
-    let mut events = crate::events::EventRecorder::new(store.clone(), "node-ipam-controller");
-    loop {
-        let (rev, nodes) = store.list(Kind::Node, None, &Selector::everything());
-        for e in nodes {
-            if let Ok(Object::Node(n)) = e.object() {
-                allocate_if_needed(&store, &pool, n, &mut events).await;
-            }
-        }
-        let filter = WatchFilter {
-            kind: Kind::Node,
-            namespace: None,
-            selector: Selector::everything(),
-        };
-        let mut watch = match store.watch(filter, Some(rev)) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "node IPAM cannot watch nodes");
-                return;
-            }
-        };
-        loop {
-            let change = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                c = watch.next() => c,
-            };
-            match change {
-                Ok(c) if c.type_ != EventType::Deleted => {
-                    if let Ok(Object::Node(n)) = c.entry.object() {
-                        allocate_if_needed(&store, &pool, n, &mut events).await;
-                    }
-                }
-                // A CIDR was freed: nodes still waiting for one may have it.
-                Ok(_) => {
-                    let waiting: Vec<Node> = store
-                        .list(Kind::Node, None, &Selector::everything())
-                        .1
-                        .iter()
-                        .filter_map(|e| match e.object() {
-                            Ok(Object::Node(n)) if n.spec.pod_cidr.is_empty() => Some(n),
-                            _ => None,
-                        })
-                        .collect();
-                    for n in waiting {
-                        allocate_if_needed(&store, &pool, n, &mut events).await;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "node IPAM watch ended; re-listing");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    break;
-                }
-            }
+/// The allocator on the shared controller shell; its key is a node name.
+pub struct Ipam {
+    pool: CidrPool,
+    events: EventRecorder,
+}
+
+impl Ipam {
+    pub fn new(store: &Store, pool: CidrPool) -> Self {
+        Ipam {
+            pool,
+            events: EventRecorder::new(store.clone(), "node-ipam-controller"),
         }
     }
 }
+
+/// Names of the nodes that have no pod CIDR yet.
+fn waiting(store: &Store) -> Vec<String> {
+    store
+        .list(Kind::Node, None, &Selector::everything())
+        .1
+        .iter()
+        .filter_map(|e| match e.object() {
+            Ok(Object::Node(n)) if n.spec.pod_cidr.is_empty() => Some(n.metadata.name),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Controller for Ipam {
+    type Key = String;
+    const NAME: &'static str = "node-ipam";
+    const WATCHES: &'static [Kind] = &[Kind::Node];
+
+    async fn resync(&mut self, store: &Store) -> Vec<String> {
+        waiting(store)
+    }
+
+    fn keys(&mut self, c: &Change) -> Vec<String> {
+        match c.entry.object() {
+            Ok(Object::Node(n)) if c.type_ != EventType::Deleted => {
+                if n.spec.pod_cidr.is_empty() {
+                    vec![n.metadata.name]
+                } else {
+                    Vec::new()
+                }
+            }
+            // A CIDR was freed: nodes still waiting for one may have it.
+            Ok(_) => vec![WAITING.into()],
+            Err(_) => Vec::new(),
+        }
+    }
+
+    async fn reconcile(&mut self, store: &Store, name: &String) -> Result<(), StoreError> {
+        if name == WAITING {
+            for n in waiting(store) {
+                self.allocate(store, &n).await?;
+            }
+            return Ok(());
+        }
+        self.allocate(store, name).await
+    }
+}
+
+/// The key that stands for every node still waiting for a CIDR (not a valid node name).
+const WAITING: &str = "*waiting*";
 
 /// The indexes in use by every node but `except`.
 fn used(store: &Store, pool: &CidrPool, except: &str) -> BTreeSet<usize> {
@@ -152,39 +173,47 @@ fn used(store: &Store, pool: &CidrPool, except: &str) -> BTreeSet<usize> {
         .collect()
 }
 
-async fn allocate_if_needed(
-    store: &Store,
-    pool: &CidrPool,
-    mut node: Node,
-    events: &mut crate::events::EventRecorder,
-) {
-    if !node.spec.pod_cidr.is_empty() {
-        return;
-    }
-    let name = node.metadata.name.clone();
-    let Some(i) = pool.first_free(&used(store, pool, &name)) else {
-        let message = format!(
-            "no pod CIDR left in the cluster CIDR {} ({} node CIDRs, all taken): the node gets none until one is freed",
-            pool.cluster(),
-            pool.capacity()
-        );
-        tracing::error!(node = name, "{message}");
-        // As Kubernetes' node IPAM does: a Warning on the node says why it has no CIDR.
-        events
-            .record(Object::Node(node), "Warning", "CIDRNotAvailable", &message)
-            .await;
-        return;
-    };
-    node.spec.pod_cidr = pool.nth(i);
-    let cidr = node.spec.pod_cidr.clone();
-    // The node as read: a concurrent change is a conflict, and its event brings it back.
-    match store
-        .write(Op::Update(Object::Node(node), Subresource::Main))
-        .await
-    {
-        Ok(_) => tracing::info!(node = name, cidr, "pod CIDR assigned"),
-        Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
-        Err(e) => tracing::warn!(node = name, error = %e, "cannot assign a pod CIDR"),
+impl Ipam {
+    /// Gives the node the lowest free CIDR if it has none. A conflict or a deleted node is
+    /// not an error: the node's next event brings it back.
+    async fn allocate(&mut self, store: &Store, name: &str) -> Result<(), StoreError> {
+        let Some(e) = store.get(Kind::Node, "", name) else {
+            return Ok(());
+        };
+        let Object::Node(mut node) = e.object()? else {
+            return Ok(());
+        };
+        if !node.spec.pod_cidr.is_empty() {
+            return Ok(());
+        }
+        let pool = self.pool;
+        let Some(i) = pool.first_free(&used(store, &pool, name)) else {
+            let message = format!(
+                "no pod CIDR left in the cluster CIDR {} ({} node CIDRs, all taken): the node gets none until one is freed",
+                pool.cluster(),
+                pool.capacity()
+            );
+            tracing::error!(node = name, "{message}");
+            // As Kubernetes' node IPAM does: a Warning on the node says why it has no CIDR.
+            self.events
+                .record(Object::Node(node), "Warning", "CIDRNotAvailable", &message)
+                .await;
+            return Ok(());
+        };
+        node.spec.pod_cidr = pool.nth(i);
+        let cidr = node.spec.pod_cidr.clone();
+        // The node as read: a concurrent change is a conflict, and its event brings it back.
+        match store
+            .write(Op::Update(Object::Node(node), Subresource::Main))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(node = name, cidr, "pod CIDR assigned");
+                Ok(())
+            }
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -224,16 +253,19 @@ mod tests {
         assert!(
             CidrPool::parse("10.42.0.0", 24)
                 .unwrap_err()
+                .to_string()
                 .contains("not an IPv4 CIDR")
         );
         assert!(
             CidrPool::parse("10.42.1.0/16", 24)
                 .unwrap_err()
+                .to_string()
                 .contains("did you mean 10.42.0.0/16")
         );
         assert!(
             CidrPool::parse("10.42.0.0/16", 16)
                 .unwrap_err()
+                .to_string()
                 .contains("must be longer")
         );
         assert!(CidrPool::parse("10.42.0.0/16", 31).is_err());

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bramble_api::node::{Node, Taint};
+use bramble_api::pod::Pod;
 use bramble_api::{Kind, Object, Selector};
 use tokio_util::sync::CancellationToken;
 
@@ -102,24 +103,68 @@ pub fn plan(nodes: &[Node], now: i64, cfg: &LifecycleConfig) -> NodePlan {
     p
 }
 
+/// Whether a pod stays bound to a lost node: it tolerates the unreachable taint with no
+/// time limit (a toleration with `tolerationSeconds` is evicted like any other pod here).
+pub fn tolerates_loss(pod: &Pod) -> bool {
+    pod.spec.tolerations.iter().any(|t| {
+        t.effect == "NoExecute"
+            && (t.key == UNREACHABLE_TAINT || (t.key.is_empty() && t.operator == "Exists"))
+            && t.toleration_seconds.is_none()
+    })
+}
+
+/// The cluster-wide eviction rate: a token bucket that holds at most one second's worth of
+/// evictions and refills at `per_second`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenBucket {
+    tokens: f64,
+    per_second: f64,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second);
+        TokenBucket {
+            tokens: per_second,
+            per_second,
+        }
+    }
+
+    /// Adds what `elapsed` earns, up to the bucket's size.
+    pub fn refill(&mut self, elapsed: Duration) {
+        self.tokens = (self.tokens + self.per_second * elapsed.as_secs_f64()).min(self.per_second);
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self) -> bool {
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
 fn now_secs() -> i64 {
     bramble_api::time::now_secs()
 }
 
+/// How often the controller re-plans every node.
+const SWEEP: Duration = Duration::from_millis(500);
+
 /// Runs the node lifecycle controller until `shutdown`.
 pub async fn run(store: Store, cfg: LifecycleConfig, shutdown: CancellationToken) {
     let mut events = EventRecorder::new(store.clone(), "node-lifecycle-controller");
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(SWEEP);
     let mut was_partitioned = false;
-    // Token bucket for evictions.
-    let mut tokens = f64::from(cfg.evictions_per_second);
+    let mut bucket = TokenBucket::new(cfg.evictions_per_second);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        tokens = (tokens + f64::from(cfg.evictions_per_second) / 2.0)
-            .min(f64::from(cfg.evictions_per_second));
+        bucket.refill(SWEEP);
         let (_, entries) = store.list(Kind::Node, None, &Selector::everything());
         let nodes: Vec<Node> = entries
             .iter()
@@ -172,19 +217,12 @@ pub async fn run(store: Store, cfg: LifecycleConfig, shutdown: CancellationToken
                 if pod.spec.node_name != *name {
                     continue;
                 }
-                let tolerated = pod.spec.tolerations.iter().any(|t| {
-                    t.effect == "NoExecute"
-                        && (t.key == UNREACHABLE_TAINT
-                            || (t.key.is_empty() && t.operator == "Exists"))
-                        && t.toleration_seconds.is_none()
-                });
-                if tolerated {
+                if tolerates_loss(&pod) {
                     continue;
                 }
-                if tokens < 1.0 {
+                if !bucket.take() {
                     break;
                 }
-                tokens -= 1.0;
                 // The node cannot confirm: remove the pod now so its owner replaces it.
                 let req = DeleteRequest {
                     kind: Kind::Pod,
@@ -221,6 +259,54 @@ async fn update_node(store: &Store, mut n: Node) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evictions_are_rate_limited_by_a_bucket_of_one_second() {
+        let mut b = TokenBucket::new(10);
+        assert_eq!(
+            (0..20).filter(|_| b.take()).count(),
+            10,
+            "a full bucket: 10"
+        );
+        assert!(!b.take());
+        b.refill(SWEEP);
+        assert_eq!(
+            (0..20).filter(|_| b.take()).count(),
+            5,
+            "half a second earns 5"
+        );
+        b.refill(Duration::from_secs(60));
+        assert_eq!(
+            (0..20).filter(|_| b.take()).count(),
+            10,
+            "never more than 10"
+        );
+    }
+
+    #[test]
+    fn only_a_pod_that_tolerates_loss_forever_stays() {
+        let pod = |tolerations: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p"},
+                "spec": {"containers": [], "tolerations": tolerations}
+            }))
+            .unwrap()
+        };
+        let unreachable = serde_json::json!({"key": UNREACHABLE_TAINT, "operator": "Exists", "effect": "NoExecute"});
+        let everything = serde_json::json!({"operator": "Exists", "effect": "NoExecute"});
+        let timed = serde_json::json!({"key": UNREACHABLE_TAINT, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300});
+        let other = serde_json::json!({"key": "x", "operator": "Exists", "effect": "NoExecute"});
+        let no_schedule = serde_json::json!({"key": UNREACHABLE_TAINT, "operator": "Exists", "effect": "NoSchedule"});
+        assert!(tolerates_loss(&pod(serde_json::json!([unreachable]))));
+        assert!(tolerates_loss(&pod(serde_json::json!([everything]))));
+        for evicted in [timed, other, no_schedule] {
+            assert!(
+                !tolerates_loss(&pod(serde_json::json!([evicted.clone()]))),
+                "{evicted}"
+            );
+        }
+        assert!(!tolerates_loss(&pod(serde_json::json!([]))));
+    }
 
     fn node(name: &str, ready: &str, reason: &str, taint_at: Option<i64>) -> Node {
         let mut n: Node = serde_json::from_value(serde_json::json!({

@@ -3,11 +3,39 @@
 
 use super::{NodeView, PodView};
 
+/// Why a pod may not run on a node, worded as Kubernetes words it; counted per node in the
+/// unschedulable message, e.g. `3 Insufficient memory`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
+pub enum Unfit {
+    #[error("node(s) were not ready")]
+    NotReady,
+    #[error("node(s) were unschedulable")]
+    Unschedulable,
+    #[error("Too many pods")]
+    TooManyPods,
+    #[error("Insufficient cpu")]
+    InsufficientCpu,
+    #[error("Insufficient memory")]
+    InsufficientMemory,
+    #[error("node(s) didn't match Pod's node affinity/selector")]
+    Affinity,
+    #[error("node(s) had untolerated taint {{{key}{value}: {effect}}}")]
+    Taint {
+        key: String,
+        /// `=VALUE`, or empty.
+        value: String,
+        effect: String,
+    },
+    #[error("node(s) didn't have free ports for the requested pod ports")]
+    HostPorts,
+    #[error("node(s) didn't match the image's platform")]
+    Platform,
+}
+
 /// One scheduling filter.
 pub trait Filter: Send + Sync {
-    /// `Err(reason)` when the pod may not run on the node; the reason is counted per node in
-    /// the unschedulable message, e.g. `Insufficient memory`.
-    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String>;
+    /// `Err(why)` when the pod may not run on the node.
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), Unfit>;
     /// Whether the filter can say no to this pod at all (a pod without a `nodeSelector` passes
     /// that filter everywhere): the search skips filters that cannot.
     fn applies(&self, _pod: &PodView) -> bool {
@@ -18,11 +46,11 @@ pub trait Filter: Send + Sync {
 /// The node is Ready.
 pub struct NodeReady;
 impl Filter for NodeReady {
-    fn check(&self, _pod: &PodView, node: &NodeView) -> Result<(), String> {
+    fn check(&self, _pod: &PodView, node: &NodeView) -> Result<(), Unfit> {
         if node.ready {
             Ok(())
         } else {
-            Err("node(s) were not ready".into())
+            Err(Unfit::NotReady)
         }
     }
 }
@@ -30,9 +58,9 @@ impl Filter for NodeReady {
 /// The node is not cordoned.
 pub struct Schedulable;
 impl Filter for Schedulable {
-    fn check(&self, _pod: &PodView, node: &NodeView) -> Result<(), String> {
+    fn check(&self, _pod: &PodView, node: &NodeView) -> Result<(), Unfit> {
         if node.unschedulable {
-            Err("node(s) were unschedulable".into())
+            Err(Unfit::Unschedulable)
         } else {
             Ok(())
         }
@@ -42,15 +70,15 @@ impl Filter for Schedulable {
 /// Requests fit in allocatable minus what bound pods request.
 pub struct Resources;
 impl Filter for Resources {
-    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), Unfit> {
         if node.pods + 1 > node.alloc_pods {
-            return Err("Too many pods".into());
+            return Err(Unfit::TooManyPods);
         }
         if node.used_cpu_m + pod.cpu_m > node.alloc_cpu_m {
-            return Err("Insufficient cpu".into());
+            return Err(Unfit::InsufficientCpu);
         }
         if node.used_mem + pod.mem > node.alloc_mem {
-            return Err("Insufficient memory".into());
+            return Err(Unfit::InsufficientMemory);
         }
         Ok(())
     }
@@ -63,7 +91,7 @@ impl Filter for NodeSelector {
         !pod.node_selector.is_empty()
     }
 
-    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), Unfit> {
         if pod
             .node_selector
             .iter()
@@ -71,7 +99,7 @@ impl Filter for NodeSelector {
         {
             Ok(())
         } else {
-            Err("node(s) didn't match Pod's node affinity/selector".into())
+            Err(Unfit::Affinity)
         }
     }
 }
@@ -83,11 +111,9 @@ impl Filter for NodeAffinity {
         pod.required_affinity.is_some()
     }
 
-    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), Unfit> {
         match &pod.required_affinity {
-            Some(sel) if !sel.matches(&node.labels) => {
-                Err("node(s) didn't match Pod's node affinity/selector".into())
-            }
+            Some(sel) if !sel.matches(&node.labels) => Err(Unfit::Affinity),
             _ => Ok(()),
         }
     }
@@ -96,7 +122,7 @@ impl Filter for NodeAffinity {
 /// Every NoSchedule and NoExecute taint is tolerated.
 pub struct Taints;
 impl Filter for Taints {
-    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), Unfit> {
         for t in node
             .taints
             .iter()
@@ -108,10 +134,11 @@ impl Filter for Taints {
                 } else {
                     format!("={}", t.value)
                 };
-                return Err(format!(
-                    "node(s) had untolerated taint {{{}{v}: {}}}",
-                    t.key, t.effect
-                ));
+                return Err(Unfit::Taint {
+                    key: t.key.clone(),
+                    value: v,
+                    effect: t.effect.clone(),
+                });
             }
         }
         Ok(())
@@ -125,9 +152,9 @@ impl Filter for HostPorts {
         !pod.host_ports.is_empty()
     }
 
-    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), Unfit> {
         if pod.host_ports.iter().any(|p| node.used_ports.contains(p)) {
-            Err("node(s) didn't have free ports for the requested pod ports".into())
+            Err(Unfit::HostPorts)
         } else {
             Ok(())
         }
@@ -157,7 +184,7 @@ impl Filter for ImagePlatforms {
         !pod.image_platforms.is_empty()
     }
 
-    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), String> {
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), Unfit> {
         if pod.image_platforms.is_empty() {
             return Ok(());
         }
@@ -172,11 +199,7 @@ impl Filter for ImagePlatforms {
         let fits = pod.image_platforms.iter().all(|(_, platforms)| {
             bramble_api::image::select_platform(platforms, os, arch, "").is_some()
         });
-        if fits {
-            Ok(())
-        } else {
-            Err("node(s) didn't match the image's platform".into())
-        }
+        if fits { Ok(()) } else { Err(Unfit::Platform) }
     }
 }
 
@@ -220,7 +243,7 @@ mod tests {
         pod.image_platforms
             .push(("db:1".into(), vec![plat("amd64", "")]));
         assert_eq!(
-            ImagePlatforms.check(&pod, &n).unwrap_err(),
+            ImagePlatforms.check(&pod, &n).unwrap_err().to_string(),
             "node(s) didn't match the image's platform"
         );
         n.labels.insert("kubernetes.io/arch".into(), "amd64".into());
@@ -264,7 +287,10 @@ mod tests {
         assert!(NodeReady.check(&PodView::default(), &n).is_ok());
         n.ready = false;
         assert_eq!(
-            NodeReady.check(&PodView::default(), &n).unwrap_err(),
+            NodeReady
+                .check(&PodView::default(), &n)
+                .unwrap_err()
+                .to_string(),
             "node(s) were not ready"
         );
         n.unschedulable = true;
@@ -281,16 +307,22 @@ mod tests {
         };
         assert!(Resources.check(&pod, &n).is_ok());
         n.used_cpu_m = 500;
-        assert_eq!(Resources.check(&pod, &n).unwrap_err(), "Insufficient cpu");
+        assert_eq!(
+            Resources.check(&pod, &n).unwrap_err().to_string(),
+            "Insufficient cpu"
+        );
         n.used_cpu_m = 0;
         n.used_mem = 600 << 20;
         assert_eq!(
-            Resources.check(&pod, &n).unwrap_err(),
+            Resources.check(&pod, &n).unwrap_err().to_string(),
             "Insufficient memory"
         );
         n.used_mem = 0;
         n.pods = 10;
-        assert_eq!(Resources.check(&pod, &n).unwrap_err(), "Too many pods");
+        assert_eq!(
+            Resources.check(&pod, &n).unwrap_err().to_string(),
+            "Too many pods"
+        );
     }
 
     #[test]
@@ -311,7 +343,7 @@ mod tests {
         });
         let pod = PodView::default();
         assert_eq!(
-            Taints.check(&pod, &n).unwrap_err(),
+            Taints.check(&pod, &n).unwrap_err().to_string(),
             "node(s) had untolerated taint {dedicated=gpu: NoSchedule}"
         );
         let tolerating = PodView {

@@ -52,7 +52,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "Forbidden", msg),
             StoreError::Gone { .. } => ApiError::new(StatusCode::GONE, "Expired", msg),
-            StoreError::Storage(_) => {
+            StoreError::Storage { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", msg)
             }
             StoreError::Closed => {

@@ -184,7 +184,7 @@ async fn do_remove(
     let r = q
         .get("reference")
         .ok_or_else(|| ApiError::bad_request("reference is required"))?;
-    let r = ImageRef::parse(r).map_err(ApiError::bad_request)?;
+    let r = ImageRef::parse(r).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let force = q.get("force").is_some_and(|v| v == "true");
     let _guard = st.images.lock.lock().await;
     let name = r.object_name();
@@ -258,7 +258,7 @@ pub async fn resolve(
         let r = q
             .get("reference")
             .ok_or_else(|| ApiError::bad_request("reference is required"))?;
-        let r = ImageRef::parse(r).map_err(ApiError::bad_request)?;
+        let r = ImageRef::parse(r).map_err(|e| ApiError::bad_request(e.to_string()))?;
         match st
             .store
             .get(Kind::Image, "", &r.object_name())

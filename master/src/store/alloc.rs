@@ -34,6 +34,17 @@ impl Default for ServiceRanges {
     }
 }
 
+/// Why the Service CIDR or the node port range was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error(transparent)]
+    Cidr(#[from] bramble_api::net::CidrError),
+    #[error("{0:?}: the prefix length must be between 8 and 29")]
+    Prefix(String),
+    #[error("{0:?} is not a port range like 30000-32767")]
+    Ports(String),
+}
+
 impl ServiceRanges {
     /// The service CIDR, e.g. `10.43.0.0/16`.
     pub fn cidr_string(&self) -> String {
@@ -41,18 +52,16 @@ impl ServiceRanges {
     }
 
     /// Parses `10.43.0.0/16` and `30000-32767`.
-    pub fn parse(cidr: &str, node_ports: &str) -> Result<ServiceRanges, String> {
-        let network = Cidr::parse(cidr).map_err(|e| e.to_string())?;
+    pub fn parse(cidr: &str, node_ports: &str) -> Result<ServiceRanges, RangeError> {
+        let network = Cidr::parse(cidr)?;
         if !(8..=29).contains(&network.prefix) {
-            return Err(format!(
-                "{cidr:?}: the prefix length must be between 8 and 29"
-            ));
+            return Err(RangeError::Prefix(cidr.to_string()));
         }
         let (lo, hi) = node_ports
             .split_once('-')
             .and_then(|(a, b)| Some((a.parse::<i32>().ok()?, b.parse::<i32>().ok()?)))
             .filter(|(a, b)| 0 < *a && a <= b && *b <= 65535)
-            .ok_or_else(|| format!("{node_ports:?} is not a port range like 30000-32767"))?;
+            .ok_or_else(|| RangeError::Ports(node_ports.to_string()))?;
         Ok(ServiceRanges {
             cidr: network,
             node_ports: (lo, hi),

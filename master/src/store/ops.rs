@@ -166,7 +166,10 @@ fn bind(view: &mut View<'_>, b: super::Binding) -> Result<Outcome, StoreError> {
         });
     };
     let Object::Pod(mut pod) = old_entry.object()? else {
-        return Err(StoreError::Storage(format!("{:?} is not a pod", b.name)));
+        return Err(StoreError::Storage {
+            context: format!("{:?} is not a pod", b.name),
+            source: None,
+        });
     };
     if !b.uid.is_empty() && pod.metadata.uid != b.uid {
         return Err(conflict("the pod was replaced (another uid)".into()));

@@ -44,8 +44,8 @@ struct MetaOnly {
 }
 
 /// Builds the served entry of a stored object.
-pub(crate) fn entry_from_json(key: &Key, json: Vec<u8>) -> Result<Entry, String> {
-    let m: MetaOnly = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+pub(crate) fn entry_from_json(key: &Key, json: Vec<u8>) -> Result<Entry, serde_json::Error> {
+    let m: MetaOnly = serde_json::from_slice(&json)?;
     Ok(Entry {
         kind: key.0,
         namespace: key.1.clone(),
@@ -61,7 +61,7 @@ pub(crate) fn open(path: &Path, log_limit: usize) -> Result<(Database, State), S
     let db = Database::builder()
         .set_cache_size(CACHE_BYTES)
         .create(path)
-        .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::storage(format!("cannot open {}", path.display()), e))?;
     let txn = db.begin_write().map_err(redb::Error::from)?;
     {
         // Create the tables on first start so that reads below find them.
