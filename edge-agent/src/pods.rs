@@ -16,6 +16,8 @@ use std::sync::Arc;
 use bramble_api::pod::Pod;
 use bramble_api::wire::{Desired, DesiredChange, PodReport};
 
+use bramble_support::{Clock, SystemClock};
+
 use crate::images::ImageStore;
 use crate::localstore::{LocalStore, LocalStoreError};
 use crate::network::{PodIps, PodNetwork};
@@ -67,14 +69,12 @@ pub struct PodManager {
     /// The node's pod network (None: pods get no IP, as on hollow nodes).
     network: Option<Arc<PodNetwork>>,
     pod_ips: PodIps,
+    /// Where every decision reads the time (tests move it).
+    clock: Arc<dyn Clock>,
 }
 
 /// How often the image cache is checked against its limits (also after every pull).
 const IMAGE_GC_EVERY_MS: i64 = 60_000;
-
-fn now_ms() -> i64 {
-    bramble_api::time::now_millis()
-}
 
 /// Settings of the pod manager.
 pub struct PodManagerConfig {
@@ -122,11 +122,19 @@ impl PodManager {
             host_ip: config.host_ip,
             last_reported: HashMap::new(),
             probes: HashMap::new(),
-            last_image_gc_ms: now_ms(),
+            last_image_gc_ms: SystemClock.unix_millis(),
+            clock: Arc::new(SystemClock),
             pulls: Pulls::default(),
             network: config.network,
             pod_ips: PodIps::default(),
         })
+    }
+
+    /// Reads the time from `clock` instead of the system (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.last_image_gc_ms = clock.unix_millis();
+        self.clock = clock;
+        self
     }
 
     /// The address pods report as their hostIP (and host-network pods as their podIP).
@@ -239,7 +247,7 @@ impl PodManager {
             })
             .await
         };
-        let now = now_ms();
+        let now = self.clock.unix_millis();
         if now - self.last_image_gc_ms >= IMAGE_GC_EVERY_MS {
             self.collect_images().await;
         }
@@ -268,7 +276,12 @@ impl PodManager {
         // Pods whose sandbox this round made: start their containers now, not a tick later.
         sandboxed.retain(|uid| self.records.get(uid).is_some_and(|r| r.sandbox_ready));
         if !sandboxed.is_empty() {
-            for op in plan::plan(&self.desired, &self.records, &observed, now_ms()) {
+            for op in plan::plan(
+                &self.desired,
+                &self.records,
+                &observed,
+                self.clock.unix_millis(),
+            ) {
                 if let Op::Start { uid, id, .. } = &op
                     && sandboxed.contains(uid)
                 {
@@ -292,7 +305,7 @@ impl PodManager {
                 &mut self.records,
                 &self.desired,
                 &observed,
-                now_ms(),
+                self.clock.unix_millis(),
                 self.backoff,
             );
         }
@@ -364,7 +377,7 @@ impl PodManager {
 
     /// Lets the image store free disk, keeping every image a desired pod names.
     async fn collect_images(&mut self) {
-        self.last_image_gc_ms = now_ms();
+        self.last_image_gc_ms = self.clock.unix_millis();
         let in_use: Vec<String> = self
             .desired
             .values()
@@ -380,7 +393,7 @@ impl PodManager {
         let outcome = match &op {
             Op::CreateSandbox { uid } => {
                 let pod = self.desired.get(uid)?.clone();
-                plan::sandbox_record(&mut self.records, uid, &pod, now_ms());
+                plan::sandbox_record(&mut self.records, uid, &pod, self.clock.unix_millis());
                 self.create_sandbox(uid, &pod).await
             }
             Op::Start { uid, container, id } => self.start(uid, container, id).await?,
@@ -426,7 +439,13 @@ impl PodManager {
                 Outcome::Done
             }
         };
-        plan::on_result(&mut self.records, &op, outcome, now_ms(), self.backoff)
+        plan::on_result(
+            &mut self.records,
+            &op,
+            outcome,
+            self.clock.unix_millis(),
+            self.backoff,
+        )
     }
 
     /// Makes the pod's volumes and sandbox and connects it to the pod network.
@@ -566,10 +585,17 @@ mod tests {
     use crate::runtime::memory::MemoryRuntime;
     use bramble_api::wire::{ContainerState, DesiredPod};
 
-    /// Images named `slow...` take seconds to pull; the others are there at once.
+    /// Images named `slow...` take seconds to pull, `absent...` are not there; the others
+    /// are there at once.
     struct SlowImages;
     impl ImageStore for SlowImages {
         fn prepare(&self, image: &str, _p: PullPolicy) -> Result<PreparedImage, ImageError> {
+            if image.starts_with("absent") {
+                return Err(ImageError::NotPresent {
+                    image: image.into(),
+                    looked: "the test".into(),
+                });
+            }
             if image.starts_with("slow") {
                 std::thread::sleep(std::time::Duration::from_secs(3));
             }
@@ -693,5 +719,40 @@ mod tests {
             pm.reconcile().await;
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_start_is_tried_again_only_after_its_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(bramble_support::ManualClock::new(1_000_000));
+        let mut pm = manager(dir.path()).with_clock(clock.clone());
+        pm.apply_desired(Desired {
+            revision: 1,
+            prev_revision: 0,
+            change: DesiredChange::Snapshot(vec![pod("a", "absent:1")]),
+        })
+        .unwrap();
+        let failures = |pm: &PodManager| pm.records["uid-a"].containers["c"].start_failures;
+        pm.reconcile().await;
+        assert_eq!(failures(&pm), 1);
+        match state(&pm, "a") {
+            ContainerState::Waiting { reason, .. } => assert_eq!(reason, "ErrImageNeverPull"),
+            other => panic!("{other:?}"),
+        }
+        // The manager's back-off starts at 10 ms: with the clock held, no round retries.
+        for _ in 0..3 {
+            pm.reconcile().await;
+        }
+        assert_eq!(failures(&pm), 1, "retried before the back-off ran out");
+        clock.advance(std::time::Duration::from_millis(10));
+        pm.reconcile().await;
+        assert_eq!(failures(&pm), 2);
+        // Then 20 ms: 10 is not enough.
+        clock.advance(std::time::Duration::from_millis(10));
+        pm.reconcile().await;
+        assert_eq!(failures(&pm), 2);
+        clock.advance(std::time::Duration::from_millis(10));
+        pm.reconcile().await;
+        assert_eq!(failures(&pm), 3);
     }
 }

@@ -1,8 +1,9 @@
 //! Plumbing that Bramble's binaries (master, agent, proxy) share, so that each has one home
 //! and no binary imports another: logging set-up and a repeat limiter, shutdown on signals,
-//! a stable hash and jitter, a coalescing queue, and (feature `mqtt`) the MQTT session both
+//! a clock that tests can move, a stable hash and jitter, a coalescing queue, and (feature `mqtt`) the MQTT session both
 //! ends of the wire run.
 
+mod clock;
 mod coalescing;
 mod log;
 #[cfg(feature = "mqtt")]
@@ -10,6 +11,7 @@ pub mod mqtt;
 mod random;
 mod signals;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use coalescing::Coalescing;
 pub use log::{LogLimiter, init_logging};
 pub use random::{fnv64, jitter};

@@ -4,7 +4,7 @@
 
 use bramble_api::wire::ContainerState;
 
-use super::{PodManager, now_ms, probes};
+use super::{PodManager, probes};
 use crate::runtime::ProbeError;
 
 impl PodManager {
@@ -84,7 +84,7 @@ impl PodManager {
             });
         for (uid, name, id, kind, p, result) in futures_util::future::join_all(runs).await {
             let state = self.probes.entry(id.clone()).or_default();
-            let verdict = probes::record(state, kind, &p, &result, now_ms());
+            let verdict = probes::record(state, kind, &p, &result, self.clock.unix_millis());
             if let probes::Verdict::Restart(why) = verdict {
                 tracing::info!(uid, container = name, why, "restarting a container");
                 let i = id.clone();
