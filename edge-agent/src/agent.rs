@@ -46,7 +46,7 @@ pub enum AgentError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] crate::hollow::HollowConfigError),
 }
 
 /// Counts of dropped messages, written to `<data>/agent-metrics.prom` (node_exporter's

@@ -57,7 +57,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let mut tasks = Vec::with_capacity(args.count);
     for n in 0..args.count {
-        let config = node_config(&base, &args, n).map_err(|e| AgentError::Config(e.to_string()))?;
+        let config = node_config(&base, &args, n).map_err(AgentError::Config)?;
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let name = config.node_name.clone();

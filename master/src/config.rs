@@ -122,8 +122,7 @@ pub struct Config {
 pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
 
 fn default_pool() -> crate::controllers::ipam::CidrPool {
-    crate::controllers::ipam::CidrPool::parse(DEFAULT_CLUSTER_CIDR, 24)
-        .unwrap_or_else(|e| unreachable!("the default cluster CIDR is valid: {e}"))
+    crate::controllers::ipam::CidrPool::DEFAULT
 }
 
 impl Config {

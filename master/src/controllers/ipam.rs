@@ -37,6 +37,13 @@ pub struct CidrPool {
 }
 
 impl CidrPool {
+    /// k3s' default: `10.42.0.0/16` with a `/24` per node.
+    pub const DEFAULT: CidrPool = CidrPool {
+        base: u32::from_be_bytes([10, 42, 0, 0]),
+        prefix: 16,
+        node_prefix: 24,
+    };
+
     /// `10.42.0.0/16` with `/24` per node. The node prefix must be longer than the cluster's
     /// and leave room for pods (at most /30).
     pub fn parse(cluster: &str, node_prefix: u8) -> Result<CidrPool, PoolError> {
@@ -220,6 +227,14 @@ impl Ipam {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_pool_is_the_default_cluster_cidr() {
+        assert_eq!(
+            CidrPool::parse(crate::config::DEFAULT_CLUSTER_CIDR, 24),
+            Ok(CidrPool::DEFAULT)
+        );
+    }
 
     #[test]
     fn the_pool_cuts_the_cluster_cidr_into_node_cidrs() {
