@@ -423,9 +423,10 @@ pub async fn run_with_runtime(
         }
     }
     // A clean goodbye: no last will; the master marks the node lost by heartbeat age.
+    // The heartbeat task ends on the same token: joined, not aborted.
+    let _ = hb.await;
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_millis(500), pump).await;
-    hb.abort();
     Ok(())
 }
 
