@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bramble_tests::{Http, MasterProcess, pod_json};
+use bramble_tests::{Http, MasterProcess, eventually, pod_json};
 
 const ROUNDS: usize = 5;
 const WRITERS: usize = 8;
@@ -85,12 +85,9 @@ fn acknowledged_writes_survive_sigkill() {
         }
         // Let a good number of writes through, then cut the power at a varying moment.
         let before = acked.lock().unwrap().len();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while acked.lock().unwrap().len() < before + 200 + round * 37
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        eventually(Duration::from_secs(20), || {
+            acked.lock().unwrap().len() >= before + 200 + round * 37
+        });
         last_revision = rv;
         m.kill9();
         stop.store(true, Ordering::Relaxed);

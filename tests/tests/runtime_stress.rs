@@ -8,11 +8,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bramble_agent::runtime::container::LibcontainerRuntime;
 use bramble_agent::runtime::{ContainerSpec, Observed, Runtime};
-use bramble_tests::{bin, busybox_image, mounts_under, pod_cgroups, require_root};
+use bramble_tests::{bin, busybox_image, eventually, mounts_under, pod_cgroups, require_root};
 
 const CYCLES: usize = 240;
 const PARALLEL: usize = 4;
@@ -41,14 +41,12 @@ fn spec(data: &std::path::Path, n: usize) -> ContainerSpec {
 }
 
 fn wait_for(rt: &dyn Runtime, id: &str, want: fn(&Observed) -> bool) -> Observed {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let o = rt.observe(id);
-        if want(&o) || Instant::now() > deadline {
-            return o;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut last = rt.observe(id);
+    eventually(Duration::from_secs(30), || {
+        last = rt.observe(id);
+        want(&last)
+    });
+    last
 }
 
 #[test]
