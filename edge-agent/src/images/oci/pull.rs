@@ -29,8 +29,10 @@ impl OciStore {
                 (spec.digest, Some(spec.platforms))
             }
         };
-        let top_path = self.fetch(src, &top, None).map_err(perr)?;
-        let top_doc = read_small(&top_path).map_err(perr)?;
+        let top_path = self
+            .fetch(src, &top, None)
+            .map_err(|e| perr(e.to_string()))?;
+        let top_doc = read_small(&top_path).map_err(|e| perr(e.to_string()))?;
         let (manifest_digest, manifest_size) = if is_index(&top_doc) {
             let idx: Index =
                 serde_json::from_slice(&top_doc).map_err(|e| perr(format!("index {top}: {e}")))?;
@@ -40,14 +42,16 @@ impl OciStore {
         };
         let mpath = self
             .fetch(src, &manifest_digest, manifest_size)
-            .map_err(perr)?;
-        let manifest: Manifest = serde_json::from_slice(&read_small(&mpath).map_err(perr)?)
-            .map_err(|e| perr(format!("manifest {manifest_digest}: {e}")))?;
+            .map_err(|e| perr(e.to_string()))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&read_small(&mpath).map_err(|e| perr(e.to_string()))?)
+                .map_err(|e| perr(format!("manifest {manifest_digest}: {e}")))?;
         let cpath = self
             .fetch(src, &manifest.config.digest, Some(manifest.config.size))
-            .map_err(perr)?;
-        let config: ImageConfigFile = serde_json::from_slice(&read_small(&cpath).map_err(perr)?)
-            .map_err(|e| perr(format!("config {}: {e}", manifest.config.digest)))?;
+            .map_err(|e| perr(e.to_string()))?;
+        let config: ImageConfigFile =
+            serde_json::from_slice(&read_small(&cpath).map_err(|e| perr(e.to_string()))?)
+                .map_err(|e| perr(format!("config {}: {e}", manifest.config.digest)))?;
         self.platform.check(image, &config, &manifest_digest)?;
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(perr(format!(
@@ -103,7 +107,7 @@ impl OciStore {
         let dir = self.layer_dir(id);
         let blob = self
             .fetch(src, &layer.digest, Some(layer.size))
-            .map_err(perr)?;
+            .map_err(|e| perr(e.to_string()))?;
         let lowers: Vec<PathBuf> = below.iter().rev().map(|c| self.layer_dir(c)).collect();
         let tmp = self.root.join("tmp").join(format!("layer-{}", hex_of(id)));
         let _ = fs::remove_dir_all(&tmp);
