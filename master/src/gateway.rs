@@ -177,14 +177,8 @@ async fn write_ready_conditions(
     queue: Arc<Coalescing<String, ReadyUpdate>>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let batch = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            b = queue.take(1024) => b,
-        };
-        futures_util::future::join_all(batch.into_iter().map(|(_, u)| write_ready(&store, u)))
-            .await;
-    }
+    crate::store::batch::write_in_batches(shutdown, (queue, 1024), |(_, u)| write_ready(&store, u))
+        .await;
 }
 
 /// Writes a node's Ready condition (and its facts) if the stored status differs.

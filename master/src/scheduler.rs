@@ -32,28 +32,19 @@ fn spawn_event_writer(
     store: Store,
     shutdown: CancellationToken,
 ) -> tokio::sync::mpsc::Sender<Object> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Object>(16_384);
-    tokio::spawn(async move {
-        loop {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                e = rx.recv() => match e { Some(e) => e, None => return },
-            };
-            let mut batch = vec![first];
-            while batch.len() < 512 {
-                match rx.try_recv() {
-                    Ok(e) => batch.push(e),
-                    Err(_) => break,
-                }
-            }
-            let writes = batch.into_iter().map(|e| store.write(Op::Create(e)));
-            for r in futures_util::future::join_all(writes).await {
-                if let Err(e) = r {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Object>(16_384);
+    tokio::spawn(crate::store::batch::write_in_batches(
+        shutdown,
+        (rx, 512),
+        move |e| {
+            let store = store.clone();
+            async move {
+                if let Err(e) = store.write(Op::Create(e)).await {
                     tracing::debug!(error = %e, "cannot record an event");
                 }
             }
-        }
-    });
+        },
+    ));
     tx
 }
 

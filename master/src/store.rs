@@ -16,6 +16,7 @@
 //!   restart every watcher re-lists anyway.
 
 mod alloc;
+pub mod batch;
 mod ops;
 mod state;
 mod watch;
