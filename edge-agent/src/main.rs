@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use bramble_agent::config::{Args, Config, Sub};
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// EX_USAGE: invalid flags or config.
 const EXIT_USAGE: u8 = 64;
@@ -63,27 +62,12 @@ fn main() -> ExitCode {
         tracing::warn!(check = w.name, detail = w.detail, fix = w.fix, "preflight");
     }
     // One worker thread keeps the agent small; container operations run on blocking threads.
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(8)
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bramble-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
-        match bramble_agent::run(config, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bramble-agent: {e}");
-                ExitCode::FAILURE
-            }
-        }
+        .build();
+    bramble_support::run_until_signalled("bramble-agent", rt, STOPPING, |shutdown| {
+        bramble_agent::run(config, shutdown)
     })
 }
 
@@ -95,34 +79,13 @@ fn run_hollow(config: Config, args: bramble_agent::config::HollowArgs) -> ExitCo
             return ExitCode::from(EXIT_USAGE);
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bramble-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
-        match bramble_agent::hollow::run(config, args, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bramble-agent: {e}");
-                ExitCode::FAILURE
-            }
-        }
+        .build();
+    bramble_support::run_until_signalled("bramble-agent", rt, STOPPING, |shutdown| {
+        bramble_agent::hollow::run(config, args, shutdown)
     })
 }
 
-/// The first SIGTERM or SIGINT stops the agent (containers keep running); a second exits.
-async fn signals(shutdown: CancellationToken) {
-    bramble_support::shutdown_on_signals(
-        shutdown,
-        "signal received; stopping (containers keep running)",
-    )
-    .await;
-}
+/// Logged at the first SIGTERM or SIGINT (a second exits at once).
+const STOPPING: &str = "signal received; stopping (containers keep running)";

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use bramble_master::Master;
 use bramble_master::config::{Args, Config};
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// EX_USAGE: invalid flags or config.
 const EXIT_USAGE: u8 = 64;
@@ -35,47 +34,23 @@ fn main() -> ExitCode {
         }
     };
     bramble_support::init_logging("info,rumqttd=warn");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bramble-master: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
-        let master = match Master::start(config).await {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("bramble-master: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        // The address on stdout lets scripts and tests that pass port 0 find the server.
-        println!(
-            "bramble-master listening on http://{} mqtt://127.0.0.1:{}",
-            master.addr(),
-            master.mqtt_port()
-        );
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
-        match master.serve(shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bramble-master: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    })
-}
-
-/// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
-async fn signals(shutdown: CancellationToken) {
-    bramble_support::shutdown_on_signals(
-        shutdown,
+        .build();
+    bramble_support::run_until_signalled(
+        "bramble-master",
+        rt,
         "signal received; shutting down (send another to exit at once)",
+        |shutdown| async move {
+            let master = Master::start(config).await?;
+            // The address on stdout lets scripts and tests that pass port 0 find the server.
+            println!(
+                "bramble-master listening on http://{} mqtt://127.0.0.1:{}",
+                master.addr(),
+                master.mqtt_port()
+            );
+            master.serve(shutdown).await?;
+            Ok::<(), Box<dyn std::error::Error>>(())
+        },
     )
-    .await;
 }

@@ -15,4 +15,4 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use coalescing::Coalescing;
 pub use log::{LogLimiter, init_logging};
 pub use random::{fnv64, jitter};
-pub use signals::shutdown_on_signals;
+pub use signals::{run_until_signalled, shutdown_on_signals};
