@@ -69,8 +69,9 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     "ok".into_response()
 }
 
+/// Metrics are a read: the reader token (for monitoring) may scrape them.
 async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&st, &headers) {
+    if let Err(e) = authorize_api(&st, &Method::GET, &headers) {
         return e.into_response();
     }
     let text = st.metrics.render(&st.store);

@@ -583,4 +583,81 @@ fn the_reader_token_reads_and_watches_but_cannot_write() {
         .get("/api/v1/pods")
         .unwrap();
     assert_eq!(bad.code, 401);
+    // Monitoring scrapes with the reader token.
+    let metrics = h.get("/metrics").unwrap();
+    assert_eq!(metrics.code, 200);
+    assert!(String::from_utf8_lossy(&metrics.body).contains("bramble_store_revision"));
+}
+
+#[test]
+fn numbers_from_a_request_are_checked_or_clamped_never_overflowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let reader = std::fs::read_to_string(dir.path().join("reader.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    // A watch timeout past the end of time is no timeout (it aborted the master once).
+    let r = bramble_tests::Http::new(&m.url, &reader);
+    for t in ["9223372036854775807", "18446744073709551615"] {
+        let (code, _stream) = r
+            .watch(&format!("/api/v1/pods?watch=true&timeoutSeconds={t}"))
+            .unwrap();
+        assert_eq!(code, 200, "timeoutSeconds={t}");
+    }
+    let (code, _) = r
+        .watch("/api/v1/pods?watch=true&timeoutSeconds=-1")
+        .unwrap();
+    assert_eq!(code, 400);
+    // Grace periods: the body is checked as the query is.
+    let h = m.http();
+    let pods = "/api/v1/namespaces/default/pods";
+    for (i, body) in [
+        "{\"gracePeriodSeconds\": -5}",
+        "{\"gracePeriodSeconds\": 9223372036854775807}",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("g{i}");
+        assert_eq!(
+            h.post_json(pods, &pod_json(&name, "default")).unwrap().code,
+            201
+        );
+        let r = h
+            .request(
+                "DELETE",
+                &format!("{pods}/{name}"),
+                Some("application/json"),
+                body.as_bytes(),
+                true,
+            )
+            .unwrap();
+        assert_eq!(r.code, 400, "{body}: {}", String::from_utf8_lossy(&r.body));
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("gracePeriodSeconds"),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(
+            h.get(&format!("{pods}/{name}")).unwrap().code,
+            200,
+            "nothing deleted"
+        );
+    }
+    let r = h
+        .request(
+            "DELETE",
+            &format!("{pods}/g0?gracePeriodSeconds=9223372036854775807"),
+            None,
+            b"",
+            true,
+        )
+        .unwrap();
+    assert_eq!(r.code, 400);
+    // Still healthy after all of that.
+    assert_eq!(
+        h.request("GET", "/healthz", None, b"", false).unwrap().code,
+        200
+    );
 }

@@ -149,6 +149,22 @@ fn list(
     Ok(json_response(StatusCode::OK, out.into()))
 }
 
+/// A watch without a timeout ends after this long (and a longer `timeoutSeconds` means it).
+const NO_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// The longest grace period a delete may ask for: ten years. Kubernetes takes any int64; a
+/// larger one would put the deletion timestamp beyond what RFC 3339 can write.
+const MAX_GRACE_SECONDS: i64 = 10 * 365 * 86_400;
+
+fn grace_seconds(field: &str, v: Option<i64>, text: &str) -> Result<i64, ApiError> {
+    v.filter(|g| (0..=MAX_GRACE_SECONDS).contains(g))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{field}: {text} is not a number of seconds from 0 to {MAX_GRACE_SECONDS}"
+            ))
+        })
+}
+
 fn watch(
     st: &Arc<AppState>,
     target: &Target,
@@ -161,10 +177,14 @@ fn watch(
             ApiError::bad_request(format!("resourceVersion: {s:?} is not a number"))
         })?),
     };
+    // Longer than "no timeout" is no timeout (a huge value must not overflow the deadline).
     let timeout = match query.get("timeoutSeconds") {
-        Some(s) => Some(Duration::from_secs(s.parse().map_err(|_| {
-            ApiError::bad_request(format!("timeoutSeconds: {s:?} is not a number"))
-        })?)),
+        Some(s) => Some(
+            Duration::from_secs(s.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("timeoutSeconds: {s:?} is not a number >= 0"))
+            })?)
+            .min(NO_TIMEOUT),
+        ),
         None => None,
     };
     let filter = WatchFilter {
@@ -176,8 +196,7 @@ fn watch(
     let guard = st.metrics.watch_started();
     let shutdown = st.shutdown.clone();
     // A very distant deadline stands in for "no timeout" so the select stays uniform.
-    let deadline =
-        tokio::time::Instant::now() + timeout.unwrap_or(Duration::from_secs(100 * 365 * 86_400));
+    let deadline = tokio::time::Instant::now() + timeout.unwrap_or(NO_TIMEOUT);
     struct S {
         watch: crate::store::Watch,
         done: bool,
@@ -363,11 +382,19 @@ async fn delete(
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
     };
-    let grace = match query.get("gracePeriodSeconds") {
-        Some(s) => Some(s.parse::<i64>().ok().filter(|g| *g >= 0).ok_or_else(|| {
-            ApiError::bad_request(format!("gracePeriodSeconds: {s:?} is not a number >= 0"))
-        })?),
-        None => opts.grace_period_seconds,
+    // The query wins over the body, as in Kubernetes; both are checked the same way.
+    let grace = match (query.get("gracePeriodSeconds"), opts.grace_period_seconds) {
+        (Some(s), _) => Some(grace_seconds(
+            "gracePeriodSeconds",
+            s.parse().ok(),
+            &format!("{s:?}"),
+        )?),
+        (None, Some(g)) => Some(grace_seconds(
+            "DeleteOptions.gracePeriodSeconds",
+            Some(g),
+            &g.to_string(),
+        )?),
+        (None, None) => None,
     };
     let resource_version =
         match opts.preconditions.and_then(|p| p.resource_version) {

@@ -483,7 +483,7 @@ fn delete(view: &mut View<'_>, req: DeleteRequest) -> Result<Outcome, StoreError
     let grace = graceful_pod.unwrap_or(0);
     let now = view.now;
     let m = obj.meta_mut();
-    m.deletion_timestamp = Some(bramble_api::time::format_rfc3339(now + grace));
+    m.deletion_timestamp = Some(bramble_api::time::format_rfc3339(now.saturating_add(grace)));
     m.deletion_grace_period_seconds = Some(grace);
     Ok(Outcome::Terminating(view.put(EventType::Modified, obj)))
 }
