@@ -206,10 +206,17 @@ pub async fn run_with_runtime(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let dir = config.data_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|source| AgentError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    })?;
+    // The data dir holds the node's credential, its desired pods and the pods' files: root
+    // only, whatever mode it was made with.
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(|source| AgentError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     let store = LocalStore::open(&dir.join("agent.redb"))?;
     let creds_known = join::load(&dir)?;
     // The host address is needed for reports before the master answers; use what we know.

@@ -1,8 +1,6 @@
 //! Joining the cluster: trade the join token for this node's own credentials, once, and keep
 //! them (mode 0600) for every later start.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -86,22 +84,9 @@ pub fn load(data_dir: &Path) -> Result<Option<Credentials>, JoinError> {
 /// Saves credentials atomically, readable by root only.
 pub fn save(data_dir: &Path, c: &Credentials) -> Result<(), JoinError> {
     let path = data_dir.join(CREDENTIALS_FILE);
-    let tmp = path.with_extension("tmp");
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| JoinError::Io { path: p, source }
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(&serde_json::to_vec_pretty(c).unwrap_or_default())
-        .map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))
+    let json = serde_json::to_vec_pretty(c).unwrap_or_default();
+    bramble_support::fs::write_atomic(&path, &json, 0o600)
+        .map_err(|source| JoinError::Io { path, source })
 }
 
 /// Joins through the master's API (blocking).

@@ -4,6 +4,7 @@
 //! reboot before it reaches the master.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -51,6 +52,13 @@ impl LocalStore {
             txn.open_table(META).map_err(|e| db_err(&p)(e.into()))?;
         }
         txn.commit().map_err(|e| db_err(&p)(e.into()))?;
+        // Desired pods carry their env (and, later, what Secrets put there): owner only.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            LocalStoreError::Db {
+                path: p.clone(),
+                message: e.to_string(),
+            }
+        })?;
         Ok(LocalStore { db, path: p })
     }
 

@@ -4,10 +4,8 @@
 //! read it. After binding, it writes `client.yaml` (mode 0600) with the server URL and the
 //! token, which `bramble` finds by default on the master's own board.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// File name of the admin token in the data dir.
@@ -67,20 +65,9 @@ pub fn load_or_create_token(path: &Path) -> Result<String, CredentialError> {
     }
 }
 
-/// Writes a file readable only by its owner, atomically (temp file, fsync, rename).
+/// Writes a file readable only by its owner, atomically and durably.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CredentialError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(data).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    Ok(())
+    bramble_support::fs::write_atomic(path, data, 0o600).map_err(io_err(path))
 }
 
 /// The server URL a local client should use for a listen address.

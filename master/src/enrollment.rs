@@ -69,7 +69,7 @@ impl Enrollment {
         if let Ok(rd) = std::fs::read_dir(&ndir) {
             for e in rd.filter_map(|e| e.ok()) {
                 let name = e.file_name().to_string_lossy().to_string();
-                if name.ends_with(".tmp") {
+                if bramble_support::fs::is_temp(&name) {
                     continue;
                 }
                 let t = read(&format!("{NODE_CREDENTIALS_DIR}/{name}"))?.unwrap_or_default();
@@ -170,6 +170,24 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_valid_node_name_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Enrollment::load(dir.path()).unwrap();
+        // Names with dots: the temporary of "pi.lab" once was "pi.tmp", and a node really
+        // called "pi.tmp" was skipped as a temporary when the master started.
+        let names = ["pi.tmp", "pi.lab", "pi"];
+        let creds: Vec<String> = names.iter().map(|n| e.enroll(n).unwrap()).collect();
+        let again = Enrollment::load(dir.path()).unwrap();
+        for (n, c) in names.iter().zip(&creds) {
+            assert!(again.is_node(n, c), "{n} lost its credential");
+        }
+        let files = std::fs::read_dir(dir.path().join(NODE_CREDENTIALS_DIR))
+            .unwrap()
+            .count();
+        assert_eq!(files, names.len(), "no temporary left behind");
+    }
 
     #[test]
     fn first_start_creates_a_token_and_enrollment_persists() {

@@ -1,10 +1,11 @@
 //! Plumbing that Bramble's binaries (master, agent, proxy) share, so that each has one home
 //! and no binary imports another: logging set-up and a repeat limiter, shutdown on signals,
-//! a clock that tests can move, a stable hash and jitter, a coalescing queue, and (feature `mqtt`) the MQTT session both
+//! a clock that tests can move, durable small files, a stable hash and jitter, a coalescing queue, and (feature `mqtt`) the MQTT session both
 //! ends of the wire run.
 
 mod clock;
 mod coalescing;
+pub mod fs;
 mod log;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;

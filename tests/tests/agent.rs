@@ -57,6 +57,16 @@ fn a_pod_runs_logs_restarts_and_is_cleaned_up() {
             .is_some_and(|r| r.0 == "True")),
         "the node never became Ready"
     );
+    // The data dir and the node's store (credential, desired pods) are root's alone,
+    // whatever mode the directory was made with.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode =
+            |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.path().join("agent")), 0o700);
+        assert_eq!(mode(dir.path().join("agent/agent.redb")), 0o600);
+        assert_eq!(mode(dir.path().join("agent/credentials.json")), 0o600);
+    }
     let nodes = ok_stdout(&m.cli(&["get", "nodes"]));
     assert!(
         nodes.contains("board-a") && nodes.contains("Ready"),

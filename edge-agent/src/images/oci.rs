@@ -181,9 +181,8 @@ impl OciStore {
 
     fn save_ref(&self, key: &str, r: &LocalRef) -> io::Result<()> {
         let path = Self::ref_path(key, &self.root);
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, serde_json::to_vec(r).unwrap_or_default())?;
-        fs::rename(&tmp, &path)
+        let json = serde_json::to_vec(r).map_err(io::Error::other)?;
+        bramble_support::fs::write_atomic(&path, &json, 0o600)
     }
 
     fn prepared(&self, r: &LocalRef) -> PreparedImage {

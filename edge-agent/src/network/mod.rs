@@ -334,13 +334,10 @@ impl PodNetwork {
             return false;
         }
         *st = next;
-        if let Ok(bytes) = serde_json::to_vec(&*st) {
-            let tmp = self.path.with_extension("tmp");
-            if let Err(e) =
-                std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &self.path))
-            {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot keep the node's network");
-            }
+        if let Ok(bytes) = serde_json::to_vec(&*st)
+            && let Err(e) = bramble_support::fs::write_atomic(&self.path, &bytes, 0o600)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot keep the node's network");
         }
         true
     }

@@ -51,11 +51,9 @@ fn now() -> i64 {
     bramble_api::time::now_secs()
 }
 
-/// Writes a file atomically (temp file, then rename).
+/// Writes a file atomically and durably (an exit record must survive a power cut).
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
+    bramble_support::fs::write_atomic(path, data, 0o644)
 }
 
 /// Runs the shim; returns the process exit code.
