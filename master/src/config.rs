@@ -63,6 +63,12 @@ pub struct Args {
     /// Services' ClusterIPs come from here [default: 10.43.0.0/16]
     #[arg(long)]
     pub service_cidr: Option<String>,
+    /// Most API connections open at once; beyond it a new one is answered 503 and closed [default: 1024]
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// A new API connection that sends no request within this long is closed, e.g. 10s [default: 10s]
+    #[arg(long)]
+    pub request_header_timeout: Option<String>,
     /// NodePorts come from this range [default: 30000-32767]
     #[arg(long)]
     pub service_node_port_range: Option<String>,
@@ -86,6 +92,8 @@ struct FileConfig {
     node_cidr_mask_size: Option<u8>,
     service_cidr: Option<String>,
     service_node_port_range: Option<String>,
+    max_connections: Option<usize>,
+    request_header_timeout: Option<String>,
 }
 
 /// Where agents' MQTT traffic goes.
@@ -116,7 +124,18 @@ pub struct Config {
     pub pod_cidrs: crate::controllers::ipam::CidrPool,
     /// Services' ClusterIPs and NodePorts come from here.
     pub services: crate::store::ServiceRanges,
+    /// Most API connections open at once.
+    pub max_connections: usize,
+    /// How long a new API connection may stay silent before its first request.
+    pub request_header_timeout: std::time::Duration,
 }
+
+/// Most API connections open at once (well under the units' LimitNOFILE of 65536, with
+/// room for the broker's sockets and the store).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// How long a new API connection may stay silent before its first request.
+pub const DEFAULT_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The pod network of a cluster, as k3s defaults it.
 pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
@@ -138,6 +157,8 @@ impl Config {
             pod_eviction_timeout: std::time::Duration::from_secs(5),
             pod_cidrs: default_pool(),
             services: crate::store::ServiceRanges::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            request_header_timeout: DEFAULT_HEADER_TIMEOUT,
         }
     }
 
@@ -256,6 +277,26 @@ impl TryFrom<Args> for Config {
                     "--node-lost-after: {lost_text:?} is not a duration of at least 100ms (e.g. 3s)"
                 )
             })?;
+        let max_connections = a
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if !(1..=1 << 20).contains(&max_connections) {
+            return Err(format!(
+                "--max-connections: must be between 1 and 1048576, got {max_connections}"
+            ));
+        }
+        let header_text = a
+            .request_header_timeout
+            .or(file.request_header_timeout)
+            .unwrap_or_else(|| "10s".into());
+        let request_header_timeout = bramble_api::time::parse_duration(&header_text)
+            .filter(|d| (std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(3600)).contains(d))
+            .ok_or_else(|| {
+                format!(
+                    "--request-header-timeout: {header_text:?} is not a duration from 100ms to 1h (e.g. 10s)"
+                )
+            })?;
         let evict_text = a
             .pod_eviction_timeout
             .or(file.pod_eviction_timeout)
@@ -294,6 +335,8 @@ impl TryFrom<Args> for Config {
             pod_eviction_timeout,
             pod_cidrs,
             services,
+            max_connections,
+            request_header_timeout,
         })
     }
 }

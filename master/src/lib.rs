@@ -251,8 +251,13 @@ impl Master {
         });
         let app = server::router(state);
         tracing::info!(addr = %self.addr, "API server listening");
-        let graceful = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let listener = server::listener::Guarded::new(
+            self.listener,
+            self.config.max_connections,
+            self.config.request_header_timeout,
+        );
+        let graceful =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let serving = tokio::spawn(async move { graceful.await });
         shutdown.cancelled().await;
         tracing::info!("shutting down");

@@ -4,6 +4,7 @@
 mod body;
 mod error;
 pub mod images;
+pub mod listener;
 mod nodes;
 mod path;
 mod resources;

@@ -661,3 +661,67 @@ fn numbers_from_a_request_are_checked_or_clamped_never_overflowed() {
         200
     );
 }
+
+/// `GET /healthz` on a fresh connection: the status code, or 0 when the connection failed.
+fn healthz(addr: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return 0;
+    }
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let head = String::from_utf8_lossy(&out);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn idle_sockets_cannot_starve_the_api() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start_with(
+        dir.path(),
+        &["--max-connections", "40", "--request-header-timeout", "1s"],
+    )
+    .unwrap();
+    let addr = m.url.trim_start_matches("http://").to_string();
+    assert_eq!(healthz(&addr), 200);
+    // A flood of silent sockets: the first 40 hold every place, the others are answered
+    // 503 at once (not left waiting, not reset).
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let mut extra: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    for c in extra.iter_mut().take(5) {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 503"), "{out:?}");
+    }
+    assert_eq!(healthz(&addr), 503, "the cap holds");
+    // The silent ones are closed after the deadline, and the API serves again.
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            c.read(&mut buf).unwrap_or(0),
+            0,
+            "an idle socket was kept open"
+        );
+    }
+    drop(extra);
+    assert!(eventually(Duration::from_secs(5), || healthz(&addr) == 200));
+    // A client that speaks in time is not cut off by the deadline.
+    let h = m.http();
+    assert_eq!(h.get("/api/v1/pods").unwrap().code, 200);
+}
