@@ -361,6 +361,27 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_have_defaults_and_bounds() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.request_header_timeout, DEFAULT_HEADER_TIMEOUT);
+        let c = parse(&["--max-connections", "40", "--request-header-timeout", "1s"]).unwrap();
+        assert_eq!(
+            (c.max_connections, c.request_header_timeout),
+            (40, std::time::Duration::from_secs(1))
+        );
+        for bad in [
+            &["--max-connections", "0"][..],
+            &["--request-header-timeout", "50ms"][..],
+            &["--request-header-timeout", "2h"][..],
+            &["--request-header-timeout", "soon"][..],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(bad[0]), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn invalid_values_are_named() {
         assert!(
             parse(&["--listen", "nowhere"])
