@@ -48,8 +48,75 @@ const BEHAVIOURAL_FIELDS: &[&str] = &[
     "dnsConfig",
 ];
 
+/// The deepest nesting a YAML manifest may have (a Deployment is about 12 levels deep).
+pub const MAX_YAML_DEPTH: usize = 100;
+
+/// Checks a YAML text's shape before it is built into values, cheaply and without building
+/// anything: nesting deeper than [`MAX_YAML_DEPTH`] is refused (a 200 KB text 100,000 levels
+/// deep took the parser 39 s of CPU), and so are aliases unless `aliases` (each `*name`
+/// copies its anchor's value: 77 KB of them built 264 MB). A text the event parser cannot
+/// read is left to the real parser to report.
+pub fn check_yaml_shape(text: &str, aliases: bool) -> Result<(), Invalid> {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    let mut document = 0usize;
+    loop {
+        let (event, mark) = match parser.next_token() {
+            Ok(next) => next,
+            // The event parser stops at its own nesting limit (a few hundred flow levels)
+            // before it emits the deep events: that is too deep as well.
+            Err(e) if e.info().contains("recursion limit") => {
+                return Err(Invalid::single(
+                    &format!("document {}", document.max(1)),
+                    "",
+                    format!(
+                        "line {}: nested more than {MAX_YAML_DEPTH} levels deep",
+                        e.marker().line()
+                    ),
+                ));
+            }
+            Err(_) => return Ok(()),
+        };
+        let at = |what: &str| {
+            Invalid::single(
+                &format!("document {}", document.max(1)),
+                "",
+                format!("line {}: {what}", mark.line()),
+            )
+        };
+        match event {
+            Event::StreamEnd => return Ok(()),
+            Event::DocumentStart => document += 1,
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_YAML_DEPTH {
+                    return Err(at(&format!(
+                        "nested more than {MAX_YAML_DEPTH} levels deep"
+                    )));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            Event::Alias(_) if !aliases => {
+                return Err(at(
+                    "YAML aliases (*name) are not accepted by the server; write the value out, or apply the file with bramble, which expands them",
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// As [`parse_documents`], for a body that reached the API server: aliases are refused
+/// (the CLI expands them before it sends anything).
+pub fn parse_body_documents(text: &str) -> Result<Vec<Value>, Invalid> {
+    check_yaml_shape(text, false)?;
+    parse_documents(text)
+}
+
 /// Splits YAML (or JSON) text into documents as JSON values; empty documents are skipped
-/// and a `kind: List` is expanded into its items.
+/// and a `kind: List` is expanded into its items. YAML deeper than [`MAX_YAML_DEPTH`] is
+/// refused.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, Invalid> {
     if text.len() > MAX_MANIFEST_BYTES {
         return Err(Invalid::single(
@@ -71,6 +138,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, Invalid> {
             v => docs.push(v),
         }
     } else {
+        check_yaml_shape(text, true)?;
         for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
             let v = Value::deserialize(doc).map_err(|e| {
                 Invalid::single(
@@ -321,6 +389,51 @@ fn type_name(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const POD_WITH_ALIAS: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: &l {app: web}\n  annotations: *l\nspec:\n  containers: [{name: c, image: busybox}]\n";
+
+    #[test]
+    fn the_server_refuses_aliases_and_the_cli_expands_them() {
+        let e = parse_body_documents(POD_WITH_ALIAS)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("aliases") && e.contains("line 6"), "{e}");
+        let docs = parse_documents(POD_WITH_ALIAS).unwrap();
+        assert_eq!(docs[0]["metadata"]["annotations"]["app"], "web");
+        // An anchor alone changes nothing and is accepted.
+        let anchored = POD_WITH_ALIAS.replace("  annotations: *l\n", "");
+        assert_eq!(parse_body_documents(&anchored).unwrap().len(), 1);
+        // A billion laughs never gets to expand.
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let prev = (b'a' + i - 1) as char;
+            let this = (b'a' + i) as char;
+            bomb.push_str(&format!("{this}: &{this} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        }
+        assert!(
+            parse_body_documents(&bomb)
+                .unwrap_err()
+                .to_string()
+                .contains("aliases")
+        );
+    }
+
+    #[test]
+    fn nesting_is_capped_before_anything_is_built() {
+        // (Text that starts with `[` or `{` is JSON, whose parser has its own limit of 128.)
+        for deep in [
+            format!("a: {}", "[".repeat(100_000)),
+            format!("a: {}1{}", "[".repeat(101), "]".repeat(101)),
+            (0..101)
+                .map(|i| format!("{}k:\n", "  ".repeat(i)))
+                .collect(),
+        ] {
+            let e = parse_documents(&deep).unwrap_err().to_string();
+            assert!(e.contains("nested more than 100 levels"), "{e}");
+        }
+        let ok = format!("a: {}1{}", "[".repeat(99), "]".repeat(99));
+        assert_eq!(parse_documents(&ok).unwrap().len(), 1);
+    }
 
     #[test]
     fn classifies_unknown_fields() {

@@ -725,3 +725,44 @@ fn idle_sockets_cannot_starve_the_api() {
     let h = m.http();
     assert_eq!(h.get("/api/v1/pods").unwrap().code, 200);
 }
+
+#[test]
+fn hostile_yaml_bodies_are_refused_before_they_are_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let h = m.http();
+    let pods = "/api/v1/namespaces/default/pods";
+    // A linear alias bomb: one big anchor, copied by every alias.
+    let mut aliases = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bomb\n  labels: &big {{{}}}\n  annotations:\n",
+        (0..200)
+            .map(|i| format!("k{i}: v"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for i in 0..2000 {
+        aliases.push_str(&format!("    a{i}: *big\n"));
+    }
+    let deep = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: deep}}\nspec: {}",
+        "[".repeat(100_000)
+    );
+    for (body, why) in [(aliases, "aliases"), (deep, "nested more than 100 levels")] {
+        let r = h
+            .request(
+                "POST",
+                pods,
+                Some("application/yaml"),
+                body.as_bytes(),
+                true,
+            )
+            .unwrap();
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert_eq!(r.code, 400, "{text}");
+        assert!(text.contains(why), "{text}");
+    }
+    assert_eq!(
+        h.request("GET", "/healthz", None, b"", false).unwrap().code,
+        200
+    );
+}

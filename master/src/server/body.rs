@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
-use bramble_api::manifest::{decode, parse_documents};
+use bramble_api::manifest::{decode, parse_body_documents};
 use bramble_api::status::Status;
 use bramble_api::{Kind, Object};
 use bytes::Bytes;
@@ -108,7 +108,7 @@ pub fn object(
             let text = std::str::from_utf8(bytes)
                 .map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
             let mut docs =
-                parse_documents(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                parse_body_documents(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
             if docs.len() != 1 {
                 return Err(ApiError::bad_request(format!(
                     "the body must hold exactly one object, got {}",
