@@ -88,6 +88,13 @@ impl MasterProcess {
         Self::start_with(data_dir, &args)
     }
 
+    /// The read-only token the master wrote beside its admin token.
+    pub fn reader_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("reader.token"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default()
+    }
+
     /// As [`start`](Self::start), with extra flags.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Result<MasterProcess> {
         let mut child = Command::new(bin("bramble-master"))

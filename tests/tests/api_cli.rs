@@ -551,10 +551,7 @@ fn restart_keeps_objects_and_credentials_and_sigterm_is_graceful() {
 fn the_reader_token_reads_and_watches_but_cannot_write() {
     let dir = tempfile::tempdir().unwrap();
     let m = MasterProcess::start(dir.path()).unwrap();
-    let reader = std::fs::read_to_string(dir.path().join("reader.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let reader = m.reader_token();
     assert_ne!(reader, m.token);
     ok_stdout(&m.cli_with_stdin(
         &["apply", "-f", "-"],
@@ -593,10 +590,7 @@ fn the_reader_token_reads_and_watches_but_cannot_write() {
 fn numbers_from_a_request_are_checked_or_clamped_never_overflowed() {
     let dir = tempfile::tempdir().unwrap();
     let m = MasterProcess::start(dir.path()).unwrap();
-    let reader = std::fs::read_to_string(dir.path().join("reader.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let reader = m.reader_token();
     // A watch timeout past the end of time is no timeout (it aborted the master once).
     let r = bramble_tests::Http::new(&m.url, &reader);
     for t in ["9223372036854775807", "18446744073709551615"] {

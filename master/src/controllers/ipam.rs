@@ -128,43 +128,51 @@ fn waiting(store: &Store) -> Vec<String> {
         .collect()
 }
 
+/// What node IPAM reconciles.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    /// Give this node a CIDR if it has none.
+    Node(String),
+    /// A CIDR was freed: every node still waiting for one.
+    Waiting,
+}
+
 impl Controller for Ipam {
-    type Key = String;
+    type Key = Key;
     const NAME: &'static str = "node-ipam";
     const WATCHES: &'static [Kind] = &[Kind::Node];
 
-    async fn resync(&mut self, store: &Store) -> Vec<String> {
-        waiting(store)
+    async fn resync(&mut self, store: &Store) -> Vec<Key> {
+        waiting(store).into_iter().map(Key::Node).collect()
     }
 
-    fn keys(&mut self, c: &Change) -> Vec<String> {
+    fn keys(&mut self, c: &Change) -> Vec<Key> {
         match c.entry.object() {
             Ok(Object::Node(n)) if c.type_ != EventType::Deleted => {
                 if n.spec.pod_cidr.is_empty() {
-                    vec![n.metadata.name]
+                    vec![Key::Node(n.metadata.name)]
                 } else {
                     Vec::new()
                 }
             }
             // A CIDR was freed: nodes still waiting for one may have it.
-            Ok(_) => vec![WAITING.into()],
+            Ok(_) => vec![Key::Waiting],
             Err(_) => Vec::new(),
         }
     }
 
-    async fn reconcile(&mut self, store: &Store, name: &String) -> Result<(), StoreError> {
-        if name == WAITING {
-            for n in waiting(store) {
-                self.allocate(store, &n).await?;
+    async fn reconcile(&mut self, store: &Store, key: &Key) -> Result<(), StoreError> {
+        match key {
+            Key::Node(name) => self.allocate(store, name).await,
+            Key::Waiting => {
+                for n in waiting(store) {
+                    self.allocate(store, &n).await?;
+                }
+                Ok(())
             }
-            return Ok(());
         }
-        self.allocate(store, name).await
     }
 }
-
-/// The key that stands for every node still waiting for a CIDR (not a valid node name).
-const WAITING: &str = "*waiting*";
 
 /// The indexes in use by every node but `except`.
 fn used(store: &Store, pool: &CidrPool, except: &str) -> BTreeSet<usize> {

@@ -119,6 +119,11 @@ mod tests {
         let (_tx, rx) = mpsc::channel::<u32>(1);
         let shutdown = CancellationToken::new();
         shutdown.cancel();
-        write_in_batches(shutdown, (rx, 8), |_| std::future::ready(())).await;
+        let stopped = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            write_in_batches(shutdown, (rx, 8), |_| std::future::ready(())),
+        )
+        .await;
+        assert!(stopped.is_ok(), "still writing after shutdown");
     }
 }

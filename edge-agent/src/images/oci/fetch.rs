@@ -56,6 +56,13 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
 }
 
 impl OciStore {
+    /// Where a blob's download in progress is kept (resumed from there after an interruption).
+    pub(super) fn partial_path(&self, digest: &str) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{}.partial", hex_of(digest)))
+    }
+
     /// Downloads a blob (resuming a partial one), verifies it, and returns its path.
     pub(super) fn fetch(
         &self,
@@ -68,10 +75,7 @@ impl OciStore {
         if dest.is_file() {
             return Ok(dest);
         }
-        let partial = self
-            .root
-            .join("tmp")
-            .join(format!("{}.partial", hex_of(digest)));
+        let partial = self.partial_path(digest);
         let have = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
         let (file, mut reader) = match src.blob(digest, have) {
             Ok(BlobBody::Rest(r)) => (OpenOptions::new().append(true).open(&partial), r),

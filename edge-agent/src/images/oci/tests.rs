@@ -485,10 +485,7 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     let (base, _, _) = demo(&src);
     let digest = sha(&base.blob);
     let (_d, store) = cache("amd64", &src);
-    let partial = store
-        .root
-        .join("tmp")
-        .join(format!("{}.partial", hex_of(&digest)));
+    let partial = store.partial_path(&digest);
     let half = base.blob.len() / 2;
     // A wrong first half: the completed blob fails its digest and is discarded.
     let mut wrong = base.blob[..half].to_vec();
@@ -521,10 +518,7 @@ fn a_partial_download_longer_than_the_blob_is_discarded() {
     let (base, _, _) = demo(&src);
     let digest = sha(&base.blob);
     let (_d, store) = cache("amd64", &src);
-    let partial = store
-        .root
-        .join("tmp")
-        .join(format!("{}.partial", hex_of(&digest)));
+    let partial = store.partial_path(&digest);
     fs::write(&partial, vec![0u8; base.blob.len() + 1]).unwrap();
     let err = store
         .prepare("demo:amd64", PullPolicy::IfNotPresent)
