@@ -26,18 +26,30 @@ pub fn is_temp(name: &str) -> bool {
 /// synced, renamed over `path`, and the directory synced so the rename itself survives a
 /// power cut.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let tmp = temp_path(path);
+    write_temp(path, data, mode, true)?;
+    std::fs::rename(temp_path(path), path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Replaces `path` with `data` atomically, without syncing: for records that mean nothing
+/// after a power cut (a running container's pid), where a sync would only slow a hot path.
+pub fn replace(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_temp(path, data, mode, false)?;
+    std::fs::rename(temp_path(path), path)
+}
+
+fn write_temp(path: &Path, data: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
-        .open(&tmp)?;
+        .open(temp_path(path))?;
     f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    if sync {
+        f.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Syncs a directory (its entries: a rename or a new file in it).
@@ -62,7 +74,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("pi.lab");
         write_atomic(&p, b"one", 0o600).unwrap();
-        write_atomic(&p, b"two", 0o600).unwrap();
+        replace(&p, b"two", 0o600).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,

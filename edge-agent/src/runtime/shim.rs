@@ -51,9 +51,10 @@ fn now() -> i64 {
     bramble_api::time::now_secs()
 }
 
-/// Writes a file atomically and durably (an exit record must survive a power cut).
+/// Writes a record atomically. Not synced: a container's pid and exit mean nothing after a
+/// power cut (the agent then finds the container gone), and every start writes one.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    bramble_support::fs::write_atomic(path, data, 0o644)
+    bramble_support::fs::replace(path, data, 0o644)
 }
 
 /// Runs the shim; returns the process exit code.
