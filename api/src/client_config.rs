@@ -5,20 +5,24 @@ use serde::{Deserialize, Serialize};
 
 /// The client config file's contents.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClientConfig {
-    /// The API's URL, e.g. `http://127.0.0.1:6443`.
+    /// The API's URL, e.g. `https://127.0.0.1:6443`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
     /// A bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The cluster CA the server's certificate must chain to (PEM), as kubeconfig's field
+    /// of the same name (there base64 of the PEM, here the PEM itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_authority_data: Option<String>,
 }
 
 impl ClientConfig {
     /// The file's text, with a comment saying who wrote it.
     pub fn render(&self, writer: &str) -> String {
-        // A struct of two optional strings always serializes.
+        // A struct of optional strings always serializes.
         let body = serde_norway::to_string(self).unwrap_or_default();
         format!("# Written by {writer}; read by `bramble`.\n{body}")
     }
@@ -36,8 +40,11 @@ mod tests {
     #[test]
     fn what_the_master_writes_the_cli_reads() {
         let c = ClientConfig {
-            server: Some("http://[::1]:6443".into()),
+            server: Some("https://[::1]:6443".into()),
             token: Some("0a1b: #not a comment".into()),
+            certificate_authority_data: Some(
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            ),
         };
         let text = c.render("bramble-master");
         assert!(text.starts_with("# Written by bramble-master"), "{text}");

@@ -10,6 +10,7 @@ pub mod deployment;
 pub mod error;
 pub mod event;
 pub mod image;
+pub mod join;
 pub mod manifest;
 pub mod meta;
 pub mod names;

@@ -20,7 +20,7 @@ pub struct Cli {
 /// Where the master is and how to authenticate.
 #[derive(Debug, ClapArgs)]
 pub struct Connection {
-    /// Master URL, e.g. http://192.168.1.10:6443 [default: from the client config]
+    /// Master URL, e.g. https://192.168.1.10:6443 [default: from the client config]
     #[arg(long, global = true, env = "BRAMBLE_SERVER")]
     pub server: Option<String>,
     /// Bearer token [default: from the client config]
@@ -29,6 +29,13 @@ pub struct Connection {
     /// Client config file [default: ~/.bramble/config, then /var/lib/bramble/master/client.yaml]
     #[arg(long, global = true, env = "BRAMBLE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The cluster CA file (PEM) the server's certificate must chain to [default: from the
+    /// client config]
+    #[arg(long, global = true, env = "BRAMBLE_CERTIFICATE_AUTHORITY")]
+    pub certificate_authority: Option<PathBuf>,
+    /// Do not verify the server's certificate (insecure: anyone in between reads the token)
+    #[arg(long, global = true)]
+    pub insecure_skip_tls_verify: bool,
 }
 
 /// Commands.

@@ -8,7 +8,9 @@ use bramble_api::status::Status;
 use serde_json::Value;
 use ureq::Agent;
 
-use crate::config::Resolved;
+use ureq::tls::{RootCerts, TlsConfig};
+
+use crate::config::{Resolved, Trust};
 
 /// Largest response body read into memory.
 const MAX_RESPONSE: u64 = 256 << 20;
@@ -57,20 +59,42 @@ pub struct Client {
 
 impl Client {
     /// A client for a resolved server and token.
-    pub fn new(conn: Resolved) -> Client {
+    pub fn new(conn: Resolved) -> Result<Client> {
+        let tls = match &conn.trust {
+            Trust::Ca(pem) => {
+                let certs = ureq::tls::parse_pem(pem.as_bytes())
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>();
+                if certs.is_empty() {
+                    return Err(anyhow!("the CA holds no PEM certificate"));
+                }
+                Some(
+                    TlsConfig::builder()
+                        .root_certs(RootCerts::new_with_certs(&certs))
+                        .build(),
+                )
+            }
+            Trust::Nothing => Some(TlsConfig::builder().disable_verification(true).build()),
+            Trust::Plain => None,
+        };
         let build = |timeout: Option<Duration>| -> Agent {
-            Agent::config_builder()
+            let mut b = Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_connect(Some(Duration::from_secs(10)))
-                .timeout_global(timeout)
-                .build()
-                .into()
+                .timeout_global(timeout);
+            if let Some(tls) = &tls {
+                b = b.tls_config(tls.clone());
+            }
+            b.build().into()
         };
-        Client {
+        Ok(Client {
             agent: build(Some(Duration::from_secs(60))),
             watch_agent: build(None),
             conn,
-        }
+        })
     }
 
     fn url(&self, path: &str) -> String {

@@ -13,6 +13,19 @@ use crate::args::Connection;
 pub struct Resolved {
     pub server: String,
     pub token: String,
+    /// How the server's certificate is verified (https only).
+    pub trust: Trust,
+}
+
+/// How an HTTPS server is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Against this CA (PEM).
+    Ca(String),
+    /// Not at all (`--insecure-skip-tls-verify`).
+    Nothing,
+    /// Plain HTTP: nothing to verify.
+    Plain,
 }
 
 fn default_paths() -> Vec<PathBuf> {
@@ -43,9 +56,13 @@ pub fn resolve(conn: &Connection) -> Result<Resolved> {
             None => None,
         },
     };
-    let (fs, ft) = match &file {
-        Some((_, c)) => (c.server.clone(), c.token.clone()),
-        None => (None, None),
+    let (fs, ft, fca) = match &file {
+        Some((_, c)) => (
+            c.server.clone(),
+            c.token.clone(),
+            c.certificate_authority_data.clone(),
+        ),
+        None => (None, None, None),
     };
     let Some(server) = conn.server.clone().or(fs) else {
         bail!(
@@ -60,7 +77,30 @@ pub fn resolve(conn: &Connection) -> Result<Resolved> {
     };
     let server = server.trim_end_matches('/').to_string();
     if !(server.starts_with("http://") || server.starts_with("https://")) {
-        bail!("server {server:?} must be a URL such as http://127.0.0.1:6443");
+        bail!("server {server:?} must be a URL such as https://127.0.0.1:6443");
     }
-    Ok(Resolved { server, token })
+    let ca = match &conn.certificate_authority {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("--certificate-authority {}", p.display()))?,
+        ),
+        None => fca,
+    };
+    let trust = if server.starts_with("http://") {
+        Trust::Plain
+    } else if conn.insecure_skip_tls_verify {
+        Trust::Nothing
+    } else if let Some(ca) = ca {
+        Trust::Ca(ca)
+    } else {
+        bail!(
+            "no CA to verify {server} with: pass --certificate-authority FILE (the master's ca.crt), \
+             or use the master's client.yaml (--config), which carries it"
+        );
+    };
+    Ok(Resolved {
+        server,
+        token,
+        trust,
+    })
 }

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let conn = config::resolve(&cli.conn)?;
-    let client = client::Client::new(conn);
+    let client = client::Client::new(conn)?;
     let ns = cli.namespace.as_deref();
     match &cli.command {
         Command::Apply(a) => cmd::apply::run(&client, ns, a),

@@ -272,6 +272,14 @@ pub async fn run_with_runtime(
     };
 
     let mut opts = mqtt::options(&node, &host, creds.mqtt_port);
+    if creds.mqtt_tls {
+        let tls = bramble_support::tls::client_config(&creds.ca_pem).map_err(|e| {
+            JoinError::Refused(format!("the cluster CA in the node's credentials: {e}"))
+        })?;
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     opts.set_credentials(&node, &creds.node_token);
     opts.set_last_will(LastWill::new(
         Channel::Will.topic(&node),

@@ -1,5 +1,10 @@
 //! Joining the cluster: trade the join token for this node's own credentials, once, and keep
 //! them (mode 0600) for every later start.
+//!
+//! Over HTTPS the master is verified on first contact: the agent fetches the cluster CA
+//! from `/cacerts` (the only unverified request it makes), checks its SHA-256 against the
+//! hash the join token carries (`B10<hash>::<secret>`), and from then on trusts that CA and
+//! nothing else, for the join, the blobs and the broker.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +25,12 @@ pub struct Credentials {
     /// Empty: the master's host.
     pub mqtt_host: String,
     pub mqtt_port: u16,
+    /// The cluster CA (PEM), pinned at join; empty for a plaintext master.
+    #[serde(default)]
+    pub ca_pem: String,
+    /// Whether the broker speaks TLS.
+    #[serde(default)]
+    pub mqtt_tls: bool,
 }
 
 impl Credentials {
@@ -59,6 +70,16 @@ pub enum JoinError {
     Unreachable { server: String, message: String },
     #[error("the master refused the join: {0}")]
     Refused(String),
+    #[error(
+        "the master at {server} presents a CA whose SHA-256 is {got}, but the join token pins {expected}: this is not the master the token was made for (or someone is in between)"
+    )]
+    CaMismatch {
+        server: String,
+        expected: String,
+        got: String,
+    },
+    #[error("the join token: {0}")]
+    BadToken(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -89,6 +110,57 @@ pub fn save(data_dir: &Path, c: &Credentials) -> Result<(), JoinError> {
         .map_err(|source| JoinError::Io { path, source })
 }
 
+/// An HTTP client for the master: verifying it against `ca_pem` over HTTPS.
+pub fn http_agent(ca_pem: &str, timeout: Duration) -> Result<ureq::Agent, String> {
+    let mut b = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout));
+    if !ca_pem.is_empty() {
+        b = b.tls_config(bramble_support::tls::ureq_tls(ca_pem)?);
+    }
+    Ok(b.build().into())
+}
+
+/// Fetches the master's CA and checks it against the token's pin.
+fn pinned_ca(server: &str, expected: &str) -> Result<String, JoinError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(15)))
+        .tls_config(bramble_support::tls::ureq_unverified())
+        .build()
+        .into();
+    let unreachable = |message: String| JoinError::Unreachable {
+        server: server.into(),
+        message,
+    };
+    let resp = agent
+        .get(format!("{}/cacerts", server.trim_end_matches('/')))
+        .call()
+        .map_err(|e| unreachable(e.to_string()))?;
+    if resp.status().as_u16() != 200 {
+        return Err(JoinError::Refused(format!(
+            "GET /cacerts answered HTTP {}",
+            resp.status().as_u16()
+        )));
+    }
+    let pem = resp
+        .into_body()
+        .with_config()
+        .limit(64 << 10)
+        .read_to_string()
+        .map_err(|e| unreachable(e.to_string()))?;
+    let got = bramble_support::tls::pem_hash(&pem)
+        .map_err(|e| JoinError::Refused(format!("GET /cacerts: {e}")))?;
+    if got != expected {
+        return Err(JoinError::CaMismatch {
+            server: server.into(),
+            expected: expected.into(),
+            got,
+        });
+    }
+    Ok(pem)
+}
+
 /// Joins through the master's API (blocking).
 pub fn join(
     server: &str,
@@ -96,11 +168,22 @@ pub fn join(
     node_name: &str,
     facts: &NodeFacts,
 ) -> Result<Credentials, JoinError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(15)))
-        .build()
-        .into();
+    let parsed = bramble_api::join::JoinToken::parse(token).map_err(JoinError::BadToken)?;
+    let ca_pem = if server.starts_with("https://") {
+        let Some(hash) = &parsed.ca_hash else {
+            return Err(JoinError::BadToken(
+                "it carries no CA hash, so the master cannot be verified: use the token as `bramble token list` prints it (B10<hash>::<secret>)".into(),
+            ));
+        };
+        pinned_ca(server, hash)?
+    } else {
+        tracing::warn!(
+            server,
+            "joining over plain HTTP: the master is not verified and the token crosses the network in clear"
+        );
+        String::new()
+    };
+    let agent = http_agent(&ca_pem, Duration::from_secs(15)).map_err(JoinError::Refused)?;
     let body = serde_json::json!({"token": token, "nodeName": node_name, "facts": facts});
     let url = format!("{}/bramble/v1/join", server.trim_end_matches('/'));
     let resp = agent
@@ -133,6 +216,8 @@ pub fn join(
         node_token: String,
         mqtt_host: String,
         mqtt_port: u16,
+        #[serde(default)]
+        mqtt_tls: bool,
     }
     let r: Reply = serde_json::from_slice(&bytes)
         .map_err(|e| JoinError::Refused(format!("unreadable answer: {e}")))?;
@@ -142,6 +227,8 @@ pub fn join(
         node_token: r.node_token,
         mqtt_host: r.mqtt_host,
         mqtt_port: r.mqtt_port,
+        ca_pem,
+        mqtt_tls: r.mqtt_tls,
     })
 }
 
@@ -170,6 +257,8 @@ mod tests {
             node_token: "t".into(),
             mqtt_host: String::new(),
             mqtt_port: 1883,
+            ca_pem: String::new(),
+            mqtt_tls: false,
         };
         save(dir.path(), &c).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(c.clone()));

@@ -12,6 +12,12 @@
 //! password. rumqttd 0.20 has no per-topic ACL, so a node's confinement to its own topics is
 //! not enforced by the broker; the gateway trusts only the topic's node name and checks the
 //! envelope against it (see docs/wire-protocol.md for using mosquitto with an ACL instead).
+//!
+//! TLS: rumqttd 0.20 does its TLS handshakes inside its accept loop (one client that opens a
+//! socket and never says hello would stop every other board from connecting) and reads the
+//! certificate files again for every connection. So rumqttd listens on loopback only, and
+//! the master terminates TLS in front of it ([`tls_front`]): each handshake on its own task
+//! with a deadline, then the bytes are copied to rumqttd.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -53,9 +59,112 @@ pub enum BrokerError {
     NotListening(SocketAddr),
 }
 
-/// Starts rumqttd on `listen` (port 0 picks a free port) and waits until it accepts
-/// connections; returns the bound address.
-pub fn start_embedded(
+/// Where the embedded broker is reached.
+#[derive(Debug, Clone, Copy)]
+pub struct Embedded {
+    /// rumqttd itself (on loopback when TLS is in front): the master's own client.
+    pub internal: SocketAddr,
+    /// What agents connect to (the TLS front, or rumqttd when plaintext).
+    pub public: SocketAddr,
+}
+
+/// Starts rumqttd and waits until it accepts connections. With `tls`, rumqttd listens on a
+/// free loopback port and a TLS front listens on `listen`; without, rumqttd listens on
+/// `listen` (port 0 picks a free port).
+pub async fn start_embedded(
+    listen: SocketAddr,
+    enrollment: Arc<Enrollment>,
+    master_secret: String,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Embedded, BrokerError> {
+    let Some(tls) = tls else {
+        let addr = start_rumqttd(listen, enrollment, master_secret)?;
+        return Ok(Embedded {
+            internal: addr,
+            public: addr,
+        });
+    };
+    let front = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| BrokerError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let public = front.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let internal = start_rumqttd(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        enrollment,
+        master_secret,
+    )?;
+    tokio::spawn(tls_front(front, tls, internal));
+    tracing::info!(addr = %public, "MQTT over TLS listening");
+    Ok(Embedded { internal, public })
+}
+
+/// Most TLS connections to the broker at once (rumqttd's own cap is 20,000).
+const MAX_TLS_CONNECTIONS: usize = 20_000;
+/// A new connection must finish its TLS handshake within this long.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Accepts MQTT over TLS and hands each connection's bytes to rumqttd at `broker`.
+async fn tls_front(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    broker: SocketAddr,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_TLS_CONNECTIONS));
+    let mut log = bramble_support::LogLimiter::new(Duration::from_secs(10));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors: wait for some to be freed rather than spin.
+                if log.due("accept", Instant::now()) {
+                    tracing::warn!(error = %e, "cannot accept an MQTT connection; backing off (logged once per 10s)");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if log.due("busy", Instant::now()) {
+                tracing::warn!(%peer, "too many MQTT connections: closing new ones (logged once per 10s)");
+            }
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tcp.set_nodelay(true);
+            let mut tls = match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "MQTT TLS handshake timed out");
+                    return;
+                }
+            };
+            let Ok(mut plain) = tokio::net::TcpStream::connect(broker).await else {
+                tracing::warn!(%broker, "the embedded broker does not answer");
+                return;
+            };
+            let _ = plain.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+        });
+    }
+}
+
+/// Starts rumqttd on `listen` and waits until it accepts connections; returns the bound
+/// address.
+fn start_rumqttd(
     listen: SocketAddr,
     enrollment: Arc<Enrollment>,
     master_secret: String,

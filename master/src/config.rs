@@ -11,8 +11,10 @@ use serde::Deserialize;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/bramble/master";
 /// Default API listen address (the Kubernetes API port).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:6443";
-/// Default address of the embedded MQTT broker.
-pub const DEFAULT_MQTT_LISTEN: &str = "0.0.0.0:1883";
+/// Default address of the embedded MQTT broker (MQTT over TLS).
+pub const DEFAULT_MQTT_LISTEN: &str = "0.0.0.0:8883";
+/// Default address of the embedded MQTT broker with `--insecure-plaintext`.
+pub const DEFAULT_MQTT_LISTEN_PLAIN: &str = "0.0.0.0:1883";
 /// Default largest request body, in bytes.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
@@ -72,6 +74,14 @@ pub struct Args {
     /// NodePorts come from this range [default: 30000-32767]
     #[arg(long)]
     pub service_node_port_range: Option<String>,
+    /// Another name or address for the serving certificate (repeatable, or comma-separated);
+    /// the host name, localhost and every address of this host are always in it
+    #[arg(long, value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Serve the API and the broker without TLS (tests and benches only: tokens and pod specs
+    /// cross the network in clear)
+    #[arg(long)]
+    pub insecure_plaintext: bool,
 }
 
 /// The config file's settings.
@@ -94,6 +104,10 @@ struct FileConfig {
     service_node_port_range: Option<String>,
     max_connections: Option<usize>,
     request_header_timeout: Option<String>,
+    #[serde(default)]
+    tls_san: Vec<String>,
+    #[serde(default)]
+    insecure_plaintext: bool,
 }
 
 /// Where agents' MQTT traffic goes.
@@ -128,6 +142,10 @@ pub struct Config {
     pub max_connections: usize,
     /// How long a new API connection may stay silent before its first request.
     pub request_header_timeout: std::time::Duration,
+    /// Extra names of the serving certificate.
+    pub tls_sans: Vec<String>,
+    /// No TLS on the API and the broker (tests and benches only).
+    pub plaintext: bool,
 }
 
 /// Most API connections open at once (well under the units' LimitNOFILE of 65536, with
@@ -159,6 +177,8 @@ impl Config {
             services: crate::store::ServiceRanges::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             request_header_timeout: DEFAULT_HEADER_TIMEOUT,
+            tls_sans: Vec::new(),
+            plaintext: false,
         }
     }
 
@@ -215,6 +235,16 @@ impl TryFrom<Args> for Config {
         if watch_change_log == 0 {
             return Err("--watch-change-log: must be at least 1".into());
         }
+        let plaintext = a.insecure_plaintext || file.insecure_plaintext;
+        let mut tls_sans = a.tls_san.clone();
+        tls_sans.extend(file.tls_san.iter().cloned());
+        for san in &tls_sans {
+            if san.parse::<std::net::IpAddr>().is_err() && !crate::pki::is_dns_name(san) {
+                return Err(format!(
+                    "--tls-san: {san:?} is neither an IP address nor a DNS name"
+                ));
+            }
+        }
         let broker = match a.external_broker.or(file.external_broker) {
             Some(ext) => {
                 let (host, port) = ext
@@ -257,10 +287,13 @@ impl TryFrom<Args> for Config {
                 }
             }
             None => {
-                let text = a
-                    .mqtt_listen
-                    .or(file.mqtt_listen)
-                    .unwrap_or_else(|| DEFAULT_MQTT_LISTEN.into());
+                let text = a.mqtt_listen.or(file.mqtt_listen).unwrap_or_else(|| {
+                    if plaintext {
+                        DEFAULT_MQTT_LISTEN_PLAIN.into()
+                    } else {
+                        DEFAULT_MQTT_LISTEN.into()
+                    }
+                });
                 Broker::Embedded(text.parse().map_err(|_| {
                     format!("--mqtt-listen: {text:?} is not an address like 0.0.0.0:1883")
                 })?)
@@ -337,6 +370,8 @@ impl TryFrom<Args> for Config {
             services,
             max_connections,
             request_header_timeout,
+            tls_sans,
+            plaintext,
         })
     }
 }

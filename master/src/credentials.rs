@@ -71,21 +71,28 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CredentialError> {
 }
 
 /// The server URL a local client should use for a listen address.
-pub fn client_url(addr: SocketAddr) -> String {
+pub fn client_url(addr: SocketAddr, tls: bool) -> String {
     let host = match addr {
         a if a.ip().is_unspecified() && a.is_ipv4() => "127.0.0.1".to_string(),
         a if a.ip().is_unspecified() => "[::1]".to_string(),
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
     };
-    format!("http://{host}:{}", addr.port())
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}:{}", addr.port())
 }
 
 /// Writes `client.yaml` for the CLI.
-pub fn write_client_config(path: &Path, server: &str, token: &str) -> Result<(), CredentialError> {
+pub fn write_client_config(
+    path: &Path,
+    server: &str,
+    token: &str,
+    ca_pem: Option<&str>,
+) -> Result<(), CredentialError> {
     let config = bramble_api::client_config::ClientConfig {
         server: Some(server.to_string()),
         token: Some(token.to_string()),
+        certificate_authority_data: ca_pem.map(str::to_string),
     };
     write_private(path, config.render("bramble-master").as_bytes())
 }

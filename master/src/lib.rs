@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod images;
 pub mod metrics;
 pub mod netstream;
+pub mod pki;
 pub mod scheduler;
 pub mod server;
 pub mod store;
@@ -47,6 +48,8 @@ pub enum StartError {
     Credentials(#[from] credentials::CredentialError),
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -73,6 +76,8 @@ pub struct Master {
     internal: CancellationToken,
     mqtt_host: String,
     mqtt_port: u16,
+    mqtt_tls: bool,
+    pki: Option<pki::Pki>,
     images: Arc<server::images::ImageService>,
 }
 
@@ -111,27 +116,53 @@ impl Master {
         let reader_token =
             credentials::load_or_create_token(&dir.join(credentials::READER_TOKEN_FILE))?;
         let enrollment = Arc::new(enrollment::Enrollment::load(dir)?);
-        let (gw_host, gw_port, mqtt_host, credentials) = match &config.broker {
+        let pki = if config.plaintext {
+            tracing::warn!(
+                "--insecure-plaintext: the API and the broker serve without TLS; tokens and pod specs cross the network in clear"
+            );
+            None
+        } else {
+            Some(pki::load_or_create(
+                dir,
+                &pki::serving_names(&config.tls_sans),
+            )?)
+        };
+        let (gw_host, gw_port, mqtt_host, mqtt_port, mqtt_tls, credentials) = match &config.broker {
             config::Broker::Embedded(listen) => {
-                let addr =
-                    broker::start_embedded(*listen, enrollment.clone(), admin_token.clone())?;
-                let host = if addr.ip().is_unspecified() {
+                let addrs = broker::start_embedded(
+                    *listen,
+                    enrollment.clone(),
+                    admin_token.clone(),
+                    pki.as_ref().map(|p| p.server.clone()),
+                )
+                .await?;
+                let host = if addrs.internal.ip().is_unspecified() {
                     "127.0.0.1".to_string()
                 } else {
-                    addr.ip().to_string()
+                    addrs.internal.ip().to_string()
                 };
                 (
                     host,
-                    addr.port(),
+                    addrs.internal.port(),
                     String::new(),
+                    addrs.public.port(),
+                    pki.is_some(),
                     Some((broker::MASTER_USER.to_string(), admin_token.clone())),
                 )
             }
+            // The operator runs that broker and its TLS (if any); see docs/operations.md.
             config::Broker::External {
                 host,
                 port,
                 credentials,
-            } => (host.clone(), *port, host.clone(), credentials.clone()),
+            } => (
+                host.clone(),
+                *port,
+                host.clone(),
+                *port,
+                false,
+                credentials.clone(),
+            ),
         };
         let metrics = Arc::new(metrics::Metrics::default());
         let internal = CancellationToken::new();
@@ -190,8 +221,9 @@ impl Master {
         ];
         credentials::write_client_config(
             &dir.join(credentials::CLIENT_CONFIG_FILE),
-            &credentials::client_url(addr),
+            &credentials::client_url(addr, pki.is_some()),
             &admin_token,
+            pki.as_ref().map(|p| p.ca_pem.as_str()),
         )?;
         Ok(Master {
             config,
@@ -208,7 +240,9 @@ impl Master {
             loops,
             internal,
             mqtt_host,
-            mqtt_port: gw_port,
+            mqtt_port,
+            mqtt_tls,
+            pki,
             images,
         })
     }
@@ -216,6 +250,11 @@ impl Master {
     /// The bound API address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether the API and the embedded broker serve TLS.
+    pub fn tls(&self) -> bool {
+        self.pki.is_some()
     }
 
     /// The MQTT broker port agents are told to use.
@@ -247,6 +286,13 @@ impl Master {
             gateway: self.gateway.clone(),
             mqtt_host: self.mqtt_host.clone(),
             mqtt_port: self.mqtt_port,
+            mqtt_tls: self.mqtt_tls,
+            ca: self.pki.as_ref().map(|p| {
+                (
+                    p.ca_pem.clone(),
+                    bramble_support::tls::cert_hash(p.ca_der.as_ref()),
+                )
+            }),
             images: self.images.clone(),
         });
         let app = server::router(state);
@@ -255,6 +301,7 @@ impl Master {
             self.listener,
             self.config.max_connections,
             self.config.request_header_timeout,
+            self.pki.as_ref().map(|p| p.server.clone()),
         );
         let graceful =
             axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -44,8 +44,13 @@ fn main() -> ExitCode {
         |shutdown| async move {
             let master = Master::start(config).await?;
             // The address on stdout lets scripts and tests that pass port 0 find the server.
+            let (http, mqtt) = if master.tls() {
+                ("https", "mqtts")
+            } else {
+                ("http", "mqtt")
+            };
             println!(
-                "bramble-master listening on http://{} mqtt://127.0.0.1:{}",
+                "bramble-master listening on {http}://{} {mqtt}://127.0.0.1:{}",
                 master.addr(),
                 master.mqtt_port()
             );

@@ -42,6 +42,10 @@ pub struct AppState {
     /// Broker address given to joining agents (empty host: the master's host).
     pub mqtt_host: String,
     pub mqtt_port: u16,
+    /// Whether agents reach the broker over TLS.
+    pub mqtt_tls: bool,
+    /// The cluster CA (PEM) and its SHA-256; None when serving in plaintext.
+    pub ca: Option<(String, String)>,
     pub images: Arc<images::ImageService>,
 }
 
@@ -51,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/cacerts", get(cacerts))
         .route("/bramble/v1/join", post(nodes::join))
         .route("/bramble/v1/tokens", get(nodes::tokens).post(nodes::tokens))
         .route(
@@ -61,6 +66,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/bramble/v1/blobs/{digest}", get(images::blob))
         .fallback(api)
         .with_state(state)
+}
+
+/// `GET /cacerts`: the cluster CA, unauthenticated (as k3s serves it): a joining board
+/// fetches it and checks it against the hash its join token carries before it trusts it.
+async fn cacerts(State(st): State<Arc<AppState>>) -> Response {
+    match &st.ca {
+        Some((pem, _)) => (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            pem.clone(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "this master serves in plaintext (--insecure-plaintext): it has no CA",
+        )
+        .into_response(),
+    }
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {

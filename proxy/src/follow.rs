@@ -19,9 +19,11 @@ use crate::{NodeContext, Syncer, iptables};
 /// Where the master is and what to render.
 #[derive(Debug, Clone)]
 pub struct FollowConfig {
-    /// The master's API, e.g. `http://192.168.1.10:6443`.
+    /// The master's API, e.g. `https://192.168.1.10:6443`.
     pub server: String,
     pub token: String,
+    /// The cluster CA (PEM) the master's certificate must chain to (https).
+    pub ca_pem: Option<String>,
     pub cluster_cidr: String,
     pub resync: Duration,
 }
@@ -52,12 +54,14 @@ impl Named for Endpoints {
     }
 }
 
-fn agent(timeout: Option<Duration>) -> ureq::Agent {
-    ureq::Agent::config_builder()
+fn agent(cfg: &FollowConfig, timeout: Option<Duration>) -> Result<ureq::Agent, String> {
+    let mut b = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(timeout)
-        .build()
-        .into()
+        .timeout_global(timeout);
+    if let Some(ca) = &cfg.ca_pem {
+        b = b.tls_config(bramble_support::tls::ureq_tls(ca)?);
+    }
+    Ok(b.build().into())
 }
 
 /// Lists then watches `resource` (`services`, `endpoints`) until `stop`, re-listing after a
@@ -74,7 +78,7 @@ fn watch_kind<T: DeserializeOwned + Named>(
     let mut failures = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let result = (|| -> Result<(), String> {
-            let resp = agent(Some(Duration::from_secs(30)))
+            let resp = agent(cfg, Some(Duration::from_secs(30)))?
                 .get(&base)
                 .header("Authorization", &auth)
                 .call()
@@ -104,7 +108,7 @@ fn watch_kind<T: DeserializeOwned + Named>(
             failures = 0;
             // Watches end after a while so that `stop` is seen and the connection refreshed.
             let url = format!("{base}?watch=1&resourceVersion={rv}&timeoutSeconds=300");
-            let resp = agent(None)
+            let resp = agent(cfg, None)?
                 .get(&url)
                 .header("Authorization", &auth)
                 .call()

@@ -26,12 +26,15 @@ struct Args {
     /// Print the ruleset instead of applying it (with --apply)
     #[arg(long)]
     dry_run: bool,
-    /// Follow this master's Services and Endpoints, e.g. http://192.168.1.10:6443
+    /// Follow this master's Services and Endpoints, e.g. https://192.168.1.10:6443
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// The API token (with --server); `-` reads it from standard input
     #[arg(long, value_name = "FILE", env = "BRAMBLE_TOKEN_FILE")]
     token_file: Option<String>,
+    /// The cluster CA file (the master's ca.crt) its certificate must chain to (https)
+    #[arg(long, value_name = "FILE")]
+    certificate_authority: Option<String>,
     /// How often the whole ruleset is rewritten even without changes
     #[arg(long, default_value = "60s")]
     resync: String,
@@ -57,7 +60,7 @@ fn run(args: &Args) -> Result<(), String> {
     if let Some(server) = &args.server {
         if !(server.starts_with("http://") || server.starts_with("https://")) {
             return Err(format!(
-                "--server: {server:?} must be a URL such as http://192.168.1.10:6443"
+                "--server: {server:?} must be a URL such as https://192.168.1.10:6443"
             ));
         }
         let Some(tf) = &args.token_file else {
@@ -75,6 +78,19 @@ fn run(args: &Args) -> Result<(), String> {
         } else {
             std::fs::read_to_string(tf).map_err(|e| format!("--token-file {tf}: {e}"))?
         };
+        let ca_pem = match &args.certificate_authority {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| format!("--certificate-authority {f}: {e}"))?,
+            ),
+            None if server.starts_with("https://") => {
+                return Err(
+                    "--server https://... needs --certificate-authority FILE (the master's ca.crt)"
+                        .into(),
+                );
+            }
+            None => None,
+        };
         let resync = bramble_api::time::parse_duration(&args.resync)
             .filter(|d| *d >= std::time::Duration::from_secs(1))
             .ok_or_else(|| {
@@ -86,6 +102,7 @@ fn run(args: &Args) -> Result<(), String> {
         let cfg = bramble_proxy::follow::FollowConfig {
             server: server.clone(),
             token: token.trim().to_string(),
+            ca_pem,
             cluster_cidr: args.cluster_cidr.clone(),
             resync,
         };

@@ -11,6 +11,8 @@ mod log;
 pub mod mqtt;
 mod random;
 mod signals;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use coalescing::Coalescing;

@@ -71,6 +71,8 @@ pub struct MasterProcess {
     pub token: String,
     /// The MQTT broker's port (embedded, or the external one the master was pointed at).
     pub mqtt_port: u16,
+    /// The cluster CA (PEM), when the master serves TLS (the default).
+    pub ca_pem: Option<String>,
 }
 
 impl MasterProcess {
@@ -144,24 +146,30 @@ impl MasterProcess {
         };
         let mut words = line.split_whitespace();
         let url = words
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .ok_or_else(|| anyhow!("unexpected first line from bramble-master: {line:?}"))?
             .to_string();
         let mqtt_port = line
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("mqtt://"))
+            .find_map(|w| w.strip_prefix("mqtt://").or(w.strip_prefix("mqtts://")))
             .and_then(|a| a.rsplit(':').next())
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| anyhow!("no mqtt address in {line:?}"))?;
         let token = std::fs::read_to_string(data_dir.join("admin.token"))?
             .trim()
             .to_string();
+        let ca_pem = if url.starts_with("https://") {
+            Some(std::fs::read_to_string(data_dir.join("ca.crt")).context("the master's ca.crt")?)
+        } else {
+            None
+        };
         Ok(MasterProcess {
             child,
             data_dir: data_dir.to_path_buf(),
             url,
             token,
             mqtt_port,
+            ca_pem,
         })
     }
 
@@ -189,6 +197,7 @@ impl MasterProcess {
     pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new(bin("bramble"));
         cmd.args(["--server", &self.url, "--token", &self.token])
+            .args(self.ca_args())
             .args(args)
             .env_remove("BRAMBLE_CONFIG")
             .env_remove("BRAMBLE_SERVER")
@@ -209,10 +218,44 @@ impl MasterProcess {
         child.wait_with_output().expect("bramble output")
     }
 
-    /// An HTTP client for this master's API.
+    /// An HTTP client for this master's API, with the admin token.
     pub fn http(&self) -> Http {
-        Http::new(&self.url, &self.token)
+        self.http_as(&self.token)
     }
+
+    /// An HTTP client for this master's API, with `token`, trusting its CA.
+    pub fn http_as(&self, token: &str) -> Http {
+        Http::with_ca(&self.url, token, self.ca_pem.as_deref())
+    }
+
+    /// `--certificate-authority DATA_DIR/ca.crt` when the master serves TLS: for `bramble`
+    /// and `bramble-proxy`.
+    pub fn ca_args(&self) -> Vec<String> {
+        match self.ca_pem {
+            Some(_) => vec![
+                "--certificate-authority".into(),
+                self.data_dir.join("ca.crt").display().to_string(),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// rumqttc options for a raw client of this master's broker (TLS with its CA when it
+    /// serves TLS): for tests that play a hostile board.
+    pub fn mqtt_options(&self, client_id: &str) -> rumqttc::MqttOptions {
+        let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.mqtt_port);
+        if let Some(ca) = &self.ca_pem {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(rustls_client(ca)),
+            ));
+        }
+        opts
+    }
+}
+
+/// A rustls client configuration trusting only `ca_pem`.
+pub fn rustls_client(ca_pem: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    bramble_support::tls::client_config(ca_pem).expect("the cluster CA")
 }
 
 impl Drop for MasterProcess {
@@ -223,12 +266,14 @@ impl Drop for MasterProcess {
 }
 
 impl MasterProcess {
-    /// The first join token the master created.
+    /// The first join token the master created, as `bramble token list` shows it (pinned
+    /// to the CA when the master serves TLS).
     pub fn join_token(&self) -> String {
-        let text =
-            std::fs::read_to_string(self.data_dir.join("join-tokens.json")).expect("join tokens");
-        let v: serde_json::Value = serde_json::from_str(&text).expect("join tokens JSON");
-        v[0]["token"].as_str().expect("a token").to_string()
+        let r = self.http().get("/bramble/v1/tokens").expect("join tokens");
+        r.json()["items"][0]["token"]
+            .as_str()
+            .expect("a token")
+            .to_string()
     }
 
     /// A pod's JSON, or None when it does not exist.
@@ -661,8 +706,10 @@ pub fn pod_cgroups(uid: &str) -> Vec<PathBuf> {
 
 /// A minimal HTTP client for tests: answers (status, headers, body) and never treats a
 /// 4xx/5xx as a transport error.
+#[derive(Clone)]
 pub struct Http {
     agent: ureq::Agent,
+    tls: Option<ureq::tls::TlsConfig>,
     base: String,
     token: String,
 }
@@ -694,13 +741,21 @@ impl Reply {
 impl Http {
     /// A client for `base` (e.g. `http://127.0.0.1:1234`) with a bearer token.
     pub fn new(base: &str, token: &str) -> Http {
-        let agent = ureq::Agent::config_builder()
+        Self::with_ca(base, token, None)
+    }
+
+    /// As [`new`](Self::new), trusting only `ca_pem` for https.
+    pub fn with_ca(base: &str, token: &str, ca_pem: Option<&str>) -> Http {
+        let tls = ca_pem.map(ureq_tls);
+        let mut b = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
+            .timeout_global(Some(Duration::from_secs(30)));
+        if let Some(t) = &tls {
+            b = b.tls_config(t.clone());
+        }
         Http {
-            agent,
+            agent: b.build().into(),
+            tls,
             base: base.to_string(),
             token: token.to_string(),
         }
@@ -779,10 +834,11 @@ impl Http {
 
     /// Opens a watch stream and returns a line reader over it.
     pub fn watch(&self, path: &str) -> Result<(u16, Box<dyn BufRead + Send>)> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let mut b = ureq::Agent::config_builder().http_status_as_error(false);
+        if let Some(t) = &self.tls {
+            b = b.tls_config(t.clone());
+        }
+        let agent: ureq::Agent = b.build().into();
         let resp = agent
             .get(format!("{}{path}", self.base))
             .header("Authorization", format!("Bearer {}", self.token))
@@ -794,6 +850,11 @@ impl Http {
             Box::new(BufReader::new(resp.into_body().into_reader())),
         ))
     }
+}
+
+/// ureq's TLS settings trusting only `ca_pem`.
+pub fn ureq_tls(ca_pem: &str) -> ureq::tls::TlsConfig {
+    bramble_support::tls::ureq_tls(ca_pem).expect("the cluster CA")
 }
 
 /// A pod manifest (YAML) with one busybox container.

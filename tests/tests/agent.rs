@@ -116,6 +116,7 @@ fn a_pod_runs_logs_restarts_and_is_cleaned_up() {
         .args([
             "--server", &m.url, "--token", &m.token, "logs", "web", "-f", "--tail", "1",
         ])
+        .args(m.ca_args())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

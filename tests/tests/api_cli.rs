@@ -213,6 +213,7 @@ fn get_watch_prints_new_objects() {
     let m = MasterProcess::start(dir.path()).unwrap();
     let mut child = Command::new(bin("bramble"))
         .args(["--server", &m.url, "--token", &m.token, "get", "pods", "-w"])
+        .args(m.ca_args())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -557,7 +558,7 @@ fn the_reader_token_reads_and_watches_but_cannot_write() {
         &["apply", "-f", "-"],
         Some(&pod_yaml("seen", "default", "")),
     ));
-    let h = bramble_tests::Http::new(&m.url, &reader);
+    let h = m.http_as(&reader);
     let list = h.get("/api/v1/namespaces/default/pods").unwrap();
     assert_eq!(list.code, 200);
     assert_eq!(list.json()["items"][0]["metadata"]["name"], "seen");
@@ -576,9 +577,7 @@ fn the_reader_token_reads_and_watches_but_cannot_write() {
         "{}",
         String::from_utf8_lossy(&write.body)
     );
-    let bad = bramble_tests::Http::new(&m.url, "not-a-token")
-        .get("/api/v1/pods")
-        .unwrap();
+    let bad = m.http_as("not-a-token").get("/api/v1/pods").unwrap();
     assert_eq!(bad.code, 401);
     // Monitoring scrapes with the reader token.
     let metrics = h.get("/metrics").unwrap();
@@ -592,7 +591,7 @@ fn numbers_from_a_request_are_checked_or_clamped_never_overflowed() {
     let m = MasterProcess::start(dir.path()).unwrap();
     let reader = m.reader_token();
     // A watch timeout past the end of time is no timeout (it aborted the master once).
-    let r = bramble_tests::Http::new(&m.url, &reader);
+    let r = m.http_as(&reader);
     for t in ["9223372036854775807", "18446744073709551615"] {
         let (code, _stream) = r
             .watch(&format!("/api/v1/pods?watch=true&timeoutSeconds={t}"))
@@ -703,7 +702,15 @@ fn idle_sockets_cannot_starve_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let m = MasterProcess::start_with(
         dir.path(),
-        &["--max-connections", "40", "--request-header-timeout", "1s"],
+        // Raw HTTP on the socket: the cap and the deadline are the same with TLS (see
+        // the_tls_port_refuses_what_is_not_tls).
+        &[
+            "--max-connections",
+            "40",
+            "--request-header-timeout",
+            "1s",
+            "--insecure-plaintext",
+        ],
     )
     .unwrap();
     let addr = m.url.trim_start_matches("http://").to_string();
@@ -755,6 +762,64 @@ fn idle_sockets_cannot_starve_the_api() {
     // A client that speaks in time is not cut off by the deadline.
     let h = m.http();
     assert_eq!(h.get("/api/v1/pods").unwrap().code, 200);
+}
+
+#[test]
+fn the_tls_port_refuses_what_is_not_tls() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start_with(
+        dir.path(),
+        &["--max-connections", "3", "--request-header-timeout", "1s"],
+    )
+    .unwrap();
+    assert!(
+        m.url.starts_with("https://"),
+        "TLS is the default: {}",
+        m.url
+    );
+    let addr = m.url.trim_start_matches("https://").to_string();
+    // Plain HTTP gets a plain answer that says what is wrong, then a close.
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    assert!(
+        out.starts_with("HTTP/1.0 400") && out.contains("HTTPS"),
+        "{out:?}"
+    );
+    // A TLS record of garbage: closed, nothing served.
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5])
+        .unwrap();
+    assert!(
+        closed_by_peer(&mut c, Duration::from_secs(5)),
+        "a garbage handshake was kept open"
+    );
+    // A socket that never starts its handshake is closed at the deadline.
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(
+        closed_by_peer(&mut silent, Duration::from_secs(10)),
+        "a silent socket was kept open"
+    );
+    // Over the cap, a TLS client is told 503 in TLS.
+    let h = m.http();
+    let (_w1, _r1) = h.watch("/api/v1/pods?watch=true").unwrap();
+    let (_w2, _r2) = h.watch("/api/v1/pods?watch=true").unwrap();
+    let (_w3, _r3) = h.watch("/api/v1/pods?watch=true").unwrap();
+    assert_eq!(h.get("/healthz").unwrap().code, 503);
+    drop((_r1, _r2, _r3));
+    assert!(eventually(Duration::from_secs(5), || h
+        .get("/healthz")
+        .is_ok_and(|r| r.code == 200)));
+    // Another cluster's CA does not verify this master.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = MasterProcess::start(other_dir.path()).unwrap();
+    assert_ne!(other.ca_pem, m.ca_pem, "every cluster makes its own CA");
+    let untrusted = bramble_tests::Http::with_ca(&m.url, &m.token, other.ca_pem.as_deref());
+    assert!(untrusted.get("/healthz").is_err());
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bramble_tests::{Http, MasterProcess, eventually, pod_json};
+use bramble_tests::{MasterProcess, eventually, pod_json};
 
 const ROUNDS: usize = 5;
 const WRITERS: usize = 8;
@@ -57,10 +57,8 @@ fn acknowledged_writes_survive_sigkill() {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for w in 0..WRITERS {
-            let (url, token, acked, stop) =
-                (m.url.clone(), m.token.clone(), acked.clone(), stop.clone());
+            let (h, acked, stop) = (m.http(), acked.clone(), stop.clone());
             threads.push(std::thread::spawn(move || {
-                let h = Http::new(&url, &token);
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let name = format!("r{round}-w{w}-{i}");

@@ -533,10 +533,11 @@ fn blobs_need_a_node_or_admin_token_and_honour_ranges() {
     let node = bramble_agent::join::join(&m.url, &m.join_token(), "reader", &facts).unwrap();
     let (digest, path) = largest_layer(&f.layout, "amd64");
     let full = std::fs::read(&path).unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+    if let Some(ca) = &m.ca_pem {
+        config = config.tls_config(bramble_tests::ureq_tls(ca));
+    }
+    let agent: ureq::Agent = config.build().into();
     let get = |p: &str, token: Option<&str>, range: Option<&str>| {
         let mut r = agent.get(format!("{}{p}", m.url));
         if let Some(t) = token {

@@ -474,6 +474,7 @@ fn the_standalone_proxy_follows_the_master_and_cleans_up() {
     let mut proxy = Command::new(bramble_tests::bin("bramble-proxy"))
         .args(["--server", &m.url, "--token-file"])
         .arg(&token)
+        .args(m.ca_args())
         .args(["--resync", "2s"])
         .spawn()
         .unwrap();

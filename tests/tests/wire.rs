@@ -83,7 +83,7 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
         .unwrap();
     let sent = rt.block_on(async {
         // The master's own MQTT identity is the only one that may publish anywhere.
-        let mut opts = MqttOptions::new("bramble-master-hostile-test", "127.0.0.1", m.mqtt_port);
+        let mut opts = m.mqtt_options("bramble-master-hostile-test");
         opts.set_credentials("bramble-master", &m.token);
         opts.set_max_packet_size(16 << 20, 16 << 20);
         let (client, mut ev) = AsyncClient::new(opts, 64);
@@ -245,7 +245,7 @@ fn desired_messages_carry_an_unbroken_revision_chain() {
         .build()
         .unwrap();
     let chain = rt.block_on(async {
-        let mut opts = MqttOptions::new("bramble-master-chain-test", "127.0.0.1", m.mqtt_port);
+        let mut opts = m.mqtt_options("bramble-master-chain-test");
         opts.set_credentials("bramble-master", &m.token);
         opts.set_max_packet_size(16 << 20, 16 << 20);
         let (client, mut ev) = AsyncClient::new(opts, 64);

@@ -40,6 +40,8 @@ pub struct JoinReply {
     /// Empty: the master's own host.
     pub mqtt_host: String,
     pub mqtt_port: u16,
+    /// Whether the broker speaks TLS (with the CA the agent pinned).
+    pub mqtt_tls: bool,
 }
 
 /// `POST /bramble/v1/join`: authenticated by the join token in the body.
@@ -54,12 +56,18 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
     let bytes = super::body::read(body, st.max_body_bytes).await?;
     let req: JoinRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("join request: {e}")))?;
-    if !st.enrollment.is_join_token(&req.token) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "the join token is not valid",
+    let unauthorized = |why: &str| ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", why);
+    let token = bramble_api::join::JoinToken::parse(&req.token)
+        .map_err(|e| unauthorized(&format!("the join token is not valid: {e}")))?;
+    if let (Some(pinned), Some((_, ours))) = (&token.ca_hash, &st.ca)
+        && pinned != ours
+    {
+        return Err(unauthorized(
+            "the join token pins another cluster's CA (its hash is not this master's)",
         ));
+    }
+    if !st.enrollment.is_join_token(&token.secret) {
+        return Err(unauthorized("the join token is not valid"));
     }
     if let Err(e) = bramble_api::names::dns1123_subdomain(&req.node_name) {
         return Err(ApiError::new(
@@ -140,7 +148,18 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
         node_token,
         mqtt_host: st.mqtt_host.clone(),
         mqtt_port: st.mqtt_port,
+        mqtt_tls: st.mqtt_tls,
     })
+}
+
+/// A join token as people and agents use it: pinned to this master's CA when it has one.
+fn pinned(st: &AppState, mut t: crate::enrollment::JoinToken) -> crate::enrollment::JoinToken {
+    t.token = bramble_api::join::JoinToken {
+        ca_hash: st.ca.as_ref().map(|(_, h)| h.clone()),
+        secret: t.token,
+    }
+    .render();
+    t
 }
 
 /// `GET /bramble/v1/tokens` lists join tokens; `POST` creates one.
@@ -157,7 +176,7 @@ pub async fn tokens(
             .enrollment
             .create_token("created with bramble token create")
         {
-            Ok(t) => (StatusCode::CREATED, Json(t)).into_response(),
+            Ok(t) => (StatusCode::CREATED, Json(pinned(&st, t))).into_response(),
             Err(e) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
@@ -166,7 +185,13 @@ pub async fn tokens(
             .into_response(),
         };
     }
-    Json(serde_json::json!({ "items": st.enrollment.tokens() })).into_response()
+    let items: Vec<_> = st
+        .enrollment
+        .tokens()
+        .into_iter()
+        .map(|t| pinned(&st, t))
+        .collect();
+    Json(serde_json::json!({ "items": items })).into_response()
 }
 
 /// `GET /api/v1/namespaces/{ns}/pods/{name}/log`: `container`, `tailLines`, `previous`,

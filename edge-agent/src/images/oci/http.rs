@@ -30,12 +30,19 @@ impl MasterSource {
                 image: image.to_string(),
                 message: "this node has not joined a master to pull from".into(),
             })?;
-        let http: ureq::Agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+            .timeout_recv_response(Some(Duration::from_secs(60)));
+        if !creds.ca_pem.is_empty() {
+            let tls =
+                bramble_support::tls::ureq_tls(&creds.ca_pem).map_err(|e| ImageError::Pull {
+                    image: image.to_string(),
+                    message: format!("the cluster CA in the node's credentials: {e}"),
+                })?;
+            config = config.tls_config(tls);
+        }
+        let http: ureq::Agent = config.build().into();
         Ok(MasterSource {
             server: creds.server.trim_end_matches('/').to_string(),
             token: creds.node_token,
