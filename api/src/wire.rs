@@ -97,6 +97,29 @@ impl Channel {
     }
 }
 
+/// The MQTT user name (and client id prefix) reserved to the master's own client: no node
+/// may connect as it.
+pub const MASTER_USER: &str = "bramble-master";
+
+/// Whether node `node` may publish on `topic`: only on its own agent → master channels
+/// (its will is published by the broker, never by the node).
+pub fn node_may_publish(node: &str, topic: &str) -> bool {
+    matches!(
+        Channel::parse(topic),
+        Some((n, Channel::Hello | Channel::Heartbeat | Channel::Status | Channel::Reply)) if n == node
+    )
+}
+
+/// Whether node `node` may subscribe to `filter`: its own master → agent channels and the
+/// shared network stream, named exactly (no wildcards).
+pub fn node_may_subscribe(node: &str, filter: &str) -> bool {
+    filter == SERVICES_TOPIC
+        || matches!(
+            Channel::parse(filter),
+            Some((n, Channel::Desired | Channel::Request | Channel::Network)) if n == node
+        )
+}
+
 /// Every payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -417,6 +440,58 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_is_confined_to_its_own_topics() {
+        let me = "pi1";
+        for c in [
+            Channel::Hello,
+            Channel::Heartbeat,
+            Channel::Status,
+            Channel::Reply,
+        ] {
+            assert!(node_may_publish(me, &c.topic(me)), "{c:?}");
+            assert!(
+                !node_may_publish(me, &c.topic("pi2")),
+                "{c:?} of another node"
+            );
+            assert!(
+                !node_may_subscribe(me, &c.topic(me)),
+                "{c:?} is not for the node to read"
+            );
+        }
+        for c in [
+            Channel::Desired,
+            Channel::Request,
+            Channel::Network,
+            Channel::Will,
+        ] {
+            assert!(
+                !node_may_publish(me, &c.topic(me)),
+                "{c:?} comes from the master or broker"
+            );
+        }
+        for c in [Channel::Desired, Channel::Request, Channel::Network] {
+            assert!(node_may_subscribe(me, &c.topic(me)), "{c:?}");
+            assert!(
+                !node_may_subscribe(me, &c.topic("pi2")),
+                "{c:?} of another node"
+            );
+        }
+        assert!(node_may_subscribe(me, SERVICES_TOPIC));
+        assert!(!node_may_publish(me, SERVICES_TOPIC));
+        for f in [
+            "#",
+            "bramble/#",
+            "bramble/v1/node/+/desired",
+            "bramble/v1/node/pi1/#",
+            "bramble/v1/node/pi1/+",
+            "$SYS/#",
+        ] {
+            assert!(!node_may_subscribe(me, f), "{f}");
+            assert!(!node_may_publish(me, f), "{f}");
+        }
+    }
 
     fn report() -> PodReport {
         PodReport {

@@ -19,10 +19,19 @@
 //! the master terminates TLS in front of it ([`tls_front`]): each handshake on its own task
 //! with a deadline, then the bytes are copied to rumqttd.
 
+pub mod guard;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use bramble_support::LogLimiter;
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::Packet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use bramble_api::wire::MAX_MESSAGE_BYTES;
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
@@ -30,7 +39,7 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use crate::enrollment::Enrollment;
 
 /// The MQTT user name of the master's own client.
-pub const MASTER_USER: &str = "bramble-master";
+pub use bramble_api::wire::MASTER_USER;
 
 /// Whether a TCP socket is listening on `port` (from /proc/net/tcp and tcp6).
 fn listening(port: u16) -> bool {
@@ -60,12 +69,77 @@ pub enum BrokerError {
 }
 
 /// Where the embedded broker is reached.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Embedded {
     /// rumqttd itself (on loopback when TLS is in front): the master's own client.
     pub internal: SocketAddr,
     /// What agents connect to (the TLS front, or rumqttd when plaintext).
     pub public: SocketAddr,
+    /// The boards connected through the TLS front.
+    pub sessions: Arc<Sessions>,
+}
+
+/// The boards' live connections through the TLS front, by node: a revoked node's are cut
+/// at once.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    next: AtomicU64,
+    live: Mutex<HashMap<String, HashMap<u64, CancellationToken>>>,
+}
+
+impl Sessions {
+    fn add(self: &Arc<Self>, node: &str) -> SessionEntry {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        self.lock()
+            .entry(node.to_string())
+            .or_default()
+            .insert(id, token.clone());
+        SessionEntry {
+            sessions: self.clone(),
+            node: node.to_string(),
+            id,
+            token,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, CancellationToken>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cuts every connection of `node`; returns how many there were.
+    pub fn cut(&self, node: &str) -> usize {
+        let cut = self.lock().remove(node).unwrap_or_default();
+        for t in cut.values() {
+            t.cancel();
+        }
+        cut.len()
+    }
+
+    /// How many connections `node` has.
+    pub fn count(&self, node: &str) -> usize {
+        self.lock().get(node).map_or(0, HashMap::len)
+    }
+}
+
+/// One registered connection; leaves the registry when dropped.
+struct SessionEntry {
+    sessions: Arc<Sessions>,
+    node: String,
+    id: u64,
+    token: CancellationToken,
+}
+
+impl Drop for SessionEntry {
+    fn drop(&mut self) {
+        let mut live = self.sessions.lock();
+        if let Some(m) = live.get_mut(&self.node) {
+            m.remove(&self.id);
+            if m.is_empty() {
+                live.remove(&self.node);
+            }
+        }
+    }
 }
 
 /// Starts rumqttd and waits until it accepts connections. With `tls`, rumqttd listens on a
@@ -77,11 +151,13 @@ pub async fn start_embedded(
     master_secret: String,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<Embedded, BrokerError> {
+    let sessions = Arc::new(Sessions::default());
     let Some(tls) = tls else {
         let addr = start_rumqttd(listen, enrollment, master_secret)?;
         return Ok(Embedded {
             internal: addr,
             public: addr,
+            sessions,
         });
     };
     let front = tokio::net::TcpListener::bind(listen)
@@ -99,9 +175,13 @@ pub async fn start_embedded(
         enrollment,
         master_secret,
     )?;
-    tokio::spawn(tls_front(front, tls, internal));
+    tokio::spawn(tls_front(front, tls, internal, sessions.clone()));
     tracing::info!(addr = %public, "MQTT over TLS listening");
-    Ok(Embedded { internal, public })
+    Ok(Embedded {
+        internal,
+        public,
+        sessions,
+    })
 }
 
 /// Most TLS connections to the broker at once (rumqttd's own cap is 20,000).
@@ -114,10 +194,12 @@ async fn tls_front(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     broker: SocketAddr,
+    sessions: Arc<Sessions>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_TLS_CONNECTIONS));
-    let mut log = bramble_support::LogLimiter::new(Duration::from_secs(10));
+    let mut log = LogLimiter::new(Duration::from_secs(10));
+    let refusals = Arc::new(Mutex::new(LogLimiter::new(Duration::from_secs(10))));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -137,11 +219,11 @@ async fn tls_front(
             continue;
         };
         let acceptor = acceptor.clone();
+        let (sessions, refusals) = (sessions.clone(), refusals.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
-            let mut tls = match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await
-            {
+            let tls = match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
@@ -152,13 +234,88 @@ async fn tls_front(
                     return;
                 }
             };
-            let Ok(mut plain) = tokio::net::TcpStream::connect(broker).await else {
-                tracing::warn!(%broker, "the embedded broker does not answer");
-                return;
-            };
-            let _ = plain.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            relay(tls, broker, peer, &sessions, &refusals).await;
         });
+    }
+}
+
+/// The largest MQTT packet taken from a board (rumqttd's own limit).
+const MAX_PACKET: usize = 2 * MAX_MESSAGE_BYTES + 4096;
+
+/// Copies a board's connection to rumqttd: the broker's packets as they are, the board's
+/// one by one through its [`guard::Guard`]; the first refused packet cuts the connection.
+async fn relay(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    broker: SocketAddr,
+    peer: SocketAddr,
+    sessions: &Arc<Sessions>,
+    refusals: &Mutex<LogLimiter>,
+) {
+    let Ok(plain) = tokio::net::TcpStream::connect(broker).await else {
+        tracing::warn!(%broker, "the embedded broker does not answer");
+        return;
+    };
+    let _ = plain.set_nodelay(true);
+    let (mut from_broker, mut to_broker) = plain.into_split();
+    let (mut from_board, mut to_board) = tokio::io::split(tls);
+    let down = async {
+        let _ = tokio::io::copy(&mut from_broker, &mut to_board).await;
+    };
+    let refuse = |node: Option<&str>, why: &str| {
+        let due = refusals
+            .lock()
+            .map(|mut l| l.due("refused", Instant::now()))
+            .unwrap_or(true);
+        if due {
+            tracing::warn!(%peer, node = node.unwrap_or("?"), reason = why, "MQTT connection cut (logged once per 10s)");
+        }
+    };
+    let up = async {
+        let mut guard = guard::Guard::default();
+        let mut entry: Option<SessionEntry> = None;
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            loop {
+                let len = match rumqttc::mqttbytes::check(buf.iter(), MAX_PACKET) {
+                    Ok(header) => header.frame_length(),
+                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => break,
+                    Err(e) => return refuse(guard.node(), &format!("unreadable packet: {e}")),
+                };
+                let frame = buf.split_to(len);
+                let packet = match Packet::read(&mut frame.clone(), MAX_PACKET) {
+                    Ok(p) => p,
+                    Err(e) => return refuse(guard.node(), &format!("unreadable packet: {e}")),
+                };
+                if let guard::Verdict::Refuse(why) = guard.check(&packet) {
+                    return refuse(guard.node(), &why);
+                }
+                if entry.is_none()
+                    && let Some(node) = guard.node()
+                {
+                    entry = Some(sessions.add(node));
+                }
+                if to_broker.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+            let read = match &entry {
+                Some(e) => tokio::select! {
+                    r = from_board.read_buf(&mut buf) => r,
+                    _ = e.token.cancelled() => {
+                        tracing::info!(%peer, node = %e.node, "MQTT connection cut: the node's credentials were revoked");
+                        return;
+                    }
+                },
+                None => from_board.read_buf(&mut buf).await,
+            };
+            if !matches!(read, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = down => {}
+        _ = up => {}
     }
 }
 

@@ -10,6 +10,7 @@
 //! | Deployment (and its garbage collection) | Deployment, or a pod to collect | Deployment, Pod | [`deployment`] |
 //! | Endpoints | namespace | Service, Pod | [`endpoints`] |
 //! | node IPAM | node | Node | [`ipam`] |
+//! | credential revocation | node | Node | [`revocation`] |
 //!
 //! The node lifecycle controller ([`nodes`]) is driven by the clock, not by changes: it
 //! re-plans every node every 500 ms, so its retry is the next sweep.
@@ -19,6 +20,7 @@ pub mod endpoints;
 pub mod ipam;
 pub mod nodes;
 pub mod queue;
+pub mod revocation;
 
 use std::fmt::Debug;
 use std::future::Future;

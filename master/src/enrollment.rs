@@ -140,6 +140,37 @@ impl Enrollment {
         Ok(token)
     }
 
+    /// Revokes `node`'s credential (its file too): the broker refuses it from now on.
+    /// Returns whether it had one.
+    pub fn revoke(&self, node: &str) -> Result<bool, CredentialError> {
+        if self.write().nodes.remove(node).is_none() {
+            return Ok(false);
+        }
+        let ndir = self.dir.join(NODE_CREDENTIALS_DIR);
+        let path = ndir.join(node);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(CredentialError::Io {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        }
+        // Durable: a revoked board must not come back after a power cut.
+        bramble_support::fs::sync_dir(&ndir).map_err(|source| CredentialError::Io {
+            path: ndir.display().to_string(),
+            source,
+        })?;
+        Ok(true)
+    }
+
+    /// The nodes that hold credentials.
+    pub fn nodes(&self) -> Vec<String> {
+        self.read().nodes.keys().cloned().collect()
+    }
+
     /// Whether `token` is `node`'s credential.
     pub fn is_node(&self, node: &str, token: &str) -> bool {
         self.read().nodes.get(node).is_some_and(|t| ct_eq(t, token))

@@ -127,6 +127,7 @@ impl Master {
                 &pki::serving_names(&config.tls_sans),
             )?)
         };
+        let sessions: Arc<broker::Sessions>;
         let (gw_host, gw_port, mqtt_host, mqtt_port, mqtt_tls, credentials) = match &config.broker {
             config::Broker::Embedded(listen) => {
                 let addrs = broker::start_embedded(
@@ -136,6 +137,7 @@ impl Master {
                     pki.as_ref().map(|p| p.server.clone()),
                 )
                 .await?;
+                sessions = addrs.sessions.clone();
                 let host = if addrs.internal.ip().is_unspecified() {
                     "127.0.0.1".to_string()
                 } else {
@@ -155,14 +157,17 @@ impl Master {
                 host,
                 port,
                 credentials,
-            } => (
-                host.clone(),
-                *port,
-                host.clone(),
-                *port,
-                false,
-                credentials.clone(),
-            ),
+            } => {
+                sessions = Default::default();
+                (
+                    host.clone(),
+                    *port,
+                    host.clone(),
+                    *port,
+                    false,
+                    credentials.clone(),
+                )
+            }
         };
         let metrics = Arc::new(metrics::Metrics::default());
         let internal = CancellationToken::new();
@@ -214,6 +219,11 @@ impl Master {
             )),
             tokio::spawn(controllers::run(
                 controllers::ipam::Ipam::new(&store, config.pod_cidrs),
+                store.clone(),
+                internal.clone(),
+            )),
+            tokio::spawn(controllers::run(
+                controllers::revocation::Revocation::new(&store, enrollment.clone(), sessions),
                 store.clone(),
                 internal.clone(),
             )),

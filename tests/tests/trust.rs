@@ -197,3 +197,250 @@ fn the_cli_verifies_the_master_with_the_cluster_ca() {
     assert!(client.contains("server: https://"), "{client}");
     assert!(client.contains("BEGIN CERTIFICATE"), "{client}");
 }
+
+/// A raw MQTT session of a board over TLS: connects, then reports whether the broker cut it.
+struct Board {
+    rt: tokio::runtime::Runtime,
+    client: AsyncClient,
+    ev: rumqttc::EventLoop,
+}
+
+impl Board {
+    fn connect(m: &MasterProcess, user: &str, pass: &str) -> Result<Board, String> {
+        Self::connect_as(m, user, user, pass)
+    }
+
+    fn connect_as(m: &MasterProcess, id: &str, user: &str, pass: &str) -> Result<Board, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut opts = m.mqtt_options(id);
+        opts.set_credentials(user, pass);
+        opts.set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut ev) = AsyncClient::new(opts, 64);
+        rt.block_on(async {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+                    Err(_) => return Err("timed out".to_string()),
+                    Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok(()),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.to_string()),
+                }
+            }
+        })?;
+        Ok(Board { rt, client, ev })
+    }
+
+    /// Polls for `window`: the topics of what arrived, or Err when the connection ended.
+    fn poll(&mut self, window: Duration) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let ev = &mut self.ev;
+        self.rt.block_on(async {
+            let mut got = Vec::new();
+            let deadline = tokio::time::Instant::now() + window;
+            loop {
+                match tokio::time::timeout_at(deadline, ev.poll()).await {
+                    Err(_) => return Ok(got),
+                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                        got.push((p.topic.clone(), p.payload.to_vec()))
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.to_string()),
+                }
+            }
+        })
+    }
+
+    fn subscribe(&mut self, filter: &str) {
+        let c = self.client.clone();
+        let f = filter.to_string();
+        self.rt
+            .block_on(async move { c.subscribe(f, rumqttc::QoS::AtLeastOnce).await })
+            .unwrap();
+    }
+
+    fn publish(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
+        let c = self.client.clone();
+        let t = topic.to_string();
+        self.rt
+            .block_on(async move {
+                c.publish(t, rumqttc::QoS::AtLeastOnce, retain, payload)
+                    .await
+            })
+            .unwrap();
+    }
+
+    /// Whether the broker ends the session within a few seconds.
+    fn is_cut(&mut self) -> bool {
+        self.poll(Duration::from_secs(5)).is_err()
+    }
+}
+
+#[test]
+fn a_board_is_confined_to_its_own_topics_on_the_embedded_broker() {
+    use bramble_api::wire::{self, Channel, Heartbeat, Message, PodReport, StatusReport};
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let facts = NodeFacts::default();
+    let a = join::join(&m.url, &m.join_token(), "board-a", &facts).unwrap();
+    let _b = join::join(&m.url, &m.join_token(), "board-b", &facts).unwrap();
+    // A pod bound to B, with a secret marker in an env var.
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "secret-pod", "namespace": "default"},
+        "spec": {"nodeName": "board-b", "containers": [{"name": "c", "image": "busybox",
+            "env": [{"name": "PASSWORD", "value": "marker-7f3a9c"}]}]}
+    });
+    assert_eq!(
+        m.http()
+            .post_json("/api/v1/namespaces/default/pods", &pod)
+            .unwrap()
+            .code,
+        201
+    );
+    let connect = || Board::connect(&m, "board-a", &a.node_token).unwrap();
+
+    // Subscribing to everything, or to B's desired state: cut, and nothing delivered.
+    for filter in [
+        "#",
+        "bramble/v1/node/+/desired",
+        &Channel::Desired.topic("board-b"),
+    ] {
+        let mut s = connect();
+        s.subscribe(filter);
+        assert!(s.is_cut(), "a subscription to {filter} was allowed");
+    }
+    // Its own desired topic is allowed, and B's pod never reaches it.
+    let mut own = connect();
+    own.subscribe(&Channel::Desired.topic("board-a"));
+    let got = own.poll(Duration::from_secs(2)).unwrap();
+    assert!(
+        !got.iter()
+            .any(|(_, p)| String::from_utf8_lossy(p).contains("marker-7f3a9c")),
+        "B's pod spec reached A"
+    );
+
+    // Passing for B: heartbeats (to look Ready), a pod status (podIP 6.6.6.6), a will, a
+    // log reply; desired state and network views for B; a retained message of its own.
+    let forged_status = wire::encode(
+        "board-b",
+        Message::Status(StatusReport {
+            pods: vec![PodReport {
+                namespace: "default".into(),
+                name: "secret-pod".into(),
+                phase: "Running".into(),
+                pod_ip: "6.6.6.6".into(),
+                ..Default::default()
+            }],
+        }),
+    );
+    let heartbeat = |node: &str| {
+        wire::encode(
+            node,
+            Message::Heartbeat(Heartbeat {
+                seq: 1,
+                usage: None,
+            }),
+        )
+    };
+    let forgeries: Vec<(String, Vec<u8>, bool)> = vec![
+        (
+            Channel::Heartbeat.topic("board-b"),
+            heartbeat("board-b"),
+            false,
+        ),
+        (Channel::Status.topic("board-b"), forged_status, false),
+        (
+            Channel::Will.topic("board-b"),
+            wire::encode("board-b", Message::Gone),
+            false,
+        ),
+        (Channel::Reply.topic("board-b"), b"forged".to_vec(), false),
+        (Channel::Desired.topic("board-b"), b"forged".to_vec(), false),
+        (Channel::Network.topic("board-b"), b"forged".to_vec(), false),
+        (wire::SERVICES_TOPIC.to_string(), b"forged".to_vec(), false),
+        (
+            Channel::Heartbeat.topic("board-a"),
+            heartbeat("board-a"),
+            true,
+        ),
+    ];
+    for (topic, payload, retain) in forgeries {
+        let mut s = connect();
+        s.publish(&topic, payload, retain);
+        assert!(
+            s.is_cut(),
+            "a publish on {topic} (retain {retain}) was allowed"
+        );
+    }
+    // B never looked Ready, and its pod's status is untouched.
+    assert_ne!(
+        m.node_ready("board-b").map(|r| r.0).as_deref(),
+        Some("True")
+    );
+    let p = m.pod("secret-pod").unwrap();
+    assert_ne!(p["status"]["podIP"], "6.6.6.6");
+    assert_ne!(p["status"]["phase"], "Running");
+
+    // The master's identity cannot be used through the front, even with the admin token,
+    // and an anonymous or unknown client is refused.
+    assert!(Board::connect_as(&m, "bramble-master-1", "bramble-master", &m.token).is_err());
+    assert!(Board::connect_as(&m, "board-a", "board-a", "guess").is_err());
+    let mut anon = m.mqtt_options("anon");
+    anon.set_keep_alive(Duration::from_secs(5));
+    assert!(connects(anon).is_err(), "an anonymous client was served");
+    // A's own topics still work: its heartbeat is taken.
+    let mut s = connect();
+    s.publish(
+        &Channel::Heartbeat.topic("board-a"),
+        heartbeat("board-a"),
+        false,
+    );
+    assert!(
+        s.poll(Duration::from_secs(1)).is_ok(),
+        "A's own heartbeat was refused"
+    );
+}
+
+#[test]
+fn a_deleted_node_is_cut_off_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let creds = join::join(&m.url, &m.join_token(), "board-r", &NodeFacts::default()).unwrap();
+    let mut s = Board::connect(&m, "board-r", &creds.node_token).unwrap();
+    assert!(s.poll(Duration::from_millis(300)).is_ok());
+    let blob = |token: &str| {
+        let h = bramble_tests::Http::with_ca(&m.url, token, m.ca_pem.as_deref());
+        h.get("/bramble/v1/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000")
+            .unwrap()
+            .code
+    };
+    assert_ne!(blob(&creds.node_token), 401, "a live node may read blobs");
+    let start = std::time::Instant::now();
+    let r = m
+        .http()
+        .request("DELETE", "/api/v1/nodes/board-r", None, b"", true)
+        .unwrap();
+    assert_eq!(r.code, 200);
+    assert!(s.is_cut(), "the deleted node's session was kept");
+    eprintln!("session cut {:?} after the delete", start.elapsed());
+    assert!(
+        Board::connect(&m, "board-r", &creds.node_token).is_err(),
+        "a revoked node reconnected"
+    );
+    assert_eq!(blob(&creds.node_token), 401);
+    // Recorded.
+    let events = m
+        .http()
+        .get("/api/v1/namespaces/default/events")
+        .unwrap()
+        .json();
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "CredentialsRevoked"),
+        "{events}"
+    );
+}
