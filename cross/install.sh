@@ -22,5 +22,5 @@ echo
 echo "Check the board first:   bramble-agent doctor"
 echo "On the master board:     systemctl enable --now bramble-master"
 echo "                         bramble token create   (a join token; the master writes the client config)"
-echo "On every board:          echo 'BRAMBLE_AGENT_ARGS=--board pi4b --server http://MASTER:6443 --token TOKEN' > /etc/bramble/agent.env"
+echo "On every board:          echo 'BRAMBLE_AGENT_ARGS=--board pi4b --server https://MASTER:6443 --token TOKEN' > /etc/bramble/agent.env"
 echo "                         systemctl enable --now bramble-agent"

@@ -72,7 +72,10 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let agent_dir = dir.path().join("agent");
     let _c = AgentDirCleanup(agent_dir.clone());
-    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    // Plaintext: the test plays the master's own client, which in TLS mode reaches rumqttd
+    // on loopback only (boards are confined by the TLS front: tests/tests/trust.rs).
+    let m =
+        MasterProcess::start_with(&dir.path().join("master"), &["--insecure-plaintext"]).unwrap();
     let _a = AgentProcess::start(&m, &agent_dir, "board-g", &[]).unwrap();
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&POD.replace("NODE", "board-g"))));
     assert!(eventually(Duration::from_secs(30), || ready(&m, "steady")));
@@ -235,7 +238,9 @@ fn desired_messages_carry_an_unbroken_revision_chain() {
     let dir = tempfile::tempdir().unwrap();
     let agent_dir = dir.path().join("agent");
     let _c = AgentDirCleanup(agent_dir.clone());
-    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    // Plaintext: the test subscribes as the master's own client (see above).
+    let m =
+        MasterProcess::start_with(&dir.path().join("master"), &["--insecure-plaintext"]).unwrap();
     let _a = AgentProcess::start(&m, &agent_dir, "board-r", &[]).unwrap();
     assert!(eventually(Duration::from_secs(20), || m
         .node_ready("board-r")
