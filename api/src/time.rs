@@ -102,7 +102,8 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     )
 }
 
-/// Parses a duration flag: `3`, `3s`, `1500ms` or `2m` (seconds when unitless).
+/// Parses a duration flag: `3`, `3s`, `1500ms`, `2m`, `1h` or `7d` (seconds when
+/// unitless); None for anything else, including a number too large for a `Duration`.
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let t = text.trim();
     let split = t
@@ -114,9 +115,11 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
         "" | "s" => n,
         "ms" => n / 1000.0,
         "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
+    std::time::Duration::try_from_secs_f64(secs).ok()
 }
 
 /// A short human age like kubectl's AGE column: `45s`, `12m`, `3h`, `5d`, `2y`.
@@ -168,7 +171,12 @@ mod tests {
         assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("0.5s"), Some(Duration::from_millis(500)));
-        for bad in ["", "s", "3h", "-1", "fast", "1e9999"] {
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
+        // Too large for a Duration: refused, not a panic (it panicked once).
+        let huge = format!("{}m", "9".repeat(40));
+        assert_eq!(parse_duration(&huge), None);
+        for bad in ["", "s", "3w", "-1", "fast", "1e9999"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }

@@ -166,10 +166,27 @@ pub enum ImageCommand {
 /// `bramble token`.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a new join token
-    Create,
+    /// Create a new join token (printed pinned to the cluster CA: B10<hash>::<secret>)
+    Create {
+        /// How long it is valid, e.g. 1h, 30m, 7d; 0 for never
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// How many joins it allows [default: any number]
+        #[arg(long)]
+        uses: Option<u32>,
+        /// What it is for
+        #[arg(long, default_value = "")]
+        description: String,
+    },
     /// List join tokens
     List,
+    /// Delete join tokens (a board that has joined keeps its own credential)
+    #[command(alias = "rm")]
+    Delete {
+        /// Tokens as `bramble token list` prints them
+        #[arg(required = true)]
+        tokens: Vec<String>,
+    },
 }
 
 /// `bramble apply`.

@@ -232,13 +232,15 @@ impl Client {
         )
     }
 
-    /// POST with no body.
-    pub fn post_empty(&self, path: &str) -> Result<Reply> {
+    /// POST a JSON object.
+    pub fn post_json(&self, path: &str, body: &Value) -> Result<Reply> {
+        let bytes = serde_json::to_vec(body)?;
         self.finish(
             self.agent
                 .post(self.url(path))
                 .header("Authorization", self.auth())
-                .send_empty(),
+                .header("Content-Type", "application/json")
+                .send(&bytes[..]),
         )
     }
 

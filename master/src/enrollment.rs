@@ -28,6 +28,34 @@ pub struct JoinToken {
     pub created: String,
     #[serde(default)]
     pub description: String,
+    /// RFC 3339; None: never (the token made on first start, or `--ttl 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// Joins left; None: any number. A token whose last use is spent is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses_left: Option<u32>,
+}
+
+/// How long a join token made with `bramble token create` lasts unless told otherwise.
+pub const DEFAULT_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// What a new join token allows.
+#[derive(Debug, Clone, Default)]
+pub struct TokenSpec {
+    /// None: never expires.
+    pub ttl: Option<std::time::Duration>,
+    /// None: any number of joins.
+    pub uses: Option<u32>,
+    pub description: String,
+}
+
+/// Why a join token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    #[error("the join token is not valid (deleted, used up, or not made by this master)")]
+    Unknown,
+    #[error("the join token expired at {0}; make a new one with `bramble token create`")]
+    Expired(String),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -85,7 +113,12 @@ impl Enrollment {
             state: RwLock::new(Files { tokens, nodes }),
         };
         if e.read().tokens.is_empty() {
-            e.create_token("created on first start")?;
+            // The first token does not expire, as k3s's server token does not: it is how
+            // the first boards join, whenever that is.
+            e.create_token(TokenSpec {
+                description: "created on first start".into(),
+                ..TokenSpec::default()
+            })?;
         }
         Ok(e)
     }
@@ -104,11 +137,17 @@ impl Enrollment {
     }
 
     /// Creates and persists a new join token.
-    pub fn create_token(&self, description: &str) -> Result<JoinToken, CredentialError> {
+    pub fn create_token(&self, spec: TokenSpec) -> Result<JoinToken, CredentialError> {
+        let now = now();
         let t = JoinToken {
             token: new_token()?,
-            created: bramble_api::time::format_rfc3339(now()),
-            description: description.to_string(),
+            created: bramble_api::time::format_rfc3339(now),
+            description: spec.description,
+            expires: spec.ttl.map(|ttl| {
+                let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+                bramble_api::time::format_rfc3339(now.saturating_add(secs))
+            }),
+            uses_left: spec.uses,
         };
         let mut files = self.write();
         files.tokens.push(t.clone());
@@ -121,9 +160,57 @@ impl Enrollment {
         self.read().tokens.clone()
     }
 
-    /// Whether `token` is a valid join token.
-    pub fn is_join_token(&self, token: &str) -> bool {
-        self.read().tokens.iter().any(|t| ct_eq(&t.token, token))
+    /// Whether `token` would be accepted now (nothing is spent).
+    pub fn check_token(&self, token: &str, now: i64) -> Result<(), TokenRefusal> {
+        let files = self.read();
+        let t = files
+            .tokens
+            .iter()
+            .find(|t| ct_eq(&t.token, token))
+            .ok_or(TokenRefusal::Unknown)?;
+        usable(t, now)
+    }
+
+    /// Checks `token` and spends one of its uses (deleting it when that was the last).
+    pub fn spend_token(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<Result<(), TokenRefusal>, CredentialError> {
+        // Checked and spent under one write lock: two joins cannot both spend a last use.
+        let mut files = self.write();
+        let Some(i) = files.tokens.iter().position(|t| ct_eq(&t.token, token)) else {
+            return Ok(Err(TokenRefusal::Unknown));
+        };
+        if let Err(r) = usable(&files.tokens[i], now) {
+            return Ok(Err(r));
+        }
+        match files.tokens[i].uses_left {
+            None => return Ok(Ok(())),
+            Some(n) if n <= 1 => {
+                files.tokens.remove(i);
+            }
+            Some(n) => files.tokens[i].uses_left = Some(n - 1),
+        }
+        self.save_tokens(&files)?;
+        Ok(Ok(()))
+    }
+
+    /// Deletes a join token; returns whether there was one.
+    pub fn delete_token(&self, token: &str) -> Result<bool, CredentialError> {
+        let mut files = self.write();
+        let before = files.tokens.len();
+        files.tokens.retain(|t| !ct_eq(&t.token, token));
+        if files.tokens.len() == before {
+            return Ok(false);
+        }
+        self.save_tokens(&files)?;
+        Ok(true)
+    }
+
+    /// Whether `node` holds a credential (it has joined and was not deleted).
+    pub fn has_node(&self, node: &str) -> bool {
+        self.read().nodes.contains_key(node)
     }
 
     /// Issues (or re-issues) a node's credential and persists it.
@@ -186,6 +273,16 @@ impl Enrollment {
     }
 }
 
+/// Whether a token is within its time (its uses are counted by [`Enrollment::spend_token`]).
+fn usable(t: &JoinToken, now: i64) -> Result<(), TokenRefusal> {
+    match &t.expires {
+        Some(e) if bramble_api::time::parse_rfc3339(e).is_none_or(|at| at <= now) => {
+            Err(TokenRefusal::Expired(e.clone()))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn ct_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
@@ -221,13 +318,56 @@ mod tests {
     }
 
     #[test]
+    fn tokens_expire_and_run_out_of_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Enrollment::load(dir.path()).unwrap();
+        let t0 = now();
+        let day = e
+            .create_token(TokenSpec {
+                ttl: Some(DEFAULT_TOKEN_TTL),
+                ..TokenSpec::default()
+            })
+            .unwrap();
+        assert_eq!(e.check_token(&day.token, t0), Ok(()));
+        let expiry = day.expires.clone().unwrap();
+        assert_eq!(
+            e.check_token(&day.token, t0 + 24 * 3600 + 1),
+            Err(TokenRefusal::Expired(expiry.clone()))
+        );
+        assert!(
+            TokenRefusal::Expired(expiry.clone())
+                .to_string()
+                .contains(&expiry)
+        );
+        let twice = e
+            .create_token(TokenSpec {
+                uses: Some(2),
+                ..TokenSpec::default()
+            })
+            .unwrap();
+        assert_eq!(e.spend_token(&twice.token, t0).unwrap(), Ok(()));
+        // Persisted: a restart does not give the use back.
+        let e = Enrollment::load(dir.path()).unwrap();
+        assert_eq!(e.spend_token(&twice.token, t0).unwrap(), Ok(()));
+        assert_eq!(
+            e.spend_token(&twice.token, t0).unwrap(),
+            Err(TokenRefusal::Unknown),
+            "a used-up token is gone"
+        );
+        assert!(e.delete_token(&day.token).unwrap());
+        assert_eq!(e.check_token(&day.token, t0), Err(TokenRefusal::Unknown));
+        assert!(!e.delete_token(&day.token).unwrap());
+    }
+
+    #[test]
     fn first_start_creates_a_token_and_enrollment_persists() {
         let dir = tempfile::tempdir().unwrap();
         let e = Enrollment::load(dir.path()).unwrap();
         let first = e.tokens();
         assert_eq!(first.len(), 1);
-        assert!(e.is_join_token(&first[0].token));
-        assert!(!e.is_join_token("nope"));
+        assert_eq!(e.check_token(&first[0].token, now()), Ok(()));
+        assert_eq!(e.check_token("nope", now()), Err(TokenRefusal::Unknown));
+        assert_eq!(first[0].expires, None, "the first token does not expire");
         let cred = e.enroll("pi1").unwrap();
         assert!(e.is_node("pi1", &cred));
         assert!(!e.is_node("pi2", &cred));

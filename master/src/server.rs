@@ -59,6 +59,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/bramble/v1/join", post(nodes::join))
         .route("/bramble/v1/tokens", get(nodes::tokens).post(nodes::tokens))
         .route(
+            "/bramble/v1/tokens/{token}",
+            axum::routing::delete(nodes::delete_token),
+        )
+        .route(
             "/bramble/v1/images",
             post(images::import).delete(images::remove),
         )

@@ -444,3 +444,71 @@ fn a_deleted_node_is_cut_off_at_once() {
         "{events}"
     );
 }
+
+#[test]
+fn join_tokens_expire_run_out_are_deleted_and_cannot_take_over_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let facts = NodeFacts::default();
+    let create = |args: &[&str]| {
+        let mut a = vec!["token", "create"];
+        a.extend_from_slice(args);
+        bramble_tests::ok_stdout(&m.cli(&a)).trim().to_string()
+    };
+    let refusal = |token: &str, node: &str| match join::join(&m.url, token, node, &facts) {
+        Err(JoinError::Refused(msg)) => msg,
+        other => panic!("expected a refusal for {node}, got {other:?}"),
+    };
+
+    // Single use: the second join is refused.
+    let once = create(&["--uses", "1", "--ttl", "1h"]);
+    assert!(once.starts_with("B10"), "{once}");
+    join::join(&m.url, &once, "one-a", &facts).unwrap();
+    assert!(refusal(&once, "one-b").contains("used up"));
+
+    // Expired: refused with the time it expired.
+    let short = create(&["--ttl", "1s"]);
+    let listed = bramble_tests::ok_stdout(&m.cli(&["token", "list"]));
+    let line = listed.lines().find(|l| l.starts_with(&short)).unwrap();
+    let expires = line.split_whitespace().nth(2).unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(2100));
+    let msg = refusal(&short, "late");
+    assert!(msg.contains("expired") && msg.contains(&expires), "{msg}");
+
+    // Deleted: refused; deleting again says there is none.
+    let gone = create(&[]);
+    let out = m.cli(&["token", "delete", &gone]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(refusal(&gone, "deleted").contains("not valid"));
+    assert!(!m.cli(&["token", "delete", &gone]).status.success());
+    for bad in [["--ttl", "soon"], ["--uses", "0"]] {
+        assert!(!m.cli(&["token", "create", bad[0], bad[1]]).status.success());
+    }
+
+    // A joined node cannot be taken over with a join token, even a valid one.
+    let any = m.join_token();
+    let first = join::join(&m.url, &any, "pi1", &facts).unwrap();
+    let msg = refusal(&any, "pi1");
+    assert!(msg.contains("already joined"), "{msg}");
+    let mut s = Board::connect(&m, "pi1", &first.node_token).unwrap();
+    assert!(
+        s.poll(Duration::from_millis(300)).is_ok(),
+        "the real board keeps its credential"
+    );
+    drop(s);
+    // The master's names are reserved.
+    assert!(refusal(&any, "bramble-master-7").contains("reserved"));
+    // Once the node is deleted, a board may join under its name again.
+    let r = m
+        .http()
+        .request("DELETE", "/api/v1/nodes/pi1", None, b"", true)
+        .unwrap();
+    assert_eq!(r.code, 200);
+    assert!(bramble_tests::eventually(Duration::from_secs(5), || {
+        join::join(&m.url, &any, "pi1", &facts).is_ok()
+    }));
+}

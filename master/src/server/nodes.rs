@@ -66,8 +66,9 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
             "the join token pins another cluster's CA (its hash is not this master's)",
         ));
     }
-    if !st.enrollment.is_join_token(&token.secret) {
-        return Err(unauthorized("the join token is not valid"));
+    let now = bramble_api::time::now_secs();
+    if let Err(r) = st.enrollment.check_token(&token.secret, now) {
+        return Err(unauthorized(&r.to_string()));
     }
     if let Err(e) = bramble_api::names::dns1123_subdomain(&req.node_name) {
         return Err(ApiError::new(
@@ -86,6 +87,39 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
         }
     }
     let name = req.node_name.clone();
+    if name.starts_with(wire::MASTER_USER) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!(
+                "nodeName: names starting with {:?} are reserved to the master",
+                wire::MASTER_USER
+            ),
+        ));
+    }
+    // A join token makes new nodes; it cannot take over one that has joined (that would
+    // re-issue its credential, lock the real board out and hand its pods to whoever holds
+    // the token).
+    if st.enrollment.has_node(&name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!(
+                "node {name:?} has already joined: a join token cannot take it over; to let a board join under this name, delete the node first (`bramble delete node {name}`)"
+            ),
+        ));
+    }
+    match st.enrollment.spend_token(&token.secret, now) {
+        Ok(Ok(())) => {}
+        Ok(Err(r)) => return Err(unauthorized(&r.to_string())),
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            ));
+        }
+    }
     let mut labels: std::collections::BTreeMap<String, String> =
         req.facts.labels.iter().cloned().collect();
     labels.insert("kubernetes.io/hostname".into(), name.clone());
@@ -162,20 +196,68 @@ fn pinned(st: &AppState, mut t: crate::enrollment::JoinToken) -> crate::enrollme
     t
 }
 
+/// What `POST /bramble/v1/tokens` may ask for (an empty body: the defaults).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenRequest {
+    /// 0: never expires; absent: 24 h.
+    ttl_seconds: Option<u64>,
+    /// Absent: any number of joins.
+    uses: Option<u32>,
+    #[serde(default)]
+    description: String,
+}
+
+/// The longest join token lifetime that can be asked for (ten years).
+const MAX_TOKEN_TTL_SECS: u64 = 10 * 366 * 24 * 3600;
+
 /// `GET /bramble/v1/tokens` lists join tokens; `POST` creates one.
 pub async fn tokens(
     State(st): State<Arc<AppState>>,
     method: axum::http::Method,
     headers: HeaderMap,
+    body: Body,
 ) -> Response {
     if let Err(e) = authorize(&st, &headers) {
         return e.into_response();
     }
     if method == axum::http::Method::POST {
-        return match st
-            .enrollment
-            .create_token("created with bramble token create")
-        {
+        let req = match super::body::read(body, st.max_body_bytes).await {
+            Ok(b) if b.iter().all(u8::is_ascii_whitespace) => TokenRequest::default(),
+            Ok(b) => match serde_json::from_slice::<TokenRequest>(&b) {
+                Ok(r) => r,
+                Err(e) => {
+                    return ApiError::bad_request(format!("token request: {e}")).into_response();
+                }
+            },
+            Err(e) => return e.into_response(),
+        };
+        let ttl = match req.ttl_seconds {
+            None => Some(crate::enrollment::DEFAULT_TOKEN_TTL),
+            Some(0) => None,
+            Some(s) if s > MAX_TOKEN_TTL_SECS => {
+                return ApiError::bad_request(format!(
+                    "ttlSeconds: at most {MAX_TOKEN_TTL_SECS} (ten years), or 0 for never"
+                ))
+                .into_response();
+            }
+            Some(s) => Some(Duration::from_secs(s)),
+        };
+        if req.uses == Some(0) {
+            return ApiError::bad_request("uses: must be at least 1 (or absent for any number)")
+                .into_response();
+        }
+        let description = if req.description.is_empty() {
+            "created with bramble token create".to_string()
+        } else {
+            req.description.chars().take(256).collect()
+        };
+        let spec = crate::enrollment::TokenSpec {
+            ttl,
+            uses: req.uses,
+            description,
+        };
+        return match st.enrollment.create_token(spec) {
             Ok(t) => (StatusCode::CREATED, Json(pinned(&st, t))).into_response(),
             Err(e) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -192,6 +274,36 @@ pub async fn tokens(
         .map(|t| pinned(&st, t))
         .collect();
     Json(serde_json::json!({ "items": items })).into_response()
+}
+
+/// `DELETE /bramble/v1/tokens/{token}`: the token as listed, or its secret.
+pub async fn delete_token(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&st, &headers) {
+        return e.into_response();
+    }
+    let secret = match bramble_api::join::JoinToken::parse(&token) {
+        Ok(t) => t.secret,
+        Err(e) => return ApiError::bad_request(e).into_response(),
+    };
+    match st.enrollment.delete_token(&secret) {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "no such join token (deleted, used up, or never made here)",
+        )
+        .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+        .into_response(),
+    }
 }
 
 /// `GET /api/v1/namespaces/{ns}/pods/{name}/log`: `container`, `tailLines`, `previous`,
