@@ -156,14 +156,31 @@ impl PodManager {
 
     /// Applies a desired-state message from the master, persisting it before use.
     pub fn apply_desired(&mut self, d: Desired) -> Result<Applied, LocalStoreError> {
+        // Every pod is decoded and validated again with the API's own rules: the agent runs
+        // nothing the master would not have accepted, whoever sent it.
         let decode = |json: &[u8]| -> Option<Pod> {
-            match serde_json::from_slice::<Pod>(json) {
-                Ok(p) => Some(p),
+            let pod = match serde_json::from_slice::<Pod>(json) {
+                Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "ignoring an undecodable desired pod");
-                    None
+                    return None;
                 }
+            };
+            let obj = bramble_api::Object::Pod(pod);
+            let errors = bramble_api::validate::validate(&obj);
+            let bramble_api::Object::Pod(pod) = obj else {
+                return None;
+            };
+            if let Some(e) = errors.first() {
+                tracing::warn!(
+                    pod = %pod.metadata.name,
+                    error = %e,
+                    errors = errors.len(),
+                    "ignoring an invalid desired pod"
+                );
+                return None;
             }
+            Some(pod)
         };
         match d.change {
             DesiredChange::Snapshot(pods) => {
@@ -647,6 +664,33 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn desired_pods_the_api_would_refuse_are_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pm = manager(dir.path());
+        let mut bad = pod("bad", "fast:1");
+        let mut json: serde_json::Value = serde_json::from_slice(&bad.pod_json).unwrap();
+        json["spec"]["containers"][0]["name"] = serde_json::json!("Not_A_Name");
+        bad.pod_json = serde_json::to_vec(&json).unwrap();
+        pm.apply_desired(Desired {
+            revision: 1,
+            prev_revision: 0,
+            change: DesiredChange::Snapshot(vec![pod("good", "fast:1"), bad.clone()]),
+        })
+        .unwrap();
+        let desired: Vec<&str> = pm.desired.keys().map(String::as_str).collect();
+        assert_eq!(desired, ["uid-good"], "the invalid pod was taken");
+        // The same through an upsert.
+        bad.uid = "uid-bad2".into();
+        pm.apply_desired(Desired {
+            revision: 2,
+            prev_revision: 1,
+            change: DesiredChange::Upsert(bad),
+        })
+        .unwrap();
+        assert!(!pm.desired.contains_key("uid-bad2"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

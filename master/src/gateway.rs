@@ -240,7 +240,8 @@ struct Gateway {
     store: Store,
     metrics: Arc<Metrics>,
     client: AsyncClient,
-    pending: HashMap<u64, oneshot::Sender<LogReply>>,
+    /// Log requests waiting for their reply, by (node asked, request id).
+    pending: HashMap<(String, u64), oneshot::Sender<LogReply>>,
     next_rpc: u64,
     /// Drops are logged at most once per interval per reason.
     drop_log: LogLimiter,
@@ -342,9 +343,9 @@ impl Gateway {
             Action::Ready(u) => self.ready.push(u.node.clone(), u),
             Action::NetworkSnapshot(node) => self.snapshots.push(node, ()),
             Action::Reports { node, reports } => self.apply_reports(&node, &reports).await,
-            Action::LogReply(r) => {
-                if let Some(tx) = self.pending.remove(&r.id) {
-                    let _ = tx.send(r);
+            Action::LogReply { node, reply } => {
+                if let Some(tx) = self.pending.remove(&(node, reply.id)) {
+                    let _ = tx.send(reply);
                 }
             }
         }
@@ -505,7 +506,7 @@ impl Gateway {
                 let id = self.next_rpc;
                 self.next_rpc += 1;
                 request.id = id;
-                self.pending.insert(id, reply);
+                self.pending.insert((node.clone(), id), reply);
                 self.publish(&node, Channel::Request, Message::LogRequest(request));
             }
         }

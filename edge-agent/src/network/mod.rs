@@ -110,6 +110,18 @@ pub struct NetView {
     parts: Option<(u64, Vec<Option<NetworkSnapshot>>)>,
 }
 
+/// The object when the API's validation accepts it.
+fn valid(obj: bramble_api::Object) -> Option<bramble_api::Object> {
+    let errors = bramble_api::validate::validate(&obj);
+    match errors.first() {
+        None => Some(obj),
+        Some(e) => {
+            tracing::warn!(kind = ?obj.kind(), error = %e, "refused by validation");
+            None
+        }
+    }
+}
+
 /// Events kept while waiting for a snapshot.
 const MAX_EARLY: usize = 4096;
 
@@ -215,11 +227,16 @@ impl NetView {
                 self.routes.insert(r.node.clone(), r);
                 true
             }
+            // Services and Endpoints are validated with the API's rules before they can reach
+            // iptables-restore.
             NetObject::Service(j) => {
                 match serde_json::from_slice::<Service>(&j.json) {
-                    Ok(s) => {
-                        self.services.insert((j.namespace, j.name), s);
-                    }
+                    Ok(s) => match valid(bramble_api::Object::Service(s)) {
+                        Some(bramble_api::Object::Service(s)) => {
+                            self.services.insert((j.namespace, j.name), s);
+                        }
+                        _ => tracing::warn!(name = j.name, "ignoring an invalid Service"),
+                    },
                     Err(e) => {
                         tracing::warn!(name = j.name, error = %e, "ignoring an undecodable Service")
                     }
@@ -228,9 +245,12 @@ impl NetView {
             }
             NetObject::Endpoints(j) => {
                 match serde_json::from_slice::<Endpoints>(&j.json) {
-                    Ok(s) => {
-                        self.endpoints.insert((j.namespace, j.name), s);
-                    }
+                    Ok(s) => match valid(bramble_api::Object::Endpoints(s)) {
+                        Some(bramble_api::Object::Endpoints(s)) => {
+                            self.endpoints.insert((j.namespace, j.name), s);
+                        }
+                        _ => tracing::warn!(name = j.name, "ignoring invalid Endpoints"),
+                    },
                     Err(e) => {
                         tracing::warn!(name = j.name, error = %e, "ignoring undecodable Endpoints")
                     }
@@ -257,12 +277,33 @@ impl NetView {
         }
     }
 
-    /// Routes to every other node's pod CIDR: (CIDR, via address).
+    /// Routes to every other node's pod CIDR: (CIDR, via address). Only a CIDR inside the
+    /// cluster CIDR, through an address outside it that is a unicast host address, is
+    /// routed: a view that names anything else (the default route, the board's own LAN, a
+    /// pod as gateway) is refused and logged.
     pub fn peer_routes(&self, node: &str) -> Vec<(Cidr, Ipv4Addr)> {
+        let Ok(cluster) = Cidr::parse(&self.cluster_cidr) else {
+            return Vec::new();
+        };
         self.routes
             .values()
             .filter(|r| r.node != node)
-            .filter_map(|r| Some((Cidr::parse(&r.pod_cidr).ok()?, r.address.parse().ok()?)))
+            .filter_map(|r| {
+                let cidr = Cidr::parse(&r.pod_cidr).ok()?;
+                let via: Ipv4Addr = r.address.parse().ok()?;
+                let ok = cidr.prefix >= cluster.prefix
+                    && cluster.contains(cidr.base)
+                    && !cluster.contains(via)
+                    && !(via.is_loopback()
+                        || via.is_unspecified()
+                        || via.is_multicast()
+                        || via.is_broadcast());
+                if !ok {
+                    tracing::warn!(node = r.node, cidr = %cidr, via = %via, cluster = %cluster, "ignoring a route outside the cluster CIDR or through a bad address");
+                    return None;
+                }
+                Some((cidr, via))
+            })
             .collect()
     }
 }
@@ -469,7 +510,7 @@ mod tests {
             v.apply(ev(12, 11, NetworkChange::Upsert(NetObject::Service(ObjectJson {
                 namespace: "default".into(),
                 name: "web".into(),
-                json: br#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"web"},"spec":{"clusterIP":"10.43.0.10"}}"#.to_vec(),
+                json: br#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"web","namespace":"default"},"spec":{"clusterIP":"10.43.0.10","ports":[{"port":80}]}}"#.to_vec(),
             })))),
             NetApplied::Changed { routes: false, services: true }
         );
@@ -480,6 +521,56 @@ mod tests {
             Cidr::parse("10.42.2.0/24").unwrap(),
             Ipv4Addr::new(192, 0, 2, 2)
         )));
+    }
+
+    #[test]
+    fn forged_routes_and_invalid_services_are_not_programmed() {
+        let forged = |node: &str, address: &str, pod_cidr: &str| {
+            NetObject::Route(NodeRoute {
+                node: node.into(),
+                address: address.into(),
+                pod_cidr: pod_cidr.into(),
+            })
+        };
+        let service = |name: &str, port: i64| {
+            NetObject::Service(ObjectJson {
+                namespace: "default".into(),
+                name: name.into(),
+                json: serde_json::to_vec(&serde_json::json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": name, "namespace": "default"},
+                    "spec": {"clusterIP": "10.43.0.10", "ports": [{"port": port}]}
+                }))
+                .unwrap(),
+            })
+        };
+        let mut v = NetView::default();
+        let snap = NetworkSnapshot {
+            cluster_cidr: "10.42.0.0/16".into(),
+            service_cidr: "10.43.0.0/16".into(),
+            objects: vec![
+                route("good", 1),
+                forged("everything", "192.0.2.9", "0.0.0.0/0"),
+                forged("lan", "192.0.2.9", "192.168.1.0/24"),
+                forged("wider", "192.0.2.9", "10.0.0.0/8"),
+                forged("via-pod", "10.42.7.5", "10.42.5.0/24"),
+                forged("via-lo", "127.0.0.1", "10.42.6.0/24"),
+                service("ok", 80),
+                service("bad", 99_999),
+            ],
+            part: 0,
+            parts: 1,
+        };
+        v.apply(ev(1, 0, NetworkChange::Snapshot(snap)));
+        assert_eq!(
+            v.peer_routes("me"),
+            vec![(
+                Cidr::parse("10.42.1.0/24").unwrap(),
+                Ipv4Addr::new(192, 0, 2, 1)
+            )]
+        );
+        let names: Vec<&str> = v.services.keys().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["ok"]);
     }
 
     #[test]

@@ -34,8 +34,9 @@ pub enum Action {
         node: String,
         reports: Vec<PodReport>,
     },
-    /// Hand a log reply to the request waiting for it.
-    LogReply(LogReply),
+    /// Hand a log reply to the request waiting for it: the one sent to that node with that
+    /// id (another node cannot answer for it).
+    LogReply { node: String, reply: LogReply },
 }
 
 /// A node's Ready condition to persist.
@@ -171,7 +172,10 @@ impl Protocol {
                     "the agent disconnected without saying goodbye (MQTT last will)",
                 ));
             }
-            (Channel::Reply, Message::LogReply(r)) => out.push(Action::LogReply(r)),
+            (Channel::Reply, Message::LogReply(r)) => out.push(Action::LogReply {
+                node: node.to_string(),
+                reply: r,
+            }),
             (c, m) => {
                 return Err(Refused {
                     reason: "wire_wrong_channel",
@@ -598,7 +602,13 @@ mod tests {
         let out = p
             .on_message("n1", Channel::Reply, Message::LogReply(reply.clone()), t0)
             .unwrap();
-        assert_eq!(out, vec![Action::LogReply(reply)]);
+        assert_eq!(
+            out,
+            vec![Action::LogReply {
+                node: "n1".into(),
+                reply
+            }]
+        );
     }
 
     #[test]
