@@ -8,11 +8,18 @@
 //! it with the same code as the master.
 //!
 //! Decoding checks the size before parsing and refuses other protocol versions.
+//!
+//! Every payload is authenticated end to end, so that the broker (embedded or not) is not
+//! trusted: it travels in a [`Frame`], the envelope's bytes with a tag over the topic and
+//! those bytes ([`authenticated_bytes`]). The master signs what it publishes with its wire
+//! key (Ed25519; agents get the public half at join, over TLS); an agent tags what it
+//! publishes with an HMAC keyed by its node token, which only it and the master know. The
+//! cryptography is in `bramble_support::wire_auth`; this module only frames.
 
 use serde::{Deserialize, Serialize};
 
-/// The protocol version carried by every envelope.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version carried by every frame and envelope (2: authenticated frames).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The largest payload accepted on any topic (a desired snapshot of many pods is the largest).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// The most log bytes one [`LogReply`] carries: the message limit less room for the
@@ -401,6 +408,61 @@ pub enum WireError {
     Malformed(String),
     #[error("protocol version {0} is not supported (this build speaks {PROTOCOL_VERSION})")]
     Version(u16),
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+}
+
+/// What travels on every topic: an encoded [`Envelope`] and its tag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    pub version: u16,
+    /// The envelope, postcard-encoded.
+    pub body: Vec<u8>,
+    /// The signature or MAC over [`authenticated_bytes`]`(topic, body)`.
+    pub tag: Vec<u8>,
+}
+
+/// What a frame's tag covers: a context string, the topic and the body, so that a tag is
+/// good for one topic only.
+pub fn authenticated_bytes(topic: &str, body: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(32 + topic.len() + body.len());
+    b.extend_from_slice(b"bramble wire v2\0");
+    b.extend_from_slice(&(topic.len() as u32).to_be_bytes());
+    b.extend_from_slice(topic.as_bytes());
+    b.extend_from_slice(body);
+    b
+}
+
+/// Frames an encoded envelope with its tag.
+pub fn frame(body: Vec<u8>, tag: Vec<u8>) -> Vec<u8> {
+    let f = Frame {
+        version: PROTOCOL_VERSION,
+        body,
+        tag,
+    };
+    postcard::to_stdvec(&f).unwrap_or_default()
+}
+
+/// Splits a payload into its frame: size first, then the version, then the rest. The tag
+/// is not checked here.
+pub fn unframe(payload: &[u8]) -> Result<Frame, WireError> {
+    if payload.len() > MAX_MESSAGE_BYTES {
+        return Err(WireError::TooLarge(payload.len()));
+    }
+    let (version, _) = postcard::take_from_bytes::<u16>(payload)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::Version(version));
+    }
+    let (f, rest) = postcard::take_from_bytes::<Frame>(payload)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    Ok(f)
 }
 
 /// Encodes a message from or for `node`.

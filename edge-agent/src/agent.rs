@@ -30,6 +30,7 @@ use crate::pods::plan::Backoff;
 use crate::pods::{Applied, PodManager, PodManagerConfig};
 use crate::runtime::container::LibcontainerRuntime;
 use crate::runtime::{Runtime, RuntimeError};
+use bramble_support::wire_auth::seal_from_node;
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +272,14 @@ pub async fn run_with_runtime(
         u64::from_le_bytes(b)
     };
 
+    // Only what the master signed is acted on, whatever the broker delivers.
+    let master_key = bramble_support::wire_auth::unhex(&creds.wire_key)
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| {
+            JoinError::Refused(
+                "the node's credentials carry no master wire key (joined before it existed): delete the node on the master and join again".into(),
+            )
+        })?;
     let mut opts = mqtt::options(&node, &host, creds.mqtt_port);
     if creds.mqtt_tls {
         let tls = bramble_support::tls::client_config(&creds.ca_pem).map_err(|e| {
@@ -283,7 +292,12 @@ pub async fn run_with_runtime(
     opts.set_credentials(&node, &creds.node_token);
     opts.set_last_will(LastWill::new(
         Channel::Will.topic(&node),
-        wire::encode(&node, Message::Gone),
+        seal_from_node(
+            &creds.node_token,
+            &Channel::Will.topic(&node),
+            &node,
+            Message::Gone,
+        ),
         QoS::AtLeastOnce,
         false,
     ));
@@ -312,6 +326,7 @@ pub async fn run_with_runtime(
     let hb = tokio::spawn(heartbeats(
         client.clone(),
         node.clone(),
+        creds.node_token.clone(),
         config.heartbeat_interval,
         usage_rx,
         shutdown.clone(),
@@ -338,8 +353,9 @@ pub async fn run_with_runtime(
         pods: pods.all_reports(),
     };
     let publish = |channel: Channel, msg: Message| {
-        let payload = wire::encode(&node, msg);
-        if let Err(e) = client.try_publish(channel.topic(&node), QoS::AtLeastOnce, false, payload) {
+        let topic = channel.topic(&node);
+        let payload = seal_from_node(&creds.node_token, &topic, &node, msg);
+        if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
             tracing::debug!(error = %e, "publish queued while disconnected failed; the next hello resends state");
         }
     };
@@ -379,7 +395,7 @@ pub async fn run_with_runtime(
                         act(action, &mut pods).await;
                     }
                 }
-                Incoming::Publish(topic, payload) => match inbound::route(&node, &topic, &payload, network.is_some()) {
+                Incoming::Publish(topic, payload) => match inbound::route(&node, &master_key, &topic, &payload, network.is_some()) {
                     Err(d) => drops.count(d.reason, &d.detail),
                     Ok(Inbound::Network { update, shared: true }) => {
                         let gap = on_network(update, &view, &node, network.as_deref(), &proxy_tx);
@@ -502,6 +518,7 @@ async fn keep_reconciling(pods: &mut PodManager, shutdown: &CancellationToken) {
 async fn heartbeats(
     client: AsyncClient,
     node: String,
+    token: String,
     every: Duration,
     mut usage: watch::Receiver<Usage>,
     shutdown: CancellationToken,
@@ -521,13 +538,14 @@ async fn heartbeats(
         } else {
             None
         };
-        let payload = wire::encode(&node, Message::Heartbeat(Heartbeat { seq, usage: u }));
-        let _ = client.try_publish(
-            Channel::Heartbeat.topic(&node),
-            QoS::AtMostOnce,
-            false,
-            payload,
+        let topic = Channel::Heartbeat.topic(&node);
+        let payload = seal_from_node(
+            &token,
+            &topic,
+            &node,
+            Message::Heartbeat(Heartbeat { seq, usage: u }),
         );
+        let _ = client.try_publish(topic, QoS::AtMostOnce, false, payload);
     }
 }
 

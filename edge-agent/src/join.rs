@@ -31,6 +31,9 @@ pub struct Credentials {
     /// Whether the broker speaks TLS.
     #[serde(default)]
     pub mqtt_tls: bool,
+    /// The master's wire key (Ed25519 public key, hex): only what it signs is acted on.
+    #[serde(default)]
+    pub wire_key: String,
 }
 
 impl Credentials {
@@ -218,6 +221,7 @@ pub fn join(
         mqtt_port: u16,
         #[serde(default)]
         mqtt_tls: bool,
+        wire_key: String,
     }
     let r: Reply = serde_json::from_slice(&bytes)
         .map_err(|e| JoinError::Refused(format!("unreadable answer: {e}")))?;
@@ -229,6 +233,7 @@ pub fn join(
         mqtt_port: r.mqtt_port,
         ca_pem,
         mqtt_tls: r.mqtt_tls,
+        wire_key: r.wire_key,
     })
 }
 
@@ -259,6 +264,7 @@ mod tests {
             mqtt_port: 1883,
             ca_pem: String::new(),
             mqtt_tls: false,
+            wire_key: String::new(),
         };
         save(dir.path(), &c).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(c.clone()));

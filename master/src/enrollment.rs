@@ -71,6 +71,15 @@ pub struct Enrollment {
     state: RwLock<Files>,
 }
 
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the tokens.
+        f.debug_struct("Enrollment")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Enrollment {
     /// Loads both files, creating a first join token if there is none.
     pub fn load(dir: &Path) -> Result<Enrollment, CredentialError> {
@@ -251,6 +260,11 @@ impl Enrollment {
             source,
         })?;
         Ok(true)
+    }
+
+    /// `node`'s credential, if it holds one.
+    pub fn token(&self, node: &str) -> Option<String> {
+        self.read().nodes.get(node).cloned()
     }
 
     /// The nodes that hold credentials.

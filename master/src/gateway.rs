@@ -18,6 +18,7 @@ use bramble_api::pod::Pod;
 use bramble_api::wire::{self, Channel, LogReply, LogRequest, Message, PodReport};
 use bramble_api::{Kind, Object, Selector};
 use bramble_support::mqtt;
+use bramble_support::wire_auth::{MasterKey, open_from_node};
 use bramble_support::{Coalescing, LogLimiter};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, oneshot};
@@ -40,6 +41,10 @@ pub struct GatewayConfig {
     pub node_lost_after: Duration,
     /// The CIDRs the network stream tells every node.
     pub cidrs: crate::netstream::Cidrs,
+    /// Signs everything the master publishes.
+    pub wire_key: Arc<MasterKey>,
+    /// The nodes' tokens, which key what they publish.
+    pub enrollment: Arc<crate::enrollment::Enrollment>,
 }
 
 /// Requests to the gateway from the API server.
@@ -129,6 +134,7 @@ pub fn start(
         store.clone(),
         client.clone(),
         config.cidrs.clone(),
+        config.wire_key.clone(),
         snapshots.clone(),
         helpers.clone(),
     ));
@@ -148,6 +154,8 @@ pub fn start(
         pending: HashMap::new(),
         next_rpc: 1,
         drop_log: LogLimiter::new(Duration::from_secs(10)),
+        wire_key: config.wire_key.clone(),
+        enrollment: config.enrollment.clone(),
         events: crate::events::EventRecorder::new(store_for_events, "node-agent"),
     };
     let task = tokio::spawn(async move {
@@ -242,6 +250,8 @@ struct Gateway {
     client: AsyncClient,
     /// Log requests waiting for their reply, by (node asked, request id).
     pending: HashMap<(String, u64), oneshot::Sender<LogReply>>,
+    wire_key: Arc<MasterKey>,
+    enrollment: Arc<crate::enrollment::Enrollment>,
     next_rpc: u64,
     /// Drops are logged at most once per interval per reason.
     drop_log: LogLimiter,
@@ -352,10 +362,11 @@ impl Gateway {
     }
 
     fn publish(&mut self, node: &str, channel: Channel, msg: Message) {
-        let payload = wire::encode(node, msg);
-        if let Err(e) =
-            self.client
-                .try_publish(channel.topic(node), QoS::AtLeastOnce, false, payload)
+        let topic = channel.topic(node);
+        let payload = self.wire_key.seal(&topic, node, msg);
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
         {
             // The agent notices the gap by revision and asks again with a hello.
             self.metrics.count("wire_send_failed");
@@ -383,13 +394,22 @@ impl Gateway {
             return self.drop_msg("wire_bad_topic", topic);
         };
         let node = node.to_string();
-        let env = match wire::decode(payload) {
+        // Only the node itself knows its token: a message tagged with it is from that node,
+        // whatever the broker let through.
+        let Some(token) = self.enrollment.token(&node) else {
+            return self.drop_msg(
+                "wire_unknown_node",
+                &format!("{topic}: no credential for {node:?}; the agent must join first"),
+            );
+        };
+        let env = match open_from_node(&token, topic, payload) {
             Ok(env) => env,
             Err(e) => {
                 let reason = match e {
                     wire::WireError::TooLarge(_) => "wire_too_large",
                     wire::WireError::Version(_) => "wire_bad_version",
                     wire::WireError::Malformed(_) => "wire_malformed",
+                    wire::WireError::Unauthenticated(_) => "wire_unauthenticated",
                 };
                 return self.drop_msg(reason, &format!("{topic}: {e}"));
             }

@@ -78,6 +78,7 @@ pub struct Master {
     mqtt_port: u16,
     mqtt_tls: bool,
     pki: Option<pki::Pki>,
+    wire_key: Arc<bramble_support::wire_auth::MasterKey>,
     images: Arc<server::images::ImageService>,
 }
 
@@ -169,6 +170,14 @@ impl Master {
                 )
             }
         };
+        let wire_key = Arc::new(
+            bramble_support::wire_auth::MasterKey::load_or_create(&dir.join("wire.key")).map_err(
+                |source| StartError::DataDir {
+                    path: dir.join("wire.key").display().to_string(),
+                    source,
+                },
+            )?,
+        );
         let metrics = Arc::new(metrics::Metrics::default());
         let internal = CancellationToken::new();
         let (gateway, gateway_task) = gateway::start(
@@ -183,6 +192,8 @@ impl Master {
                     cluster: config.pod_cidrs.cluster(),
                     service: config.services.cidr_string(),
                 },
+                wire_key: wire_key.clone(),
+                enrollment: enrollment.clone(),
             },
             internal.clone(),
         );
@@ -253,6 +264,7 @@ impl Master {
             mqtt_port,
             mqtt_tls,
             pki,
+            wire_key,
             images,
         })
     }
@@ -297,6 +309,7 @@ impl Master {
             mqtt_host: self.mqtt_host.clone(),
             mqtt_port: self.mqtt_port,
             mqtt_tls: self.mqtt_tls,
+            wire_key: bramble_support::wire_auth::hex(self.wire_key.public()),
             ca: self.pki.as_ref().map(|p| {
                 (
                     p.ca_pem.clone(),

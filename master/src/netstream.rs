@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use bramble_api::node::Node;
 use bramble_api::wire::{
-    self, Channel, Message, NetKey, NetObject, NetworkChange, NetworkSnapshot, NetworkUpdate,
-    NodeRoute, ObjectJson, SERVICES_TOPIC, SNAPSHOT_PART_BYTES,
+    Channel, Message, NetKey, NetObject, NetworkChange, NetworkSnapshot, NetworkUpdate, NodeRoute,
+    ObjectJson, SERVICES_TOPIC, SNAPSHOT_PART_BYTES,
 };
 use bramble_api::{Kind, Object, Selector};
 use bramble_support::Coalescing;
@@ -163,6 +163,7 @@ pub async fn run(
     store: Store,
     client: AsyncClient,
     cidrs: Cidrs,
+    wire_key: Arc<bramble_support::wire_auth::MasterKey>,
     snapshots: Arc<Coalescing<String, ()>>,
     shutdown: CancellationToken,
 ) {
@@ -199,8 +200,9 @@ pub async fn run(
                 asking = snapshots.take(64) => {
                     for (node, ()) in asking {
                         for part in state.snapshot(&cidrs) {
-                            let msg = wire::encode(&node, Message::Network(part));
-                            if let Err(e) = client.publish(Channel::Network.topic(&node), QoS::AtLeastOnce, false, msg).await {
+                            let topic = Channel::Network.topic(&node);
+                            let msg = wire_key.seal(&topic, &node, Message::Network(part));
+                            if let Err(e) = client.publish(topic, QoS::AtLeastOnce, false, msg).await {
                                 tracing::warn!(node, error = %e, "cannot send a network snapshot");
                             }
                         }
@@ -216,7 +218,7 @@ pub async fn run(
                 break;
             };
             if let Some(update) = state.apply(&c) {
-                let msg = wire::encode("", Message::Network(update));
+                let msg = wire_key.seal(SERVICES_TOPIC, "", Message::Network(update));
                 if let Err(e) = client
                     .publish(SERVICES_TOPIC, QoS::AtLeastOnce, false, msg)
                     .await
@@ -275,10 +277,18 @@ mod tests {
         let parts = s.snapshot(&Cidrs::default());
         assert!(parts.len() >= 3, "{} parts", parts.len());
         let mut total = 0;
+        let dir = tempfile::tempdir().unwrap();
+        let key =
+            bramble_support::wire_auth::MasterKey::load_or_create(&dir.path().join("k")).unwrap();
         for (i, p) in parts.iter().enumerate() {
-            let bytes = wire::encode("n", Message::Network(p.clone()));
+            // Sealed, as sent: the frame and its signature fit too.
+            let bytes = key.seal(
+                &Channel::Network.topic("n"),
+                "n",
+                Message::Network(p.clone()),
+            );
             assert!(
-                bytes.len() <= wire::MAX_MESSAGE_BYTES,
+                bytes.len() <= bramble_api::wire::MAX_MESSAGE_BYTES,
                 "part {i}: {} bytes",
                 bytes.len()
             );

@@ -44,6 +44,8 @@ pub struct AppState {
     pub mqtt_port: u16,
     /// Whether agents reach the broker over TLS.
     pub mqtt_tls: bool,
+    /// The public half of the master's wire key (hex), given to joining agents.
+    pub wire_key: String,
     /// The cluster CA (PEM) and its SHA-256; None when serving in plaintext.
     pub ca: Option<(String, String)>,
     pub images: Arc<images::ImageService>,

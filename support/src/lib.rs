@@ -13,6 +13,8 @@ mod random;
 mod signals;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "wire-auth")]
+pub mod wire_auth;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use coalescing::Coalescing;

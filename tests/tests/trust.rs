@@ -512,3 +512,168 @@ fn join_tokens_expire_run_out_are_deleted_and_cannot_take_over_a_node() {
         join::join(&m.url, &any, "pi1", &facts).is_ok()
     }));
 }
+
+/// With an external broker that confines nobody (anonymous mosquitto, no ACL), a board that
+/// publishes on another board's topics still changes nothing: every message is authenticated
+/// end to end, the master's by its wire key and a node's by its own token.
+#[test]
+fn forgeries_through_an_open_external_broker_change_nothing() {
+    use bramble_api::wire::{
+        self, Channel, Desired, DesiredChange, DesiredPod, Heartbeat, Message, PodReport,
+        StatusReport,
+    };
+    bramble_tests::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = bramble_tests::AgentDirCleanup(agent_dir.clone());
+    let (_mosquitto, port) = bramble_tests::start_mosquitto(dir.path()).unwrap();
+    let m = MasterProcess::start_with(
+        &dir.path().join("master"),
+        &["--external-broker", &format!("127.0.0.1:{port}")],
+    )
+    .unwrap();
+    let facts = NodeFacts::default();
+    let a = join::join(&m.url, &m.join_token(), "board-a", &facts).unwrap();
+    join::join(&m.url, &m.join_token(), "board-idle", &facts).unwrap();
+    let b = bramble_tests::AgentProcess::start(&m, &agent_dir, "board-b", &[]).unwrap();
+    assert!(bramble_tests::eventually(Duration::from_secs(20), || m
+        .node_ready("board-b")
+        .is_some_and(|r| r.0 == "True")));
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "real", "namespace": "default"},
+        "spec": {"nodeName": "board-b", "containers": [{"name": "c", "image": "busybox",
+            "command": ["sleep", "3600"]}]}
+    });
+    assert_eq!(
+        m.http()
+            .post_json("/api/v1/namespaces/default/pods", &pod)
+            .unwrap()
+            .code,
+        201
+    );
+    assert!(bramble_tests::eventually(Duration::from_secs(30), || m
+        .pod("real")
+        .is_some_and(|p| p["status"]["phase"] == "Running")));
+
+    // Board A, holding its own real token, on a broker that lets it publish anywhere.
+    let seal_a = |topic: &str, node: &str, msg: Message| {
+        bramble_support::wire_auth::seal_from_node(&a.node_token, topic, node, msg)
+    };
+    let hb = |_node: &str| {
+        Message::Heartbeat(Heartbeat {
+            seq: 1,
+            usage: None,
+        })
+    };
+    let forged_pod = serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "evil", "namespace": "default", "uid": "evil-uid"},
+        "spec": {"nodeName": "board-b", "hostNetwork": true, "containers": [{"name": "c",
+            "image": "busybox", "command": ["sleep", "3600"]}]}
+    }))
+    .unwrap();
+    let forged_desired = Message::Desired(Desired {
+        revision: u64::MAX - 1,
+        prev_revision: 0,
+        change: DesiredChange::Snapshot(vec![DesiredPod {
+            uid: "evil-uid".into(),
+            revision: 1,
+            pod_json: forged_pod,
+        }]),
+    });
+    let forged_status = Message::Status(StatusReport {
+        pods: vec![PodReport {
+            namespace: "default".into(),
+            name: "real".into(),
+            phase: "Failed".into(),
+            pod_ip: "6.6.6.6".into(),
+            ..Default::default()
+        }],
+    });
+    let mut raw = MqttOptions::new("board-a", "127.0.0.1", port);
+    raw.set_max_packet_size(16 << 20, 16 << 20);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, mut ev) = AsyncClient::new(raw, 64);
+        let pump = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+        let sends: Vec<(String, Vec<u8>)> = vec![
+            // B's desired state: tagged by A, and bare.
+            (
+                Channel::Desired.topic("board-b"),
+                seal_a(
+                    &Channel::Desired.topic("board-b"),
+                    "board-b",
+                    forged_desired.clone(),
+                ),
+            ),
+            (
+                Channel::Desired.topic("board-b"),
+                wire::encode("board-b", forged_desired.clone()),
+            ),
+            // Passing for B and for the idle board: status, heartbeats, a will.
+            (
+                Channel::Status.topic("board-b"),
+                seal_a(
+                    &Channel::Status.topic("board-b"),
+                    "board-b",
+                    forged_status.clone(),
+                ),
+            ),
+            (
+                Channel::Heartbeat.topic("board-idle"),
+                seal_a(
+                    &Channel::Heartbeat.topic("board-idle"),
+                    "board-idle",
+                    hb("board-idle"),
+                ),
+            ),
+            (
+                Channel::Will.topic("board-b"),
+                seal_a(&Channel::Will.topic("board-b"), "board-b", Message::Gone),
+            ),
+            (
+                Channel::Will.topic("board-b"),
+                wire::encode("board-b", Message::Gone),
+            ),
+        ];
+        for (topic, payload) in sends {
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        pump.abort();
+    });
+    // Nothing changed: B is Ready with its real pod running, the idle board is not Ready,
+    // the forged pod never reached B's disk, and both ends counted the forgeries.
+    assert!(bramble_tests::consistently(Duration::from_secs(2), || {
+        m.node_ready("board-b").is_some_and(|r| r.0 == "True")
+            && m.node_ready("board-idle").is_none_or(|r| r.0 != "True")
+            && m.pod("real").is_some_and(|p| {
+                p["status"]["phase"] == "Running" && p["status"]["podIP"] != "6.6.6.6"
+            })
+    }));
+    assert!(
+        !agent_dir.join("pods/evil-uid").exists(),
+        "the forged pod reached B"
+    );
+    let prom = std::fs::read_to_string(agent_dir.join("agent-metrics.prom")).unwrap_or_default();
+    assert!(
+        prom.lines()
+            .any(|l| l.contains("reason=\"unauthenticated\"") && !l.ends_with(" 0")),
+        "{prom}"
+    );
+    let metrics = String::from_utf8(m.http().get("/metrics").unwrap().body).unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("bramble_gateway_wire_unauthenticated_total") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    drop(b);
+}

@@ -29,11 +29,26 @@ fn ready(m: &MasterProcess, pod: &str) -> bool {
         .is_some_and(|p| p["status"]["containerStatuses"][0]["ready"] == true)
 }
 
-/// Every kind of bad payload, for a node.
-fn hostile_payloads(node: &str) -> Vec<(&'static str, Vec<u8>)> {
-    let good = wire::encode(node, Message::Status(StatusReport { pods: vec![] }));
+/// Seals a message for a topic the way its rightful sender does.
+type Sealer<'a> = &'a dyn Fn(&str, &str, Message) -> Vec<u8>;
+
+/// Every kind of bad payload on `topic` of `node`: properly sealed by `seal` where the test
+/// needs to reach the checks behind the authentication, forged by `forge` where it does not.
+fn hostile_payloads(
+    node: &str,
+    topic: &str,
+    seal: Sealer,
+    forge: Sealer,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let good = seal(topic, node, Message::Status(StatusReport { pods: vec![] }));
     let mut wrong_version = good.clone();
-    wrong_version[0] = 2;
+    wrong_version[0] = 3;
+    let hb = || {
+        Message::Heartbeat(Heartbeat {
+            seq: 1,
+            usage: None,
+        })
+    };
     vec![
         (
             "garbage",
@@ -45,17 +60,10 @@ fn hostile_payloads(node: &str) -> Vec<(&'static str, Vec<u8>)> {
         ("truncated", good[..good.len() / 2].to_vec()),
         ("wrong version", wrong_version),
         ("oversized", vec![1u8; wire::MAX_MESSAGE_BYTES + 10]),
-        (
-            "other node",
-            wire::encode(
-                "someone-else",
-                Message::Heartbeat(Heartbeat {
-                    seq: 1,
-                    usage: None,
-                }),
-            ),
-        ),
-        ("wrong channel", wire::encode(node, Message::Gone)),
+        ("other node", seal(topic, "someone-else", hb())),
+        ("wrong channel", seal(topic, node, Message::Gone)),
+        ("forged", forge(topic, node, hb())),
+        ("unsigned", wire::encode(node, hb())),
     ]
 }
 
@@ -98,6 +106,25 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
             }
         });
         let mut sent = 0;
+        let token = std::fs::read_to_string(m.data_dir.join("node-credentials/board-g"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let master_key =
+            bramble_support::wire_auth::MasterKey::load_or_create(&m.data_dir.join("wire.key"))
+                .unwrap();
+        let other_key = bramble_support::wire_auth::MasterKey::load_or_create(
+            &dir.path().join("other-wire.key"),
+        )
+        .unwrap();
+        let as_node = |t: &str, n: &str, msg: Message| {
+            bramble_support::wire_auth::seal_from_node(&token, t, n, msg)
+        };
+        let as_other_node = |t: &str, n: &str, msg: Message| {
+            bramble_support::wire_auth::seal_from_node("not-the-token", t, n, msg)
+        };
+        let as_master = |t: &str, n: &str, msg: Message| master_key.seal(t, n, msg);
+        let as_other_master = |t: &str, n: &str, msg: Message| other_key.seal(t, n, msg);
         for channel in [
             Channel::Hello,
             Channel::Heartbeat,
@@ -107,10 +134,18 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
             Channel::Desired,
             Channel::Request,
         ] {
-            for (label, payload) in hostile_payloads("board-g") {
+            let topic = channel.topic("board-g");
+            let to_agent = matches!(channel, Channel::Desired | Channel::Request);
+            let (seal, forge): (Sealer, Sealer) = if to_agent {
+                (&as_master, &as_other_master)
+            } else {
+                (&as_node, &as_other_node)
+            };
+            for (label, payload) in hostile_payloads("board-g", &topic, seal, forge) {
                 let payload = if label == "wrong channel" && channel == Channel::Will {
                     // Gone is right for the will topic: send a heartbeat there instead.
-                    wire::encode(
+                    seal(
+                        &topic,
                         "board-g",
                         Message::Heartbeat(Heartbeat {
                             seq: 9,
@@ -121,7 +156,7 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
                     payload
                 };
                 client
-                    .publish(channel.topic("board-g"), QoS::AtLeastOnce, false, payload)
+                    .publish(topic.clone(), QoS::AtLeastOnce, false, payload)
                     .await
                     .unwrap();
                 sent += 1;
@@ -141,9 +176,9 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
         pump.abort();
         sent
     });
-    assert_eq!(sent, 49);
+    assert_eq!(sent, 63);
 
-    // The master counted what it consumes (5 channels x 7 payloads).
+    // The master counted what it consumes (5 channels x 9 payloads).
     let metrics = || String::from_utf8(m.http().get("/metrics").unwrap().body).unwrap();
     assert!(
         eventually(Duration::from_secs(10), || {
@@ -154,6 +189,7 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
                 "wire_too_large",
                 "wire_node_mismatch",
                 "wire_wrong_channel",
+                "wire_unauthenticated",
             ]
             .iter()
             .all(|r| metric(&t, &format!("bramble_gateway_{r}_total")) >= 5)
@@ -161,7 +197,7 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
         "master metrics:\n{}",
         metrics()
     );
-    // The agent counted what it consumes (desired and request: 2 channels x 7 payloads).
+    // The agent counted what it consumes (desired and request: 2 channels x 9 payloads).
     let prom = agent_dir.join("agent-metrics.prom");
     assert!(
         eventually(Duration::from_secs(10), || {
@@ -172,6 +208,7 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
                 "too_large",
                 "node_mismatch",
                 "wrong_channel",
+                "unauthenticated",
             ]
             .iter()
             .all(|r| {
@@ -249,6 +286,9 @@ fn desired_messages_carry_an_unbroken_revision_chain() {
         .enable_all()
         .build()
         .unwrap();
+    let master_key =
+        bramble_support::wire_auth::MasterKey::load_or_create(&m.data_dir.join("wire.key"))
+            .unwrap();
     let chain = rt.block_on(async {
         let mut opts = m.mqtt_options("bramble-master-chain-test");
         opts.set_credentials("bramble-master", &m.token);
@@ -274,7 +314,11 @@ fn desired_messages_carry_an_unbroken_revision_chain() {
                 applied = true;
             }
             if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) = e
-                && let Ok(env) = wire::decode(&p.payload)
+                && let Ok(env) = bramble_support::wire_auth::open_from_master(
+                    master_key.public(),
+                    &p.topic,
+                    &p.payload,
+                )
                 && let Message::Desired(d) = env.message
             {
                 seen.push((d.prev_revision, d.revision));

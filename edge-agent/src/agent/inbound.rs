@@ -3,6 +3,7 @@
 //! Every check a hostile or confused publisher could trip is here, with a test each.
 
 use bramble_api::wire::{self, Channel, Desired, LogRequest, Message, NetworkUpdate};
+use bramble_support::wire_auth::open_from_master;
 
 /// A message for this node, decoded and checked.
 #[derive(Debug, PartialEq)]
@@ -27,11 +28,28 @@ fn dropped(reason: &'static str, detail: String) -> Dropped {
     Dropped { reason, detail }
 }
 
-/// Routes a publish received by `node`; `network` says whether the node follows the network
-/// stream (it subscribed to it).
-pub fn route(node: &str, topic: &str, payload: &[u8], network: bool) -> Result<Inbound, Dropped> {
+fn reason(e: &wire::WireError) -> &'static str {
+    match e {
+        wire::WireError::TooLarge(_) => "too_large",
+        wire::WireError::Version(_) => "bad_version",
+        wire::WireError::Malformed(_) => "malformed",
+        wire::WireError::Unauthenticated(_) => "unauthenticated",
+    }
+}
+
+/// Routes a publish received by `node`; `master_key` is the master's wire key (only what it
+/// signed is taken); `network` says whether the node follows the network stream (it
+/// subscribed to it).
+pub fn route(
+    node: &str,
+    master_key: &[u8],
+    topic: &str,
+    payload: &[u8],
+    network: bool,
+) -> Result<Inbound, Dropped> {
+    let open = |payload| open_from_master(master_key, topic, payload);
     if topic == wire::SERVICES_TOPIC {
-        return match wire::decode(payload) {
+        return match open(payload) {
             Ok(wire::Envelope {
                 message: Message::Network(update),
                 ..
@@ -40,7 +58,7 @@ pub fn route(node: &str, topic: &str, payload: &[u8], network: bool) -> Result<I
                 shared: true,
             }),
             Ok(_) => Err(dropped("wrong_channel", topic.to_string())),
-            Err(e) => Err(dropped("malformed", format!("{topic}: {e}"))),
+            Err(e) => Err(dropped(reason(&e), format!("{topic}: {e}"))),
         };
     }
     let Some((to, channel)) = Channel::parse(topic) else {
@@ -49,14 +67,7 @@ pub fn route(node: &str, topic: &str, payload: &[u8], network: bool) -> Result<I
     if to != node {
         return Err(dropped("other_node", topic.to_string()));
     }
-    let env = wire::decode(payload).map_err(|e| {
-        let reason = match e {
-            wire::WireError::TooLarge(_) => "too_large",
-            wire::WireError::Version(_) => "bad_version",
-            wire::WireError::Malformed(_) => "malformed",
-        };
-        dropped(reason, format!("{topic}: {e}"))
-    })?;
+    let env = open(payload).map_err(|e| dropped(reason(&e), format!("{topic}: {e}")))?;
     if env.node != node {
         return Err(dropped("node_mismatch", topic.to_string()));
     }
@@ -74,6 +85,7 @@ pub fn route(node: &str, topic: &str, payload: &[u8], network: bool) -> Result<I
 #[cfg(test)]
 mod tests {
     use bramble_api::wire::{DesiredChange, Heartbeat, NetworkChange, NetworkSnapshot};
+    use bramble_support::wire_auth::MasterKey;
 
     use super::*;
 
@@ -106,72 +118,115 @@ mod tests {
         })
     }
 
+    /// The master's key for the tests, and another one.
+    fn keys() -> (MasterKey, MasterKey) {
+        let dir = tempfile::tempdir().unwrap();
+        (
+            MasterKey::load_or_create(&dir.path().join("a")).unwrap(),
+            MasterKey::load_or_create(&dir.path().join("b")).unwrap(),
+        )
+    }
+
     #[test]
     fn every_publish_is_routed_or_dropped_for_a_reason() {
         let me = "pi-1";
+        let (key, other) = keys();
         let mine = |c: Channel| c.topic(me);
-        let env = |m: Message| wire::encode(me, m);
-        let mut bad_version = env(desired());
+        // Signed by the master for that topic and that node.
+        let sealed = |topic: &str, node: &str, m: Message| key.seal(topic, node, m);
+        let mut bad_version = sealed(&mine(Channel::Desired), me, desired());
         bad_version[0] = 9;
+        let shared = wire::SERVICES_TOPIC.to_string();
         // (topic, payload, follows the network stream, expected route or drop reason)
         type Row = (String, Vec<u8>, bool, Result<&'static str, &'static str>);
         let table: Vec<Row> = vec![
-            (mine(Channel::Desired), env(desired()), false, Ok("desired")),
-            (mine(Channel::Request), env(log_request()), false, Ok("log")),
+            (
+                mine(Channel::Desired),
+                sealed(&mine(Channel::Desired), me, desired()),
+                false,
+                Ok("desired"),
+            ),
+            (
+                mine(Channel::Request),
+                sealed(&mine(Channel::Request), me, log_request()),
+                false,
+                Ok("log"),
+            ),
             (
                 mine(Channel::Network),
-                env(network()),
+                sealed(&mine(Channel::Network), me, network()),
                 true,
                 Ok("network own"),
             ),
             (
-                wire::SERVICES_TOPIC.into(),
-                wire::encode("", network()),
+                shared.clone(),
+                sealed(&shared, "", network()),
                 true,
                 Ok("network shared"),
             ),
             // An agent that does not follow the stream ignores network messages.
             (
                 mine(Channel::Network),
-                env(network()),
+                sealed(&mine(Channel::Network), me, network()),
                 false,
                 Err("wrong_channel"),
             ),
             (
-                wire::SERVICES_TOPIC.into(),
-                wire::encode("", network()),
+                shared.clone(),
+                sealed(&shared, "", network()),
                 false,
                 Err("wrong_channel"),
             ),
             // Anything but a network event on the shared stream.
             (
-                wire::SERVICES_TOPIC.into(),
-                wire::encode("", desired()),
+                shared.clone(),
+                sealed(&shared, "", desired()),
                 true,
                 Err("wrong_channel"),
             ),
+            (shared.clone(), b"junk".to_vec(), true, Err("bad_version")),
+            // Not signed by the master: another key, or the master's signature for another
+            // topic replayed here (another node's desired state, the shared stream).
             (
-                wire::SERVICES_TOPIC.into(),
-                b"junk".to_vec(),
-                true,
-                Err("malformed"),
+                mine(Channel::Desired),
+                other.seal(&mine(Channel::Desired), me, desired()),
+                false,
+                Err("unauthenticated"),
             ),
-            // Another node's topic, a forged envelope, a topic outside the protocol.
+            (
+                shared.clone(),
+                other.seal(&shared, "", network()),
+                true,
+                Err("unauthenticated"),
+            ),
+            (
+                mine(Channel::Desired),
+                sealed(&Channel::Desired.topic("pi-2"), me, desired()),
+                false,
+                Err("unauthenticated"),
+            ),
+            (
+                mine(Channel::Network),
+                sealed(&shared, me, network()),
+                true,
+                Err("unauthenticated"),
+            ),
+            // Another node's topic, an envelope for another node, a topic outside the protocol.
             (
                 "bramble/v1/node/pi-2/desired".into(),
-                wire::encode("pi-2", desired()),
+                sealed("bramble/v1/node/pi-2/desired", "pi-2", desired()),
                 false,
                 Err("other_node"),
             ),
             (
                 mine(Channel::Desired),
-                wire::encode("pi-2", desired()),
+                sealed(&mine(Channel::Desired), "pi-2", desired()),
                 false,
                 Err("node_mismatch"),
             ),
             (
                 "elsewhere/x".into(),
-                env(desired()),
+                sealed("elsewhere/x", me, desired()),
                 false,
                 Err("bad_topic"),
             ),
@@ -190,35 +245,39 @@ mod tests {
             ),
             (
                 mine(Channel::Desired),
-                vec![1, 0xff, 0xff],
+                vec![2, 0xff, 0xff],
                 false,
                 Err("malformed"),
             ),
             // A message on a channel that does not carry it.
             (
                 mine(Channel::Desired),
-                env(log_request()),
+                sealed(&mine(Channel::Desired), me, log_request()),
                 false,
                 Err("wrong_channel"),
             ),
             (
                 mine(Channel::Request),
-                env(Message::Heartbeat(Heartbeat {
-                    seq: 1,
-                    usage: None,
-                })),
+                sealed(
+                    &mine(Channel::Request),
+                    me,
+                    Message::Heartbeat(Heartbeat {
+                        seq: 1,
+                        usage: None,
+                    }),
+                ),
                 false,
                 Err("wrong_channel"),
             ),
             (
                 mine(Channel::Hello),
-                env(desired()),
+                sealed(&mine(Channel::Hello), me, desired()),
                 false,
                 Err("wrong_channel"),
             ),
         ];
         for (i, (topic, payload, follows, want)) in table.into_iter().enumerate() {
-            let got = match route(me, &topic, &payload, follows) {
+            let got = match route(me, key.public(), &topic, &payload, follows) {
                 Ok(Inbound::Desired(_)) => Ok("desired"),
                 Ok(Inbound::LogRequest(_)) => Ok("log"),
                 Ok(Inbound::Network { shared: false, .. }) => Ok("network own"),
@@ -227,14 +286,28 @@ mod tests {
             };
             assert_eq!(got, want, "row {i}: {topic}");
         }
+        // An unsigned envelope of the old protocol is never taken.
+        assert!(
+            route(
+                me,
+                key.public(),
+                &mine(Channel::Desired),
+                &wire::encode(me, desired()),
+                false
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn a_routed_message_is_the_one_that_was_sent() {
+        let (key, _) = keys();
+        let topic = Channel::Desired.topic("n");
         let got = route(
             "n",
-            &Channel::Desired.topic("n"),
-            &wire::encode("n", desired()),
+            key.public(),
+            &topic,
+            &key.seal(&topic, "n", desired()),
             false,
         );
         let Message::Desired(d) = desired() else {

@@ -42,6 +42,8 @@ pub struct JoinReply {
     pub mqtt_port: u16,
     /// Whether the broker speaks TLS (with the CA the agent pinned).
     pub mqtt_tls: bool,
+    /// The master's wire key (Ed25519 public key, hex): what it publishes is signed with it.
+    pub wire_key: String,
 }
 
 /// `POST /bramble/v1/join`: authenticated by the join token in the body.
@@ -183,6 +185,7 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
         mqtt_host: st.mqtt_host.clone(),
         mqtt_port: st.mqtt_port,
         mqtt_tls: st.mqtt_tls,
+        wire_key: st.wire_key.clone(),
     })
 }
 
