@@ -9,6 +9,9 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 install -d /usr/local/bin /etc/bramble/boards /var/lib/bramble
+# Where the join token and the agent's arguments go: readable by root only.
+[ -e /etc/bramble/agent.env ] || install -m 0600 /dev/null /etc/bramble/agent.env
+[ -e /etc/bramble/join-token ] || install -m 0600 /dev/null /etc/bramble/join-token
 for b in bin/*; do
   install -m 0755 "$b" /usr/local/bin/
 done
@@ -22,5 +25,6 @@ echo
 echo "Check the board first:   bramble-agent doctor"
 echo "On the master board:     systemctl enable --now bramble-master"
 echo "                         bramble token create   (a join token; the master writes the client config)"
-echo "On every board:          echo 'BRAMBLE_AGENT_ARGS=--board pi4b --server https://MASTER:6443 --token TOKEN' > /etc/bramble/agent.env"
+echo "On every board:          echo TOKEN > /etc/bramble/join-token   (0600; the token as 'bramble token list' prints it)"
+echo "                         echo 'BRAMBLE_AGENT_ARGS=--board pi4b --server https://MASTER:6443 --token-file /etc/bramble/join-token' > /etc/bramble/agent.env"
 echo "                         systemctl enable --now bramble-agent"

@@ -114,6 +114,12 @@ async fn credentials(
     let (Some(server), Some(token)) = (config.server.clone(), config.token.clone()) else {
         return Err(JoinError::NotJoined.into());
     };
+    if let crate::config::JoinToken::Argument(_) = token {
+        tracing::warn!(
+            "the join token is on the command line, where every user of this board can read it (ps); prefer --token-file with a 0600 file"
+        );
+    }
+    let token = token.text().to_string();
     let mut attempt = 0;
     loop {
         let (host, port) = join::server_host(&server);

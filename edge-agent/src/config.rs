@@ -64,6 +64,9 @@ pub struct RunArgs {
     /// Join token (`bramble token list`), needed only for the first start
     #[arg(long, env = "BRAMBLE_JOIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file (mode 0600) holding the join token: unlike --token, not visible in `ps`
+    #[arg(long, env = "BRAMBLE_JOIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Node name [default: the hostname]
     #[arg(long)]
     pub node_name: Option<String>,
@@ -177,6 +180,7 @@ fn board(name: &str) -> Result<FileConfig, String> {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     server: Option<String>,
+    token_file: Option<PathBuf>,
     node_name: Option<String>,
     labels: Option<Vec<String>>,
     node_ip: Option<String>,
@@ -206,6 +210,7 @@ impl FileConfig {
         FileConfig {
             data_dir: self.data_dir.or(lower.data_dir),
             server: self.server.or(lower.server),
+            token_file: self.token_file.or(lower.token_file),
             node_name: self.node_name.or(lower.node_name),
             labels,
             node_ip: self.node_ip.or(lower.node_ip),
@@ -223,12 +228,60 @@ impl FileConfig {
     }
 }
 
+/// Where the join token came from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum JoinToken {
+    /// `--token` (visible to every user in `ps`).
+    Argument(String),
+    /// `--token-file`.
+    File(String),
+}
+
+impl JoinToken {
+    pub fn text(&self) -> &str {
+        match self {
+            JoinToken::Argument(t) | JoinToken::File(t) => t,
+        }
+    }
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        match self {
+            JoinToken::Argument(_) => f.write_str("JoinToken::Argument(..)"),
+            JoinToken::File(_) => f.write_str("JoinToken::File(..)"),
+        }
+    }
+}
+
+/// Reads a join token file, refusing one that others may read (as ssh refuses a key).
+fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let what = || format!("--token-file {}", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", what()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: readable by others (mode {mode:04o}); `chmod 600 {}`",
+            what(),
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", what()))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("{}: the file is empty", what()));
+    }
+    Ok(t.to_string())
+}
+
 /// The validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
     pub server: Option<String>,
-    pub token: Option<String>,
+    pub token: Option<JoinToken>,
     pub node_name: String,
     pub labels: Vec<(String, String)>,
     pub node_ip: Option<String>,
@@ -373,10 +426,18 @@ impl TryFrom<RunArgs> for Config {
             low_percent: low,
             max_bytes: a.image_cache_max_bytes.or(file.image_cache_max_bytes),
         };
+        let token = match (a.token, a.token_file.or(file.token_file)) {
+            (Some(_), Some(_)) => {
+                return Err("--token and --token-file: give one of them".into());
+            }
+            (Some(t), None) => Some(JoinToken::Argument(t)),
+            (None, Some(f)) => Some(JoinToken::File(read_token_file(&f)?)),
+            (None, None) => None,
+        };
         Ok(Config {
             data_dir,
             server,
-            token: a.token,
+            token,
             node_name,
             labels,
             node_ip,
@@ -417,6 +478,30 @@ mod tests {
         v.extend_from_slice(args);
         let a = Args::try_parse_from(v).map_err(|e| e.to_string())?;
         Config::try_from(a.run)
+    }
+
+    #[test]
+    fn the_join_token_comes_from_a_private_file_or_the_command_line() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "B10abc::secret\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = f.to_str().unwrap();
+        let e = parse(&["--token-file", path]).unwrap_err();
+        assert!(e.contains("readable by others") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = parse(&["--token-file", path]).unwrap();
+        assert_eq!(c.token, Some(JoinToken::File("B10abc::secret".into())));
+        assert!(!format!("{c:?}").contains("secret"), "the token is never printed");
+        let e = parse(&["--token-file", path, "--token", "t"]).unwrap_err();
+        assert!(e.contains("one of them"), "{e}");
+        assert_eq!(
+            parse(&["--token", "t"]).unwrap().token,
+            Some(JoinToken::Argument("t".into()))
+        );
+        std::fs::write(&f, "\n").unwrap();
+        assert!(parse(&["--token-file", path]).unwrap_err().contains("empty"));
     }
 
     #[test]
