@@ -489,11 +489,17 @@ mod tests {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         let path = f.to_str().unwrap();
         let e = parse(&["--token-file", path]).unwrap_err();
-        assert!(e.contains("readable by others") && e.contains("chmod 600"), "{e}");
+        assert!(
+            e.contains("readable by others") && e.contains("chmod 600"),
+            "{e}"
+        );
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = parse(&["--token-file", path]).unwrap();
         assert_eq!(c.token, Some(JoinToken::File("B10abc::secret".into())));
-        assert!(!format!("{c:?}").contains("secret"), "the token is never printed");
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the token is never printed"
+        );
         let e = parse(&["--token-file", path, "--token", "t"]).unwrap_err();
         assert!(e.contains("one of them"), "{e}");
         assert_eq!(
@@ -501,7 +507,11 @@ mod tests {
             Some(JoinToken::Argument("t".into()))
         );
         std::fs::write(&f, "\n").unwrap();
-        assert!(parse(&["--token-file", path]).unwrap_err().contains("empty"));
+        assert!(
+            parse(&["--token-file", path])
+                .unwrap_err()
+                .contains("empty")
+        );
     }
 
     #[test]

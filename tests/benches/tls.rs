@@ -1,0 +1,137 @@
+//! What TLS and the wire's authentication cost (release binaries): the same build with TLS
+//! (the default) and with `--insecure-plaintext`, side by side in one run — a master with
+//! 1,000 hollow nodes heartbeating every second (master CPU and RSS), the join storm of
+//! those 1,000 nodes, and pod apply → Running over the API (to a hollow node, so the
+//! figure is the control path: API, scheduler, gateway, agent, status).
+//!
+//! Run with `scripts/bench`. `BRAMBLE_BENCH_TLS_NODES` overrides the fleet size.
+
+#![allow(clippy::unwrap_used)] // a bench that cannot measure should stop loudly
+
+use std::time::{Duration, Instant};
+
+use bramble_tests::{HollowProcess, MasterProcess, eventually, rss_mb};
+
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit(')').next().unwrap();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Figures {
+    join_s: f64,
+    cpu: f64,
+    rss: f64,
+    apply_p50_ms: f64,
+    apply_p99_ms: f64,
+}
+
+fn run(n: usize, tls: bool) -> Figures {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let extra: &[&str] = if tls { &[] } else { &["--insecure-plaintext"] };
+    let m = MasterProcess::start_with(&dir.path().join("master"), extra).unwrap();
+    assert_eq!(m.url.starts_with("https://"), tls);
+    let t = Instant::now();
+    let _h = HollowProcess::start(&m, &dir.path().join("hollow"), "f", n, &[]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(240), || m.ready_nodes() == n),
+        "{} of {n} nodes Ready (tls {tls})",
+        m.ready_nodes()
+    );
+    let join_s = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(5));
+    let pid = m.child.id();
+    let c0 = cpu_secs(pid);
+    let window = 20.0;
+    std::thread::sleep(Duration::from_secs_f64(window));
+    let cpu = (cpu_secs(pid) - c0) / window;
+    let rss = rss_mb(pid);
+    // apply -> Running, to one hollow node, one pod at a time.
+    let h = m.http();
+    let mut lat = Vec::new();
+    for i in 0..30 {
+        let name = format!("lat-{i}");
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": "f-0", "containers": [{"name": "c", "image": "busybox"}]}
+        });
+        let t = Instant::now();
+        let r = h
+            .request(
+                "PATCH",
+                &format!("/api/v1/namespaces/default/pods/{name}"),
+                Some("application/apply-patch+json"),
+                &serde_json::to_vec(&pod).unwrap(),
+                true,
+            )
+            .unwrap();
+        assert_eq!(r.code, 201);
+        while !m
+            .pod(&name)
+            .is_some_and(|p| p["status"]["phase"] == "Running")
+        {
+            assert!(t.elapsed() < Duration::from_secs(30), "{name} never ran");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Figures {
+        join_s,
+        cpu,
+        rss,
+        apply_p50_ms: percentile(lat.clone(), 0.5),
+        apply_p99_ms: percentile(lat, 0.99),
+    }
+}
+
+fn main() {
+    let n: usize = std::env::var("BRAMBLE_BENCH_TLS_NODES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    println!("| benchmark | TLS (default) | plaintext (same run) | ratio |");
+    println!("|---|---|---|---|");
+    // Plaintext first, then TLS: the second run does not profit from a warmer page cache
+    // in a way that favours TLS.
+    let plain = run(n, false);
+    let tls = run(n, true);
+    let row =
+        |name: String, t: String, p: String, r: f64| println!("| {name} | {t} | {p} | {r:.2}x |");
+    row(
+        format!("master CPU, {n} hollow nodes heartbeating every 1 s"),
+        format!("{:.1}% of a core", tls.cpu * 100.0),
+        format!("{:.1}% of a core", plain.cpu * 100.0),
+        tls.cpu / plain.cpu,
+    );
+    row(
+        format!("master RSS, {n} hollow nodes"),
+        format!("{:.0} MB", tls.rss),
+        format!("{:.0} MB", plain.rss),
+        tls.rss / plain.rss,
+    );
+    row(
+        format!("join storm: {n} nodes from start to all Ready"),
+        format!("{:.1} s", tls.join_s),
+        format!("{:.1} s", plain.join_s),
+        tls.join_s / plain.join_s,
+    );
+    row(
+        format!("pod apply -> Running (to a hollow node, {n} nodes up), 30 pods"),
+        format!(
+            "p50 {:.0} ms, p99 {:.0} ms",
+            tls.apply_p50_ms, tls.apply_p99_ms
+        ),
+        format!(
+            "p50 {:.0} ms, p99 {:.0} ms",
+            plain.apply_p50_ms, plain.apply_p99_ms
+        ),
+        tls.apply_p50_ms / plain.apply_p50_ms,
+    );
+}
