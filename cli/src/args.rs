@@ -166,26 +166,41 @@ pub enum ImageCommand {
 /// `bramble token`.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a new join token (printed pinned to the cluster CA: B10<hash>::<secret>)
+    /// Create a join token (printed pinned to the cluster CA: B10<hash>::<secret>), or with
+    /// --user an API token for a person or program (printed once; only its hash is kept)
     Create {
-        /// How long it is valid, e.g. 1h, 30m, 7d; 0 for never
-        #[arg(long, default_value = "24h")]
-        ttl: String,
-        /// How many joins it allows [default: any number]
+        /// How long it is valid, e.g. 1h, 30m, 7d; 0 for never [default: 24h for a join
+        /// token, never for a user's]
         #[arg(long)]
+        ttl: Option<String>,
+        /// How many joins it allows [default: 1]
+        #[arg(long, conflicts_with_all = ["reusable", "user"])]
         uses: Option<u32>,
+        /// Any number of joins (a fleet)
+        #[arg(long, conflicts_with = "user")]
+        reusable: bool,
         /// What it is for
         #[arg(long, default_value = "")]
         description: String,
+        /// An API token for this user instead of a join token
+        #[arg(long, requires = "role")]
+        user: Option<String>,
+        /// What the user's token may do: admin (everything) or reader (get, list, watch)
+        #[arg(long, value_parser = ["admin", "reader"], requires = "user")]
+        role: Option<String>,
     },
     /// List join tokens
     List,
-    /// Delete join tokens (a board that has joined keeps its own credential)
+    /// Delete join tokens (a board that has joined keeps its own credential), or with
+    /// --user revoke a user's API token
     #[command(alias = "rm")]
     Delete {
         /// Tokens as `bramble token list` prints them
-        #[arg(required = true)]
+        #[arg(required_unless_present = "user")]
         tokens: Vec<String>,
+        /// Revoke this user's API token
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 

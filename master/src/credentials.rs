@@ -38,6 +38,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CredentialError + '_ {
 }
 
 /// A new random token: 32 bytes, hex.
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub fn new_token() -> Result<String, CredentialError> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).map_err(|e| CredentialError::Random(e.to_string()))?;

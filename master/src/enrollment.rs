@@ -298,11 +298,7 @@ fn usable(t: &JoinToken, now: i64) -> Result<(), TokenRefusal> {
 }
 
 fn ct_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    crate::credentials::constant_time_eq(a.as_bytes(), b.as_bytes())
 }
 
 fn now() -> i64 {

@@ -18,6 +18,7 @@ pub mod pki;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +68,7 @@ pub struct Master {
     admin_token: String,
     reader_token: String,
     enrollment: Arc<enrollment::Enrollment>,
+    users: Arc<users::Users>,
     metrics: Arc<metrics::Metrics>,
     gateway: gateway::GatewayHandle,
     gateway_task: tokio::task::JoinHandle<()>,
@@ -117,6 +119,7 @@ impl Master {
         let reader_token =
             credentials::load_or_create_token(&dir.join(credentials::READER_TOKEN_FILE))?;
         let enrollment = Arc::new(enrollment::Enrollment::load(dir)?);
+        let users = Arc::new(users::Users::load(dir)?);
         let pki = if config.plaintext {
             tracing::warn!(
                 "--insecure-plaintext: the API and the broker serve without TLS; tokens and pod specs cross the network in clear"
@@ -255,6 +258,7 @@ impl Master {
             admin_token,
             reader_token,
             enrollment,
+            users,
             metrics,
             gateway,
             gateway_task,
@@ -305,6 +309,7 @@ impl Master {
             max_body_bytes: self.config.max_body_bytes,
             shutdown: shutdown.clone(),
             enrollment: self.enrollment.clone(),
+            users: self.users.clone(),
             gateway: self.gateway.clone(),
             mqtt_host: self.mqtt_host.clone(),
             mqtt_port: self.mqtt_port,

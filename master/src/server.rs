@@ -20,10 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
+use crate::credentials::constant_time_eq;
 use crate::enrollment::Enrollment;
 use crate::gateway::GatewayHandle;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::users::{Role, Users};
 
 pub use error::ApiError;
 
@@ -38,6 +40,8 @@ pub struct AppState {
     /// Cancelled at shutdown; open watch streams end on it.
     pub shutdown: CancellationToken,
     pub enrollment: Arc<Enrollment>,
+    /// Named tokens of people and programs.
+    pub users: Arc<Users>,
     pub gateway: GatewayHandle,
     /// Broker address given to joining agents (empty host: the master's host).
     pub mqtt_host: String,
@@ -63,6 +67,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/bramble/v1/tokens/{token}",
             axum::routing::delete(nodes::delete_token),
+        )
+        .route(
+            "/bramble/v1/users/{user}",
+            axum::routing::delete(nodes::delete_user),
         )
         .route(
             "/bramble/v1/images",
@@ -117,10 +125,30 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The role a bearer token has: the admin and reader tokens, or a user's.
+fn role_of(st: &AppState, headers: &HeaderMap) -> Option<Role> {
+    let t = bearer(headers)?;
+    if constant_time_eq(t.as_bytes(), st.admin_token.as_bytes()) {
+        return Some(Role::Admin);
+    }
+    if constant_time_eq(t.as_bytes(), st.reader_token.as_bytes()) {
+        return Some(Role::Reader);
+    }
+    st.users
+        .authenticate(t, bramble_api::time::now_secs())
+        .map(|(_, role)| role)
+}
+
+/// Admin only: the admin token or a user token with the admin role.
 fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match bearer(headers) {
-        Some(t) if constant_time_eq(t.as_bytes(), st.admin_token.as_bytes()) => Ok(()),
-        _ => Err(ApiError::new(
+    match role_of(st, headers) {
+        Some(Role::Admin) => Ok(()),
+        Some(Role::Reader) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "this token has the reader role: it may only read; this needs the admin role",
+        )),
+        None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "Unauthorized: a valid bearer token is required",
@@ -128,32 +156,21 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The admin token may do anything; the reader token only read (GET: get, list, watch).
+/// The admin role may do anything; the reader role only read (GET: get, list, watch).
 fn authorize_api(st: &AppState, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
-    if authorize(st, headers).is_ok() {
-        return Ok(());
+    match role_of(st, headers) {
+        Some(Role::Admin) => Ok(()),
+        Some(Role::Reader) if method == Method::GET => Ok(()),
+        Some(Role::Reader) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "a read-only token (the reader role, e.g. {}) may only read; {method} needs the admin role",
+                crate::credentials::READER_TOKEN_FILE
+            ),
+        )),
+        None => authorize(st, headers),
     }
-    match bearer(headers) {
-        Some(t) if constant_time_eq(t.as_bytes(), st.reader_token.as_bytes()) => {
-            if method == Method::GET {
-                Ok(())
-            } else {
-                Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    format!(
-                        "the read-only token ({}) may only read; {method} needs the admin token",
-                        crate::credentials::READER_TOKEN_FILE
-                    ),
-                ))
-            }
-        }
-        _ => authorize(st, headers),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Every `/api` and `/apis` request.

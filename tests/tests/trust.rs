@@ -475,6 +475,15 @@ fn join_tokens_expire_run_out_are_deleted_and_cannot_take_over_a_node() {
     let msg = refusal(&short, "late");
     assert!(msg.contains("expired") && msg.contains(&expires), "{msg}");
 
+    // Single use is the default: a fleet asks for --uses N or --reusable.
+    let default = create(&[]);
+    join::join(&m.url, &default, "dflt-a", &facts).unwrap();
+    assert!(refusal(&default, "dflt-b").contains("used up"));
+    let fleet = create(&["--reusable"]);
+    for n in ["fleet-a", "fleet-b", "fleet-c"] {
+        join::join(&m.url, &fleet, n, &facts).unwrap();
+    }
+
     // Deleted: refused; deleting again says there is none.
     let gone = create(&[]);
     let out = m.cli(&["token", "delete", &gone]);
@@ -676,4 +685,77 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
         "{metrics}"
     );
     drop(b);
+}
+
+#[test]
+fn people_and_programs_get_named_tokens_with_a_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let create = |args: &[&str]| {
+        let mut a = vec!["token", "create"];
+        a.extend_from_slice(args);
+        bramble_tests::ok_stdout(&m.cli(&a)).trim().to_string()
+    };
+    let ci = create(&["--user", "ci", "--role", "reader"]);
+    let ops = create(&["--user", "ops", "--role", "admin", "--ttl", "1h"]);
+    assert!(ci.starts_with("bramble_") && ops.starts_with("bramble_"));
+    // Stored hashed: neither token is anywhere in the data dir.
+    for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if e.path().is_file() {
+            let b = std::fs::read(e.path()).unwrap();
+            let text = String::from_utf8_lossy(&b);
+            assert!(
+                !text.contains(&ci) && !text.contains(&ops),
+                "a user token in clear in {}",
+                e.path().display()
+            );
+        }
+    }
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    // The reader reads and may not write; the admin writes and manages tokens.
+    let reader = m.http_as(&ci);
+    assert_eq!(reader.get(pods).unwrap().code, 200);
+    let r = reader.post_json(pods, &pod).unwrap();
+    assert_eq!(r.code, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(reader.get("/bramble/v1/tokens").unwrap().code, 403);
+    let admin = m.http_as(&ops);
+    assert_eq!(admin.post_json(pods, &pod).unwrap().code, 201);
+    assert_eq!(admin.get("/bramble/v1/tokens").unwrap().code, 200);
+    // Listed with role, expiry and last use, never the token.
+    let list = bramble_tests::ok_stdout(&m.cli(&["token", "list"]));
+    let line = list.lines().find(|l| l.starts_with("ci ")).unwrap();
+    assert!(line.contains("reader") && line.contains("never"), "{list}");
+    assert!(
+        !line.trim_end().ends_with('-'),
+        "ci's last use is shown: {list}"
+    );
+    let line = list.lines().find(|l| l.starts_with("ops ")).unwrap();
+    assert!(line.contains("admin") && !line.contains("never"), "{list}");
+    assert!(!list.contains(&ci) && !list.contains(&ops));
+    // Revoked at once.
+    let out = m.cli(&["token", "delete", "--user", "ci"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(reader.get(pods).unwrap().code, 401);
+    assert!(!m.cli(&["token", "delete", "--user", "ci"]).status.success());
+    // A bad role is refused by the CLI and the API alike.
+    assert!(
+        !m.cli(&["token", "create", "--user", "x", "--role", "root"])
+            .status
+            .success()
+    );
+    let r = m
+        .http()
+        .post_json(
+            "/bramble/v1/tokens",
+            &serde_json::json!({"user": "x", "role": "root"}),
+        )
+        .unwrap();
+    assert_eq!(r.code, 400);
 }

@@ -28,44 +28,61 @@ pub fn run(client: &Client, cmd: &TokenCommand) -> Result<()> {
         TokenCommand::Create {
             ttl,
             uses,
+            reusable,
             description,
+            user,
+            role,
         } => {
-            let mut body = json!({ "ttlSeconds": ttl_seconds(ttl)? });
+            let mut body = json!({});
+            if let Some(t) = ttl {
+                body["ttlSeconds"] = json!(ttl_seconds(t)?);
+            }
             if let Some(n) = uses {
                 if *n == 0 {
-                    bail!("--uses: must be at least 1");
+                    bail!("--uses: must be at least 1 (--reusable for any number)");
                 }
                 body["uses"] = json!(n);
             }
+            if *reusable {
+                body["reusable"] = json!(true);
+            }
             if !description.is_empty() {
                 body["description"] = json!(description);
+            }
+            if let (Some(u), Some(r)) = (user, role) {
+                body["user"] = json!(u);
+                body["role"] = json!(r);
             }
             let v = client
                 .post_json("/bramble/v1/tokens", &body)?
                 .ok()?
                 .json()?;
             println!("{}", v["token"].as_str().unwrap_or(""));
+            if user.is_some() {
+                eprintln!("(shown once: the master keeps only its hash)");
+            }
         }
         TokenCommand::List => {
             let v = client.get("/bramble/v1/tokens")?.ok()?.json()?;
+            let text = |o: &Value, k: &str, none: &str| {
+                o.get(k).and_then(Value::as_str).unwrap_or(none).to_string()
+            };
             let rows: Vec<Vec<String>> = v["items"]
                 .as_array()
                 .map(|a| {
                     a.iter()
                         .map(|t| {
-                            let s = |k: &str| {
-                                t.get(k).and_then(Value::as_str).unwrap_or("").to_string()
-                            };
-                            let expires = t
-                                .get("expires")
-                                .and_then(Value::as_str)
-                                .unwrap_or("never")
-                                .to_string();
                             let uses = t
                                 .get("usesLeft")
                                 .and_then(Value::as_u64)
                                 .map_or_else(|| "any".to_string(), |n| n.to_string());
-                            vec![s("token"), s("created"), expires, uses, s("description")]
+                            vec![
+                                text(t, "token", ""),
+                                text(t, "created", ""),
+                                text(t, "expires", "never"),
+                                uses,
+                                text(t, "description", ""),
+                            ]
                         })
                         .collect()
                 })
@@ -77,8 +94,40 @@ pub fn run(client: &Client, cmd: &TokenCommand) -> Result<()> {
                     &rows
                 )
             );
+            let users: Vec<Vec<String>> = v["users"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|u| {
+                            vec![
+                                text(u, "user", ""),
+                                text(u, "role", ""),
+                                text(u, "created", ""),
+                                text(u, "expires", "never"),
+                                text(u, "lastUsed", "-"),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !users.is_empty() {
+                println!();
+                print!(
+                    "{}",
+                    table::print(
+                        Some(&["USER", "ROLE", "CREATED", "EXPIRES", "LAST USED"]),
+                        &users
+                    )
+                );
+            }
         }
-        TokenCommand::Delete { tokens } => {
+        TokenCommand::Delete { tokens, user } => {
+            if let Some(u) = user {
+                client
+                    .delete_plain(&format!("/bramble/v1/users/{}", percent(u)))?
+                    .ok()?;
+                println!("token of user {u} revoked");
+            }
             for t in tokens {
                 let path = format!("/bramble/v1/tokens/{}", percent(t));
                 client.delete_plain(&path)?.ok()?;

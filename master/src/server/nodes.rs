@@ -199,14 +199,22 @@ fn pinned(st: &AppState, mut t: crate::enrollment::JoinToken) -> crate::enrollme
     t
 }
 
-/// What `POST /bramble/v1/tokens` may ask for (an empty body: the defaults).
+/// What `POST /bramble/v1/tokens` may ask for (an empty body: a join token with the
+/// defaults; `user` and `role`: a user's API token).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TokenRequest {
+    /// A user's API token instead of a join token.
+    user: Option<String>,
+    /// `admin` or `reader` (with `user`).
+    role: Option<String>,
     /// 0: never expires; absent: 24 h.
     ttl_seconds: Option<u64>,
-    /// Absent: any number of joins.
+    /// How many joins (absent: one; a fleet asks for more, or for `reusable`).
     uses: Option<u32>,
+    /// Any number of joins.
+    #[serde(default)]
+    reusable: bool,
     #[serde(default)]
     description: String,
 }
@@ -246,10 +254,34 @@ pub async fn tokens(
             }
             Some(s) => Some(Duration::from_secs(s)),
         };
-        if req.uses == Some(0) {
-            return ApiError::bad_request("uses: must be at least 1 (or absent for any number)")
+        if let Some(user) = &req.user {
+            if req.uses.is_some() || req.reusable {
+                return ApiError::bad_request("uses, reusable: only for join tokens")
+                    .into_response();
+            }
+            return create_user_token(&st, user, req.role.as_deref(), req.ttl_seconds)
+                .unwrap_or_else(IntoResponse::into_response);
+        }
+        if req.role.is_some() {
+            return ApiError::bad_request("role: only with user (a user's API token)")
                 .into_response();
         }
+        let uses = match (req.uses, req.reusable) {
+            (Some(_), true) => {
+                return ApiError::bad_request("uses and reusable: give one of them")
+                    .into_response();
+            }
+            (Some(0), false) => {
+                return ApiError::bad_request(
+                    "uses: must be at least 1 (or reusable for any number)",
+                )
+                .into_response();
+            }
+            (Some(n), false) => Some(n),
+            (None, true) => None,
+            // Single-use unless asked otherwise.
+            (None, false) => Some(1),
+        };
         let description = if req.description.is_empty() {
             "created with bramble token create".to_string()
         } else {
@@ -257,7 +289,7 @@ pub async fn tokens(
         };
         let spec = crate::enrollment::TokenSpec {
             ttl,
-            uses: req.uses,
+            uses,
             description,
         };
         return match st.enrollment.create_token(spec) {
@@ -276,7 +308,79 @@ pub async fn tokens(
         .into_iter()
         .map(|t| pinned(&st, t))
         .collect();
-    Json(serde_json::json!({ "items": items })).into_response()
+    Json(serde_json::json!({ "items": items, "users": st.users.list() })).into_response()
+}
+
+/// Makes a user's API token; the answer is the only place it is ever shown.
+fn create_user_token(
+    st: &AppState,
+    user: &str,
+    role: Option<&str>,
+    ttl_seconds: Option<u64>,
+) -> Result<Response, ApiError> {
+    if let Err(e) = bramble_api::names::dns1123_subdomain(user) {
+        return Err(ApiError::bad_request(format!("user: {e}")));
+    }
+    let role = role
+        .and_then(crate::users::Role::parse)
+        .ok_or_else(|| ApiError::bad_request("role: admin or reader (what the token may do)"))?;
+    let now = bramble_api::time::now_secs();
+    let expires = match ttl_seconds {
+        None | Some(0) => None,
+        Some(s) if s > MAX_TOKEN_TTL_SECS => {
+            return Err(ApiError::bad_request(format!(
+                "ttlSeconds: at most {MAX_TOKEN_TTL_SECS} (ten years), or 0 for never"
+            )));
+        }
+        Some(s) => Some(now.saturating_add(s as i64)),
+    };
+    let token = st.users.create(user, role, expires, now).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })?;
+    tracing::info!(user, ?role, "user token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "user": user,
+            "role": role,
+            "token": token,
+            "expires": expires.map(bramble_api::time::format_rfc3339),
+        })),
+    )
+        .into_response())
+}
+
+/// `DELETE /bramble/v1/users/{name}`: revokes a user's API token at once.
+pub async fn delete_user(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path(user): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&st, &headers) {
+        return e.into_response();
+    }
+    match st.users.delete(&user) {
+        Ok(true) => {
+            tracing::info!(user, "user token revoked");
+            StatusCode::OK.into_response()
+        }
+        Ok(false) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no token for user {user:?}"),
+        )
+        .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+        .into_response(),
+    }
 }
 
 /// `DELETE /bramble/v1/tokens/{token}`: the token as listed, or its secret.
