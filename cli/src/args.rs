@@ -191,6 +191,13 @@ pub enum TokenCommand {
     },
     /// List join tokens
     List,
+    /// Revoke a node's own credential at once (its MQTT session is cut and refused); the
+    /// Node stays, and a board may join under its name again
+    RevokeNode {
+        /// Node names
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Delete join tokens (a board that has joined keeps its own credential), or with
     /// --user revoke a user's API token
     #[command(alias = "rm")]

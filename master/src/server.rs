@@ -42,6 +42,8 @@ pub struct AppState {
     pub enrollment: Arc<Enrollment>,
     /// Named tokens of people and programs.
     pub users: Arc<Users>,
+    /// Boards' connections through the broker's TLS front (cut on revocation).
+    pub sessions: Arc<crate::broker::Sessions>,
     pub gateway: GatewayHandle,
     /// Broker address given to joining agents (empty host: the master's host).
     pub mqtt_host: String,
@@ -72,6 +74,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/bramble/v1/users/{user}",
             axum::routing::delete(nodes::delete_user),
         )
+        .route("/bramble/v1/nodes/{node}/revoke", post(nodes::revoke_node))
         .route(
             "/bramble/v1/images",
             post(images::import).delete(images::remove),

@@ -74,6 +74,12 @@ pub async fn pump(
                 attempt = 0;
                 Incoming::Connected
             }
+            // Bramble never publishes retained messages: one that arrives retained was kept
+            // by a broker for replay to new subscribers, and is not taken.
+            Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
+                tracing::debug!(topic = p.topic, "ignoring a retained message");
+                continue;
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => Incoming::Publish(p.topic, p.payload),
             Ok(_) => continue,
             Err(e) => {

@@ -759,3 +759,29 @@ fn people_and_programs_get_named_tokens_with_a_role() {
         .unwrap();
     assert_eq!(r.code, 400);
 }
+
+#[test]
+fn an_admin_revokes_a_node_and_it_may_join_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let facts = NodeFacts::default();
+    let token = m.join_token();
+    let old = join::join(&m.url, &token, "board-x", &facts).unwrap();
+    let mut s = Board::connect(&m, "board-x", &old.node_token).unwrap();
+    assert!(s.poll(Duration::from_millis(300)).is_ok());
+    let out = bramble_tests::ok_stdout(&m.cli(&["token", "revoke-node", "board-x"]));
+    assert!(out.contains("1 connection(s) cut"), "{out}");
+    assert!(s.is_cut());
+    assert!(Board::connect(&m, "board-x", &old.node_token).is_err());
+    // The Node stays (with its pods' history), and a board may join under its name again.
+    assert_eq!(m.http().get("/api/v1/nodes/board-x").unwrap().code, 200);
+    let new = join::join(&m.url, &token, "board-x", &facts).unwrap();
+    assert_ne!(new.node_token, old.node_token);
+    assert!(Board::connect(&m, "board-x", &new.node_token).is_ok());
+    // Nothing to revoke: a clear refusal.
+    assert!(
+        !m.cli(&["token", "revoke-node", "no-such-node"])
+            .status
+            .success()
+    );
+}

@@ -121,6 +121,21 @@ pub fn run(client: &Client, cmd: &TokenCommand) -> Result<()> {
                 );
             }
         }
+        TokenCommand::RevokeNode { nodes } => {
+            for n in nodes {
+                let v = client
+                    .post_json(
+                        &format!("/bramble/v1/nodes/{}/revoke", percent(n)),
+                        &json!({}),
+                    )?
+                    .ok()?
+                    .json()?;
+                println!(
+                    "node {n}: credential revoked, {} connection(s) cut",
+                    v["connectionsCut"].as_u64().unwrap_or(0)
+                );
+            }
+        }
         TokenCommand::Delete { tokens, user } => {
             if let Some(u) = user {
                 client

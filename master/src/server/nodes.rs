@@ -354,6 +354,51 @@ fn create_user_token(
         .into_response())
 }
 
+/// `POST /bramble/v1/nodes/{node}/revoke`: revokes a node's credential at once (its MQTT
+/// connections are cut, reconnects and blob reads refused) while keeping the Node; a board
+/// may then join under that name again with a join token.
+pub async fn revoke_node(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&st, &headers) {
+        return e.into_response();
+    }
+    let had = match st.enrollment.revoke(&node) {
+        Ok(had) => had,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+            .into_response();
+        }
+    };
+    let cut = st.sessions.cut(&node);
+    if !had && cut == 0 {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("node {node:?} holds no credential"),
+        )
+        .into_response();
+    }
+    tracing::info!(node, connections_cut = cut, "node credential revoked");
+    if let Some(Ok(obj)) = st.store.get(Kind::Node, "", &node).map(|e| e.object()) {
+        crate::events::EventRecorder::new(st.store.clone(), "bramble-master")
+            .record(
+                obj,
+                "Normal",
+                "CredentialsRevoked",
+                &format!("revoked by an admin; {cut} MQTT connection(s) cut"),
+            )
+            .await;
+    }
+    Json(serde_json::json!({"node": node, "connectionsCut": cut})).into_response()
+}
+
 /// `DELETE /bramble/v1/users/{name}`: revokes a user's API token at once.
 pub async fn delete_user(
     State(st): State<Arc<AppState>>,
