@@ -279,13 +279,16 @@ pub async fn run_with_runtime(
     };
 
     // Only what the master signed is acted on, whatever the broker delivers.
-    let master_key = bramble_support::wire_auth::unhex(&creds.wire_key)
-        .filter(|k| k.len() == 32)
-        .ok_or_else(|| {
-            JoinError::Refused(
-                "the node's credentials carry no master wire key (joined before it existed): delete the node on the master and join again".into(),
-            )
-        })?;
+    let keys = inbound::Keys {
+        master: bramble_support::wire_auth::unhex(&creds.wire_key)
+            .filter(|k| k.len() == 32)
+            .ok_or_else(|| {
+                JoinError::Refused(
+                    "the node's credentials carry no master wire key (joined before it existed): delete the node on the master and join again".into(),
+                )
+            })?,
+        node_token: creds.node_token.clone(),
+    };
     let mut opts = mqtt::options(&node, &host, creds.mqtt_port);
     if creds.mqtt_tls {
         let tls = bramble_support::tls::client_config(&creds.ca_pem).map_err(|e| {
@@ -401,7 +404,7 @@ pub async fn run_with_runtime(
                         act(action, &mut pods).await;
                     }
                 }
-                Incoming::Publish(topic, payload) => match inbound::route(&node, &master_key, &topic, &payload, network.is_some()) {
+                Incoming::Publish(topic, payload) => match inbound::route(&node, &keys, &topic, &payload, network.is_some()) {
                     Err(d) => drops.count(d.reason, &d.detail),
                     Ok(Inbound::Network { update, shared: true }) => {
                         let gap = on_network(update, &view, &node, network.as_deref(), &proxy_tx);

@@ -135,6 +135,7 @@ pub fn start(
         client.clone(),
         config.cidrs.clone(),
         config.wire_key.clone(),
+        config.enrollment.clone(),
         snapshots.clone(),
         helpers.clone(),
     ));
@@ -363,7 +364,11 @@ impl Gateway {
 
     fn publish(&mut self, node: &str, channel: Channel, msg: Message) {
         let topic = channel.topic(node);
-        let payload = self.wire_key.seal(&topic, node, msg);
+        // Encrypted for the node: without its credential (revoked, deleted) nothing is sent.
+        let Some(token) = self.enrollment.token(node) else {
+            return self.drop_msg("wire_send_no_credential", node);
+        };
+        let payload = self.wire_key.seal_for(&topic, node, &token, msg);
         if let Err(e) = self
             .client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)

@@ -123,7 +123,7 @@ impl Master {
         let users = Arc::new(users::Users::load(dir)?);
         let pki = if config.plaintext {
             tracing::warn!(
-                "--insecure-plaintext: the API and the broker serve without TLS; tokens and pod specs cross the network in clear"
+                "--insecure-plaintext: the API and the broker serve without TLS; tokens and API requests cross the network in clear"
             );
             None
         } else {

@@ -164,6 +164,7 @@ pub async fn run(
     client: AsyncClient,
     cidrs: Cidrs,
     wire_key: Arc<bramble_support::wire_auth::MasterKey>,
+    enrollment: Arc<crate::enrollment::Enrollment>,
     snapshots: Arc<Coalescing<String, ()>>,
     shutdown: CancellationToken,
 ) {
@@ -201,7 +202,8 @@ pub async fn run(
                     for (node, ()) in asking {
                         for part in state.snapshot(&cidrs) {
                             let topic = Channel::Network.topic(&node);
-                            let msg = wire_key.seal(&topic, &node, Message::Network(part));
+                            let Some(token) = enrollment.token(&node) else { continue };
+                            let msg = wire_key.seal_for(&topic, &node, &token, Message::Network(part));
                             if let Err(e) = client.publish(topic, QoS::AtLeastOnce, false, msg).await {
                                 tracing::warn!(node, error = %e, "cannot send a network snapshot");
                             }
@@ -282,9 +284,10 @@ mod tests {
             bramble_support::wire_auth::MasterKey::load_or_create(&dir.path().join("k")).unwrap();
         for (i, p) in parts.iter().enumerate() {
             // Sealed, as sent: the frame and its signature fit too.
-            let bytes = key.seal(
+            let bytes = key.seal_for(
                 &Channel::Network.topic("n"),
                 "n",
+                "token",
                 Message::Network(p.clone()),
             );
             assert!(

@@ -7,10 +7,17 @@
 //!   and the master know, so no board can speak for another.
 //!
 //! Each tag covers the topic and the envelope's bytes.
+//!
+//! What travels on a node's own topics (desired pods, log requests and replies, status) is
+//! also encrypted, with ChaCha20-Poly1305 (fast on boards without AES instructions) under a
+//! key derived from the node's token: no other board reads it, whatever the broker lets it
+//! subscribe to. The shared network stream is signed only.
 
 use std::path::Path;
 
 use bramble_api::wire::{self, Envelope, Message, WireError};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::SecureRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use ring::{hmac, rand};
 
@@ -52,9 +59,22 @@ impl MasterKey {
         self.pair.public_key().as_ref()
     }
 
-    /// The payload of `message` for `node` on `topic`, signed.
+    /// The payload of `message` on a shared topic (the network stream), signed.
     pub fn seal(&self, topic: &str, node: &str, message: Message) -> Vec<u8> {
-        let body = wire::encode(node, message);
+        self.sign(topic, wire::encode(node, message))
+    }
+
+    /// The payload of `message` for `node` on one of its own topics: encrypted for that
+    /// node (the key comes from its token), then signed. Empty if the system's random
+    /// source failed (nothing is sent rather than a reused nonce).
+    pub fn seal_for(&self, topic: &str, node: &str, node_token: &str, message: Message) -> Vec<u8> {
+        match encrypt(node_token, topic, &wire::encode(node, message)) {
+            Some(body) => self.sign(topic, body),
+            None => Vec::new(),
+        }
+    }
+
+    fn sign(&self, topic: &str, body: Vec<u8>) -> Vec<u8> {
         let tag = self
             .pair
             .sign(&wire::authenticated_bytes(topic, &body))
@@ -64,26 +84,74 @@ impl MasterKey {
     }
 }
 
-/// Opens a payload from the master: its signature by `master_public`, then the envelope.
+/// Opens a payload from the master: its signature by `master_public`, then (on the node's
+/// own topics, given its token) the encryption, then the envelope.
 pub fn open_from_master(
     master_public: &[u8],
     topic: &str,
     payload: &[u8],
+    node_token: Option<&str>,
 ) -> Result<Envelope, WireError> {
     let f = wire::unframe(payload)?;
     UnparsedPublicKey::new(&ED25519, master_public)
         .verify(&wire::authenticated_bytes(topic, &f.body), &f.tag)
         .map_err(|_| WireError::Unauthenticated("not signed by the master".into()))?;
-    wire::decode(&f.body)
+    match node_token {
+        Some(t) => wire::decode(&decrypt(t, topic, f.body)?),
+        None => wire::decode(&f.body),
+    }
 }
 
 fn node_key(node_token: &str) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, node_token.as_bytes())
 }
 
-/// The payload of `message` from `node` on `topic`, tagged with the node's token.
+/// The node's encryption key: derived from its token, distinct from its HMAC key.
+fn cipher(node_token: &str) -> Option<LessSafeKey> {
+    let derived = hmac::sign(&node_key(node_token), b"bramble wire encryption v2");
+    let key = UnboundKey::new(&CHACHA20_POLY1305, derived.as_ref().get(..32)?).ok()?;
+    Some(LessSafeKey::new(key))
+}
+
+/// `nonce ‖ ciphertext ‖ tag` of `plain`, bound to `topic`; None if the system's random
+/// source failed.
+fn encrypt(node_token: &str, topic: &str, plain: &[u8]) -> Option<Vec<u8>> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::SystemRandom::new().fill(&mut nonce).ok()?;
+    let mut sealed = plain.to_vec();
+    cipher(node_token)?
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(topic.as_bytes()),
+            &mut sealed,
+        )
+        .ok()?;
+    let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    Some(out)
+}
+
+fn decrypt(node_token: &str, topic: &str, mut body: Vec<u8>) -> Result<Vec<u8>, WireError> {
+    let refused = || WireError::Unauthenticated("not encrypted for this node".into());
+    if body.len() < NONCE_LEN {
+        return Err(refused());
+    }
+    let mut rest = body.split_off(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(&body).map_err(|_| refused())?;
+    let plain = cipher(node_token)
+        .ok_or_else(refused)?
+        .open_in_place(nonce, Aad::from(topic.as_bytes()), &mut rest)
+        .map_err(|_| refused())?;
+    Ok(plain.to_vec())
+}
+
+/// The payload of `message` from `node` on `topic`: encrypted and tagged with the node's
+/// token (empty if the system's random source failed).
 pub fn seal_from_node(node_token: &str, topic: &str, node: &str, message: Message) -> Vec<u8> {
-    let body = wire::encode(node, message);
+    let Some(body) = encrypt(node_token, topic, &wire::encode(node, message)) else {
+        return Vec::new();
+    };
     let tag = hmac::sign(
         &node_key(node_token),
         &wire::authenticated_bytes(topic, &body),
@@ -93,7 +161,7 @@ pub fn seal_from_node(node_token: &str, topic: &str, node: &str, message: Messag
     wire::frame(body, tag)
 }
 
-/// Opens a payload from a node whose token is `node_token`.
+/// Opens a payload from a node whose token is `node_token`: its tag, then its encryption.
 pub fn open_from_node(
     node_token: &str,
     topic: &str,
@@ -106,7 +174,7 @@ pub fn open_from_node(
         &f.tag,
     )
     .map_err(|_| WireError::Unauthenticated("not tagged with the node's credential".into()))?;
-    wire::decode(&f.body)
+    wire::decode(&decrypt(node_token, topic, f.body)?)
 }
 
 /// Lower-case hex.
@@ -145,26 +213,31 @@ mod tests {
         assert_eq!(key.public(), again.public(), "the key is kept");
         let other = MasterKey::load_or_create(&dir.path().join("other.key")).unwrap();
         let topic = Channel::Desired.topic("pi1");
+        let t1 = Some("token-1");
 
-        let sealed = key.seal(&topic, "pi1", hb());
+        let sealed = key.seal_for(&topic, "pi1", "token-1", hb());
         assert_eq!(
-            open_from_master(key.public(), &topic, &sealed)
+            open_from_master(key.public(), &topic, &sealed, t1)
                 .unwrap()
                 .node,
             "pi1"
         );
-        // Another key, another topic, a flipped byte: refused.
-        let forged = other.seal(&topic, "pi1", hb());
+        // Another key, another topic, a flipped byte, another node's token: refused.
+        let forged = other.seal_for(&topic, "pi1", "token-1", hb());
         assert!(matches!(
-            open_from_master(key.public(), &topic, &forged),
+            open_from_master(key.public(), &topic, &forged, t1),
             Err(WireError::Unauthenticated(_))
         ));
         let elsewhere = Channel::Desired.topic("pi2");
-        assert!(open_from_master(key.public(), &elsewhere, &sealed).is_err());
+        assert!(open_from_master(key.public(), &elsewhere, &sealed, t1).is_err());
         let mut flipped = sealed.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
-        assert!(open_from_master(key.public(), &topic, &flipped).is_err());
+        assert!(open_from_master(key.public(), &topic, &flipped, t1).is_err());
+        assert!(open_from_master(key.public(), &topic, &sealed, Some("token-2")).is_err());
+        // The shared stream is signed only.
+        let shared = key.seal(wire::SERVICES_TOPIC, "", hb());
+        assert!(open_from_master(key.public(), wire::SERVICES_TOPIC, &shared, None).is_ok());
 
         let topic = Channel::Heartbeat.topic("pi1");
         let tagged = seal_from_node("token-1", &topic, "pi1", hb());
@@ -173,6 +246,37 @@ mod tests {
         assert!(open_from_node("token-1", &Channel::Heartbeat.topic("pi2"), &tagged).is_err());
         // An unsigned payload of the old shape is not a frame.
         assert!(open_from_node("token-1", &topic, &wire::encode("pi1", hb())).is_err());
+    }
+
+    #[test]
+    fn a_node_s_messages_are_unreadable_without_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::load_or_create(&dir.path().join("wire.key")).unwrap();
+        let marker = "marker-9d2e";
+        let msg = || {
+            Message::LogReply(bramble_api::wire::LogReply {
+                id: 1,
+                data: marker.as_bytes().to_vec(),
+                next_offset: 0,
+                error: String::new(),
+            })
+        };
+        let t = Channel::Reply.topic("pi1");
+        let from_node = seal_from_node("token-1", &t, "pi1", msg());
+        let t2 = Channel::Request.topic("pi1");
+        let from_master = key.seal_for(&t2, "pi1", "token-1", msg());
+        for payload in [&from_node, &from_master] {
+            assert!(
+                !payload
+                    .windows(marker.len())
+                    .any(|w| w == marker.as_bytes()),
+                "the plain text is in the payload"
+            );
+        }
+        // Two sealings of the same message differ (a fresh nonce each time).
+        assert_ne!(from_node, seal_from_node("token-1", &t, "pi1", msg()));
+        assert!(open_from_node("token-1", &t, &from_node).is_ok());
+        assert!(open_from_master(key.public(), &t2, &from_master, Some("token-1")).is_ok());
     }
 
     #[test]

@@ -73,9 +73,12 @@ fn run(n: usize, tls: bool) -> Figures {
             )
             .unwrap();
         assert_eq!(r.code, 201);
-        while !m
-            .pod(&name)
-            .is_some_and(|p| p["status"]["phase"] == "Running")
+        // Polled on the same client (its connection is kept): the figure is the control
+        // path, not a TLS handshake per poll.
+        let path = format!("/api/v1/namespaces/default/pods/{name}");
+        while !h
+            .get(&path)
+            .is_ok_and(|r| r.code == 200 && r.json()["status"]["phase"] == "Running")
         {
             assert!(t.elapsed() < Duration::from_secs(30), "{name} never ran");
             std::thread::sleep(Duration::from_millis(2));

@@ -548,11 +548,41 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
     assert!(bramble_tests::eventually(Duration::from_secs(20), || m
         .node_ready("board-b")
         .is_some_and(|r| r.0 == "True")));
+    // Board A listens to everything the open broker carries, from before B gets its pod.
+    let spy_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spy = {
+        let stop = spy_stop.clone();
+        let mut opts = MqttOptions::new("board-a-spy", "127.0.0.1", port);
+        opts.set_max_packet_size(16 << 20, 16 << 20);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (client, mut ev) = AsyncClient::new(opts, 64);
+                client
+                    .subscribe("#", rumqttc::QoS::AtMostOnce)
+                    .await
+                    .unwrap();
+                let mut seen: Vec<Vec<u8>> = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+                        tokio::time::timeout(Duration::from_millis(200), ev.poll()).await
+                    {
+                        seen.push(p.payload.to_vec());
+                    }
+                }
+                seen
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
     let pod = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "real", "namespace": "default"},
         "spec": {"nodeName": "board-b", "containers": [{"name": "c", "image": "busybox",
-            "command": ["sleep", "3600"]}]}
+            "command": ["sleep", "3600"], "env": [{"name": "PASSWORD", "value": "marker-41c7e"}]}]}
     });
     assert_eq!(
         m.http()
@@ -683,6 +713,17 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
             |l| l.starts_with("bramble_gateway_wire_unauthenticated_total") && !l.ends_with(" 0")
         ),
         "{metrics}"
+    );
+    // What A read on the open broker: B's pod spec went by, encrypted for B only.
+    spy_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = spy.join().unwrap();
+    assert!(seen.len() > 5, "the spy saw {} messages", seen.len());
+    let marker = b"marker-41c7e";
+    assert!(
+        !seen
+            .iter()
+            .any(|p| p.windows(marker.len()).any(|w| w == marker)),
+        "B's pod spec was readable on the broker"
     );
     drop(b);
 }

@@ -123,8 +123,9 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
         let as_other_node = |t: &str, n: &str, msg: Message| {
             bramble_support::wire_auth::seal_from_node("not-the-token", t, n, msg)
         };
-        let as_master = |t: &str, n: &str, msg: Message| master_key.seal(t, n, msg);
-        let as_other_master = |t: &str, n: &str, msg: Message| other_key.seal(t, n, msg);
+        let as_master = |t: &str, n: &str, msg: Message| master_key.seal_for(t, n, &token, msg);
+        let as_other_master =
+            |t: &str, n: &str, msg: Message| other_key.seal_for(t, n, &token, msg);
         for channel in [
             Channel::Hello,
             Channel::Heartbeat,
@@ -289,6 +290,10 @@ fn desired_messages_carry_an_unbroken_revision_chain() {
     let master_key =
         bramble_support::wire_auth::MasterKey::load_or_create(&m.data_dir.join("wire.key"))
             .unwrap();
+    let token = std::fs::read_to_string(m.data_dir.join("node-credentials/board-r"))
+        .unwrap()
+        .trim()
+        .to_string();
     let chain = rt.block_on(async {
         let mut opts = m.mqtt_options("bramble-master-chain-test");
         opts.set_credentials("bramble-master", &m.token);
@@ -318,6 +323,7 @@ fn desired_messages_carry_an_unbroken_revision_chain() {
                     master_key.public(),
                     &p.topic,
                     &p.payload,
+                    Some(&token),
                 )
                 && let Message::Desired(d) = env.message
             {

@@ -28,6 +28,14 @@ fn dropped(reason: &'static str, detail: String) -> Dropped {
     Dropped { reason, detail }
 }
 
+/// What a node opens the master's messages with.
+pub struct Keys {
+    /// The master's wire key (Ed25519 public key): what it signed.
+    pub master: Vec<u8>,
+    /// The node's own token: what the master encrypted for it.
+    pub node_token: String,
+}
+
 fn reason(e: &wire::WireError) -> &'static str {
     match e {
         wire::WireError::TooLarge(_) => "too_large",
@@ -42,14 +50,13 @@ fn reason(e: &wire::WireError) -> &'static str {
 /// subscribed to it).
 pub fn route(
     node: &str,
-    master_key: &[u8],
+    keys: &Keys,
     topic: &str,
     payload: &[u8],
     network: bool,
 ) -> Result<Inbound, Dropped> {
-    let open = |payload| open_from_master(master_key, topic, payload);
     if topic == wire::SERVICES_TOPIC {
-        return match open(payload) {
+        return match open_from_master(&keys.master, topic, payload, None) {
             Ok(wire::Envelope {
                 message: Message::Network(update),
                 ..
@@ -67,7 +74,8 @@ pub fn route(
     if to != node {
         return Err(dropped("other_node", topic.to_string()));
     }
-    let env = open(payload).map_err(|e| dropped(reason(&e), format!("{topic}: {e}")))?;
+    let env = open_from_master(&keys.master, topic, payload, Some(&keys.node_token))
+        .map_err(|e| dropped(reason(&e), format!("{topic}: {e}")))?;
     if env.node != node {
         return Err(dropped("node_mismatch", topic.to_string()));
     }
@@ -118,6 +126,9 @@ mod tests {
         })
     }
 
+    /// The node's token in these tests.
+    const TOKEN: &str = "node-token";
+
     /// The master's key for the tests, and another one.
     fn keys() -> (MasterKey, MasterKey) {
         let dir = tempfile::tempdir().unwrap();
@@ -133,7 +144,19 @@ mod tests {
         let (key, other) = keys();
         let mine = |c: Channel| c.topic(me);
         // Signed by the master for that topic and that node.
-        let sealed = |topic: &str, node: &str, m: Message| key.seal(topic, node, m);
+        // Signed by the master for that topic and that node (encrypted for this node on its
+        // own topics, as the master does).
+        let sealed = |topic: &str, node: &str, m: Message| {
+            if topic == wire::SERVICES_TOPIC {
+                key.seal(topic, node, m)
+            } else {
+                key.seal_for(topic, node, TOKEN, m)
+            }
+        };
+        let keys = Keys {
+            master: key.public().to_vec(),
+            node_token: TOKEN.into(),
+        };
         let mut bad_version = sealed(&mine(Channel::Desired), me, desired());
         bad_version[0] = 9;
         let shared = wire::SERVICES_TOPIC.to_string();
@@ -189,7 +212,7 @@ mod tests {
             // topic replayed here (another node's desired state, the shared stream).
             (
                 mine(Channel::Desired),
-                other.seal(&mine(Channel::Desired), me, desired()),
+                other.seal_for(&mine(Channel::Desired), me, TOKEN, desired()),
                 false,
                 Err("unauthenticated"),
             ),
@@ -277,7 +300,7 @@ mod tests {
             ),
         ];
         for (i, (topic, payload, follows, want)) in table.into_iter().enumerate() {
-            let got = match route(me, key.public(), &topic, &payload, follows) {
+            let got = match route(me, &keys, &topic, &payload, follows) {
                 Ok(Inbound::Desired(_)) => Ok("desired"),
                 Ok(Inbound::LogRequest(_)) => Ok("log"),
                 Ok(Inbound::Network { shared: false, .. }) => Ok("network own"),
@@ -286,11 +309,19 @@ mod tests {
             };
             assert_eq!(got, want, "row {i}: {topic}");
         }
+        // Encrypted for another node (with its token), or not encrypted: not taken.
+        let theirs = key.seal_for(&mine(Channel::Desired), me, "their-token", desired());
+        assert_eq!(
+            route(me, &keys, &mine(Channel::Desired), &theirs, false).map_err(|d| d.reason),
+            Err("unauthenticated")
+        );
+        let clear = key.seal(&mine(Channel::Desired), me, desired());
+        assert!(route(me, &keys, &mine(Channel::Desired), &clear, false).is_err());
         // An unsigned envelope of the old protocol is never taken.
         assert!(
             route(
                 me,
-                key.public(),
+                &keys,
                 &mine(Channel::Desired),
                 &wire::encode(me, desired()),
                 false
@@ -303,11 +334,15 @@ mod tests {
     fn a_routed_message_is_the_one_that_was_sent() {
         let (key, _) = keys();
         let topic = Channel::Desired.topic("n");
+        let keys = Keys {
+            master: key.public().to_vec(),
+            node_token: TOKEN.into(),
+        };
         let got = route(
             "n",
-            key.public(),
+            &keys,
             &topic,
-            &key.seal(&topic, "n", desired()),
+            &key.seal_for(&topic, "n", TOKEN, desired()),
             false,
         );
         let Message::Desired(d) = desired() else {
