@@ -446,6 +446,13 @@ pub fn frame(body: Vec<u8>, tag: Vec<u8>) -> Vec<u8> {
 /// Splits a payload into its frame: size first, then the version, then the rest. The tag
 /// is not checked here.
 pub fn unframe(payload: &[u8]) -> Result<Frame, WireError> {
+    take_versioned(payload)
+}
+
+/// Decodes a postcard struct whose first field is the protocol version: the size first,
+/// then the version (so that a newer peer's message is reported as a version mismatch
+/// rather than as garbage), then the rest, which must use every byte.
+fn take_versioned<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
     if payload.len() > MAX_MESSAGE_BYTES {
         return Err(WireError::TooLarge(payload.len()));
     }
@@ -454,15 +461,15 @@ pub fn unframe(payload: &[u8]) -> Result<Frame, WireError> {
     if version != PROTOCOL_VERSION {
         return Err(WireError::Version(version));
     }
-    let (f, rest) = postcard::take_from_bytes::<Frame>(payload)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(payload).map_err(|e| WireError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(WireError::Malformed(format!(
             "{} trailing bytes",
             rest.len()
         )));
     }
-    Ok(f)
+    Ok(value)
 }
 
 /// Encodes a message from or for `node`.
@@ -476,27 +483,9 @@ pub fn encode(node: &str, message: Message) -> Vec<u8> {
     postcard::to_stdvec(&env).unwrap_or_default()
 }
 
-/// Decodes a payload: size first, then the envelope, then the version.
+/// Decodes an envelope: size first, then the version, then the rest.
 pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
-    if payload.len() > MAX_MESSAGE_BYTES {
-        return Err(WireError::TooLarge(payload.len()));
-    }
-    // The version is the envelope's first field: check it before the rest, so that a newer
-    // agent's message is reported as a version mismatch rather than as garbage.
-    let (version, _) = postcard::take_from_bytes::<u16>(payload)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if version != PROTOCOL_VERSION {
-        return Err(WireError::Version(version));
-    }
-    let (env, rest) = postcard::take_from_bytes::<Envelope>(payload)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(WireError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
-    }
-    Ok(env)
+    take_versioned(payload)
 }
 
 #[cfg(test)]

@@ -115,11 +115,7 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
         Ok(Ok(())) => {}
         Ok(Err(r)) => return Err(unauthorized(&r.to_string())),
         Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                e.to_string(),
-            ));
+            return Err(ApiError::internal(e));
         }
     }
     let mut labels: std::collections::BTreeMap<String, String> =
@@ -171,13 +167,7 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
         st.store.write(Op::Create(Object::Node(node))).await
     };
     result?;
-    let node_token = st.enrollment.enroll(&name).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        )
-    })?;
+    let node_token = st.enrollment.enroll(&name).map_err(ApiError::internal)?;
     tracing::info!(node = %name, "node joined");
     Ok(JoinReply {
         node_name: name,
@@ -294,12 +284,7 @@ pub async fn tokens(
         };
         return match st.enrollment.create_token(spec) {
             Ok(t) => (StatusCode::CREATED, Json(pinned(&st, t))).into_response(),
-            Err(e) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                e.to_string(),
-            )
-            .into_response(),
+            Err(e) => ApiError::internal(e).into_response(),
         };
     }
     let items: Vec<_> = st
@@ -334,13 +319,10 @@ fn create_user_token(
         }
         Some(s) => Some(now.saturating_add(s as i64)),
     };
-    let token = st.users.create(user, role, expires, now).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        )
-    })?;
+    let token = st
+        .users
+        .create(user, role, expires, now)
+        .map_err(ApiError::internal)?;
     tracing::info!(user, ?role, "user token created");
     Ok((
         StatusCode::CREATED,
@@ -368,12 +350,7 @@ pub async fn revoke_node(
     let had = match st.enrollment.revoke(&node) {
         Ok(had) => had,
         Err(e) => {
-            return ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                e.to_string(),
-            )
-            .into_response();
+            return ApiError::internal(e).into_response();
         }
     };
     let cut = st.sessions.cut(&node);
@@ -419,12 +396,7 @@ pub async fn delete_user(
             format!("no token for user {user:?}"),
         )
         .into_response(),
-        Err(e) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        )
-        .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
     }
 }
 
@@ -449,12 +421,7 @@ pub async fn delete_token(
             "no such join token (deleted, used up, or never made here)",
         )
         .into_response(),
-        Err(e) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        )
-        .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
     }
 }
 
@@ -474,11 +441,7 @@ pub async fn logs(
         })
     })?;
     let Ok(Object::Pod(pod)) = entry.object() else {
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            "stored pod is unreadable",
-        ));
+        return Err(ApiError::internal("stored pod is unreadable"));
     };
     if pod.spec.node_name.is_empty() {
         return Err(ApiError::bad_request(format!(
