@@ -179,6 +179,9 @@ pub enum TokenCommand {
         /// Any number of joins (a fleet)
         #[arg(long, conflicts_with = "user")]
         reusable: bool,
+        /// Only for these node names: one name, or a prefix ending in * ('rack1-*')
+        #[arg(long, conflicts_with = "user")]
+        nodes: Option<String>,
         /// What it is for
         #[arg(long, default_value = "")]
         description: String,

@@ -34,6 +34,17 @@ pub struct JoinToken {
     /// Joins left; None: any number. A token whose last use is spent is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uses_left: Option<u32>,
+    /// The node names it may join: one name, or a prefix ending in `*` (`rack1-*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<String>,
+}
+
+/// Whether `node` is one of the names `pattern` allows (a name, or a prefix ending in `*`).
+pub fn node_matches(pattern: &str, node: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => node.starts_with(prefix),
+        None => node == pattern,
+    }
 }
 
 /// How long a join token made with `bramble token create` lasts unless told otherwise.
@@ -47,6 +58,8 @@ pub struct TokenSpec {
     /// None: any number of joins.
     pub uses: Option<u32>,
     pub description: String,
+    /// None: any node name.
+    pub nodes: Option<String>,
 }
 
 /// Why a join token was not accepted.
@@ -56,6 +69,8 @@ pub enum TokenRefusal {
     Unknown,
     #[error("the join token expired at {0}; make a new one with `bramble token create`")]
     Expired(String),
+    #[error("the join token is bound to node names {0:?}; this node's name is not one of them")]
+    WrongNode(String),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -157,6 +172,7 @@ impl Enrollment {
                 bramble_api::time::format_rfc3339(now.saturating_add(secs))
             }),
             uses_left: spec.uses,
+            nodes: spec.nodes,
         };
         let mut files = self.write();
         files.tokens.push(t.clone());
@@ -170,20 +186,21 @@ impl Enrollment {
     }
 
     /// Whether `token` would be accepted now (nothing is spent).
-    pub fn check_token(&self, token: &str, now: i64) -> Result<(), TokenRefusal> {
+    pub fn check_token(&self, token: &str, node: &str, now: i64) -> Result<(), TokenRefusal> {
         let files = self.read();
         let t = files
             .tokens
             .iter()
             .find(|t| ct_eq(&t.token, token))
             .ok_or(TokenRefusal::Unknown)?;
-        usable(t, now)
+        usable(t, node, now)
     }
 
     /// Checks `token` and spends one of its uses (deleting it when that was the last).
     pub fn spend_token(
         &self,
         token: &str,
+        node: &str,
         now: i64,
     ) -> Result<Result<(), TokenRefusal>, CredentialError> {
         // Checked and spent under one write lock: two joins cannot both spend a last use.
@@ -191,7 +208,7 @@ impl Enrollment {
         let Some(i) = files.tokens.iter().position(|t| ct_eq(&t.token, token)) else {
             return Ok(Err(TokenRefusal::Unknown));
         };
-        if let Err(r) = usable(&files.tokens[i], now) {
+        if let Err(r) = usable(&files.tokens[i], node, now) {
             return Ok(Err(r));
         }
         match files.tokens[i].uses_left {
@@ -288,11 +305,14 @@ impl Enrollment {
 }
 
 /// Whether a token is within its time (its uses are counted by [`Enrollment::spend_token`]).
-fn usable(t: &JoinToken, now: i64) -> Result<(), TokenRefusal> {
-    match &t.expires {
-        Some(e) if bramble_api::time::parse_rfc3339(e).is_none_or(|at| at <= now) => {
-            Err(TokenRefusal::Expired(e.clone()))
-        }
+fn usable(t: &JoinToken, node: &str, now: i64) -> Result<(), TokenRefusal> {
+    if let Some(e) = &t.expires
+        && bramble_api::time::parse_rfc3339(e).is_none_or(|at| at <= now)
+    {
+        return Err(TokenRefusal::Expired(e.clone()));
+    }
+    match &t.nodes {
+        Some(p) if !node_matches(p, node) => Err(TokenRefusal::WrongNode(p.clone())),
         _ => Ok(()),
     }
 }
@@ -328,6 +348,32 @@ mod tests {
     }
 
     #[test]
+    fn tokens_bound_to_node_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Enrollment::load(dir.path()).unwrap();
+        let rack = e
+            .create_token(TokenSpec {
+                nodes: Some("rack1-*".into()),
+                ..TokenSpec::default()
+            })
+            .unwrap();
+        let one = e
+            .create_token(TokenSpec {
+                nodes: Some("pi7".into()),
+                ..TokenSpec::default()
+            })
+            .unwrap();
+        assert_eq!(e.check_token(&rack.token, "rack1-a", now()), Ok(()));
+        assert_eq!(
+            e.check_token(&rack.token, "rack2-a", now()),
+            Err(TokenRefusal::WrongNode("rack1-*".into()))
+        );
+        assert_eq!(e.check_token(&one.token, "pi7", now()), Ok(()));
+        assert!(e.check_token(&one.token, "pi70", now()).is_err());
+        assert!(e.spend_token(&one.token, "pi8", now()).unwrap().is_err());
+    }
+
+    #[test]
     fn tokens_expire_and_run_out_of_uses() {
         let dir = tempfile::tempdir().unwrap();
         let e = Enrollment::load(dir.path()).unwrap();
@@ -338,10 +384,10 @@ mod tests {
                 ..TokenSpec::default()
             })
             .unwrap();
-        assert_eq!(e.check_token(&day.token, t0), Ok(()));
+        assert_eq!(e.check_token(&day.token, "n", t0), Ok(()));
         let expiry = day.expires.clone().unwrap();
         assert_eq!(
-            e.check_token(&day.token, t0 + 24 * 3600 + 1),
+            e.check_token(&day.token, "n", t0 + 24 * 3600 + 1),
             Err(TokenRefusal::Expired(expiry.clone()))
         );
         assert!(
@@ -355,17 +401,20 @@ mod tests {
                 ..TokenSpec::default()
             })
             .unwrap();
-        assert_eq!(e.spend_token(&twice.token, t0).unwrap(), Ok(()));
+        assert_eq!(e.spend_token(&twice.token, "n", t0).unwrap(), Ok(()));
         // Persisted: a restart does not give the use back.
         let e = Enrollment::load(dir.path()).unwrap();
-        assert_eq!(e.spend_token(&twice.token, t0).unwrap(), Ok(()));
+        assert_eq!(e.spend_token(&twice.token, "n", t0).unwrap(), Ok(()));
         assert_eq!(
-            e.spend_token(&twice.token, t0).unwrap(),
+            e.spend_token(&twice.token, "n", t0).unwrap(),
             Err(TokenRefusal::Unknown),
             "a used-up token is gone"
         );
         assert!(e.delete_token(&day.token).unwrap());
-        assert_eq!(e.check_token(&day.token, t0), Err(TokenRefusal::Unknown));
+        assert_eq!(
+            e.check_token(&day.token, "n", t0),
+            Err(TokenRefusal::Unknown)
+        );
         assert!(!e.delete_token(&day.token).unwrap());
     }
 
@@ -375,8 +424,11 @@ mod tests {
         let e = Enrollment::load(dir.path()).unwrap();
         let first = e.tokens();
         assert_eq!(first.len(), 1);
-        assert_eq!(e.check_token(&first[0].token, now()), Ok(()));
-        assert_eq!(e.check_token("nope", now()), Err(TokenRefusal::Unknown));
+        assert_eq!(e.check_token(&first[0].token, "n", now()), Ok(()));
+        assert_eq!(
+            e.check_token("nope", "n", now()),
+            Err(TokenRefusal::Unknown)
+        );
         assert_eq!(first[0].expires, None, "the first token does not expire");
         let cred = e.enroll("pi1").unwrap();
         assert!(e.is_node("pi1", &cred));

@@ -483,6 +483,16 @@ fn join_tokens_expire_run_out_are_deleted_and_cannot_take_over_a_node() {
     for n in ["fleet-a", "fleet-b", "fleet-c"] {
         join::join(&m.url, &fleet, n, &facts).unwrap();
     }
+    // Bound to node names: a rack's boards join, no other name does.
+    let rack = create(&["--reusable", "--nodes", "rack1-*"]);
+    join::join(&m.url, &rack, "rack1-a", &facts).unwrap();
+    join::join(&m.url, &rack, "rack1-b", &facts).unwrap();
+    assert!(refusal(&rack, "rack2-a").contains("bound to node names"));
+    assert!(
+        !m.cli(&["token", "create", "--nodes", "Bad_*"])
+            .status
+            .success()
+    );
 
     // Deleted: refused; deleting again says there is none.
     let gone = create(&[]);

@@ -29,6 +29,7 @@ pub fn run(client: &Client, cmd: &TokenCommand) -> Result<()> {
             ttl,
             uses,
             reusable,
+            nodes,
             description,
             user,
             role,
@@ -45,6 +46,9 @@ pub fn run(client: &Client, cmd: &TokenCommand) -> Result<()> {
             }
             if *reusable {
                 body["reusable"] = json!(true);
+            }
+            if let Some(n) = nodes {
+                body["nodes"] = json!(n);
             }
             if !description.is_empty() {
                 body["description"] = json!(description);
@@ -81,6 +85,7 @@ pub fn run(client: &Client, cmd: &TokenCommand) -> Result<()> {
                                 text(t, "created", ""),
                                 text(t, "expires", "never"),
                                 uses,
+                                text(t, "nodes", "any"),
                                 text(t, "description", ""),
                             ]
                         })
@@ -90,7 +95,14 @@ pub fn run(client: &Client, cmd: &TokenCommand) -> Result<()> {
             print!(
                 "{}",
                 table::print(
-                    Some(&["TOKEN", "CREATED", "EXPIRES", "USES LEFT", "DESCRIPTION"]),
+                    Some(&[
+                        "TOKEN",
+                        "CREATED",
+                        "EXPIRES",
+                        "USES LEFT",
+                        "NODES",
+                        "DESCRIPTION"
+                    ]),
                     &rows
                 )
             );

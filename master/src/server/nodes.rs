@@ -69,7 +69,10 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
         ));
     }
     let now = bramble_api::time::now_secs();
-    if let Err(r) = st.enrollment.check_token(&token.secret, now) {
+    if let Err(r) = st
+        .enrollment
+        .check_token(&token.secret, &req.node_name, now)
+    {
         return Err(unauthorized(&r.to_string()));
     }
     if let Err(e) = bramble_api::names::dns1123_subdomain(&req.node_name) {
@@ -111,7 +114,7 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
             ),
         ));
     }
-    match st.enrollment.spend_token(&token.secret, now) {
+    match st.enrollment.spend_token(&token.secret, &name, now) {
         Ok(Ok(())) => {}
         Ok(Err(r)) => return Err(unauthorized(&r.to_string())),
         Err(e) => {
@@ -205,6 +208,8 @@ struct TokenRequest {
     /// Any number of joins.
     #[serde(default)]
     reusable: bool,
+    /// The node names it may join: a name, or a prefix ending in `*`.
+    nodes: Option<String>,
     #[serde(default)]
     description: String,
 }
@@ -245,8 +250,8 @@ pub async fn tokens(
             Some(s) => Some(Duration::from_secs(s)),
         };
         if let Some(user) = &req.user {
-            if req.uses.is_some() || req.reusable {
-                return ApiError::bad_request("uses, reusable: only for join tokens")
+            if req.uses.is_some() || req.reusable || req.nodes.is_some() {
+                return ApiError::bad_request("uses, reusable, nodes: only for join tokens")
                     .into_response();
             }
             return create_user_token(&st, user, req.role.as_deref(), req.ttl_seconds)
@@ -277,10 +282,28 @@ pub async fn tokens(
         } else {
             req.description.chars().take(256).collect()
         };
+        if let Some(p) = &req.nodes {
+            let name = p.strip_suffix('*').unwrap_or(p);
+            let ok = if p.ends_with('*') {
+                !name.is_empty()
+                    && name.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                    })
+            } else {
+                bramble_api::names::dns1123_subdomain(name).is_ok()
+            };
+            if !ok {
+                return ApiError::bad_request(format!(
+                    "nodes: {p:?} is neither a node name nor a prefix of one ending in * (rack1-*)"
+                ))
+                .into_response();
+            }
+        }
         let spec = crate::enrollment::TokenSpec {
             ttl,
             uses,
             description,
+            nodes: req.nodes.clone(),
         };
         return match st.enrollment.create_token(spec) {
             Ok(t) => (StatusCode::CREATED, Json(pinned(&st, t))).into_response(),
