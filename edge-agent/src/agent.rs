@@ -114,7 +114,7 @@ async fn credentials(
     let (Some(server), Some(token)) = (config.server.clone(), config.token.clone()) else {
         return Err(JoinError::NotJoined.into());
     };
-    if let crate::config::JoinToken::Argument(_) = token {
+    if let crate::config::TokenSource::Argument(_) = token {
         tracing::warn!(
             "the join token is on the command line, where every user of this board can read it (ps); prefer --token-file with a 0600 file"
         );

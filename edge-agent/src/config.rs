@@ -230,27 +230,27 @@ impl FileConfig {
 
 /// Where the join token came from.
 #[derive(Clone, PartialEq, Eq)]
-pub enum JoinToken {
+pub enum TokenSource {
     /// `--token` (visible to every user in `ps`).
     Argument(String),
     /// `--token-file`.
     File(String),
 }
 
-impl JoinToken {
+impl TokenSource {
     pub fn text(&self) -> &str {
         match self {
-            JoinToken::Argument(t) | JoinToken::File(t) => t,
+            TokenSource::Argument(t) | TokenSource::File(t) => t,
         }
     }
 }
 
-impl std::fmt::Debug for JoinToken {
+impl std::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the secret.
         match self {
-            JoinToken::Argument(_) => f.write_str("JoinToken::Argument(..)"),
-            JoinToken::File(_) => f.write_str("JoinToken::File(..)"),
+            TokenSource::Argument(_) => f.write_str("TokenSource::Argument(..)"),
+            TokenSource::File(_) => f.write_str("TokenSource::File(..)"),
         }
     }
 }
@@ -281,7 +281,7 @@ fn read_token_file(path: &std::path::Path) -> Result<String, String> {
 pub struct Config {
     pub data_dir: PathBuf,
     pub server: Option<String>,
-    pub token: Option<JoinToken>,
+    pub token: Option<TokenSource>,
     pub node_name: String,
     pub labels: Vec<(String, String)>,
     pub node_ip: Option<String>,
@@ -430,8 +430,8 @@ impl TryFrom<RunArgs> for Config {
             (Some(_), Some(_)) => {
                 return Err("--token and --token-file: give one of them".into());
             }
-            (Some(t), None) => Some(JoinToken::Argument(t)),
-            (None, Some(f)) => Some(JoinToken::File(read_token_file(&f)?)),
+            (Some(t), None) => Some(TokenSource::Argument(t)),
+            (None, Some(f)) => Some(TokenSource::File(read_token_file(&f)?)),
             (None, None) => None,
         };
         Ok(Config {
@@ -495,7 +495,7 @@ mod tests {
         );
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = parse(&["--token-file", path]).unwrap();
-        assert_eq!(c.token, Some(JoinToken::File("B10abc::secret".into())));
+        assert_eq!(c.token, Some(TokenSource::File("B10abc::secret".into())));
         assert!(
             !format!("{c:?}").contains("secret"),
             "the token is never printed"
@@ -504,7 +504,7 @@ mod tests {
         assert!(e.contains("one of them"), "{e}");
         assert_eq!(
             parse(&["--token", "t"]).unwrap().token,
-            Some(JoinToken::Argument("t".into()))
+            Some(TokenSource::Argument("t".into()))
         );
         std::fs::write(&f, "\n").unwrap();
         assert!(

@@ -81,7 +81,7 @@ pub fn serving_names(extra: &[String]) -> Vec<String> {
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    if let Ok(h) = nix_hostname()
+    if let Ok(h) = hostname()
         && is_dns_name(&h)
     {
         names.push(h);
@@ -106,7 +106,7 @@ pub fn is_dns_name(name: &str) -> bool {
         })
 }
 
-fn nix_hostname() -> std::io::Result<String> {
+fn hostname() -> std::io::Result<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
     let h = h.trim().to_string();
     if h.is_empty() {

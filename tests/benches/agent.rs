@@ -12,15 +12,9 @@ use std::time::{Duration, Instant};
 use bramble_agent::runtime::container::LibcontainerRuntime;
 use bramble_agent::runtime::{ContainerSpec, Runtime, bundle};
 use bramble_tests::{
-    AgentProcess, MasterProcess, bin, busybox_image, cleanup_agent_dir, eventually, require_root,
-    rss_mb,
+    AgentProcess, MasterProcess, bin, busybox_image, cleanup_agent_dir, eventually, percentile,
+    require_root, rss_mb,
 };
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
 
 fn row(name: &str, value: String, baseline: String, ratio: String) {
     println!("| {name} | {value} | {baseline} | {ratio} |");

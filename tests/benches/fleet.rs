@@ -8,19 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use bramble_tests::{HollowProcess, MasterProcess, eventually, ok_stdout, rss_mb};
-
-fn ticks() -> f64 {
-    100.0 // USER_HZ on Linux
-}
-
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = stat.rsplit(')').next().unwrap();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat; after "pid (comm)" they are 11 and 12.
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks()
-}
+use bramble_tests::{HollowProcess, MasterProcess, cpu_secs, eventually, ok_stdout, rss_mb};
 
 fn row(name: &str, value: String, baseline: String, ratio: String) {
     println!("| {name} | {value} | {baseline} | {ratio} |");

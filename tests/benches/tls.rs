@@ -10,19 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use bramble_tests::{HollowProcess, MasterProcess, eventually, rss_mb};
-
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = stat.rsplit(')').next().unwrap();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
+use bramble_tests::{HollowProcess, MasterProcess, cpu_secs, eventually, percentile, rss_mb};
 
 struct Figures {
     join_s: f64,

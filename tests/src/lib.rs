@@ -932,6 +932,31 @@ pub fn start_mosquitto_with(dir: &Path, extra: &str) -> Result<(Mosquitto, u16)>
     Ok((m, port))
 }
 
+/// A process's CPU time (user + system) in seconds, for the benches; 0 if it cannot be read.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // After "pid (comm)", utime and stime (fields 14 and 15 of stat) are the 12th and 13th.
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0 // USER_HZ on Linux
+}
+
+/// The `p` quantile (0 to 1) of `v`, nearest rank; 0 for no values.
+pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
 /// A process's resident memory (VmRSS) in MB, for the benches; 0 if it cannot be read.
 pub fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

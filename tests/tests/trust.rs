@@ -466,14 +466,26 @@ fn join_tokens_expire_run_out_are_deleted_and_cannot_take_over_a_node() {
     join::join(&m.url, &once, "one-a", &facts).unwrap();
     assert!(refusal(&once, "one-b").contains("used up"));
 
-    // Expired: refused with the time it expired.
-    let short = create(&["--ttl", "1s"]);
+    // Expired: refused with the time it expired (reusable, so that a join made before the
+    // second is up does not use it up).
+    let short = create(&["--ttl", "1s", "--reusable"]);
     let listed = bramble_tests::ok_stdout(&m.cli(&["token", "list"]));
     let line = listed.lines().find(|l| l.starts_with(&short)).unwrap();
     let expires = line.split_whitespace().nth(2).unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(2100));
-    let msg = refusal(&short, "late");
-    assert!(msg.contains("expired") && msg.contains(&expires), "{msg}");
+    let mut msg = String::new();
+    assert!(
+        bramble_tests::eventually(Duration::from_secs(5), || {
+            match join::join(&m.url, &short, "late", &facts) {
+                Err(JoinError::Refused(m)) if m.contains("expired") => {
+                    msg = m;
+                    true
+                }
+                _ => false,
+            }
+        }),
+        "the 1 s token was still taken after 5 s"
+    );
+    assert!(msg.contains(&expires), "{msg}");
 
     // Single use is the default: a fleet asks for --uses N or --reusable.
     let default = create(&[]);
@@ -560,6 +572,7 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
         .is_some_and(|r| r.0 == "True")));
     // Board A listens to everything the open broker carries, from before B gets its pod.
     let spy_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel::<()>();
     let spy = {
         let stop = spy_stop.clone();
         let mut opts = MqttOptions::new("board-a-spy", "127.0.0.1", port);
@@ -577,17 +590,24 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
                     .unwrap();
                 let mut seen: Vec<Vec<u8>> = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
-                        tokio::time::timeout(Duration::from_millis(200), ev.poll()).await
-                    {
-                        seen.push(p.payload.to_vec());
+                    match tokio::time::timeout(Duration::from_millis(200), ev.poll()).await {
+                        Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                            seen.push(p.payload.to_vec())
+                        }
+                        Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                            let _ = subscribed_tx.send(());
+                        }
+                        _ => {}
                     }
                 }
                 seen
             })
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // Subscribed before B's pod exists, so the spy sees its spec go by.
+    subscribed_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the spy's subscription to # was acknowledged");
     let pod = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "real", "namespace": "default"},
@@ -809,6 +829,20 @@ fn people_and_programs_get_named_tokens_with_a_role() {
         )
         .unwrap();
     assert_eq!(r.code, 400);
+    // Hostile token requests: numbers out of range, fields that do not belong, bad names.
+    for body in [
+        serde_json::json!({"ttlSeconds": u64::MAX}),
+        serde_json::json!({"uses": 0}),
+        serde_json::json!({"uses": 2, "reusable": true}),
+        serde_json::json!({"nodes": "../etc"}),
+        serde_json::json!({"surprise": 1}),
+        serde_json::json!({"role": "admin"}),
+        serde_json::json!({"user": "Not_A_Name", "role": "admin"}),
+        serde_json::json!({"user": "x", "role": "reader", "uses": 3}),
+    ] {
+        let r = m.http().post_json("/bramble/v1/tokens", &body).unwrap();
+        assert_eq!(r.code, 400, "{body}: {}", String::from_utf8_lossy(&r.body));
+    }
 }
 
 #[test]
@@ -835,4 +869,72 @@ fn an_admin_revokes_a_node_and_it_may_join_again() {
             .status
             .success()
     );
+}
+
+/// Whether the peer ends the stream (end of file or an error) within `within`.
+fn ends(stream: &mut impl std::io::Read, within: std::time::Instant) -> bool {
+    let mut buf = [0u8; 1024];
+    while std::time::Instant::now() < within {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn the_broker_front_drops_what_is_not_mqtt_over_tls() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let addr = format!("127.0.0.1:{}", m.mqtt_port);
+    let tcp = || {
+        let c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        c
+    };
+    let soon = || std::time::Instant::now() + Duration::from_secs(10);
+    // Garbage, and a plain MQTT CONNECT, on the TLS port: closed.
+    let mut c = tcp();
+    c.write_all(&[0xde; 300]).unwrap();
+    assert!(ends(&mut c, soon()), "garbage kept open");
+    let mut c = tcp();
+    c.write_all(b"\x10\x10\x00\x04MQTT\x04\x02\x00\x05\x00\x04pi-1")
+        .unwrap();
+    assert!(ends(&mut c, soon()), "plaintext MQTT kept open");
+    // Inside TLS: a packet type only a broker sends, a length past the limit, bytes that
+    // are not MQTT. Each is cut by the front.
+    let tls = |bytes: &[u8]| {
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(
+            bramble_tests::rustls_client(m.ca_pem.as_deref().unwrap()),
+            name,
+        )
+        .unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp());
+        s.write_all(bytes).unwrap();
+        s.flush().unwrap();
+        s
+    };
+    for (what, bytes) in [
+        ("a CONNACK from a client", vec![0x20, 0x02, 0x00, 0x00]),
+        ("a 256 MiB length", vec![0x30, 0xff, 0xff, 0xff, 0x7f]),
+        ("not MQTT", vec![0xf0; 64]),
+    ] {
+        let mut s = tls(&bytes);
+        assert!(ends(&mut s, soon()), "{what} kept open");
+    }
+    // And the broker still serves a board.
+    let creds = join::join(&m.url, &m.join_token(), "pi1", &NodeFacts::default()).unwrap();
+    let mut ok = m.mqtt_options("pi1");
+    ok.set_credentials("pi1", &creds.node_token);
+    connects(ok).unwrap();
 }

@@ -56,31 +56,48 @@ impl Controller for Revocation {
         if store.get(Kind::Node, "", node).is_some() {
             return Ok(());
         }
-        let had = match self.enrollment.revoke(node) {
-            Ok(had) => had,
-            Err(e) => {
-                tracing::error!(node, error = %e, "cannot revoke a deleted node's credentials");
-                return Err(StoreError::storage("revoking a node's credentials", e));
-            }
-        };
-        let cut = self.sessions.cut(node);
-        if had || cut > 0 {
-            tracing::info!(
-                node,
-                connections_cut = cut,
-                "deleted node's credentials revoked"
-            );
-            let mut n = Node::default();
-            n.metadata.name = node.clone();
-            self.events
-                .record(
-                    Object::Node(n),
-                    "Normal",
-                    "CredentialsRevoked",
-                    &format!("the node was deleted: its credentials are revoked and {cut} MQTT connection(s) cut"),
-                )
-                .await;
-        }
+        let mut n = Node::default();
+        n.metadata.name = node.clone();
+        revoke(
+            &self.enrollment,
+            &self.sessions,
+            &mut self.events,
+            Object::Node(n),
+            "the node was deleted",
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(node, error = %e, "cannot revoke a deleted node's credentials");
+            StoreError::storage("revoking a node's credentials", e)
+        })?;
         Ok(())
     }
+}
+
+/// Revokes `node`'s credential and cuts its live MQTT connections; when there was anything
+/// to revoke, logs and records a `CredentialsRevoked` event on `node` saying `why`.
+/// Returns (whether it held a credential, connections cut). The deleted-node controller
+/// and `bramble token revoke-node` both come here.
+pub async fn revoke(
+    enrollment: &Enrollment,
+    sessions: &Sessions,
+    events: &mut EventRecorder,
+    node: Object,
+    why: &str,
+) -> Result<(bool, usize), crate::credentials::CredentialError> {
+    let name = node.meta().name.clone();
+    let had = enrollment.revoke(&name)?;
+    let cut = sessions.cut(&name);
+    if had || cut > 0 {
+        tracing::info!(node = %name, connections_cut = cut, why, "node credential revoked");
+        events
+            .record(
+                node,
+                "Normal",
+                "CredentialsRevoked",
+                &format!("{why}: its credential is revoked and {cut} MQTT connection(s) cut"),
+            )
+            .await;
+    }
+    Ok((had, cut))
 }

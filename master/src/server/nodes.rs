@@ -370,13 +370,28 @@ pub async fn revoke_node(
     if let Err(e) = authorize(&st, &headers) {
         return e.into_response();
     }
-    let had = match st.enrollment.revoke(&node) {
-        Ok(had) => had,
-        Err(e) => {
-            return ApiError::internal(e).into_response();
+    // The Node when it exists (the event's subject), else a stand-in with its name.
+    let obj = match st.store.get(Kind::Node, "", &node).map(|e| e.object()) {
+        Some(Ok(obj)) => obj,
+        _ => {
+            let mut n = Node::default();
+            n.metadata.name = node.clone();
+            Object::Node(n)
         }
     };
-    let cut = st.sessions.cut(&node);
+    let mut events = crate::events::EventRecorder::new(st.store.clone(), "bramble-master");
+    let (had, cut) = match crate::controllers::revocation::revoke(
+        &st.enrollment,
+        &st.sessions,
+        &mut events,
+        obj,
+        "revoked by an admin",
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
     if !had && cut == 0 {
         return ApiError::new(
             StatusCode::NOT_FOUND,
@@ -384,17 +399,6 @@ pub async fn revoke_node(
             format!("node {node:?} holds no credential"),
         )
         .into_response();
-    }
-    tracing::info!(node, connections_cut = cut, "node credential revoked");
-    if let Some(Ok(obj)) = st.store.get(Kind::Node, "", &node).map(|e| e.object()) {
-        crate::events::EventRecorder::new(st.store.clone(), "bramble-master")
-            .record(
-                obj,
-                "Normal",
-                "CredentialsRevoked",
-                &format!("revoked by an admin; {cut} MQTT connection(s) cut"),
-            )
-            .await;
     }
     Json(serde_json::json!({"node": node, "connectionsCut": cut})).into_response()
 }
