@@ -68,6 +68,20 @@ pub enum Command {
     Uncordon(NodeArgs),
     /// Cordon a node and delete its pods so that their owners replace them elsewhere
     Drain(NodeArgs),
+    /// A node's credential: let a join take it over, or revoke it
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+/// `bramble node`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Let one join with a join token replace a joined node's credential, within an hour
+    /// (a board whose card was written afresh); its old credential works until then
+    Approve(NodeArgs),
+    /// Revoke a node's credential at once (its MQTT session is cut, reconnects refused);
+    /// the Node stays, and a board may join under its name again
+    Reset(NodeArgs),
 }
 
 /// `bramble scale`.
@@ -192,7 +206,7 @@ pub enum TokenCommand {
         #[arg(long, value_parser = ["admin", "reader"], requires = "user")]
         role: Option<String>,
     },
-    /// List join tokens
+    /// List join tokens (by ID: the master keeps only their hashes) and users' tokens
     List,
     /// Revoke a node's own credential at once (its MQTT session is cut and refused); the
     /// Node stays, and a board may join under its name again
@@ -205,7 +219,7 @@ pub enum TokenCommand {
     /// --user revoke a user's API token
     #[command(alias = "rm")]
     Delete {
-        /// Tokens as `bramble token list` prints them
+        /// Token IDs as `bramble token list` prints them, or whole tokens
         #[arg(required_unless_present = "user")]
         tokens: Vec<String>,
         /// Revoke this user's API token

@@ -41,5 +41,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Cordon(a) => cmd::node::cordon(&client, &a.node, true),
         Command::Uncordon(a) => cmd::node::cordon(&client, &a.node, false),
         Command::Drain(a) => cmd::node::drain(&client, &a.node),
+        Command::Node(c) => cmd::node::credential(&client, c),
     }
 }

@@ -30,7 +30,7 @@ use crate::pods::plan::Backoff;
 use crate::pods::{Applied, PodManager, PodManagerConfig};
 use crate::runtime::container::LibcontainerRuntime;
 use crate::runtime::{Runtime, RuntimeError};
-use bramble_support::wire_auth::seal_from_node;
+use bramble_support::wire_auth::{NodeSecret, seal_from_node};
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +119,10 @@ async fn credentials(
             "the join token is on the command line, where every user of this board can read it (ps); prefer --token-file with a 0600 file"
         );
     }
+    let token_file = match &token {
+        crate::config::TokenSource::File(_, path) => Some(path.clone()),
+        crate::config::TokenSource::Argument(_) => None,
+    };
     let token = token.text().to_string();
     let mut attempt = 0;
     loop {
@@ -132,6 +136,17 @@ async fn credentials(
             Ok(c) => {
                 join::save(&config.data_dir, &c)?;
                 tracing::info!(node = %c.node_name, "joined the cluster");
+                // The join token has done its work: it no longer lies on the board's disk.
+                if let Some(path) = token_file {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {
+                            tracing::info!(path = %path.display(), "deleted the join token file")
+                        }
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot delete the join token file; delete it by hand")
+                        }
+                    }
+                }
                 return Ok(c);
             }
             Err(JoinError::Unreachable { server, message }) => {
@@ -278,6 +293,9 @@ pub async fn run_with_runtime(
         u64::from_le_bytes(b)
     };
 
+    // What this node's messages are tagged and encrypted with (the master keeps this, not
+    // the token).
+    let secret = NodeSecret::from_token(&creds.node_token);
     // Only what the master signed is acted on, whatever the broker delivers.
     let keys = inbound::Keys {
         master: bramble_support::wire_auth::unhex(&creds.wire_key)
@@ -287,7 +305,7 @@ pub async fn run_with_runtime(
                     "the node's credentials carry no master wire key (joined before it existed): delete the node on the master and join again".into(),
                 )
             })?,
-        node_token: creds.node_token.clone(),
+        secret: secret.clone(),
     };
     let mut opts = mqtt::options(&node, &host, creds.mqtt_port);
     if creds.mqtt_tls {
@@ -301,12 +319,7 @@ pub async fn run_with_runtime(
     opts.set_credentials(&node, &creds.node_token);
     opts.set_last_will(LastWill::new(
         Channel::Will.topic(&node),
-        seal_from_node(
-            &creds.node_token,
-            &Channel::Will.topic(&node),
-            &node,
-            Message::Gone,
-        ),
+        seal_from_node(&secret, &Channel::Will.topic(&node), &node, Message::Gone),
         QoS::AtLeastOnce,
         false,
     ));
@@ -335,7 +348,7 @@ pub async fn run_with_runtime(
     let hb = tokio::spawn(heartbeats(
         client.clone(),
         node.clone(),
-        creds.node_token.clone(),
+        secret.clone(),
         config.heartbeat_interval,
         usage_rx,
         shutdown.clone(),
@@ -363,7 +376,7 @@ pub async fn run_with_runtime(
     };
     let publish = |channel: Channel, msg: Message| {
         let topic = channel.topic(&node);
-        let payload = seal_from_node(&creds.node_token, &topic, &node, msg);
+        let payload = seal_from_node(&secret, &topic, &node, msg);
         if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
             tracing::debug!(error = %e, "publish queued while disconnected failed; the next hello resends state");
         }
@@ -527,7 +540,7 @@ async fn keep_reconciling(pods: &mut PodManager, shutdown: &CancellationToken) {
 async fn heartbeats(
     client: AsyncClient,
     node: String,
-    token: String,
+    secret: NodeSecret,
     every: Duration,
     mut usage: watch::Receiver<Usage>,
     shutdown: CancellationToken,
@@ -549,7 +562,7 @@ async fn heartbeats(
         };
         let topic = Channel::Heartbeat.topic(&node);
         let payload = seal_from_node(
-            &token,
+            &secret,
             &topic,
             &node,
             Message::Heartbeat(Heartbeat { seq, usage: u }),

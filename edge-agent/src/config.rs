@@ -233,14 +233,14 @@ impl FileConfig {
 pub enum TokenSource {
     /// `--token` (visible to every user in `ps`).
     Argument(String),
-    /// `--token-file`.
-    File(String),
+    /// `--token-file`: the token and the file, which the agent deletes once it has joined.
+    File(String, PathBuf),
 }
 
 impl TokenSource {
     pub fn text(&self) -> &str {
         match self {
-            TokenSource::Argument(t) | TokenSource::File(t) => t,
+            TokenSource::Argument(t) | TokenSource::File(t, _) => t,
         }
     }
 }
@@ -250,7 +250,7 @@ impl std::fmt::Debug for TokenSource {
         // Never the secret.
         match self {
             TokenSource::Argument(_) => f.write_str("TokenSource::Argument(..)"),
-            TokenSource::File(_) => f.write_str("TokenSource::File(..)"),
+            TokenSource::File(_, p) => write!(f, "TokenSource::File(.., {p:?})"),
         }
     }
 }
@@ -431,7 +431,7 @@ impl TryFrom<RunArgs> for Config {
                 return Err("--token and --token-file: give one of them".into());
             }
             (Some(t), None) => Some(TokenSource::Argument(t)),
-            (None, Some(f)) => Some(TokenSource::File(read_token_file(&f)?)),
+            (None, Some(f)) => Some(TokenSource::File(read_token_file(&f)?, f)),
             (None, None) => None,
         };
         Ok(Config {
@@ -495,7 +495,10 @@ mod tests {
         );
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = parse(&["--token-file", path]).unwrap();
-        assert_eq!(c.token, Some(TokenSource::File("B10abc::secret".into())));
+        assert_eq!(
+            c.token,
+            Some(TokenSource::File("B10abc::secret".into(), f.clone()))
+        );
         assert!(
             !format!("{c:?}").contains("secret"),
             "the token is never printed"

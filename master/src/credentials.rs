@@ -37,12 +37,23 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CredentialError + '_ {
     }
 }
 
-/// A new random token: 32 bytes, hex.
 /// Compares two secrets in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// SHA-256 of a token: what the master keeps instead of it.
+pub fn sha256(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// [`sha256`] in lower-case hex.
+pub fn sha256_hex(token: &str) -> String {
+    sha256(token).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new random token: 32 bytes, hex.
 pub fn new_token() -> Result<String, CredentialError> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).map_err(|e| CredentialError::Random(e.to_string()))?;

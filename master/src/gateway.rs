@@ -365,10 +365,10 @@ impl Gateway {
     fn publish(&mut self, node: &str, channel: Channel, msg: Message) {
         let topic = channel.topic(node);
         // Encrypted for the node: without its credential (revoked, deleted) nothing is sent.
-        let Some(token) = self.enrollment.token(node) else {
+        let Some(secret) = self.enrollment.secret(node) else {
             return self.drop_msg("wire_send_no_credential", node);
         };
-        let payload = self.wire_key.seal_for(&topic, node, &token, msg);
+        let payload = self.wire_key.seal_for(&topic, node, &secret, msg);
         if let Err(e) = self
             .client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
@@ -401,13 +401,13 @@ impl Gateway {
         let node = node.to_string();
         // Only the node itself knows its token: a message tagged with it is from that node,
         // whatever the broker let through.
-        let Some(token) = self.enrollment.token(&node) else {
+        let Some(secret) = self.enrollment.secret(&node) else {
             return self.drop_msg(
                 "wire_unknown_node",
                 &format!("{topic}: no credential for {node:?}; the agent must join first"),
             );
         };
-        let env = match open_from_node(&token, topic, payload) {
+        let env = match open_from_node(&secret, topic, payload) {
             Ok(env) => env,
             Err(e) => {
                 let reason = match e {

@@ -119,7 +119,6 @@ impl Master {
             credentials::load_or_create_token(&dir.join(credentials::ADMIN_TOKEN_FILE))?;
         let reader_token =
             credentials::load_or_create_token(&dir.join(credentials::READER_TOKEN_FILE))?;
-        let enrollment = Arc::new(enrollment::Enrollment::load(dir)?);
         let users = Arc::new(users::Users::load(dir)?);
         let pki = if config.plaintext {
             tracing::warn!(
@@ -132,6 +131,10 @@ impl Master {
                 &pki::serving_names(&config.tls_sans),
             )?)
         };
+        let ca_hash = pki
+            .as_ref()
+            .map(|p| bramble_support::tls::cert_hash(p.ca_der.as_ref()));
+        let enrollment = Arc::new(enrollment::Enrollment::load(dir, ca_hash.as_deref())?);
         let sessions: Arc<broker::Sessions>;
         let (gw_host, gw_port, mqtt_host, mqtt_port, mqtt_tls, credentials) = match &config.broker {
             config::Broker::Embedded(listen) => {

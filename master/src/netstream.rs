@@ -202,8 +202,8 @@ pub async fn run(
                     for (node, ()) in asking {
                         for part in state.snapshot(&cidrs) {
                             let topic = Channel::Network.topic(&node);
-                            let Some(token) = enrollment.token(&node) else { continue };
-                            let msg = wire_key.seal_for(&topic, &node, &token, Message::Network(part));
+                            let Some(secret) = enrollment.secret(&node) else { continue };
+                            let msg = wire_key.seal_for(&topic, &node, &secret, Message::Network(part));
                             if let Err(e) = client.publish(topic, QoS::AtLeastOnce, false, msg).await {
                                 tracing::warn!(node, error = %e, "cannot send a network snapshot");
                             }
@@ -287,7 +287,7 @@ mod tests {
             let bytes = key.seal_for(
                 &Channel::Network.topic("n"),
                 "n",
-                "token",
+                &bramble_support::wire_auth::NodeSecret::from_token("token"),
                 Message::Network(p.clone()),
             );
             assert!(

@@ -76,6 +76,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/bramble/v1/nodes/{node}/revoke", post(nodes::revoke_node))
         .route(
+            "/bramble/v1/nodes/{node}/approve",
+            post(nodes::approve_node),
+        )
+        .route(
             "/bramble/v1/images",
             post(images::import).delete(images::remove),
         )

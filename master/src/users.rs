@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::credentials::{CredentialError, constant_time_eq, new_token, write_private};
+use crate::credentials::{CredentialError, constant_time_eq, new_token, sha256_hex, write_private};
 
 /// File of user tokens (hashes only).
 pub const USER_TOKENS_FILE: &str = "user-tokens.json";
@@ -61,13 +60,6 @@ pub struct UserInfo {
     /// RFC 3339, since the master started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_used: Option<String>,
-}
-
-fn sha256_hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[derive(Debug, Default)]

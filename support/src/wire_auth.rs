@@ -3,8 +3,9 @@
 //!
 //! - Master → agents: an Ed25519 signature by the master's wire key. Agents hold only the
 //!   public half, so no board can sign as the master, for any topic.
-//! - Agent → master: an HMAC-SHA256 keyed by the node's own token, which only that board
-//!   and the master know, so no board can speak for another.
+//! - Agent → master: an HMAC-SHA256 keyed by the node's wire secret, derived from its own
+//!   token, which only that board and the master know, so no board can speak for another.
+//!   The master keeps the secret, never the token itself ([`NodeSecret`]).
 //!
 //! Each tag covers the topic and the envelope's bytes.
 //!
@@ -20,6 +21,42 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundK
 use ring::rand::SecureRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use ring::{hmac, rand};
+
+/// A node's wire secret: HMAC-SHA256 of its token under a fixed label. Both ends derive it;
+/// the master stores it instead of the token, so its disk holds nothing that connects as
+/// the node or reads blobs as it (the token's SHA-256 checks those).
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeSecret([u8; 32]);
+
+impl std::fmt::Debug for NodeSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeSecret(..)")
+    }
+}
+
+impl NodeSecret {
+    /// The secret of the node whose credential is `node_token`.
+    pub fn from_token(node_token: &str) -> NodeSecret {
+        let k = hmac::Key::new(hmac::HMAC_SHA256, node_token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(hmac::sign(&k, b"bramble node wire secret v3").as_ref());
+        NodeSecret(out)
+    }
+
+    /// Lower-case hex, for the master's credential file.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// The secret from [`NodeSecret::to_hex`]'s text.
+    pub fn from_hex(text: &str) -> Option<NodeSecret> {
+        unhex(text)?.try_into().ok().map(NodeSecret)
+    }
+
+    fn hmac_key(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &self.0)
+    }
+}
 
 /// The master's signing key.
 pub struct MasterKey {
@@ -67,8 +104,14 @@ impl MasterKey {
     /// The payload of `message` for `node` on one of its own topics: encrypted for that
     /// node (the key comes from its token), then signed. Empty if the system's random
     /// source failed (nothing is sent rather than a reused nonce).
-    pub fn seal_for(&self, topic: &str, node: &str, node_token: &str, message: Message) -> Vec<u8> {
-        match encrypt(node_token, topic, &wire::encode(node, message)) {
+    pub fn seal_for(
+        &self,
+        topic: &str,
+        node: &str,
+        secret: &NodeSecret,
+        message: Message,
+    ) -> Vec<u8> {
+        match encrypt(secret, topic, &wire::encode(node, message)) {
             Some(body) => self.sign(topic, body),
             None => Vec::new(),
         }
@@ -85,41 +128,37 @@ impl MasterKey {
 }
 
 /// Opens a payload from the master: its signature by `master_public`, then (on the node's
-/// own topics, given its token) the encryption, then the envelope.
+/// own topics, given its secret) the encryption, then the envelope.
 pub fn open_from_master(
     master_public: &[u8],
     topic: &str,
     payload: &[u8],
-    node_token: Option<&str>,
+    secret: Option<&NodeSecret>,
 ) -> Result<Envelope, WireError> {
     let f = wire::unframe(payload)?;
     UnparsedPublicKey::new(&ED25519, master_public)
         .verify(&wire::authenticated_bytes(topic, &f.body), &f.tag)
         .map_err(|_| WireError::Unauthenticated("not signed by the master".into()))?;
-    match node_token {
-        Some(t) => wire::decode(&decrypt(t, topic, f.body)?),
+    match secret {
+        Some(s) => wire::decode(&decrypt(s, topic, f.body)?),
         None => wire::decode(&f.body),
     }
 }
 
-fn node_key(node_token: &str) -> hmac::Key {
-    hmac::Key::new(hmac::HMAC_SHA256, node_token.as_bytes())
-}
-
-/// The node's encryption key: derived from its token, distinct from its HMAC key.
-fn cipher(node_token: &str) -> Option<LessSafeKey> {
-    let derived = hmac::sign(&node_key(node_token), b"bramble wire encryption v2");
+/// The node's encryption key: derived from its secret, distinct from its HMAC key.
+fn cipher(secret: &NodeSecret) -> Option<LessSafeKey> {
+    let derived = hmac::sign(&secret.hmac_key(), b"bramble wire encryption v3");
     let key = UnboundKey::new(&CHACHA20_POLY1305, derived.as_ref().get(..32)?).ok()?;
     Some(LessSafeKey::new(key))
 }
 
 /// `nonce ‖ ciphertext ‖ tag` of `plain`, bound to `topic`; None if the system's random
 /// source failed.
-fn encrypt(node_token: &str, topic: &str, plain: &[u8]) -> Option<Vec<u8>> {
+fn encrypt(secret: &NodeSecret, topic: &str, plain: &[u8]) -> Option<Vec<u8>> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::SystemRandom::new().fill(&mut nonce).ok()?;
     let mut sealed = plain.to_vec();
-    cipher(node_token)?
+    cipher(secret)?
         .seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(topic.as_bytes()),
@@ -132,14 +171,14 @@ fn encrypt(node_token: &str, topic: &str, plain: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn decrypt(node_token: &str, topic: &str, mut body: Vec<u8>) -> Result<Vec<u8>, WireError> {
+fn decrypt(secret: &NodeSecret, topic: &str, mut body: Vec<u8>) -> Result<Vec<u8>, WireError> {
     let refused = || WireError::Unauthenticated("not encrypted for this node".into());
     if body.len() < NONCE_LEN {
         return Err(refused());
     }
     let mut rest = body.split_off(NONCE_LEN);
     let nonce = Nonce::try_assume_unique_for_key(&body).map_err(|_| refused())?;
-    let plain = cipher(node_token)
+    let plain = cipher(secret)
         .ok_or_else(refused)?
         .open_in_place(nonce, Aad::from(topic.as_bytes()), &mut rest)
         .map_err(|_| refused())?;
@@ -147,34 +186,31 @@ fn decrypt(node_token: &str, topic: &str, mut body: Vec<u8>) -> Result<Vec<u8>, 
 }
 
 /// The payload of `message` from `node` on `topic`: encrypted and tagged with the node's
-/// token (empty if the system's random source failed).
-pub fn seal_from_node(node_token: &str, topic: &str, node: &str, message: Message) -> Vec<u8> {
-    let Some(body) = encrypt(node_token, topic, &wire::encode(node, message)) else {
+/// secret (empty if the system's random source failed).
+pub fn seal_from_node(secret: &NodeSecret, topic: &str, node: &str, message: Message) -> Vec<u8> {
+    let Some(body) = encrypt(secret, topic, &wire::encode(node, message)) else {
         return Vec::new();
     };
-    let tag = hmac::sign(
-        &node_key(node_token),
-        &wire::authenticated_bytes(topic, &body),
-    )
-    .as_ref()
-    .to_vec();
+    let tag = hmac::sign(&secret.hmac_key(), &wire::authenticated_bytes(topic, &body))
+        .as_ref()
+        .to_vec();
     wire::frame(body, tag)
 }
 
-/// Opens a payload from a node whose token is `node_token`: its tag, then its encryption.
+/// Opens a payload from a node whose secret is `secret`: its tag, then its encryption.
 pub fn open_from_node(
-    node_token: &str,
+    secret: &NodeSecret,
     topic: &str,
     payload: &[u8],
 ) -> Result<Envelope, WireError> {
     let f = wire::unframe(payload)?;
     hmac::verify(
-        &node_key(node_token),
+        &secret.hmac_key(),
         &wire::authenticated_bytes(topic, &f.body),
         &f.tag,
     )
     .map_err(|_| WireError::Unauthenticated("not tagged with the node's credential".into()))?;
-    wire::decode(&decrypt(node_token, topic, f.body)?)
+    wire::decode(&decrypt(secret, topic, f.body)?)
 }
 
 /// Lower-case hex.
@@ -213,9 +249,11 @@ mod tests {
         assert_eq!(key.public(), again.public(), "the key is kept");
         let other = MasterKey::load_or_create(&dir.path().join("other.key")).unwrap();
         let topic = Channel::Desired.topic("pi1");
-        let t1 = Some("token-1");
+        let s1 = NodeSecret::from_token("token-1");
+        let s2 = NodeSecret::from_token("token-2");
+        let t1 = Some(&s1);
 
-        let sealed = key.seal_for(&topic, "pi1", "token-1", hb());
+        let sealed = key.seal_for(&topic, "pi1", &s1, hb());
         assert_eq!(
             open_from_master(key.public(), &topic, &sealed, t1)
                 .unwrap()
@@ -223,7 +261,7 @@ mod tests {
             "pi1"
         );
         // Another key, another topic, a flipped byte, another node's token: refused.
-        let forged = other.seal_for(&topic, "pi1", "token-1", hb());
+        let forged = other.seal_for(&topic, "pi1", &s1, hb());
         assert!(matches!(
             open_from_master(key.public(), &topic, &forged, t1),
             Err(WireError::Unauthenticated(_))
@@ -234,18 +272,18 @@ mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
         assert!(open_from_master(key.public(), &topic, &flipped, t1).is_err());
-        assert!(open_from_master(key.public(), &topic, &sealed, Some("token-2")).is_err());
+        assert!(open_from_master(key.public(), &topic, &sealed, Some(&s2)).is_err());
         // The shared stream is signed only.
         let shared = key.seal(wire::SERVICES_TOPIC, "", hb());
         assert!(open_from_master(key.public(), wire::SERVICES_TOPIC, &shared, None).is_ok());
 
         let topic = Channel::Heartbeat.topic("pi1");
-        let tagged = seal_from_node("token-1", &topic, "pi1", hb());
-        assert!(open_from_node("token-1", &topic, &tagged).is_ok());
-        assert!(open_from_node("token-2", &topic, &tagged).is_err());
-        assert!(open_from_node("token-1", &Channel::Heartbeat.topic("pi2"), &tagged).is_err());
+        let tagged = seal_from_node(&s1, &topic, "pi1", hb());
+        assert!(open_from_node(&s1, &topic, &tagged).is_ok());
+        assert!(open_from_node(&s2, &topic, &tagged).is_err());
+        assert!(open_from_node(&s1, &Channel::Heartbeat.topic("pi2"), &tagged).is_err());
         // An unsigned payload of the old shape is not a frame.
-        assert!(open_from_node("token-1", &topic, &wire::encode("pi1", hb())).is_err());
+        assert!(open_from_node(&s1, &topic, &wire::encode("pi1", hb())).is_err());
     }
 
     #[test]
@@ -261,10 +299,11 @@ mod tests {
                 error: String::new(),
             })
         };
+        let s1 = NodeSecret::from_token("token-1");
         let t = Channel::Reply.topic("pi1");
-        let from_node = seal_from_node("token-1", &t, "pi1", msg());
+        let from_node = seal_from_node(&s1, &t, "pi1", msg());
         let t2 = Channel::Request.topic("pi1");
-        let from_master = key.seal_for(&t2, "pi1", "token-1", msg());
+        let from_master = key.seal_for(&t2, "pi1", &s1, msg());
         for payload in [&from_node, &from_master] {
             assert!(
                 !payload
@@ -274,9 +313,23 @@ mod tests {
             );
         }
         // Two sealings of the same message differ (a fresh nonce each time).
-        assert_ne!(from_node, seal_from_node("token-1", &t, "pi1", msg()));
-        assert!(open_from_node("token-1", &t, &from_node).is_ok());
-        assert!(open_from_master(key.public(), &t2, &from_master, Some("token-1")).is_ok());
+        assert_ne!(from_node, seal_from_node(&s1, &t, "pi1", msg()));
+        assert!(open_from_node(&s1, &t, &from_node).is_ok());
+        assert!(open_from_master(key.public(), &t2, &from_master, Some(&s1)).is_ok());
+    }
+
+    #[test]
+    fn the_secret_is_derived_and_round_trips() {
+        let s = NodeSecret::from_token("token-1");
+        assert_eq!(s, NodeSecret::from_token("token-1"));
+        assert_ne!(s, NodeSecret::from_token("token-2"));
+        assert!(!s.to_hex().contains("token"));
+        assert_eq!(NodeSecret::from_hex(&s.to_hex()), Some(s));
+        assert_eq!(NodeSecret::from_hex("abcd"), None, "too short");
+        assert_eq!(
+            format!("{:?}", NodeSecret::from_token("t")),
+            "NodeSecret(..)"
+        );
     }
 
     #[test]

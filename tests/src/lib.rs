@@ -266,13 +266,12 @@ impl Drop for MasterProcess {
 }
 
 impl MasterProcess {
-    /// The first join token the master created, as `bramble token list` shows it (pinned
+    /// The first join token the master created, as it wrote it to `join-token` (pinned
     /// to the CA when the master serves TLS).
     pub fn join_token(&self) -> String {
-        let r = self.http().get("/bramble/v1/tokens").expect("join tokens");
-        r.json()["items"][0]["token"]
-            .as_str()
-            .expect("a token")
+        std::fs::read_to_string(self.data_dir.join("join-token"))
+            .expect("the master's join-token file")
+            .trim()
             .to_string()
     }
 
@@ -393,6 +392,18 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
+    /// The node's wire secret, from the token in its credentials (the master keeps only the
+    /// secret and the token's hash).
+    pub fn secret(&self) -> bramble_support::wire_auth::NodeSecret {
+        let creds: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.data_dir.join("credentials.json")).expect("credentials.json"),
+        )
+        .expect("credentials.json is JSON");
+        bramble_support::wire_auth::NodeSecret::from_token(
+            creds["nodeToken"].as_str().expect("nodeToken"),
+        )
+    }
+
     /// Starts an agent that joins `master` as `node`, with test-friendly timings
     /// (restart back-off 500ms) and a busybox image in its images dir.
     pub fn start(
@@ -413,7 +424,15 @@ impl AgentProcess {
         extra: &[&str],
     ) -> Result<AgentProcess> {
         busybox_image(&data_dir.join("images"))?;
-        let join = ["--server", url, "--token", token].map(str::to_string);
+        // From a 0600 file, as install.sh sets it up; the agent deletes it once it has joined.
+        let file = data_dir.with_extension("join-token");
+        bramble_support::fs::write_atomic(&file, token.as_bytes(), 0o600)?;
+        let join = [
+            "--server".to_string(),
+            url.to_string(),
+            "--token-file".to_string(),
+            file.display().to_string(),
+        ];
         Self::spawn(data_dir, node, &join, extra, false)
     }
 

@@ -67,6 +67,11 @@ fn a_pod_runs_logs_restarts_and_is_cleaned_up() {
         assert_eq!(mode(dir.path().join("agent/agent.redb")), 0o600);
         assert_eq!(mode(dir.path().join("agent/credentials.json")), 0o600);
     }
+    // The join token file (0600, from the harness) is gone once the agent has joined.
+    assert!(
+        !dir.path().join("agent.join-token").exists(),
+        "the join token file is still on the board"
+    );
     let nodes = ok_stdout(&m.cli(&["get", "nodes"]));
     assert!(
         nodes.contains("board-a") && nodes.contains("Ready"),

@@ -470,7 +470,11 @@ fn join_tokens_expire_run_out_are_deleted_and_cannot_take_over_a_node() {
     // second is up does not use it up).
     let short = create(&["--ttl", "1s", "--reusable"]);
     let listed = bramble_tests::ok_stdout(&m.cli(&["token", "list"]));
-    let line = listed.lines().find(|l| l.starts_with(&short)).unwrap();
+    // Listed by ID: the secret is shown at creation only (the master keeps its hash).
+    let secret = short.split("::").nth(1).unwrap();
+    let id = secret.split('.').next().unwrap();
+    assert!(!listed.contains(secret), "{listed}");
+    let line = listed.lines().find(|l| l.starts_with(id)).unwrap();
     let expires = line.split_whitespace().nth(2).unwrap().to_string();
     let mut msg = String::new();
     assert!(
@@ -506,6 +510,11 @@ fn join_tokens_expire_run_out_are_deleted_and_cannot_take_over_a_node() {
             .success()
     );
 
+    // Deleted by ID, as listed: refused.
+    let by_id = create(&[]);
+    let id = by_id.split("::").nth(1).unwrap().split('.').next().unwrap();
+    bramble_tests::ok_stdout(&m.cli(&["token", "delete", id]));
+    assert!(refusal(&by_id, "by-id").contains("not valid"));
     // Deleted: refused; deleting again says there is none.
     let gone = create(&[]);
     let out = m.cli(&["token", "delete", &gone]);
@@ -533,6 +542,29 @@ fn join_tokens_expire_run_out_are_deleted_and_cannot_take_over_a_node() {
     drop(s);
     // The master's names are reserved.
     assert!(refusal(&any, "bramble-master-7").contains("reserved"));
+    // An admin's approval lets one join replace the credential (a card written afresh): the
+    // old credential is refused from then on, and a second join needs a second approval.
+    assert!(msg.contains("bramble node approve pi1"), "{msg}");
+    let out = bramble_tests::ok_stdout(&m.cli(&["node", "approve", "pi1"]));
+    assert!(out.contains("until"), "{out}");
+    let again = join::join(&m.url, &any, "pi1", &facts).unwrap();
+    assert_ne!(again.node_token, first.node_token);
+    assert!(
+        Board::connect(&m, "pi1", &first.node_token).is_err(),
+        "the replaced credential still connects"
+    );
+    let mut s = Board::connect(&m, "pi1", &again.node_token).unwrap();
+    assert!(s.poll(Duration::from_millis(300)).is_ok());
+    drop(s);
+    assert!(
+        refusal(&any, "pi1").contains("already joined"),
+        "approval spent"
+    );
+    assert!(!m.cli(&["node", "approve", "never-joined"]).status.success());
+    // Reset revokes at once: the name is free for a join token.
+    bramble_tests::ok_stdout(&m.cli(&["node", "reset", "pi1"]));
+    assert!(Board::connect(&m, "pi1", &again.node_token).is_err());
+    join::join(&m.url, &any, "pi1", &facts).unwrap();
     // Once the node is deleted, a board may join under its name again.
     let r = m
         .http()
@@ -627,7 +659,12 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
 
     // Board A, holding its own real token, on a broker that lets it publish anywhere.
     let seal_a = |topic: &str, node: &str, msg: Message| {
-        bramble_support::wire_auth::seal_from_node(&a.node_token, topic, node, msg)
+        bramble_support::wire_auth::seal_from_node(
+            &bramble_support::wire_auth::NodeSecret::from_token(&a.node_token),
+            topic,
+            node,
+            msg,
+        )
     };
     let hb = |_node: &str| {
         Message::Heartbeat(Heartbeat {

@@ -84,7 +84,7 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
     // on loopback only (boards are confined by the TLS front: tests/tests/trust.rs).
     let m =
         MasterProcess::start_with(&dir.path().join("master"), &["--insecure-plaintext"]).unwrap();
-    let _a = AgentProcess::start(&m, &agent_dir, "board-g", &[]).unwrap();
+    let agent = AgentProcess::start(&m, &agent_dir, "board-g", &[]).unwrap();
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&POD.replace("NODE", "board-g"))));
     assert!(eventually(Duration::from_secs(30), || ready(&m, "steady")));
 
@@ -106,10 +106,8 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
             }
         });
         let mut sent = 0;
-        let token = std::fs::read_to_string(m.data_dir.join("node-credentials/board-g"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let secret = agent.secret();
+        let not_the_secret = bramble_support::wire_auth::NodeSecret::from_token("not-the-token");
         let master_key =
             bramble_support::wire_auth::MasterKey::load_or_create(&m.data_dir.join("wire.key"))
                 .unwrap();
@@ -118,14 +116,14 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
         )
         .unwrap();
         let as_node = |t: &str, n: &str, msg: Message| {
-            bramble_support::wire_auth::seal_from_node(&token, t, n, msg)
+            bramble_support::wire_auth::seal_from_node(&secret, t, n, msg)
         };
         let as_other_node = |t: &str, n: &str, msg: Message| {
-            bramble_support::wire_auth::seal_from_node("not-the-token", t, n, msg)
+            bramble_support::wire_auth::seal_from_node(&not_the_secret, t, n, msg)
         };
-        let as_master = |t: &str, n: &str, msg: Message| master_key.seal_for(t, n, &token, msg);
+        let as_master = |t: &str, n: &str, msg: Message| master_key.seal_for(t, n, &secret, msg);
         let as_other_master =
-            |t: &str, n: &str, msg: Message| other_key.seal_for(t, n, &token, msg);
+            |t: &str, n: &str, msg: Message| other_key.seal_for(t, n, &secret, msg);
         for channel in [
             Channel::Hello,
             Channel::Heartbeat,
@@ -279,7 +277,7 @@ fn desired_messages_carry_an_unbroken_revision_chain() {
     // Plaintext: the test subscribes as the master's own client (see above).
     let m =
         MasterProcess::start_with(&dir.path().join("master"), &["--insecure-plaintext"]).unwrap();
-    let _a = AgentProcess::start(&m, &agent_dir, "board-r", &[]).unwrap();
+    let agent = AgentProcess::start(&m, &agent_dir, "board-r", &[]).unwrap();
     assert!(eventually(Duration::from_secs(20), || m
         .node_ready("board-r")
         .is_some_and(|r| r.0 == "True")));
@@ -290,10 +288,7 @@ fn desired_messages_carry_an_unbroken_revision_chain() {
     let master_key =
         bramble_support::wire_auth::MasterKey::load_or_create(&m.data_dir.join("wire.key"))
             .unwrap();
-    let token = std::fs::read_to_string(m.data_dir.join("node-credentials/board-r"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let secret = agent.secret();
     let chain = rt.block_on(async {
         let mut opts = m.mqtt_options("bramble-master-chain-test");
         opts.set_credentials("bramble-master", &m.token);
@@ -323,7 +318,7 @@ fn desired_messages_carry_an_unbroken_revision_chain() {
                     master_key.public(),
                     &p.topic,
                     &p.payload,
-                    Some(&token),
+                    Some(&secret),
                 )
                 && let Message::Desired(d) = env.message
             {

@@ -1,4 +1,4 @@
-//! `bramble cordon|uncordon|drain NODE`.
+//! `bramble cordon|uncordon|drain NODE`, `bramble node approve|reset NODE`.
 
 use anyhow::{Result, bail};
 use bramble_api::Kind;
@@ -41,5 +41,47 @@ pub fn drain(client: &Client, node: &str) -> Result<()> {
         }
     }
     println!("node/{node} drained ({evicted} pods)");
+    Ok(())
+}
+
+/// `bramble node approve|reset NODE`.
+pub fn credential(client: &Client, c: &crate::args::NodeCommand) -> Result<()> {
+    use crate::args::NodeCommand;
+    match c {
+        NodeCommand::Approve(a) => {
+            let v = client
+                .post_json(
+                    &format!(
+                        "/bramble/v1/nodes/{}/approve",
+                        super::token::percent(&a.node)
+                    ),
+                    &json!({}),
+                )?
+                .ok()?
+                .json()?;
+            println!(
+                "node/{}: a join token may replace its credential until {}",
+                a.node,
+                v["until"].as_str().unwrap_or("?")
+            );
+        }
+        NodeCommand::Reset(a) => {
+            let v = client
+                .post_json(
+                    &format!(
+                        "/bramble/v1/nodes/{}/revoke",
+                        super::token::percent(&a.node)
+                    ),
+                    &json!({}),
+                )?
+                .ok()?
+                .json()?;
+            println!(
+                "node/{}: credential revoked, {} connection(s) cut; a board may join under this name",
+                a.node,
+                v["connectionsCut"].as_u64().unwrap_or(0)
+            );
+        }
+    }
     Ok(())
 }

@@ -62,9 +62,7 @@ pub fn run(client: &Client, cmd: &TokenCommand) -> Result<()> {
                 .ok()?
                 .json()?;
             println!("{}", v["token"].as_str().unwrap_or(""));
-            if user.is_some() {
-                eprintln!("(shown once: the master keeps only its hash)");
-            }
+            eprintln!("(shown once: the master keeps only its hash)");
         }
         TokenCommand::List => {
             let v = client.get("/bramble/v1/tokens")?.ok()?.json()?;
@@ -81,7 +79,7 @@ pub fn run(client: &Client, cmd: &TokenCommand) -> Result<()> {
                                 .and_then(Value::as_u64)
                                 .map_or_else(|| "any".to_string(), |n| n.to_string());
                             vec![
-                                text(t, "token", ""),
+                                text(t, "id", ""),
                                 text(t, "created", ""),
                                 text(t, "expires", "never"),
                                 uses,
@@ -96,7 +94,7 @@ pub fn run(client: &Client, cmd: &TokenCommand) -> Result<()> {
                 "{}",
                 table::print(
                     Some(&[
-                        "TOKEN",
+                        "ID",
                         "CREATED",
                         "EXPIRES",
                         "USES LEFT",
@@ -166,7 +164,7 @@ pub fn run(client: &Client, cmd: &TokenCommand) -> Result<()> {
 }
 
 /// Percent-encodes what a path segment cannot carry as is.
-fn percent(s: &str) -> String {
+pub(crate) fn percent(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {

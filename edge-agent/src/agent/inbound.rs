@@ -3,7 +3,7 @@
 //! Every check a hostile or confused publisher could trip is here, with a test each.
 
 use bramble_api::wire::{self, Channel, Desired, LogRequest, Message, NetworkUpdate};
-use bramble_support::wire_auth::open_from_master;
+use bramble_support::wire_auth::{NodeSecret, open_from_master};
 
 /// A message for this node, decoded and checked.
 #[derive(Debug, PartialEq)]
@@ -32,8 +32,8 @@ fn dropped(reason: &'static str, detail: String) -> Dropped {
 pub struct Keys {
     /// The master's wire key (Ed25519 public key): what it signed.
     pub master: Vec<u8>,
-    /// The node's own token: what the master encrypted for it.
-    pub node_token: String,
+    /// The node's wire secret: what the master encrypted for it.
+    pub secret: NodeSecret,
 }
 
 fn reason(e: &wire::WireError) -> &'static str {
@@ -74,7 +74,7 @@ pub fn route(
     if to != node {
         return Err(dropped("other_node", topic.to_string()));
     }
-    let env = open_from_master(&keys.master, topic, payload, Some(&keys.node_token))
+    let env = open_from_master(&keys.master, topic, payload, Some(&keys.secret))
         .map_err(|e| dropped(reason(&e), format!("{topic}: {e}")))?;
     if env.node != node {
         return Err(dropped("node_mismatch", topic.to_string()));
@@ -150,12 +150,12 @@ mod tests {
             if topic == wire::SERVICES_TOPIC {
                 key.seal(topic, node, m)
             } else {
-                key.seal_for(topic, node, TOKEN, m)
+                key.seal_for(topic, node, &NodeSecret::from_token(TOKEN), m)
             }
         };
         let keys = Keys {
             master: key.public().to_vec(),
-            node_token: TOKEN.into(),
+            secret: NodeSecret::from_token(TOKEN),
         };
         let mut bad_version = sealed(&mine(Channel::Desired), me, desired());
         bad_version[0] = 9;
@@ -212,7 +212,12 @@ mod tests {
             // topic replayed here (another node's desired state, the shared stream).
             (
                 mine(Channel::Desired),
-                other.seal_for(&mine(Channel::Desired), me, TOKEN, desired()),
+                other.seal_for(
+                    &mine(Channel::Desired),
+                    me,
+                    &NodeSecret::from_token(TOKEN),
+                    desired(),
+                ),
                 false,
                 Err("unauthenticated"),
             ),
@@ -310,7 +315,12 @@ mod tests {
             assert_eq!(got, want, "row {i}: {topic}");
         }
         // Encrypted for another node (with its token), or not encrypted: not taken.
-        let theirs = key.seal_for(&mine(Channel::Desired), me, "their-token", desired());
+        let theirs = key.seal_for(
+            &mine(Channel::Desired),
+            me,
+            &NodeSecret::from_token("their-token"),
+            desired(),
+        );
         assert_eq!(
             route(me, &keys, &mine(Channel::Desired), &theirs, false).map_err(|d| d.reason),
             Err("unauthenticated")
@@ -336,13 +346,13 @@ mod tests {
         let topic = Channel::Desired.topic("n");
         let keys = Keys {
             master: key.public().to_vec(),
-            node_token: TOKEN.into(),
+            secret: NodeSecret::from_token(TOKEN),
         };
         let got = route(
             "n",
             &keys,
             &topic,
-            &key.seal_for(&topic, "n", TOKEN, desired()),
+            &key.seal_for(&topic, "n", &NodeSecret::from_token(TOKEN), desired()),
             false,
         );
         let Message::Desired(d) = desired() else {

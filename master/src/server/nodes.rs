@@ -104,13 +104,14 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
     }
     // A join token makes new nodes; it cannot take over one that has joined (that would
     // re-issue its credential, lock the real board out and hand its pods to whoever holds
-    // the token).
-    if st.enrollment.has_node(&name) {
+    // the token), unless an admin approved it (a board whose card was written afresh).
+    let takeover = st.enrollment.has_node(&name);
+    if takeover && !st.enrollment.approved(&name, now) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "AlreadyExists",
             format!(
-                "node {name:?} has already joined: a join token cannot take it over; to let a board join under this name, delete the node first (`bramble delete node {name}`)"
+                "node {name:?} has already joined: a join token cannot take it over; to let a board join under this name, an admin runs `bramble node approve {name}` (this join may then replace its credential within an hour) or `bramble node reset {name}` (its credential is revoked at once)"
             ),
         ));
     }
@@ -171,6 +172,12 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
     };
     result?;
     let node_token = st.enrollment.enroll(&name).map_err(ApiError::internal)?;
+    if takeover {
+        // The approval is spent, and the old credential's connections go with it.
+        st.enrollment.consume_approval(&name);
+        let cut = st.sessions.cut(&name);
+        tracing::info!(node = %name, connections_cut = cut, "an approved join replaced the node's credential");
+    }
     tracing::info!(node = %name, "node joined");
     Ok(JoinReply {
         node_name: name,
@@ -182,14 +189,23 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
     })
 }
 
-/// A join token as people and agents use it: pinned to this master's CA when it has one.
-fn pinned(st: &AppState, mut t: crate::enrollment::JoinToken) -> crate::enrollment::JoinToken {
-    t.token = bramble_api::join::JoinToken {
-        ca_hash: st.ca.as_ref().map(|(_, h)| h.clone()),
-        secret: t.token,
-    }
-    .render();
+/// A join token as the API shows it: never its hash.
+fn listed(mut t: crate::enrollment::JoinToken) -> crate::enrollment::JoinToken {
+    t.hash.clear();
     t
+}
+
+/// A new join token as people and agents use it (`token`, shown this once): pinned to this
+/// master's CA when it has one.
+fn created(st: &AppState, t: crate::enrollment::NewToken) -> serde_json::Value {
+    let mut v = serde_json::to_value(listed(t.token)).unwrap_or_default();
+    v["token"] = bramble_api::join::JoinToken {
+        ca_hash: st.ca.as_ref().map(|(_, h)| h.clone()),
+        secret: t.secret,
+    }
+    .render()
+    .into();
+    v
 }
 
 /// What `POST /bramble/v1/tokens` may ask for (an empty body: a join token with the
@@ -306,16 +322,11 @@ pub async fn tokens(
             nodes: req.nodes.clone(),
         };
         return match st.enrollment.create_token(spec) {
-            Ok(t) => (StatusCode::CREATED, Json(pinned(&st, t))).into_response(),
+            Ok(t) => (StatusCode::CREATED, Json(created(&st, t))).into_response(),
             Err(e) => ApiError::internal(e).into_response(),
         };
     }
-    let items: Vec<_> = st
-        .enrollment
-        .tokens()
-        .into_iter()
-        .map(|t| pinned(&st, t))
-        .collect();
+    let items: Vec<_> = st.enrollment.tokens().into_iter().map(listed).collect();
     Json(serde_json::json!({ "items": items, "users": st.users.list() })).into_response()
 }
 
@@ -403,6 +414,39 @@ pub async fn revoke_node(
     Json(serde_json::json!({"node": node, "connectionsCut": cut})).into_response()
 }
 
+/// `POST /bramble/v1/nodes/{node}/approve`: lets one join with a join token take over a
+/// node that holds a credential (a board whose card was written afresh), for an hour.
+pub async fn approve_node(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&st, &headers) {
+        return e.into_response();
+    }
+    let Some(until) = st.enrollment.approve(&node, bramble_api::time::now_secs()) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("node {node:?} holds no credential: a join token joins it without approval"),
+        )
+        .into_response();
+    };
+    let until = bramble_api::time::format_rfc3339(until);
+    tracing::info!(node, until, "a join may take the node over");
+    if let Some(Ok(obj)) = st.store.get(Kind::Node, "", &node).map(|e| e.object()) {
+        crate::events::EventRecorder::new(st.store.clone(), "bramble-master")
+            .record(
+                obj,
+                "Normal",
+                "RejoinApproved",
+                &format!("an admin let a join token replace this node's credential until {until}"),
+            )
+            .await;
+    }
+    Json(serde_json::json!({"node": node, "until": until})).into_response()
+}
+
 /// `DELETE /bramble/v1/users/{name}`: revokes a user's API token at once.
 pub async fn delete_user(
     State(st): State<Arc<AppState>>,
@@ -427,7 +471,8 @@ pub async fn delete_user(
     }
 }
 
-/// `DELETE /bramble/v1/tokens/{token}`: the token as listed, or its secret.
+/// `DELETE /bramble/v1/tokens/{token}`: the token's ID as listed, the token as created, or
+/// its secret.
 pub async fn delete_token(
     State(st): State<Arc<AppState>>,
     axum::extract::Path(token): axum::extract::Path<String>,
