@@ -309,9 +309,15 @@ pub async fn run_with_runtime(
     };
     let mut opts = mqtt::options(&node, &host, creds.mqtt_port);
     if creds.mqtt_tls {
-        let tls = bramble_support::tls::client_config(&creds.ca_pem).map_err(|e| {
-            JoinError::Refused(format!("the cluster CA in the node's credentials: {e}"))
-        })?;
+        // The cluster's broker presents the cluster CA's certificate; an external one, the
+        // CA the master handed over at join.
+        let (ca, what) = if creds.mqtt_ca_pem.is_empty() {
+            (&creds.ca_pem, "the cluster CA")
+        } else {
+            (&creds.mqtt_ca_pem, "the external broker's CA")
+        };
+        let tls = bramble_support::tls::client_config(ca)
+            .map_err(|e| JoinError::Refused(format!("{what} in the node's credentials: {e}")))?;
         opts.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(tls),
         ));

@@ -31,6 +31,9 @@ pub struct Credentials {
     /// Whether the broker speaks TLS.
     #[serde(default)]
     pub mqtt_tls: bool,
+    /// The CA (PEM) of an external broker's certificate; empty: the cluster CA.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mqtt_ca_pem: String,
     /// The master's wire key (Ed25519 public key, hex): only what it signs is acted on.
     #[serde(default)]
     pub wire_key: String,
@@ -221,6 +224,8 @@ pub fn join(
         mqtt_port: u16,
         #[serde(default)]
         mqtt_tls: bool,
+        #[serde(default)]
+        mqtt_ca: Option<String>,
         wire_key: String,
     }
     let r: Reply = serde_json::from_slice(&bytes)
@@ -233,6 +238,7 @@ pub fn join(
         mqtt_port: r.mqtt_port,
         ca_pem,
         mqtt_tls: r.mqtt_tls,
+        mqtt_ca_pem: r.mqtt_ca.unwrap_or_default(),
         wire_key: r.wire_key,
     })
 }
@@ -264,6 +270,7 @@ mod tests {
             mqtt_port: 1883,
             ca_pem: String::new(),
             mqtt_tls: false,
+            mqtt_ca_pem: String::new(),
             wire_key: String::new(),
         };
         save(dir.path(), &c).unwrap();

@@ -40,9 +40,14 @@ pub struct Args {
     /// Address of the embedded MQTT broker that agents connect to [default: 0.0.0.0:1883]
     #[arg(long)]
     pub mqtt_listen: Option<String>,
-    /// Use this external MQTT broker (HOST:PORT, e.g. mosquitto) instead of the embedded one
+    /// Use this external MQTT broker (mqtts://HOST:PORT, or HOST:PORT in plaintext, e.g.
+    /// mosquitto) instead of the embedded one
     #[arg(long)]
     pub external_broker: Option<String>,
+    /// The CA certificate (PEM file) that signed the external broker's certificate, for
+    /// mqtts:// (the master and every agent verify the broker with it)
+    #[arg(long)]
+    pub external_broker_ca: Option<PathBuf>,
     /// The master's user name at the external broker [default: bramble-master]
     #[arg(long)]
     pub external_broker_user: Option<String>,
@@ -94,6 +99,7 @@ struct FileConfig {
     watch_change_log: Option<usize>,
     mqtt_listen: Option<String>,
     external_broker: Option<String>,
+    external_broker_ca: Option<PathBuf>,
     external_broker_user: Option<String>,
     external_broker_password_file: Option<PathBuf>,
     node_lost_after: Option<String>,
@@ -121,6 +127,8 @@ pub enum Broker {
         host: String,
         port: u16,
         credentials: Option<(String, String)>,
+        /// The CA (PEM) of the broker's certificate when it speaks TLS (mqtts://).
+        tls_ca: Option<String>,
     },
 }
 
@@ -247,7 +255,42 @@ impl TryFrom<Args> for Config {
         }
         let broker = match a.external_broker.or(file.external_broker) {
             Some(ext) => {
-                let (host, port) = ext
+                let (tls, rest) = match ext.split_once("://") {
+                    Some(("mqtts", rest)) => (true, rest),
+                    Some(("mqtt", rest)) => (false, rest),
+                    Some((scheme, _)) => {
+                        return Err(format!(
+                            "--external-broker: {scheme}:// is not a broker scheme (mqtts://HOST:PORT, or mqtt://HOST:PORT in plaintext)"
+                        ));
+                    }
+                    None => (false, ext.as_str()),
+                };
+                let ca_file = a.external_broker_ca.or(file.external_broker_ca);
+                let tls_ca = match (tls, ca_file) {
+                    (true, Some(f)) => {
+                        let pem = std::fs::read_to_string(&f)
+                            .map_err(|e| format!("--external-broker-ca {}: {e}", f.display()))?;
+                        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                            return Err(format!(
+                                "--external-broker-ca {}: no PEM certificate in the file",
+                                f.display()
+                            ));
+                        }
+                        Some(pem)
+                    }
+                    (true, None) => {
+                        return Err(format!(
+                            "--external-broker {ext}: give the CA that signed the broker's certificate with --external-broker-ca FILE (PEM)"
+                        ));
+                    }
+                    (false, Some(_)) => {
+                        return Err(
+                            "--external-broker-ca: only with an mqtts:// broker".to_string()
+                        );
+                    }
+                    (false, None) => None,
+                };
+                let (host, port) = rest
                     .rsplit_once(':')
                     .and_then(|(h, p)| {
                         Some((
@@ -256,7 +299,9 @@ impl TryFrom<Args> for Config {
                         ))
                     })
                     .filter(|(h, p)| !h.is_empty() && *p > 0)
-                    .ok_or_else(|| format!("--external-broker: {ext:?} is not HOST:PORT"))?;
+                    .ok_or_else(|| {
+                        format!("--external-broker: {ext:?} is not [mqtts://]HOST:PORT")
+                    })?;
                 let user = a
                     .external_broker_user
                     .or(file.external_broker_user)
@@ -284,6 +329,7 @@ impl TryFrom<Args> for Config {
                     host,
                     port,
                     credentials,
+                    tls_ca,
                 }
             }
             None => {
@@ -466,6 +512,7 @@ mod tests {
                 host: "mq".into(),
                 port: 1883,
                 credentials: Some(("bramble-master".into(), "s3cret".into())),
+                tls_ca: None,
             }
         );
         let e = with("/nonexistent/secret").unwrap_err();
@@ -480,6 +527,50 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn an_external_broker_over_tls_needs_its_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let ca = ca.to_str().unwrap();
+        let c = parse(&[
+            "--external-broker",
+            "mqtts://mq:8883",
+            "--external-broker-ca",
+            ca,
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.broker,
+            Broker::External { ref host, port: 8883, tls_ca: Some(_), .. } if host == "mq"
+        ));
+        let plain = parse(&["--external-broker", "mqtt://mq:1883"]).unwrap();
+        assert!(matches!(
+            plain.broker,
+            Broker::External { tls_ca: None, .. }
+        ));
+        let e = parse(&["--external-broker", "mqtts://mq:8883"]).unwrap_err();
+        assert!(e.contains("--external-broker-ca"), "{e}");
+        let e = parse(&["--external-broker", "mq:1883", "--external-broker-ca", ca]).unwrap_err();
+        assert!(e.contains("only with an mqtts://"), "{e}");
+        let e = parse(&["--external-broker", "http://mq:1883"]).unwrap_err();
+        assert!(e.contains("not a broker scheme"), "{e}");
+        let not_pem = dir.path().join("x");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let e = parse(&[
+            "--external-broker",
+            "mqtts://mq:8883",
+            "--external-broker-ca",
+            not_pem.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct GatewayConfig {
     pub port: u16,
     /// MQTT credentials of the master's client (None for an anonymous external broker).
     pub credentials: Option<(String, String)>,
+    /// The CA (PEM) of an external broker that speaks TLS.
+    pub tls_ca: Option<String>,
     pub node_lost_after: Duration,
     /// The CIDRs the network stream tells every node.
     pub cidrs: crate::netstream::Cidrs,
@@ -110,6 +112,15 @@ pub fn start(
     );
     if let Some((u, p)) = &config.credentials {
         opts.set_credentials(u, p);
+    }
+    if let Some(tls) = config
+        .tls_ca
+        .as_deref()
+        .and_then(|pem| bramble_support::tls::client_config(pem).ok())
+    {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
     mqtt::network(&mut eventloop, None);

@@ -51,6 +51,8 @@ pub enum StartError {
     Broker(#[from] broker::BrokerError),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    #[error("--external-broker-ca: {0}")]
+    BrokerCa(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -80,6 +82,8 @@ pub struct Master {
     mqtt_host: String,
     mqtt_port: u16,
     mqtt_tls: bool,
+    /// The external broker's CA (PEM) when it is not the cluster CA.
+    mqtt_ca: Option<String>,
     pki: Option<pki::Pki>,
     wire_key: Arc<bramble_support::wire_auth::MasterKey>,
     images: Arc<server::images::ImageService>,
@@ -136,6 +140,7 @@ impl Master {
             .map(|p| bramble_support::tls::cert_hash(p.ca_der.as_ref()));
         let enrollment = Arc::new(enrollment::Enrollment::load(dir, ca_hash.as_deref())?);
         let sessions: Arc<broker::Sessions>;
+        let mut mqtt_ca = None;
         let (gw_host, gw_port, mqtt_host, mqtt_port, mqtt_tls, credentials) = match &config.broker {
             config::Broker::Embedded(listen) => {
                 let addrs = broker::start_embedded(
@@ -160,19 +165,31 @@ impl Master {
                     Some((broker::MASTER_USER.to_string(), admin_token.clone())),
                 )
             }
-            // The operator runs that broker and its TLS (if any); see docs/operations.md.
+            // The operator runs that broker and its TLS; see docs/operations.md.
             config::Broker::External {
                 host,
                 port,
                 credentials,
+                tls_ca,
             } => {
                 sessions = Default::default();
+                match tls_ca {
+                    Some(pem) => {
+                        // Checked now: a bad file stops the start, not every connection.
+                        bramble_support::tls::client_config(pem).map_err(StartError::BrokerCa)?;
+                        mqtt_ca = Some(pem.clone());
+                    }
+                    None => tracing::warn!(
+                        broker = %format!("{host}:{port}"),
+                        "the external broker speaks plaintext: node tokens (MQTT passwords) cross the network in clear to it (messages stay authenticated and node traffic encrypted end to end); use mqtts:// with --external-broker-ca"
+                    ),
+                }
                 (
                     host.clone(),
                     *port,
                     host.clone(),
                     *port,
-                    false,
+                    tls_ca.is_some(),
                     credentials.clone(),
                 )
             }
@@ -194,6 +211,7 @@ impl Master {
                 host: gw_host,
                 port: gw_port,
                 credentials,
+                tls_ca: mqtt_ca.clone(),
                 node_lost_after: config.node_lost_after,
                 cidrs: netstream::Cidrs {
                     cluster: config.pod_cidrs.cluster(),
@@ -276,6 +294,7 @@ impl Master {
             mqtt_host,
             mqtt_port,
             mqtt_tls,
+            mqtt_ca,
             pki,
             wire_key,
             images,
@@ -324,6 +343,7 @@ impl Master {
             mqtt_host: self.mqtt_host.clone(),
             mqtt_port: self.mqtt_port,
             mqtt_tls: self.mqtt_tls,
+            mqtt_ca: self.mqtt_ca.clone(),
             wire_key: bramble_support::wire_auth::hex(self.wire_key.public()),
             ca: self.pki.as_ref().map(|p| {
                 (

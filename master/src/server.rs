@@ -50,6 +50,8 @@ pub struct AppState {
     pub mqtt_port: u16,
     /// Whether agents reach the broker over TLS.
     pub mqtt_tls: bool,
+    /// The broker's CA (PEM) when it is not the cluster CA (an external broker's).
+    pub mqtt_ca: Option<String>,
     /// The public half of the master's wire key (hex), given to joining agents.
     pub wire_key: String,
     /// The cluster CA (PEM) and its SHA-256; None when serving in plaintext.

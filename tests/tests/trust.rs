@@ -576,6 +576,84 @@ fn join_tokens_expire_run_out_are_deleted_and_cannot_take_over_a_node() {
     }));
 }
 
+/// An external broker over TLS (mqtts://, its own CA): the master verifies it, hands its CA to
+/// joining boards over the pinned API, and the boards verify it too, so no node token crosses
+/// the network in clear on the way to the broker.
+#[test]
+fn agents_and_the_master_reach_an_external_broker_over_tls() {
+    bramble_tests::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = bramble_tests::AgentDirCleanup(agent_dir.clone());
+    // The broker's own CA and certificate (for 127.0.0.1), not the cluster's.
+    let bdir = dir.path().join("broker-pki");
+    std::fs::create_dir_all(&bdir).unwrap();
+    bramble_master::pki::load_or_create(&bdir, &["127.0.0.1".to_string()]).unwrap();
+    let f = |name: &str| bdir.join(name).display().to_string();
+    let tls = format!(
+        // As root: the key is 0600, and mosquitto would otherwise read it as its own user.
+        "user root\nallow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        f("ca.crt"),
+        f("serving.crt"),
+        f("serving.key")
+    );
+    let (_mosquitto, port) = bramble_tests::start_mosquitto_with(dir.path(), &tls).unwrap();
+    let broker = format!("mqtts://127.0.0.1:{port}");
+    let m = MasterProcess::start_with(
+        &dir.path().join("master"),
+        &[
+            "--external-broker",
+            &broker,
+            "--external-broker-ca",
+            &f("ca.crt"),
+        ],
+    )
+    .unwrap();
+    let a = bramble_tests::AgentProcess::start(&m, &agent_dir, "board-t", &["--runtime", "memory"])
+        .unwrap();
+    assert!(
+        bramble_tests::eventually(Duration::from_secs(20), || m
+            .node_ready("board-t")
+            .is_some_and(|r| r.0 == "True")),
+        "the board never became Ready through the broker over TLS"
+    );
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: over-tls}\nspec:\n  nodeName: board-t\n  containers:\n  - {name: c, image: busybox, command: [sleep, '3600']}\n";
+    bramble_tests::ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(pod)));
+    assert!(
+        bramble_tests::eventually(Duration::from_secs(20), || m
+            .pod("over-tls")
+            .is_some_and(|p| p["status"]["phase"] == "Running")),
+        "the pod's desired state or status did not cross the broker"
+    );
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.data_dir.join("credentials.json")).unwrap())
+            .unwrap();
+    assert_eq!(creds["mqttTls"], true);
+    assert_eq!(
+        creds["mqttCaPem"].as_str(),
+        Some(
+            std::fs::read_to_string(bdir.join("ca.crt"))
+                .unwrap()
+                .as_str()
+        ),
+        "the board trusts the broker's CA, handed over at join"
+    );
+    // A plaintext MQTT client gets nowhere on that port, and the master refuses to start with
+    // mqtts:// and no CA for it.
+    assert!(connects(MqttOptions::new("plain", "127.0.0.1", port)).is_err());
+    let out = Command::new(bin("bramble-master"))
+        .args(["--data-dir", &dir.path().join("m2").display().to_string()])
+        .args(["--external-broker", &broker])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--external-broker-ca"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// With an external broker that confines nobody (anonymous mosquitto, no ACL), a board that
 /// publishes on another board's topics still changes nothing: every message is authenticated
 /// end to end, the master's by its wire key and a node's by its own token.

@@ -40,8 +40,12 @@ pub struct JoinReply {
     /// Empty: the master's own host.
     pub mqtt_host: String,
     pub mqtt_port: u16,
-    /// Whether the broker speaks TLS (with the CA the agent pinned).
+    /// Whether the broker speaks TLS (with the CA the agent pinned, or `mqtt_ca`).
     pub mqtt_tls: bool,
+    /// The CA (PEM) of an external broker's certificate; absent: the cluster CA. It comes
+    /// over the API's TLS, which the agent verified with the CA its join token pins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_ca: Option<String>,
     /// The master's wire key (Ed25519 public key, hex): what it publishes is signed with it.
     pub wire_key: String,
 }
@@ -185,6 +189,7 @@ async fn do_join(st: &AppState, body: Body) -> Result<JoinReply, ApiError> {
         mqtt_host: st.mqtt_host.clone(),
         mqtt_port: st.mqtt_port,
         mqtt_tls: st.mqtt_tls,
+        mqtt_ca: st.mqtt_ca.clone(),
         wire_key: st.wire_key.clone(),
     })
 }
