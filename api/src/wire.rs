@@ -18,8 +18,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The protocol version carried by every frame and envelope (2: authenticated frames).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The protocol version carried by every frame and envelope (2: authenticated frames; 3:
+/// stamped envelopes, node secrets derived from node tokens).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The largest payload accepted on any topic (a desired snapshot of many pods is the largest).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// The most log bytes one [`LogReply`] carries: the message limit less room for the
@@ -133,7 +134,25 @@ pub struct Envelope {
     pub version: u16,
     /// The node the message is from or for.
     pub node: String,
+    /// Freshness, inside the authenticated (and on a node's topics encrypted) bytes.
+    pub stamp: Stamp,
     pub message: Message,
+}
+
+/// What makes a message fresh, so that a recorded one replayed through a broker is refused
+/// (a board that a permissive broker lets read and publish anywhere cannot re-send another
+/// board's heartbeats or an old desired snapshot, though it cannot forge them).
+///
+/// `session` is the agent process's random session (its hello's); both ends stamp a node's
+/// messages with it: the agent what it sends, the master what it sends to that node (so an
+/// agent acts only on what answers its own session). `seq` rises with every message from
+/// the agent (one counter for all its channels; the master checks it rises per channel);
+/// from the master it is 0 (the desired chain orders those). Zero everywhere: the shared
+/// network stream, which is ordered by its revision chain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub session: u64,
+    pub seq: u64,
 }
 
 /// The messages.
@@ -474,9 +493,15 @@ fn take_versioned<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, W
 
 /// Encodes a message from or for `node`.
 pub fn encode(node: &str, message: Message) -> Vec<u8> {
+    encode_stamped(node, Stamp::default(), message)
+}
+
+/// Encodes a message from or for `node` with its stamp.
+pub fn encode_stamped(node: &str, stamp: Stamp, message: Message) -> Vec<u8> {
     let env = Envelope {
         version: PROTOCOL_VERSION,
         node: node.to_string(),
+        stamp,
         message,
     };
     // Plain structs of strings, integers and vectors always encode.

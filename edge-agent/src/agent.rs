@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bramble_api::wire::{
@@ -290,8 +291,22 @@ pub async fn run_with_runtime(
     let session = {
         let mut b = [0u8; 8];
         let _ = getrandom::fill(&mut b);
-        u64::from_le_bytes(b)
+        u64::from_le_bytes(b).max(1)
     };
+    // Every message this process sends is stamped with its session and a rising seq, so
+    // that the master refuses one replayed through the broker.
+    let stamper = Stamper {
+        session,
+        seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    };
+    // What the master's messages must carry: this session and the last hello sent.
+    let hello_seq = std::sync::atomic::AtomicU64::new(0);
+    let expect = || wire::Stamp {
+        session,
+        seq: hello_seq.load(Relaxed),
+    };
+    // Whether a desired snapshot has answered that hello (a later, older one is a replay).
+    let snapshot_seen = std::sync::atomic::AtomicBool::new(false);
 
     // What this node's messages are tagged and encrypted with (the master keeps this, not
     // the token).
@@ -325,7 +340,13 @@ pub async fn run_with_runtime(
     opts.set_credentials(&node, &creds.node_token);
     opts.set_last_will(LastWill::new(
         Channel::Will.topic(&node),
-        seal_from_node(&secret, &Channel::Will.topic(&node), &node, Message::Gone),
+        seal_from_node(
+            &secret,
+            &Channel::Will.topic(&node),
+            &node,
+            stamper.will(),
+            Message::Gone,
+        ),
         QoS::AtLeastOnce,
         false,
     ));
@@ -355,6 +376,7 @@ pub async fn run_with_runtime(
         client.clone(),
         node.clone(),
         secret.clone(),
+        stamper.clone(),
         config.heartbeat_interval,
         usage_rx,
         shutdown.clone(),
@@ -382,10 +404,12 @@ pub async fn run_with_runtime(
     };
     let publish = |channel: Channel, msg: Message| {
         let topic = channel.topic(&node);
-        let payload = seal_from_node(&secret, &topic, &node, msg);
+        let stamp = stamper.next();
+        let payload = seal_from_node(&secret, &topic, &node, stamp, msg);
         if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
             tracing::debug!(error = %e, "publish queued while disconnected failed; the next hello resends state");
         }
+        stamp
     };
     let mut session = Session::new(network.is_some());
     // Carries out what the protocol core decided.
@@ -402,7 +426,12 @@ pub async fn run_with_runtime(
                 }
             }
         }
-        Action::Hello => publish(Channel::Hello, Message::Hello(hello(pods, &view))),
+        Action::Hello => {
+            // From now on only what answers this hello is taken.
+            let sent = publish(Channel::Hello, Message::Hello(hello(pods, &view)));
+            hello_seq.store(sent.seq, Relaxed);
+            snapshot_seen.store(false, Relaxed);
+        }
         Action::Reconcile => {
             let reports = pods.reconcile().await;
             if !reports.is_empty() {
@@ -423,7 +452,15 @@ pub async fn run_with_runtime(
                         act(action, &mut pods).await;
                     }
                 }
-                Incoming::Publish(topic, payload) => match inbound::route(&node, &keys, &topic, &payload, network.is_some()) {
+                Incoming::Publish(topic, payload) => match inbound::route(&node, &keys, expect(), &topic, &payload, network.is_some()) {
+                    Err(d) if d.reason == inbound::OTHER_SESSION => {
+                        // A master that does not know this session (it restarted), or a
+                        // replay: say hello again (at most once per period).
+                        drops.count(d.reason, &d.detail);
+                        for action in session.on(Event::OtherSession, Instant::now()) {
+                            act(action, &mut pods).await;
+                        }
+                    }
                     Err(d) => drops.count(d.reason, &d.detail),
                     Ok(Inbound::Network { update, shared: true }) => {
                         let gap = on_network(update, &view, &node, network.as_deref(), &proxy_tx);
@@ -443,6 +480,14 @@ pub async fn run_with_runtime(
                         }
                     }
                     Ok(Inbound::Desired(d)) => {
+                        if let wire::DesiredChange::Snapshot(_) = d.change {
+                            // One snapshot answers a hello; an older one after it is a replay.
+                            if snapshot_seen.load(Relaxed) && d.revision < pods.desired_revision() {
+                                drops.count("stale_snapshot", &format!("revision {} after {}", d.revision, pods.desired_revision()));
+                                continue;
+                            }
+                            snapshot_seen.store(true, Relaxed);
+                        }
                         let event = match pods.apply_desired(d) {
                             Ok(Applied::Changed) => Event::DesiredChanged,
                             Ok(Applied::Gap { have, expected_prev }) => {
@@ -543,10 +588,35 @@ async fn keep_reconciling(pods: &mut PodManager, shutdown: &CancellationToken) {
     }
 }
 
+/// Stamps what this agent process sends (see [`wire::Stamp`]).
+#[derive(Clone)]
+struct Stamper {
+    session: u64,
+    seq: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Stamper {
+    fn next(&self) -> wire::Stamp {
+        wire::Stamp {
+            session: self.session,
+            seq: self.seq.fetch_add(1, Relaxed) + 1,
+        }
+    }
+
+    /// The will is sealed once, at connect: seq 0.
+    fn will(&self) -> wire::Stamp {
+        wire::Stamp {
+            session: self.session,
+            seq: 0,
+        }
+    }
+}
+
 async fn heartbeats(
     client: AsyncClient,
     node: String,
     secret: NodeSecret,
+    stamper: Stamper,
     every: Duration,
     mut usage: watch::Receiver<Usage>,
     shutdown: CancellationToken,
@@ -571,6 +641,7 @@ async fn heartbeats(
             &secret,
             &topic,
             &node,
+            stamper.next(),
             Message::Heartbeat(Heartbeat { seq, usage: u }),
         );
         let _ = client.try_publish(topic, QoS::AtMostOnce, false, payload);

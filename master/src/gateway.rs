@@ -253,8 +253,9 @@ async fn write_ready(store: &Store, u: ReadyUpdate) {
 struct Gateway {
     /// The protocol's state: what the loop below feeds and whose actions it carries out.
     protocol: Protocol,
-    /// Nodes that asked for a network snapshot, for the network stream.
-    snapshots: Arc<Coalescing<String, ()>>,
+    /// Nodes that asked for a network snapshot (with the stamp it must carry), for the
+    /// network stream.
+    snapshots: Arc<Coalescing<String, wire::Stamp>>,
     /// Ready transitions, persisted by the status writer.
     ready: Arc<Coalescing<String, ReadyUpdate>>,
     store: Store,
@@ -363,7 +364,7 @@ impl Gateway {
             // The loop never waits for the write: a storm of hellos must not hold back the
             // heartbeats queued behind them.
             Action::Ready(u) => self.ready.push(u.node.clone(), u),
-            Action::NetworkSnapshot(node) => self.snapshots.push(node, ()),
+            Action::NetworkSnapshot(node, stamp) => self.snapshots.push(node, stamp),
             Action::Reports { node, reports } => self.apply_reports(&node, &reports).await,
             Action::LogReply { node, reply } => {
                 if let Some(tx) = self.pending.remove(&(node, reply.id)) {
@@ -379,7 +380,8 @@ impl Gateway {
         let Some(secret) = self.enrollment.secret(node) else {
             return self.drop_msg("wire_send_no_credential", node);
         };
-        let payload = self.wire_key.seal_for(&topic, node, &secret, msg);
+        let stamp = self.protocol.stamp(node);
+        let payload = self.wire_key.seal_for(&topic, node, &secret, stamp, msg);
         if let Err(e) = self
             .client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
@@ -442,16 +444,25 @@ impl Gateway {
                 &format!("{topic}: no Node {node:?}; the agent must join first"),
             );
         }
+        let now = Instant::now();
         match self
             .protocol
-            .on_message(&node, channel, env.message, Instant::now())
+            .on_message(&node, channel, env.stamp, env.message, now)
         {
             Ok(actions) => {
                 for a in actions {
                     self.execute(a).await;
                 }
             }
-            Err(r) => self.drop_msg(r.reason, &format!("{topic}: {}", r.detail)),
+            Err(r) => {
+                self.drop_msg(r.reason, &format!("{topic}: {}", r.detail));
+                if r.reason == "wire_stale_session"
+                    && let Some(a) = self.protocol.nudge(&node, now)
+                {
+                    // The agent sees a snapshot for another session and says hello again.
+                    self.execute(a).await;
+                }
+            }
         }
     }
 

@@ -158,14 +158,15 @@ fn all(kind: Kind) -> WatchFilter {
     }
 }
 
-/// Runs the stream until `shutdown`; `snapshots` names nodes that asked for one.
+/// Runs the stream until `shutdown`; `snapshots` names nodes that asked for one, with the
+/// stamp their snapshot carries.
 pub async fn run(
     store: Store,
     client: AsyncClient,
     cidrs: Cidrs,
     wire_key: Arc<bramble_support::wire_auth::MasterKey>,
     enrollment: Arc<crate::enrollment::Enrollment>,
-    snapshots: Arc<Coalescing<String, ()>>,
+    snapshots: Arc<Coalescing<String, bramble_api::wire::Stamp>>,
     shutdown: CancellationToken,
 ) {
     let mut state = NetState::default();
@@ -199,11 +200,11 @@ pub async fn run(
             let change = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 asking = snapshots.take(64) => {
-                    for (node, ()) in asking {
+                    for (node, stamp) in asking {
                         for part in state.snapshot(&cidrs) {
                             let topic = Channel::Network.topic(&node);
                             let Some(secret) = enrollment.secret(&node) else { continue };
-                            let msg = wire_key.seal_for(&topic, &node, &secret, Message::Network(part));
+                            let msg = wire_key.seal_for(&topic, &node, &secret, stamp, Message::Network(part));
                             if let Err(e) = client.publish(topic, QoS::AtLeastOnce, false, msg).await {
                                 tracing::warn!(node, error = %e, "cannot send a network snapshot");
                             }
@@ -288,6 +289,10 @@ mod tests {
                 &Channel::Network.topic("n"),
                 "n",
                 &bramble_support::wire_auth::NodeSecret::from_token("token"),
+                bramble_api::wire::Stamp {
+                    session: u64::MAX,
+                    seq: u64::MAX,
+                },
                 Message::Network(p.clone()),
             );
             assert!(

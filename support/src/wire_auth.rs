@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use bramble_api::wire::{self, Envelope, Message, WireError};
+use bramble_api::wire::{self, Envelope, Message, Stamp, WireError};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::SecureRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -109,9 +109,10 @@ impl MasterKey {
         topic: &str,
         node: &str,
         secret: &NodeSecret,
+        stamp: Stamp,
         message: Message,
     ) -> Vec<u8> {
-        match encrypt(secret, topic, &wire::encode(node, message)) {
+        match encrypt(secret, topic, &wire::encode_stamped(node, stamp, message)) {
             Some(body) => self.sign(topic, body),
             None => Vec::new(),
         }
@@ -187,8 +188,14 @@ fn decrypt(secret: &NodeSecret, topic: &str, mut body: Vec<u8>) -> Result<Vec<u8
 
 /// The payload of `message` from `node` on `topic`: encrypted and tagged with the node's
 /// secret (empty if the system's random source failed).
-pub fn seal_from_node(secret: &NodeSecret, topic: &str, node: &str, message: Message) -> Vec<u8> {
-    let Some(body) = encrypt(secret, topic, &wire::encode(node, message)) else {
+pub fn seal_from_node(
+    secret: &NodeSecret,
+    topic: &str,
+    node: &str,
+    stamp: Stamp,
+    message: Message,
+) -> Vec<u8> {
+    let Some(body) = encrypt(secret, topic, &wire::encode_stamped(node, stamp, message)) else {
         return Vec::new();
     };
     let tag = hmac::sign(&secret.hmac_key(), &wire::authenticated_bytes(topic, &body))
@@ -234,6 +241,8 @@ mod tests {
     use super::*;
     use bramble_api::wire::{Channel, Heartbeat};
 
+    const ST: Stamp = Stamp { session: 5, seq: 6 };
+
     fn hb() -> Message {
         Message::Heartbeat(Heartbeat {
             seq: 1,
@@ -253,15 +262,11 @@ mod tests {
         let s2 = NodeSecret::from_token("token-2");
         let t1 = Some(&s1);
 
-        let sealed = key.seal_for(&topic, "pi1", &s1, hb());
-        assert_eq!(
-            open_from_master(key.public(), &topic, &sealed, t1)
-                .unwrap()
-                .node,
-            "pi1"
-        );
+        let sealed = key.seal_for(&topic, "pi1", &s1, ST, hb());
+        let opened = open_from_master(key.public(), &topic, &sealed, t1).unwrap();
+        assert_eq!((opened.node.as_str(), opened.stamp), ("pi1", ST));
         // Another key, another topic, a flipped byte, another node's token: refused.
-        let forged = other.seal_for(&topic, "pi1", &s1, hb());
+        let forged = other.seal_for(&topic, "pi1", &s1, ST, hb());
         assert!(matches!(
             open_from_master(key.public(), &topic, &forged, t1),
             Err(WireError::Unauthenticated(_))
@@ -278,7 +283,7 @@ mod tests {
         assert!(open_from_master(key.public(), wire::SERVICES_TOPIC, &shared, None).is_ok());
 
         let topic = Channel::Heartbeat.topic("pi1");
-        let tagged = seal_from_node(&s1, &topic, "pi1", hb());
+        let tagged = seal_from_node(&s1, &topic, "pi1", ST, hb());
         assert!(open_from_node(&s1, &topic, &tagged).is_ok());
         assert!(open_from_node(&s2, &topic, &tagged).is_err());
         assert!(open_from_node(&s1, &Channel::Heartbeat.topic("pi2"), &tagged).is_err());
@@ -301,9 +306,9 @@ mod tests {
         };
         let s1 = NodeSecret::from_token("token-1");
         let t = Channel::Reply.topic("pi1");
-        let from_node = seal_from_node(&s1, &t, "pi1", msg());
+        let from_node = seal_from_node(&s1, &t, "pi1", ST, msg());
         let t2 = Channel::Request.topic("pi1");
-        let from_master = key.seal_for(&t2, "pi1", &s1, msg());
+        let from_master = key.seal_for(&t2, "pi1", &s1, ST, msg());
         for payload in [&from_node, &from_master] {
             assert!(
                 !payload
@@ -313,7 +318,7 @@ mod tests {
             );
         }
         // Two sealings of the same message differ (a fresh nonce each time).
-        assert_ne!(from_node, seal_from_node(&s1, &t, "pi1", msg()));
+        assert_ne!(from_node, seal_from_node(&s1, &t, "pi1", ST, msg()));
         assert!(open_from_node(&s1, &t, &from_node).is_ok());
         assert!(open_from_master(key.public(), &t2, &from_master, Some(&s1)).is_ok());
     }

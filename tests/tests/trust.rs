@@ -676,11 +676,7 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
     let facts = NodeFacts::default();
     let a = join::join(&m.url, &m.join_token(), "board-a", &facts).unwrap();
     join::join(&m.url, &m.join_token(), "board-idle", &facts).unwrap();
-    let b = bramble_tests::AgentProcess::start(&m, &agent_dir, "board-b", &[]).unwrap();
-    assert!(bramble_tests::eventually(Duration::from_secs(20), || m
-        .node_ready("board-b")
-        .is_some_and(|r| r.0 == "True")));
-    // Board A listens to everything the open broker carries, from before B gets its pod.
+    // Board A listens to everything the open broker carries, from before B starts.
     let spy_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel::<()>();
     let spy = {
@@ -698,11 +694,11 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
                     .subscribe("#", rumqttc::QoS::AtMostOnce)
                     .await
                     .unwrap();
-                let mut seen: Vec<Vec<u8>> = Vec::new();
+                let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     match tokio::time::timeout(Duration::from_millis(200), ev.poll()).await {
                         Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                            seen.push(p.payload.to_vec())
+                            seen.push((p.topic.clone(), p.payload.to_vec()))
                         }
                         Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
                             let _ = subscribed_tx.send(());
@@ -718,6 +714,10 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
     subscribed_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the spy's subscription to # was acknowledged");
+    let b = bramble_tests::AgentProcess::start(&m, &agent_dir, "board-b", &[]).unwrap();
+    assert!(bramble_tests::eventually(Duration::from_secs(20), || m
+        .node_ready("board-b")
+        .is_some_and(|r| r.0 == "True")));
     let pod = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "real", "namespace": "default"},
@@ -741,6 +741,10 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
             &bramble_support::wire_auth::NodeSecret::from_token(&a.node_token),
             topic,
             node,
+            wire::Stamp {
+                session: 1,
+                seq: u64::MAX,
+            },
             msg,
         )
     };
@@ -775,15 +779,27 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
             ..Default::default()
         }],
     });
-    let mut raw = MqttOptions::new("board-a", "127.0.0.1", port);
-    raw.set_max_packet_size(16 << 20, 16 << 20);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let (client, mut ev) = AsyncClient::new(raw, 64);
-        let pump = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    let send_as_a = |sends: Vec<(String, Vec<u8>)>| {
+        let mut raw = MqttOptions::new("board-a", "127.0.0.1", port);
+        raw.set_max_packet_size(16 << 20, 16 << 20);
+        rt.block_on(async {
+            let (client, mut ev) = AsyncClient::new(raw, 64);
+            let pump = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+            for (topic, payload) in sends {
+                client
+                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            pump.abort();
+        })
+    };
+    {
         let sends: Vec<(String, Vec<u8>)> = vec![
             // B's desired state: tagged by A, and bare.
             (
@@ -824,15 +840,8 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
                 wire::encode("board-b", Message::Gone),
             ),
         ];
-        for (topic, payload) in sends {
-            client
-                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
-                .await
-                .unwrap();
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        pump.abort();
-    });
+        send_as_a(sends);
+    }
     // Nothing changed: B is Ready with its real pod running, the idle board is not Ready,
     // the forged pod never reached B's disk, and both ends counted the forgeries.
     assert!(bramble_tests::consistently(Duration::from_secs(2), || {
@@ -867,10 +876,66 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
     assert!(
         !seen
             .iter()
-            .any(|p| p.windows(marker.len()).any(|w| w == marker)),
+            .any(|(_, p)| p.windows(marker.len()).any(|w| w == marker)),
         "B's pod spec was readable on the broker"
     );
+
+    // A replays everything it recorded on B's topics, as recorded: B's hello, heartbeats
+    // and status to the master, the master's desired messages to B (its first snapshot, from
+    // before B's pod existed, among them). Stale, so nothing changes.
+    let of_b: Vec<(String, Vec<u8>)> = seen
+        .iter()
+        .filter(|(t, _)| t.starts_with("bramble/v1/node/board-b/"))
+        .cloned()
+        .collect();
+    for channel in ["hello", "heartbeat", "desired"] {
+        assert!(
+            of_b.iter().any(|(t, _)| t.ends_with(channel)),
+            "the spy recorded no {channel} of B"
+        );
+    }
+    send_as_a(of_b.clone());
+    assert!(bramble_tests::consistently(Duration::from_secs(2), || {
+        m.node_ready("board-b").is_some_and(|r| r.0 == "True")
+            && m.pod("real")
+                .is_some_and(|p| p["status"]["phase"] == "Running")
+    }));
+    let prom = std::fs::read_to_string(agent_dir.join("agent-metrics.prom")).unwrap_or_default();
+    assert!(
+        prom.lines()
+            .any(|l| l.contains("reason=\"stale_snapshot\"") && !l.ends_with(" 0")),
+        "B took its old snapshot again: {prom}"
+    );
+    assert!(
+        std::fs::read_dir(agent_dir.join("pods"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            >= 1,
+        "B's real pod is gone from its disk"
+    );
+    let replayed = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("bramble_gateway_wire_replayed_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let metrics = String::from_utf8(m.http().get("/metrics").unwrap().body).unwrap();
+    assert!(replayed(&metrics) > 0, "{metrics}");
+
+    // B stops (its will says so); its recorded heartbeats replayed do not bring it back.
     drop(b);
+    assert!(bramble_tests::eventually(Duration::from_secs(10), || m
+        .node_ready("board-b")
+        .is_some_and(|r| r.0 != "True")));
+    let beats: Vec<(String, Vec<u8>)> = of_b
+        .into_iter()
+        .filter(|(t, _)| t.ends_with("/heartbeat") || t.ends_with("/hello"))
+        .collect();
+    send_as_a(beats);
+    assert!(bramble_tests::consistently(Duration::from_secs(2), || m
+        .node_ready("board-b")
+        .is_some_and(|r| r.0 != "True")));
 }
 
 #[test]

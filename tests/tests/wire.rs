@@ -42,7 +42,7 @@ fn hostile_payloads(
 ) -> Vec<(&'static str, Vec<u8>)> {
     let good = seal(topic, node, Message::Status(StatusReport { pods: vec![] }));
     let mut wrong_version = good.clone();
-    wrong_version[0] = 3;
+    wrong_version[0] = wire::PROTOCOL_VERSION as u8 + 6;
     let hb = || {
         Message::Heartbeat(Heartbeat {
             seq: 1,
@@ -115,15 +115,18 @@ fn hostile_payloads_on_every_topic_are_counted_and_dropped() {
             &dir.path().join("other-wire.key"),
         )
         .unwrap();
+        // Any stamp: these fail on checks made before freshness.
+        let st = wire::Stamp { session: 1, seq: 1 };
         let as_node = |t: &str, n: &str, msg: Message| {
-            bramble_support::wire_auth::seal_from_node(&secret, t, n, msg)
+            bramble_support::wire_auth::seal_from_node(&secret, t, n, st, msg)
         };
         let as_other_node = |t: &str, n: &str, msg: Message| {
-            bramble_support::wire_auth::seal_from_node(&not_the_secret, t, n, msg)
+            bramble_support::wire_auth::seal_from_node(&not_the_secret, t, n, st, msg)
         };
-        let as_master = |t: &str, n: &str, msg: Message| master_key.seal_for(t, n, &secret, msg);
+        let as_master =
+            |t: &str, n: &str, msg: Message| master_key.seal_for(t, n, &secret, st, msg);
         let as_other_master =
-            |t: &str, n: &str, msg: Message| other_key.seal_for(t, n, &secret, msg);
+            |t: &str, n: &str, msg: Message| other_key.seal_for(t, n, &secret, st, msg);
         for channel in [
             Channel::Hello,
             Channel::Heartbeat,

@@ -24,6 +24,10 @@ pub struct Dropped {
     pub detail: String,
 }
 
+/// The drop reason of a message for another session of this node (or another hello): the
+/// agent says hello again.
+pub const OTHER_SESSION: &str = "other_session";
+
 fn dropped(reason: &'static str, detail: String) -> Dropped {
     Dropped { reason, detail }
 }
@@ -46,11 +50,13 @@ fn reason(e: &wire::WireError) -> &'static str {
 }
 
 /// Routes a publish received by `node`; `master_key` is the master's wire key (only what it
-/// signed is taken); `network` says whether the node follows the network stream (it
-/// subscribed to it).
+/// signed is taken); on the node's own topics the stamp must be `expect` (this process's
+/// session and its last hello: see [`wire::Stamp`]); `network` says whether the node
+/// follows the network stream (it subscribed to it).
 pub fn route(
     node: &str,
     keys: &Keys,
+    expect: wire::Stamp,
     topic: &str,
     payload: &[u8],
     network: bool,
@@ -79,15 +85,25 @@ pub fn route(
     if env.node != node {
         return Err(dropped("node_mismatch", topic.to_string()));
     }
-    match (channel, env.message) {
-        (Channel::Desired, Message::Desired(d)) => Ok(Inbound::Desired(d)),
-        (Channel::Network, Message::Network(update)) if network => Ok(Inbound::Network {
+    let inbound = match (channel, env.message) {
+        (Channel::Desired, Message::Desired(d)) => Inbound::Desired(d),
+        (Channel::Network, Message::Network(update)) if network => Inbound::Network {
             update,
             shared: false,
-        }),
-        (Channel::Request, Message::LogRequest(r)) => Ok(Inbound::LogRequest(r)),
-        (c, _) => Err(dropped("wrong_channel", format!("{topic} ({c:?})"))),
+        },
+        (Channel::Request, Message::LogRequest(r)) => Inbound::LogRequest(r),
+        (c, _) => return Err(dropped("wrong_channel", format!("{topic} ({c:?})"))),
+    };
+    if env.stamp != expect {
+        return Err(dropped(
+            OTHER_SESSION,
+            format!(
+                "{topic}: for session {} hello {}, not this one ({} hello {})",
+                env.stamp.session, env.stamp.seq, expect.session, expect.seq
+            ),
+        ));
     }
+    Ok(inbound)
 }
 
 #[cfg(test)]
@@ -128,6 +144,11 @@ mod tests {
 
     /// The node's token in these tests.
     const TOKEN: &str = "node-token";
+    /// What the node expects: its session and its last hello.
+    const NOW: wire::Stamp = wire::Stamp {
+        session: 11,
+        seq: 4,
+    };
 
     /// The master's key for the tests, and another one.
     fn keys() -> (MasterKey, MasterKey) {
@@ -150,7 +171,7 @@ mod tests {
             if topic == wire::SERVICES_TOPIC {
                 key.seal(topic, node, m)
             } else {
-                key.seal_for(topic, node, &NodeSecret::from_token(TOKEN), m)
+                key.seal_for(topic, node, &NodeSecret::from_token(TOKEN), NOW, m)
             }
         };
         let keys = Keys {
@@ -216,6 +237,7 @@ mod tests {
                     &mine(Channel::Desired),
                     me,
                     &NodeSecret::from_token(TOKEN),
+                    NOW,
                     desired(),
                 ),
                 false,
@@ -273,9 +295,35 @@ mod tests {
             ),
             (
                 mine(Channel::Desired),
-                vec![2, 0xff, 0xff],
+                vec![wire::PROTOCOL_VERSION as u8, 0xff, 0xff],
                 false,
                 Err("malformed"),
+            ),
+            // Stamped for another session of this node, or an earlier hello of this one: a
+            // master that restarted, or a replay.
+            (
+                mine(Channel::Desired),
+                key.seal_for(
+                    &mine(Channel::Desired),
+                    me,
+                    &NodeSecret::from_token(TOKEN),
+                    wire::Stamp { session: 12, ..NOW },
+                    desired(),
+                ),
+                false,
+                Err(OTHER_SESSION),
+            ),
+            (
+                mine(Channel::Request),
+                key.seal_for(
+                    &mine(Channel::Request),
+                    me,
+                    &NodeSecret::from_token(TOKEN),
+                    wire::Stamp { seq: 3, ..NOW },
+                    log_request(),
+                ),
+                false,
+                Err(OTHER_SESSION),
             ),
             // A message on a channel that does not carry it.
             (
@@ -305,7 +353,7 @@ mod tests {
             ),
         ];
         for (i, (topic, payload, follows, want)) in table.into_iter().enumerate() {
-            let got = match route(me, &keys, &topic, &payload, follows) {
+            let got = match route(me, &keys, NOW, &topic, &payload, follows) {
                 Ok(Inbound::Desired(_)) => Ok("desired"),
                 Ok(Inbound::LogRequest(_)) => Ok("log"),
                 Ok(Inbound::Network { shared: false, .. }) => Ok("network own"),
@@ -319,19 +367,21 @@ mod tests {
             &mine(Channel::Desired),
             me,
             &NodeSecret::from_token("their-token"),
+            NOW,
             desired(),
         );
         assert_eq!(
-            route(me, &keys, &mine(Channel::Desired), &theirs, false).map_err(|d| d.reason),
+            route(me, &keys, NOW, &mine(Channel::Desired), &theirs, false).map_err(|d| d.reason),
             Err("unauthenticated")
         );
         let clear = key.seal(&mine(Channel::Desired), me, desired());
-        assert!(route(me, &keys, &mine(Channel::Desired), &clear, false).is_err());
+        assert!(route(me, &keys, NOW, &mine(Channel::Desired), &clear, false).is_err());
         // An unsigned envelope of the old protocol is never taken.
         assert!(
             route(
                 me,
                 &keys,
+                NOW,
                 &mine(Channel::Desired),
                 &wire::encode(me, desired()),
                 false
@@ -351,8 +401,9 @@ mod tests {
         let got = route(
             "n",
             &keys,
+            NOW,
             &topic,
-            &key.seal_for(&topic, "n", &NodeSecret::from_token(TOKEN), desired()),
+            &key.seal_for(&topic, "n", &NodeSecret::from_token(TOKEN), NOW, desired()),
             false,
         );
         let Message::Desired(d) = desired() else {

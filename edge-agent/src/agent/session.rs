@@ -23,6 +23,9 @@ pub enum Event {
     /// A part of a network snapshot on the node's own topic; `cidr_arrived`: the node got its
     /// pod CIDR with it.
     OwnNetwork { cidr_arrived: bool },
+    /// A message from the master for another session or hello of this node (a master that
+    /// restarted, or a replay).
+    OtherSession,
 }
 
 /// What to do about it.
@@ -43,6 +46,8 @@ pub struct Session {
     network: bool,
     /// When the node last asked for a network snapshot it has not received yet.
     snapshot_asked: Option<Instant>,
+    /// When the node last said hello.
+    hello_sent: Option<Instant>,
 }
 
 impl Session {
@@ -50,12 +55,33 @@ impl Session {
         Session {
             network,
             snapshot_asked: None,
+            hello_sent: None,
         }
     }
 
     /// The actions an event calls for, at `now`.
     pub fn on(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let actions = self.decide(event, now);
+        if actions.contains(&Action::Hello) {
+            self.hello_sent = Some(now);
+        }
+        actions
+    }
+
+    fn decide(&mut self, event: Event, now: Instant) -> Vec<Action> {
         match event {
+            Event::OtherSession => {
+                // The answer to a recent hello may still be on its way, and messages sent
+                // before it are expected: ask again only after a period.
+                let recent = self
+                    .hello_sent
+                    .is_some_and(|t| now.saturating_duration_since(t) < SNAPSHOT_RETRY);
+                if recent {
+                    Vec::new()
+                } else {
+                    vec![Action::Hello]
+                }
+            }
             Event::Connected => {
                 // The hello asks for the network snapshot too.
                 self.snapshot_asked = self.network.then_some(now);
@@ -116,6 +142,24 @@ mod tests {
                 (30, Event::DesiredGap, &[Hello]),
                 // Reconnect: subscribe again and say hello again.
                 (40, Event::Connected, &[Subscribe, Hello]),
+            ],
+        );
+    }
+
+    #[test]
+    fn messages_for_another_session_ask_for_a_hello_once_per_period() {
+        use Action::*;
+        run(
+            false,
+            &[
+                // A master that restarted sends for a session it guessed: hello at once.
+                (0, Event::OtherSession, &[Hello]),
+                (100, Event::OtherSession, &[]),
+                (3_000, Event::OtherSession, &[Hello]),
+                // Right after any hello, deltas sent before it are expected: nothing.
+                (5_000, Event::DesiredGap, &[Hello]),
+                (5_100, Event::OtherSession, &[]),
+                (8_000, Event::OtherSession, &[Hello]),
             ],
         );
     }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use bramble_api::Object;
 use bramble_api::pod::Pod;
 use bramble_api::wire::{
-    Channel, Desired, DesiredChange, DesiredPod, LogReply, Message, NodeFacts, PodReport, Usage,
+    Channel, Desired, DesiredChange, DesiredPod, LogReply, Message, NodeFacts, PodReport, Stamp,
+    Usage,
 };
 
 use crate::store::{Change, Entry, EventType};
@@ -27,8 +28,8 @@ pub enum Action {
     },
     /// Persist the node's Ready condition (and its facts, when known).
     Ready(ReadyUpdate),
-    /// Send the node the network snapshot it asked for in its hello.
-    NetworkSnapshot(String),
+    /// Send the node the network snapshot it asked for in its hello (stamped for it).
+    NetworkSnapshot(String, Stamp),
     /// Apply the node's pod status reports to the store.
     Reports {
         node: String,
@@ -67,6 +68,103 @@ struct NodeState {
     usage: Option<Usage>,
     /// The revision of the last desired message sent; 0 = none yet (send a snapshot).
     desired_sent: u64,
+    /// What the node's messages must carry to be fresh.
+    fresh: Freshness,
+    /// When a message of another session last made the master resend a snapshot.
+    nudged: Option<Instant>,
+}
+
+/// How many of a node's earlier sessions are remembered, so that their messages replayed
+/// later are refused.
+const RETIRED_SESSIONS: usize = 8;
+/// At most one snapshot per this long answers messages of a session the master does not
+/// hold (it makes the agent say hello again).
+const NUDGE_EVERY: Duration = Duration::from_secs(3);
+
+/// The replay window of one node: its current session (its agent process), the hello that
+/// opened the current exchange, and the highest `seq` seen on each channel.
+#[derive(Debug, Default)]
+struct Freshness {
+    session: u64,
+    hello: u64,
+    last: [u64; 8],
+    retired: std::collections::VecDeque<u64>,
+}
+
+fn channel_index(c: Channel) -> usize {
+    match c {
+        Channel::Hello => 0,
+        Channel::Heartbeat => 1,
+        Channel::Status => 2,
+        Channel::Will => 3,
+        Channel::Desired => 4,
+        Channel::Request => 5,
+        Channel::Reply => 6,
+        Channel::Network => 7,
+    }
+}
+
+impl Freshness {
+    /// Whether a message stamped `stamp` on `channel` is fresh; if so, it is recorded.
+    /// `known`: the master has heard from this node since it started (else the first
+    /// stamp seen is taken as the node's session: a master that restarted under a running
+    /// broker hears heartbeats before any hello).
+    fn admit(&mut self, channel: Channel, stamp: Stamp, known: bool) -> Result<(), Refused> {
+        let refuse = |reason: &'static str, detail: String| Err(Refused { reason, detail });
+        if stamp.session == 0 {
+            return refuse("wire_unstamped", format!("{channel:?} without a session"));
+        }
+        let i = channel_index(channel);
+        if stamp.session != self.session {
+            if self.retired.contains(&stamp.session) {
+                return refuse(
+                    "wire_replayed",
+                    format!("{channel:?} of an earlier session of this node"),
+                );
+            }
+            // A hello opens a session; so does any message of a node the master has not
+            // heard from since it started, except the will (sealed long ago, perhaps).
+            let adopt = channel == Channel::Hello
+                || ((!known || self.session == 0) && channel != Channel::Will);
+            if !adopt {
+                return refuse(
+                    "wire_stale_session",
+                    format!("{channel:?} of a session the master does not hold"),
+                );
+            }
+            if self.session != 0 {
+                if self.retired.len() == RETIRED_SESSIONS {
+                    self.retired.pop_front();
+                }
+                self.retired.push_back(self.session);
+            }
+            *self = Freshness {
+                session: stamp.session,
+                hello: 0,
+                last: [0; 8],
+                retired: std::mem::take(&mut self.retired),
+            };
+        } else if channel != Channel::Will && stamp.seq <= self.last[i] {
+            // The will is sealed once, when the agent connects (seq 0).
+            return refuse(
+                "wire_replayed",
+                format!("{channel:?} seq {} after {}", stamp.seq, self.last[i]),
+            );
+        }
+        self.last[i] = self.last[i].max(stamp.seq);
+        if channel == Channel::Hello {
+            self.hello = stamp.seq;
+        }
+        Ok(())
+    }
+
+    /// The stamp of what the master sends the node: its session and the hello it answers.
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            session: self.session,
+            seq: self.hello,
+        }
+    }
 }
 
 /// The protocol's state.
@@ -119,15 +217,69 @@ impl Protocol {
         self.nodes.values().filter(|s| s.ready).count()
     }
 
+    /// The stamp of what the master sends `node` now.
+    pub fn stamp(&self, node: &str) -> Stamp {
+        self.nodes
+            .get(node)
+            .map(|s| s.fresh.stamp())
+            .unwrap_or_default()
+    }
+
+    /// After a message of a session the master does not hold: a snapshot stamped with the
+    /// one it holds, at most once per [`NUDGE_EVERY`], so that the agent says hello again.
+    pub fn nudge(&mut self, node: &str, now: Instant) -> Option<Action> {
+        let s = self.nodes.get_mut(node)?;
+        if s.nudged
+            .is_some_and(|t| now.saturating_duration_since(t) < NUDGE_EVERY)
+        {
+            return None;
+        }
+        s.nudged = Some(now);
+        self.snapshot(node)
+    }
+
     /// A decoded message from `node` (a registered node whose name the envelope matches) on
-    /// `channel`.
+    /// `channel`, stamped `stamp`: refused unless fresh (see [`Stamp`]).
     pub fn on_message(
         &mut self,
         node: &str,
         channel: Channel,
+        stamp: Stamp,
         message: Message,
         now: Instant,
     ) -> Result<Vec<Action>, Refused> {
+        let carries = matches!(
+            (channel, &message),
+            (Channel::Hello, Message::Hello(_))
+                | (Channel::Heartbeat, Message::Heartbeat(_))
+                | (Channel::Status, Message::Status(_))
+                | (Channel::Will, Message::Gone)
+                | (Channel::Reply, Message::LogReply(_))
+        );
+        if !carries {
+            // Before freshness: a message that can never be taken records nothing.
+            return Err(Refused {
+                reason: "wire_wrong_channel",
+                detail: format!("{channel:?} cannot carry {}", message_name(&message)),
+            });
+        }
+        let known = self.nodes.contains_key(node);
+        let mut fresh = self
+            .nodes
+            .get_mut(node)
+            .map(|s| std::mem::take(&mut s.fresh))
+            .unwrap_or_default();
+        let admitted = fresh.admit(channel, stamp, known);
+        if let Some(s) = self.nodes.get_mut(node) {
+            s.fresh = fresh;
+            admitted?;
+        } else {
+            admitted?;
+            self.touch(node, now);
+            if let Some(s) = self.nodes.get_mut(node) {
+                s.fresh = fresh;
+            }
+        }
         let mut out = Vec::new();
         match (channel, message) {
             (Channel::Hello, Message::Hello(h)) => {
@@ -138,7 +290,7 @@ impl Protocol {
                 out.push(self.set_ready(node, true, AGENT_READY.0, AGENT_READY.1));
                 out.extend(self.snapshot(node));
                 if h.network_revision.is_some() {
-                    out.push(Action::NetworkSnapshot(node.to_string()));
+                    out.push(Action::NetworkSnapshot(node.to_string(), self.stamp(node)));
                 }
                 out.push(Action::Reports {
                     node: node.to_string(),
@@ -146,7 +298,7 @@ impl Protocol {
                 });
             }
             (Channel::Heartbeat, Message::Heartbeat(hb)) => {
-                let first_contact = !self.nodes.contains_key(node);
+                let first_contact = !known;
                 self.touch(node, now);
                 if let (Some(u), Some(s)) = (hb.usage, self.nodes.get_mut(node)) {
                     s.usage = Some(u);
@@ -295,6 +447,8 @@ impl Protocol {
                 facts: None,
                 usage: None,
                 desired_sent: 0,
+                fresh: Freshness::default(),
+                nudged: None,
             })
             .last_seen = now;
     }
@@ -377,6 +531,16 @@ mod tests {
         })
     }
 
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// A stamp of session 7 whose seq is above every earlier one.
+    fn fresh() -> Stamp {
+        Stamp {
+            session: 7,
+            seq: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+        }
+    }
+
     fn heartbeat() -> Message {
         Message::Heartbeat(Heartbeat {
             seq: 1,
@@ -433,8 +597,9 @@ mod tests {
         let t0 = Instant::now();
         for network in [false, true] {
             let mut p = listed();
+            let stamp = fresh();
             let out = p
-                .on_message("n1", Channel::Hello, hello(network), t0)
+                .on_message("n1", Channel::Hello, stamp, hello(network), t0)
                 .unwrap();
             assert_eq!(readiness(&out), vec![(true, "AgentReady".to_string())]);
             assert_eq!(
@@ -442,7 +607,7 @@ mod tests {
                 vec![(6, 0, r#"snapshot ["uid-a"]"#.to_string())]
             );
             assert_eq!(
-                out.contains(&Action::NetworkSnapshot("n1".into())),
+                out.contains(&Action::NetworkSnapshot("n1".into(), stamp)),
                 network,
                 "a network snapshot only for agents that follow the stream"
             );
@@ -455,7 +620,7 @@ mod tests {
     fn pod_changes_follow_the_chain_and_old_or_repeated_ones_are_not_sent() {
         let t0 = Instant::now();
         let mut p = listed();
-        p.on_message("n1", Channel::Hello, hello(false), t0)
+        p.on_message("n1", Channel::Hello, fresh(), hello(false), t0)
             .unwrap();
         // A new pod on n1, then an update, then a deletion: each chained to the last.
         let c = pod("c", "n1", 7);
@@ -500,7 +665,7 @@ mod tests {
         let mut p = listed();
         // A master that restarted under a running broker hears a heartbeat first.
         let out = p
-            .on_message("n2", Channel::Heartbeat, heartbeat(), t0)
+            .on_message("n2", Channel::Heartbeat, fresh(), heartbeat(), t0)
             .unwrap();
         assert_eq!(
             desired(&out),
@@ -512,6 +677,7 @@ mod tests {
             .on_message(
                 "n2",
                 Channel::Heartbeat,
+                fresh(),
                 heartbeat(),
                 t0 + Duration::from_secs(1),
             )
@@ -523,7 +689,7 @@ mod tests {
     fn a_silent_node_is_lost_once_and_its_chain_restarts_when_it_is_back() {
         let t0 = Instant::now();
         let mut p = listed();
-        p.on_message("n1", Channel::Hello, hello(false), t0)
+        p.on_message("n1", Channel::Hello, fresh(), hello(false), t0)
             .unwrap();
         let table: Vec<(Duration, Vec<(bool, String)>)> = vec![
             (Duration::from_secs(39), vec![]),
@@ -546,11 +712,11 @@ mod tests {
         // Back: a heartbeat makes it Ready; its hello (after its reconnect) a new snapshot.
         let back = t0 + Duration::from_secs(61);
         let out = p
-            .on_message("n1", Channel::Heartbeat, heartbeat(), back)
+            .on_message("n1", Channel::Heartbeat, fresh(), heartbeat(), back)
             .unwrap();
         assert_eq!(readiness(&out), vec![(true, "AgentReady".to_string())]);
         let out = p
-            .on_message("n1", Channel::Hello, hello(false), back)
+            .on_message("n1", Channel::Hello, fresh(), hello(false), back)
             .unwrap();
         assert_eq!(
             desired(&out),
@@ -562,10 +728,10 @@ mod tests {
     fn a_last_will_loses_the_node_at_once() {
         let t0 = Instant::now();
         let mut p = listed();
-        p.on_message("n1", Channel::Hello, hello(false), t0)
+        p.on_message("n1", Channel::Hello, fresh(), hello(false), t0)
             .unwrap();
         let out = p
-            .on_message("n1", Channel::Will, Message::Gone, t0)
+            .on_message("n1", Channel::Will, fresh(), Message::Gone, t0)
             .unwrap();
         assert_eq!(readiness(&out), vec![(false, "NodeLost".to_string())]);
         assert_eq!(
@@ -582,6 +748,7 @@ mod tests {
             .on_message(
                 "n1",
                 Channel::Status,
+                fresh(),
                 Message::Status(StatusReport { pods: vec![] }),
                 t0,
             )
@@ -600,7 +767,13 @@ mod tests {
             error: String::new(),
         };
         let out = p
-            .on_message("n1", Channel::Reply, Message::LogReply(reply.clone()), t0)
+            .on_message(
+                "n1",
+                Channel::Reply,
+                fresh(),
+                Message::LogReply(reply.clone()),
+                t0,
+            )
             .unwrap();
         assert_eq!(
             out,
@@ -622,11 +795,108 @@ mod tests {
             (Channel::Status, Message::Gone),
         ] {
             let name = message_name(&message);
-            let e = p.on_message("n1", channel, message, t0).unwrap_err();
+            let e = p
+                .on_message("n1", channel, fresh(), message, t0)
+                .unwrap_err();
             assert_eq!(e.reason, "wire_wrong_channel");
             assert!(e.detail.contains(name), "{}", e.detail);
         }
         assert_eq!(p.ready_count(), 0);
         assert_eq!(p.resync_all(), vec![], "no node was recorded");
+    }
+
+    #[test]
+    fn replayed_and_stale_messages_are_refused() {
+        let t0 = Instant::now();
+        let mut p = Protocol::new(LOST_AFTER);
+        let at = |session, seq| Stamp { session, seq };
+        let reason = |r: Result<Vec<Action>, Refused>| r.map(|_| "ok").unwrap_or_else(|e| e.reason);
+        assert_eq!(
+            reason(p.on_message("n1", Channel::Hello, at(1, 5), hello(false), t0)),
+            "ok"
+        );
+        assert_eq!(
+            p.stamp("n1"),
+            at(1, 5),
+            "what the master sends answers that hello"
+        );
+        assert_eq!(
+            reason(p.on_message("n1", Channel::Heartbeat, at(1, 6), heartbeat(), t0)),
+            "ok"
+        );
+        // The same heartbeat again, or an older one: a replay.
+        for seq in [6, 2] {
+            assert_eq!(
+                reason(p.on_message("n1", Channel::Heartbeat, at(1, seq), heartbeat(), t0)),
+                "wire_replayed"
+            );
+        }
+        // Channels are ordered apart: a status sealed before the last heartbeat still counts.
+        let status = || Message::Status(StatusReport { pods: vec![] });
+        assert_eq!(
+            reason(p.on_message("n1", Channel::Status, at(1, 3), status(), t0)),
+            "ok"
+        );
+        assert_eq!(
+            reason(p.on_message("n1", Channel::Heartbeat, at(0, 9), heartbeat(), t0)),
+            "wire_unstamped"
+        );
+        // A message of a session the master does not hold (not a hello): refused, and the
+        // master nudges the agent with a snapshot, once per period.
+        assert_eq!(
+            reason(p.on_message("n1", Channel::Heartbeat, at(2, 9), heartbeat(), t0)),
+            "wire_stale_session"
+        );
+        assert!(!desired(&p.nudge("n1", t0).into_iter().collect::<Vec<_>>()).is_empty());
+        assert!(p.nudge("n1", t0 + Duration::from_secs(1)).is_none());
+        assert!(p.nudge("n1", t0 + NUDGE_EVERY).is_some());
+        // A new process says hello: its session replaces the old one, which is retired.
+        assert_eq!(
+            reason(p.on_message("n1", Channel::Hello, at(2, 1), hello(false), t0)),
+            "ok"
+        );
+        assert_eq!(p.stamp("n1"), at(2, 1));
+        for (c, m) in [
+            (Channel::Hello, hello(false)),
+            (Channel::Heartbeat, heartbeat()),
+            (Channel::Will, Message::Gone),
+        ] {
+            assert_eq!(
+                reason(p.on_message("n1", c, at(1, 99), m, t0)),
+                "wire_replayed"
+            );
+        }
+        // A reconnect of the same process says hello with a higher seq; an old hello of the
+        // same process is a replay.
+        assert_eq!(
+            reason(p.on_message("n1", Channel::Hello, at(2, 4), hello(false), t0)),
+            "ok"
+        );
+        assert_eq!(p.stamp("n1"), at(2, 4));
+        assert_eq!(
+            reason(p.on_message("n1", Channel::Hello, at(2, 1), hello(false), t0)),
+            "wire_replayed"
+        );
+        // The will (sealed once, seq 0) counts for the current session only.
+        assert_eq!(
+            reason(p.on_message("n1", Channel::Will, at(2, 0), Message::Gone, t0)),
+            "ok"
+        );
+        // A master that restarted hears heartbeats before hellos: the first stamp is taken,
+        // but never from a will.
+        let mut p = Protocol::new(LOST_AFTER);
+        assert_eq!(
+            reason(p.on_message("n2", Channel::Will, at(3, 0), Message::Gone, t0)),
+            "wire_stale_session"
+        );
+        assert_eq!(
+            reason(p.on_message("n2", Channel::Heartbeat, at(3, 8), heartbeat(), t0)),
+            "ok"
+        );
+        assert_eq!(
+            p.stamp("n2"),
+            at(3, 0),
+            "no hello yet: the agent will say one"
+        );
     }
 }
