@@ -25,6 +25,6 @@ echo
 echo "Check the board first:   bramble-agent doctor"
 echo "On the master board:     systemctl enable --now bramble-master"
 echo "                         bramble token create   (a join token; the master writes the client config)"
-echo "On every board:          echo TOKEN > /etc/bramble/join-token   (0600; the token as 'bramble token list' prints it)"
+echo "On every board:          echo TOKEN > /etc/bramble/join-token   (0600; as 'bramble token create' printed it; the agent deletes it once joined)"
 echo "                         echo 'BRAMBLE_AGENT_ARGS=--board pi4b --server https://MASTER:6443 --token-file /etc/bramble/join-token' > /etc/bramble/agent.env"
 echo "                         systemctl enable --now bramble-agent"

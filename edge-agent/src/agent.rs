@@ -372,7 +372,12 @@ pub async fn run_with_runtime(
         memory_used_bytes: 0,
         pods: 0,
     });
+    // Heartbeats start after the first hello, so that the master learns this session from
+    // the hello rather than from a heartbeat that overtook it (which would cost a snapshot
+    // stamped for no hello, refused, and a second one).
+    let (said_hello, hello_rx) = watch::channel(false);
     let hb = tokio::spawn(heartbeats(
+        hello_rx,
         client.clone(),
         node.clone(),
         secret.clone(),
@@ -431,6 +436,7 @@ pub async fn run_with_runtime(
             let sent = publish(Channel::Hello, Message::Hello(hello(pods, &view)));
             hello_seq.store(sent.seq, Relaxed);
             snapshot_seen.store(false, Relaxed);
+            said_hello.send_replace(true);
         }
         Action::Reconcile => {
             let reports = pods.reconcile().await;
@@ -613,6 +619,7 @@ impl Stamper {
 }
 
 async fn heartbeats(
+    mut said_hello: watch::Receiver<bool>,
     client: AsyncClient,
     node: String,
     secret: NodeSecret,
@@ -621,6 +628,10 @@ async fn heartbeats(
     mut usage: watch::Receiver<Usage>,
     shutdown: CancellationToken,
 ) {
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = said_hello.wait_for(|s| *s) => {}
+    }
     let mut tick = tokio::time::interval(every);
     let mut seq = 0u64;
     loop {
