@@ -295,7 +295,9 @@ pub async fn run_with_runtime(
     };
     // Every message this process sends is stamped with its session and a rising seq, so
     // that the master refuses one replayed through the broker.
-    let stamper = Stamper {
+    let sealer = Sealer {
+        node: node.clone(),
+        secret: NodeSecret::from_token(&creds.node_token),
         session,
         seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     };
@@ -340,13 +342,7 @@ pub async fn run_with_runtime(
     opts.set_credentials(&node, &creds.node_token);
     opts.set_last_will(LastWill::new(
         Channel::Will.topic(&node),
-        seal_from_node(
-            &secret,
-            &Channel::Will.topic(&node),
-            &node,
-            stamper.will(),
-            Message::Gone,
-        ),
+        sealer.will(),
         QoS::AtLeastOnce,
         false,
     ));
@@ -379,9 +375,7 @@ pub async fn run_with_runtime(
     let hb = tokio::spawn(heartbeats(
         hello_rx,
         client.clone(),
-        node.clone(),
-        secret.clone(),
-        stamper.clone(),
+        sealer.clone(),
         config.heartbeat_interval,
         usage_rx,
         shutdown.clone(),
@@ -408,9 +402,7 @@ pub async fn run_with_runtime(
         pods: pods.all_reports(),
     };
     let publish = |channel: Channel, msg: Message| {
-        let topic = channel.topic(&node);
-        let stamp = stamper.next();
-        let payload = seal_from_node(&secret, &topic, &node, stamp, msg);
+        let (topic, stamp, payload) = sealer.seal(channel, msg);
         if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
             tracing::debug!(error = %e, "publish queued while disconnected failed; the next hello resends state");
         }
@@ -594,36 +586,43 @@ async fn keep_reconciling(pods: &mut PodManager, shutdown: &CancellationToken) {
     }
 }
 
-/// Stamps what this agent process sends (see [`wire::Stamp`]).
+/// Seals what this agent process sends: tagged and encrypted with the node's secret,
+/// stamped with the process's session and a rising seq (see [`wire::Stamp`]).
 #[derive(Clone)]
-struct Stamper {
+struct Sealer {
+    node: String,
+    secret: NodeSecret,
     session: u64,
     seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl Stamper {
-    fn next(&self) -> wire::Stamp {
-        wire::Stamp {
+impl Sealer {
+    /// The topic, the stamp and the payload of `msg` on the node's `channel`.
+    fn seal(&self, channel: Channel, msg: Message) -> (String, wire::Stamp, Vec<u8>) {
+        let topic = channel.topic(&self.node);
+        let stamp = wire::Stamp {
             session: self.session,
             seq: self.seq.fetch_add(1, Relaxed) + 1,
-        }
+        };
+        let payload = seal_from_node(&self.secret, &topic, &self.node, stamp, msg);
+        (topic, stamp, payload)
     }
 
-    /// The will is sealed once, at connect: seq 0.
-    fn will(&self) -> wire::Stamp {
-        wire::Stamp {
+    /// The will's payload: sealed once, at connect (seq 0).
+    fn will(&self) -> Vec<u8> {
+        let topic = Channel::Will.topic(&self.node);
+        let stamp = wire::Stamp {
             session: self.session,
             seq: 0,
-        }
+        };
+        seal_from_node(&self.secret, &topic, &self.node, stamp, Message::Gone)
     }
 }
 
 async fn heartbeats(
     mut said_hello: watch::Receiver<bool>,
     client: AsyncClient,
-    node: String,
-    secret: NodeSecret,
-    stamper: Stamper,
+    sealer: Sealer,
     every: Duration,
     mut usage: watch::Receiver<Usage>,
     shutdown: CancellationToken,
@@ -647,12 +646,8 @@ async fn heartbeats(
         } else {
             None
         };
-        let topic = Channel::Heartbeat.topic(&node);
-        let payload = seal_from_node(
-            &secret,
-            &topic,
-            &node,
-            stamper.next(),
+        let (topic, _, payload) = sealer.seal(
+            Channel::Heartbeat,
             Message::Heartbeat(Heartbeat { seq, usage: u }),
         );
         let _ = client.try_publish(topic, QoS::AtMostOnce, false, payload);
