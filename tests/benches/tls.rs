@@ -4,7 +4,8 @@
 //! those 1,000 nodes, and pod apply → Running over the API (to a hollow node, so the
 //! figure is the control path: API, scheduler, gateway, agent, status).
 //!
-//! Run with `scripts/bench`. `BRAMBLE_BENCH_TLS_NODES` overrides the fleet size.
+//! Run with `scripts/bench`. `BRAMBLE_BENCH_TLS_NODES` overrides the fleet size,
+//! `BRAMBLE_BENCH_TLS_ROUNDS` the number of alternating rounds (3).
 
 #![allow(clippy::unwrap_used)] // a bench that cannot measure should stop loudly
 
@@ -83,46 +84,77 @@ fn run(n: usize, tls: bool) -> Figures {
 }
 
 fn main() {
-    let n: usize = std::env::var("BRAMBLE_BENCH_TLS_NODES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
-    println!("| benchmark | TLS (default) | plaintext (same run) | ratio |");
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env("BRAMBLE_BENCH_TLS_NODES", 1000);
+    let rounds = env("BRAMBLE_BENCH_TLS_ROUNDS", 3).max(1);
+    // Rounds alternate plaintext and TLS, so that the machine's noise (it is shared) falls
+    // on both columns; each figure is the median over the rounds, each ratio the median of
+    // the rounds' ratios.
+    let mut plain = Vec::new();
+    let mut tls = Vec::new();
+    for r in 0..rounds {
+        plain.push(run(n, false));
+        tls.push(run(n, true));
+        let (p, t) = (&plain[r], &tls[r]);
+        eprintln!(
+            "round {}: CPU {:.1}% / {:.1}%, join {:.1} / {:.1} s, apply p50 {:.0} / {:.0} ms (TLS / plaintext)",
+            r + 1,
+            t.cpu * 100.0,
+            p.cpu * 100.0,
+            t.join_s,
+            p.join_s,
+            t.apply_p50_ms,
+            p.apply_p50_ms
+        );
+    }
+    let med = |v: &[Figures], f: fn(&Figures) -> f64| percentile(v.iter().map(f).collect(), 0.5);
+    let ratio = |f: fn(&Figures) -> f64| {
+        percentile(
+            tls.iter().zip(&plain).map(|(t, p)| f(t) / f(p)).collect(),
+            0.5,
+        )
+    };
+    println!(
+        "| benchmark ({rounds} rounds, medians) | TLS (default) | plaintext (same run) | ratio (median of rounds) |"
+    );
     println!("|---|---|---|---|");
-    // Plaintext first, then TLS: the second run does not profit from a warmer page cache
-    // in a way that favours TLS.
-    let plain = run(n, false);
-    let tls = run(n, true);
     let row =
         |name: String, t: String, p: String, r: f64| println!("| {name} | {t} | {p} | {r:.2}x |");
     row(
         format!("master CPU, {n} hollow nodes heartbeating every 1 s"),
-        format!("{:.1}% of a core", tls.cpu * 100.0),
-        format!("{:.1}% of a core", plain.cpu * 100.0),
-        tls.cpu / plain.cpu,
+        format!("{:.1}% of a core", med(&tls, |f| f.cpu) * 100.0),
+        format!("{:.1}% of a core", med(&plain, |f| f.cpu) * 100.0),
+        ratio(|f| f.cpu),
     );
     row(
         format!("master RSS, {n} hollow nodes"),
-        format!("{:.0} MB", tls.rss),
-        format!("{:.0} MB", plain.rss),
-        tls.rss / plain.rss,
+        format!("{:.0} MB", med(&tls, |f| f.rss)),
+        format!("{:.0} MB", med(&plain, |f| f.rss)),
+        ratio(|f| f.rss),
     );
     row(
         format!("join storm: {n} nodes from start to all Ready"),
-        format!("{:.1} s", tls.join_s),
-        format!("{:.1} s", plain.join_s),
-        tls.join_s / plain.join_s,
+        format!("{:.1} s", med(&tls, |f| f.join_s)),
+        format!("{:.1} s", med(&plain, |f| f.join_s)),
+        ratio(|f| f.join_s),
     );
     row(
         format!("pod apply -> Running (to a hollow node, {n} nodes up), 30 pods"),
         format!(
             "p50 {:.0} ms, p99 {:.0} ms",
-            tls.apply_p50_ms, tls.apply_p99_ms
+            med(&tls, |f| f.apply_p50_ms),
+            med(&tls, |f| f.apply_p99_ms)
         ),
         format!(
             "p50 {:.0} ms, p99 {:.0} ms",
-            plain.apply_p50_ms, plain.apply_p99_ms
+            med(&plain, |f| f.apply_p50_ms),
+            med(&plain, |f| f.apply_p99_ms)
         ),
-        tls.apply_p50_ms / plain.apply_p50_ms,
+        ratio(|f| f.apply_p50_ms),
     );
 }
