@@ -28,7 +28,6 @@ const BEHAVIOURAL_FIELDS: &[&str] = &[
     "startupProbe",
     "initContainers",
     "ephemeralContainers",
-    "securityContext",
     "lifecycle",
     "envFrom",
     "valueFrom",
@@ -354,6 +353,13 @@ fn ignored_path(p: &serde_ignored::Path) -> String {
 fn classify_unknown(path: &str) -> Option<String> {
     let last = path.rsplit('.').next().unwrap_or(path);
     let last_name = last.split('[').next().unwrap_or(last);
+    if path.contains("securityContext.") {
+        // seLinuxOptions, sysctls, procMount, appArmorProfile...: a pod that asked for
+        // one must not run without it.
+        return Some(
+            "not supported by Bramble in a securityContext (runAsUser, runAsGroup, runAsNonRoot, fsGroup, supplementalGroups, privileged, capabilities, readOnlyRootFilesystem, allowPrivilegeEscalation and seccompProfile are)".into(),
+        );
+    }
     if BEHAVIOURAL_FIELDS.contains(&last_name) {
         return Some(
             "not supported by Bramble, and ignoring it would change how the workload runs".into(),

@@ -116,7 +116,97 @@ fn validate_port_number(v: &mut Errors, path: &str, p: i32) {
     }
 }
 
+/// The largest user or group ID a container may run as (Kubernetes' limit).
+const MAX_ID: i64 = i32::MAX as i64;
+
+fn validate_id(v: &mut Errors, path: &str, id: Option<i64>) {
+    if let Some(id) = id
+        && !(0..=MAX_ID).contains(&id)
+    {
+        v.push(path, format!("must be between 0 and {MAX_ID}, got {id}"));
+    }
+}
+
+fn validate_seccomp(v: &mut Errors, path: &str, p: &crate::pod::SeccompProfile) {
+    match (p.type_.as_str(), &p.localhost_profile) {
+        ("RuntimeDefault" | "Unconfined", None) => {}
+        ("RuntimeDefault" | "Unconfined", Some(_)) => v.push(
+            &format!("{path}.localhostProfile"),
+            "Forbidden: only with type Localhost",
+        ),
+        ("Localhost", Some(f)) => {
+            if f.is_empty() || f.starts_with('/') || f.split('/').any(|s| s == ".." || s.is_empty())
+            {
+                v.push(
+                    &format!("{path}.localhostProfile"),
+                    format!(
+                        "must be a relative path under the board's seccomp directory, without '..', got {f:?}"
+                    ),
+                );
+            }
+        }
+        ("Localhost", None) => v.push(
+            &format!("{path}.localhostProfile"),
+            "Required value: the profile's file, with type Localhost",
+        ),
+        (t, _) => v.push(
+            &format!("{path}.type"),
+            format!("unsupported value {t:?}: must be RuntimeDefault, Unconfined or Localhost"),
+        ),
+    }
+}
+
+fn validate_pod_security_context(v: &mut Errors, path: &str, sc: &crate::pod::PodSecurityContext) {
+    validate_id(v, &format!("{path}.runAsUser"), sc.run_as_user);
+    validate_id(v, &format!("{path}.runAsGroup"), sc.run_as_group);
+    validate_id(v, &format!("{path}.fsGroup"), sc.fs_group);
+    for (i, g) in sc.supplemental_groups.iter().enumerate() {
+        validate_id(v, &format!("{path}.supplementalGroups[{i}]"), Some(*g));
+    }
+    if sc.supplemental_groups.len() > 32 {
+        v.push(
+            &format!("{path}.supplementalGroups"),
+            format!("at most 32 groups, got {}", sc.supplemental_groups.len()),
+        );
+    }
+    if let Some(p) = &sc.seccomp_profile {
+        validate_seccomp(v, &format!("{path}.seccompProfile"), p);
+    }
+}
+
+fn validate_security_context(v: &mut Errors, path: &str, sc: &crate::pod::SecurityContext) {
+    validate_id(v, &format!("{path}.runAsUser"), sc.run_as_user);
+    validate_id(v, &format!("{path}.runAsGroup"), sc.run_as_group);
+    if let Some(p) = &sc.seccomp_profile {
+        validate_seccomp(v, &format!("{path}.seccompProfile"), p);
+    }
+    if let Some(caps) = &sc.capabilities {
+        for (field, list) in [("add", &caps.add), ("drop", &caps.drop)] {
+            for (i, name) in list.iter().enumerate() {
+                let bare = name.strip_prefix("CAP_").unwrap_or(name);
+                let known = crate::pod::CAPABILITY_NAMES.contains(&bare)
+                    || (field == "drop" && bare == "ALL");
+                if !known {
+                    v.push(
+                        &format!("{path}.capabilities.{field}[{i}]"),
+                        format!("unknown capability {name:?}"),
+                    );
+                }
+            }
+        }
+    }
+    if sc.privileged == Some(true) && sc.allow_privilege_escalation == Some(false) {
+        v.push(
+            &format!("{path}.allowPrivilegeEscalation"),
+            "Invalid value: false: cannot be false when privileged is true",
+        );
+    }
+}
+
 fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bool) {
+    if let Some(sc) = &spec.security_context {
+        validate_pod_security_context(v, &format!("{path}.securityContext"), sc);
+    }
     if spec.containers.is_empty() {
         v.push(
             &format!("{path}.containers"),
@@ -199,6 +289,9 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bo
             if let Some(pr) = probe {
                 validate_probe(v, &format!("{cp}.{field}"), pr, c, liveness);
             }
+        }
+        if let Some(sc) = &c.security_context {
+            validate_security_context(v, &format!("{cp}.securityContext"), sc);
         }
         for (j, m) in c.volume_mounts.iter().enumerate() {
             let mp = format!("{cp}.volumeMounts[{j}]");

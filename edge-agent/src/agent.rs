@@ -194,7 +194,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let runtime: Arc<dyn Runtime> = Arc::new(LibcontainerRuntime::new(
         dir,
         shim_exe,
-        config.log_max_bytes,
+        crate::runtime::container::Limits {
+            max_log_bytes: config.log_max_bytes,
+            pids: config.pids_limit,
+        },
     )?);
     let cache = crate::images::oci::OciStore::open(
         dir,

@@ -95,6 +95,9 @@ pub struct RunArgs {
     /// Rotate a container's log past this many bytes [default: 10485760]
     #[arg(long)]
     pub log_max_bytes: Option<u64>,
+    /// The most processes and threads one container may have (0: no limit) [default: 1024]
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
     /// Directory of unpacked images (<name>[_<tag>]/rootfs) [default: <data-dir>/images]
     #[arg(long)]
     pub images_dir: Option<PathBuf>,
@@ -188,6 +191,7 @@ struct FileConfig {
     restart_backoff: Option<String>,
     restart_backoff_max: Option<String>,
     log_max_bytes: Option<u64>,
+    pids_limit: Option<i64>,
     images_dir: Option<PathBuf>,
     image_gc_high_percent: Option<u8>,
     image_gc_low_percent: Option<u8>,
@@ -218,6 +222,7 @@ impl FileConfig {
             restart_backoff: self.restart_backoff.or(lower.restart_backoff),
             restart_backoff_max: self.restart_backoff_max.or(lower.restart_backoff_max),
             log_max_bytes: self.log_max_bytes.or(lower.log_max_bytes),
+            pids_limit: self.pids_limit.or(lower.pids_limit),
             images_dir: self.images_dir.or(lower.images_dir),
             image_gc_high_percent: self.image_gc_high_percent.or(lower.image_gc_high_percent),
             image_gc_low_percent: self.image_gc_low_percent.or(lower.image_gc_low_percent),
@@ -227,6 +232,9 @@ impl FileConfig {
         }
     }
 }
+
+/// The pids limit of a container unless the board says otherwise: a fork bomb stops there.
+pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
 
 /// Where the join token came from.
 #[derive(Clone, PartialEq, Eq)]
@@ -289,6 +297,8 @@ pub struct Config {
     pub restart_backoff: Duration,
     pub restart_backoff_max: Duration,
     pub log_max_bytes: u64,
+    /// The pids limit of each container; None: no limit.
+    pub pids_limit: Option<i64>,
     pub images_dir: PathBuf,
     pub image_cache: crate::images::oci::CacheLimits,
     pub reserved_memory: u64,
@@ -403,6 +413,19 @@ impl TryFrom<RunArgs> for Config {
                 "--log-max-bytes: must be at least 4096, got {log_max_bytes}"
             ));
         }
+        let pids_limit = match a
+            .pids_limit
+            .or(file.pids_limit)
+            .unwrap_or(DEFAULT_PIDS_LIMIT)
+        {
+            0 => None,
+            n if n < 0 => {
+                return Err(format!(
+                    "--pids-limit: must be 0 (no limit) or more, got {n}"
+                ));
+            }
+            n => Some(n),
+        };
         let images_dir = a
             .images_dir
             .or(file.images_dir)
@@ -445,6 +468,7 @@ impl TryFrom<RunArgs> for Config {
             restart_backoff,
             restart_backoff_max,
             log_max_bytes,
+            pids_limit,
             images_dir,
             image_cache,
             reserved_memory: a

@@ -566,6 +566,7 @@ impl PodManager {
             .collect();
         self.layout.rotate_logs(uid, container, instance);
         let readiness_probe = spec_c.readiness_probe.is_some();
+        let security = crate::runtime::security::Security::of(&pod.spec, &spec_c);
         let spec = ContainerSpec {
             id: id.to_string(),
             pod_uid: uid.to_string(),
@@ -581,9 +582,16 @@ impl PodManager {
                 pod.spec.hostname.clone()
             },
             log_path: self.layout.log_file(uid, container, instance),
+            security,
         };
         match self.blocking(move |rt| rt.start(&spec)).await {
             Ok(()) => Some(Outcome::Started { readiness_probe }),
+            Err(e) if e.is_config() => {
+                tracing::warn!(uid, container, error = %e, "the pod's settings refuse the container");
+                let i = id.to_string();
+                let _ = self.blocking(move |rt| rt.remove(&i)).await;
+                Some(Outcome::ConfigFailed(e.to_string()))
+            }
             Err(e) => {
                 tracing::warn!(uid, container, error = %e, "cannot start a container");
                 // Clean up what the failed start left; the next attempt reuses the id.

@@ -14,6 +14,7 @@ pub mod container;
 pub mod memory;
 pub mod probe;
 pub mod sandbox;
+pub mod security;
 pub mod shim;
 
 use std::path::PathBuf;
@@ -63,6 +64,8 @@ pub struct ContainerSpec {
     pub hostname: String,
     /// The file the container's stdout and stderr go to.
     pub log_path: PathBuf,
+    /// What it may do: user, capabilities, seccomp, read-only root.
+    pub security: security::Security,
 }
 
 /// What the runtime observes of a container.
@@ -115,6 +118,10 @@ pub enum RuntimeError {
 /// Why a container could not be started, signalled or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
+    /// The pod's settings forbid the start (`runAsNonRoot` and a root user, a missing
+    /// seccomp profile): reported as `CreateContainerConfigError`.
+    #[error("{0}")]
+    Config(String),
     #[error("image layer {0} is missing")]
     LayerMissing(PathBuf),
     #[error("the image has no layers")]
@@ -236,6 +243,17 @@ pub enum ProbeError {
 }
 
 impl RuntimeError {
+    /// Whether the pod's own settings refused the start (not the runtime failing).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Container {
+                source: ContainerError::Config(_),
+                ..
+            }
+        )
+    }
+
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
         let what = what.into();
         move |source| RuntimeError::Io { what, source }

@@ -37,6 +37,7 @@ fn spec(data: &std::path::Path, n: usize) -> ContainerSpec {
         volumes: vec![],
         hostname: format!("stress{n}"),
         log_path: data.join(format!("logs/{n}.log")),
+        security: Default::default(),
     }
 }
 
@@ -55,8 +56,17 @@ fn hundreds_of_container_cycles_while_the_agent_is_busy() {
     let dir = tempfile::tempdir().unwrap();
     let data: PathBuf = dir.path().to_path_buf();
     busybox_image(&data.join("images")).unwrap();
-    let runtime: Arc<dyn Runtime> =
-        Arc::new(LibcontainerRuntime::new(&data, bin("bramble-agent"), 1 << 20).unwrap());
+    let runtime: Arc<dyn Runtime> = Arc::new(
+        LibcontainerRuntime::new(
+            &data,
+            bin("bramble-agent"),
+            bramble_agent::runtime::container::Limits {
+                max_log_bytes: 1 << 20,
+                pids: Some(bramble_agent::config::DEFAULT_PIDS_LIMIT),
+            },
+        )
+        .unwrap(),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -13,24 +13,6 @@ use super::ContainerSpec;
 const CPU_PERIOD_US: u64 = 100_000;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The capabilities a container gets, as Docker and containerd grant by default.
-const CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
 /// The process's argv: `command` replaces the image's Entrypoint and `args` its Cmd, as in
 /// Kubernetes (a `command` without `args` drops the image's Cmd too). A side-loaded rootfs
 /// has no image config, so a container with nothing to run runs `sh`.
@@ -111,7 +93,19 @@ pub fn cgroup_path(spec: &ContainerSpec) -> String {
 
 /// Builds the OCI runtime config for a container whose rootfs is mounted at `rootfs`.
 /// `user` is the process's uid and gid (from [`resolve_user`]).
-pub fn config(spec: &ContainerSpec, rootfs: &Path, user: (u32, u32)) -> Value {
+/// What the runtime decided for one start, beside the container's own settings.
+pub struct Confinement {
+    /// The user and group it runs as.
+    pub user: (u32, u32),
+    /// The seccomp filter (OCI `linux.seccomp`); None: none.
+    pub seccomp: Option<Value>,
+    /// Processes and threads; None: no limit.
+    pub pids_limit: Option<i64>,
+}
+
+pub fn config(spec: &ContainerSpec, rootfs: &Path, confine: Confinement) -> Value {
+    let user = confine.user;
+    let sec = &spec.security;
     let c = &spec.container;
     let image = &spec.image.config;
     let mut env: Vec<String> = image.env.clone().unwrap_or_default();
@@ -137,7 +131,8 @@ pub fn config(spec: &ContainerSpec, rootfs: &Path, user: (u32, u32)) -> Value {
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+            "options": if sec.privileged { json!(["nosuid", "noexec", "nodev"]) } else { json!(["nosuid", "noexec", "nodev", "ro"]) }}),
     ];
     for m in &c.volume_mounts {
         let Some((_, host)) = spec.volumes.iter().find(|(n, _)| *n == m.name) else {
@@ -190,30 +185,55 @@ pub fn config(spec: &ContainerSpec, rootfs: &Path, user: (u32, u32)) -> Value {
     if !cpu.is_empty() {
         resources["cpu"] = Value::Object(cpu);
     }
-    let caps: Vec<&str> = CAPABILITIES.to_vec();
+    if let Some(n) = confine.pids_limit {
+        resources["pids"] = json!({"limit": n});
+    }
+    let caps = &sec.capabilities;
+    let mut linux = json!({
+        "cgroupsPath": cgroup_path(spec),
+        "resources": resources,
+        "namespaces": namespaces,
+    });
+    if !sec.privileged {
+        linux["maskedPaths"] = json!([
+            "/proc/acpi",
+            "/proc/asound",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/proc/sched_debug",
+            "/sys/firmware",
+            "/proc/scsi"
+        ]);
+        linux["readonlyPaths"] = json!([
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger"
+        ]);
+    }
+    if let Some(filter) = confine.seccomp {
+        linux["seccomp"] = filter;
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": user.0, "gid": user.1},
+            "user": {"uid": user.0, "gid": user.1, "additionalGids": sec.extra_groups},
             "args": argv(c, image),
             "env": env,
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024u64, "soft": 1024u64}],
-            "noNewPrivileges": true
+            "noNewPrivileges": sec.no_new_privileges
         },
-        "root": {"path": rootfs, "readonly": false},
+        "root": {"path": rootfs, "readonly": sec.read_only_root},
         "hostname": spec.hostname,
         "mounts": mounts,
-        "linux": {
-            "cgroupsPath": cgroup_path(spec),
-            "resources": resources,
-            "namespaces": namespaces,
-            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-        }
+        "linux": linux
     })
 }
 
@@ -247,6 +267,15 @@ mod tests {
             )],
             hostname: "web".into(),
             log_path: PathBuf::from("/tmp/log"),
+            security: Default::default(),
+        }
+    }
+
+    fn confine(user: (u32, u32)) -> Confinement {
+        Confinement {
+            user,
+            seccomp: None,
+            pids_limit: None,
         }
     }
 
@@ -255,7 +284,7 @@ mod tests {
         let s = spec(
             "name: main\nimage: busybox\ncommand: [sh, -c]\nargs: ['echo hi']\nenv: [{name: A, value: '1'}, {name: PATH, value: /bin}]\nworkingDir: /tmp\nresources: {limits: {memory: 64Mi, cpu: 250m}, requests: {cpu: 100m}}\nvolumeMounts: [{name: data, mountPath: /data, readOnly: true}]\n",
         );
-        let v = config(&s, Path::new("/c/rootfs"), (0, 0));
+        let v = config(&s, Path::new("/c/rootfs"), confine((0, 0)));
         assert_eq!(v["process"]["args"], json!(["sh", "-c", "echo hi"]));
         let env = env_of(&v);
         assert!(
@@ -287,7 +316,7 @@ mod tests {
     fn host_network_has_no_network_namespace_and_defaults_apply() {
         let mut s = spec("name: main\nimage: busybox\n");
         s.netns = None;
-        let v = config(&s, Path::new("/c/rootfs"), (0, 0));
+        let v = config(&s, Path::new("/c/rootfs"), confine((0, 0)));
         assert!(
             !v["linux"]["namespaces"]
                 .as_array()
@@ -324,7 +353,7 @@ mod tests {
         );
         let mut s = spec("name: main\nimage: busybox\nenv: [{name: MODE, value: dev}]\n");
         s.image.config = img.clone();
-        let v = config(&s, Path::new("/c/rootfs"), (1000, 100));
+        let v = config(&s, Path::new("/c/rootfs"), confine((1000, 100)));
         let env = env_of(&v);
         assert!(
             env.contains(&"PATH=/opt/bin")
@@ -333,7 +362,63 @@ mod tests {
             "{env:?}"
         );
         assert_eq!(v["process"]["cwd"], "/srv");
-        assert_eq!(v["process"]["user"], json!({"uid": 1000, "gid": 100}));
+        assert_eq!(
+            v["process"]["user"],
+            json!({"uid": 1000, "gid": 100, "additionalGids": []})
+        );
+    }
+
+    #[test]
+    fn the_security_context_reaches_the_bundle() {
+        use crate::runtime::security::{Security, default_profile};
+        let mut s = spec("name: main\nimage: busybox\n");
+        let hardened = config(
+            &s,
+            Path::new("/r"),
+            Confinement {
+                user: (0, 0),
+                seccomp: Some(default_profile(&Security::default().capabilities)),
+                pids_limit: Some(1024),
+            },
+        );
+        assert_eq!(hardened["process"]["noNewPrivileges"], true);
+        assert_eq!(hardened["root"]["readonly"], false);
+        assert_eq!(hardened["linux"]["resources"]["pids"]["limit"], 1024);
+        assert_eq!(
+            hardened["linux"]["seccomp"]["defaultAction"],
+            "SCMP_ACT_ERRNO"
+        );
+        assert!(
+            hardened["linux"]["maskedPaths"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("/proc/kcore"))
+        );
+        assert_eq!(
+            hardened["process"]["capabilities"]["effective"]
+                .as_array()
+                .unwrap()
+                .len(),
+            14
+        );
+        s.security = Security {
+            privileged: true,
+            read_only_root: true,
+            no_new_privileges: false,
+            extra_groups: vec![2000],
+            capabilities: vec!["CAP_SYS_ADMIN".into()],
+            ..Security::default()
+        };
+        let v = config(&s, Path::new("/r"), confine((5, 6)));
+        assert_eq!(v["process"]["noNewPrivileges"], false);
+        assert_eq!(v["root"]["readonly"], true);
+        assert!(v["linux"].get("maskedPaths").is_none() && v["linux"].get("seccomp").is_none());
+        assert_eq!(v["process"]["user"]["additionalGids"], json!([2000]));
+        assert_eq!(
+            v["process"]["capabilities"]["bounding"],
+            json!(["CAP_SYS_ADMIN"])
+        );
+        assert!(v["linux"]["resources"].get("pids").is_none());
     }
 
     #[test]

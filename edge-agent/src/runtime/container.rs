@@ -17,6 +17,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::security::{self, Seccomp};
 use super::{
     ContainerError, ContainerSpec, Exit, Observed, ProbeError, Runtime, RuntimeError, bundle,
     sandbox,
@@ -25,24 +26,32 @@ use super::{
 /// How long `start` waits for the shim to report the container running (or failed).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The board's limits on every container.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Rotate a container's log past this many bytes.
+    pub max_log_bytes: u64,
+    /// Processes and threads per container; None: no limit.
+    pub pids: Option<i64>,
+}
+
 /// Paths and settings of the libcontainer runtime.
 pub struct LibcontainerRuntime {
     containers: PathBuf,
     state_root: PathBuf,
     netns_dir: PathBuf,
+    /// The board's `Localhost` seccomp profiles (`<data-dir>/seccomp`).
+    seccomp_dir: PathBuf,
     shim_exe: PathBuf,
     max_log_bytes: u64,
+    pids_limit: Option<i64>,
     /// Shims this agent process spawned, reaped when they exit.
     shims: Mutex<HashMap<String, Child>>,
 }
 
 impl LibcontainerRuntime {
     /// A runtime keeping its files under `data_dir`; `shim_exe` is this agent's binary.
-    pub fn new(
-        data_dir: &Path,
-        shim_exe: PathBuf,
-        max_log_bytes: u64,
-    ) -> Result<Self, RuntimeError> {
+    pub fn new(data_dir: &Path, shim_exe: PathBuf, limits: Limits) -> Result<Self, RuntimeError> {
         let containers = data_dir.join("containers");
         let state_root = data_dir.join("run");
         let netns_dir = data_dir.join("netns");
@@ -53,8 +62,10 @@ impl LibcontainerRuntime {
             containers,
             state_root,
             netns_dir,
+            seccomp_dir: data_dir.join("seccomp"),
             shim_exe,
-            max_log_bytes,
+            max_log_bytes: limits.max_log_bytes,
+            pids_limit: limits.pids,
             shims: Mutex::default(),
         })
     }
@@ -222,9 +233,40 @@ impl Runtime for LibcontainerRuntime {
             )
             .map_err(|e| cerr(ContainerError::MountRootfs(e)))?;
         }
-        let user =
+        let image_user =
             bundle::resolve_user(&spec.image.config.user, &rootfs).map_err(|e| cerr(e.into()))?;
-        let config = bundle::config(spec, &rootfs, user);
+        let user = spec.security.user(image_user);
+        if let Some(why) = spec.security.refuse_root(user.0) {
+            return Err(cerr(ContainerError::Config(why)));
+        }
+        let seccomp = match &spec.security.seccomp {
+            Seccomp::RuntimeDefault => Some(security::default_profile(&spec.security.capabilities)),
+            Seccomp::Unconfined => None,
+            Seccomp::Localhost(rel) => {
+                let path = self.seccomp_dir.join(rel);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    cerr(ContainerError::Config(format!(
+                        "seccomp profile {}: {e}",
+                        path.display()
+                    )))
+                })?;
+                Some(serde_json::from_str(&text).map_err(|e| {
+                    cerr(ContainerError::Config(format!(
+                        "seccomp profile {}: not a seccomp profile: {e}",
+                        path.display()
+                    )))
+                })?)
+            }
+        };
+        let config = bundle::config(
+            spec,
+            &rootfs,
+            bundle::Confinement {
+                user,
+                seccomp,
+                pids_limit: self.pids_limit,
+            },
+        );
         std::fs::write(dir.join("config.json"), config.to_string())
             .map_err(RuntimeError::io(format!("{}/config.json", dir.display())))?;
         let shim_log =

@@ -18,6 +18,9 @@ pub enum Waiting {
     CreatePodSandboxError,
     /// The runtime refused to start the container (backed off).
     CreateContainerError,
+    /// The pod's own settings forbid the start (`runAsNonRoot` with a root user; backed
+    /// off).
+    CreateContainerConfigError,
     /// The image could not be fetched (backed off).
     ErrImagePull,
     /// `imagePullPolicy: Never` and the node does not have the image.
@@ -37,6 +40,7 @@ impl Waiting {
             Waiting::ContainerCreating => "ContainerCreating",
             Waiting::CreatePodSandboxError => "CreatePodSandboxError",
             Waiting::CreateContainerError => "CreateContainerError",
+            Waiting::CreateContainerConfigError => "CreateContainerConfigError",
             Waiting::ErrImagePull => "ErrImagePull",
             Waiting::ErrImageNeverPull => "ErrImageNeverPull",
             Waiting::InvalidImageName => "InvalidImageName",
@@ -88,6 +92,8 @@ pub enum Outcome {
     Started { readiness_probe: bool },
     /// Start: the runtime refused.
     StartFailed(String),
+    /// Start: the pod's settings refuse the container (`CreateContainerConfigError`).
+    ConfigFailed(String),
     /// Signal: sent (or tried: a failure is retried after the grace period).
     Signalled,
     /// Remove: the instance is gone.
@@ -195,6 +201,9 @@ pub fn on_result(
                 Outcome::ImageFailed { reason, message } => wait(c, reason, &message),
                 Outcome::StartFailed(message) => {
                     wait(c, Waiting::CreateContainerError, &message);
+                }
+                Outcome::ConfigFailed(message) => {
+                    wait(c, Waiting::CreateContainerConfigError, &message);
                 }
                 Outcome::Started { readiness_probe } => {
                     let instance = c.attempt;

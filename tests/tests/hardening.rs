@@ -1,0 +1,177 @@
+//! Containers are hardened by default, and a pod's `securityContext` is honoured: a real
+//! master and agent running busybox pods through libcontainer, as root.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::time::Duration;
+
+use bramble_tests::{
+    AgentDirCleanup, AgentProcess, MasterProcess, eventually, ok_stdout, require_root,
+};
+
+fn pod(name: &str, script: &str, pod_sc: &str, container_sc: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: board-h
+  terminationGracePeriodSeconds: 1
+  {pod_sc}
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, '{script}; echo DONE; exec sleep 3600']
+    {container_sc}
+"#
+    )
+}
+
+/// The pod's log once it printed DONE.
+fn log_of(m: &MasterProcess, name: &str) -> String {
+    let mut out = String::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let o = m.cli(&["logs", name]);
+            out = String::from_utf8_lossy(&o.stdout).to_string();
+            out.contains("DONE")
+        }),
+        "{name} never finished: {out:?}, the previous instance's log {:?}; {:?}",
+        String::from_utf8_lossy(&m.cli(&["logs", name, "-p"]).stdout),
+        m.pod(name)
+            .map(|p| p["status"]["containerStatuses"].clone())
+    );
+    out
+}
+
+#[test]
+fn containers_are_hardened_by_default_and_honour_their_security_context() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = AgentDirCleanup(agent_dir.clone());
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a = AgentProcess::start(&m, &agent_dir, "board-h", &["--pids-limit", "64"]).unwrap();
+    let pods = [
+        pod(
+            "plain",
+            r#"grep -E "^(CapEff|Seccomp|NoNewPrivs):" /proc/self/status; unshare -U true; echo "unshare=$?"; mount -t tmpfs none /mnt; echo "mount=$?"; echo "kcore=$(cat /proc/kcore | wc -c)"; touch /written && echo "rootfs=rw""#,
+            "",
+            "",
+        ),
+        pod(
+            "readonly",
+            r#"touch /written; echo "touch=$?"; touch /tmp/x; echo "tmp=$?""#,
+            "",
+            "securityContext: {readOnlyRootFilesystem: true}",
+        ),
+        pod(
+            "user",
+            r#"echo "uid=$(id -u) gid=$(id -g) groups=$(id -G)""#,
+            "securityContext: {runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000]}",
+            "",
+        ),
+        pod(
+            "capable",
+            r#"grep -E "^(CapEff|Seccomp|NoNewPrivs):" /proc/self/status"#,
+            "",
+            "securityContext: {allowPrivilegeEscalation: true, capabilities: {drop: [ALL], add: [NET_ADMIN]}, seccompProfile: {type: Unconfined}}",
+        ),
+        pod(
+            "forkbomb",
+            // A subshell forks: ash gives up at the first fork that fails, and the pod's own shell
+            // must live to count.
+            r#"(i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); done) 2>/dev/null; set -- /proc/[0-9]*; echo "running=$#""#,
+            "",
+            "",
+        ),
+        pod(
+            "nonroot",
+            "true",
+            "securityContext: {runAsNonRoot: true}",
+            "",
+        ),
+    ];
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&pods.join("---\n"))));
+
+    // Docker's capability set, the seccomp filter and no_new_privs; what they forbid is
+    // refused; /proc/kcore is masked; the root filesystem is writable by default.
+    let plain = log_of(&m, "plain");
+    assert!(plain.contains("CapEff:\t00000000a80425fb"), "{plain}");
+    assert!(plain.contains("Seccomp:\t2"), "{plain}");
+    assert!(plain.contains("NoNewPrivs:\t1"), "{plain}");
+    assert!(!plain.contains("unshare=0"), "{plain}");
+    assert!(plain.contains("Operation not permitted"), "{plain}");
+    assert!(!plain.contains("mount=0"), "{plain}");
+    assert!(plain.contains("kcore=0"), "{plain}");
+    assert!(plain.contains("rootfs=rw"), "{plain}");
+
+    let ro = log_of(&m, "readonly");
+    assert!(
+        !ro.contains("touch=0") && ro.contains("Read-only file system"),
+        "{ro}"
+    );
+    assert!(
+        ro.contains("tmp=1"),
+        "/tmp is on the image's root too: {ro}"
+    );
+
+    let user = log_of(&m, "user");
+    assert!(user.contains("uid=1000 gid=3000"), "{user}");
+    assert!(user.contains("4000"), "{user}");
+
+    // Only NET_ADMIN (bit 12), no filter, privileges may be gained.
+    let capable = log_of(&m, "capable");
+    assert!(capable.contains("CapEff:\t0000000000001000"), "{capable}");
+    assert!(capable.contains("Seccomp:\t0"), "{capable}");
+    assert!(capable.contains("NoNewPrivs:\t0"), "{capable}");
+
+    // The pids limit (64 on this board) stops a fork bomb well short of 200.
+    let bomb = log_of(&m, "forkbomb");
+    let running: usize = bomb
+        .lines()
+        .find_map(|l| l.strip_prefix("running="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(running <= 64, "{bomb}");
+
+    // A root image with runAsNonRoot does not start, and the status says why.
+    assert!(
+        eventually(Duration::from_secs(20), || m.pod("nonroot").is_some_and(
+            |p| {
+                let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+                w["reason"] == "CreateContainerConfigError"
+                    && w["message"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("runAsNonRoot"))
+            }
+        )),
+        "{:?}",
+        m.pod("nonroot").map(|p| p["status"].clone())
+    );
+
+    // What Bramble does not implement under securityContext is refused by path.
+    let out = m.cli_with_stdin(
+        &["apply", "-f", "-"],
+        Some(&pod(
+            "selinux",
+            "true",
+            "",
+            "securityContext: {seLinuxOptions: {level: 's0:c1'}}",
+        )),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("securityContext.seLinuxOptions"), "{err}");
+    let out = m.cli_with_stdin(
+        &["apply", "-f", "-"],
+        Some(&pod(
+            "badcap",
+            "true",
+            "",
+            "securityContext: {capabilities: {add: [SYS_WIZARD]}}",
+        )),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("capabilities.add[0]"));
+}
