@@ -209,6 +209,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         ),
         config.image_cache,
     )
+    .map(|c| c.with_layer_policy(config.layer_policy))
     .map_err(|source| AgentError::DataDir {
         path: dir.join("image-cache").display().to_string(),
         source,

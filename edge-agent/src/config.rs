@@ -98,6 +98,13 @@ pub struct RunArgs {
     /// The most processes and threads one container may have (0: no limit) [default: 1024]
     #[arg(long)]
     pub pids_limit: Option<i64>,
+    /// The most bytes one image layer may decompress to (each layer is also bounded to 100
+    /// times its compressed size, at least 256 MiB) [default: 8589934592]
+    #[arg(long)]
+    pub max_layer_bytes: Option<u64>,
+    /// Keep setuid and setgid bits of image layers' files (cleared by default)
+    #[arg(long)]
+    pub allow_setid_layers: bool,
     /// Directory of unpacked images (<name>[_<tag>]/rootfs) [default: <data-dir>/images]
     #[arg(long)]
     pub images_dir: Option<PathBuf>,
@@ -192,6 +199,8 @@ struct FileConfig {
     restart_backoff_max: Option<String>,
     log_max_bytes: Option<u64>,
     pids_limit: Option<i64>,
+    max_layer_bytes: Option<u64>,
+    allow_setid_layers: Option<bool>,
     images_dir: Option<PathBuf>,
     image_gc_high_percent: Option<u8>,
     image_gc_low_percent: Option<u8>,
@@ -223,6 +232,8 @@ impl FileConfig {
             restart_backoff_max: self.restart_backoff_max.or(lower.restart_backoff_max),
             log_max_bytes: self.log_max_bytes.or(lower.log_max_bytes),
             pids_limit: self.pids_limit.or(lower.pids_limit),
+            max_layer_bytes: self.max_layer_bytes.or(lower.max_layer_bytes),
+            allow_setid_layers: self.allow_setid_layers.or(lower.allow_setid_layers),
             images_dir: self.images_dir.or(lower.images_dir),
             image_gc_high_percent: self.image_gc_high_percent.or(lower.image_gc_high_percent),
             image_gc_low_percent: self.image_gc_low_percent.or(lower.image_gc_low_percent),
@@ -299,6 +310,8 @@ pub struct Config {
     pub log_max_bytes: u64,
     /// The pids limit of each container; None: no limit.
     pub pids_limit: Option<i64>,
+    /// What image layers may unpack to.
+    pub layer_policy: crate::images::unpack::Policy,
     pub images_dir: PathBuf,
     pub image_cache: crate::images::oci::CacheLimits,
     pub reserved_memory: u64,
@@ -426,6 +439,13 @@ impl TryFrom<RunArgs> for Config {
             }
             n => Some(n),
         };
+        if let Some(n) = a.max_layer_bytes.or(file.max_layer_bytes)
+            && n < 1 << 20
+        {
+            return Err(format!(
+                "--max-layer-bytes: must be at least 1048576, got {n}"
+            ));
+        }
         let images_dir = a
             .images_dir
             .or(file.images_dir)
@@ -469,6 +489,13 @@ impl TryFrom<RunArgs> for Config {
             restart_backoff_max,
             log_max_bytes,
             pids_limit,
+            layer_policy: crate::images::unpack::Policy {
+                max_bytes: a
+                    .max_layer_bytes
+                    .or(file.max_layer_bytes)
+                    .unwrap_or(crate::images::unpack::DEFAULT_MAX_LAYER_BYTES),
+                keep_setid: a.allow_setid_layers || file.allow_setid_layers == Some(true),
+            },
             images_dir,
             image_cache,
             reserved_memory: a

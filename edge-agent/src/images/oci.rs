@@ -72,6 +72,8 @@ pub struct OciStore {
     side_loaded: RootfsDirs,
     platform: NodePlatform,
     limits: CacheLimits,
+    /// What a layer may unpack to (devices never; set-id bits and size by the board).
+    layer_policy: super::unpack::Policy,
     /// One pull or collection at a time.
     lock: Mutex<()>,
 }
@@ -115,6 +117,12 @@ impl OciStore {
         for d in ["blobs/sha256", "layers", "refs", "tmp"] {
             fs::create_dir_all(root.join(d))?;
         }
+        // Layers' files keep the modes their image gave them (a world-writable directory, a
+        // setgid one): no other user of the board reaches them.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
+        }
         if let Ok(rd) = fs::read_dir(root.join("tmp")) {
             for e in rd.flatten() {
                 let p = e.path();
@@ -138,8 +146,15 @@ impl OciStore {
                 variant: platform.2,
             },
             limits,
+            layer_policy: super::unpack::Policy::default(),
             lock: Mutex::new(()),
         })
+    }
+
+    /// Unpacks layers under the board's `policy` instead of the default one.
+    pub fn with_layer_policy(mut self, policy: super::unpack::Policy) -> OciStore {
+        self.layer_policy = policy;
+        self
     }
 
     /// Pulls from `source` instead of the master this node joined (tests, simulations).

@@ -7,6 +7,11 @@
 //! through a symlink (planted earlier in this layer, or present in a lower layer of the same
 //! image), and hard links whose target is outside the layer are refused with an error naming
 //! the entry. Entries are created without following symlinks.
+//!
+//! A layer is data, not a way into the board: it never creates a character or block device
+//! (a `/dev/sda` in a layer would be a door to the board's disk for any container that can
+//! open it), its files lose their setuid and setgid bits unless the board allows them
+//! (`--allow-setid-layers`), and what it decompresses to is bounded ([`Policy`]).
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -55,8 +60,67 @@ pub struct Stats {
     /// Bytes of regular-file content written.
     pub bytes: u64,
     pub whiteouts: u64,
-    /// Device nodes skipped because this process may not create them.
+    /// Character and block devices in the layer, never created.
     pub devices_skipped: u64,
+    /// Files whose setuid or setgid bit was cleared.
+    pub setid_cleared: u64,
+}
+
+/// The board's rules for layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// The most bytes a layer may decompress to (its tar stream, headers included).
+    pub max_bytes: u64,
+    /// Keep setuid and setgid bits on files.
+    pub keep_setid: bool,
+}
+
+/// The absolute bound on a layer's decompressed size unless the board sets one.
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 8 << 30;
+/// A layer may decompress to this many times its compressed size (gzip of real files
+/// rarely passes 20x; a gzip bomb reaches 1000x)...
+pub const MAX_RATIO: u64 = 100;
+/// ... or to this much, whichever is larger (small layers of zeros are legitimate).
+pub const RATIO_FLOOR_BYTES: u64 = 256 << 20;
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_bytes: DEFAULT_MAX_LAYER_BYTES,
+            keep_setid: false,
+        }
+    }
+}
+
+impl Policy {
+    /// The policy for one layer of `compressed` bytes: the board's bound, and at most
+    /// [`MAX_RATIO`] times its size (at least [`RATIO_FLOOR_BYTES`]).
+    pub fn for_layer(self, compressed: u64) -> Policy {
+        let relative = compressed.saturating_mul(MAX_RATIO).max(RATIO_FLOOR_BYTES);
+        Policy {
+            max_bytes: self.max_bytes.min(relative),
+            ..self
+        }
+    }
+}
+
+/// Reads at most `limit` bytes, then fails (and says so in `hit`).
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    hit: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            self.hit.set(true);
+            return Err(io::Error::other("the layer decompresses beyond its bound"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Reads through to a SHA-256 of everything read.
@@ -99,17 +163,47 @@ pub fn unpack_layer(
     lowers: &[PathBuf],
     diff_id: Option<&str>,
 ) -> Result<Stats, UnpackError> {
-    let corrupt = |e: io::Error| UnpackError::Corrupt {
-        gzip,
-        message: e.to_string(),
+    unpack_layer_with(blob, gzip, dest, lowers, diff_id, Policy::default())
+}
+
+/// [`unpack_layer`] under the board's `policy`.
+pub fn unpack_layer_with(
+    blob: &mut dyn Read,
+    gzip: bool,
+    dest: &Path,
+    lowers: &[PathBuf],
+    diff_id: Option<&str>,
+    policy: Policy,
+) -> Result<Stats, UnpackError> {
+    let bomb = std::rc::Rc::new(std::cell::Cell::new(false));
+    let too_large = || UnpackError::Hostile {
+        entry: String::new(),
+        reason: format!(
+            "the layer decompresses to more than {} bytes (the bound for it on this board)",
+            policy.max_bytes
+        ),
+    };
+    let corrupt = |e: io::Error| {
+        if bomb.get() {
+            return too_large();
+        }
+        UnpackError::Corrupt {
+            gzip,
+            message: e.to_string(),
+        }
     };
     let plain: Box<dyn Read + '_> = if gzip {
         Box::new(flate2::read::MultiGzDecoder::new(blob))
     } else {
         Box::new(blob)
     };
-    let mut hashing = Hashing {
+    let bounded = Bounded {
         inner: plain,
+        left: policy.max_bytes,
+        hit: bomb.clone(),
+    };
+    let mut hashing = Hashing {
+        inner: bounded,
         hash: Sha256::new(),
     };
     let mut stats = Stats::default();
@@ -127,6 +221,7 @@ pub fn unpack_layer(
             lowers,
             checked: HashSet::new(),
             stats: &mut stats,
+            keep_setid: policy.keep_setid,
         };
         for entry in archive.entries().map_err(corrupt)? {
             let mut entry = match entry {
@@ -140,6 +235,7 @@ pub fn unpack_layer(
             };
             last_end = entry.raw_file_position() + entry.header().entry_size().unwrap_or(0);
             u.entry(&mut entry).map_err(|e| match e {
+                _ if bomb.get() => too_large(),
                 UnpackError::Io { what, source }
                     if source.kind() == io::ErrorKind::UnexpectedEof =>
                 {
@@ -184,6 +280,7 @@ struct Unpacker<'a> {
     /// Relative directories already known to be real directories in this layer.
     checked: HashSet<PathBuf>,
     stats: &'a mut Stats,
+    keep_setid: bool,
 }
 
 /// The entry's path relative to the layer root, refusing anything that could leave it.
@@ -308,6 +405,12 @@ impl Unpacker<'_> {
                     });
                 }
                 self.stats.bytes += n;
+                let mode = if mode & 0o6000 != 0 && !self.keep_setid {
+                    self.stats.setid_cleared += 1;
+                    mode & !0o6000
+                } else {
+                    mode
+                };
                 std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io_at(&target))?;
                 // After chown, which clears set-id bits.
                 f.set_permissions(fs::Permissions::from_mode(mode))
@@ -360,36 +463,23 @@ impl Unpacker<'_> {
                 remove_any(&target)?;
                 fs::hard_link(&src, &target).map_err(io_at(&target))?;
             }
-            T::Char | T::Block | T::Fifo => {
+            T::Char | T::Block => {
+                // Never made (whiteouts, above, are the layer format's own 0/0 devices).
+                self.stats.devices_skipped += 1;
+            }
+            T::Fifo => {
                 remove_any(&target)?;
-                let (kind_flag, dev) = match kind {
-                    T::Char => (
-                        nix::sys::stat::SFlag::S_IFCHR,
-                        dev(h.device_major(), h.device_minor()),
-                    ),
-                    T::Block => (
-                        nix::sys::stat::SFlag::S_IFBLK,
-                        dev(h.device_major(), h.device_minor()),
-                    ),
-                    _ => (nix::sys::stat::SFlag::S_IFIFO, 0),
-                };
-                match nix::sys::stat::mknod(
+                nix::sys::stat::mknod(
                     &target,
-                    kind_flag,
-                    nix::sys::stat::Mode::from_bits_truncate(mode),
-                    dev,
-                ) {
-                    Ok(()) => {
-                        chown(&target, uid, gid)?;
-                    }
-                    Err(nix::errno::Errno::EPERM) => self.stats.devices_skipped += 1,
-                    Err(e) => {
-                        return Err(UnpackError::Io {
-                            what: target.display().to_string(),
-                            source: e.into(),
-                        });
-                    }
-                }
+                    nix::sys::stat::SFlag::S_IFIFO,
+                    nix::sys::stat::Mode::from_bits_truncate(mode & 0o777),
+                    0,
+                )
+                .map_err(|e| UnpackError::Io {
+                    what: target.display().to_string(),
+                    source: e.into(),
+                })?;
+                chown(&target, uid, gid)?;
             }
             T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => {}
             other => {
@@ -485,12 +575,6 @@ impl Unpacker<'_> {
         }
         None
     }
-}
-
-fn dev(major: io::Result<Option<u32>>, minor: io::Result<Option<u32>>) -> u64 {
-    let ma = major.ok().flatten().unwrap_or(0);
-    let mi = minor.ok().flatten().unwrap_or(0);
-    nix::sys::stat::makedev(u64::from(ma), u64::from(mi))
 }
 
 fn chown(p: &Path, uid: u32, gid: u32) -> Result<(), UnpackError> {
@@ -810,8 +894,24 @@ mod tests {
         let m = fs::metadata(l.join("bin/tool")).unwrap();
         assert_eq!(
             m.permissions().mode() & 0o7777,
-            0o4755,
-            "set-uid kept after chown"
+            0o755,
+            "set-uid cleared by default"
+        );
+        assert_eq!(stats.setid_cleared, 1);
+        // A board that allows them keeps set-id bits (after chown, which clears them).
+        let kept = sandbox();
+        let policy = Policy {
+            keep_setid: true,
+            ..Policy::default()
+        };
+        unpack_layer_with(&mut &blob[..], true, &kept.layer, &[], None, policy).unwrap();
+        assert_eq!(
+            fs::metadata(kept.layer.join("bin/tool"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o4755
         );
         assert_eq!(
             fs::read_link(l.join("bin/sh")).unwrap(),
@@ -826,6 +926,59 @@ mod tests {
             "overlay whiteout"
         );
         assert!(l.join("opt").is_dir());
+    }
+
+    #[test]
+    fn layers_make_no_devices_and_a_gzip_bomb_stops_at_its_bound() {
+        let sb = sandbox();
+        let dev = |name: &str, kind: u8| Raw {
+            kind,
+            mode: 0o666,
+            ..file(name, "")
+        };
+        let blob = tar(&[
+            dev("dev/mem", b'3'),
+            dev("dev/sda", b'4'),
+            dev("run/fifo", b'6'),
+            file("etc/ok", "ok"),
+        ]);
+        let stats = run(&sb, &blob, false).unwrap();
+        assert_eq!(stats.devices_skipped, 2);
+        for d in ["dev/mem", "dev/sda"] {
+            assert!(
+                fs::symlink_metadata(sb.layer.join(d)).is_err(),
+                "{d} was made"
+            );
+        }
+        assert!(
+            fs::symlink_metadata(sb.layer.join("run/fifo"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        assert_eq!(fs::read_to_string(sb.layer.join("etc/ok")).unwrap(), "ok");
+
+        // 8 MiB of zeros gzip to a few KB: past a 1 MiB bound, the layer is refused as soon
+        // as the bound is passed, naming it.
+        let zeros = String::from_utf8(vec![0u8; 8 << 20]).unwrap();
+        let bomb = gz(&tar(&[file("zeros", &zeros)]));
+        assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
+        let small = Policy {
+            max_bytes: 1 << 20,
+            ..Policy::default()
+        };
+        let sb = sandbox();
+        let e = unpack_layer_with(&mut &bomb[..], true, &sb.layer, &[], None, small).unwrap_err();
+        assert!(
+            matches!(&e, UnpackError::Hostile { reason, .. } if reason.contains("more than 1048576 bytes")),
+            "{e}"
+        );
+        // The bound for one layer: the board's, and a ratio of its compressed size.
+        let board = Policy::default();
+        assert_eq!(board.for_layer(1 << 20).max_bytes, RATIO_FLOOR_BYTES);
+        assert_eq!(board.for_layer(10 << 20).max_bytes, (10 << 20) * MAX_RATIO);
+        assert_eq!(board.for_layer(1 << 40).max_bytes, DEFAULT_MAX_LAYER_BYTES);
+        assert_eq!(board.for_layer(u64::MAX).max_bytes, DEFAULT_MAX_LAYER_BYTES);
     }
 
     #[test]

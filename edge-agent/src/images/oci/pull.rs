@@ -119,7 +119,8 @@ impl OciStore {
             })
             .and_then(|mut f| {
                 let gzip = unpack::is_gzip(&blob).unwrap_or(false);
-                unpack::unpack_layer(&mut f, gzip, &tmp, &lowers, Some(diff_id))
+                let policy = self.layer_policy.for_layer(layer.size);
+                unpack::unpack_layer_with(&mut f, gzip, &tmp, &lowers, Some(diff_id), policy)
             });
         let stats = match result {
             Ok(s) => s,

@@ -264,6 +264,12 @@ fn a_pull_through_an_index_takes_the_node_platform() {
     // The layer blobs are gone once unpacked; the documents stay.
     assert_eq!(names(&store, "blobs/sha256").len(), 3);
     assert_eq!(names(&store, "tmp"), Vec::<String>::new());
+    // Unpacked trees live under a directory only root enters.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&store.root).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 }
 
 #[test]
