@@ -397,6 +397,17 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bo
         {
             v.push(&format!("{vp}.emptyDir.sizeLimit"), "must be >= 0");
         }
+        if let Some(e) = &vol.empty_dir
+            && !matches!(e.medium.as_str(), "" | "Memory")
+        {
+            v.push(
+                &format!("{vp}.emptyDir.medium"),
+                format!(
+                    "unsupported value {:?}: must be \"\" (the node's disk) or Memory",
+                    e.medium
+                ),
+            );
+        }
     }
     for (i, t) in spec.tolerations.iter().enumerate() {
         validate_toleration(v, &format!("{path}.tolerations[{i}]"), t);

@@ -861,4 +861,45 @@ fn hostile_yaml_bodies_are_refused_before_they_are_built() {
         h.request("GET", "/healthz", None, b"", false).unwrap().code,
         200
     );
+
+    // Large bodies that are valid YAML (nearly 1 MiB each, eight at once) are decoded off
+    // the async workers, one per core at a time: health checks are answered meanwhile.
+    let big = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: big\n  annotations:\n{}spec:\n  containers: [{{name: c, image: busybox}}]\n",
+        (0..14_000)
+            .map(|i| format!("    k{i:05}: \"{}\"\n", "v".repeat(56)))
+            .collect::<String>()
+    );
+    assert!(
+        big.len() > 900 << 10 && big.len() < 1 << 20,
+        "{}",
+        big.len()
+    );
+    let posts: Vec<_> = (0..8)
+        .map(|_| {
+            let (h, big) = (m.http(), big.clone());
+            std::thread::spawn(move || {
+                h.request("POST", pods, Some("application/yaml"), big.as_bytes(), true)
+                    .map(|r| r.code)
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    while !posts.iter().all(|p| p.is_finished()) {
+        let t = std::time::Instant::now();
+        assert_eq!(
+            h.request("GET", "/healthz", None, b"", false).unwrap().code,
+            200
+        );
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for p in posts {
+        let code = p.join().unwrap().unwrap();
+        assert!((200..500).contains(&code), "a big body got {code}");
+    }
+    assert!(
+        slowest < Duration::from_secs(2),
+        "/healthz took {slowest:?}"
+    );
 }

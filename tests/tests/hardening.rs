@@ -175,3 +175,53 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("capabilities.add[0]"));
 }
+
+/// `emptyDir.medium: Memory` is a tmpfs of `sizeLimit`, never the SD card, and goes with
+/// the pod.
+#[test]
+fn a_memory_empty_dir_is_a_bounded_tmpfs_that_leaves_with_its_pod() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = AgentDirCleanup(agent_dir.clone());
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a = AgentProcess::start(&m, &agent_dir, "board-h", &[]).unwrap();
+    let manifest = r#"apiVersion: v1
+kind: Pod
+metadata: {name: ram}
+spec:
+  nodeName: board-h
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {name: scratch, emptyDir: {medium: Memory, sizeLimit: 1Mi}}
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'grep " /scratch " /proc/mounts; dd if=/dev/zero of=/scratch/big bs=1024 count=2048; echo "dd=$?"; echo DONE; exec sleep 3600']
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+"#;
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(manifest)));
+    let out = log_of(&m, "ram");
+    assert!(out.contains("tmpfs /scratch tmpfs"), "{out}");
+    assert!(
+        out.contains("No space left on device") && !out.contains("dd=0"),
+        "{out}"
+    );
+    let uid = m.pod("ram").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains(&format!("pods/{uid}/volumes")))
+    };
+    assert!(mounted(), "the volume is a mount on the board");
+    ok_stdout(&m.cli(&["delete", "pod", "ram"]));
+    assert!(
+        eventually(Duration::from_secs(20), || !mounted()
+            && !agent_dir.join("pods").join(&uid).exists()),
+        "the tmpfs or the pod's directory stayed after the pod"
+    );
+}

@@ -84,13 +84,48 @@ impl PodLayout {
                     source,
                 })?;
             }
+            if let Some(e) = &v.empty_dir
+                && e.medium == "Memory"
+                && !crate::runtime::sandbox::is_mount_point(&path)
+            {
+                // tmpfs, never the SD card; its size is the sizeLimit (tmpfs's own default,
+                // half the board's memory, without one). Memory used there counts against
+                // the board, as the kubelet's does.
+                let mut options = "mode=0777".to_string();
+                if let Some(q) = &e.size_limit {
+                    options.push_str(&format!(",size={}", q.value().max(4096)));
+                }
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    &path,
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                    Some(options.as_str()),
+                )
+                .map_err(|e| VolumeError::Create {
+                    name: v.name.clone(),
+                    path: path.clone(),
+                    source: e.into(),
+                })?;
+            }
         }
         Ok(())
     }
 
-    /// Removes everything the pod left on the node (volumes, logs).
+    /// Removes everything the pod left on the node (volumes, logs); its memory-backed
+    /// volumes are unmounted first.
     pub fn remove_pod(&self, uid: &str) {
         let dir = self.pod_dir(uid);
+        if let Ok(rd) = std::fs::read_dir(dir.join("volumes")) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if crate::runtime::sandbox::is_mount_point(&p)
+                    && let Err(err) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
+                {
+                    tracing::warn!(path = %p.display(), error = %err, "cannot unmount a pod volume");
+                }
+            }
+        }
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {

@@ -94,6 +94,60 @@ pub fn format(headers: &HeaderMap, accept: Accept) -> Result<Format, ApiError> {
     })
 }
 
+/// Bodies up to this size are decoded on the request's own task (a few milliseconds at
+/// most); larger ones off the async workers.
+const DECODE_INLINE_BYTES: usize = 16 << 10;
+/// The longest a body may take to decode (waiting for a turn included). The shape checks
+/// bound the work a hostile body can ask for; this bounds what a slow board makes of it.
+const DECODE_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Large bodies decoded at once, at most one per core: a burst of them queues instead of
+/// taking every worker, so health checks, watches and small requests go on.
+fn decode_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    })
+}
+
+/// [`object`], run on a blocking thread for a large body, within [`DECODE_BUDGET`].
+pub async fn object_off_workers(
+    bytes: Bytes,
+    format: Format,
+    target: &Target,
+) -> Result<(Object, Vec<String>), ApiError> {
+    if bytes.len() <= DECODE_INLINE_BYTES {
+        return object(&bytes, format, target);
+    }
+    let too_slow = || {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Timeout",
+            format!(
+                "decoding the body took more than {}s; send a smaller one",
+                DECODE_BUDGET.as_secs()
+            ),
+        )
+    };
+    let t = target.clone();
+    let work = async move {
+        let slot = decode_slots()
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("the decoder is shutting down"))?;
+        // The slot stays taken until the decoding ends, even if the request gave up.
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            object(&bytes, format, &t)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    };
+    tokio::time::timeout(DECODE_BUDGET, work)
+        .await
+        .map_err(|_| too_slow())?
+}
+
 /// Decodes a body into one validated object of the target's kind and place; returns it with
 /// the warnings for unknown fields.
 pub fn object(

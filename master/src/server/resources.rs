@@ -283,7 +283,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let format = body::format(headers, Accept::Object)?;
     let bytes = body::read(body, st.max_body_bytes).await?;
-    let (mut obj, warnings) = body::object(&bytes, format, target)?;
+    let (mut obj, warnings) = body::object_off_workers(bytes, format, target).await?;
     clear_user_status(&mut obj);
     let outcome = st.store.write(Op::Create(obj)).await?;
     Ok(with_warnings(
@@ -318,7 +318,7 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let format = body::format(headers, Accept::Object)?;
     let bytes = body::read(body, st.max_body_bytes).await?;
-    let (obj, warnings) = body::object(&bytes, format, target)?;
+    let (obj, warnings) = body::object_off_workers(bytes, format, target).await?;
     let sub = if status {
         Subresource::Status
     } else {
@@ -339,7 +339,7 @@ async fn apply(
 ) -> Result<Response, ApiError> {
     let format = body::format(headers, Accept::ApplyPatch)?;
     let bytes = body::read(body, st.max_body_bytes).await?;
-    let (mut obj, warnings) = body::object(&bytes, format, target)?;
+    let (mut obj, warnings) = body::object_off_workers(bytes, format, target).await?;
     clear_user_status(&mut obj);
     let outcome = st.store.write(Op::Apply(obj)).await?;
     let (code, result) = match &outcome {
