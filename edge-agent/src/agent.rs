@@ -261,6 +261,7 @@ pub async fn run_with_runtime(
             },
             host_ip: early_facts.address.clone(),
             network: network.clone(),
+            host_access: config.host_access.clone(),
         },
     )?;
     // Routes to the other nodes' pods as last known, before the master answers.

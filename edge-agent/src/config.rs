@@ -105,6 +105,13 @@ pub struct RunArgs {
     /// Keep setuid and setgid bits of image layers' files (cleared by default)
     #[arg(long)]
     pub allow_setid_layers: bool,
+    /// A directory hostPath volumes may name, at or below it (repeatable); with none given,
+    /// any path (pods with hostPath are admin-only at the API)
+    #[arg(long)]
+    pub host_path_allow: Vec<PathBuf>,
+    /// Refuse pods with hostNetwork: true on this board
+    #[arg(long)]
+    pub deny_host_network: bool,
     /// Directory of unpacked images (<name>[_<tag>]/rootfs) [default: <data-dir>/images]
     #[arg(long)]
     pub images_dir: Option<PathBuf>,
@@ -201,6 +208,8 @@ struct FileConfig {
     pids_limit: Option<i64>,
     max_layer_bytes: Option<u64>,
     allow_setid_layers: Option<bool>,
+    host_path_allow: Option<Vec<PathBuf>>,
+    deny_host_network: Option<bool>,
     images_dir: Option<PathBuf>,
     image_gc_high_percent: Option<u8>,
     image_gc_low_percent: Option<u8>,
@@ -234,6 +243,8 @@ impl FileConfig {
             pids_limit: self.pids_limit.or(lower.pids_limit),
             max_layer_bytes: self.max_layer_bytes.or(lower.max_layer_bytes),
             allow_setid_layers: self.allow_setid_layers.or(lower.allow_setid_layers),
+            host_path_allow: self.host_path_allow.or(lower.host_path_allow),
+            deny_host_network: self.deny_host_network.or(lower.deny_host_network),
             images_dir: self.images_dir.or(lower.images_dir),
             image_gc_high_percent: self.image_gc_high_percent.or(lower.image_gc_high_percent),
             image_gc_low_percent: self.image_gc_low_percent.or(lower.image_gc_low_percent),
@@ -312,6 +323,8 @@ pub struct Config {
     pub pids_limit: Option<i64>,
     /// What image layers may unpack to.
     pub layer_policy: crate::images::unpack::Policy,
+    /// What of the board pods may reach.
+    pub host_access: crate::pods::layout::HostAccess,
     pub images_dir: PathBuf,
     pub image_cache: crate::images::oci::CacheLimits,
     pub reserved_memory: u64,
@@ -495,6 +508,23 @@ impl TryFrom<RunArgs> for Config {
                     .or(file.max_layer_bytes)
                     .unwrap_or(crate::images::unpack::DEFAULT_MAX_LAYER_BYTES),
                 keep_setid: a.allow_setid_layers || file.allow_setid_layers == Some(true),
+            },
+            host_access: {
+                let paths = if a.host_path_allow.is_empty() {
+                    file.host_path_allow
+                } else {
+                    Some(a.host_path_allow)
+                };
+                if let Some(p) = paths.iter().flatten().find(|p| !p.is_absolute()) {
+                    return Err(format!(
+                        "--host-path-allow: {} is not an absolute path",
+                        p.display()
+                    ));
+                }
+                crate::pods::layout::HostAccess {
+                    host_paths: paths,
+                    deny_host_network: a.deny_host_network || file.deny_host_network == Some(true),
+                }
             },
             images_dir,
             image_cache,

@@ -3,7 +3,7 @@
 //! executes them through the [`Runtime`] (off the async workers), persists what changed in
 //! the local store, and returns the status reports that changed.
 
-mod layout;
+pub mod layout;
 pub mod plan;
 mod prober;
 pub mod probes;
@@ -71,6 +71,7 @@ pub struct PodManager {
     pod_ips: PodIps,
     /// Where every decision reads the time (tests move it).
     clock: Arc<dyn Clock>,
+    host_access: layout::HostAccess,
 }
 
 /// How often the image cache is checked against its limits (also after every pull).
@@ -83,6 +84,8 @@ pub struct PodManagerConfig {
     pub host_ip: String,
     /// The node's pod network, if pods get IPs.
     pub network: Option<Arc<PodNetwork>>,
+    /// What of the board pods may reach.
+    pub host_access: layout::HostAccess,
 }
 
 impl PodManager {
@@ -127,6 +130,7 @@ impl PodManager {
             pulls: Pulls::default(),
             network: config.network,
             pod_ips: PodIps::default(),
+            host_access: config.host_access,
         })
     }
 
@@ -467,6 +471,9 @@ impl PodManager {
 
     /// Makes the pod's volumes and sandbox and connects it to the pod network.
     async fn create_sandbox(&mut self, uid: &str, pod: &Pod) -> Outcome {
+        if let Some(why) = self.host_access.refuse(pod) {
+            return Outcome::SandboxFailed(why);
+        }
         if let Err(e) = self.layout.prepare_volumes(uid, pod) {
             return Outcome::SandboxFailed(e.to_string());
         }
@@ -669,6 +676,7 @@ mod tests {
                 },
                 host_ip: "127.0.0.1".into(),
                 network: None,
+                host_access: Default::default(),
             },
         )
         .unwrap()

@@ -51,7 +51,19 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
     let agent_dir = dir.path().join("agent");
     let _c = AgentDirCleanup(agent_dir.clone());
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
-    let _a = AgentProcess::start(&m, &agent_dir, "board-h", &["--pids-limit", "64"]).unwrap();
+    let allowed = dir.path().join("allowed");
+    let _a = AgentProcess::start(
+        &m,
+        &agent_dir,
+        "board-h",
+        &[
+            "--pids-limit",
+            "64",
+            "--host-path-allow",
+            allowed.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
     let pods = [
         pod(
             "plain",
@@ -148,6 +160,21 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
         )),
         "{:?}",
         m.pod("nonroot").map(|p| p["status"].clone())
+    );
+
+    // The board's allow-list for hostPath: /etc is not on it.
+    let host = "apiVersion: v1\nkind: Pod\nmetadata: {name: etc}\nspec:\n  nodeName: board-h\n  volumes: [{name: etc, hostPath: {path: /etc}}]\n  containers: [{name: main, image: busybox, command: [sleep, '3600'], volumeMounts: [{name: etc, mountPath: /host-etc}]}]\n";
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(host)));
+    assert!(
+        eventually(Duration::from_secs(20), || m.pod("etc").is_some_and(|p| {
+            let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+            w["reason"] == "CreatePodSandboxError"
+                && w["message"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("allow-list"))
+        })),
+        "{:?}",
+        m.pod("etc").map(|p| p["status"].clone())
     );
 
     // What Bramble does not implement under securityContext is refused by path.

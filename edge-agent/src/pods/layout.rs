@@ -19,6 +19,50 @@ pub enum VolumeError {
     NotADirectory { name: String, path: PathBuf },
 }
 
+/// What of the board itself pods may reach, beyond the API's rule (only admins create pods
+/// with `hostPath` or `hostNetwork`): the board's own allow-list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostAccess {
+    /// The directories `hostPath` volumes may name (at or below); None: any.
+    pub host_paths: Option<Vec<PathBuf>>,
+    /// Refuse `hostNetwork: true`.
+    pub deny_host_network: bool,
+}
+
+impl HostAccess {
+    /// Why this board refuses `pod`, if it does.
+    pub fn refuse(&self, pod: &Pod) -> Option<String> {
+        if self.deny_host_network && pod.spec.host_network {
+            return Some("hostNetwork is not allowed on this board (--deny-host-network)".into());
+        }
+        let allowed = self.host_paths.as_ref()?;
+        for v in &pod.spec.volumes {
+            let Some(h) = &v.host_path else { continue };
+            let raw = Path::new(&h.path);
+            // Through symlinks, as the mount will follow them.
+            let real = std::fs::canonicalize(raw).unwrap_or_else(|_| raw.to_path_buf());
+            let inside = !raw
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+                && allowed.iter().any(|a| real.starts_with(a));
+            if !inside {
+                let list: Vec<String> = allowed.iter().map(|a| a.display().to_string()).collect();
+                return Some(format!(
+                    "volume {:?}: hostPath {} is not in this board's allow-list ({}; --host-path-allow)",
+                    v.name,
+                    real.display(),
+                    if list.is_empty() {
+                        "empty".to_string()
+                    } else {
+                        list.join(", ")
+                    }
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// The pod directory tree under the agent's data directory.
 #[derive(Debug, Clone)]
 pub struct PodLayout {
@@ -144,6 +188,40 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i"}], "volumes": volumes}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn the_board_s_allow_list_bounds_host_paths_and_host_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        std::os::unix::fs::symlink("/etc", data.join("escape")).unwrap();
+        let vols = |p: &str| pod(serde_json::json!([{"name": "h", "hostPath": {"path": p}}]));
+        let open = HostAccess::default();
+        assert_eq!(open.refuse(&vols("/etc")), None, "no list: any path");
+        let board = HostAccess {
+            host_paths: Some(vec![data.clone()]),
+            deny_host_network: true,
+        };
+        let d = data.display().to_string();
+        assert_eq!(board.refuse(&vols(&d)), None);
+        assert_eq!(board.refuse(&vols(&format!("{d}/sub"))), None);
+        assert_eq!(board.refuse(&vols(&format!("{d}/not-yet/made"))), None);
+        for bad in [
+            "/etc".to_string(),
+            format!("{d}/escape"),
+            format!("{d}/../x"),
+            format!("{d}x"),
+        ] {
+            let why = board
+                .refuse(&vols(&bad))
+                .unwrap_or_else(|| panic!("{bad} allowed"));
+            assert!(why.contains("allow-list"), "{why}");
+        }
+        let mut net = pod(serde_json::json!([]));
+        net.spec.host_network = true;
+        assert!(board.refuse(&net).unwrap().contains("hostNetwork"));
+        assert_eq!(open.refuse(&net), None);
     }
 
     #[test]
