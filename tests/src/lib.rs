@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+pub mod fuzz;
 pub mod netlab;
 pub mod oci;
 pub mod qemufleet;
