@@ -330,6 +330,7 @@ impl Master {
     /// period) and waits for the store's last commit.
     pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let state = Arc::new(server::AppState {
+            failures: Default::default(),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             admin_token: self.admin_token.clone(),
@@ -361,8 +362,11 @@ impl Master {
             self.config.request_header_timeout,
             self.pki.as_ref().map(|p| p.server.clone()),
         );
-        let graceful =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let graceful = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<server::listener::Peer>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let serving = tokio::spawn(async move { graceful.await });
         shutdown.cancelled().await;
         tracing::info!("shutting down");

@@ -4,6 +4,7 @@
 mod body;
 mod error;
 pub mod images;
+mod limit;
 pub mod listener;
 mod nodes;
 mod path;
@@ -31,6 +32,8 @@ pub use error::ApiError;
 
 /// What every handler shares.
 pub struct AppState {
+    /// Failed authentications by source: a source past its budget is answered 429.
+    pub failures: limit::Failures,
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub admin_token: String,
@@ -88,7 +91,52 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/bramble/v1/images/resolve", get(images::resolve))
         .route("/bramble/v1/blobs/{digest}", get(images::blob))
         .fallback(api)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_unauthenticated,
+        ))
         .with_state(state)
+}
+
+/// Holds back a source that keeps failing to authenticate (429 with `Retry-After`) for its
+/// unauthenticated requests; a request with a valid API token, the health checks and the CA
+/// are always served. Every 401 answered counts against its source.
+async fn limit_unauthenticated(
+    State(st): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if matches!(req.uri().path(), "/healthz" | "/readyz" | "/cacerts") {
+        return next.run(req).await;
+    }
+    let Some(ip) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<listener::Peer>>()
+        .map(|c| c.0.0.ip())
+    else {
+        return next.run(req).await;
+    };
+    if role_of(&st, req.headers()).is_none()
+        && let Some(wait) = st.failures.held(ip, Instant::now())
+    {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            format!(
+                "too many failed authentications from {ip}; retry in {secs}s with a valid token"
+            ),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        return resp;
+    }
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        st.failures.failed(ip, Instant::now());
+    }
+    resp
 }
 
 /// `GET /cacerts`: the cluster CA, unauthenticated (as k3s serves it): a joining board

@@ -1118,3 +1118,51 @@ fn the_broker_front_drops_what_is_not_mqtt_over_tls() {
     ok.set_credentials("pi1", &creds.node_token);
     connects(ok).unwrap();
 }
+
+/// A source that keeps failing to authenticate is held back (429 with Retry-After) for a
+/// few seconds: guessing tokens goes at a few tries per second; valid tokens, the health
+/// checks and other sources are served meanwhile.
+#[test]
+fn a_source_that_keeps_failing_to_authenticate_is_held_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(dir.path()).unwrap();
+    let guess = m.http_as("not-a-token");
+    let codes: Vec<u16> = (0..40)
+        .map(|_| guess.get("/api/v1/pods").unwrap().code)
+        .collect();
+    assert_eq!(codes[0], 401);
+    let held = codes
+        .iter()
+        .position(|&c| c == 429)
+        .expect("never held back");
+    assert!((15..=30).contains(&held), "held after {held}: {codes:?}");
+    let r = guess.get("/api/v1/pods").unwrap();
+    assert_eq!(r.code, 429);
+    assert!(
+        r.headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("retry-after") && v.parse::<u64>().is_ok()),
+        "{:?}",
+        r.headers
+    );
+    // A failed join counts as well (its token is in the body).
+    let join = m
+        .http()
+        .request(
+            "POST",
+            "/bramble/v1/join",
+            Some("application/json"),
+            br#"{"token":"B10x::y","nodeName":"n","facts":{}}"#,
+            false,
+        )
+        .unwrap();
+    assert_eq!(join.code, 429, "a join from a held source");
+    // The admin, the health checks and the CA are served meanwhile.
+    assert_eq!(m.http().get("/api/v1/pods").unwrap().code, 200);
+    assert_eq!(guess.get("/healthz").unwrap().code, 200);
+    assert_eq!(guess.get("/cacerts").unwrap().code, 200);
+    // A few seconds later the source may try again.
+    assert!(bramble_tests::eventually(Duration::from_secs(5), || {
+        guess.get("/api/v1/pods").unwrap().code == 401
+    }));
+}

@@ -298,3 +298,13 @@ impl AsyncWrite for Conn {
         }
     }
 }
+
+/// The address a request came from, for handlers (`ConnectInfo<Peer>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Guarded>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Guarded>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
