@@ -759,6 +759,32 @@ fn idle_sockets_cannot_starve_the_api() {
         );
     }
     assert!(eventually(Duration::from_secs(5), || healthz(&addr) == 200));
+    // Nor can sockets that trickle their headers a byte at a time (slowloris): the whole
+    // head of the first request must arrive within the deadline.
+    let trickle: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    let mut open = trickle;
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for &b in head.iter() {
+        open.retain_mut(|c| c.write_all(&[b]).is_ok());
+        if open.is_empty() || started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for c in &mut open {
+        assert!(
+            closed_by_peer(c, Duration::from_secs(5)),
+            "a trickling socket was kept open"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the trickling sockets lived {:?}",
+        started.elapsed()
+    );
     // A client that speaks in time is not cut off by the deadline.
     let h = m.http();
     assert_eq!(h.get("/api/v1/pods").unwrap().code, 200);

@@ -83,6 +83,7 @@ impl axum::serve::Listener for Guarded {
                             inner,
                             _permit: permit,
                             first_request: Some(deadline),
+                            tail: HeadEnd::default(),
                         },
                         addr,
                     );
@@ -218,12 +219,43 @@ fn with_io<R>(
 }
 
 /// An accepted connection: holds its place under the cap until it is dropped, and fails
-/// its first read if no byte arrives before the deadline.
+/// a read if its first request's head (through the blank line that ends it) has not arrived
+/// before the deadline: an idle socket, and one that trickles its headers a byte at a time
+/// (slowloris), is closed.
 pub struct Conn {
     inner: Stream,
     _permit: OwnedSemaphorePermit,
-    /// Until the first byte arrives.
+    /// Until the first request's head is complete.
     first_request: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last bytes read, to find the head's end across reads.
+    tail: HeadEnd,
+}
+
+/// Finds the end of an HTTP/1 request head (`\r\n\r\n`) in bytes that come in pieces.
+#[derive(Debug, Default, Clone, Copy)]
+struct HeadEnd {
+    /// How much of `\r\n\r\n` the bytes so far end with.
+    matched: usize,
+}
+
+impl HeadEnd {
+    /// Whether the head ends within `bytes` (which follow the bytes seen before).
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        const END: &[u8; 4] = b"\r\n\r\n";
+        for &b in bytes {
+            self.matched = if b == END[self.matched] {
+                self.matched + 1
+            } else if b == b'\r' {
+                1
+            } else {
+                0
+            };
+            if self.matched == END.len() {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 impl AsyncRead for Conn {
@@ -236,8 +268,16 @@ impl AsyncRead for Conn {
         let before = buf.filled().len();
         match with_io(&mut this.inner, cx, |io, cx| io.poll_read(cx, buf)) {
             Poll::Ready(r) => {
-                if buf.filled().len() > before {
+                if this.first_request.is_some() && this.tail.feed(&buf.filled()[before..]) {
                     this.first_request = None;
+                }
+                if let Some(deadline) = this.first_request.as_mut()
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the first request's head did not arrive before the deadline",
+                    )));
                 }
                 Poll::Ready(r)
             }
@@ -306,5 +346,28 @@ pub struct Peer(pub SocketAddr);
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Guarded>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, Guarded>) -> Self {
         Peer(*stream.remote_addr())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadEnd;
+
+    #[test]
+    fn the_end_of_a_head_is_found_across_pieces() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in 0..head.len() {
+            let mut h = HeadEnd::default();
+            let (a, b) = head.split_at(split);
+            let found = h.feed(a) || h.feed(b);
+            assert!(found, "split at {split}");
+        }
+        let mut h = HeadEnd::default();
+        assert!(!h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(!h.feed(b"\r"));
+        assert!(h.feed(b"\n"));
+        let mut odd = HeadEnd::default();
+        assert!(!odd.feed(b"a\r\n\r\r\nb\n\n"));
+        assert!(odd.feed(b"\r\n\r\r\n\r\n"));
     }
 }
