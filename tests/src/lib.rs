@@ -100,33 +100,59 @@ impl MasterProcess {
 
     /// As [`start`](Self::start), with extra flags.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Result<MasterProcess> {
-        let mut child = Command::new(bin("bramble-master"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(if extra.iter().any(|a| a.starts_with("--listen")) {
-                &[][..]
-            } else {
-                &["--listen", "127.0.0.1:0"][..]
-            })
-            .args(
-                if extra
-                    .iter()
-                    .any(|a| a.starts_with("--mqtt-listen") || a.starts_with("--external-broker"))
-                {
+        Self::start_limited(data_dir, extra, None, None)
+    }
+
+    /// As [`start_with`](Self::start_with), with at most `nofile` open files (as systemd's
+    /// default 1,024 would give it) and its log written to `log` instead of the test's.
+    pub fn start_limited(
+        data_dir: &Path,
+        extra: &[&str],
+        nofile: Option<u64>,
+        log: Option<&Path>,
+    ) -> Result<MasterProcess> {
+        let mut cmd = Command::new(bin("bramble-master"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            #[allow(unsafe_code)]
+            // SAFETY: between fork and exec only setrlimit(2) runs, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let stderr = match log {
+            Some(p) => Stdio::from(std::fs::File::create(p)?),
+            None => Stdio::inherit(),
+        };
+        let mut child =
+            cmd.arg("--data-dir")
+                .arg(data_dir)
+                .args(if extra.iter().any(|a| a.starts_with("--listen")) {
                     &[][..]
                 } else {
-                    &["--mqtt-listen", "127.0.0.1:0"][..]
-                },
-            )
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawning bramble-master")?;
+                    &["--listen", "127.0.0.1:0"][..]
+                })
+                .args(
+                    if extra.iter().any(|a| {
+                        a.starts_with("--mqtt-listen") || a.starts_with("--external-broker")
+                    }) {
+                        &[][..]
+                    } else {
+                        &["--mqtt-listen", "127.0.0.1:0"][..]
+                    },
+                )
+                .args(extra)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .stdout(Stdio::piped())
+                .stderr(stderr)
+                .spawn()
+                .context("spawning bramble-master")?;
         let stdout = child.stdout.take().context("master stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

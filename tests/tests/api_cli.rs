@@ -929,3 +929,63 @@ fn hostile_yaml_bodies_are_refused_before_they_are_built() {
         "/healthz took {slowest:?}"
     );
 }
+
+/// 1,100 idle connections to the broker's and the API's ports of a master limited to 1,024
+/// open files (systemd's default): nothing floods the log (rumqttd's accept loop once wrote
+/// 7.5 GB of "Too many open files" in 70 s), and once they are gone, the master serves the
+/// API and boards connect again.
+#[test]
+fn a_socket_flood_at_the_file_limit_neither_floods_the_log_nor_sticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("master.log");
+    let m =
+        MasterProcess::start_limited(&dir.path().join("m"), &[], Some(1024), Some(&log)).unwrap();
+    let probe = bramble_agent::join::join(
+        &m.url,
+        &m.join_token(),
+        "probe",
+        &bramble_api::wire::NodeFacts::default(),
+    )
+    .unwrap();
+    let api = m.url.trim_start_matches("https://").to_string();
+    let mqtt = format!("127.0.0.1:{}", m.mqtt_port);
+    let mut flood = Vec::new();
+    for i in 0..1100 {
+        let to = if i % 2 == 0 { &api } else { &mqtt };
+        if let Ok(c) = std::net::TcpStream::connect(to) {
+            flood.push(c);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size < 256 << 10,
+        "the log grew to {size} bytes during the flood"
+    );
+    drop(flood);
+    assert!(
+        eventually(Duration::from_secs(15), || m
+            .http()
+            .get("/api/v1/nodes")
+            .is_ok_and(|r| r.code == 200)),
+        "the API did not come back"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let connected = rt.block_on(async {
+        // A board connects as usual.
+        let mut opts = m.mqtt_options("probe");
+        opts.set_credentials("probe", &probe.node_token);
+        let (_c, mut ev) = rumqttc::AsyncClient::new(opts, 8);
+        let r = tokio::time::timeout(Duration::from_secs(10), ev.poll()).await;
+        matches!(
+            r,
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))))
+        )
+    });
+    assert!(connected, "the broker did not answer after the flood");
+    let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    assert!(size < 256 << 10, "the log grew to {size} bytes");
+}
