@@ -64,10 +64,24 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
         ],
     )
     .unwrap();
+    // keyctl(2) (keyrings are not namespaced): busybox has no applet, so a static probe.
+    let probe_c = dir.path().join("keyctl.c");
+    std::fs::write(
+        &probe_c,
+        "#include <stdio.h>\n#include <errno.h>\n#include <unistd.h>\n#include <sys/syscall.h>\nint main(void) { long r = syscall(SYS_keyctl, 0, -3L, 0L); printf(\"keyctl=%ld errno=%d\\n\", r, r < 0 ? errno : 0); return 0; }\n",
+    )
+    .unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(agent_dir.join("images/busybox/rootfs/bin/keyctl-probe"))
+        .arg(&probe_c)
+        .status()
+        .expect("cc is missing: apt-get install build-essential (scripts/setup does)");
+    assert!(built.success(), "cannot build the keyctl probe");
     let pods = [
         pod(
             "plain",
-            r#"grep -E "^(CapEff|Seccomp|NoNewPrivs):" /proc/self/status; unshare -U true; echo "unshare=$?"; mount -t tmpfs none /mnt; echo "mount=$?"; echo "kcore=$(cat /proc/kcore | wc -c)"; touch /written && echo "rootfs=rw""#,
+            r#"grep -E "^(CapEff|Seccomp|NoNewPrivs):" /proc/self/status; unshare -U true; echo "unshare=$?"; mount -t tmpfs none /mnt; echo "mount=$?"; echo "kcore=$(cat /proc/kcore | wc -c)"; /bin/keyctl-probe; touch /written && echo "rootfs=rw""#,
             "",
             "",
         ),
@@ -79,13 +93,13 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
         ),
         pod(
             "user",
-            r#"echo "uid=$(id -u) gid=$(id -g) groups=$(id -G)""#,
-            "securityContext: {runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000]}",
-            "",
+            r#"echo "uid=$(id -u) gid=$(id -g) groups=$(id -G)"; touch /data/f && echo "data=$(stat -c %g /data) file=$(stat -c %g /data/f)""#,
+            "securityContext: {runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000], fsGroup: 2000}\n  volumes: [{name: data, emptyDir: {}}]",
+            "volumeMounts: [{name: data, mountPath: /data}]",
         ),
         pod(
             "capable",
-            r#"grep -E "^(CapEff|Seccomp|NoNewPrivs):" /proc/self/status"#,
+            r#"grep -E "^(CapEff|Seccomp|NoNewPrivs):" /proc/self/status; /bin/keyctl-probe"#,
             "",
             "securityContext: {allowPrivilegeEscalation: true, capabilities: {drop: [ALL], add: [NET_ADMIN]}, seccompProfile: {type: Unconfined}}",
         ),
@@ -116,6 +130,10 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
     assert!(plain.contains("Operation not permitted"), "{plain}");
     assert!(!plain.contains("mount=0"), "{plain}");
     assert!(plain.contains("kcore=0"), "{plain}");
+    assert!(
+        plain.contains("keyctl=-1 errno=1"),
+        "keyctl is refused with EPERM: {plain}"
+    );
     assert!(plain.contains("rootfs=rw"), "{plain}");
 
     let ro = log_of(&m, "readonly");
@@ -130,13 +148,19 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
 
     let user = log_of(&m, "user");
     assert!(user.contains("uid=1000 gid=3000"), "{user}");
-    assert!(user.contains("4000"), "{user}");
+    assert!(user.contains("4000") && user.contains("2000"), "{user}");
+    // The emptyDir belongs to the fsGroup, and what the pod writes there too (setgid).
+    assert!(user.contains("data=2000 file=2000"), "{user}");
 
     // Only NET_ADMIN (bit 12), no filter, privileges may be gained.
     let capable = log_of(&m, "capable");
     assert!(capable.contains("CapEff:\t0000000000001000"), "{capable}");
     assert!(capable.contains("Seccomp:\t0"), "{capable}");
     assert!(capable.contains("NoNewPrivs:\t0"), "{capable}");
+    assert!(
+        capable.contains("keyctl=") && !capable.lines().any(|l| l.ends_with("errno=1")),
+        "without the filter keyctl is not refused with EPERM: {capable}"
+    );
 
     // The pids limit (64 on this board) stops a fork bomb well short of 200.
     let bomb = log_of(&m, "forkbomb");

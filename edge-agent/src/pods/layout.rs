@@ -128,6 +128,12 @@ impl PodLayout {
                     source,
                 })?;
             }
+            let fs_group = pod
+                .spec
+                .security_context
+                .as_ref()
+                .and_then(|s| s.fs_group)
+                .and_then(|g| u32::try_from(g).ok());
             if let Some(e) = &v.empty_dir
                 && e.medium == "Memory"
                 && !crate::runtime::sandbox::is_mount_point(&path)
@@ -151,6 +157,25 @@ impl PodLayout {
                     path: path.clone(),
                     source: e.into(),
                 })?;
+            }
+            if v.empty_dir.is_some() {
+                // Writable by every user of the pod, as the kubelet makes it; with an
+                // fsGroup, the group's, and what is made in it too (setgid).
+                use std::os::unix::fs::PermissionsExt;
+                let io = |source| VolumeError::Create {
+                    name: v.name.clone(),
+                    path: path.clone(),
+                    source,
+                };
+                let mode = match fs_group {
+                    Some(g) => {
+                        std::os::unix::fs::chown(&path, None, Some(g)).map_err(io)?;
+                        0o2777
+                    }
+                    None => 0o777,
+                };
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map_err(io)?;
             }
         }
         Ok(())
