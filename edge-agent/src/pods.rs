@@ -64,6 +64,8 @@ pub struct PodManager {
     probes: HashMap<String, probes::ProbeState>,
     /// When the image cache was last checked against its limits.
     last_image_gc_ms: i64,
+    /// When disk-backed emptyDir volumes were last measured against their sizeLimit.
+    last_volume_check_ms: i64,
     /// Image pulls still running: a slow pull does not hold back other pods.
     pulls: Pulls,
     /// The node's pod network (None: pods get no IP, as on hollow nodes).
@@ -76,6 +78,31 @@ pub struct PodManager {
 
 /// How often the image cache is checked against its limits (also after every pull).
 const IMAGE_GC_EVERY_MS: i64 = 60_000;
+/// How often disk-backed emptyDir volumes are measured against their sizeLimit.
+const VOLUME_CHECK_EVERY_MS: i64 = 5_000;
+
+/// Bytes a directory tree takes on disk (allocated blocks, as `du` counts), not following
+/// symlinks.
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            total = total.saturating_add(m.blocks().saturating_mul(512));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
 
 /// Settings of the pod manager.
 pub struct PodManagerConfig {
@@ -126,6 +153,7 @@ impl PodManager {
             last_reported: HashMap::new(),
             probes: HashMap::new(),
             last_image_gc_ms: SystemClock.unix_millis(),
+            last_volume_check_ms: 0,
             clock: Arc::new(SystemClock),
             pulls: Pulls::default(),
             network: config.network,
@@ -271,6 +299,10 @@ impl PodManager {
         let now = self.clock.unix_millis();
         if now - self.last_image_gc_ms >= IMAGE_GC_EVERY_MS {
             self.collect_images().await;
+        }
+        if now - self.last_volume_check_ms >= VOLUME_CHECK_EVERY_MS {
+            self.last_volume_check_ms = now;
+            self.evict_over_limit().await;
         }
         plan::observe(
             &mut self.records,
@@ -467,6 +499,55 @@ impl PodManager {
             self.clock.unix_millis(),
             self.backoff,
         )
+    }
+
+    /// Evicts pods whose disk-backed emptyDir volume has grown past its sizeLimit, as the
+    /// kubelet does (a memory-backed one is a tmpfs of that size and cannot).
+    async fn evict_over_limit(&mut self) {
+        let mut checks = Vec::new();
+        for (uid, pod) in &self.desired {
+            let Some(rec) = self.records.get(uid) else {
+                continue;
+            };
+            if rec.evicted.is_some() || !rec.sandbox_ready {
+                continue;
+            }
+            for v in &pod.spec.volumes {
+                let Some(e) = &v.empty_dir else { continue };
+                let Some(limit) = &e.size_limit else { continue };
+                if e.medium == "Memory" {
+                    continue;
+                }
+                checks.push((
+                    uid.clone(),
+                    v.name.clone(),
+                    limit.to_string(),
+                    u64::try_from(limit.value()).unwrap_or(0),
+                    self.layout.volume_path(uid, v),
+                ));
+            }
+        }
+        if checks.is_empty() {
+            return;
+        }
+        let over: Vec<(String, String, String)> = tokio::task::spawn_blocking(move || {
+            checks
+                .into_iter()
+                .filter(|(.., limit, path)| disk_usage(path) > *limit)
+                .map(|(uid, name, shown, ..)| (uid, name, shown))
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        for (uid, name, limit) in over {
+            if let Some(rec) = self.records.get_mut(&uid)
+                && rec.evicted.is_none()
+            {
+                let why = format!("Usage of EmptyDir volume {name:?} exceeds the limit {limit:?}.");
+                tracing::warn!(uid, pod = %rec.name, reason = %why, "evicting a pod");
+                rec.evicted = Some(why);
+            }
+        }
     }
 
     /// Makes the pod's volumes and sandbox and connects it to the pod network.

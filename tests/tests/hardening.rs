@@ -276,3 +276,48 @@ spec:
         "the tmpfs or the pod's directory stayed after the pod"
     );
 }
+
+/// A disk-backed emptyDir past its sizeLimit gets its pod evicted, as the kubelet does:
+/// Failed, reason Evicted, its container stopped and not started again.
+#[test]
+fn a_pod_whose_empty_dir_outgrows_its_size_limit_is_evicted() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = AgentDirCleanup(agent_dir.clone());
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a = AgentProcess::start(&m, &agent_dir, "board-h", &[]).unwrap();
+    let manifest = r#"apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  nodeName: board-h
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {name: scratch, emptyDir: {sizeLimit: 1Mi}}
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'dd if=/dev/zero of=/scratch/big bs=1024 count=3072; echo DONE; exec sleep 3600']
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+"#;
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(manifest)));
+    assert!(
+        eventually(Duration::from_secs(30), || m.pod("hog").is_some_and(|p| {
+            p["status"]["phase"] == "Failed"
+                && p["status"]["reason"] == "Evicted"
+                && p["status"]["message"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("scratch") && s.contains("1Mi"))
+                && p["status"]["containerStatuses"][0]["state"]["terminated"].is_object()
+        })),
+        "{:?}",
+        m.pod("hog").map(|p| p["status"].clone())
+    );
+    // Not started again.
+    assert!(bramble_tests::consistently(Duration::from_secs(3), || m
+        .pod("hog")
+        .is_some_and(|p| p["status"]["phase"] == "Failed"
+            && p["status"]["containerStatuses"][0]["state"]["running"]
+                .is_null())));
+}

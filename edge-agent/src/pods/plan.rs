@@ -35,6 +35,10 @@ pub struct PodRecord {
     /// Grace period for stopping, from the pod (kept for pods the master has already forgotten).
     pub grace_seconds: i64,
     pub containers: BTreeMap<String, ContainerRecord>,
+    /// Why the node evicted the pod (an emptyDir past its sizeLimit): its containers are
+    /// stopped and not started again, and it is reported Failed until the master deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted: Option<String>,
 }
 
 /// What the agent remembers of one container of a pod.
@@ -262,6 +266,10 @@ pub fn plan(
             ops.push(Op::CreateSandbox { uid: uid.clone() });
             continue;
         };
+        if rec.evicted.is_some() {
+            // Stopped below, and never started again.
+            continue;
+        }
         if !rec.sandbox_ready {
             ops.push(Op::CreateSandbox { uid: uid.clone() });
             continue;
@@ -295,11 +303,11 @@ pub fn plan(
         }
     }
     for (uid, rec) in records {
-        let stopping = match desired.get(uid) {
+        let deleted = match desired.get(uid) {
             None => true,
             Some(p) => p.metadata.deletion_timestamp.is_some(),
         };
-        if !stopping {
+        if !deleted && rec.evicted.is_none() {
             continue;
         }
         let grace_ms = desired
@@ -337,7 +345,8 @@ pub fn plan(
                 Some(_) => {}
             }
         }
-        if all_gone {
+        // An evicted pod keeps its record (and its Failed report) until it is deleted.
+        if all_gone && deleted {
             ops.push(Op::RemoveSandbox { uid: uid.clone() });
             ops.push(Op::Drop { uid: uid.clone() });
         }
@@ -396,9 +405,17 @@ pub fn report(pod: Option<&Pod>, rec: &PodRecord, host_ip: &str) -> PodReport {
         namespace: rec.namespace.clone(),
         name: rec.name.clone(),
         uid: rec.uid.clone(),
-        phase: phase(pod, rec),
-        reason: String::new(),
-        message: String::new(),
+        phase: if rec.evicted.is_some() {
+            "Failed".into()
+        } else {
+            phase(pod, rec)
+        },
+        reason: if rec.evicted.is_some() {
+            "Evicted".into()
+        } else {
+            String::new()
+        },
+        message: rec.evicted.clone().unwrap_or_default(),
         host_ip: host_ip.to_string(),
         pod_ip: if pod.is_some_and(|p| p.spec.host_network) {
             host_ip.to_string()
@@ -471,7 +488,50 @@ mod tests {
             start_time: 1,
             grace_seconds: 30,
             containers: [("main".to_string(), c)].into(),
+            evicted: None,
         }
+    }
+
+    #[test]
+    fn an_evicted_pod_is_stopped_kept_and_reported_failed() {
+        let p = pod("u", "Always");
+        let desired: BTreeMap<String, Pod> = [("u".to_string(), p.clone())].into();
+        let mut rec = record("u", Some("u-main-0"), 1, 0);
+        rec.evicted = Some("Usage of EmptyDir volume \"d\" exceeds the limit \"1Mi\".".into());
+        let mut records: BTreeMap<String, PodRecord> = [("u".to_string(), rec)].into();
+        let running: HashMap<String, Observed> =
+            [("u-main-0".to_string(), Observed::Running { started_at: 1 })].into();
+        let ops = plan(&desired, &records, &running, 0);
+        assert!(
+            matches!(ops.as_slice(), [Op::Signal { signal, .. }] if *signal == libc::SIGTERM),
+            "{ops:?}"
+        );
+        // Gone: removed, not started again, the record kept.
+        let gone: HashMap<String, Observed> = [("u-main-0".to_string(), exited(143))].into();
+        records
+            .get_mut("u")
+            .unwrap()
+            .containers
+            .get_mut("main")
+            .unwrap()
+            .killed_at_ms = Some(0);
+        let ops = plan(&desired, &records, &gone, 1);
+        assert!(matches!(ops.as_slice(), [Op::Remove { .. }]), "{ops:?}");
+        records
+            .get_mut("u")
+            .unwrap()
+            .containers
+            .get_mut("main")
+            .unwrap()
+            .current = None;
+        assert_eq!(plan(&desired, &records, &HashMap::new(), 2), vec![]);
+        let r = report(Some(&p), &records["u"], "10.0.0.1");
+        assert_eq!((r.phase.as_str(), r.reason.as_str()), ("Failed", "Evicted"));
+        assert!(r.message.contains("EmptyDir"));
+        // Deleted by the master: cleaned up as any pod.
+        let none = BTreeMap::new();
+        let ops = plan(&none, &records, &HashMap::new(), 3);
+        assert!(ops.contains(&Op::Drop { uid: "u".into() }), "{ops:?}");
     }
 
     fn exited(code: i32) -> Observed {

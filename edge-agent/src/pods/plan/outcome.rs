@@ -119,6 +119,7 @@ pub fn sandbox_record<'a>(
         pod_ip: String::new(),
         start_time: now_ms / 1000,
         grace_seconds: pod.spec.termination_grace_period_seconds.unwrap_or(30),
+        evicted: None,
         containers: pod
             .spec
             .containers
