@@ -44,26 +44,47 @@ fn log_of(m: &MasterProcess, name: &str) -> String {
     out
 }
 
+/// A master and one agent (`board-h`, with `agent_args`) in a temporary directory. Fields
+/// drop in order: the agent, then its directory's cleanup, then the master.
+struct Board {
+    _agent: AgentProcess,
+    _cleanup: AgentDirCleanup,
+    m: MasterProcess,
+    agent_dir: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Board {
+    fn start(agent_args: impl FnOnce(&std::path::Path) -> Vec<String>) -> Board {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let agent_dir = dir.path().join("agent");
+        let cleanup = AgentDirCleanup(agent_dir.clone());
+        let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+        let args = agent_args(dir.path());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agent = AgentProcess::start(&m, &agent_dir, "board-h", &args).unwrap();
+        Board {
+            _agent: agent,
+            _cleanup: cleanup,
+            m,
+            agent_dir,
+            dir,
+        }
+    }
+}
+
 #[test]
 fn containers_are_hardened_by_default_and_honour_their_security_context() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let agent_dir = dir.path().join("agent");
-    let _c = AgentDirCleanup(agent_dir.clone());
-    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
-    let allowed = dir.path().join("allowed");
-    let _a = AgentProcess::start(
-        &m,
-        &agent_dir,
-        "board-h",
-        &[
-            "--pids-limit",
-            "64",
-            "--host-path-allow",
-            allowed.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    let b = Board::start(|d| {
+        vec![
+            "--pids-limit".into(),
+            "64".into(),
+            "--host-path-allow".into(),
+            d.join("allowed").display().to_string(),
+        ]
+    });
+    let (m, agent_dir, dir) = (&b.m, &b.agent_dir, &b.dir);
     // keyctl(2) (keyrings are not namespaced): busybox has no applet, so a static probe.
     let probe_c = dir.path().join("keyctl.c");
     std::fs::write(
@@ -122,7 +143,7 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
 
     // Docker's capability set, the seccomp filter and no_new_privs; what they forbid is
     // refused; /proc/kcore is masked; the root filesystem is writable by default.
-    let plain = log_of(&m, "plain");
+    let plain = log_of(m, "plain");
     assert!(plain.contains("CapEff:\t00000000a80425fb"), "{plain}");
     assert!(plain.contains("Seccomp:\t2"), "{plain}");
     assert!(plain.contains("NoNewPrivs:\t1"), "{plain}");
@@ -136,7 +157,7 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
     );
     assert!(plain.contains("rootfs=rw"), "{plain}");
 
-    let ro = log_of(&m, "readonly");
+    let ro = log_of(m, "readonly");
     assert!(
         !ro.contains("touch=0") && ro.contains("Read-only file system"),
         "{ro}"
@@ -146,14 +167,14 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
         "/tmp is on the image's root too: {ro}"
     );
 
-    let user = log_of(&m, "user");
+    let user = log_of(m, "user");
     assert!(user.contains("uid=1000 gid=3000"), "{user}");
     assert!(user.contains("4000") && user.contains("2000"), "{user}");
     // The emptyDir belongs to the fsGroup, and what the pod writes there too (setgid).
     assert!(user.contains("data=2000 file=2000"), "{user}");
 
     // Only NET_ADMIN (bit 12), no filter, privileges may be gained.
-    let capable = log_of(&m, "capable");
+    let capable = log_of(m, "capable");
     assert!(capable.contains("CapEff:\t0000000000001000"), "{capable}");
     assert!(capable.contains("Seccomp:\t0"), "{capable}");
     assert!(capable.contains("NoNewPrivs:\t0"), "{capable}");
@@ -163,7 +184,7 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
     );
 
     // The pids limit (64 on this board) stops a fork bomb well short of 200.
-    let bomb = log_of(&m, "forkbomb");
+    let bomb = log_of(m, "forkbomb");
     let running: usize = bomb
         .lines()
         .find_map(|l| l.strip_prefix("running="))
@@ -231,12 +252,8 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
 /// the pod.
 #[test]
 fn a_memory_empty_dir_is_a_bounded_tmpfs_that_leaves_with_its_pod() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let agent_dir = dir.path().join("agent");
-    let _c = AgentDirCleanup(agent_dir.clone());
-    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
-    let _a = AgentProcess::start(&m, &agent_dir, "board-h", &[]).unwrap();
+    let b = Board::start(|_| Vec::new());
+    let (m, agent_dir) = (&b.m, &b.agent_dir);
     let manifest = r#"apiVersion: v1
 kind: Pod
 metadata: {name: ram}
@@ -252,7 +269,7 @@ spec:
     volumeMounts: [{name: scratch, mountPath: /scratch}]
 "#;
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(manifest)));
-    let out = log_of(&m, "ram");
+    let out = log_of(m, "ram");
     assert!(out.contains("tmpfs /scratch tmpfs"), "{out}");
     assert!(
         out.contains("No space left on device") && !out.contains("dd=0"),
@@ -281,12 +298,8 @@ spec:
 /// Failed, reason Evicted, its container stopped and not started again.
 #[test]
 fn a_pod_whose_empty_dir_outgrows_its_size_limit_is_evicted() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let agent_dir = dir.path().join("agent");
-    let _c = AgentDirCleanup(agent_dir.clone());
-    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
-    let _a = AgentProcess::start(&m, &agent_dir, "board-h", &[]).unwrap();
+    let b = Board::start(|_| Vec::new());
+    let m = &b.m;
     let manifest = r#"apiVersion: v1
 kind: Pod
 metadata: {name: hog}
