@@ -146,6 +146,33 @@ impl ImageStore for RootfsDirs {
     }
 }
 
+/// Bytes under a directory tree, not following symlinks: the files' lengths, or with
+/// `allocated` the blocks they take on disk (as `du` counts them, directories included).
+pub(crate) fn tree_size(dir: &std::path::Path, allocated: bool) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if allocated {
+                total = total.saturating_add(m.blocks().saturating_mul(512));
+            } else if !m.is_dir() {
+                total = total.saturating_add(m.len());
+            }
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,29 +81,6 @@ const IMAGE_GC_EVERY_MS: i64 = 60_000;
 /// How often disk-backed emptyDir volumes are measured against their sizeLimit.
 const VOLUME_CHECK_EVERY_MS: i64 = 5_000;
 
-/// Bytes a directory tree takes on disk (allocated blocks, as `du` counts), not following
-/// symlinks.
-fn disk_usage(dir: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0u64;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(m) = e.path().symlink_metadata() else {
-                continue;
-            };
-            total = total.saturating_add(m.blocks().saturating_mul(512));
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    total
-}
-
 /// Settings of the pod manager.
 pub struct PodManagerConfig {
     pub data_dir: PathBuf,
@@ -533,7 +510,7 @@ impl PodManager {
         let over: Vec<(String, String, String)> = tokio::task::spawn_blocking(move || {
             checks
                 .into_iter()
-                .filter(|(.., limit, path)| disk_usage(path) > *limit)
+                .filter(|(.., limit, path)| crate::images::tree_size(path, true) > *limit)
                 .map(|(uid, name, shown, ..)| (uid, name, shown))
                 .collect()
         })

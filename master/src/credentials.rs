@@ -50,7 +50,7 @@ pub fn sha256(token: &str) -> [u8; 32] {
 
 /// [`sha256`] in lower-case hex.
 pub fn sha256_hex(token: &str) -> String {
-    sha256(token).iter().map(|b| format!("{b:02x}")).collect()
+    bramble_support::wire_auth::hex(&sha256(token))
 }
 
 /// A new random token: 32 bytes, hex.

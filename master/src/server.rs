@@ -116,8 +116,10 @@ async fn limit_unauthenticated(
     else {
         return next.run(req).await;
     };
-    if role_of(&st, req.headers()).is_none()
-        && let Some(wait) = st.failures.held(ip, Instant::now())
+    // The cheap lookup first: a token is checked here only for a source that is held (the
+    // handler checks it anyway).
+    if let Some(wait) = st.failures.held(ip, Instant::now())
+        && role_of(&st, req.headers()).is_none()
     {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut resp = ApiError::new(

@@ -27,6 +27,13 @@ spec:
     )
 }
 
+/// The reason and message its first container waits with, if it waits.
+fn waiting(m: &MasterProcess, name: &str) -> Option<(String, String)> {
+    let p = m.pod(name)?;
+    let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+    Some((w["reason"].as_str()?.into(), w["message"].as_str()?.into()))
+}
+
 /// The pod's log once it printed DONE.
 fn log_of(m: &MasterProcess, name: &str) -> String {
     let mut out = String::new();
@@ -194,15 +201,10 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
 
     // A root image with runAsNonRoot does not start, and the status says why.
     assert!(
-        eventually(Duration::from_secs(20), || m.pod("nonroot").is_some_and(
-            |p| {
-                let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
-                w["reason"] == "CreateContainerConfigError"
-                    && w["message"]
-                        .as_str()
-                        .is_some_and(|s| s.contains("runAsNonRoot"))
-            }
-        )),
+        eventually(Duration::from_secs(20), || waiting(m, "nonroot")
+            .is_some_and(
+                |(r, msg)| r == "CreateContainerConfigError" && msg.contains("runAsNonRoot")
+            )),
         "{:?}",
         m.pod("nonroot").map(|p| p["status"].clone())
     );
@@ -211,13 +213,9 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
     let host = "apiVersion: v1\nkind: Pod\nmetadata: {name: etc}\nspec:\n  nodeName: board-h\n  volumes: [{name: etc, hostPath: {path: /etc}}]\n  containers: [{name: main, image: busybox, command: [sleep, '3600'], volumeMounts: [{name: etc, mountPath: /host-etc}]}]\n";
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(host)));
     assert!(
-        eventually(Duration::from_secs(20), || m.pod("etc").is_some_and(|p| {
-            let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
-            w["reason"] == "CreatePodSandboxError"
-                && w["message"]
-                    .as_str()
-                    .is_some_and(|s| s.contains("allow-list"))
-        })),
+        eventually(Duration::from_secs(20), || waiting(m, "etc").is_some_and(
+            |(r, msg)| r == "CreatePodSandboxError" && msg.contains("allow-list")
+        )),
         "{:?}",
         m.pod("etc").map(|p| p["status"].clone())
     );

@@ -2,7 +2,7 @@
 //! config, and fetch and unpack each layer not already unpacked, then record the reference.
 
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bramble_api::image::{self, Descriptor, ImageConfigFile, ImageRef, Index, Manifest};
 
@@ -131,7 +131,7 @@ impl OciStore {
                 return Err(perr(format!("layer {}: {e}", layer.digest)));
             }
         };
-        let size = dir_size(&tmp);
+        let size = crate::images::tree_size(&tmp, false);
         let _ = fs::write(dir.with_extension("size"), size.to_string());
         fs::rename(&tmp, &dir).map_err(|e| perr(format!("{}: {e}", dir.display())))?;
         let _ = fs::remove_file(&blob);
@@ -165,24 +165,4 @@ fn is_index(doc: &[u8]) -> bool {
     image::is_index(&media)
         || (media.is_empty()
             && serde_json::from_slice::<Index>(doc).is_ok_and(|i| !i.manifests.is_empty()))
-}
-
-/// Bytes of the regular files under `p` (hard links counted once per name).
-fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(m) = e.path().symlink_metadata() else {
-                continue;
-            };
-            if m.is_dir() {
-                stack.push(e.path());
-            } else {
-                total += m.len();
-            }
-        }
-    }
-    total
 }
