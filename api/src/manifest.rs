@@ -39,12 +39,10 @@ const BEHAVIOURAL_FIELDS: &[&str] = &[
     "hostIPC",
     "shareProcessNamespace",
     "runtimeClassName",
-    "hostAliases",
     "readinessGates",
     "subPathExpr",
     "mountPropagation",
     "resourceClaims",
-    "dnsConfig",
 ];
 
 /// The deepest nesting a YAML manifest may have (a Deployment is about 12 levels deep).

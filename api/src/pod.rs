@@ -56,6 +56,51 @@ pub struct PodSpec {
     /// What every container runs as, unless its own `securityContext` says otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub security_context: Option<PodSecurityContext>,
+    /// With `hostname`: the pod's name is `HOSTNAME.SUBDOMAIN.NAMESPACE.svc.DOMAIN`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subdomain: String,
+    /// `ClusterFirst` (default), `ClusterFirstWithHostNet`, `Default` or `None`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub dns_policy: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<PodDnsConfig>,
+    /// Extra `/etc/hosts` entries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_aliases: Vec<HostAlias>,
+    /// Service environment variables (`WEB_SERVICE_HOST`, ...); default true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_service_links: Option<bool>,
+}
+
+/// A pod's `dnsConfig`: merged into what its `dnsPolicy` gives (the whole of it with
+/// `None`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PodDnsConfig {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub searches: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<PodDnsConfigOption>,
+}
+
+/// One resolver option (`ndots`, `5`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PodDnsConfigOption {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// Names for an address in the pod's `/etc/hosts`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HostAlias {
+    pub ip: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
 }
 
 /// A pod's `securityContext`: the fields Bramble honours (any other is refused by path).

@@ -207,6 +207,7 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bo
     if let Some(sc) = &spec.security_context {
         validate_pod_security_context(v, &format!("{path}.securityContext"), sc);
     }
+    validate_pod_dns(v, spec, path);
     if spec.containers.is_empty() {
         v.push(
             &format!("{path}.containers"),
@@ -821,6 +822,105 @@ fn validate_node(v: &mut Errors, n: &Node) {
                     t.effect
                 ),
             );
+        }
+    }
+}
+
+/// `dnsPolicy`, `dnsConfig`, `hostAliases`, `subdomain`, with the kubelet's limits (three
+/// nameservers, 32 search domains of at most 2,048 characters in all).
+fn validate_pod_dns(v: &mut Errors, spec: &PodSpec, path: &str) {
+    match spec.dns_policy.as_str() {
+        "" | "ClusterFirst" | "ClusterFirstWithHostNet" | "Default" => {}
+        "None" if spec.dns_config.is_none() => v.push(
+            &format!("{path}.dnsConfig"),
+            "Required value: must be given when dnsPolicy is None",
+        ),
+        "None" => {}
+        p => v.push(
+            &format!("{path}.dnsPolicy"),
+            format!(
+                "unsupported value {p:?}: must be ClusterFirst, ClusterFirstWithHostNet, Default or None"
+            ),
+        ),
+    }
+    if !spec.subdomain.is_empty() {
+        v.check(
+            &format!("{path}.subdomain"),
+            names::dns1123_label(&spec.subdomain),
+        );
+    }
+    if let Some(c) = &spec.dns_config {
+        let cp = format!("{path}.dnsConfig");
+        if c.nameservers.len() > 3 {
+            v.push(
+                &format!("{cp}.nameservers"),
+                format!("Too many: {} (at most 3)", c.nameservers.len()),
+            );
+        }
+        for (i, n) in c.nameservers.iter().enumerate() {
+            if n.parse::<std::net::IpAddr>().is_err() {
+                v.push(
+                    &format!("{cp}.nameservers[{i}]"),
+                    format!("{n:?} must be an IP address"),
+                );
+            }
+        }
+        if spec.dns_policy == "None" && c.nameservers.is_empty() {
+            v.push(
+                &format!("{cp}.nameservers"),
+                "Required value: dnsPolicy None needs at least one nameserver",
+            );
+        }
+        if c.searches.len() > 32 {
+            v.push(
+                &format!("{cp}.searches"),
+                format!("Too many: {} (at most 32)", c.searches.len()),
+            );
+        }
+        if c.searches.iter().map(|s| s.len() + 1).sum::<usize>() > 2048 {
+            v.push(
+                &format!("{cp}.searches"),
+                "must be at most 2048 characters in all",
+            );
+        }
+        for (i, s) in c.searches.iter().enumerate() {
+            v.check(
+                &format!("{cp}.searches[{i}]"),
+                names::dns1123_subdomain(s.trim_end_matches('.')),
+            );
+        }
+        for (i, o) in c.options.iter().enumerate() {
+            let ok = !o.name.is_empty()
+                && o.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                v.push(
+                    &format!("{cp}.options[{i}].name"),
+                    format!("{:?} must be a resolver option name", o.name),
+                );
+            }
+            if o.value
+                .as_deref()
+                .is_some_and(|x| x.chars().any(char::is_whitespace))
+            {
+                v.push(
+                    &format!("{cp}.options[{i}].value"),
+                    "must not contain whitespace",
+                );
+            }
+        }
+    }
+    for (i, a) in spec.host_aliases.iter().enumerate() {
+        let ap = format!("{path}.hostAliases[{i}]");
+        if a.ip.parse::<std::net::IpAddr>().is_err() {
+            v.push(
+                &format!("{ap}.ip"),
+                format!("{:?} must be an IP address", a.ip),
+            );
+        }
+        for (j, h) in a.hostnames.iter().enumerate() {
+            v.check(&format!("{ap}.hostnames[{j}]"), names::dns1123_subdomain(h));
         }
     }
 }

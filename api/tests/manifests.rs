@@ -112,13 +112,13 @@ fn json_and_lists_are_accepted() {
 
 #[test]
 fn safe_unknown_fields_warn_with_their_path() {
-    let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  managedFields: []\nspec:\n  dnsPolicy: ClusterFirst\n  containers:\n  - name: c\n    image: busybox\n";
+    let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  managedFields: []\nspec:\n  priorityClassName: x\n  containers:\n  - name: c\n    image: busybox\n";
     let docs = parse_manifests(text).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(
         docs[0].warnings,
         vec![
             "unknown field \"metadata.managedFields\" ignored".to_string(),
-            "unknown field \"spec.dnsPolicy\" ignored".to_string()
+            "unknown field \"spec.priorityClassName\" ignored".to_string()
         ]
     );
 }
@@ -211,6 +211,16 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
         ("probe with two handlers", pod("  containers:\n  - name: c\n    image: a\n    livenessProbe: {exec: {command: [\"true\"]}, tcpSocket: {port: 80}}\n"), "spec.containers[0].livenessProbe: must specify exactly one"),
         ("probe on a missing named port", pod("  containers:\n  - name: c\n    image: a\n    readinessProbe: {httpGet: {port: web}}\n"), "spec.containers[0].readinessProbe.httpGet.port"),
         ("probe period zero", pod("  containers:\n  - name: c\n    image: a\n    readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 0}\n"), "spec.containers[0].readinessProbe.periodSeconds: must be >= 1"),
+        ("bad dnsPolicy", pod(&format!("{C}  dnsPolicy: Google\n")), "spec.dnsPolicy: unsupported value \"Google\""),
+        ("dnsPolicy None without dnsConfig", pod(&format!("{C}  dnsPolicy: None\n")), "spec.dnsConfig: Required value"),
+        ("dnsPolicy None without nameservers", pod(&format!("{C}  dnsPolicy: None\n  dnsConfig: {{searches: [a.b]}}\n")), "spec.dnsConfig.nameservers: Required value"),
+        ("four nameservers", pod(&format!("{C}  dnsConfig: {{nameservers: [1.1.1.1, 1.0.0.1, 8.8.8.8, 9.9.9.9]}}\n")), "spec.dnsConfig.nameservers: Too many: 4"),
+        ("nameserver not an address", pod(&format!("{C}  dnsConfig: {{nameservers: [dns.example]}}\n")), "spec.dnsConfig.nameservers[0]"),
+        ("bad search domain", pod(&format!("{C}  dnsConfig: {{searches: [\"Bad_Domain\"]}}\n")), "spec.dnsConfig.searches[0]"),
+        ("option with spaces", pod(&format!("{C}  dnsConfig: {{options: [{{name: ndots, value: \"5 6\"}}]}}\n")), "spec.dnsConfig.options[0].value"),
+        ("host alias bad ip", pod(&format!("{C}  hostAliases: [{{ip: 300.1.1.1, hostnames: [a]}}]\n")), "spec.hostAliases[0].ip"),
+        ("host alias bad name", pod(&format!("{C}  hostAliases: [{{ip: 10.1.1.1, hostnames: [\"a b\"]}}]\n")), "spec.hostAliases[0].hostnames[0]"),
+        ("bad subdomain", pod(&format!("{C}  subdomain: Not.A.Label\n")), "spec.subdomain"),
         ("node taint bad effect", "apiVersion: v1\nkind: Node\nmetadata: {name: pi1}\nspec:\n  taints: [{key: k, effect: Sometimes}]\n".into(), "spec.taints[0].effect"),
     ]
 }

@@ -262,6 +262,7 @@ pub async fn run_with_runtime(
             host_ip: early_facts.address.clone(),
             network: network.clone(),
             host_access: config.host_access.clone(),
+            dns: config.pod_network.then(|| config.dns.clone()),
         },
     )?;
     // Routes to the other nodes' pods as last known, before the master answers.
@@ -272,6 +273,7 @@ pub async fn run_with_runtime(
     // that arrive meanwhile fold into one sync): an event costs a counter bump, not a copy
     // of every Service.
     let view = Arc::new(std::sync::Mutex::new(NetView::default()));
+    pods.set_services(view.clone());
     let (proxy_tx, proxy_rx) = watch::channel(0u64);
     if config.proxy && network.is_some() {
         tokio::spawn(crate::network::proxy::run(
@@ -280,6 +282,15 @@ pub async fn run_with_runtime(
             Duration::from_secs(60),
             shutdown.clone(),
         ));
+    }
+    // The cluster DNS answers from the same view, on a thread of its own.
+    if let Some(net) = network.as_ref().filter(|_| config.dns.serve) {
+        crate::network::dns::spawn(
+            config.dns.clone(),
+            net.clone(),
+            view.clone(),
+            dir.join("dns-metrics.prom"),
+        );
     }
     // Bring cached pods back before (and whether or not) the master is reached.
     pods.reconcile().await;

@@ -141,6 +141,18 @@ pub struct RunArgs {
     /// The bridge pods are attached to
     #[arg(long, default_value = "bramble0")]
     pub pod_bridge: String,
+    /// Do not answer DNS for pods on the bridge's address (pods with `dnsPolicy:
+    /// ClusterFirst` then use the board's own resolvers, as with `Default`)
+    #[arg(long)]
+    pub no_dns: bool,
+    /// The cluster's DNS domain
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The board's upstream DNS servers, in resolv.conf form [default: /etc/resolv.conf, or
+    /// systemd-resolved's /run/systemd/resolve/resolv.conf when the host's names only its
+    /// 127.0.0.53 stub]
+    #[arg(long)]
+    pub resolv_conf: Option<PathBuf>,
     /// `memory` simulates containers in memory (as hollow nodes do): for fleet tests of the
     /// real agent under qemu-user, where libcontainer cannot start containers. Implies
     /// --no-pod-network
@@ -336,6 +348,9 @@ pub struct Config {
     /// The agent programs Services (needs the pod network).
     pub proxy: bool,
     pub pod_bridge: String,
+    /// Pods' name resolution: the cluster domain, the upstream servers, and whether the
+    /// agent answers DNS on the bridge.
+    pub dns: crate::network::dns::DnsSettings,
     /// Containers are simulated in memory (`--runtime memory`).
     pub memory_runtime: bool,
 }
@@ -537,6 +552,30 @@ impl TryFrom<RunArgs> for Config {
             pod_network: !a.no_pod_network && a.runtime != "memory",
             proxy: !a.no_pod_network && !a.no_proxy && a.runtime != "memory",
             memory_runtime: a.runtime == "memory",
+            dns: {
+                let domain = a.cluster_domain.trim_end_matches('.').to_ascii_lowercase();
+                let valid = !domain.is_empty()
+                    && domain.len() <= 253
+                    && domain.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                            && !l.starts_with('-')
+                            && !l.ends_with('-')
+                    });
+                if !valid {
+                    return Err(format!(
+                        "--cluster-domain: {:?} is not a DNS domain (labels of letters, digits and '-')",
+                        a.cluster_domain
+                    ));
+                }
+                crate::network::dns::DnsSettings {
+                    domain,
+                    upstream: crate::network::dns::upstream_conf(a.resolv_conf.as_deref()),
+                    port: 53,
+                    serve: !a.no_dns && !a.no_pod_network && a.runtime != "memory",
+                }
+            },
             pod_bridge: {
                 let b = a.pod_bridge;
                 if b.is_empty() || b.len() > 15 || b.contains(['/', ' ']) {

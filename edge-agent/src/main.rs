@@ -30,7 +30,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    bramble_support::init_logging("info");
+    // hickory logs every query at info.
+    bramble_support::init_logging(
+        "info,hickory_server=warn,hickory_proto=warn,hickory_resolver=warn",
+    );
     if let Some(h) = hollow {
         return run_hollow(config, h);
     }

@@ -4,6 +4,7 @@
 //! the local store, and returns the status reports that changed.
 
 pub mod layout;
+pub mod names;
 pub mod plan;
 mod prober;
 pub mod probes;
@@ -74,12 +75,24 @@ pub struct PodManager {
     /// Where every decision reads the time (tests move it).
     clock: Arc<dyn Clock>,
     host_access: layout::HostAccess,
+    /// Pods' name resolution; None: containers keep their image's files (hollow nodes).
+    dns: Option<crate::network::dns::DnsSettings>,
+    /// The Services the node knows (for Service environment variables).
+    services: Option<Arc<std::sync::Mutex<crate::network::NetView>>>,
 }
 
 /// How often the image cache is checked against its limits (also after every pull).
 const IMAGE_GC_EVERY_MS: i64 = 60_000;
 /// How often disk-backed emptyDir volumes are measured against their sizeLimit.
 const VOLUME_CHECK_EVERY_MS: i64 = 5_000;
+
+/// A pod's name resolution files (path in the container, file on the node) and Service
+/// environment variables.
+#[derive(Default)]
+struct PodNames {
+    files: Vec<(String, PathBuf)>,
+    env: Vec<(String, String)>,
+}
 
 /// Settings of the pod manager.
 pub struct PodManagerConfig {
@@ -90,6 +103,8 @@ pub struct PodManagerConfig {
     pub network: Option<Arc<PodNetwork>>,
     /// What of the board pods may reach.
     pub host_access: layout::HostAccess,
+    /// Pods' name resolution (domain, upstream servers, the node's DNS server).
+    pub dns: Option<crate::network::dns::DnsSettings>,
 }
 
 impl PodManager {
@@ -136,7 +151,60 @@ impl PodManager {
             network: config.network,
             pod_ips: PodIps::default(),
             host_access: config.host_access,
+            dns: config.dns,
+            services: None,
         })
+    }
+
+    /// Where the Services for pods' environment variables are read.
+    pub fn set_services(&mut self, view: Arc<std::sync::Mutex<crate::network::NetView>>) {
+        self.services = Some(view);
+    }
+
+    /// The pod's `/etc/resolv.conf` and `/etc/hosts` (written into its directory, mounted
+    /// into each container) and its Service environment variables, as the kubelet makes
+    /// them. Nothing for a node without name resolution settings (hollow).
+    fn names(&self, uid: &str, pod: &Pod, pod_ip: &str) -> PodNames {
+        let Some(dns) = &self.dns else {
+            return PodNames::default();
+        };
+        let server = self
+            .network
+            .as_ref()
+            .filter(|_| dns.serve)
+            .and_then(|n| n.pod_cidr())
+            .map(crate::network::gateway);
+        let upstream = std::fs::read_to_string(&dns.upstream).unwrap_or_default();
+        let node = names::NodeDns {
+            domain: &dns.domain,
+            server,
+            upstream: &upstream,
+        };
+        let dir = self.layout.pod_dir(uid).join("etc");
+        let mut files = vec![("/etc/resolv.conf", names::resolv_conf(pod, &node))];
+        if !pod.spec.host_network {
+            files.push(("/etc/hosts", names::hosts(pod, pod_ip, &dns.domain)));
+        }
+        let mut mounts = Vec::new();
+        for (dest, text) in files {
+            let path = dir.join(dest.trim_start_matches("/etc/"));
+            let written = std::fs::create_dir_all(&dir)
+                .and_then(|()| bramble_support::fs::write_atomic(&path, text.as_bytes(), 0o644));
+            match written {
+                Ok(()) => mounts.push((dest.to_string(), path)),
+                Err(e) => {
+                    tracing::warn!(uid, path = %path.display(), error = %e, "cannot write the pod's name resolution file")
+                }
+            }
+        }
+        let env = match &self.services {
+            Some(view) => {
+                let v = view.lock().unwrap_or_else(|p| p.into_inner());
+                names::service_env(pod, v.services.values())
+            }
+            None => Vec::new(),
+        };
+        PodNames { files: mounts, env }
     }
 
     /// Reads the time from `clock` instead of the system (tests).
@@ -604,6 +672,11 @@ impl PodManager {
             .iter()
             .find(|c| c.name == container)?
             .clone();
+        let pod_ip = self.records.get(uid)?.pod_ip.clone();
+        let PodNames {
+            files,
+            env: service_env,
+        } = self.names(uid, &pod, &pod_ip);
         let rec = self.records.get_mut(uid)?;
         let netns = rec.netns.clone();
         let instance = plan::next_instance(rec, container, &spec_c.image);
@@ -648,6 +721,8 @@ impl PodManager {
             },
             log_path: self.layout.log_file(uid, container, instance),
             security,
+            files,
+            service_env,
         };
         match self.blocking(move |rt| rt.start(&spec)).await {
             Ok(()) => Some(Outcome::Started { readiness_probe }),
@@ -735,6 +810,7 @@ mod tests {
                 host_ip: "127.0.0.1".into(),
                 network: None,
                 host_access: Default::default(),
+                dns: None,
             },
         )
         .unwrap()

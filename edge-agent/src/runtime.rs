@@ -66,6 +66,11 @@ pub struct ContainerSpec {
     pub log_path: PathBuf,
     /// What it may do: user, capabilities, seccomp, read-only root.
     pub security: security::Security,
+    /// Files bind-mounted over the image's (`/etc/resolv.conf`, `/etc/hosts`): the path in
+    /// the container, the file on the node.
+    pub files: Vec<(String, PathBuf)>,
+    /// Service environment variables; the container's own `env` wins over them.
+    pub service_env: Vec<(String, String)>,
 }
 
 /// What the runtime observes of a container.

@@ -330,7 +330,7 @@ impl Master {
     /// period) and waits for the store's last commit.
     pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let state = Arc::new(server::AppState {
-            failures: Default::default(),
+            failures: server::limit::failures(),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             admin_token: self.admin_token.clone(),

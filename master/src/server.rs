@@ -4,7 +4,7 @@
 mod body;
 mod error;
 pub mod images;
-mod limit;
+pub(crate) mod limit;
 pub mod listener;
 mod nodes;
 mod path;
@@ -33,7 +33,7 @@ pub use error::ApiError;
 /// What every handler shares.
 pub struct AppState {
     /// Failed authentications by source: a source past its budget is answered 429.
-    pub failures: limit::Failures,
+    pub failures: bramble_support::SourceBudget,
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub admin_token: String,
@@ -136,7 +136,7 @@ async fn limit_unauthenticated(
     }
     let resp = next.run(req).await;
     if resp.status() == StatusCode::UNAUTHORIZED {
-        st.failures.failed(ip, Instant::now());
+        st.failures.spend(ip, Instant::now());
     }
     resp
 }

@@ -3,6 +3,7 @@
 //! a clock that tests can move, durable small files, a stable hash and jitter, a coalescing queue, and (feature `mqtt`) the MQTT session both
 //! ends of the wire run.
 
+mod budget;
 mod clock;
 mod coalescing;
 pub mod fs;
@@ -16,6 +17,7 @@ pub mod tls;
 #[cfg(feature = "wire-auth")]
 pub mod wire_auth;
 
+pub use budget::SourceBudget;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use coalescing::Coalescing;
 pub use log::{LogLimiter, init_logging};

@@ -163,6 +163,8 @@ fn container_start_vs_runc(dir: &std::path::Path) {
         hostname: format!("b{i}"),
         log_path: data.join(format!("logs/{i}.log")),
         security: Default::default(),
+        files: Vec::new(),
+        service_env: Vec::new(),
     };
     let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
         .into_iter()

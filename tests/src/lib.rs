@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+pub mod dns;
 pub mod fuzz;
 pub mod netlab;
 pub mod oci;
@@ -471,9 +472,20 @@ impl AgentProcess {
         data_dir: &Path,
         node: &str,
     ) -> Result<AgentProcess> {
+        Self::join_with_pod_network_args(url, token, data_dir, node, &[])
+    }
+
+    /// As [`join_with_pod_network`](Self::join_with_pod_network), with more arguments.
+    pub fn join_with_pod_network_args(
+        url: &str,
+        token: &str,
+        data_dir: &Path,
+        node: &str,
+        extra: &[&str],
+    ) -> Result<AgentProcess> {
         busybox_image(&data_dir.join("images"))?;
         let join = ["--server", url, "--token", token].map(str::to_string);
-        Self::spawn(data_dir, node, &join, &[], true)
+        Self::spawn(data_dir, node, &join, extra, true)
     }
 
     /// Starts the agent again from its data dir alone (it has joined: no server or token).

@@ -38,6 +38,8 @@ fn spec(data: &std::path::Path, n: usize) -> ContainerSpec {
         hostname: format!("stress{n}"),
         log_path: data.join(format!("logs/{n}.log")),
         security: Default::default(),
+        files: Vec::new(),
+        service_env: Vec::new(),
     }
 }
 

@@ -9,6 +9,7 @@
 //! endpoints still point at it).
 
 pub mod dataplane;
+pub mod dns;
 pub mod netlink;
 pub mod proxy;
 

@@ -114,6 +114,10 @@ pub fn config(spec: &ContainerSpec, rootfs: &Path, confine: Confinement) -> Valu
     }
     env.retain(|x| !x.starts_with("HOSTNAME="));
     env.push(format!("HOSTNAME={}", spec.hostname));
+    for (k, v) in &spec.service_env {
+        env.retain(|x| !x.starts_with(&format!("{k}=")));
+        env.push(format!("{k}={v}"));
+    }
     for e in &c.env {
         env.retain(|x| !x.starts_with(&format!("{}=", e.name)));
         env.push(format!("{}={}", e.name, e.value));
@@ -134,6 +138,9 @@ pub fn config(spec: &ContainerSpec, rootfs: &Path, confine: Confinement) -> Valu
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
             "options": if sec.privileged { json!(["nosuid", "noexec", "nodev"]) } else { json!(["nosuid", "noexec", "nodev", "ro"]) }}),
     ];
+    for (dest, file) in &spec.files {
+        mounts.push(json!({"destination": dest, "type": "bind", "source": file, "options": ["bind", "rprivate"]}));
+    }
     for m in &c.volume_mounts {
         let Some((_, host)) = spec.volumes.iter().find(|(n, _)| *n == m.name) else {
             continue;
@@ -268,6 +275,14 @@ mod tests {
             hostname: "web".into(),
             log_path: PathBuf::from("/tmp/log"),
             security: Default::default(),
+            files: vec![(
+                "/etc/resolv.conf".into(),
+                PathBuf::from("/var/lib/bramble/pods/uid1/etc/resolv.conf"),
+            )],
+            service_env: vec![
+                ("WEB_SERVICE_HOST".into(), "10.43.0.9".into()),
+                ("A".into(), "from-service".into()),
+            ],
         }
     }
 
@@ -291,6 +306,19 @@ mod tests {
             env.contains(&"A=1") && env.contains(&"PATH=/bin") && env.contains(&"HOSTNAME=web")
         );
         assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
+        // Service links are there; the container's own env wins over them.
+        assert!(env.contains(&"WEB_SERVICE_HOST=10.43.0.9"), "{env:?}");
+        assert_eq!(env.iter().filter(|e| e.starts_with("A=")).count(), 1);
+        let resolv = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/etc/resolv.conf")
+            .unwrap();
+        assert_eq!(
+            resolv["source"],
+            "/var/lib/bramble/pods/uid1/etc/resolv.conf"
+        );
         assert_eq!(v["process"]["cwd"], "/tmp");
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 25_000);
