@@ -54,6 +54,23 @@ pub struct HostView {
     /// The master's API and broker addresses and whether each answered a TCP connect; None
     /// before the node has joined without --server.
     pub master: Option<Vec<(String, bool)>>,
+    /// /proc/net/{udp,tcp,udp6,tcp6} concatenated: who holds port 53.
+    pub sockets: String,
+}
+
+/// Whether a socket holds port 53 on every address (0.0.0.0 or ::), which keeps the
+/// agent's cluster DNS from binding the bridge's address: from /proc/net's tables (UDP
+/// sockets in state 07, TCP listeners in 0A).
+pub fn wildcard_dns(sockets: &str) -> bool {
+    sockets.lines().any(|l| {
+        let mut cols = l.split_whitespace();
+        let local = cols.nth(1).unwrap_or("");
+        let state = cols.nth(1).unwrap_or("");
+        let Some((addr, port)) = local.split_once(':') else {
+            return false;
+        };
+        port == "0035" && addr.bytes().all(|b| b == b'0') && matches!(state, "07" | "0A")
+    })
 }
 
 /// 2024-01-01: a board whose clock is earlier has no RTC and no time from the network yet.
@@ -262,6 +279,19 @@ pub fn checks(h: &HostView) -> Vec<Check> {
             }
         }
     }
+    if wildcard_dns(&h.sockets) {
+        out.push(finding(
+            "cluster DNS",
+            Level::Warn,
+            "another DNS server listens on port 53 on every address (0.0.0.0:53 or [::]:53), so \
+             the agent cannot answer pods' DNS on the bridge's address",
+            "bind that server to its own addresses only (dnsmasq: `bind-interfaces` with \
+             `listen-address=` or `except-interface=bramble0`; systemd-resolved's stub on \
+             127.0.0.53 is fine), or run the agent with --no-dns",
+        ));
+    } else {
+        out.push(ok("cluster DNS", "port 53 is free on the bridge's address"));
+    }
     if h.mount_options.split(',').any(|o| o == "strictatime") {
         out.push(finding(
             "SD-card wear",
@@ -359,6 +389,14 @@ pub fn read_host(data_dir: &Path, server: Option<Option<&str>>) -> HostView {
             exists("iptables-legacy-restore"),
         ),
         master: server.and_then(|s| master_status(data_dir, s)),
+        sockets: [
+            "/proc/net/udp",
+            "/proc/net/tcp",
+            "/proc/net/udp6",
+            "/proc/net/tcp6",
+        ]
+        .map(read)
+        .concat(),
     }
 }
 
@@ -434,7 +472,28 @@ mod tests {
             mount_options: "rw,noatime".into(),
             iptables: (true, true),
             master: Some(vec![("10.0.0.1:6443 (API)".into(), true)]),
+            sockets: "  sl  local_address rem_address   st\n   0: 3500007F:0035 00000000:0000 0A 00000000:00000000\n   1: 012A0A0A:0035 00000000:0000 07 00000000:00000000\n".into(),
         }
+    }
+
+    #[test]
+    fn a_dns_server_on_every_address_is_named() {
+        let mut h = healthy();
+        assert!(
+            !wildcard_dns(&h.sockets),
+            "127.0.0.53 and a bridge address are fine"
+        );
+        h.sockets
+            .push_str("   2: 00000000:0035 00000000:0000 07 00000000:00000000 00000000 0\n");
+        let cs = checks(&h);
+        assert_eq!(level(&cs, "cluster DNS"), Level::Warn);
+        let c = cs.iter().find(|c| c.name == "cluster DNS").unwrap();
+        assert!(c.fix.contains("--no-dns"), "{c:?}");
+        // A TCP listener on [::]:53 too; a connected socket from port 53 is not a server.
+        assert!(wildcard_dns(
+            "   0: 00000000000000000000000000000000:0035 00000000000000000000000000000000:0000 0A\n"
+        ));
+        assert!(!wildcard_dns("   0: 00000000:0035 0100007F:9C40 01\n"));
     }
 
     fn level(cs: &[Check], name: &str) -> Level {

@@ -13,6 +13,7 @@
 //! address has a budget of queries ([`PER_SOURCE_QPS`]), and the server runs on a thread of
 //! its own, so one pod's flood neither starves other pods nor the agent's own work.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -39,7 +40,7 @@ pub const TTL: u32 = 5;
 pub const MAX_FORWARDS: usize = 256;
 /// Queries per second one source address may send (and twice that in a burst).
 pub const PER_SOURCE_QPS: f64 = 2_000.0;
-/// Forwarded answers kept in the resolver's cache.
+/// Forwarded answers kept at most.
 const CACHE_ENTRIES: usize = 1024;
 /// How long a TCP client may stay silent.
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -309,8 +310,10 @@ pub struct DnsStats {
     pub queries: AtomicU64,
     /// Answered from the cluster's view.
     pub cluster: AtomicU64,
-    /// Sent to the upstream servers (hickory's cache answers many of them).
+    /// Not cluster names: answered from the cache or by the upstream servers.
     pub forwarded: AtomicU64,
+    /// Forwarded names answered from the cache.
+    pub cache_hits: AtomicU64,
     /// Forwarded lookups that failed (timeout, SERVFAIL, unreachable) or found no slot.
     pub upstream_failures: AtomicU64,
     /// Refused: the source was over its budget.
@@ -372,7 +375,8 @@ fn resolver(conf: &Path, own: Ipv4Addr) -> Option<Resolver> {
         return None;
     }
     let config = ResolverConfig::from_parts(None, Vec::new(), servers);
-    opts.cache_size = CACHE_ENTRIES;
+    // The answers are cached by the handler; the resolver's own cache only for CNAME chains.
+    opts.cache_size = 64;
     opts.use_hosts_file = ResolveHosts::Never;
     opts.timeout = Duration::from_secs(2);
     opts.attempts = 2;
@@ -383,11 +387,76 @@ fn resolver(conf: &Path, own: Ipv4Addr) -> Option<Resolver> {
     Some(b.build())
 }
 
+/// Forwarded answers, kept for their TTL (at most [`CACHE_MAX_TTL`]; a negative answer
+/// [`CACHE_NEGATIVE_TTL`]), at most [`CACHE_ENTRIES`] of them: a cached answer costs a map
+/// lookup, not a trip through the resolver.
+#[derive(Default)]
+struct AnswerCache {
+    entries: HashMap<(String, RecordType), (Instant, ResponseCode, Vec<Record>)>,
+}
+
+/// The longest a forwarded answer is kept.
+const CACHE_MAX_TTL: u32 = 300;
+/// How long NXDOMAIN and empty answers are kept.
+const CACHE_NEGATIVE_TTL: u32 = 30;
+
+impl AnswerCache {
+    fn get(
+        &mut self,
+        key: &(String, RecordType),
+        now: Instant,
+    ) -> Option<(ResponseCode, Vec<Record>)> {
+        let (until, code, records) = self.entries.get(key)?;
+        if *until <= now {
+            self.entries.remove(key);
+            return None;
+        }
+        let left = u32::try_from(until.duration_since(now).as_secs()).unwrap_or(u32::MAX);
+        let records = records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.set_ttl(r.ttl().min(left));
+                r
+            })
+            .collect();
+        Some((*code, records))
+    }
+
+    fn put(
+        &mut self,
+        key: (String, RecordType),
+        code: ResponseCode,
+        records: &[Record],
+        now: Instant,
+    ) {
+        let ttl = records
+            .iter()
+            .map(Record::ttl)
+            .min()
+            .unwrap_or(CACHE_NEGATIVE_TTL)
+            .min(CACHE_MAX_TTL);
+        if ttl == 0 {
+            return;
+        }
+        if self.entries.len() >= CACHE_ENTRIES {
+            self.entries.retain(|_, (until, _, _)| *until > now);
+            if self.entries.len() >= CACHE_ENTRIES {
+                // Full of live answers: start again rather than track recency.
+                self.entries.clear();
+            }
+        }
+        let until = now + Duration::from_secs(u64::from(ttl));
+        self.entries.insert(key, (until, code, records.to_vec()));
+    }
+}
+
 /// Answers queries from the network view, forwards the rest.
 pub struct Handler {
     view: Arc<Mutex<NetView>>,
     domain: String,
     upstream: Option<Resolver>,
+    cache: Mutex<AnswerCache>,
     budget: SourceBudget,
     forwards: Arc<tokio::sync::Semaphore>,
     stats: Arc<DnsStats>,
@@ -471,16 +540,26 @@ impl Handler {
         let Some(resolver) = &self.upstream else {
             return (ResponseCode::ServFail, Vec::new());
         };
+        let key = (qname.trim_end_matches('.').to_ascii_lowercase(), qtype);
+        let cache = || self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = cache().get(&key, Instant::now()) {
+            self.stats.cache_hits.fetch_add(1, Relaxed);
+            return hit;
+        }
         let Ok(_slot) = self.forwards.clone().try_acquire_owned() else {
             return (ResponseCode::ServFail, Vec::new());
         };
         let Some(fqdn) = name(qname) else {
             return (ResponseCode::FormErr, Vec::new());
         };
+        let keep = |code, records: Vec<Record>| {
+            cache().put(key.clone(), code, &records, Instant::now());
+            (code, records)
+        };
         match tokio::time::timeout(Duration::from_secs(5), resolver.lookup(fqdn, qtype)).await {
-            Ok(Ok(lookup)) => (ResponseCode::NoError, lookup.records().to_vec()),
-            Ok(Err(e)) if e.is_nx_domain() => (ResponseCode::NXDomain, Vec::new()),
-            Ok(Err(e)) if e.is_no_records_found() => (ResponseCode::NoError, Vec::new()),
+            Ok(Ok(lookup)) => keep(ResponseCode::NoError, lookup.records().to_vec()),
+            Ok(Err(e)) if e.is_nx_domain() => keep(ResponseCode::NXDomain, Vec::new()),
+            Ok(Err(e)) if e.is_no_records_found() => keep(ResponseCode::NoError, Vec::new()),
             Ok(Err(e)) => {
                 tracing::debug!(name = qname, error = %e, "cluster DNS: upstream lookup failed");
                 (ResponseCode::ServFail, Vec::new())
@@ -540,7 +619,7 @@ fn bind(addr: SocketAddr, stream: bool) -> std::io::Result<std::os::fd::OwnedFd>
 
 /// Serves DNS on `addr` until the node's pod CIDR moves away from it (returns) or the
 /// sockets cannot be bound (returns the error).
-async fn serve(
+pub async fn serve(
     addr: SocketAddr,
     settings: &DnsSettings,
     view: Arc<Mutex<NetView>>,
@@ -556,6 +635,7 @@ async fn serve(
         view,
         domain: settings.domain.clone(),
         upstream: resolver(&settings.upstream, own),
+        cache: Mutex::default(),
         budget: SourceBudget::new(2.0 * PER_SOURCE_QPS, PER_SOURCE_QPS, 4096),
         forwards: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS)),
         stats,
@@ -584,6 +664,10 @@ impl DnsStats {
                 n.load(Relaxed)
             ));
         }
+        text.push_str(&format!(
+            "# TYPE bramble_agent_dns_cache_hits_total counter\nbramble_agent_dns_cache_hits_total {}\n",
+            self.cache_hits.load(Relaxed)
+        ));
         text.push_str(&format!(
             "# TYPE bramble_agent_dns_upstream_failures_total counter\nbramble_agent_dns_upstream_failures_total {}\n",
             self.upstream_failures.load(Relaxed)

@@ -447,3 +447,43 @@ fn the_server_answers_through_a_flood() {
         "another source is answered"
     );
 }
+
+#[test]
+fn forwarded_answers_are_kept_for_their_ttl_and_bounded() {
+    let mut c = AnswerCache::default();
+    let t0 = Instant::now();
+    let mut rec = a("www.example.com", Ipv4Addr::new(192, 0, 2, 1)).unwrap();
+    rec.set_ttl(60);
+    let key = ("www.example.com".to_string(), RecordType::A);
+    c.put(
+        key.clone(),
+        ResponseCode::NoError,
+        std::slice::from_ref(&rec),
+        t0,
+    );
+    let (code, got) = c.get(&key, t0 + Duration::from_secs(50)).unwrap();
+    assert_eq!(code, ResponseCode::NoError);
+    assert_eq!(got[0].ttl(), 10, "the TTL counts down");
+    assert!(
+        c.get(&key, t0 + Duration::from_secs(61)).is_none(),
+        "expired"
+    );
+    // A negative answer is kept for CACHE_NEGATIVE_TTL.
+    let nx = ("nope.example.com".to_string(), RecordType::A);
+    c.put(nx.clone(), ResponseCode::NXDomain, &[], t0);
+    assert_eq!(
+        c.get(&nx, t0 + Duration::from_secs(29)).unwrap().0,
+        ResponseCode::NXDomain
+    );
+    assert!(c.get(&nx, t0 + Duration::from_secs(31)).is_none());
+    // Never more than CACHE_ENTRIES.
+    for i in 0..(CACHE_ENTRIES * 2) {
+        c.put(
+            (format!("n{i}.example.com"), RecordType::A),
+            ResponseCode::NoError,
+            std::slice::from_ref(&rec),
+            t0,
+        );
+        assert!(c.entries.len() <= CACHE_ENTRIES);
+    }
+}
