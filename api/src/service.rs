@@ -22,7 +22,8 @@ pub struct Service {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ServiceSpec {
-    /// `ClusterIP` (default) or `NodePort`; `LoadBalancer` is served as `NodePort`.
+    /// `ClusterIP` (default), `NodePort`, or `ExternalName` (a DNS alias, no address);
+    /// `LoadBalancer` is served as `NodePort`.
     #[serde(rename = "type", skip_serializing_if = "String::is_empty")]
     pub type_: String,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -35,6 +36,9 @@ pub struct ServiceSpec {
     /// Only `None` is supported.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub session_affinity: String,
+    /// For `type: ExternalName`: the DNS name the Service's name is an alias of (a CNAME).
+    #[serde(rename = "externalName", skip_serializing_if = "String::is_empty")]
+    pub external_name: String,
 }
 
 /// One port of a Service.

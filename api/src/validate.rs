@@ -700,14 +700,36 @@ fn check_int_or_percent(v: &mut Errors, path: &str, val: Option<&IntOrString>) -
 fn validate_service(v: &mut Errors, s: &Service) {
     let spec = &s.spec;
     match spec.type_.as_str() {
-        "" | "ClusterIP" | "NodePort" | "LoadBalancer" => {}
-        "ExternalName" => v.push(
-            "spec.type",
-            "ExternalName services are not supported by Bramble",
-        ),
+        "" | "ClusterIP" | "NodePort" | "LoadBalancer" => {
+            if !spec.external_name.is_empty() {
+                v.push(
+                    "spec.externalName",
+                    "may not be set unless type is ExternalName",
+                );
+            }
+        }
+        "ExternalName" => {
+            let name = spec.external_name.trim_end_matches('.');
+            if name.is_empty() {
+                v.push(
+                    "spec.externalName",
+                    "Required value: an ExternalName Service names the DNS name it is an alias of",
+                );
+            } else {
+                v.check("spec.externalName", names::dns1123_subdomain(name));
+            }
+            if !spec.cluster_ip.is_empty() {
+                v.push(
+                    "spec.clusterIP",
+                    "may not be set for an ExternalName Service (it has no address)",
+                );
+            }
+        }
         t => v.push(
             "spec.type",
-            format!("unsupported value {t:?}: must be ClusterIP, NodePort or LoadBalancer"),
+            format!(
+                "unsupported value {t:?}: must be ClusterIP, NodePort, LoadBalancer or ExternalName"
+            ),
         ),
     }
     match spec.session_affinity.as_str() {
@@ -730,7 +752,7 @@ fn validate_service(v: &mut Errors, s: &Service) {
             format!("{:?} must be an IPv4 address or None", spec.cluster_ip),
         );
     }
-    if spec.ports.is_empty() {
+    if spec.ports.is_empty() && spec.type_ != "ExternalName" {
         v.push(
             "spec.ports",
             "Required value: a Service needs at least one port",

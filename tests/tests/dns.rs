@@ -53,6 +53,13 @@ spec:
   clusterIP: None
   selector: {app: web}
   ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec:
+  type: ExternalName
+  externalName: www.outside.test
 "#;
 
 /// Pods that print what they were given, then ask for `web` by its short, namespace and full
@@ -339,6 +346,11 @@ fn pods_resolve_services_across_boards_without_the_master() {
     assert_eq!(nx.code, Code::NXDomain);
     // Forwarded to the board's upstream (dnsmasq).
     assert_eq!(records(&q("www.outside.test", Type::A)), ["192.0.2.55"]);
+    // An ExternalName Service: the alias, then its target's address.
+    assert_eq!(
+        records(&q("ext.default.svc.cluster.local", Type::A)),
+        ["192.0.2.55", "www.outside.test."]
+    );
     // Over TCP too.
     let tcp = in_netns(&ns, move || {
         ask_tcp(

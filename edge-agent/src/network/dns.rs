@@ -26,7 +26,7 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_server::ServerFuture;
 use hickory_server::authority::MessageResponseBuilder;
 use hickory_server::proto::op::{Header, MessageType, OpCode, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, PTR, SRV};
+use hickory_server::proto::rr::rdata::{A, CNAME, PTR, SRV};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 
@@ -58,6 +58,8 @@ pub enum Answer {
     NxDomain,
     /// Not a cluster name: ask the upstream servers.
     Forward,
+    /// An `ExternalName` Service: this CNAME, then the target's own records (forwarded).
+    Alias { cname: Box<Record>, target: String },
 }
 
 fn name(s: &str) -> Option<Name> {
@@ -132,6 +134,20 @@ fn cluster(view: &NetView, domain: &str, qname: &str, rest: &str, qtype: RecordT
             let Some(s) = view.services.get(&(ns.to_string(), svc.to_string())) else {
                 return Answer::NxDomain;
             };
+            if s.spec.type_ == "ExternalName" {
+                let target = s
+                    .spec
+                    .external_name
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                return match (name(qname), name(&target)) {
+                    (Some(owner), Some(t)) => Answer::Alias {
+                        cname: Box::new(Record::from_rdata(owner, TTL, RData::CNAME(CNAME(t)))),
+                        target,
+                    },
+                    _ => Answer::NxDomain,
+                };
+            }
             if qtype != RecordType::A {
                 return Answer::NoData;
             }
@@ -527,6 +543,18 @@ impl RequestHandler for Handler {
                     stats.upstream_failures.fetch_add(1, Relaxed);
                 }
                 return send(request, response, header, code, &records).await;
+            }
+            Answer::Alias { cname, target } => {
+                // The alias, then what its target is, as CoreDNS answers an ExternalName.
+                stats.cluster.fetch_add(1, Relaxed);
+                let mut records = vec![*cname];
+                if qtype != RecordType::CNAME {
+                    let (code, more) = self.forward(&target, qtype).await;
+                    if code == ResponseCode::NoError {
+                        records.extend(more);
+                    }
+                }
+                return send(request, response, header, ResponseCode::NoError, &records).await;
             }
         };
         stats.cluster.fetch_add(1, Relaxed);

@@ -116,6 +116,10 @@ fn wants_node_ports(svc: &Service) -> bool {
 
 /// Fills in (or checks) the Service's ClusterIP and NodePorts.
 pub fn allocate(svc: &mut Service, ranges: &ServiceRanges, used: &InUse) -> Result<(), StoreError> {
+    if svc.spec.type_ == "ExternalName" {
+        // A DNS alias: no address, no ports on the nodes.
+        return Ok(());
+    }
     let cip = svc.spec.cluster_ip.clone();
     if cip != "None" {
         if cip.is_empty() {

@@ -74,6 +74,10 @@ fn view() -> NetView {
     ] {
         services.insert((s.metadata.namespace.clone(), s.metadata.name.clone()), s);
     }
+    let mut ext = svc("default", "db-ext", "", &[]);
+    ext.spec.type_ = "ExternalName".into();
+    ext.spec.external_name = "db.example.com.".into();
+    services.insert(("default".into(), "db-ext".into()), ext);
     v.services = services;
     for e in [
         eps("default", "web", &["10.42.1.5"], &[], ("http", 8080)),
@@ -485,5 +489,20 @@ fn forwarded_answers_are_kept_for_their_ttl_and_bounded() {
             t0,
         );
         assert!(c.entries.len() <= CACHE_ENTRIES);
+    }
+}
+
+#[test]
+fn an_external_name_is_an_alias() {
+    let v = view();
+    for t in [RecordType::A, RecordType::AAAA, RecordType::CNAME] {
+        match answer(&v, D, "db-ext.default.svc.cluster.local", t) {
+            Answer::Alias { cname, target } => {
+                assert_eq!(target, "db.example.com");
+                assert_eq!(cname.data().to_string(), "db.example.com.");
+                assert_eq!(cname.record_type(), RecordType::CNAME);
+            }
+            other => panic!("{t}: {other:?}"),
+        }
     }
 }
