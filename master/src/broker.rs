@@ -180,27 +180,16 @@ pub async fn start_embedded(
     // multi-threaded scheduler's wake-ups were most of the front's cost, measured by the tls
     // bench). Its work per packet (decrypt, check, copy) is small.
     let front_sessions = sessions.clone();
-    std::thread::Builder::new()
-        .name("mqtt-tls-front".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return tracing::error!(error = %e, "cannot start the MQTT TLS front"),
-            };
-            rt.block_on(async move {
-                match tokio::net::TcpListener::from_std(front) {
-                    Ok(front) => tls_front(front, tls, internal, front_sessions).await,
-                    Err(e) => tracing::error!(error = %e, "cannot start the MQTT TLS front"),
-                }
-            });
-        })
-        .map_err(|source| BrokerError::Bind {
-            addr: listen,
-            source,
-        })?;
+    bramble_support::spawn_with_runtime("mqtt-tls-front", move || async move {
+        match tokio::net::TcpListener::from_std(front) {
+            Ok(front) => tls_front(front, tls, internal, front_sessions).await,
+            Err(e) => tracing::error!(error = %e, "cannot start the MQTT TLS front"),
+        }
+    })
+    .map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
     tracing::info!(addr = %public, "MQTT over TLS listening");
     Ok(Embedded {
         internal,

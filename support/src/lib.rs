@@ -12,6 +12,7 @@ mod log;
 pub mod mqtt;
 mod random;
 mod signals;
+mod thread;
 #[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(feature = "wire-auth")]
@@ -23,3 +24,4 @@ pub use coalescing::Coalescing;
 pub use log::{LogLimiter, init_logging};
 pub use random::{fnv64, jitter};
 pub use signals::{run_until_signalled, shutdown_on_signals};
+pub use thread::spawn_with_runtime;

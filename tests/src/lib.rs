@@ -304,6 +304,17 @@ impl MasterProcess {
     }
 
     /// A pod's JSON, or None when it does not exist.
+    /// A string field of a pod (`["status", "podIP"]`); empty when absent.
+    pub fn pod_field(&self, pod: &str, path: &[&str]) -> String {
+        let Some(mut v) = self.pod(pod) else {
+            return String::new();
+        };
+        for p in path {
+            v = v[*p].clone();
+        }
+        v.as_str().unwrap_or_default().to_string()
+    }
+
     pub fn pod(&self, name: &str) -> Option<serde_json::Value> {
         let r = self
             .http()
@@ -1028,4 +1039,26 @@ pub fn rss_mb(pid: u32) -> f64 {
                 .ok()
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// An echo pod pinned to `node`, labelled `app: APP`: answers each connection on port 8080
+/// (named `http`) with its name, then echoes; ready once it listens. A YAML document with
+/// its `---`.
+pub fn echo_pod(name: &str, node: &str, app: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {app}}}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: [nc, -ll, -p, "8080", -e, /bin/sh, -c, "hostname; exec cat"]
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+"#
+    )
 }

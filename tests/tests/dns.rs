@@ -3,8 +3,8 @@
 //! upstream resolver (Debian's dnsmasq) in a namespace of its own. A pod on board A resolves
 //! Services whose pods run on boards B and C (ClusterIP, headless, SRV, PTR) and reaches one
 //! by name; Service changes show in answers at once; names keep resolving with the master
-//! killed and with the upstream unreachable; a flood of garbage packets leaves it answering;
-//! pods get the kubelet's resolv.conf, hosts file and Service variables.
+//! killed and with the upstream unreachable; pods get the kubelet's resolv.conf, hosts
+//! file and Service variables. (The flood of garbage packets is the DNS module's own test.)
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
@@ -17,27 +17,8 @@ use std::time::{Duration, Instant};
 use bramble_tests::dns::{Code, Reply, Type, ask, ask_tcp};
 use bramble_tests::netlab::{Lan, enter_netns, in_netns};
 use bramble_tests::{
-    AgentDirCleanup, AgentProcess, MasterProcess, eventually, ok_stdout, require_root,
+    AgentDirCleanup, AgentProcess, MasterProcess, echo_pod, eventually, ok_stdout, require_root,
 };
-
-fn echo_pod(name: &str, node: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, labels: {{app: web}}}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: busybox
-    command: [nc, -ll, -p, "8080", -e, /bin/sh, -c, "hostname; exec cat"]
-    ports: [{{name: http, containerPort: 8080}}]
-    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
----
-"#
-    )
-}
 
 const SERVICES: &str = r#"apiVersion: v1
 kind: Service
@@ -103,16 +84,6 @@ spec:
     image: busybox
     command: [sh, -c, "cat /etc/resolv.conf; env | sort; exec sleep 3600"]
 "#;
-
-fn pod_field(m: &MasterProcess, pod: &str, path: &[&str]) -> String {
-    let Some(mut v) = m.pod(pod) else {
-        return String::new();
-    };
-    for p in path {
-        v = v[*p].clone();
-    }
-    v.as_str().unwrap_or_default().to_string()
-}
 
 fn running(m: &MasterProcess, pod: &str) -> bool {
     m.pod(pod)
@@ -220,8 +191,8 @@ fn pods_resolve_services_across_boards_without_the_master() {
     }
     let manifest = format!(
         "{}{}{SERVICES}",
-        echo_pod("web-b", "board-b"),
-        echo_pod("web-c", "board-c")
+        echo_pod("web-b", "board-b", "web"),
+        echo_pod("web-c", "board-c", "web")
     );
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&manifest)));
     for p in ["web-b", "web-c"] {
@@ -244,7 +215,7 @@ fn pods_resolve_services_across_boards_without_the_master() {
     let web_ips: Vec<String> = {
         let mut v: Vec<String> = ["web-b", "web-c"]
             .iter()
-            .map(|p| pod_field(&m, p, &["status", "podIP"]))
+            .map(|p| m.pod_field(p, &["status", "podIP"]))
             .collect();
         v.sort();
         v
@@ -258,13 +229,11 @@ fn pods_resolve_services_across_boards_without_the_master() {
             m.pod(p).map(|p| p["status"].clone())
         );
     }
-    let client_ip: Ipv4Addr = pod_field(&m, "client", &["status", "podIP"])
-        .parse()
-        .unwrap();
+    let client_ip: Ipv4Addr = m.pod_field("client", &["status", "podIP"]).parse().unwrap();
     // The board's DNS server: its bridge's address (the pod CIDR's first host).
     let o = client_ip.octets();
     let server = SocketAddr::from((Ipv4Addr::new(o[0], o[1], o[2], 1), 53));
-    let client_uid = pod_field(&m, "client", &["metadata", "uid"]);
+    let client_uid = m.pod_field("client", &["metadata", "uid"]);
     let ns = dir.path().join("agent-a/netns").join(&client_uid);
 
     // The pod's own files and variables, and names through its own resolver.
@@ -362,22 +331,20 @@ fn pods_resolve_services_across_boards_without_the_master() {
     });
     assert_eq!(records(&tcp), want_ip);
     // Board B answers the same names for its own pods.
-    let b_uid = pod_field(&m, "web-b", &["metadata", "uid"]);
-    let b_ip: Ipv4Addr = pod_field(&m, "web-b", &["status", "podIP"])
-        .parse()
-        .unwrap();
+    let b_uid = m.pod_field("web-b", &["metadata", "uid"]);
+    let b_ip: Ipv4Addr = m.pod_field("web-b", &["status", "podIP"]).parse().unwrap();
     let bo = b_ip.octets();
     let b_server = SocketAddr::from((Ipv4Addr::new(bo[0], bo[1], bo[2], 1), 53));
     let b_ns = dir.path().join("agent-b/netns").join(&b_uid);
-    assert_eq!(
+    let b_asks = || {
         records(&ask_in(
             &b_ns,
             b_server,
             "web.default.svc.cluster.local",
-            Type::A
-        )),
-        want_ip
-    );
+            Type::A,
+        ))
+    };
+    assert_eq!(b_asks(), want_ip);
 
     // A Service created, changed and deleted shows in the answers at once.
     let late = "apiVersion: v1\nkind: Service\nmetadata: {name: late}\nspec:\n  selector: {app: none}\n  ports: [{name: x, port: 81}]\n";
@@ -411,42 +378,6 @@ fn pods_resolve_services_across_boards_without_the_master() {
         "the deleted Service still resolves"
     );
 
-    // A flood of random and truncated packets, then a valid query is answered.
-    let flood = in_netns(&ns, move || {
-        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        let valid = bramble_tests::dns::query_bytes(1, "web.default.svc.cluster.local", Type::A);
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for i in 0..3000 {
-            let pkt: Vec<u8> = match i % 3 {
-                0 => (0..(next() % 600) as usize).map(|_| next() as u8).collect(),
-                1 => valid[..(next() as usize % valid.len())].to_vec(),
-                _ => {
-                    let mut v = valid.clone();
-                    let at = next() as usize % v.len();
-                    v[at] ^= next() as u8 | 1;
-                    v
-                }
-            };
-            let _ = sock.send_to(&pkt, server);
-        }
-        // As a resolver does: ask again after a second without an answer.
-        (0..3).find_map(|_| {
-            ask(
-                server,
-                "web.default.svc.cluster.local",
-                Type::A,
-                Duration::from_secs(1),
-            )
-        })
-    });
-    assert_eq!(records(&flood), want_ip, "answered after the flood");
-
     // The upstream gone: cluster names still answer at once; outside names fail cleanly.
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();
@@ -469,13 +400,5 @@ fn pods_resolve_services_across_boards_without_the_master() {
         records(&q("web-hl.default.svc.cluster.local", Type::A)),
         web_ips
     );
-    assert_eq!(
-        records(&ask_in(
-            &b_ns,
-            b_server,
-            "web.default.svc.cluster.local",
-            Type::A
-        )),
-        want_ip
-    );
+    assert_eq!(b_asks(), want_ip);
 }

@@ -18,28 +18,8 @@ use std::time::{Duration, Instant};
 
 use bramble_tests::netlab::{Lan, enter_netns, in_netns};
 use bramble_tests::{
-    AgentDirCleanup, AgentProcess, MasterProcess, eventually, ok_stdout, require_root,
+    AgentDirCleanup, AgentProcess, MasterProcess, echo_pod, eventually, ok_stdout, require_root,
 };
-
-/// An echo pod pinned to a node: answers each connection with its name, then echoes.
-fn echo_pod(name: &str, node: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, labels: {{app: echo}}}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: busybox
-    command: [nc, -ll, -p, "8080", -e, /bin/sh, -c, "hostname; exec cat"]
-    ports: [{{name: http, containerPort: 8080}}]
-    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
----
-"#
-    )
-}
 
 const SERVICE: &str = r#"apiVersion: v1
 kind: Service
@@ -92,16 +72,6 @@ fn count_replies(ns: &Path, addr: SocketAddr, n: usize) -> BTreeMap<String, usiz
         }
         out
     })
-}
-
-fn pod_field(m: &MasterProcess, pod: &str, path: &[&str]) -> String {
-    let Some(mut v) = m.pod(pod) else {
-        return String::new();
-    };
-    for p in path {
-        v = v[*p].clone();
-    }
-    v.as_str().unwrap_or_default().to_string()
 }
 
 fn ready(m: &MasterProcess, pod: &str) -> bool {
@@ -184,15 +154,15 @@ fn pods_talk_across_boards_and_services_balance_over_ready_pods() {
 
     let manifest = format!(
         "{}{}{}{SERVICE}",
-        echo_pod("echo-a", "board-a"),
-        echo_pod("echo-b", "board-b"),
-        echo_pod("echo-c", "board-c"),
+        echo_pod("echo-a", "board-a", "echo"),
+        echo_pod("echo-b", "board-b", "echo"),
+        echo_pod("echo-c", "board-c", "echo"),
     );
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&manifest)));
     for p in ["echo-a", "echo-b", "echo-c", "client"] {
         assert!(
             eventually(Duration::from_secs(60), || ready(&m, p)
-                && !pod_field(&m, p, &["status", "podIP"]).is_empty()),
+                && !m.pod_field(p, &["status", "podIP"]).is_empty()),
             "{p} never became ready with a pod IP: {:?}",
             m.pod(p).map(|p| p["status"].clone())
         );
@@ -200,21 +170,18 @@ fn pods_talk_across_boards_and_services_balance_over_ready_pods() {
     // Each pod's IP is from its node's CIDR; hostIP is its board's address.
     let mut ips = BTreeMap::new();
     for (p, b) in [("echo-a", 0), ("echo-b", 1), ("echo-c", 2), ("client", 0)] {
-        let ip = pod_field(&m, p, &["status", "podIP"]);
+        let ip = m.pod_field(p, &["status", "podIP"]);
         let node = format!("board-{}", names[b]);
         let prefix = cidrs[&node].trim_end_matches("0/24");
         assert!(ip.starts_with(prefix), "{p}: {ip} not in {}", cidrs[&node]);
-        assert_eq!(pod_field(&m, p, &["status", "hostIP"]), boards[b].ip, "{p}");
+        assert_eq!(m.pod_field(p, &["status", "hostIP"]), boards[b].ip, "{p}");
         ips.insert(p, ip);
     }
     // hostNetwork still works: the pod has its board's address and no veth.
     assert!(eventually(Duration::from_secs(30), || ready(
         &m, "host-net"
     )));
-    assert_eq!(
-        pod_field(&m, "host-net", &["status", "podIP"]),
-        boards[1].ip
-    );
+    assert_eq!(m.pod_field("host-net", &["status", "podIP"]), boards[1].ip);
     // Every board routes to the two other boards' pod CIDRs through their addresses, and
     // has one veth per pod on its bridge.
     for (i, b) in boards.iter().enumerate() {
@@ -229,7 +196,7 @@ fn pods_talk_across_boards_and_services_balance_over_ready_pods() {
         let pods = if i == 0 { 2 } else { 1 };
         assert_eq!(veths.lines().count(), pods, "board {i}: {veths}");
     }
-    let client_uid = pod_field(&m, "client", &["metadata", "uid"]);
+    let client_uid = m.pod_field("client", &["metadata", "uid"]);
     let client_ns = dir.path().join("agent-a/netns").join(&client_uid);
 
     // Board A's pod reaches board B's pod by pod IP (and C's).

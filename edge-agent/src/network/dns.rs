@@ -730,44 +730,32 @@ pub fn spawn(
     metrics: PathBuf,
 ) {
     let stats = Arc::new(DnsStats::default());
-    let run = move || {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => return tracing::error!(error = %e, "cluster DNS cannot start"),
-        };
-        rt.block_on(async move {
-            tokio::spawn(write_stats(stats.clone(), metrics));
-            let mut logged = None;
-            loop {
-                let Some(cidr) = network.pod_cidr() else {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                };
-                let addr = SocketAddr::from((super::gateway(cidr), settings.port));
-                let net = network.clone();
-                let moved = async move {
-                    while net.pod_cidr() == Some(cidr) {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                };
-                if let Err(e) = serve(addr, &settings, view.clone(), stats.clone(), moved).await {
-                    let msg = e.to_string();
-                    if logged.as_deref() != Some(msg.as_str()) {
-                        tracing::error!(%addr, error = %e, "cluster DNS cannot listen (is another DNS server bound to port {} on all addresses? see `bramble-agent doctor`); retrying every 10s", settings.port);
-                        logged = Some(msg);
-                    }
-                    tokio::time::sleep(Duration::from_secs(10)).await;
+    let run = move || async move {
+        tokio::spawn(write_stats(stats.clone(), metrics));
+        let mut logged = None;
+        loop {
+            let Some(cidr) = network.pod_cidr() else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let addr = SocketAddr::from((super::gateway(cidr), settings.port));
+            let net = network.clone();
+            let moved = async move {
+                while net.pod_cidr() == Some(cidr) {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
                 }
+            };
+            if let Err(e) = serve(addr, &settings, view.clone(), stats.clone(), moved).await {
+                let msg = e.to_string();
+                if logged.as_deref() != Some(msg.as_str()) {
+                    tracing::error!(%addr, error = %e, "cluster DNS cannot listen (is another DNS server bound to port {} on all addresses? see `bramble-agent doctor`); retrying every 10s", settings.port);
+                    logged = Some(msg);
+                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
             }
-        });
+        }
     };
-    if let Err(e) = std::thread::Builder::new()
-        .name("cluster-dns".into())
-        .spawn(run)
-    {
+    if let Err(e) = bramble_support::spawn_with_runtime("cluster-dns", run) {
         tracing::error!(error = %e, "cluster DNS cannot start");
     }
 }
