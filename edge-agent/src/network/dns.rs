@@ -343,21 +343,25 @@ pub struct DnsStats {
 /// its local stub (127.0.0.53, which the forwarder could use but a pod with `dnsPolicy:
 /// Default` could not).
 pub fn upstream_conf(explicit: Option<&Path>) -> PathBuf {
-    if let Some(p) = explicit {
-        return p.to_path_buf();
+    match explicit {
+        Some(p) => p.to_path_buf(),
+        None => pick_upstream(Path::new("/etc/resolv.conf"), Path::new(RESOLVED_UPSTREAM)),
     }
-    let host = PathBuf::from("/etc/resolv.conf");
-    let text = std::fs::read_to_string(&host).unwrap_or_default();
+}
+
+/// `host` unless every nameserver it names is the 127.0.0.53 stub and `resolved` exists.
+fn pick_upstream(host: &Path, resolved: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(host).unwrap_or_default();
     let servers: Vec<&str> = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .map(str::trim)
         .collect();
     let only_stub = !servers.is_empty() && servers.iter().all(|s| s.starts_with("127.0.0.53"));
-    if only_stub && Path::new(RESOLVED_UPSTREAM).exists() {
-        PathBuf::from(RESOLVED_UPSTREAM)
+    if only_stub && resolved.exists() {
+        resolved.to_path_buf()
     } else {
-        host
+        host.to_path_buf()
     }
 }
 

@@ -270,6 +270,26 @@ fn the_upstream_file_skips_a_stub_only_host_file() {
     let dir = tempfile::tempdir().unwrap();
     let own = dir.path().join("mine.conf");
     assert_eq!(upstream_conf(Some(&own)), own, "an explicit file wins");
+    let host = dir.path().join("resolv.conf");
+    let resolved = dir.path().join("resolved.conf");
+    std::fs::write(&host, "nameserver 127.0.0.53\noptions edns0\n").unwrap();
+    assert_eq!(
+        pick_upstream(&host, &resolved),
+        host,
+        "no resolved file: the host's"
+    );
+    std::fs::write(&resolved, "nameserver 192.0.2.1\n").unwrap();
+    assert_eq!(
+        pick_upstream(&host, &resolved),
+        resolved,
+        "the stub only: resolved's upstream"
+    );
+    std::fs::write(&host, "nameserver 127.0.0.53\nnameserver 192.0.2.9\n").unwrap();
+    assert_eq!(
+        pick_upstream(&host, &resolved),
+        host,
+        "a real server too: the host's"
+    );
 }
 
 #[test]
