@@ -29,8 +29,8 @@ const BEHAVIOURAL_FIELDS: &[&str] = &[
     "initContainers",
     "ephemeralContainers",
     "lifecycle",
-    "envFrom",
-    "valueFrom",
+    "serviceAccountToken",
+    "clusterTrustBundle",
     "volumeDevices",
     "podAffinity",
     "podAntiAffinity",
@@ -295,6 +295,11 @@ fn typed(kind: Kind, value: Value) -> Result<(Object, Vec<String>), FieldError> 
         Kind::Service => de(value).map(|(o, u)| (Object::Service(o), u)),
         Kind::Endpoints => de(value).map(|(o, u)| (Object::Endpoints(o), u)),
         Kind::Event => de(value).map(|(o, u)| (Object::Event(o), u)),
+        Kind::ConfigMap => de(value).map(|(o, u)| (Object::ConfigMap(o), u)),
+        // A decoding error quotes the value it could not read: never a Secret's.
+        Kind::Secret => de(value)
+            .map(|(o, u)| (Object::Secret(o), u))
+            .map_err(|e| FieldError::new(&e.path, redact_values(&e.message))),
         Kind::Image => Err(FieldError::new(
             "kind",
             "Image objects are created by `bramble image import FILE`, not applied",
@@ -302,6 +307,15 @@ fn typed(kind: Kind, value: Value) -> Result<(Object, Vec<String>), FieldError> 
     }?;
     obj.0.normalize_type_meta();
     Ok(obj)
+}
+
+/// A decoding message with every quoted value (serde quotes them in backticks) left out.
+fn redact_values(message: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in message.split('`').enumerate() {
+        out.push_str(if i % 2 == 1 { "(value not shown)" } else { part });
+    }
+    out
 }
 
 fn error_path(path: &serde_path_to_error::Path) -> String {
@@ -373,7 +387,7 @@ fn classify_unknown(path: &str) -> Option<String> {
             .is_some_and(|p| p.starts_with("volumes["))
     {
         return Some(format!(
-            "volume source {last_name:?} is not supported by Bramble (emptyDir and hostPath are)"
+            "volume source {last_name:?} is not supported by Bramble (emptyDir, hostPath, configMap, secret, projected and downwardAPI are)"
         ));
     }
     None
@@ -446,7 +460,10 @@ mod tests {
         assert!(classify_unknown("spec.template.spec.volumes[2].secret").is_some());
         assert!(classify_unknown("metadata.managedFields").is_none());
         assert!(classify_unknown("spec.dnsPolicy").is_none());
-        assert!(classify_unknown("spec.containers[0].env[1].valueFrom").is_some());
+        assert!(classify_unknown("spec.volumes[0].csi").is_some());
+        assert!(
+            classify_unknown("spec.volumes[0].projected.sources[0].serviceAccountToken").is_some()
+        );
     }
 
     #[test]

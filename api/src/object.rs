@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::config::{ConfigMap, Secret};
 use crate::deployment::Deployment;
 use crate::event::Event;
 use crate::image::Image;
@@ -24,17 +25,21 @@ pub enum Kind {
     Endpoints,
     Event,
     Image,
+    ConfigMap,
+    Secret,
 }
 
 impl Kind {
     /// Every kind, in the order `bramble get all` prints them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::Deployment,
         Kind::Service,
         Kind::Endpoints,
+        Kind::ConfigMap,
+        Kind::Secret,
         Kind::Event,
         Kind::Image,
     ];
@@ -50,6 +55,8 @@ impl Kind {
             Kind::Endpoints => "Endpoints",
             Kind::Event => "Event",
             Kind::Image => "Image",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -82,6 +89,8 @@ impl Kind {
             Kind::Endpoints => "endpoints",
             Kind::Event => "events",
             Kind::Image => "images",
+            Kind::ConfigMap => "configmaps",
+            Kind::Secret => "secrets",
         }
     }
 
@@ -96,6 +105,8 @@ impl Kind {
             Kind::Endpoints => "endpoints",
             Kind::Event => "event",
             Kind::Image => "image",
+            Kind::ConfigMap => "configmap",
+            Kind::Secret => "secret",
         }
     }
 
@@ -110,6 +121,9 @@ impl Kind {
             Kind::Endpoints => "ep",
             Kind::Event => "ev",
             Kind::Image => "img",
+            Kind::ConfigMap => "cm",
+            // Kubernetes gives Secrets no short name.
+            Kind::Secret => "secret",
         }
     }
 
@@ -207,6 +221,8 @@ pub enum Object {
     Endpoints(Endpoints),
     Event(Event),
     Image(Image),
+    ConfigMap(ConfigMap),
+    Secret(Secret),
 }
 
 macro_rules! each {
@@ -220,6 +236,8 @@ macro_rules! each {
             Object::Endpoints($o) => $e,
             Object::Event($o) => $e,
             Object::Image($o) => $e,
+            Object::ConfigMap($o) => $e,
+            Object::Secret($o) => $e,
         }
     };
 }
@@ -236,6 +254,8 @@ impl Object {
             Object::Endpoints(_) => Kind::Endpoints,
             Object::Event(_) => Kind::Event,
             Object::Image(_) => Kind::Image,
+            Object::ConfigMap(_) => Kind::ConfigMap,
+            Object::Secret(_) => Kind::Secret,
         }
     }
 
@@ -274,6 +294,8 @@ impl Object {
             Kind::Endpoints => Object::Endpoints(serde_json::from_value(value).map_err(e)?),
             Kind::Event => Object::Event(serde_json::from_value(value).map_err(e)?),
             Kind::Image => Object::Image(serde_json::from_value(value).map_err(e)?),
+            Kind::ConfigMap => Object::ConfigMap(serde_json::from_value(value).map_err(e)?),
+            Kind::Secret => Object::Secret(serde_json::from_value(value).map_err(e)?),
         })
     }
 
@@ -289,6 +311,8 @@ impl Object {
             Kind::Endpoints => Object::Endpoints(serde_json::from_slice(json)?),
             Kind::Event => Object::Event(serde_json::from_slice(json)?),
             Kind::Image => Object::Image(serde_json::from_slice(json)?),
+            Kind::ConfigMap => Object::ConfigMap(serde_json::from_slice(json)?),
+            Kind::Secret => Object::Secret(serde_json::from_slice(json)?),
         })
     }
 
@@ -334,6 +358,13 @@ impl Object {
             (Object::Service(a), Object::Service(b)) => a.spec == b.spec,
             (Object::Endpoints(a), Object::Endpoints(b)) => a.subsets == b.subsets,
             (Object::Image(a), Object::Image(b)) => a.spec == b.spec,
+            (Object::ConfigMap(a), Object::ConfigMap(b)) => {
+                (&a.data, &a.binary_data, a.immutable) == (&b.data, &b.binary_data, b.immutable)
+            }
+            (Object::Secret(a), Object::Secret(b)) => {
+                (&a.type_, &a.data, &a.string_data, a.immutable)
+                    == (&b.type_, &b.data, &b.string_data, b.immutable)
+            }
             (Object::Event(a), Object::Event(b)) => {
                 let strip = |e: &crate::event::Event| {
                     let mut e = e.clone();

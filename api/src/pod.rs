@@ -19,6 +19,63 @@ pub struct Pod {
     pub status: Option<PodStatus>,
 }
 
+impl PodSpec {
+    /// Every ConfigMap and Secret the pod reads (env, envFrom, volumes), once each; a
+    /// reference that is optional anywhere and required elsewhere is required.
+    pub fn config_refs(&self) -> Vec<ConfigRef> {
+        let mut refs: BTreeMap<(bool, String), bool> = BTreeMap::new();
+        let mut add = |secret: bool, name: &str, optional: Option<bool>| {
+            if name.is_empty() {
+                return;
+            }
+            let o = refs.entry((secret, name.to_string())).or_insert(true);
+            *o = *o && optional.unwrap_or(false);
+        };
+        for c in &self.containers {
+            for e in &c.env {
+                let Some(f) = &e.value_from else { continue };
+                if let Some(k) = &f.config_map_key_ref {
+                    add(false, &k.name, k.optional);
+                }
+                if let Some(k) = &f.secret_key_ref {
+                    add(true, &k.name, k.optional);
+                }
+            }
+            for e in &c.env_from {
+                if let Some(r) = &e.config_map_ref {
+                    add(false, &r.name, r.optional);
+                }
+                if let Some(r) = &e.secret_ref {
+                    add(true, &r.name, r.optional);
+                }
+            }
+        }
+        for v in &self.volumes {
+            if let Some(c) = &v.config_map {
+                add(false, &c.name, c.optional);
+            }
+            if let Some(s) = &v.secret {
+                add(true, &s.secret_name, s.optional);
+            }
+            for p in v.projected.iter().flat_map(|p| &p.sources) {
+                if let Some(c) = &p.config_map {
+                    add(false, &c.name, c.optional);
+                }
+                if let Some(s) = &p.secret {
+                    add(true, &s.name, s.optional);
+                }
+            }
+        }
+        refs.into_iter()
+            .map(|((secret, name), optional)| ConfigRef {
+                secret,
+                name,
+                optional,
+            })
+            .collect()
+    }
+}
+
 /// A pod template inside a Deployment.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -226,6 +283,8 @@ pub struct Container {
     pub args: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub working_dir: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -318,12 +377,101 @@ impl Container {
     }
 }
 
-/// An environment variable with a literal value.
+/// An environment variable: a literal value, or one read from a ConfigMap, a Secret, the
+/// pod's own fields or the container's resources.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct EnvVar {
     pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub value: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// Where an environment variable's value comes from (exactly one).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnvVarSource {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeySelector>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeySelector>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<ObjectFieldSelector>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldSelector>,
+}
+
+/// One key of a ConfigMap or Secret.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct KeySelector {
+    pub name: String,
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// A field of the pod: `metadata.name`, `metadata.namespace`, `metadata.uid`,
+/// `metadata.labels['KEY']`, `metadata.annotations['KEY']`, `spec.nodeName`,
+/// `spec.serviceAccountName`, `status.podIP`, `status.hostIP`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ObjectFieldSelector {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    pub field_path: String,
+}
+
+/// A container's request or limit: `limits.cpu`, `limits.memory`, `requests.cpu`,
+/// `requests.memory` (and `.ephemeral-storage`), divided by `divisor` (default 1).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ResourceFieldSelector {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub container_name: String,
+    pub resource: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub divisor: Option<Quantity>,
+}
+
+/// Every key of a ConfigMap or Secret as environment variables.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnvFromSource {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<NameRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<NameRef>,
+}
+
+/// A ConfigMap or Secret by name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NameRef {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// A ConfigMap or Secret a pod reads, and whether the pod may start without it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConfigRef {
+    /// A Secret (true) or a ConfigMap (false).
+    pub secret: bool,
+    pub name: String,
+    pub optional: bool,
+}
+
+impl ConfigRef {
+    /// `configmap "NAME"` / `secret "NAME"`, for messages.
+    pub fn describe(&self) -> String {
+        let kind = if self.secret { "secret" } else { "configmap" };
+        format!("{kind} {:?}", self.name)
+    }
 }
 
 /// A port a container listens on.
@@ -378,6 +526,157 @@ pub struct Volume {
     pub empty_dir: Option<EmptyDirVolumeSource>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_path: Option<HostPathVolumeSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapVolumeSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretVolumeSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projected: Option<ProjectedVolumeSource>,
+    #[serde(rename = "downwardAPI", skip_serializing_if = "Option::is_none")]
+    pub downward_api: Option<DownwardApiVolumeSource>,
+}
+
+impl Volume {
+    /// Whether the volume's files are made by the agent from data (configMap, secret,
+    /// projected, downwardAPI): kept on tmpfs, read-only, updated in place.
+    pub fn is_projected(&self) -> bool {
+        self.config_map.is_some()
+            || self.secret.is_some()
+            || self.projected.is_some()
+            || self.downward_api.is_some()
+    }
+}
+
+/// File modes (`defaultMode`, `mode`): a number, or YAML 1.1's octal text (`0644`), which
+/// YAML 1.2 reads as a string but Kubernetes' YAML reader as octal, as charts expect.
+mod file_mode {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(i64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+        let raw: Option<Raw> = Option::deserialize(d)?;
+        let n = match raw {
+            None => return Ok(None),
+            Some(Raw::Number(n)) => n,
+            Some(Raw::Text(t)) => {
+                let digits = t.strip_prefix("0o").or_else(|| t.strip_prefix('0'));
+                match digits.map(|d| i64::from_str_radix(d, 8)) {
+                    Some(Ok(n)) => n,
+                    _ => {
+                        return Err(serde::de::Error::custom(format!(
+                            "invalid file mode {t:?}: expected a number or octal such as 0644"
+                        )));
+                    }
+                }
+            }
+        };
+        i32::try_from(n)
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("file mode {n} is out of range")))
+    }
+}
+
+/// A key of a ConfigMap or Secret as a file of a volume.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct KeyToPath {
+    pub key: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "file_mode::deserialize")]
+    pub mode: Option<i32>,
+}
+
+/// A ConfigMap's keys as files.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ConfigMapVolumeSource {
+    pub name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "file_mode::deserialize")]
+    pub default_mode: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// A Secret's keys as files.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SecretVolumeSource {
+    pub secret_name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "file_mode::deserialize")]
+    pub default_mode: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// Several sources in one directory.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProjectedVolumeSource {
+    pub sources: Vec<VolumeProjection>,
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "file_mode::deserialize")]
+    pub default_mode: Option<i32>,
+}
+
+/// One source of a projected volume (exactly one field).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct VolumeProjection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ProjectionSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<ProjectionSource>,
+    #[serde(rename = "downwardAPI", skip_serializing_if = "Option::is_none")]
+    pub downward_api: Option<DownwardApiProjection>,
+}
+
+/// A ConfigMap or Secret inside a projected volume.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProjectionSource {
+    pub name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// The pod's own fields inside a projected volume.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DownwardApiProjection {
+    pub items: Vec<DownwardApiFile>,
+}
+
+/// The pod's own fields as files.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DownwardApiVolumeSource {
+    pub items: Vec<DownwardApiFile>,
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "file_mode::deserialize")]
+    pub default_mode: Option<i32>,
+}
+
+/// One file of the downward API: a pod field or a container's resource.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DownwardApiFile {
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<ObjectFieldSelector>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldSelector>,
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "file_mode::deserialize")]
+    pub mode: Option<i32>,
 }
 
 /// Scratch space that lives as long as the pod.

@@ -14,6 +14,8 @@ use crate::quantity::Quantity;
 use crate::selector::Selector;
 use crate::service::{Endpoints, Service};
 
+mod config;
+
 /// Largest total size of a object's annotations, as in Kubernetes.
 const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 
@@ -28,6 +30,8 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
         Object::Deployment(d) => validate_deployment(&mut v, d),
         Object::Service(s) => validate_service(&mut v, s),
         Object::Endpoints(e) => validate_endpoints(&mut v, e),
+        Object::ConfigMap(c) => config::validate_config_map(&mut v, c),
+        Object::Secret(s) => config::validate_secret(&mut v, s),
         Object::Event(e) => {
             if e.involved_object.name.is_empty() {
                 v.push("involvedObject.name", "Required value");
@@ -277,6 +281,7 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bo
                 );
             }
         }
+        config::validate_env(v, &cp, c, spec);
         validate_resources(
             v,
             &format!("{cp}.resources"),
@@ -366,9 +371,7 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bo
                 format!("Duplicate value: {:?}", vol.name),
             );
         }
-        if vol.empty_dir.is_some() && vol.host_path.is_some() {
-            v.push(&vp, "may not specify more than one volume source");
-        }
+        config::validate_volume(v, &vp, vol, spec);
         if let Some(h) = &vol.host_path {
             if !h.path.starts_with('/') {
                 v.push(

@@ -19,8 +19,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version carried by every frame and envelope (2: authenticated frames; 3:
-/// stamped envelopes, node secrets derived from node tokens).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// stamped envelopes, node secrets derived from node tokens; 4: desired pods carry the
+/// ConfigMaps and Secrets they read).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The largest payload accepted on any topic (a desired snapshot of many pods is the largest).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// The most log bytes one [`LogReply`] carries: the message limit less room for the
@@ -295,12 +296,45 @@ pub enum DesiredChange {
     Remove { uid: String },
 }
 
-/// One pod the node should run: its API object as JSON.
+/// One pod the node should run: its API object as JSON, with the ConfigMaps and Secrets it
+/// reads (those that exist; a missing one is absent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DesiredPod {
     pub uid: String,
     pub revision: u64,
     pub pod_json: Vec<u8>,
+    pub config: Vec<ConfigData>,
+}
+
+/// A ConfigMap's or Secret's keys and bytes, sent only to a node that runs a pod reading
+/// it, encrypted for that node. The agent keeps Secrets in memory and on tmpfs only.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigData {
+    /// A Secret (true) or a ConfigMap (false).
+    pub secret: bool,
+    pub name: String,
+    /// The object's resourceVersion.
+    pub revision: u64,
+    pub items: Vec<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ConfigData {
+    // Never the bytes: a Secret's would end up in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigData")
+            .field("secret", &self.secret)
+            .field("name", &self.name)
+            .field("revision", &self.revision)
+            .field(
+                "items",
+                &self
+                    .items
+                    .iter()
+                    .map(|(k, v)| format!("{k} ({} bytes)", v.len()))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// Master → agents and proxies: the cluster's network state.

@@ -23,6 +23,8 @@ pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str
         Kind::Endpoints => vec!["NAME", "ENDPOINTS", "AGE"],
         Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         Kind::Image => vec!["IMAGE", "TAG", "DIGEST", "PLATFORMS", "SIZE", "AGE"],
+        Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
+        Kind::Secret => vec!["NAME", "TYPE", "DATA", "AGE"],
     };
     if wide {
         h.extend(match kind {
@@ -102,6 +104,17 @@ pub fn pod_status(p: &Pod) -> String {
 pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<String> {
     let m = obj.meta();
     let mut r: Vec<String> = match obj {
+        Object::ConfigMap(c) => vec![
+            m.name.clone(),
+            (c.data.len() + c.binary_data.len()).to_string(),
+            age(m, now),
+        ],
+        Object::Secret(s) => vec![
+            m.name.clone(),
+            s.type_.clone(),
+            s.entries().len().to_string(),
+            age(m, now),
+        ],
         Object::Pod(p) => {
             let st = p.status.clone().unwrap_or_default();
             let ready = st.container_statuses.iter().filter(|c| c.ready).count();

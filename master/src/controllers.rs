@@ -26,7 +26,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::time::Instant;
 
-use bramble_api::{Kind, Selector};
+use bramble_api::Kind;
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
@@ -55,11 +55,7 @@ pub trait Controller: Send {
 }
 
 fn all(kind: Kind) -> WatchFilter {
-    WatchFilter {
-        kind,
-        namespace: None,
-        selector: Selector::everything(),
-    }
+    WatchFilter::all(kind)
 }
 
 /// The next change on any of the watches.

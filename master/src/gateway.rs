@@ -302,7 +302,7 @@ impl Gateway {
                     }
                 } => match change {
                     Ok(c) => {
-                        if let Some(a) = self.protocol.on_pod_change(&c) {
+                        for a in self.protocol.on_change(&c) {
                             self.execute(a).await;
                         }
                     }
@@ -335,12 +335,21 @@ impl Gateway {
         }
     }
 
-    /// Rebuilds the pod index from a list and watches from its revision.
+    /// Rebuilds the index of pods, ConfigMaps and Secrets from lists and watches them from
+    /// the oldest list's revision (changes the lists already hold are applied again, which
+    /// changes nothing).
     fn relist(&mut self) -> Option<crate::store::Watch> {
-        let (rev, items) = self.store.list(Kind::Pod, None, &Selector::everything());
+        let mut rev = u64::MAX;
+        let mut items = Vec::new();
+        for kind in [Kind::Pod, Kind::ConfigMap, Kind::Secret] {
+            let (r, mut list) = self.store.list(kind, None, &Selector::everything());
+            rev = rev.min(r);
+            items.append(&mut list);
+        }
         self.protocol.relisted(rev, items);
         let filter = WatchFilter {
             kind: Kind::Pod,
+            also: vec![Kind::ConfigMap, Kind::Secret],
             namespace: None,
             selector: Selector::everything(),
         };

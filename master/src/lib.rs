@@ -98,9 +98,17 @@ impl Master {
             path: dir.display().to_string(),
             source,
         })?;
+        let secrets_key = store::sealed::SecretsKey::load_or_create(
+            &dir.join(store::sealed::KEY_FILE),
+        )
+        .map_err(|source| StartError::DataDir {
+            path: dir.join(store::sealed::KEY_FILE).display().to_string(),
+            source,
+        })?;
         let opts = StoreOptions {
             change_log: config.watch_change_log,
             services: config.services,
+            secrets: Some(Arc::new(secrets_key)),
             ..StoreOptions::default()
         };
         let (store, writer) = Store::open(&config.store_path(), opts)?;

@@ -151,11 +151,7 @@ impl NetState {
 }
 
 fn all(kind: Kind) -> WatchFilter {
-    WatchFilter {
-        kind,
-        namespace: None,
-        selector: Selector::everything(),
-    }
+    WatchFilter::all(kind)
 }
 
 /// Runs the stream until `shutdown`; `snapshots` names nodes that asked for one, with the

@@ -201,11 +201,7 @@ impl Scheduler {
                 self.on_pod(&p, false);
             }
         }
-        let all = |kind| WatchFilter {
-            kind,
-            namespace: None,
-            selector: Selector::everything(),
-        };
+        let all = WatchFilter::all;
         Ok([
             self.store.watch(all(Kind::Node), Some(nrev))?,
             self.store.watch(all(Kind::Pod), Some(prev))?,

@@ -18,6 +18,7 @@
 mod alloc;
 pub mod batch;
 mod ops;
+pub mod sealed;
 mod state;
 mod watch;
 mod writer;
@@ -206,6 +207,8 @@ pub struct StoreOptions {
     pub watch_buffer: usize,
     /// Where Services' ClusterIPs and NodePorts come from.
     pub services: ServiceRanges,
+    /// The key Secrets are sealed with in the file; None: stored as they are (tests).
+    pub secrets: Option<Arc<sealed::SecretsKey>>,
 }
 
 impl Default for StoreOptions {
@@ -216,6 +219,7 @@ impl Default for StoreOptions {
             queue: 1024,
             watch_buffer: 1024,
             services: ServiceRanges::default(),
+            secrets: None,
         }
     }
 }
@@ -225,7 +229,14 @@ pub(crate) struct Shared {
     events: broadcast::Sender<Arc<Change>>,
 }
 
-type Request = (Op, oneshot::Sender<Result<Outcome, StoreError>>);
+type Write = (Op, oneshot::Sender<Result<Outcome, StoreError>>);
+
+/// What the writer thread is asked to do.
+enum Request {
+    Write(Write),
+    /// Seal every Secret under a new key (after the writes queued before it).
+    RotateSecretsKey(oneshot::Sender<Result<usize, StoreError>>),
+}
 
 /// A cheap, cloneable handle to the store.
 #[derive(Clone)]
@@ -249,7 +260,7 @@ impl WriterHandle {
 impl Store {
     /// Opens (or creates) the store file and loads every object into memory.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<(Store, WriterHandle), StoreError> {
-        let (db, state) = writer::open(path, opts.change_log)?;
+        let (db, state) = writer::open(path, opts.change_log, opts.secrets.as_deref())?;
         let (events, _) = broadcast::channel(opts.watch_buffer.max(16));
         let shared = Arc::new(Shared {
             state: RwLock::new(state),
@@ -262,6 +273,7 @@ impl Store {
             rx,
             max_batch: opts.max_batch.max(1),
             ranges: opts.services,
+            secrets: opts.secrets,
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -274,7 +286,18 @@ impl Store {
     pub async fn write(&self, op: Op) -> Result<Outcome, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send((op, tx))
+            .send(Request::Write((op, tx)))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Makes a new secrets key current and seals every Secret with it, then forgets the old
+    /// keys; returns how many Secrets were re-sealed. An error when the store has no key.
+    pub async fn rotate_secrets_key(&self) -> Result<usize, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::RotateSecretsKey(tx))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

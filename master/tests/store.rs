@@ -40,11 +40,7 @@ async fn open(dir: &std::path::Path, opts: StoreOptions) -> Store {
 }
 
 fn all_pods() -> WatchFilter {
-    WatchFilter {
-        kind: Kind::Pod,
-        namespace: None,
-        selector: Selector::everything(),
-    }
+    WatchFilter::all(Kind::Pod)
 }
 
 #[tokio::test]
@@ -230,6 +226,7 @@ async fn watch_without_revision_starts_with_current_objects() {
     s.create(pod("b", "app: y")).await.unwrap();
     let filter = WatchFilter {
         kind: Kind::Pod,
+        also: Vec::new(),
         namespace: Some("default".into()),
         selector: Selector::parse("app=x").unwrap(),
     };

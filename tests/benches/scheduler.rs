@@ -85,11 +85,7 @@ fn main() {
         // scheduler for the two cores.
         let mut watch = s
             .watch(
-                WatchFilter {
-                    kind: Kind::Pod,
-                    namespace: None,
-                    selector: Selector::everything(),
-                },
+                WatchFilter::all(Kind::Pod),
                 Some(s.revision()),
             )
             .unwrap();

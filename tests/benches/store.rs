@@ -348,11 +348,7 @@ async fn store_fanout() {
         let from = s.revision();
         let mut hs = Vec::new();
         for _ in 0..n {
-            let filter = WatchFilter {
-                kind: Kind::Pod,
-                namespace: None,
-                selector: Selector::everything(),
-            };
+            let filter = WatchFilter::all(Kind::Pod);
             let mut w = s.watch(filter, Some(from)).unwrap();
             let tx = tx.clone();
             hs.push(tokio::spawn(async move {

@@ -4,16 +4,16 @@
 //! the gateway's I/O shell to carry out (publish, persist a Ready condition, apply status
 //! reports, ...). No I/O here, so every transition has a unit test.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bramble_api::Object;
 use bramble_api::pod::Pod;
 use bramble_api::wire::{
-    Channel, Desired, DesiredChange, DesiredPod, LogReply, Message, NodeFacts, PodReport, Stamp,
-    Usage,
+    Channel, ConfigData, Desired, DesiredChange, DesiredPod, LogReply, Message, NodeFacts,
+    PodReport, Stamp, Usage,
 };
+use bramble_api::{Kind, Object};
 
 use crate::store::{Change, Entry, EventType};
 
@@ -167,6 +167,32 @@ impl Freshness {
     }
 }
 
+/// A ConfigMap or Secret: (is a Secret, namespace, name).
+type ConfigKey = (bool, String, String);
+
+fn config_key(e: &Entry) -> Option<ConfigKey> {
+    match e.kind {
+        Kind::ConfigMap => Some((false, e.namespace.clone(), e.name.clone())),
+        Kind::Secret => Some((true, e.namespace.clone(), e.name.clone())),
+        _ => None,
+    }
+}
+
+/// The keys and bytes of a stored ConfigMap or Secret.
+fn config_data(key: &ConfigKey, e: &Entry) -> Option<ConfigData> {
+    let items = match e.object().ok()? {
+        Object::ConfigMap(c) => c.entries(),
+        Object::Secret(s) => s.entries(),
+        _ => return None,
+    };
+    Some(ConfigData {
+        secret: key.0,
+        name: key.2.clone(),
+        revision: e.revision,
+        items: items.into_iter().collect(),
+    })
+}
+
 /// The protocol's state.
 #[derive(Debug)]
 pub struct Protocol {
@@ -174,6 +200,12 @@ pub struct Protocol {
     nodes: HashMap<String, NodeState>,
     /// Pods bound to each node, by uid, as of revision `watched`.
     pods_by_node: HashMap<String, BTreeMap<String, Arc<Entry>>>,
+    /// ConfigMaps and Secrets by (is a Secret, namespace, name).
+    configs: HashMap<ConfigKey, Arc<Entry>>,
+    /// The bound pods that read each ConfigMap or Secret: (node, uid).
+    readers: HashMap<ConfigKey, BTreeSet<(String, String)>>,
+    /// What each bound pod reads, to undo `readers` when it goes.
+    reads: HashMap<String, Vec<ConfigKey>>,
     /// The revision the pod index reflects.
     watched: u64,
 }
@@ -192,17 +224,87 @@ impl Protocol {
             lost_after,
             nodes: HashMap::new(),
             pods_by_node: HashMap::new(),
+            configs: HashMap::new(),
+            readers: HashMap::new(),
+            reads: HashMap::new(),
             watched: 0,
         }
     }
 
-    /// Rebuilds the pod index from a list of every pod at `revision`.
-    pub fn relisted(&mut self, revision: u64, pods: Vec<Arc<Entry>>) {
+    /// Rebuilds the index from a list of every pod, ConfigMap and Secret at `revision`.
+    pub fn relisted(&mut self, revision: u64, objects: Vec<Arc<Entry>>) {
         self.pods_by_node.clear();
-        for e in pods {
-            self.index(&e, false);
+        self.configs.clear();
+        self.readers.clear();
+        self.reads.clear();
+        for e in objects {
+            match config_key(&e) {
+                Some(k) => {
+                    self.configs.insert(k, e);
+                }
+                None => {
+                    self.index(&e, false);
+                }
+            }
         }
         self.watched = revision;
+    }
+
+    /// A pod as sent to its node, with the ConfigMaps and Secrets it reads that exist.
+    fn desired_pod(&self, uid: &str, e: &Entry) -> DesiredPod {
+        let config = self
+            .reads
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| config_data(k, self.configs.get(k)?))
+            .collect();
+        DesiredPod {
+            uid: uid.to_string(),
+            revision: e.revision,
+            pod_json: e.json.to_vec(),
+            config,
+        }
+    }
+
+    /// A change from the store's watch (pods, ConfigMaps, Secrets).
+    pub fn on_change(&mut self, c: &Change) -> Vec<Action> {
+        match config_key(&c.entry) {
+            Some(k) => self.on_config_change(k, c),
+            None => self.on_pod_change(c).into_iter().collect(),
+        }
+    }
+
+    /// A ConfigMap or Secret changed: every pod that reads it is sent again, on its node's
+    /// chain, with the new data (a deleted one is left out: the pod's containers keep
+    /// running, new ones wait for it).
+    fn on_config_change(&mut self, key: ConfigKey, c: &Change) -> Vec<Action> {
+        self.watched = c.revision;
+        if c.type_ == EventType::Deleted {
+            self.configs.remove(&key);
+        } else {
+            self.configs.insert(key.clone(), c.entry.clone());
+        }
+        let readers: Vec<(String, String)> = self
+            .readers
+            .get(&key)
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for (node, uid) in readers {
+            let Some(state) = self.nodes.get(&node) else {
+                continue;
+            };
+            if state.desired_sent == 0 || c.revision <= state.desired_sent {
+                continue;
+            }
+            let Some(e) = self.pods_by_node.get(&node).and_then(|m| m.get(&uid)) else {
+                continue;
+            };
+            let change = DesiredChange::Upsert(self.desired_pod(&uid, e));
+            out.extend(self.desired(&node, c.revision, change));
+        }
+        out
     }
 
     /// After a re-list that may have missed changes: a snapshot to every known node.
@@ -340,7 +442,7 @@ impl Protocol {
 
     /// A pod change from the store's watch: the desired change for its node, chained to the
     /// last one that node was sent.
-    pub fn on_pod_change(&mut self, c: &Change) -> Option<Action> {
+    fn on_pod_change(&mut self, c: &Change) -> Option<Action> {
         self.watched = c.revision;
         let deleted = c.type_ == EventType::Deleted;
         let (node, uid) = self.index(&c.entry, deleted)?;
@@ -352,11 +454,7 @@ impl Protocol {
         let change = if deleted {
             DesiredChange::Remove { uid }
         } else {
-            DesiredChange::Upsert(DesiredPod {
-                uid,
-                revision: c.entry.revision,
-                pod_json: c.entry.json.to_vec(),
-            })
+            DesiredChange::Upsert(self.desired_pod(&uid, &c.entry))
         };
         self.desired(&node, c.revision, change)
     }
@@ -388,11 +486,35 @@ impl Protocol {
         if node.is_empty() {
             return None;
         }
+        for k in self.reads.remove(&uid).unwrap_or_default() {
+            if let Some(r) = self.readers.get_mut(&k) {
+                r.remove(&(node.clone(), uid.clone()));
+                if r.is_empty() {
+                    self.readers.remove(&k);
+                }
+            }
+        }
         if deleted {
             if let Some(m) = self.pods_by_node.get_mut(&node) {
                 m.remove(&uid);
             }
         } else {
+            let ns = pod.metadata.namespace.clone();
+            let keys: Vec<ConfigKey> = pod
+                .spec
+                .config_refs()
+                .into_iter()
+                .map(|r| (r.secret, ns.clone(), r.name))
+                .collect();
+            for k in &keys {
+                self.readers
+                    .entry(k.clone())
+                    .or_default()
+                    .insert((node.clone(), uid.clone()));
+            }
+            if !keys.is_empty() {
+                self.reads.insert(uid.clone(), keys);
+            }
             self.pods_by_node
                 .entry(node.clone())
                 .or_default()
@@ -423,11 +545,7 @@ impl Protocol {
             .get(node)
             .map(|m| {
                 m.iter()
-                    .map(|(uid, e)| DesiredPod {
-                        uid: uid.clone(),
-                        revision: e.revision,
-                        pod_json: e.json.to_vec(),
-                    })
+                    .map(|(uid, e)| self.desired_pod(uid, e))
                     .collect()
             })
             .unwrap_or_default();

@@ -189,6 +189,7 @@ fn watch(
     };
     let filter = WatchFilter {
         kind: target.kind,
+        also: Vec::new(),
         namespace: target.namespace.clone(),
         selector: sel,
     };

@@ -202,6 +202,9 @@ fn normalize_namespace(obj: &mut Object) {
 
 fn create(view: &mut View<'_>, mut obj: Object) -> Result<Outcome, StoreError> {
     normalize_namespace(&mut obj);
+    if let Object::Secret(s) = &mut obj {
+        s.normalize();
+    }
     let kind = obj.kind();
     if kind.namespaced() {
         let ns = obj.meta().namespace.clone();
@@ -261,6 +264,9 @@ fn update(
     apply: bool,
 ) -> Result<Outcome, StoreError> {
     normalize_namespace(&mut obj);
+    if let Object::Secret(s) = &mut obj {
+        s.normalize();
+    }
     let kind = obj.kind();
     let key = key_of(&obj);
     let Some(old_entry) = view.get(&key) else {
@@ -389,6 +395,35 @@ fn keep_allocated(new: &mut Object, old: &Object) {
 /// A pod's spec is immutable but for container images, added tolerations and its first
 /// binding to a node, as in Kubernetes.
 fn check_immutable(old: &Object, new: &Object) -> Result<(), StoreError> {
+    if let (Object::Secret(o), Object::Secret(n)) = (old, new)
+        && o.type_ != n.type_
+    {
+        return Err(StoreError::Invalid(Invalid {
+            what: format!("secret {:?}", n.metadata.name),
+            errors: vec![FieldError::new("type", "field is immutable")],
+        }));
+    }
+    // An immutable ConfigMap or Secret keeps its data and stays immutable.
+    let frozen = match (old, new) {
+        (Object::ConfigMap(o), Object::ConfigMap(n)) => {
+            o.immutable == Some(true)
+                && (o.data != n.data || o.binary_data != n.binary_data || n.immutable != Some(true))
+        }
+        (Object::Secret(o), Object::Secret(n)) => {
+            o.immutable == Some(true)
+                && (o.data != n.data || o.type_ != n.type_ || n.immutable != Some(true))
+        }
+        _ => false,
+    };
+    if frozen {
+        return Err(StoreError::Invalid(Invalid {
+            what: format!("{} {:?}", new.kind().singular(), new.meta().name),
+            errors: vec![FieldError::new(
+                "data",
+                "Forbidden: field is immutable when `immutable` is set; delete and recreate it",
+            )],
+        }));
+    }
     let (Object::Pod(o), Object::Pod(n)) = (old, new) else {
         return Ok(());
     };

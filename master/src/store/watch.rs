@@ -15,19 +15,31 @@ use super::{Shared, StoreError};
 #[derive(Debug, Clone)]
 pub struct WatchFilter {
     pub kind: Kind,
+    /// Other kinds delivered in the same stream, in revision order with `kind`'s.
+    pub also: Vec<Kind>,
     /// None: all namespaces.
     pub namespace: Option<String>,
     pub selector: Selector,
 }
 
 impl WatchFilter {
+    /// Every object of `kind`, in every namespace.
+    pub fn all(kind: Kind) -> WatchFilter {
+        WatchFilter {
+            kind,
+            also: Vec::new(),
+            namespace: None,
+            selector: Selector::everything(),
+        }
+    }
+
     fn matches(&self, c: &Change) -> bool {
         let e = &c.entry;
-        e.kind == self.kind
+        (e.kind == self.kind || self.also.contains(&e.kind))
             && self
                 .namespace
                 .as_ref()
-                .is_none_or(|ns| !self.kind.namespaced() || *ns == e.namespace)
+                .is_none_or(|ns| !e.kind.namespaced() || *ns == e.namespace)
             && self.selector.matches(&e.labels)
     }
 }
@@ -63,8 +75,9 @@ pub(crate) fn start(
                     .cloned()
                     .collect()
             }
-            None => st
-                .range(filter.kind, filter.namespace.as_deref())
+            None => std::iter::once(filter.kind)
+                .chain(filter.also.iter().copied())
+                .flat_map(|k| st.range(k, filter.namespace.as_deref()))
                 .filter(|e| filter.selector.matches(&e.labels))
                 .map(|e| Arc::new(Change::new(EventType::Added, e.clone())))
                 .collect(),

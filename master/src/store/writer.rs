@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 
 use super::ops::{self, View};
 use super::state::{Change, Key, State};
-use super::{Entry, Outcome, Request, Shared, StoreError};
+use super::sealed::{self, SecretsKey};
+use super::{Entry, Outcome, Request, Shared, StoreError, Write};
 
 /// Objects by `plural/namespace/name`, as JSON.
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -57,7 +58,11 @@ pub(crate) fn entry_from_json(key: &Key, json: Vec<u8>) -> Result<Entry, serde_j
 }
 
 /// Opens the database and loads every object.
-pub(crate) fn open(path: &Path, log_limit: usize) -> Result<(Database, State), StoreError> {
+pub(crate) fn open(
+    path: &Path,
+    log_limit: usize,
+    secrets: Option<&SecretsKey>,
+) -> Result<(Database, State), StoreError> {
     let db = Database::builder()
         .set_cache_size(CACHE_BYTES)
         .create(path)
@@ -78,6 +83,8 @@ pub(crate) fn open(path: &Path, log_limit: usize) -> Result<(Database, State), S
         .map(|g| g.value())
         .unwrap_or(0);
     let mut objects = BTreeMap::new();
+    // Secrets stored in clear (before sealing existed) or under an older key.
+    let mut reseal: Vec<Key> = Vec::new();
     let table = read.open_table(OBJECTS).map_err(redb::Error::from)?;
     for row in table.iter().map_err(redb::Error::from)? {
         let (k, v) = row.map_err(redb::Error::from)?;
@@ -88,7 +95,30 @@ pub(crate) fn open(path: &Path, log_limit: usize) -> Result<(Database, State), S
             );
             continue;
         };
-        match entry_from_json(&key, v.value().to_vec()) {
+        let mut value = v.value().to_vec();
+        if key.0 == Kind::Secret {
+            match (sealed::is_sealed(&value), secrets) {
+                (true, Some(s)) => match s.open(k.value(), &value) {
+                    Ok((plain, id)) => {
+                        if id != s.current() {
+                            reseal.push(key.clone());
+                        }
+                        value = plain;
+                    }
+                    Err(why) => {
+                        tracing::error!(key = k.value(), why, "skipping a Secret that cannot be opened with {}", sealed::KEY_FILE);
+                        continue;
+                    }
+                },
+                (true, None) => {
+                    tracing::error!(key = k.value(), "skipping a sealed Secret: no secrets key");
+                    continue;
+                }
+                (false, Some(_)) => reseal.push(key.clone()),
+                (false, None) => {}
+            }
+        }
+        match entry_from_json(&key, value) {
             Ok(e) => {
                 objects.insert(key, Arc::new(e));
             }
@@ -99,6 +129,13 @@ pub(crate) fn open(path: &Path, log_limit: usize) -> Result<(Database, State), S
     }
     drop(table);
     drop(read);
+    if let Some(s) = secrets
+        && !reseal.is_empty()
+    {
+        let entries: Vec<&Arc<Entry>> = reseal.iter().filter_map(|k| objects.get(k)).collect();
+        write_sealed(&db, s, &entries)?;
+        tracing::info!(secrets = entries.len(), "sealed Secrets stored in clear or under an older key");
+    }
     tracing::info!(objects = objects.len(), revision, path = %path.display(), "store opened");
     Ok((db, State::new(objects, revision, log_limit)))
 }
@@ -109,24 +146,80 @@ pub(crate) struct Writer {
     pub rx: mpsc::Receiver<Request>,
     pub max_batch: usize,
     pub ranges: super::alloc::ServiceRanges,
+    pub secrets: Option<Arc<SecretsKey>>,
+}
+
+/// Writes `entries` (Secrets) sealed under the current key, in one transaction.
+fn write_sealed(db: &Database, key: &SecretsKey, entries: &[&Arc<Entry>]) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(redb::Error::from)?;
+    {
+        let mut objects = txn.open_table(OBJECTS).map_err(redb::Error::from)?;
+        for e in entries {
+            let k = key_string(&(e.kind, e.namespace.clone(), e.name.clone()));
+            let sealed = key
+                .seal(&k, &e.json)
+                .map_err(|why| StoreError::Storage { context: why, source: None })?;
+            objects
+                .insert(k.as_str(), &sealed[..])
+                .map_err(redb::Error::from)?;
+        }
+    }
+    txn.commit().map_err(redb::Error::from)?;
+    Ok(())
 }
 
 impl Writer {
     pub fn run(mut self) {
-        while let Some(first) = self.rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < self.max_batch {
-                match self.rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
+        let mut next = self.rx.blocking_recv();
+        while let Some(first) = next.take() {
+            let mut batch: Vec<Write> = Vec::new();
+            let mut pending = Some(first);
+            while let Some(r) = pending.take() {
+                match r {
+                    Request::Write(w) => batch.push(w),
+                    Request::RotateSecretsKey(reply) => {
+                        // After the writes queued before it.
+                        if !batch.is_empty() {
+                            self.commit_batch(std::mem::take(&mut batch));
+                        }
+                        let _ = reply.send(self.rotate_secrets_key());
+                        break;
+                    }
+                }
+                if batch.len() < self.max_batch {
+                    pending = self.rx.try_recv().ok();
                 }
             }
-            self.commit_batch(batch);
+            if !batch.is_empty() {
+                self.commit_batch(batch);
+            }
+            next = self.rx.blocking_recv();
         }
         tracing::debug!("store writer stopped");
     }
 
-    fn commit_batch(&mut self, batch: Vec<Request>) {
+    /// A new current key, every Secret sealed with it, then the old keys dropped (a crash
+    /// before the end leaves rows under keys the file still holds).
+    fn rotate_secrets_key(&self) -> Result<usize, StoreError> {
+        let Some(key) = &self.secrets else {
+            return Err(StoreError::Forbidden(
+                "this store keeps no secrets key".into(),
+            ));
+        };
+        let io = |e: std::io::Error| StoreError::storage(format!("cannot write {}", sealed::KEY_FILE), e);
+        let id = key.rotate().map_err(io)?;
+        let secrets: Vec<Arc<Entry>> = {
+            let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+            st.range(Kind::Secret, None).cloned().collect()
+        };
+        let refs: Vec<&Arc<Entry>> = secrets.iter().collect();
+        write_sealed(&self.db, key, &refs)?;
+        key.prune().map_err(io)?;
+        tracing::info!(key = id, secrets = secrets.len(), "rotated the secrets key");
+        Ok(secrets.len())
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Write>) {
         let now = bramble_api::time::now_secs();
         // Decide every request against the state plus the decisions before it.
         let (results, changes, revision) = {
@@ -192,8 +285,18 @@ impl Writer {
                 if c.type_ == super::EventType::Deleted {
                     objects.remove(k.as_str()).map_err(redb::Error::from)?;
                 } else {
+                    let sealed = match (&self.secrets, key.0) {
+                        (Some(s), Kind::Secret) => Some(s.seal(&k, &c.entry.json).map_err(
+                            |why| StoreError::Storage {
+                                context: why,
+                                source: None,
+                            },
+                        )?),
+                        _ => None,
+                    };
+                    let value = sealed.as_deref().unwrap_or(&c.entry.json[..]);
                     objects
-                        .insert(k.as_str(), &c.entry.json[..])
+                        .insert(k.as_str(), value)
                         .map_err(redb::Error::from)?;
                 }
             }
