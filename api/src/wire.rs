@@ -639,6 +639,12 @@ mod tests {
             uid: "u-1".into(),
             revision: 7,
             pod_json: br#"{"kind":"Pod"}"#.to_vec(),
+            config: vec![ConfigData {
+                secret: true,
+                name: "db".into(),
+                revision: 3,
+                items: vec![("password".into(), b"s3cr3t".to_vec())],
+            }],
         };
         vec![
             Message::Hello(Hello {

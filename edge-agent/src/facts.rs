@@ -40,6 +40,11 @@ fn meminfo(key: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The board's memory, in bytes (0 when /proc/meminfo does not say).
+pub fn memory_total() -> u64 {
+    meminfo("MemTotal:").unwrap_or(0)
+}
+
 /// Memory in use (total minus available), in bytes.
 pub fn memory_used() -> u64 {
     match (meminfo("MemTotal:"), meminfo("MemAvailable:")) {

@@ -3,6 +3,8 @@
 //! executes them through the [`Runtime`] (off the async workers), persists what changed in
 //! the local store, and returns the status reports that changed.
 
+mod atomic;
+pub mod config;
 pub mod layout;
 pub mod names;
 pub mod plan;
@@ -15,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bramble_api::pod::Pod;
-use bramble_api::wire::{Desired, DesiredChange, PodReport};
+use bramble_api::wire::{ConfigData, Desired, DesiredChange, PodReport};
 
 use bramble_support::{Clock, SystemClock};
 
@@ -79,6 +81,11 @@ pub struct PodManager {
     dns: Option<crate::network::dns::DnsSettings>,
     /// The Services the node knows (for Service environment variables).
     services: Option<Arc<std::sync::Mutex<crate::network::NetView>>>,
+    /// The ConfigMaps and Secrets each desired pod reads, as the master sent them: in
+    /// memory only (never in the local store on the SD card).
+    config: HashMap<String, Vec<ConfigData>>,
+    /// Pods whose data or own fields changed: their volumes' files are written again.
+    refresh: std::collections::BTreeSet<String>,
 }
 
 /// How often the image cache is checked against its limits (also after every pull).
@@ -153,6 +160,8 @@ impl PodManager {
             host_access: config.host_access,
             dns: config.dns,
             services: None,
+            config: HashMap::new(),
+            refresh: Default::default(),
         })
     }
 
@@ -263,14 +272,21 @@ impl PodManager {
             DesiredChange::Snapshot(pods) => {
                 let mut next = BTreeMap::new();
                 let mut rows = Vec::new();
+                let mut config = HashMap::new();
                 for p in pods {
                     if let Some(pod) = decode(&p.pod_json) {
                         rows.push((p.uid.clone(), p.pod_json));
-                        next.insert(p.uid, pod);
+                        next.insert(p.uid.clone(), pod);
+                        config.insert(p.uid, p.config);
                     }
                 }
                 self.store.write_desired(true, &rows, &[], d.revision)?;
                 self.desired = next;
+                for (uid, data) in config {
+                    self.set_config(&uid, data);
+                }
+                let desired = &self.desired;
+                self.config.retain(|uid, _| desired.contains_key(uid));
             }
             change => {
                 if d.prev_revision != self.desired_revision {
@@ -288,7 +304,8 @@ impl PodManager {
                                 &[],
                                 d.revision,
                             )?;
-                            self.desired.insert(p.uid, pod);
+                            self.desired.insert(p.uid.clone(), pod);
+                            self.set_config(&p.uid, p.config);
                         }
                     }
                     DesiredChange::Remove { uid } => {
@@ -299,6 +316,7 @@ impl PodManager {
                             d.revision,
                         )?;
                         self.desired.remove(&uid);
+                        self.config.remove(&uid);
                     }
                     DesiredChange::Snapshot(_) => {}
                 }
@@ -306,6 +324,86 @@ impl PodManager {
         }
         self.desired_revision = d.revision;
         Ok(Applied::Changed)
+    }
+
+    /// Takes the data a desired pod reads. On a change its volumes are written again, and a
+    /// container waiting for missing data is tried at once, not after its back-off.
+    fn set_config(&mut self, uid: &str, data: Vec<ConfigData>) {
+        // Labels and annotations (downward API) may have changed too.
+        self.refresh.insert(uid.to_string());
+        if self.config.get(uid) == Some(&data) {
+            return;
+        }
+        self.config.insert(uid.to_string(), data);
+        if let Some(rec) = self.records.get_mut(uid) {
+            for c in rec.containers.values_mut() {
+                let waiting = match &c.state {
+                    bramble_api::wire::ContainerState::Waiting { reason, .. } => {
+                        reason == "CreateContainerConfigError"
+                    }
+                    _ => false,
+                };
+                if waiting {
+                    c.not_before_ms = 0;
+                }
+            }
+        }
+    }
+
+    /// What the downward API reads of the pod besides its object.
+    fn pod_context(&self, uid: &str) -> (String, String, i64, i64) {
+        let pod_ip = self
+            .records
+            .get(uid)
+            .map(|r| r.pod_ip.clone())
+            .unwrap_or_default();
+        let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64 * 1000;
+        let memory = crate::facts::memory_total() as i64;
+        (pod_ip, self.host_ip.clone(), cpu, memory)
+    }
+
+    /// Writes the files of the pod's configMap/secret/projected/downwardAPI volumes. An
+    /// error names what is missing; files already there stay (as the kubelet keeps them).
+    fn write_volumes(&self, uid: &str, pod: &Pod) -> Result<(), String> {
+        let (pod_ip, host_ip, cpu_millis, memory_bytes) = self.pod_context(uid);
+        let ctx = config::PodContext {
+            pod_ip: &pod_ip,
+            host_ip: &host_ip,
+            cpu_millis,
+            memory_bytes,
+        };
+        let data = self.config.get(uid).map(Vec::as_slice).unwrap_or_default();
+        for v in &pod.spec.volumes {
+            let Some(files) = config::volume_files(pod, v, data, &ctx) else {
+                continue;
+            };
+            let files = files?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            match self.layout.write_projected(uid, v, &files, now) {
+                Ok(true) => tracing::info!(uid, volume = %v.name, files = files.len(), "volume files updated"),
+                Ok(false) => {}
+                Err(e) => return Err(format!("volume {:?}: {e}", v.name)),
+            }
+        }
+        Ok(())
+    }
+
+    /// After a change of their data: the volumes of pods whose sandbox exists.
+    fn refresh_volumes(&mut self) {
+        for uid in std::mem::take(&mut self.refresh) {
+            let ready = self.records.get(&uid).is_some_and(|r| r.sandbox_ready);
+            let Some(pod) = self.desired.get(&uid) else {
+                continue;
+            };
+            if !ready || !pod.spec.volumes.iter().any(|v| v.is_projected()) {
+                continue;
+            }
+            if let Err(why) = self.write_volumes(&uid, pod) {
+                tracing::warn!(uid, pod = %pod.metadata.name, why, "a volume keeps its files");
+            }
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -324,6 +422,7 @@ impl PodManager {
 
     /// One reconcile round; returns the reports that changed since the last round.
     pub async fn reconcile(&mut self) -> Vec<PodReport> {
+        self.refresh_volumes();
         let before = self.records.clone();
         let ids: Vec<String> = self
             .records
@@ -666,13 +765,52 @@ impl PodManager {
     /// is no longer desired (nothing to record).
     async fn start(&mut self, uid: &str, container: &str, id: &str) -> Option<Outcome> {
         let pod = self.desired.get(uid)?.clone();
-        let spec_c = pod
+        let mut spec_c = pod
             .spec
             .containers
             .iter()
             .find(|c| c.name == container)?
             .clone();
         let pod_ip = self.records.get(uid)?.pod_ip.clone();
+        // ConfigMaps, Secrets and the pod's own fields, as environment and files: what is
+        // missing holds the container in CreateContainerConfigError, naming it.
+        let env = {
+            let (_, host_ip, cpu_millis, memory_bytes) = self.pod_context(uid);
+            let ctx = config::PodContext {
+                pod_ip: &pod_ip,
+                host_ip: &host_ip,
+                cpu_millis,
+                memory_bytes,
+            };
+            let data = self.config.get(uid).map(Vec::as_slice).unwrap_or_default();
+            config::resolve_env(&pod, &spec_c, data, &ctx)
+        };
+        let env = match env.and_then(|env| self.write_volumes(uid, &pod).map(|()| env)) {
+            Ok(env) => env,
+            Err(why) => {
+                tracing::warn!(uid, container, why, "the container waits for its configuration");
+                return Some(Outcome::ConfigFailed(why));
+            }
+        };
+        spec_c.env = env
+            .into_iter()
+            .map(|(name, value)| bramble_api::pod::EnvVar {
+                name,
+                value,
+                value_from: None,
+            })
+            .collect();
+        spec_c.env_from.clear();
+        for m in &mut spec_c.volume_mounts {
+            if pod
+                .spec
+                .volumes
+                .iter()
+                .any(|v| v.name == m.name && v.is_projected())
+            {
+                m.read_only = true;
+            }
+        }
         let PodNames {
             files,
             env: service_env,
@@ -792,6 +930,7 @@ mod tests {
                 "spec": {"nodeName": "n", "containers": [{"name": "c", "image": image, "command": ["sleep", "1000"]}]}
             }))
             .unwrap(),
+            config: vec![],
         }
     }
 

@@ -768,6 +768,7 @@ fn forgeries_through_an_open_external_broker_change_nothing() {
             uid: "evil-uid".into(),
             revision: 1,
             pod_json: forged_pod,
+            config: vec![],
         }]),
     });
     let forged_status = Message::Status(StatusReport {

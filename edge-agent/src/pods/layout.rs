@@ -98,6 +98,18 @@ impl PodLayout {
         let _ = std::fs::remove_file(old);
     }
 
+    /// Writes a configMap/secret/projected/downwardAPI volume's files (atomically swapped);
+    /// returns whether they changed.
+    pub fn write_projected(
+        &self,
+        uid: &str,
+        v: &Volume,
+        files: &[super::config::VolumeFile],
+        now_nanos: u128,
+    ) -> std::io::Result<bool> {
+        super::atomic::write(&self.volume_path(uid, v), files, now_nanos)
+    }
+
     /// Where a volume is on the host.
     pub fn volume_path(&self, uid: &str, v: &Volume) -> PathBuf {
         match &v.host_path {
@@ -134,15 +146,18 @@ impl PodLayout {
                 .as_ref()
                 .and_then(|s| s.fs_group)
                 .and_then(|g| u32::try_from(g).ok());
-            if let Some(e) = &v.empty_dir
-                && e.medium == "Memory"
-                && !crate::runtime::sandbox::is_mount_point(&path)
-            {
-                // tmpfs, never the SD card; its size is the sizeLimit (tmpfs's own default,
-                // half the board's memory, without one). Memory used there counts against
-                // the board, as the kubelet's does.
-                let mut options = "mode=0777".to_string();
-                if let Some(q) = &e.size_limit {
+            let memory = v.is_projected()
+                || v.empty_dir.as_ref().is_some_and(|e| e.medium == "Memory");
+            if memory && !crate::runtime::sandbox::is_mount_point(&path) {
+                // tmpfs, never the SD card (ConfigMaps' and Secrets' files always); its size
+                // is the sizeLimit (tmpfs's own default, half the board's memory, without
+                // one). Memory used there counts against the board, as the kubelet's does.
+                let mut options = if v.is_projected() {
+                    "mode=0755".to_string()
+                } else {
+                    "mode=0777".to_string()
+                };
+                if let Some(q) = v.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref()) {
                     options.push_str(&format!(",size={}", q.value().max(4096)));
                 }
                 nix::mount::mount(

@@ -734,6 +734,125 @@ mod tests {
         }
     }
 
+    fn entry(kind: Kind, name: &str, revision: u64, json: String) -> Arc<Entry> {
+        Arc::new(Entry {
+            kind,
+            namespace: "default".into(),
+            name: name.into(),
+            revision,
+            labels: Default::default(),
+            json: json.into_bytes().into(),
+        })
+    }
+
+    /// A pod that reads ConfigMap `cfg` through env and Secret `db` through a volume.
+    fn reader(name: &str, node: &str, revision: u64) -> Arc<Entry> {
+        entry(
+            Kind::Pod,
+            name,
+            revision,
+            format!(
+                r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"default","uid":"uid-{name}","resourceVersion":"{revision}"}},"spec":{{"nodeName":"{node}","containers":[{{"name":"c","image":"busybox","env":[{{"name":"X","valueFrom":{{"configMapKeyRef":{{"name":"cfg","key":"k"}}}}}}]}}],"volumes":[{{"name":"v","secret":{{"secretName":"db"}}}}]}}}}"#
+            ),
+        )
+    }
+
+    fn configmap(value: &str, revision: u64) -> Arc<Entry> {
+        entry(
+            Kind::ConfigMap,
+            "cfg",
+            revision,
+            format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cfg","namespace":"default","resourceVersion":"{revision}"}},"data":{{"k":"{value}"}}}}"#
+            ),
+        )
+    }
+
+    /// The config data of every desired pod sent, as (uid, [name=value...]).
+    fn sent_config(actions: &[Action]) -> Vec<(String, Vec<String>)> {
+        let show = |p: &DesiredPod| {
+            let items = p
+                .config
+                .iter()
+                .flat_map(|c| {
+                    c.items.iter().map(move |(k, v)| {
+                        format!("{}/{k}={}", c.name, String::from_utf8_lossy(v))
+                    })
+                })
+                .collect();
+            (p.uid.clone(), items)
+        };
+        actions
+            .iter()
+            .flat_map(|a| match a {
+                Action::Publish {
+                    message: Message::Desired(d),
+                    ..
+                } => match &d.change {
+                    DesiredChange::Snapshot(ps) => ps.iter().map(show).collect(),
+                    DesiredChange::Upsert(p) => vec![show(p)],
+                    DesiredChange::Remove { .. } => vec![],
+                },
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pods_carry_what_they_read_and_a_change_of_it_resends_only_its_readers() {
+        let t0 = Instant::now();
+        let mut p = Protocol::new(LOST_AFTER);
+        p.relisted(
+            4,
+            vec![
+                reader("r", "n1", 3),
+                pod("plain", "n2", 2),
+                configmap("one", 1),
+            ],
+        );
+        let out = p.on_message("n1", Channel::Hello, fresh(), hello(false), t0).unwrap();
+        // The Secret does not exist yet: only the ConfigMap travels.
+        assert_eq!(sent_config(&out), vec![("uid-r".into(), vec!["cfg/k=one".into()])]);
+        let out = p.on_message("n2", Channel::Hello, fresh(), hello(false), t0).unwrap();
+        assert_eq!(sent_config(&out), vec![("uid-plain".into(), vec![])]);
+        // The Secret is created: the reader on n1 gets it, n2 gets nothing.
+        let secret = entry(
+            Kind::Secret,
+            "db",
+            5,
+            r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"db","namespace":"default","resourceVersion":"5"},"data":{"password":"czNjcjN0"}}"#.into(),
+        );
+        let out = p.on_change(&change(EventType::Added, secret));
+        assert_eq!(desired(&out), vec![(5, 4, "upsert uid-r".to_string())]);
+        assert_eq!(
+            sent_config(&out),
+            vec![("uid-r".into(), vec!["cfg/k=one".into(), "db/password=s3cr3t".into()])]
+        );
+        // A ConfigMap update: the reader again, chained.
+        let out = p.on_change(&change(EventType::Modified, configmap("two", 6)));
+        assert_eq!(desired(&out), vec![(6, 5, "upsert uid-r".to_string())]);
+        assert!(sent_config(&out)[0].1.contains(&"cfg/k=two".to_string()));
+        // Once the reader is gone, a change of its Secret goes nowhere.
+        let out = p.on_change(&change(EventType::Deleted, reader("r", "n1", 7)));
+        assert_eq!(desired(&out), vec![(7, 6, "remove uid-r".to_string())]);
+        let out = p.on_change(&change(EventType::Modified, configmap("three", 8)));
+        assert!(out.is_empty(), "{out:?}");
+        // Another ConfigMap of the same name in another namespace is not this one.
+        let same = configmap("x", 10);
+        let other = Arc::new(Entry {
+            kind: Kind::ConfigMap,
+            namespace: "other".into(),
+            name: "cfg".into(),
+            revision: 10,
+            labels: Default::default(),
+            json: same.json.clone(),
+        });
+        let out = p.on_change(&change(EventType::Added, reader("r2", "n1", 9)));
+        assert_eq!(desired(&out), vec![(9, 7, "upsert uid-r2".to_string())]);
+        let out = p.on_change(&change(EventType::Modified, other));
+        assert!(out.is_empty(), "{out:?}");
+    }
+
     #[test]
     fn pod_changes_follow_the_chain_and_old_or_repeated_ones_are_not_sent() {
         let t0 = Instant::now();
