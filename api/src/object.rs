@@ -23,14 +23,15 @@ pub enum Kind {
     Deployment,
     Service,
     Endpoints,
-    Event,
-    Image,
     ConfigMap,
     Secret,
+    Event,
+    Image,
 }
 
 impl Kind {
-    /// Every kind, in the order `bramble get all` prints them.
+    /// Every kind, in the order `bramble get all` prints them, which is also the enum's
+    /// declaration order (its `Ord`; the store's ranges rely on it).
     pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::Node,
@@ -429,6 +430,13 @@ mod tests {
             p.spec.containers[0].image = "j".into();
         }
         assert!(!a.same_desired_state(&b) && a.desired_state() != b.desired_state());
+    }
+
+    #[test]
+    fn all_kinds_are_in_their_ord_order() {
+        let mut sorted = Kind::ALL;
+        sorted.sort();
+        assert_eq!(sorted, Kind::ALL);
     }
 
     #[test]

@@ -43,6 +43,12 @@ pub struct Connection {
 pub enum Command {
     /// Create or update objects from manifests (YAML or JSON)
     Apply(ApplyArgs),
+    /// Create a ConfigMap or a Secret from literals and files
+    #[command(subcommand)]
+    Create(CreateCommand),
+    /// Secrets at rest on the master
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// List objects, or show some by name
     Get(GetArgs),
     /// Show an object in detail, with its events
@@ -71,6 +77,62 @@ pub enum Command {
     /// A node's credential: let a join take it over, or revoke it
     #[command(subcommand)]
     Node(NodeCommand),
+}
+
+/// `bramble create`.
+#[derive(Debug, Subcommand)]
+pub enum CreateCommand {
+    /// A ConfigMap
+    #[command(visible_alias = "cm")]
+    Configmap(ConfigSources),
+    /// A Secret
+    #[command(subcommand)]
+    Secret(SecretKind),
+}
+
+/// `bramble create secret`.
+#[derive(Debug, Subcommand)]
+pub enum SecretKind {
+    /// An Opaque (or --type) Secret from literals and files
+    Generic {
+        #[command(flatten)]
+        sources: ConfigSources,
+        /// The Secret's type [default: Opaque]
+        #[arg(long = "type")]
+        type_: Option<String>,
+    },
+    /// A kubernetes.io/tls Secret from a certificate and its key (PEM files)
+    Tls {
+        name: String,
+        /// The certificate (chain), PEM
+        #[arg(long)]
+        cert: PathBuf,
+        /// The private key, PEM
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+/// The keys of a ConfigMap or Secret, as `kubectl create` takes them.
+#[derive(Debug, ClapArgs)]
+pub struct ConfigSources {
+    pub name: String,
+    /// KEY=VALUE (repeatable)
+    #[arg(long = "from-literal")]
+    pub literals: Vec<String>,
+    /// PATH (the key is the file name), KEY=PATH, or a directory (each file in it)
+    #[arg(long = "from-file")]
+    pub files: Vec<String>,
+    /// A file of KEY=VALUE lines (# comments and blank lines skipped)
+    #[arg(long = "from-env-file")]
+    pub env_files: Vec<PathBuf>,
+}
+
+/// `bramble secrets`.
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Make a new key for Secrets at rest, seal every Secret with it, drop the old key
+    RotateKey,
 }
 
 /// `bramble node`.

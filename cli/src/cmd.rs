@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod apply;
+pub mod create;
 pub mod delete;
 pub mod describe;
 pub mod get;
@@ -18,7 +19,7 @@ pub fn kind(text: &str) -> Result<Kind> {
     Kind::from_user(text).ok_or_else(|| {
         anyhow!(
             "unknown kind {text:?}; Bramble serves pods (po), deployments (deploy), services (svc), nodes (no), \
-             namespaces (ns), endpoints (ep) and events (ev)"
+             namespaces (ns), endpoints (ep), configmaps (cm), secrets and events (ev)"
         )
     })
 }

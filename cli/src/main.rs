@@ -30,6 +30,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let ns = cli.namespace.as_deref();
     match &cli.command {
         Command::Apply(a) => cmd::apply::run(&client, ns, a),
+        Command::Create(c) => cmd::create::run(&client, ns, c),
+        Command::Secrets(c) => cmd::create::secrets(&client, c),
         Command::Get(a) => cmd::get::run(&client, ns, a),
         Command::Describe(a) => cmd::describe::run(&client, ns, a),
         Command::Delete(a) => cmd::delete::run(&client, ns, a),

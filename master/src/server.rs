@@ -27,6 +27,7 @@ use crate::gateway::GatewayHandle;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::users::{Role, Users};
+use bramble_api::Kind;
 
 pub use error::ApiError;
 
@@ -78,6 +79,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/bramble/v1/users/{user}",
             axum::routing::delete(nodes::delete_user),
+        )
+        .route(
+            "/bramble/v1/secrets/rotate-key",
+            post(nodes::rotate_secrets_key),
         )
         .route("/bramble/v1/nodes/{node}/revoke", post(nodes::revoke_node))
         .route(
@@ -254,6 +259,23 @@ async fn api(
                 )
                 .into_response(),
             ),
+            // Secrets are not for the reader role, as Kubernetes' `view` role cannot read
+            // them: a dashboard's token must not hand out the cluster's passwords.
+            Some(target)
+                if target.kind == Kind::Secret
+                    && role_of(&st, &headers) != Some(Role::Admin) =>
+            {
+                (
+                    "unknown",
+                    "secrets",
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "Forbidden",
+                        "secrets are readable only with the admin role (a reader token may read every other kind)",
+                    )
+                    .into_response(),
+                )
+            }
             Some(target) => resources::handle(&st, method, &uri, &headers, body, target).await,
         },
     };

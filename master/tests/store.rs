@@ -653,3 +653,116 @@ async fn the_endpoints_controller_follows_ready_pods() {
     shutdown.cancel();
     ctl.await.unwrap();
 }
+
+/// Every byte of a file, to look for a value in it.
+fn raw_contains(path: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read(path)
+        .unwrap()
+        .windows(needle.len())
+        .any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_in_the_file_and_a_rotation_reseals_them() {
+    use bramble_master::store::sealed::{KEY_FILE, SecretsKey};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.redb");
+    let secret = |name: &str, value: &str| {
+        obj(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData: {{password: {value}}}\n"
+        ))
+    };
+    let config = obj("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: plain}\ndata: {k: visible-config-value}\n");
+    // A store written before sealing existed: its Secret is in clear.
+    {
+        let (s, writer) = Store::open(&db, StoreOptions::default()).unwrap();
+        s.create(namespace("default")).await.unwrap();
+        s.create(secret("old", "legacy-cleartext-value")).await.unwrap();
+        drop(s);
+        writer.join();
+    }
+    let legacy = bramble_api::config::encode(b"legacy-cleartext-value");
+    assert!(raw_contains(&db, legacy.as_bytes()));
+    let key = || Arc::new(SecretsKey::load_or_create(&dir.path().join(KEY_FILE)).unwrap());
+    let opts = || StoreOptions {
+        secrets: Some(key()),
+        ..Default::default()
+    };
+    {
+        let (s, writer) = Store::open(&db, opts()).unwrap();
+        // stringData is merged into data on the way in, as base64.
+        let out = s.create(secret("db", "hunter2-at-rest")).await.unwrap();
+        let Object::Secret(stored) = out.entry().object().unwrap() else {
+            panic!()
+        };
+        assert!(stored.string_data.is_empty());
+        assert_eq!(stored.data["password"], bramble_api::config::encode(b"hunter2-at-rest"));
+        assert_eq!(stored.type_, "Opaque");
+        s.create(config.clone()).await.unwrap();
+        drop(s);
+        writer.join();
+    }
+    // Neither the value nor its base64 is in the file; the ConfigMap is not sealed.
+    for needle in ["hunter2-at-rest", "legacy-cleartext-value"] {
+        assert!(!raw_contains(&db, needle.as_bytes()), "{needle}");
+        let b64 = bramble_api::config::encode(needle.as_bytes());
+        assert!(!raw_contains(&db, b64.as_bytes()), "{needle} as base64");
+    }
+    assert!(raw_contains(&db, b"visible-config-value"));
+    // Reopened with the key, both read back; a rotation re-seals both under key 2 and
+    // drops key 1, after which they still read back.
+    let sealed_before = std::fs::read(&db).unwrap();
+    {
+        let (s, writer) = Store::open(&db, opts()).unwrap();
+        let read = |s: &Store, n: &str| match s.get(Kind::Secret, "default", n).unwrap().object().unwrap() {
+            Object::Secret(x) => x.entries()["password"].clone(),
+            _ => panic!(),
+        };
+        assert_eq!(read(&s, "db"), b"hunter2-at-rest");
+        assert_eq!(read(&s, "old"), b"legacy-cleartext-value");
+        assert_eq!(s.rotate_secrets_key().await.unwrap(), 2);
+        drop(s);
+        writer.join();
+    }
+    let k = key();
+    assert_eq!(k.current(), 2);
+    assert_ne!(std::fs::read(&db).unwrap(), sealed_before);
+    {
+        let (s, writer) = Store::open(&db, opts()).unwrap();
+        assert_eq!(s.list(Kind::Secret, None, &Selector::everything()).1.len(), 2);
+        drop(s);
+        writer.join();
+    }
+    // Without the key the Secrets are not readable (left out, never served as garbage).
+    let (s, _w) = Store::open(&db, StoreOptions::default()).unwrap();
+    assert!(s.get(Kind::Secret, "default", "db").is_none());
+    assert!(s.get(Kind::ConfigMap, "default", "plain").is_some());
+}
+
+#[tokio::test]
+async fn immutable_configmaps_and_secrets_keep_their_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), StoreOptions::default()).await;
+    let cm = |v: &str, immutable: bool| {
+        obj(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {{k: \"{v}\"}}\nimmutable: {immutable}\n"
+        ))
+    };
+    s.create(cm("1", true)).await.unwrap();
+    for change in [cm("2", true), cm("1", false)] {
+        let err = s.write(Op::Update(change, Subresource::Main)).await.unwrap_err();
+        assert!(err.to_string().contains("immutable"), "{err}");
+    }
+    let secret = |t: &str| {
+        obj(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\ntype: {t}\nstringData: {{username: u}}\n"
+        ))
+    };
+    s.create(secret("kubernetes.io/basic-auth")).await.unwrap();
+    let err = s
+        .write(Op::Update(secret("Opaque"), Subresource::Main))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("type"), "{err}");
+}

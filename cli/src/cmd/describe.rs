@@ -38,7 +38,10 @@ pub fn run(client: &Client, ns_flag: Option<&str>, args: &DescribeArgs) -> Resul
         }
     };
     field(&mut out, "Labels", &pairs(&m.labels));
-    field(&mut out, "Annotations", &pairs(&m.annotations));
+    // kubectl leaves the last-applied copy out: it repeats the object (a Secret's values too).
+    let mut annotations = m.annotations.clone();
+    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    field(&mut out, "Annotations", &pairs(&annotations));
     field(
         &mut out,
         "CreationTimestamp",
@@ -58,6 +61,30 @@ pub fn run(client: &Client, ns_flag: Option<&str>, args: &DescribeArgs) -> Resul
             },
         );
         field(&mut out, "Status", &table::pod_status(p));
+    }
+    match &obj {
+        Object::ConfigMap(c) => {
+            out.push_str("\nData\n====\n");
+            for (k, v) in &c.data {
+                out.push_str(&format!("{k}:\n----\n{v}\n\n"));
+            }
+            if !c.binary_data.is_empty() {
+                out.push_str("\nBinaryData\n====\n");
+                for (k, v) in &c.binary_data {
+                    let n = bramble_api::config::decode(v).map_or(0, |b| b.len());
+                    out.push_str(&format!("{k}: {n} bytes\n"));
+                }
+            }
+        }
+        Object::Secret(sec) => {
+            // Never the values: their sizes, as kubectl prints them.
+            field(&mut out, "Type", &sec.type_);
+            out.push_str("\nData\n====\n");
+            for (k, v) in sec.entries() {
+                out.push_str(&format!("{k}:  {} bytes\n", v.len()));
+            }
+        }
+        _ => {}
     }
     for section in ["spec", "status", "subsets"] {
         if let Some(v) = value.get(section).filter(|v| !v.is_null()) {

@@ -378,6 +378,18 @@ fn create_user_token(
 /// `POST /bramble/v1/nodes/{node}/revoke`: revokes a node's credential at once (its MQTT
 /// connections are cut, reconnects and blob reads refused) while keeping the Node; a board
 /// may then join under that name again with a join token.
+/// `POST /bramble/v1/secrets/rotate-key`: a new key for Secrets at rest; every Secret is
+/// sealed with it and the old keys are dropped.
+pub async fn rotate_secrets_key(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&st, &headers) {
+        return e.into_response();
+    }
+    match st.store.rotate_secrets_key().await {
+        Ok(n) => Json(serde_json::json!({ "resealed": n })).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
 pub async fn revoke_node(
     State(st): State<Arc<AppState>>,
     axum::extract::Path(node): axum::extract::Path<String>,
