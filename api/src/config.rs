@@ -121,7 +121,9 @@ pub fn check_key(key: &str) -> Result<(), String> {
         ));
     }
     if key == "." || key == ".." || key.starts_with("..") {
-        return Err(format!("{key:?} is not a valid key: it must not be '.', '..' or start with '..'"));
+        return Err(format!(
+            "{key:?} is not a valid key: it must not be '.', '..' or start with '..'"
+        ));
     }
     Ok(())
 }

@@ -313,7 +313,11 @@ fn typed(kind: Kind, value: Value) -> Result<(Object, Vec<String>), FieldError> 
 fn redact_values(message: &str) -> String {
     let mut out = String::new();
     for (i, part) in message.split('`').enumerate() {
-        out.push_str(if i % 2 == 1 { "(value not shown)" } else { part });
+        out.push_str(if i % 2 == 1 {
+            "(value not shown)"
+        } else {
+            part
+        });
     }
     out
 }

@@ -588,7 +588,10 @@ mod file_mode {
 pub struct KeyToPath {
     pub key: String,
     pub path: String,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "file_mode::deserialize")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode::deserialize"
+    )]
     pub mode: Option<i32>,
 }
 
@@ -599,7 +602,10 @@ pub struct ConfigMapVolumeSource {
     pub name: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<KeyToPath>,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "file_mode::deserialize")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode::deserialize"
+    )]
     pub default_mode: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub optional: Option<bool>,
@@ -612,7 +618,10 @@ pub struct SecretVolumeSource {
     pub secret_name: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<KeyToPath>,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "file_mode::deserialize")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode::deserialize"
+    )]
     pub default_mode: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub optional: Option<bool>,
@@ -623,7 +632,10 @@ pub struct SecretVolumeSource {
 #[serde(rename_all = "camelCase", default)]
 pub struct ProjectedVolumeSource {
     pub sources: Vec<VolumeProjection>,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "file_mode::deserialize")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode::deserialize"
+    )]
     pub default_mode: Option<i32>,
 }
 
@@ -662,7 +674,10 @@ pub struct DownwardApiProjection {
 #[serde(rename_all = "camelCase", default)]
 pub struct DownwardApiVolumeSource {
     pub items: Vec<DownwardApiFile>,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "file_mode::deserialize")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode::deserialize"
+    )]
     pub default_mode: Option<i32>,
 }
 
@@ -675,7 +690,10 @@ pub struct DownwardApiFile {
     pub field_ref: Option<ObjectFieldSelector>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_field_ref: Option<ResourceFieldSelector>,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "file_mode::deserialize")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode::deserialize"
+    )]
     pub mode: Option<i32>,
 }
 

@@ -144,7 +144,9 @@ fn secret(body: &str) -> String {
 }
 /// A container with one more field (env, envFrom, volumeMounts...).
 fn with_c(extra: &str) -> String {
-    pod(&format!("  containers:\n  - name: c\n    image: a\n{extra}"))
+    pod(&format!(
+        "  containers:\n  - name: c\n    image: a\n{extra}"
+    ))
 }
 
 const C: &str = "  containers:\n  - name: c\n    image: busybox\n";
@@ -334,7 +336,12 @@ fn data_over_one_mebibyte_is_refused_by_validation_too() {
     c.binary_data
         .insert("b".into(), bramble_api::config::encode(&vec![0u8; 400_000]));
     let errors = bramble_api::validate::validate(&Object::ConfigMap(c));
-    assert!(errors.iter().any(|e| e.path == "data" && e.message.contains("Too long")), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == "data" && e.message.contains("Too long")),
+        "{errors:?}"
+    );
 }
 
 #[test]
@@ -343,12 +350,24 @@ fn no_error_quotes_a_secret_value() {
         secret("data: {password: 123456789}\n"),
         secret("data: {password: \"hunter2-is-not-base64!\"}\n"),
         secret("stringData: {password: [123456789]}\n"),
-        secret("type: kubernetes.io/dockerconfigjson\nstringData: {.dockerconfigjson: \"{hunter2\"}\n"),
+        secret(
+            "type: kubernetes.io/dockerconfigjson\nstringData: {.dockerconfigjson: \"{hunter2\"}\n",
+        ),
     ] {
         let err = parse_manifests(&text).unwrap_err();
-        let msg = err.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
-        assert!(msg.contains("password") || msg.contains("dockerconfigjson"), "{msg}");
-        assert!(!msg.contains("123456789") && !msg.contains("hunter2"), "{msg}");
+        let msg = err
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            msg.contains("password") || msg.contains("dockerconfigjson"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("123456789") && !msg.contains("hunter2"),
+            "{msg}"
+        );
     }
 }
 
@@ -448,5 +467,8 @@ fn configmaps_secrets_and_the_pods_that_read_them_parse() {
     let refs: Vec<String> = p.spec.config_refs().iter().map(|r| r.describe()).collect();
     assert_eq!(refs, ["configmap \"game-demo\"", "secret \"db\""]);
     assert!(p.spec.config_refs().iter().all(|r| !r.optional));
-    assert_eq!(p.spec.volumes[1].projected.as_ref().unwrap().default_mode, Some(0o440));
+    assert_eq!(
+        p.spec.volumes[1].projected.as_ref().unwrap().default_mode,
+        Some(0o440)
+    );
 }

@@ -382,7 +382,9 @@ impl PodManager {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos());
             match self.layout.write_projected(uid, v, &files, now) {
-                Ok(true) => tracing::info!(uid, volume = %v.name, files = files.len(), "volume files updated"),
+                Ok(true) => {
+                    tracing::info!(uid, volume = %v.name, files = files.len(), "volume files updated")
+                }
                 Ok(false) => {}
                 Err(e) => return Err(format!("volume {:?}: {e}", v.name)),
             }
@@ -788,7 +790,12 @@ impl PodManager {
         let env = match env.and_then(|env| self.write_volumes(uid, &pod).map(|()| env)) {
             Ok(env) => env,
             Err(why) => {
-                tracing::warn!(uid, container, why, "the container waits for its configuration");
+                tracing::warn!(
+                    uid,
+                    container,
+                    why,
+                    "the container waits for its configuration"
+                );
                 return Some(Outcome::ConfigFailed(why));
             }
         };

@@ -673,12 +673,16 @@ async fn secrets_are_sealed_in_the_file_and_a_rotation_reseals_them() {
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData: {{password: {value}}}\n"
         ))
     };
-    let config = obj("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: plain}\ndata: {k: visible-config-value}\n");
+    let config = obj(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: plain}\ndata: {k: visible-config-value}\n",
+    );
     // A store written before sealing existed: its Secret is in clear.
     {
         let (s, writer) = Store::open(&db, StoreOptions::default()).unwrap();
         s.create(namespace("default")).await.unwrap();
-        s.create(secret("old", "legacy-cleartext-value")).await.unwrap();
+        s.create(secret("old", "legacy-cleartext-value"))
+            .await
+            .unwrap();
         drop(s);
         writer.join();
     }
@@ -697,7 +701,10 @@ async fn secrets_are_sealed_in_the_file_and_a_rotation_reseals_them() {
             panic!()
         };
         assert!(stored.string_data.is_empty());
-        assert_eq!(stored.data["password"], bramble_api::config::encode(b"hunter2-at-rest"));
+        assert_eq!(
+            stored.data["password"],
+            bramble_api::config::encode(b"hunter2-at-rest")
+        );
         assert_eq!(stored.type_, "Opaque");
         s.create(config.clone()).await.unwrap();
         drop(s);
@@ -715,10 +722,12 @@ async fn secrets_are_sealed_in_the_file_and_a_rotation_reseals_them() {
     let sealed_before = std::fs::read(&db).unwrap();
     {
         let (s, writer) = Store::open(&db, opts()).unwrap();
-        let read = |s: &Store, n: &str| match s.get(Kind::Secret, "default", n).unwrap().object().unwrap() {
-            Object::Secret(x) => x.entries()["password"].clone(),
-            _ => panic!(),
-        };
+        let read =
+            |s: &Store, n: &str| match s.get(Kind::Secret, "default", n).unwrap().object().unwrap()
+            {
+                Object::Secret(x) => x.entries()["password"].clone(),
+                _ => panic!(),
+            };
         assert_eq!(read(&s, "db"), b"hunter2-at-rest");
         assert_eq!(read(&s, "old"), b"legacy-cleartext-value");
         assert_eq!(s.rotate_secrets_key().await.unwrap(), 2);
@@ -730,7 +739,10 @@ async fn secrets_are_sealed_in_the_file_and_a_rotation_reseals_them() {
     assert_ne!(std::fs::read(&db).unwrap(), sealed_before);
     {
         let (s, writer) = Store::open(&db, opts()).unwrap();
-        assert_eq!(s.list(Kind::Secret, None, &Selector::everything()).1.len(), 2);
+        assert_eq!(
+            s.list(Kind::Secret, None, &Selector::everything()).1.len(),
+            2
+        );
         drop(s);
         writer.join();
     }
@@ -751,7 +763,10 @@ async fn immutable_configmaps_and_secrets_keep_their_data() {
     };
     s.create(cm("1", true)).await.unwrap();
     for change in [cm("2", true), cm("1", false)] {
-        let err = s.write(Op::Update(change, Subresource::Main)).await.unwrap_err();
+        let err = s
+            .write(Op::Update(change, Subresource::Main))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("immutable"), "{err}");
     }
     let secret = |t: &str| {

@@ -84,10 +84,7 @@ fn main() {
         // Count bindings from a watch: polling lists of 10,000 pods would compete with the
         // scheduler for the two cores.
         let mut watch = s
-            .watch(
-                WatchFilter::all(Kind::Pod),
-                Some(s.revision()),
-            )
+            .watch(WatchFilter::all(Kind::Pod), Some(s.revision()))
             .unwrap();
         let t = Instant::now();
         let sched = tokio::spawn(bramble_master::scheduler::run(s.clone(), shutdown.clone()));

@@ -408,9 +408,18 @@ pub fn busybox_image(images: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `bramble-agent --data-dir DIR` with the tests' logging and stdio (RUST_LOG, default warn).
+/// `bramble-agent --data-dir DIR` with the tests' logging and stdio (RUST_LOG, default warn);
+/// with `BRAMBLE_TEST_AGENT_LOGS` set, its log goes to `DIR.log` instead of the test's.
 fn agent_command(data_dir: &Path) -> Command {
     let mut c = Command::new(bin("bramble-agent"));
+    let stderr = match std::env::var_os("BRAMBLE_TEST_AGENT_LOGS") {
+        Some(_) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .map_or_else(|_| Stdio::inherit(), Stdio::from),
+        None => Stdio::inherit(),
+    };
     c.arg("--data-dir")
         .arg(data_dir)
         .env(
@@ -419,7 +428,7 @@ fn agent_command(data_dir: &Path) -> Command {
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .stderr(stderr);
     c
 }
 
@@ -743,6 +752,25 @@ pub fn shims_of(data_dir: &Path) -> Vec<i32> {
 }
 
 /// Mount points below `dir` (to assert nothing is left behind).
+/// The mounts pods left under an agent's data dir: [`mounts_under`] but the agent's own
+/// tmpfs for OCI bundles (`DIR/bundles`), which must be empty.
+pub fn pod_mounts_under(dir: &Path) -> Vec<String> {
+    let bundles = dir.join("bundles");
+    let left: Vec<String> = std::fs::read_dir(&bundles)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| format!("bundle {}", e.path().display()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let own = bundles.to_string_lossy().to_string();
+    mounts_under(dir)
+        .into_iter()
+        .filter(|m| *m != own)
+        .chain(left)
+        .collect()
+}
+
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = dir.to_string_lossy().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bramble_tests::{
     AgentDirCleanup, AgentProcess, MasterProcess, consistently, container_pids, eventually,
-    mounts_under, ok_stdout, pod_cgroups, require_root, send_signal,
+    ok_stdout, pod_cgroups, pod_mounts_under, require_root, send_signal,
 };
 
 /// A pod that prints, then ticks; it exits at once on SIGTERM.
@@ -222,9 +222,9 @@ fn a_pod_runs_logs_restarts_and_is_cleaned_up() {
         pod_cgroups(&uid)
     );
     assert!(
-        mounts_under(&agent_dir).is_empty(),
+        pod_mounts_under(&agent_dir).is_empty(),
         "mounts left behind: {:?}",
-        mounts_under(&agent_dir)
+        pod_mounts_under(&agent_dir)
     );
     assert!(
         std::fs::read_dir(agent_dir.join("run")).unwrap().count() == 0,

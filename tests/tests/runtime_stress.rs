@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bramble_agent::runtime::container::LibcontainerRuntime;
 use bramble_agent::runtime::{ContainerSpec, Observed, Runtime};
-use bramble_tests::{bin, busybox_image, eventually, mounts_under, pod_cgroups, require_root};
+use bramble_tests::{bin, busybox_image, eventually, pod_cgroups, pod_mounts_under, require_root};
 
 const CYCLES: usize = 240;
 const PARALLEL: usize = 4;
@@ -157,9 +157,9 @@ fn hundreds_of_container_cycles_while_the_agent_is_busy() {
         "libcontainer state left"
     );
     assert!(
-        mounts_under(&data).is_empty(),
+        pod_mounts_under(&data).is_empty(),
         "mounts left: {:?}",
-        mounts_under(&data)
+        pod_mounts_under(&data)
     );
     for n in 0..CYCLES {
         assert!(

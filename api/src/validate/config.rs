@@ -237,7 +237,10 @@ pub(super) fn validate_env(v: &mut Errors, cp: &str, c: &Container, spec: &PodSp
         match (&e.config_map_ref, &e.secret_ref) {
             (Some(r), None) => check_ref_name(v, &format!("{ep}.configMapRef.name"), &r.name),
             (None, Some(r)) => check_ref_name(v, &format!("{ep}.secretRef.name"), &r.name),
-            _ => v.push(&ep, "must specify exactly one of configMapRef and secretRef"),
+            _ => v.push(
+                &ep,
+                "must specify exactly one of configMapRef and secretRef",
+            ),
         }
         if e.prefix.contains('=') || e.prefix.chars().any(|ch| ch.is_control()) {
             v.push(
@@ -285,7 +288,10 @@ fn check_downward(
         let ip = format!("{path}.items[{k}]");
         v.check(&format!("{ip}.path"), config::check_item_path(&f.path));
         if !paths.insert(f.path.clone()) {
-            v.push(&format!("{ip}.path"), format!("Duplicate value: {:?}", f.path));
+            v.push(
+                &format!("{ip}.path"),
+                format!("Duplicate value: {:?}", f.path),
+            );
         }
         check_mode(v, &format!("{ip}.mode"), f.mode);
         match (&f.field_ref, &f.resource_field_ref) {
@@ -293,7 +299,10 @@ fn check_downward(
             (None, Some(r)) => {
                 check_resource_field(v, &format!("{ip}.resourceFieldRef"), r, spec, true)
             }
-            _ => v.push(&ip, "must specify exactly one of fieldRef and resourceFieldRef"),
+            _ => v.push(
+                &ip,
+                "must specify exactly one of fieldRef and resourceFieldRef",
+            ),
         }
     }
 }
@@ -316,7 +325,12 @@ pub(super) fn validate_volume(v: &mut Errors, vp: &str, vol: &Volume, spec: &Pod
     }
     if let Some(c) = &vol.config_map {
         check_ref_name(v, &format!("{vp}.configMap.name"), &c.name);
-        check_items(v, &format!("{vp}.configMap"), &c.items, &mut BTreeSet::new());
+        check_items(
+            v,
+            &format!("{vp}.configMap"),
+            &c.items,
+            &mut BTreeSet::new(),
+        );
         check_mode(v, &format!("{vp}.configMap.defaultMode"), c.default_mode);
     }
     if let Some(s) = &vol.secret {
@@ -325,7 +339,13 @@ pub(super) fn validate_volume(v: &mut Errors, vp: &str, vol: &Volume, spec: &Pod
         check_mode(v, &format!("{vp}.secret.defaultMode"), s.default_mode);
     }
     if let Some(d) = &vol.downward_api {
-        check_downward(v, &format!("{vp}.downwardAPI"), &d.items, spec, &mut BTreeSet::new());
+        check_downward(
+            v,
+            &format!("{vp}.downwardAPI"),
+            &d.items,
+            spec,
+            &mut BTreeSet::new(),
+        );
         check_mode(v, &format!("{vp}.downwardAPI.defaultMode"), d.default_mode);
     }
     if let Some(p) = &vol.projected {
@@ -334,12 +354,19 @@ pub(super) fn validate_volume(v: &mut Errors, vp: &str, vol: &Volume, spec: &Pod
         let mut paths = BTreeSet::new();
         for (i, s) in p.sources.iter().enumerate() {
             let sp = format!("{pp}.sources[{i}]");
-            let n = [s.config_map.is_some(), s.secret.is_some(), s.downward_api.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
+            let n = [
+                s.config_map.is_some(),
+                s.secret.is_some(),
+                s.downward_api.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if n != 1 {
-                v.push(&sp, "must specify exactly one of configMap, secret and downwardAPI");
+                v.push(
+                    &sp,
+                    "must specify exactly one of configMap, secret and downwardAPI",
+                );
             }
             for (field, src) in [("configMap", &s.config_map), ("secret", &s.secret)] {
                 if let Some(src) = src {

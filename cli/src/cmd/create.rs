@@ -5,15 +5,20 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use bramble_api::config::{ConfigMap, Secret};
 use bramble_api::Object;
+use bramble_api::config::{ConfigMap, Secret};
 
 use crate::args::{ConfigSources, CreateCommand, SecretKind, SecretsCommand};
 use crate::client::Client;
 use crate::cmd::place;
 
 /// A key read from a file or a directory's file.
-fn add(keys: &mut BTreeMap<String, Vec<u8>>, key: String, value: Vec<u8>, from: &str) -> Result<()> {
+fn add(
+    keys: &mut BTreeMap<String, Vec<u8>>,
+    key: String,
+    value: Vec<u8>,
+    from: &str,
+) -> Result<()> {
     if let Err(why) = bramble_api::config::check_key(&key) {
         bail!("{from}: {why}");
     }
@@ -30,7 +35,12 @@ pub fn gather(s: &ConfigSources) -> Result<BTreeMap<String, Vec<u8>>> {
         let Some((k, v)) = l.split_once('=') else {
             bail!("--from-literal {l:?}: expected KEY=VALUE");
         };
-        add(&mut keys, k.to_string(), v.as_bytes().to_vec(), "--from-literal")?;
+        add(
+            &mut keys,
+            k.to_string(),
+            v.as_bytes().to_vec(),
+            "--from-literal",
+        )?;
     }
     for f in &s.files {
         let (key, path) = match f.split_once('=') {
@@ -56,7 +66,8 @@ pub fn gather(s: &ConfigSources) -> Result<BTreeMap<String, Vec<u8>>> {
             }
             continue;
         }
-        let bytes = std::fs::read(path).with_context(|| format!("--from-file {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("--from-file {}", path.display()))?;
         let key = key.unwrap_or_else(|| {
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -73,9 +84,18 @@ pub fn gather(s: &ConfigSources) -> Result<BTreeMap<String, Vec<u8>>> {
                 continue;
             }
             let Some((k, v)) = line.split_once('=') else {
-                bail!("--from-env-file {}:{}: expected KEY=VALUE", p.display(), n + 1);
+                bail!(
+                    "--from-env-file {}:{}: expected KEY=VALUE",
+                    p.display(),
+                    n + 1
+                );
             };
-            add(&mut keys, k.trim().to_string(), v.as_bytes().to_vec(), "--from-env-file")?;
+            add(
+                &mut keys,
+                k.trim().to_string(),
+                v.as_bytes().to_vec(),
+                "--from-env-file",
+            )?;
         }
     }
     Ok(keys)
@@ -173,7 +193,11 @@ mod tests {
         std::fs::create_dir(d.join("conf")).unwrap();
         std::fs::write(d.join("conf/a.txt"), "A").unwrap();
         std::fs::write(d.join("conf/bin"), [0xff, 0x00]).unwrap();
-        std::fs::write(d.join("app.env"), "# comment\n\nMODE=prod\nURL=http://x/?a=b\n").unwrap();
+        std::fs::write(
+            d.join("app.env"),
+            "# comment\n\nMODE=prod\nURL=http://x/?a=b\n",
+        )
+        .unwrap();
         let s = ConfigSources {
             name: "c".into(),
             literals: vec!["k=v=w".into()],
@@ -188,7 +212,15 @@ mod tests {
         let names: Vec<&str> = keys.keys().map(String::as_str).collect();
         assert_eq!(
             names,
-            ["MODE", "URL", "a.txt", "bin", "game.properties", "k", "renamed"]
+            [
+                "MODE",
+                "URL",
+                "a.txt",
+                "bin",
+                "game.properties",
+                "k",
+                "renamed"
+            ]
         );
         assert_eq!(keys["k"], b"v=w");
         assert_eq!(keys["URL"], b"http://x/?a=b");
@@ -204,13 +236,23 @@ mod tests {
             files: vec![],
             env_files: vec![],
         };
-        assert!(gather(&twice).unwrap_err().to_string().contains("\"a\" is given twice"));
+        assert!(
+            gather(&twice)
+                .unwrap_err()
+                .to_string()
+                .contains("\"a\" is given twice")
+        );
         let bad = ConfigSources {
             name: "c".into(),
             literals: vec!["a/b=1".into()],
             files: vec![],
             env_files: vec![],
         };
-        assert!(gather(&bad).unwrap_err().to_string().contains("not a valid key"));
+        assert!(
+            gather(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("not a valid key")
+        );
     }
 }

@@ -122,10 +122,19 @@ mod tests {
         assert!(write(v, &first, 1).unwrap());
         assert_eq!(std::fs::read_to_string(v.join("a")).unwrap(), "1");
         assert_eq!(std::fs::read_to_string(v.join("conf/b")).unwrap(), "2");
-        assert_eq!(std::fs::read_link(v.join("a")).unwrap(), Path::new("..data/a"));
-        let mode = std::fs::metadata(v.join("conf/b")).unwrap().permissions().mode();
+        assert_eq!(
+            std::fs::read_link(v.join("a")).unwrap(),
+            Path::new("..data/a")
+        );
+        let mode = std::fs::metadata(v.join("conf/b"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o400);
-        assert!(!write(v, &first, 2).unwrap(), "the same set is not written again");
+        assert!(
+            !write(v, &first, 2).unwrap(),
+            "the same set is not written again"
+        );
         let second = [file("a", "one", 0o644), file("c", "3", 0o644)];
         assert!(write(v, &second, 3).unwrap());
         assert_eq!(std::fs::read_to_string(v.join("a")).unwrap(), "one");

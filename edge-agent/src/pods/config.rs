@@ -10,8 +10,7 @@
 use std::collections::BTreeMap;
 
 use bramble_api::pod::{
-    Container, DownwardApiFile, KeyToPath, ObjectFieldSelector, Pod, ResourceFieldSelector,
-    Volume,
+    Container, DownwardApiFile, KeyToPath, ObjectFieldSelector, Pod, ResourceFieldSelector, Volume,
 };
 use bramble_api::wire::ConfigData;
 
@@ -37,7 +36,13 @@ pub struct VolumeFile {
 impl std::fmt::Debug for VolumeFile {
     // Never the bytes: they may be a Secret's.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({} bytes, {:o})", self.path, self.bytes.len(), self.mode)
+        write!(
+            f,
+            "{} ({} bytes, {:o})",
+            self.path,
+            self.bytes.len(),
+            self.mode
+        )
     }
 }
 
@@ -329,9 +334,25 @@ pub fn volume_files(
         let m = mode(p.default_mode);
         p.sources.iter().try_for_each(|s| {
             if let Some(c) = &s.config_map {
-                key_files(data, false, &c.name, &c.items, c.optional.unwrap_or(false), m, &mut out)
+                key_files(
+                    data,
+                    false,
+                    &c.name,
+                    &c.items,
+                    c.optional.unwrap_or(false),
+                    m,
+                    &mut out,
+                )
             } else if let Some(c) = &s.secret {
-                key_files(data, true, &c.name, &c.items, c.optional.unwrap_or(false), m, &mut out)
+                key_files(
+                    data,
+                    true,
+                    &c.name,
+                    &c.items,
+                    c.optional.unwrap_or(false),
+                    m,
+                    &mut out,
+                )
             } else if let Some(d) = &s.downward_api {
                 downward_files(pod, &d.items, m, ctx, &mut out);
                 Ok(())
@@ -350,8 +371,14 @@ mod tests {
     use super::*;
 
     fn pod(yaml: &str) -> Pod {
-        let text = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: ns, uid: u1, labels: {{app: web, tier: \"1\"}}}}\nspec:\n  nodeName: pi1\n{yaml}");
-        match bramble_api::manifest::parse_manifests(&text).unwrap().remove(0).object {
+        let text = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: ns, uid: u1, labels: {{app: web, tier: \"1\"}}}}\nspec:\n  nodeName: pi1\n{yaml}"
+        );
+        match bramble_api::manifest::parse_manifests(&text)
+            .unwrap()
+            .remove(0)
+            .object
+        {
             bramble_api::Object::Pod(p) => p,
             _ => unreachable!(),
         }
@@ -378,9 +405,15 @@ mod tests {
 
     #[test]
     fn env_reads_configmaps_secrets_fields_and_resources_in_kubelet_order() {
-        let p = pod("  containers:\n  - name: c\n    image: i\n    resources: {limits: {cpu: 250m}, requests: {memory: 64Mi}}\n    envFrom: [{prefix: CFG_, configMapRef: {name: cfg}}, {secretRef: {name: gone, optional: true}}]\n    env:\n    - {name: CFG_a, value: literal}\n    - {name: LIVES, valueFrom: {configMapKeyRef: {name: cfg, key: lives}}}\n    - {name: PW, valueFrom: {secretKeyRef: {name: db, key: password}}}\n    - {name: OPT, valueFrom: {secretKeyRef: {name: db, key: nope, optional: true}}}\n    - {name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}\n    - {name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n    - {name: APP, valueFrom: {fieldRef: {fieldPath: \"metadata.labels['app']\"}}}\n    - {name: CPU, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}\n    - {name: CPU1, valueFrom: {resourceFieldRef: {resource: limits.cpu}}}\n    - {name: MEM, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}\n    - {name: REQ, valueFrom: {resourceFieldRef: {resource: requests.memory, divisor: 1Mi}}}\n");
+        let p = pod(
+            "  containers:\n  - name: c\n    image: i\n    resources: {limits: {cpu: 250m}, requests: {memory: 64Mi}}\n    envFrom: [{prefix: CFG_, configMapRef: {name: cfg}}, {secretRef: {name: gone, optional: true}}]\n    env:\n    - {name: CFG_a, value: literal}\n    - {name: LIVES, valueFrom: {configMapKeyRef: {name: cfg, key: lives}}}\n    - {name: PW, valueFrom: {secretKeyRef: {name: db, key: password}}}\n    - {name: OPT, valueFrom: {secretKeyRef: {name: db, key: nope, optional: true}}}\n    - {name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}\n    - {name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n    - {name: APP, valueFrom: {fieldRef: {fieldPath: \"metadata.labels['app']\"}}}\n    - {name: CPU, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}\n    - {name: CPU1, valueFrom: {resourceFieldRef: {resource: limits.cpu}}}\n    - {name: MEM, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}\n    - {name: REQ, valueFrom: {resourceFieldRef: {resource: requests.memory, divisor: 1Mi}}}\n",
+        );
         let d = vec![
-            data(false, "cfg", &[("a", "1"), ("lives", "3"), ("bad=name", "x")]),
+            data(
+                false,
+                "cfg",
+                &[("a", "1"), ("lives", "3"), ("bad=name", "x")],
+            ),
             data(true, "db", &[("password", "s3cr3t")]),
         ];
         let env = resolve_env(&p, &p.spec.containers[0], &d, &CTX).unwrap();
@@ -410,28 +443,40 @@ mod tests {
 
     #[test]
     fn volume_files_follow_items_modes_and_optional_sources() {
-        let p = pod("  containers: [{name: c, image: i, resources: {limits: {memory: 128Mi}}}]\n  volumes:\n  - {name: all, configMap: {name: cfg, defaultMode: 0400}}\n  - {name: some, secret: {secretName: db, items: [{key: password, path: pw/file, mode: 0600}]}}\n  - name: proj\n    projected:\n      sources:\n      - configMap: {name: cfg, items: [{key: a, path: conf/a}]}\n      - secret: {name: gone, optional: true}\n      - downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}, {path: mem, resourceFieldRef: {containerName: c, resource: limits.memory, divisor: 1Mi}}]}\n  - {name: scratch, emptyDir: {}}\n");
+        let p = pod(
+            "  containers: [{name: c, image: i, resources: {limits: {memory: 128Mi}}}]\n  volumes:\n  - {name: all, configMap: {name: cfg, defaultMode: 0400}}\n  - {name: some, secret: {secretName: db, items: [{key: password, path: pw/file, mode: 0600}]}}\n  - name: proj\n    projected:\n      sources:\n      - configMap: {name: cfg, items: [{key: a, path: conf/a}]}\n      - secret: {name: gone, optional: true}\n      - downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}, {path: mem, resourceFieldRef: {containerName: c, resource: limits.memory, divisor: 1Mi}}]}\n  - {name: scratch, emptyDir: {}}\n",
+        );
         let d = vec![
             data(false, "cfg", &[("a", "1"), ("b", "2")]),
             data(true, "db", &[("password", "s3cr3t")]),
         ];
-        let files = |i: usize| volume_files(&p, &p.spec.volumes[i], &d, &CTX).unwrap().unwrap();
+        let files = |i: usize| {
+            volume_files(&p, &p.spec.volumes[i], &d, &CTX)
+                .unwrap()
+                .unwrap()
+        };
         let all = files(0);
         assert_eq!(
-            all.iter().map(|f| (f.path.as_str(), f.mode)).collect::<Vec<_>>(),
+            all.iter()
+                .map(|f| (f.path.as_str(), f.mode))
+                .collect::<Vec<_>>(),
             [("a", 0o400), ("b", 0o400)]
         );
         assert_eq!(files(1)[0].path, "pw/file");
         assert_eq!(files(1)[0].mode, 0o600);
         let proj = files(2);
-        let by: BTreeMap<&str, &[u8]> =
-            proj.iter().map(|f| (f.path.as_str(), &f.bytes[..])).collect();
+        let by: BTreeMap<&str, &[u8]> = proj
+            .iter()
+            .map(|f| (f.path.as_str(), &f.bytes[..]))
+            .collect();
         assert_eq!(by["conf/a"], b"1");
         assert_eq!(by["labels"], b"app=\"web\"\ntier=\"1\"\n");
         assert_eq!(by["mem"], b"128");
         assert!(volume_files(&p, &p.spec.volumes[3], &d, &CTX).is_none());
         // A required source that is missing: an error naming it, nothing half-made.
-        let e = volume_files(&p, &p.spec.volumes[1], &d[..1], &CTX).unwrap().unwrap_err();
+        let e = volume_files(&p, &p.spec.volumes[1], &d[..1], &CTX)
+            .unwrap()
+            .unwrap_err();
         assert_eq!(e, "secret \"db\" not found");
         // The debug form never shows bytes.
         assert!(!format!("{:?}", files(1)).contains("s3cr3t"));

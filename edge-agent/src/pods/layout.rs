@@ -146,8 +146,8 @@ impl PodLayout {
                 .as_ref()
                 .and_then(|s| s.fs_group)
                 .and_then(|g| u32::try_from(g).ok());
-            let memory = v.is_projected()
-                || v.empty_dir.as_ref().is_some_and(|e| e.medium == "Memory");
+            let memory =
+                v.is_projected() || v.empty_dir.as_ref().is_some_and(|e| e.medium == "Memory");
             if memory && !crate::runtime::sandbox::is_mount_point(&path) {
                 // tmpfs, never the SD card (ConfigMaps' and Secrets' files always); its size
                 // is the sizeLimit (tmpfs's own default, half the board's memory, without

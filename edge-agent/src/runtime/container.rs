@@ -1,7 +1,9 @@
 //! The real runtime: one `bramble-agent shim` process per container, libcontainer inside it.
 //!
-//! Per container, `<data>/containers/<id>/` holds `config.json` (the bundle), `rootfs/` (an
-//! overlay of the image's rootfs with `upper/` and `work/`), `shim.log`, `shim.pid`,
+//! Per container, `<data>/bundles/<id>/config.json` is the OCI bundle, on a tmpfs the agent
+//! mounts (the environment in it may hold a Secret's values, which never go to the SD card),
+//! and `<data>/containers/<id>/` holds `rootfs/` (an overlay of the image's rootfs with
+//! `upper/` and `work/`), `shim.log`, `shim.pid`,
 //! `pid.json` (init pid and start time, once running) and `exit.json` (once ended). These
 //! files are the whole protocol between agent and shim, so a restarted agent re-adopts
 //! running containers by reading them.
@@ -38,6 +40,8 @@ pub struct Limits {
 /// Paths and settings of the libcontainer runtime.
 pub struct LibcontainerRuntime {
     containers: PathBuf,
+    /// The bundles' tmpfs.
+    bundles: PathBuf,
     state_root: PathBuf,
     netns_dir: PathBuf,
     /// The board's `Localhost` seccomp profiles (`<data-dir>/seccomp`).
@@ -55,11 +59,24 @@ impl LibcontainerRuntime {
         let containers = data_dir.join("containers");
         let state_root = data_dir.join("run");
         let netns_dir = data_dir.join("netns");
-        for d in [&containers, &state_root, &netns_dir] {
+        let bundles = data_dir.join("bundles");
+        for d in [&containers, &state_root, &netns_dir, &bundles] {
             std::fs::create_dir_all(d).map_err(RuntimeError::io(d.display().to_string()))?;
+        }
+        if !sandbox::is_mount_point(&bundles) {
+            // Memory only: a bundle carries the container's environment. A few KiB each.
+            mount(
+                Some("tmpfs"),
+                &bundles,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=0700,size=16m"),
+            )
+            .map_err(|e| RuntimeError::io(format!("tmpfs on {}", bundles.display()))(e.into()))?;
         }
         Ok(LibcontainerRuntime {
             containers,
+            bundles,
             state_root,
             netns_dir,
             seccomp_dir: data_dir.join("seccomp"),
@@ -267,8 +284,13 @@ impl Runtime for LibcontainerRuntime {
                 pids_limit: self.pids_limit,
             },
         );
-        std::fs::write(dir.join("config.json"), config.to_string())
-            .map_err(RuntimeError::io(format!("{}/config.json", dir.display())))?;
+        let bundle_dir = self.bundles.join(&spec.id);
+        std::fs::create_dir_all(&bundle_dir)
+            .and_then(|()| std::fs::write(bundle_dir.join("config.json"), config.to_string()))
+            .map_err(RuntimeError::io(format!(
+                "{}/config.json",
+                bundle_dir.display()
+            )))?;
         let shim_log =
             std::fs::File::create(dir.join("shim.log")).map_err(RuntimeError::io("shim.log"))?;
         let shim_err = shim_log.try_clone().map_err(RuntimeError::io("shim.log"))?;
@@ -278,7 +300,7 @@ impl Runtime for LibcontainerRuntime {
             .arg("--state-root")
             .arg(&self.state_root)
             .arg("--bundle")
-            .arg(&dir)
+            .arg(&bundle_dir)
             .arg("--log")
             .arg(&spec.log_path)
             .args(["--max-log-bytes", &self.max_log_bytes.to_string()])
@@ -356,6 +378,7 @@ impl Runtime for LibcontainerRuntime {
                 source: ContainerError::UnmountRootfs(e),
             })?;
         }
+        let _ = std::fs::remove_dir_all(self.bundles.join(id));
         // A shim that died mid-way may leave libcontainer's state behind.
         let state = self.state_root.join(id);
         if state.exists() {

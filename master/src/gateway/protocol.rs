@@ -543,11 +543,7 @@ impl Protocol {
         let pods: Vec<DesiredPod> = self
             .pods_by_node
             .get(node)
-            .map(|m| {
-                m.iter()
-                    .map(|(uid, e)| self.desired_pod(uid, e))
-                    .collect()
-            })
+            .map(|m| m.iter().map(|(uid, e)| self.desired_pod(uid, e)).collect())
             .unwrap_or_default();
         if let Some(s) = self.nodes.get_mut(node) {
             // A snapshot replaces everything: the chain restarts from it.
@@ -775,9 +771,9 @@ mod tests {
                 .config
                 .iter()
                 .flat_map(|c| {
-                    c.items.iter().map(move |(k, v)| {
-                        format!("{}/{k}={}", c.name, String::from_utf8_lossy(v))
-                    })
+                    c.items
+                        .iter()
+                        .map(move |(k, v)| format!("{}/{k}={}", c.name, String::from_utf8_lossy(v)))
                 })
                 .collect();
             (p.uid.clone(), items)
@@ -810,10 +806,17 @@ mod tests {
                 configmap("one", 1),
             ],
         );
-        let out = p.on_message("n1", Channel::Hello, fresh(), hello(false), t0).unwrap();
+        let out = p
+            .on_message("n1", Channel::Hello, fresh(), hello(false), t0)
+            .unwrap();
         // The Secret does not exist yet: only the ConfigMap travels.
-        assert_eq!(sent_config(&out), vec![("uid-r".into(), vec!["cfg/k=one".into()])]);
-        let out = p.on_message("n2", Channel::Hello, fresh(), hello(false), t0).unwrap();
+        assert_eq!(
+            sent_config(&out),
+            vec![("uid-r".into(), vec!["cfg/k=one".into()])]
+        );
+        let out = p
+            .on_message("n2", Channel::Hello, fresh(), hello(false), t0)
+            .unwrap();
         assert_eq!(sent_config(&out), vec![("uid-plain".into(), vec![])]);
         // The Secret is created: the reader on n1 gets it, n2 gets nothing.
         let secret = entry(
@@ -826,7 +829,10 @@ mod tests {
         assert_eq!(desired(&out), vec![(5, 4, "upsert uid-r".to_string())]);
         assert_eq!(
             sent_config(&out),
-            vec![("uid-r".into(), vec!["cfg/k=one".into(), "db/password=s3cr3t".into()])]
+            vec![(
+                "uid-r".into(),
+                vec!["cfg/k=one".into(), "db/password=s3cr3t".into()]
+            )]
         );
         // A ConfigMap update: the reader again, chained.
         let out = p.on_change(&change(EventType::Modified, configmap("two", 6)));

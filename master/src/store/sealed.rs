@@ -168,7 +168,10 @@ impl SecretsKey {
         let mut f = self.file.write().unwrap_or_else(|p| p.into_inner());
         let mut next = f.clone();
         let id = next.keys.iter().map(|k| k.id).max().unwrap_or(0) + 1;
-        next.keys.push(KeyEntry { id, key: new_key()? });
+        next.keys.push(KeyEntry {
+            id,
+            key: new_key()?,
+        });
         next.current = id;
         write(&self.path, &next)?;
         *f = next;
@@ -209,7 +212,10 @@ mod tests {
         let sealed = k.seal("secrets/default/db", b"hunter2").unwrap();
         assert!(is_sealed(&sealed));
         assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
-        assert_eq!(k.open("secrets/default/db", &sealed).unwrap(), (b"hunter2".to_vec(), 1));
+        assert_eq!(
+            k.open("secrets/default/db", &sealed).unwrap(),
+            (b"hunter2".to_vec(), 1)
+        );
         assert!(k.open("secrets/default/other", &sealed).is_err());
         let mut altered = sealed.clone();
         let last = altered.len() - 1;

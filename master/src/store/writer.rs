@@ -13,8 +13,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::ops::{self, View};
-use super::state::{Change, Key, State};
 use super::sealed::{self, SecretsKey};
+use super::state::{Change, Key, State};
 use super::{Entry, Outcome, Request, Shared, StoreError, Write};
 
 /// Objects by `plural/namespace/name`, as JSON.
@@ -106,7 +106,12 @@ pub(crate) fn open(
                         value = plain;
                     }
                     Err(why) => {
-                        tracing::error!(key = k.value(), why, "skipping a Secret that cannot be opened with {}", sealed::KEY_FILE);
+                        tracing::error!(
+                            key = k.value(),
+                            why,
+                            "skipping a Secret that cannot be opened with {}",
+                            sealed::KEY_FILE
+                        );
                         continue;
                     }
                 },
@@ -134,7 +139,10 @@ pub(crate) fn open(
     {
         let entries: Vec<&Arc<Entry>> = reseal.iter().filter_map(|k| objects.get(k)).collect();
         write_sealed(&db, s, &entries)?;
-        tracing::info!(secrets = entries.len(), "sealed Secrets stored in clear or under an older key");
+        tracing::info!(
+            secrets = entries.len(),
+            "sealed Secrets stored in clear or under an older key"
+        );
     }
     tracing::info!(objects = objects.len(), revision, path = %path.display(), "store opened");
     Ok((db, State::new(objects, revision, log_limit)))
@@ -150,15 +158,20 @@ pub(crate) struct Writer {
 }
 
 /// Writes `entries` (Secrets) sealed under the current key, in one transaction.
-fn write_sealed(db: &Database, key: &SecretsKey, entries: &[&Arc<Entry>]) -> Result<(), StoreError> {
+fn write_sealed(
+    db: &Database,
+    key: &SecretsKey,
+    entries: &[&Arc<Entry>],
+) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(redb::Error::from)?;
     {
         let mut objects = txn.open_table(OBJECTS).map_err(redb::Error::from)?;
         for e in entries {
             let k = key_string(&(e.kind, e.namespace.clone(), e.name.clone()));
-            let sealed = key
-                .seal(&k, &e.json)
-                .map_err(|why| StoreError::Storage { context: why, source: None })?;
+            let sealed = key.seal(&k, &e.json).map_err(|why| StoreError::Storage {
+                context: why,
+                source: None,
+            })?;
             objects
                 .insert(k.as_str(), &sealed[..])
                 .map_err(redb::Error::from)?;
@@ -206,7 +219,9 @@ impl Writer {
                 "this store keeps no secrets key".into(),
             ));
         };
-        let io = |e: std::io::Error| StoreError::storage(format!("cannot write {}", sealed::KEY_FILE), e);
+        let io = |e: std::io::Error| {
+            StoreError::storage(format!("cannot write {}", sealed::KEY_FILE), e)
+        };
         let id = key.rotate().map_err(io)?;
         let secrets: Vec<Arc<Entry>> = {
             let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
