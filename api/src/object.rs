@@ -5,6 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::config::{ConfigMap, Secret};
+use crate::daemonset::DaemonSet;
 use crate::deployment::Deployment;
 use crate::event::Event;
 use crate::image::Image;
@@ -21,6 +22,7 @@ pub enum Kind {
     Node,
     Pod,
     Deployment,
+    DaemonSet,
     Service,
     Endpoints,
     ConfigMap,
@@ -32,11 +34,12 @@ pub enum Kind {
 impl Kind {
     /// Every kind, in the order `bramble get all` prints them, which is also the enum's
     /// declaration order (its `Ord`; the store's ranges rely on it).
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::Deployment,
+        Kind::DaemonSet,
         Kind::Service,
         Kind::Endpoints,
         Kind::ConfigMap,
@@ -52,6 +55,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::Deployment => "Deployment",
+            Kind::DaemonSet => "DaemonSet",
             Kind::Service => "Service",
             Kind::Endpoints => "Endpoints",
             Kind::Event => "Event",
@@ -64,7 +68,7 @@ impl Kind {
     /// The API group: empty for the core group.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::Deployment => "apps",
+            Kind::Deployment | Kind::DaemonSet => "apps",
             Kind::Image => "bramble.io",
             _ => "",
         }
@@ -73,7 +77,7 @@ impl Kind {
     /// The `apiVersion` field, e.g. `apps/v1`.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Deployment => "apps/v1",
+            Kind::Deployment | Kind::DaemonSet => "apps/v1",
             Kind::Image => "bramble.io/v1",
             _ => "v1",
         }
@@ -86,6 +90,7 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::Pod => "pods",
             Kind::Deployment => "deployments",
+            Kind::DaemonSet => "daemonsets",
             Kind::Service => "services",
             Kind::Endpoints => "endpoints",
             Kind::Event => "events",
@@ -102,6 +107,7 @@ impl Kind {
             Kind::Node => "node",
             Kind::Pod => "pod",
             Kind::Deployment => "deployment",
+            Kind::DaemonSet => "daemonset",
             Kind::Service => "service",
             Kind::Endpoints => "endpoints",
             Kind::Event => "event",
@@ -118,6 +124,7 @@ impl Kind {
             Kind::Node => "no",
             Kind::Pod => "po",
             Kind::Deployment => "deploy",
+            Kind::DaemonSet => "ds",
             Kind::Service => "svc",
             Kind::Endpoints => "ep",
             Kind::Event => "ev",
@@ -218,6 +225,7 @@ pub enum Object {
     Node(Node),
     Pod(Pod),
     Deployment(Deployment),
+    DaemonSet(DaemonSet),
     Service(Service),
     Endpoints(Endpoints),
     Event(Event),
@@ -233,6 +241,7 @@ macro_rules! each {
             Object::Node($o) => $e,
             Object::Pod($o) => $e,
             Object::Deployment($o) => $e,
+            Object::DaemonSet($o) => $e,
             Object::Service($o) => $e,
             Object::Endpoints($o) => $e,
             Object::Event($o) => $e,
@@ -251,6 +260,7 @@ impl Object {
             Object::Node(_) => Kind::Node,
             Object::Pod(_) => Kind::Pod,
             Object::Deployment(_) => Kind::Deployment,
+            Object::DaemonSet(_) => Kind::DaemonSet,
             Object::Service(_) => Kind::Service,
             Object::Endpoints(_) => Kind::Endpoints,
             Object::Event(_) => Kind::Event,
@@ -291,6 +301,7 @@ impl Object {
             Kind::Node => Object::Node(serde_json::from_value(value).map_err(e)?),
             Kind::Pod => Object::Pod(serde_json::from_value(value).map_err(e)?),
             Kind::Deployment => Object::Deployment(serde_json::from_value(value).map_err(e)?),
+            Kind::DaemonSet => Object::DaemonSet(serde_json::from_value(value).map_err(e)?),
             Kind::Service => Object::Service(serde_json::from_value(value).map_err(e)?),
             Kind::Endpoints => Object::Endpoints(serde_json::from_value(value).map_err(e)?),
             Kind::Event => Object::Event(serde_json::from_value(value).map_err(e)?),
@@ -308,6 +319,7 @@ impl Object {
             Kind::Node => Object::Node(serde_json::from_slice(json)?),
             Kind::Pod => Object::Pod(serde_json::from_slice(json)?),
             Kind::Deployment => Object::Deployment(serde_json::from_slice(json)?),
+            Kind::DaemonSet => Object::DaemonSet(serde_json::from_slice(json)?),
             Kind::Service => Object::Service(serde_json::from_slice(json)?),
             Kind::Endpoints => Object::Endpoints(serde_json::from_slice(json)?),
             Kind::Event => Object::Event(serde_json::from_slice(json)?),
@@ -356,6 +368,7 @@ impl Object {
             (Object::Node(a), Object::Node(b)) => a.spec == b.spec,
             (Object::Pod(a), Object::Pod(b)) => a.spec == b.spec,
             (Object::Deployment(a), Object::Deployment(b)) => a.spec == b.spec,
+            (Object::DaemonSet(a), Object::DaemonSet(b)) => a.spec == b.spec,
             (Object::Service(a), Object::Service(b)) => a.spec == b.spec,
             (Object::Endpoints(a), Object::Endpoints(b)) => a.subsets == b.subsets,
             (Object::Image(a), Object::Image(b)) => a.spec == b.spec,
@@ -388,6 +401,7 @@ impl Object {
                 | Object::Node(_)
                 | Object::Pod(_)
                 | Object::Deployment(_)
+                | Object::DaemonSet(_)
                 | Object::Service(_)
         )
     }
@@ -400,6 +414,7 @@ impl Object {
             (Object::Node(a), Object::Node(b)) => a.status = b.status.clone(),
             (Object::Pod(a), Object::Pod(b)) => a.status = b.status.clone(),
             (Object::Deployment(a), Object::Deployment(b)) => a.status = b.status.clone(),
+            (Object::DaemonSet(a), Object::DaemonSet(b)) => a.status = b.status.clone(),
             (Object::Service(a), Object::Service(b)) => a.status = b.status.clone(),
             _ => {}
         }
@@ -447,6 +462,10 @@ mod tests {
             ("Pod", Kind::Pod),
             ("deploy", Kind::Deployment),
             ("deployments.apps", Kind::Deployment),
+            ("ds", Kind::DaemonSet),
+            ("daemonsets.apps", Kind::DaemonSet),
+            ("cm", Kind::ConfigMap),
+            ("secret", Kind::Secret),
             ("svc", Kind::Service),
             ("no", Kind::Node),
             ("ns", Kind::Namespace),

@@ -28,6 +28,7 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
         Object::Node(n) => validate_node(&mut v, n),
         Object::Pod(p) => validate_pod_spec(&mut v, &p.spec, "spec", false),
         Object::Deployment(d) => validate_deployment(&mut v, d),
+        Object::DaemonSet(d) => validate_daemonset(&mut v, d),
         Object::Service(s) => validate_service(&mut v, s),
         Object::Endpoints(e) => validate_endpoints(&mut v, e),
         Object::ConfigMap(c) => config::validate_config_map(&mut v, c),
@@ -603,34 +604,7 @@ fn validate_deployment(v: &mut Errors, d: &Deployment) {
     {
         v.push("spec.replicas", format!("must be >= 0, got {r}"));
     }
-    if s.selector.match_labels.is_empty() && s.selector.match_expressions.is_empty() {
-        v.push(
-            "spec.selector",
-            "Required value: a Deployment needs a non-empty selector",
-        );
-    } else {
-        match Selector::from_label_selector(&s.selector, "spec.selector") {
-            Ok(sel) => {
-                if !sel.matches(&s.template.metadata.labels) {
-                    v.push(
-                        "spec.template.metadata.labels",
-                        format!(
-                            "Invalid value: `selector` ({sel}) does not match template `labels`"
-                        ),
-                    );
-                }
-            }
-            Err(e) => v.push(&e.path, e.source.to_string()),
-        }
-    }
-    for (k, val) in &s.template.metadata.labels {
-        v.check("spec.template.metadata.labels", names::label_key(k));
-        v.check(
-            &format!("spec.template.metadata.labels[{k}]"),
-            names::label_value(val),
-        );
-    }
-    validate_pod_spec(v, &s.template.spec, "spec.template.spec", true);
+    validate_selector_and_template(v, &s.selector, &s.template, "a Deployment");
     if let Some(st) = &s.strategy {
         match st.type_.as_str() {
             "" | "RollingUpdate" => {}
@@ -670,6 +644,99 @@ fn validate_deployment(v: &mut Errors, d: &Deployment) {
         ("spec.revisionHistoryLimit", s.revision_history_limit),
         ("spec.minReadySeconds", s.min_ready_seconds),
         ("spec.progressDeadlineSeconds", s.progress_deadline_seconds),
+    ] {
+        if let Some(x) = val
+            && x < 0
+        {
+            v.push(p, format!("must be >= 0, got {x}"));
+        }
+    }
+}
+
+/// A workload's selector (non-empty, matching its template's labels) and its pod template.
+fn validate_selector_and_template(
+    v: &mut Errors,
+    selector: &crate::meta::LabelSelector,
+    template: &crate::pod::PodTemplateSpec,
+    what: &str,
+) {
+    if selector.match_labels.is_empty() && selector.match_expressions.is_empty() {
+        v.push(
+            "spec.selector",
+            format!("Required value: {what} needs a non-empty selector"),
+        );
+    } else {
+        match Selector::from_label_selector(selector, "spec.selector") {
+            Ok(sel) => {
+                if !sel.matches(&template.metadata.labels) {
+                    v.push(
+                        "spec.template.metadata.labels",
+                        format!(
+                            "Invalid value: `selector` ({sel}) does not match template `labels`"
+                        ),
+                    );
+                }
+            }
+            Err(e) => v.push(&e.path, e.source.to_string()),
+        }
+    }
+    for (k, val) in &template.metadata.labels {
+        v.check("spec.template.metadata.labels", names::label_key(k));
+        v.check(
+            &format!("spec.template.metadata.labels[{k}]"),
+            names::label_value(val),
+        );
+    }
+    validate_pod_spec(v, &template.spec, "spec.template.spec", true);
+}
+
+fn validate_daemonset(v: &mut Errors, d: &crate::daemonset::DaemonSet) {
+    let s = &d.spec;
+    validate_selector_and_template(v, &s.selector, &s.template, "a DaemonSet");
+    if let Some(st) = &s.update_strategy {
+        match st.type_.as_str() {
+            "" | "RollingUpdate" => {}
+            "OnDelete" => {
+                if st.rolling_update.is_some() {
+                    v.push(
+                        "spec.updateStrategy.rollingUpdate",
+                        "may not be specified when updateStrategy type is OnDelete",
+                    );
+                }
+            }
+            t => v.push(
+                "spec.updateStrategy.type",
+                format!("unsupported value {t:?}: must be RollingUpdate or OnDelete"),
+            ),
+        }
+        if let Some(ru) = &st.rolling_update {
+            let surge = check_int_or_percent(
+                v,
+                "spec.updateStrategy.rollingUpdate.maxSurge",
+                ru.max_surge.as_ref(),
+            );
+            let unavail = check_int_or_percent(
+                v,
+                "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                ru.max_unavailable.as_ref(),
+            );
+            if surge.unwrap_or(0) == 0 && unavail == Some(0) {
+                v.push(
+                    "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                    "may not be 0 when maxSurge is 0",
+                );
+            }
+            if surge.is_some_and(|x| x > 0) && unavail.is_some_and(|x| x > 0) {
+                v.push(
+                    "spec.updateStrategy.rollingUpdate",
+                    "maxSurge and maxUnavailable may not both be non-zero",
+                );
+            }
+        }
+    }
+    for (p, val) in [
+        ("spec.revisionHistoryLimit", s.revision_history_limit),
+        ("spec.minReadySeconds", s.min_ready_seconds),
     ] {
         if let Some(x) = val
             && x < 0

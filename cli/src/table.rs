@@ -24,12 +24,22 @@ pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str
         Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         Kind::Image => vec!["IMAGE", "TAG", "DIGEST", "PLATFORMS", "SIZE", "AGE"],
         Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
+        Kind::DaemonSet => vec![
+            "NAME",
+            "DESIRED",
+            "CURRENT",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "NODE SELECTOR",
+            "AGE",
+        ],
         Kind::Secret => vec!["NAME", "TYPE", "DATA", "AGE"],
     };
     if wide {
         h.extend(match kind {
             Kind::Pod => vec!["IP", "NODE"],
-            Kind::Deployment => vec!["CONTAINERS", "IMAGES", "SELECTOR"],
+            Kind::Deployment | Kind::DaemonSet => vec!["CONTAINERS", "IMAGES", "SELECTOR"],
             Kind::Service => vec!["SELECTOR"],
             Kind::Node => vec!["INTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "ARCH"],
             _ => vec![],
@@ -104,6 +114,48 @@ pub fn pod_status(p: &Pod) -> String {
 pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<String> {
     let m = obj.meta();
     let mut r: Vec<String> = match obj {
+        Object::DaemonSet(d) => {
+            let st = d.status.clone().unwrap_or_default();
+            let selector: Vec<String> = d
+                .spec
+                .template
+                .spec
+                .node_selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let mut r = vec![
+                m.name.clone(),
+                st.desired_number_scheduled.to_string(),
+                st.current_number_scheduled.to_string(),
+                st.number_ready.to_string(),
+                st.updated_number_scheduled.to_string(),
+                st.number_available.to_string(),
+                or_none(selector.join(",")),
+                age(m, now),
+            ];
+            if wide {
+                let cs = &d.spec.template.spec.containers;
+                r.push(
+                    cs.iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                r.push(
+                    cs.iter()
+                        .map(|c| c.image.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                r.push(
+                    bramble_api::Selector::from_label_selector(&d.spec.selector, "")
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                );
+            }
+            r
+        }
         Object::ConfigMap(c) => vec![
             m.name.clone(),
             (c.data.len() + c.binary_data.len()).to_string(),

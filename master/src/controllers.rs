@@ -8,6 +8,7 @@
 //! | controller | key | watches | file |
 //! |---|---|---|---|
 //! | Deployment (and its garbage collection) | Deployment, or a pod to collect | Deployment, Pod | [`deployment`] |
+//! | DaemonSet (and its garbage collection) | DaemonSet, or a gone one's pods | DaemonSet, Pod, Node | [`daemonset`] |
 //! | Endpoints | namespace | Service, Pod | [`endpoints`] |
 //! | node IPAM | node | Node | [`ipam`] |
 //! | credential revocation | node | Node | [`revocation`] |
@@ -15,6 +16,7 @@
 //! The node lifecycle controller ([`nodes`]) is driven by the clock, not by changes: it
 //! re-plans every node every 500 ms, so its retry is the next sweep.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod ipam;

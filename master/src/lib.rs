@@ -251,6 +251,11 @@ impl Master {
                 store.clone(),
                 internal.clone(),
             )),
+            tokio::spawn(controllers::run(
+                controllers::daemonset::DaemonSets::new(&store),
+                store.clone(),
+                internal.clone(),
+            )),
             tokio::spawn(controllers::nodes::run(
                 store.clone(),
                 lifecycle,
