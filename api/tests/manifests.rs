@@ -136,6 +136,11 @@ fn dep(extra_spec: &str, pod_spec: &str) -> String {
 fn svc(spec: &str) -> String {
     format!("{SVC_HEAD}{spec}")
 }
+fn ds(extra_spec: &str, pod_spec: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: d\nspec:\n  selector:\n    matchLabels: {{app: a}}\n  template:\n    metadata:\n      labels: {{app: a}}\n    spec:\n{pod_spec}{extra_spec}"
+    )
+}
 fn cm(body: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n{body}")
 }
@@ -198,6 +203,15 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
         ("mount of missing volume", pod("  containers:\n  - name: c\n    image: a\n    volumeMounts: [{name: data, mountPath: /data}]\n"), "spec.containers[0].volumeMounts[0].name: Not found"),
         ("relative mount path", pod("  containers:\n  - name: c\n    image: a\n    volumeMounts: [{name: v, mountPath: data}]\n  volumes: [{name: v, emptyDir: {}}]\n"), "spec.containers[0].volumeMounts[0].mountPath"),
         ("relative hostPath", pod(&format!("{C}  volumes: [{{name: v, hostPath: {{path: etc}}}}]\n")), "spec.volumes[0].hostPath.path"),
+        ("daemonset selector does not match its template", "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.template.metadata.labels: Invalid value: `selector`"),
+        ("daemonset without selector", "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d}\nspec:\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.selector: Required value: a DaemonSet needs a non-empty selector"),
+        ("daemonset bad update strategy", ds("  updateStrategy: {type: Recreate}\n", DC), "spec.updateStrategy.type: unsupported value \"Recreate\""),
+        ("daemonset OnDelete with rollingUpdate", ds("  updateStrategy: {type: OnDelete, rollingUpdate: {maxUnavailable: 1}}\n", DC), "spec.updateStrategy.rollingUpdate: may not be specified"),
+        ("daemonset zero unavailable without surge", ds("  updateStrategy: {rollingUpdate: {maxUnavailable: 0}}\n", DC), "spec.updateStrategy.rollingUpdate.maxUnavailable: may not be 0"),
+        ("daemonset surge and unavailable both set", ds("  updateStrategy: {rollingUpdate: {maxUnavailable: 1, maxSurge: 1}}\n", DC), "maxSurge and maxUnavailable may not both be non-zero"),
+        ("daemonset bad maxUnavailable", ds("  updateStrategy: {rollingUpdate: {maxUnavailable: 120%}}\n", DC), "spec.updateStrategy.rollingUpdate.maxUnavailable"),
+        ("daemonset negative minReadySeconds", ds("  minReadySeconds: -1\n", DC), "spec.minReadySeconds: must be >= 0"),
+        ("daemonset template restart policy", ds("", "      restartPolicy: OnFailure\n      containers: [{name: c, image: i}]\n"), "spec.template.spec.restartPolicy"),
         ("configmap key not a file name", cm("data:\n  \"a/b\": x\n"), "data[a/b]: \"a/b\" is not a valid key"),
         ("configmap key dot-dot", cm("data:\n  ..data: x\n"), "data[..data]"),
         ("configmap key in data and binaryData", cm("data: {k: x}\nbinaryData: {k: eA==}\n"), "binaryData[k]: Duplicate value"),
@@ -276,7 +290,7 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
 #[test]
 fn malformed_manifests_name_the_field() {
     let cases = bad_cases();
-    assert!(cases.len() >= 110, "only {} cases", cases.len());
+    assert!(cases.len() >= 119, "only {} cases", cases.len());
     for (label, text, want) in cases {
         let err = match parse_manifests(&text) {
             Ok(d) => panic!("{label}: accepted: {:?}", d[0].object),

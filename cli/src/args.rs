@@ -65,7 +65,7 @@ pub enum Command {
     Image(ImageCommand),
     /// Set a Deployment's replica count
     Scale(ScaleArgs),
-    /// Follow or restart a Deployment's rollout
+    /// Follow or restart a Deployment's or DaemonSet's rollout
     #[command(subcommand)]
     Rollout(RolloutCommand),
     /// Mark a node unschedulable
@@ -159,7 +159,7 @@ pub struct ScaleArgs {
 /// `bramble rollout`.
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
-    /// Wait until the Deployment's rollout is complete
+    /// Wait until the Deployment's (or DaemonSet's) rollout is complete
     Status {
         /// `deployment/NAME`, or `deploy NAME`
         target: Vec<String>,
@@ -180,7 +180,7 @@ pub enum RolloutCommand {
         #[arg(long)]
         to_revision: Option<i64>,
     },
-    /// Replace every pod of the Deployment, by rollout
+    /// Replace every pod of the Deployment (or DaemonSet), by rollout
     Restart {
         /// `deployment/NAME`, or `deploy NAME`
         target: Vec<String>,

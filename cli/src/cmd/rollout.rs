@@ -1,4 +1,5 @@
-//! `bramble scale` and `bramble rollout status|restart` for Deployments.
+//! `bramble scale` and `bramble rollout status|history|undo|restart` for Deployments;
+//! `rollout status|restart` for DaemonSets too.
 
 use std::time::{Duration, Instant};
 
@@ -9,27 +10,49 @@ use serde_json::{Value, json};
 use crate::args::{RolloutCommand, ScaleArgs};
 use crate::client::Client;
 
-/// `deployment/web`, `deploy web` or `web` → `web`.
-fn deployment_name(target: &[String]) -> Result<String> {
+/// `deployment/web`, `deploy web`, `ds/agent` or `web` (a Deployment) → the kind and name;
+/// `kinds` are those the command serves.
+fn target_of(target: &[String], kinds: &[Kind]) -> Result<(Kind, String)> {
     let (kind, name) = match target {
         [one] => match one.split_once('/') {
             Some((k, n)) => (Some(k.to_string()), n.to_string()),
             None => (None, one.clone()),
         },
         [k, n] => (Some(k.clone()), n.clone()),
-        _ => bail!("name one Deployment: deployment/NAME"),
+        _ => bail!("name one object: deployment/NAME or daemonset/NAME"),
     };
-    if let Some(k) = kind
-        && Kind::from_user(&k) != Some(Kind::Deployment)
-    {
-        bail!("{k:?}: only Deployments can be scaled or rolled out");
-    }
-    Ok(name)
+    let kind = match kind {
+        None => Kind::Deployment,
+        Some(k) => match Kind::from_user(&k) {
+            Some(kind) if kinds.contains(&kind) => kind,
+            _ => {
+                let names: Vec<&str> = kinds.iter().map(|k| k.plural()).collect();
+                bail!("{k:?}: this works on {} only", names.join(" and "));
+            }
+        },
+    };
+    Ok((kind, name))
+}
+
+/// `deployment/web`, `deploy web` or `web` → `web`.
+fn deployment_name(target: &[String]) -> Result<String> {
+    Ok(target_of(target, &[Kind::Deployment])?.1)
 }
 
 /// Reads, changes and writes back a Deployment, retrying on conflicts.
 fn update(client: &Client, ns: &str, name: &str, change: impl Fn(&mut Value)) -> Result<Value> {
-    let path = Kind::Deployment.path(Some(ns), Some(name));
+    update_kind(client, Kind::Deployment, ns, name, change)
+}
+
+/// Reads, changes and writes back an object, retrying on conflicts.
+fn update_kind(
+    client: &Client,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    change: impl Fn(&mut Value),
+) -> Result<Value> {
+    let path = kind.path(Some(ns), Some(name));
     for _ in 0..5 {
         let mut d = client.get(&path)?.ok()?.json()?;
         change(&mut d);
@@ -39,7 +62,7 @@ fn update(client: &Client, ns: &str, name: &str, change: impl Fn(&mut Value)) ->
         }
         return r.ok()?.json();
     }
-    bail!("deployment {name:?} kept changing; try again")
+    bail!("{} {name:?} kept changing; try again", kind.singular())
 }
 
 /// The revision history the controller keeps in an annotation, oldest first.
@@ -120,16 +143,19 @@ pub fn run(client: &Client, ns: Option<&str>, cmd: &RolloutCommand) -> Result<()
             );
         }
         RolloutCommand::Restart { target } => {
-            let name = deployment_name(target)?;
+            let (kind, name) = target_of(target, &[Kind::Deployment, Kind::DaemonSet])?;
             let now = bramble_api::time::now_secs();
-            update(client, ns, &name, |d| {
+            update_kind(client, kind, ns, &name, |d| {
                 d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] =
                     json!(bramble_api::time::format_rfc3339(now));
             })?;
-            println!("deployment.apps/{name} restarted");
+            println!("{}/{name} restarted", kind.qualified());
         }
         RolloutCommand::Status { target, timeout } => {
-            let name = deployment_name(target)?;
+            let (kind, name) = target_of(target, &[Kind::Deployment, Kind::DaemonSet])?;
+            if kind == Kind::DaemonSet {
+                return daemonset_status(client, ns, &name, *timeout);
+            }
             let path = Kind::Deployment.path(Some(ns), Some(&name));
             let deadline = Instant::now() + Duration::from_secs(*timeout);
             let mut last = String::new();
@@ -173,4 +199,42 @@ pub fn run(client: &Client, ns: Option<&str>, cmd: &RolloutCommand) -> Result<()
         }
     }
     Ok(())
+}
+
+/// `rollout status` of a DaemonSet, with kubectl's messages.
+fn daemonset_status(client: &Client, ns: &str, name: &str, timeout: u64) -> Result<()> {
+    let path = Kind::DaemonSet.path(Some(ns), Some(name));
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let mut last = String::new();
+    loop {
+        let d = client.get(&path)?.ok()?.json()?;
+        let st = &d["status"];
+        let n = |k: &str| st[k].as_i64().unwrap_or(0);
+        let observed = n("observedGeneration") >= d["metadata"]["generation"].as_i64().unwrap_or(0);
+        let want = n("desiredNumberScheduled");
+        let msg = if !observed {
+            "Waiting for daemon set spec update to be observed...".to_string()
+        } else if n("updatedNumberScheduled") < want {
+            format!(
+                "Waiting for daemon set {name:?} rollout to finish: {} out of {want} new pods have been updated...",
+                n("updatedNumberScheduled")
+            )
+        } else if n("numberAvailable") < want {
+            format!(
+                "Waiting for daemon set {name:?} rollout to finish: {} of {want} updated pods are available...",
+                n("numberAvailable")
+            )
+        } else {
+            println!("daemon set {name:?} successfully rolled out");
+            return Ok(());
+        };
+        if msg != last {
+            println!("{msg}");
+            last = msg;
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for the rollout of {name:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

@@ -158,7 +158,7 @@ pub fn plan(ds: &DaemonSet, nodes: &[Node], pods: &[Pod]) -> Plan {
         if !alive.is_empty() {
             status.current_number_scheduled += 1;
         }
-        let (new, old): (Vec<&Pod>, Vec<&Pod>) = alive.iter().copied().partition(|p| current(&p));
+        let (new, old): (Vec<&Pod>, Vec<&Pod>) = alive.iter().copied().partition(|p| current(p));
         let ready_new = new.iter().any(|p| is_ready(p));
         let ready_any = alive.iter().any(|p| is_ready(p));
         if !new.is_empty() {
