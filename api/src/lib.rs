@@ -1,5 +1,5 @@
 //! Bramble's API: the Kubernetes-shaped objects (Namespace, Node, Pod, Deployment, DaemonSet,
-//! Service, Endpoints, ConfigMap, Secret, Event, Image), their validation, manifest parsing, and the error body of the API.
+//! Job, Service, Endpoints, ConfigMap, Secret, Event, Image), their validation, manifest parsing, and the error body of the API.
 //!
 //! This crate does no I/O. The master stores and serves these types, the agent runs them,
 //! and the CLI parses manifests with [`manifest::parse_manifests`] before sending them.
@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod error;
 pub mod event;
 pub mod image;
+pub mod job;
 pub mod join;
 pub mod manifest;
 pub mod meta;

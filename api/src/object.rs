@@ -9,6 +9,7 @@ use crate::daemonset::DaemonSet;
 use crate::deployment::Deployment;
 use crate::event::Event;
 use crate::image::Image;
+use crate::job::Job;
 use crate::meta::ObjectMeta;
 use crate::namespace::Namespace;
 use crate::node::Node;
@@ -23,6 +24,7 @@ pub enum Kind {
     Pod,
     Deployment,
     DaemonSet,
+    Job,
     Service,
     Endpoints,
     ConfigMap,
@@ -34,12 +36,13 @@ pub enum Kind {
 impl Kind {
     /// Every kind, in the order `bramble get all` prints them, which is also the enum's
     /// declaration order (its `Ord`; the store's ranges rely on it).
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::Deployment,
         Kind::DaemonSet,
+        Kind::Job,
         Kind::Service,
         Kind::Endpoints,
         Kind::ConfigMap,
@@ -56,6 +59,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Deployment => "Deployment",
             Kind::DaemonSet => "DaemonSet",
+            Kind::Job => "Job",
             Kind::Service => "Service",
             Kind::Endpoints => "Endpoints",
             Kind::Event => "Event",
@@ -69,6 +73,7 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::Deployment | Kind::DaemonSet => "apps",
+            Kind::Job => "batch",
             Kind::Image => "bramble.io",
             _ => "",
         }
@@ -78,6 +83,7 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::Deployment | Kind::DaemonSet => "apps/v1",
+            Kind::Job => "batch/v1",
             Kind::Image => "bramble.io/v1",
             _ => "v1",
         }
@@ -91,6 +97,7 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::Deployment => "deployments",
             Kind::DaemonSet => "daemonsets",
+            Kind::Job => "jobs",
             Kind::Service => "services",
             Kind::Endpoints => "endpoints",
             Kind::Event => "events",
@@ -108,6 +115,7 @@ impl Kind {
             Kind::Pod => "pod",
             Kind::Deployment => "deployment",
             Kind::DaemonSet => "daemonset",
+            Kind::Job => "job",
             Kind::Service => "service",
             Kind::Endpoints => "endpoints",
             Kind::Event => "event",
@@ -125,6 +133,8 @@ impl Kind {
             Kind::Pod => "po",
             Kind::Deployment => "deploy",
             Kind::DaemonSet => "ds",
+            // Kubernetes gives Jobs no short name.
+            Kind::Job => "job",
             Kind::Service => "svc",
             Kind::Endpoints => "ep",
             Kind::Event => "ev",
@@ -226,6 +236,7 @@ pub enum Object {
     Pod(Pod),
     Deployment(Deployment),
     DaemonSet(DaemonSet),
+    Job(Job),
     Service(Service),
     Endpoints(Endpoints),
     Event(Event),
@@ -242,6 +253,7 @@ macro_rules! each {
             Object::Pod($o) => $e,
             Object::Deployment($o) => $e,
             Object::DaemonSet($o) => $e,
+            Object::Job($o) => $e,
             Object::Service($o) => $e,
             Object::Endpoints($o) => $e,
             Object::Event($o) => $e,
@@ -261,6 +273,7 @@ impl Object {
             Object::Pod(_) => Kind::Pod,
             Object::Deployment(_) => Kind::Deployment,
             Object::DaemonSet(_) => Kind::DaemonSet,
+            Object::Job(_) => Kind::Job,
             Object::Service(_) => Kind::Service,
             Object::Endpoints(_) => Kind::Endpoints,
             Object::Event(_) => Kind::Event,
@@ -302,6 +315,7 @@ impl Object {
             Kind::Pod => Object::Pod(serde_json::from_value(value).map_err(e)?),
             Kind::Deployment => Object::Deployment(serde_json::from_value(value).map_err(e)?),
             Kind::DaemonSet => Object::DaemonSet(serde_json::from_value(value).map_err(e)?),
+            Kind::Job => Object::Job(serde_json::from_value(value).map_err(e)?),
             Kind::Service => Object::Service(serde_json::from_value(value).map_err(e)?),
             Kind::Endpoints => Object::Endpoints(serde_json::from_value(value).map_err(e)?),
             Kind::Event => Object::Event(serde_json::from_value(value).map_err(e)?),
@@ -320,6 +334,7 @@ impl Object {
             Kind::Pod => Object::Pod(serde_json::from_slice(json)?),
             Kind::Deployment => Object::Deployment(serde_json::from_slice(json)?),
             Kind::DaemonSet => Object::DaemonSet(serde_json::from_slice(json)?),
+            Kind::Job => Object::Job(serde_json::from_slice(json)?),
             Kind::Service => Object::Service(serde_json::from_slice(json)?),
             Kind::Endpoints => Object::Endpoints(serde_json::from_slice(json)?),
             Kind::Event => Object::Event(serde_json::from_slice(json)?),
@@ -369,6 +384,7 @@ impl Object {
             (Object::Pod(a), Object::Pod(b)) => a.spec == b.spec,
             (Object::Deployment(a), Object::Deployment(b)) => a.spec == b.spec,
             (Object::DaemonSet(a), Object::DaemonSet(b)) => a.spec == b.spec,
+            (Object::Job(a), Object::Job(b)) => a.spec == b.spec,
             (Object::Service(a), Object::Service(b)) => a.spec == b.spec,
             (Object::Endpoints(a), Object::Endpoints(b)) => a.subsets == b.subsets,
             (Object::Image(a), Object::Image(b)) => a.spec == b.spec,
@@ -402,6 +418,7 @@ impl Object {
                 | Object::Pod(_)
                 | Object::Deployment(_)
                 | Object::DaemonSet(_)
+                | Object::Job(_)
                 | Object::Service(_)
         )
     }
@@ -415,6 +432,7 @@ impl Object {
             (Object::Pod(a), Object::Pod(b)) => a.status = b.status.clone(),
             (Object::Deployment(a), Object::Deployment(b)) => a.status = b.status.clone(),
             (Object::DaemonSet(a), Object::DaemonSet(b)) => a.status = b.status.clone(),
+            (Object::Job(a), Object::Job(b)) => a.status = b.status.clone(),
             (Object::Service(a), Object::Service(b)) => a.status = b.status.clone(),
             _ => {}
         }
@@ -463,6 +481,8 @@ mod tests {
             ("deploy", Kind::Deployment),
             ("deployments.apps", Kind::Deployment),
             ("ds", Kind::DaemonSet),
+            ("jobs", Kind::Job),
+            ("jobs.batch", Kind::Job),
             ("daemonsets.apps", Kind::DaemonSet),
             ("cm", Kind::ConfigMap),
             ("secret", Kind::Secret),

@@ -26,7 +26,8 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
     match obj {
         Object::Namespace(_) => {}
         Object::Node(n) => validate_node(&mut v, n),
-        Object::Pod(p) => validate_pod_spec(&mut v, &p.spec, "spec", false),
+        Object::Pod(p) => validate_pod_spec(&mut v, &p.spec, "spec", Owner::Pod),
+        Object::Job(j) => validate_job(&mut v, j),
         Object::Deployment(d) => validate_deployment(&mut v, d),
         Object::DaemonSet(d) => validate_daemonset(&mut v, d),
         Object::Service(s) => validate_service(&mut v, s),
@@ -208,7 +209,18 @@ fn validate_security_context(v: &mut Errors, path: &str, sc: &crate::pod::Securi
     }
 }
 
-fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bool) {
+/// What owns a pod spec: its restart policies depend on it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// A bare pod: Always, OnFailure or Never.
+    Pod,
+    /// A Deployment or DaemonSet: its pods always restart.
+    Replicated,
+    /// A Job: its pods run to completion (OnFailure or Never, required).
+    Job,
+}
+
+fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, owner: Owner) {
     if let Some(sc) = &spec.security_context {
         validate_pod_security_context(v, &format!("{path}.securityContext"), sc);
     }
@@ -322,17 +334,21 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, in_template: bo
             }
         }
     }
-    let valid_policies: &[&str] = if in_template {
-        &["", "Always"]
-    } else {
-        &["", "Always", "OnFailure", "Never"]
+    let (valid_policies, allowed): (&[&str], &str) = match owner {
+        Owner::Pod => (
+            &["", "Always", "OnFailure", "Never"],
+            "Always, OnFailure or Never",
+        ),
+        Owner::Replicated => (
+            &["", "Always"],
+            "Always (a Deployment's or DaemonSet's pods always restart)",
+        ),
+        Owner::Job => (
+            &["OnFailure", "Never"],
+            "OnFailure or Never (a Job's pods run to completion)",
+        ),
     };
     if !valid_policies.contains(&spec.restart_policy.as_str()) {
-        let allowed = if in_template {
-            "Always (a Deployment's pods always restart)"
-        } else {
-            "Always, OnFailure or Never"
-        };
         v.push(
             &format!("{path}.restartPolicy"),
             format!(
@@ -687,7 +703,72 @@ fn validate_selector_and_template(
             names::label_value(val),
         );
     }
-    validate_pod_spec(v, &template.spec, "spec.template.spec", true);
+    validate_pod_spec(v, &template.spec, "spec.template.spec", Owner::Replicated);
+}
+
+/// The most completions (and so indexes) a Job may ask for, as in Kubernetes.
+const MAX_COMPLETIONS: i32 = 100_000;
+
+fn validate_job(v: &mut Errors, j: &crate::job::Job) {
+    let s = &j.spec;
+    for (p, val) in [
+        ("spec.parallelism", s.parallelism),
+        ("spec.completions", s.completions),
+        ("spec.backoffLimit", s.backoff_limit),
+        ("spec.ttlSecondsAfterFinished", s.ttl_seconds_after_finished),
+    ] {
+        if let Some(x) = val
+            && x < 0
+        {
+            v.push(p, format!("must be >= 0, got {x}"));
+        }
+    }
+    if let Some(d) = s.active_deadline_seconds
+        && d <= 0
+    {
+        v.push(
+            "spec.activeDeadlineSeconds",
+            format!("must be greater than 0, got {d}"),
+        );
+    }
+    match s.completion_mode.as_str() {
+        "" | "NonIndexed" => {}
+        "Indexed" => match s.completions {
+            None => v.push(
+                "spec.completions",
+                "Required value: when completionMode is Indexed",
+            ),
+            Some(c) if c > MAX_COMPLETIONS => v.push(
+                "spec.completions",
+                format!("must be at most {MAX_COMPLETIONS} when completionMode is Indexed"),
+            ),
+            _ => {}
+        },
+        m => v.push(
+            "spec.completionMode",
+            format!("unsupported value {m:?}: must be NonIndexed or Indexed"),
+        ),
+    }
+    if let Some(sel) = &s.selector {
+        match Selector::from_label_selector(sel, "spec.selector") {
+            Ok(sel) if !sel.matches(&s.template.metadata.labels) => v.push(
+                "spec.selector",
+                format!(
+                    "Invalid value: `selector` ({sel}) does not match template `labels` (leave it out: Bramble ties a Job's pods to it by their owner)"
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => v.push(&e.path, e.source.to_string()),
+        }
+    }
+    for (k, val) in &s.template.metadata.labels {
+        v.check("spec.template.metadata.labels", names::label_key(k));
+        v.check(
+            &format!("spec.template.metadata.labels[{k}]"),
+            names::label_value(val),
+        );
+    }
+    validate_pod_spec(v, &s.template.spec, "spec.template.spec", Owner::Job);
 }
 
 fn validate_daemonset(v: &mut Errors, d: &crate::daemonset::DaemonSet) {

@@ -141,6 +141,11 @@ fn ds(extra_spec: &str, pod_spec: &str) -> String {
         "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: d\nspec:\n  selector:\n    matchLabels: {{app: a}}\n  template:\n    metadata:\n      labels: {{app: a}}\n    spec:\n{pod_spec}{extra_spec}"
     )
 }
+fn job(spec: &str) -> String {
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: j\nspec:\n{spec}  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: i}}]\n"
+    )
+}
 fn cm(body: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n{body}")
 }
@@ -212,6 +217,16 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
         ("daemonset bad maxUnavailable", ds("  updateStrategy: {rollingUpdate: {maxUnavailable: 120%}}\n", DC), "spec.updateStrategy.rollingUpdate.maxUnavailable"),
         ("daemonset negative minReadySeconds", ds("  minReadySeconds: -1\n", DC), "spec.minReadySeconds: must be >= 0"),
         ("daemonset template restart policy", ds("", "      restartPolicy: OnFailure\n      containers: [{name: c, image: i}]\n"), "spec.template.spec.restartPolicy"),
+        ("job negative completions", job("  completions: -1\n"), "spec.completions: must be >= 0, got -1"),
+        ("job negative parallelism", job("  parallelism: -2\n"), "spec.parallelism: must be >= 0"),
+        ("job negative backoffLimit", job("  backoffLimit: -1\n"), "spec.backoffLimit: must be >= 0"),
+        ("job zero deadline", job("  activeDeadlineSeconds: 0\n"), "spec.activeDeadlineSeconds: must be greater than 0"),
+        ("job negative ttl", job("  ttlSecondsAfterFinished: -5\n"), "spec.ttlSecondsAfterFinished: must be >= 0"),
+        ("job indexed without completions", job("  completionMode: Indexed\n"), "spec.completions: Required value: when completionMode is Indexed"),
+        ("job bad completion mode", job("  completionMode: Sometimes\n"), "spec.completionMode: unsupported value"),
+        ("job restartPolicy Always", "apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec:\n  template:\n    spec:\n      restartPolicy: Always\n      containers: [{name: c, image: i}]\n".into(), "spec.template.spec.restartPolicy: unsupported value \"Always\": must be OnFailure or Never"),
+        ("job without restartPolicy", "apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec:\n  template:\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.template.spec.restartPolicy"),
+        ("job selector not matching", job("  selector: {matchLabels: {app: x}}\n"), "spec.selector: Invalid value"),
         ("configmap key not a file name", cm("data:\n  \"a/b\": x\n"), "data[a/b]: \"a/b\" is not a valid key"),
         ("configmap key dot-dot", cm("data:\n  ..data: x\n"), "data[..data]"),
         ("configmap key in data and binaryData", cm("data: {k: x}\nbinaryData: {k: eA==}\n"), "binaryData[k]: Duplicate value"),
@@ -290,7 +305,7 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
 #[test]
 fn malformed_manifests_name_the_field() {
     let cases = bad_cases();
-    assert!(cases.len() >= 119, "only {} cases", cases.len());
+    assert!(cases.len() >= 129, "only {} cases", cases.len());
     for (label, text, want) in cases {
         let err = match parse_manifests(&text) {
             Ok(d) => panic!("{label}: accepted: {:?}", d[0].object),

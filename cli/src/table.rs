@@ -24,6 +24,7 @@ pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str
         Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         Kind::Image => vec!["IMAGE", "TAG", "DIGEST", "PLATFORMS", "SIZE", "AGE"],
         Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
+        Kind::Job => vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
         Kind::DaemonSet => vec![
             "NAME",
             "DESIRED",
@@ -39,7 +40,9 @@ pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str
     if wide {
         h.extend(match kind {
             Kind::Pod => vec!["IP", "NODE"],
-            Kind::Deployment | Kind::DaemonSet => vec!["CONTAINERS", "IMAGES", "SELECTOR"],
+            Kind::Deployment | Kind::DaemonSet | Kind::Job => {
+                vec!["CONTAINERS", "IMAGES", "SELECTOR"]
+            }
             Kind::Service => vec!["SELECTOR"],
             Kind::Node => vec!["INTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "ARCH"],
             _ => vec![],
@@ -114,6 +117,48 @@ pub fn pod_status(p: &Pod) -> String {
 pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<String> {
     let m = obj.meta();
     let mut r: Vec<String> = match obj {
+        Object::Job(j) => {
+            let st = j.status.clone().unwrap_or_default();
+            let status = match st.finished() {
+                Some(f) => f.to_string(),
+                None if j.spec.suspend == Some(true) => "Suspended".into(),
+                None => "Running".into(),
+            };
+            let start = st.start_time.as_deref().and_then(parse_rfc3339);
+            let end = st
+                .completion_time
+                .as_deref()
+                .and_then(parse_rfc3339)
+                .unwrap_or(now);
+            let mut r = vec![
+                m.name.clone(),
+                status,
+                format!("{}/{}", st.succeeded, j.spec.completions()),
+                start.map_or_else(String::new, |s| human_age(end - s)),
+                age(m, now),
+            ];
+            if wide {
+                let cs = &j.spec.template.spec.containers;
+                r.push(
+                    cs.iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                r.push(
+                    cs.iter()
+                        .map(|c| c.image.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                r.push(format!(
+                    "{}={}",
+                    bramble_api::job::CONTROLLER_UID_LABEL,
+                    j.metadata.uid
+                ));
+            }
+            r
+        }
         Object::DaemonSet(d) => {
             let st = d.status.clone().unwrap_or_default();
             let selector: Vec<String> = d

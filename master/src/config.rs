@@ -61,6 +61,9 @@ pub struct Args {
     /// Evict a lost node's pods after this long, e.g. 5s or 5m [default: 5s]
     #[arg(long)]
     pub pod_eviction_timeout: Option<String>,
+    /// A Job's first back-off after a failed pod, doubling up to 6m [default: 10s]
+    #[arg(long)]
+    pub job_backoff: Option<String>,
     /// The pod network, cut into one CIDR per node [default: 10.42.0.0/16]
     #[arg(long)]
     pub cluster_cidr: Option<String>,
@@ -104,6 +107,7 @@ struct FileConfig {
     external_broker_password_file: Option<PathBuf>,
     node_lost_after: Option<String>,
     pod_eviction_timeout: Option<String>,
+    job_backoff: Option<String>,
     cluster_cidr: Option<String>,
     node_cidr_mask_size: Option<u8>,
     service_cidr: Option<String>,
@@ -142,6 +146,8 @@ pub struct Config {
     pub broker: Broker,
     pub node_lost_after: std::time::Duration,
     pub pod_eviction_timeout: std::time::Duration,
+    /// A Job's first back-off after a failed pod.
+    pub job_backoff: std::time::Duration,
     /// Node pod CIDRs come from here.
     pub pod_cidrs: crate::controllers::ipam::CidrPool,
     /// Services' ClusterIPs and NodePorts come from here.
@@ -181,6 +187,7 @@ impl Config {
             broker: Broker::Embedded(SocketAddr::from(([127, 0, 0, 1], 0))),
             node_lost_after: std::time::Duration::from_secs(3),
             pod_eviction_timeout: std::time::Duration::from_secs(5),
+            job_backoff: std::time::Duration::from_secs(10),
             pod_cidrs: default_pool(),
             services: crate::store::ServiceRanges::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -384,6 +391,17 @@ impl TryFrom<Args> for Config {
             bramble_api::time::parse_duration(&evict_text).ok_or_else(|| {
                 format!("--pod-eviction-timeout: {evict_text:?} is not a duration (e.g. 5s, 5m)")
             })?;
+        let backoff_text = a
+            .job_backoff
+            .or(file.job_backoff)
+            .unwrap_or_else(|| "10s".into());
+        let job_backoff = bramble_api::time::parse_duration(&backoff_text)
+            .filter(|d| (1..=3600).contains(&d.as_secs()))
+            .ok_or_else(|| {
+                format!(
+                    "--job-backoff: {backoff_text:?} is not a duration from 1s to 1h (e.g. 10s)"
+                )
+            })?;
         let cluster_cidr = a
             .cluster_cidr
             .or(file.cluster_cidr)
@@ -412,6 +430,7 @@ impl TryFrom<Args> for Config {
             broker,
             node_lost_after,
             pod_eviction_timeout,
+            job_backoff,
             pod_cidrs,
             services,
             max_connections,

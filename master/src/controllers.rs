@@ -9,6 +9,7 @@
 //! |---|---|---|---|
 //! | Deployment (and its garbage collection) | Deployment, or a pod to collect | Deployment, Pod | [`deployment`] |
 //! | DaemonSet (and its garbage collection) | DaemonSet, or a gone one's pods | DaemonSet, Pod, Node | [`daemonset`] |
+//! | Job (and its garbage collection; deadlines, TTLs and back-offs on timers) | Job, or a gone one's pods | Job, Pod | [`job`] |
 //! | Endpoints | namespace | Service, Pod | [`endpoints`] |
 //! | node IPAM | node | Node | [`ipam`] |
 //! | credential revocation | node | Node | [`revocation`] |
@@ -20,6 +21,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod ipam;
+pub mod job;
 pub mod nodes;
 pub mod queue;
 pub mod revocation;
@@ -48,6 +50,11 @@ pub trait Controller: Send {
     fn resync(&mut self, store: &Store) -> impl Future<Output = Vec<Self::Key>> + Send;
     /// The keys a change touches.
     fn keys(&mut self, change: &Change) -> Vec<Self::Key>;
+    /// Keys the last reconciles asked to look at again later, with when (a deadline, a
+    /// TTL, a back-off that no change will end); most controllers ask for none.
+    fn timers(&mut self) -> Vec<(Self::Key, Instant)> {
+        Vec::new()
+    }
     /// Brings one key in line; an error is retried after a back-off.
     fn reconcile(
         &mut self,
@@ -94,6 +101,9 @@ pub async fn run<C: Controller>(mut c: C, store: Store, shutdown: CancellationTo
                         tracing::warn!(controller = C::NAME, ?key, error = %e, ?retry_in, "reconcile failed; retrying");
                     }
                 }
+            }
+            for (key, at) in c.timers() {
+                queue.add_at(key, at);
             }
             let retry = queue.next_retry();
             let first = tokio::select! {

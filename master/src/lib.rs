@@ -256,6 +256,11 @@ impl Master {
                 store.clone(),
                 internal.clone(),
             )),
+            tokio::spawn(controllers::run(
+                controllers::job::Jobs::new(&store, config.job_backoff),
+                store.clone(),
+                internal.clone(),
+            )),
             tokio::spawn(controllers::nodes::run(
                 store.clone(),
                 lifecycle,

@@ -29,6 +29,8 @@ pub struct WorkQueue<K: Ord + Clone> {
     dirty: BTreeSet<K>,
     /// Keys that failed: when to try again, and how many failures in a row.
     waiting: BTreeMap<K, (Instant, u32)>,
+    /// Keys a controller asked to look at again at a time (a deadline, a TTL, a back-off).
+    timers: BTreeMap<K, Instant>,
 }
 
 impl<K: Ord + Clone> WorkQueue<K> {
@@ -37,6 +39,7 @@ impl<K: Ord + Clone> WorkQueue<K> {
             retry,
             dirty: BTreeSet::new(),
             waiting: BTreeMap::new(),
+            timers: BTreeMap::new(),
         }
     }
 
@@ -56,7 +59,23 @@ impl<K: Ord + Clone> WorkQueue<K> {
             .collect();
         let mut keys = std::mem::take(&mut self.dirty);
         keys.extend(due);
+        let timed: Vec<K> = self
+            .timers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in timed {
+            self.timers.remove(&k);
+            keys.insert(k);
+        }
         keys.into_iter().collect()
+    }
+
+    /// Reconcile `key` again at `at` (the earliest of the times asked for wins).
+    pub fn add_at(&mut self, key: K, at: Instant) {
+        let t = self.timers.entry(key).or_insert(at);
+        *t = (*t).min(at);
     }
 
     /// The reconcile of `key` succeeded: forget its failures.
@@ -76,13 +95,19 @@ impl<K: Ord + Clone> WorkQueue<K> {
 
     /// When the next retry is due, if any (the caller sleeps until then).
     pub fn next_retry(&self) -> Option<Instant> {
-        self.waiting.values().map(|(at, _)| *at).min()
+        let retry = self.waiting.values().map(|(at, _)| *at).min();
+        let timer = self.timers.values().min().copied();
+        match (retry, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Forgets `key` entirely (its object was deleted).
     pub fn remove(&mut self, key: &K) {
         self.dirty.remove(key);
         self.waiting.remove(key);
+        self.timers.remove(key);
     }
 }
 
@@ -149,6 +174,19 @@ mod tests {
         assert_eq!(q.failed("a", t0, 1.0), Duration::from_secs(2));
         // A deleted object is forgotten.
         q.remove(&"a");
+        assert_eq!(q.next_retry(), None);
+    }
+
+    #[test]
+    fn a_timer_wakes_its_key_once_at_the_earliest_time_asked() {
+        let mut q = queue();
+        let t0 = Instant::now();
+        q.add_at("job", t0 + Duration::from_secs(10));
+        q.add_at("job", t0 + Duration::from_secs(5));
+        assert_eq!(q.next_retry(), Some(t0 + Duration::from_secs(5)));
+        assert!(q.take(t0 + Duration::from_secs(4)).is_empty());
+        assert_eq!(q.take(t0 + Duration::from_secs(5)), vec!["job"]);
+        assert!(q.take(t0 + Duration::from_secs(20)).is_empty(), "once");
         assert_eq!(q.next_retry(), None);
     }
 }

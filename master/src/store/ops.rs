@@ -424,6 +424,20 @@ fn check_immutable(old: &Object, new: &Object) -> Result<(), StoreError> {
             )],
         }));
     }
+    // A Job's pod template and completion settings are fixed once it runs, as in Kubernetes.
+    if let (Object::Job(o), Object::Job(n)) = (old, new)
+        && (o.spec.template != n.spec.template
+            || o.spec.completion_mode != n.spec.completion_mode
+            || (o.spec.completions != n.spec.completions))
+    {
+        return Err(StoreError::Invalid(Invalid {
+            what: format!("job {:?}", n.metadata.name),
+            errors: vec![FieldError::new(
+                "spec.template",
+                "field is immutable (so are completions and completionMode); delete and recreate the Job",
+            )],
+        }));
+    }
     let (Object::Pod(o), Object::Pod(n)) = (old, new) else {
         return Ok(());
     };
