@@ -1,5 +1,5 @@
 //! Bramble's API: the Kubernetes-shaped objects (Namespace, Node, Pod, Deployment, DaemonSet,
-//! Job, Service, Endpoints, ConfigMap, Secret, Event, Image), their validation, manifest parsing, and the error body of the API.
+//! Job, CronJob, Service, Endpoints, ConfigMap, Secret, Event, Image), their validation, manifest parsing, and the error body of the API.
 //!
 //! This crate does no I/O. The master stores and serves these types, the agent runs them,
 //! and the CLI parses manifests with [`manifest::parse_manifests`] before sending them.
@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod client_config;
 pub mod config;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod error;

@@ -294,6 +294,7 @@ fn typed(kind: Kind, value: Value) -> Result<(Object, Vec<String>), FieldError> 
         Kind::Deployment => de(value).map(|(o, u)| (Object::Deployment(o), u)),
         Kind::DaemonSet => de(value).map(|(o, u)| (Object::DaemonSet(o), u)),
         Kind::Job => de(value).map(|(o, u)| (Object::Job(o), u)),
+        Kind::CronJob => de(value).map(|(o, u)| (Object::CronJob(o), u)),
         Kind::Service => de(value).map(|(o, u)| (Object::Service(o), u)),
         Kind::Endpoints => de(value).map(|(o, u)| (Object::Endpoints(o), u)),
         Kind::Event => de(value).map(|(o, u)| (Object::Event(o), u)),

@@ -5,6 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::config::{ConfigMap, Secret};
+use crate::cronjob::CronJob;
 use crate::daemonset::DaemonSet;
 use crate::deployment::Deployment;
 use crate::event::Event;
@@ -25,6 +26,7 @@ pub enum Kind {
     Deployment,
     DaemonSet,
     Job,
+    CronJob,
     Service,
     Endpoints,
     ConfigMap,
@@ -36,13 +38,14 @@ pub enum Kind {
 impl Kind {
     /// Every kind, in the order `bramble get all` prints them, which is also the enum's
     /// declaration order (its `Ord`; the store's ranges rely on it).
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::Deployment,
         Kind::DaemonSet,
         Kind::Job,
+        Kind::CronJob,
         Kind::Service,
         Kind::Endpoints,
         Kind::ConfigMap,
@@ -60,6 +63,7 @@ impl Kind {
             Kind::Deployment => "Deployment",
             Kind::DaemonSet => "DaemonSet",
             Kind::Job => "Job",
+            Kind::CronJob => "CronJob",
             Kind::Service => "Service",
             Kind::Endpoints => "Endpoints",
             Kind::Event => "Event",
@@ -73,7 +77,7 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::Deployment | Kind::DaemonSet => "apps",
-            Kind::Job => "batch",
+            Kind::Job | Kind::CronJob => "batch",
             Kind::Image => "bramble.io",
             _ => "",
         }
@@ -83,7 +87,7 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::Deployment | Kind::DaemonSet => "apps/v1",
-            Kind::Job => "batch/v1",
+            Kind::Job | Kind::CronJob => "batch/v1",
             Kind::Image => "bramble.io/v1",
             _ => "v1",
         }
@@ -98,6 +102,7 @@ impl Kind {
             Kind::Deployment => "deployments",
             Kind::DaemonSet => "daemonsets",
             Kind::Job => "jobs",
+            Kind::CronJob => "cronjobs",
             Kind::Service => "services",
             Kind::Endpoints => "endpoints",
             Kind::Event => "events",
@@ -116,6 +121,7 @@ impl Kind {
             Kind::Deployment => "deployment",
             Kind::DaemonSet => "daemonset",
             Kind::Job => "job",
+            Kind::CronJob => "cronjob",
             Kind::Service => "service",
             Kind::Endpoints => "endpoints",
             Kind::Event => "event",
@@ -135,6 +141,7 @@ impl Kind {
             Kind::DaemonSet => "ds",
             // Kubernetes gives Jobs no short name.
             Kind::Job => "job",
+            Kind::CronJob => "cj",
             Kind::Service => "svc",
             Kind::Endpoints => "ep",
             Kind::Event => "ev",
@@ -237,6 +244,7 @@ pub enum Object {
     Deployment(Deployment),
     DaemonSet(DaemonSet),
     Job(Job),
+    CronJob(CronJob),
     Service(Service),
     Endpoints(Endpoints),
     Event(Event),
@@ -254,6 +262,7 @@ macro_rules! each {
             Object::Deployment($o) => $e,
             Object::DaemonSet($o) => $e,
             Object::Job($o) => $e,
+            Object::CronJob($o) => $e,
             Object::Service($o) => $e,
             Object::Endpoints($o) => $e,
             Object::Event($o) => $e,
@@ -274,6 +283,7 @@ impl Object {
             Object::Deployment(_) => Kind::Deployment,
             Object::DaemonSet(_) => Kind::DaemonSet,
             Object::Job(_) => Kind::Job,
+            Object::CronJob(_) => Kind::CronJob,
             Object::Service(_) => Kind::Service,
             Object::Endpoints(_) => Kind::Endpoints,
             Object::Event(_) => Kind::Event,
@@ -316,6 +326,7 @@ impl Object {
             Kind::Deployment => Object::Deployment(serde_json::from_value(value).map_err(e)?),
             Kind::DaemonSet => Object::DaemonSet(serde_json::from_value(value).map_err(e)?),
             Kind::Job => Object::Job(serde_json::from_value(value).map_err(e)?),
+            Kind::CronJob => Object::CronJob(serde_json::from_value(value).map_err(e)?),
             Kind::Service => Object::Service(serde_json::from_value(value).map_err(e)?),
             Kind::Endpoints => Object::Endpoints(serde_json::from_value(value).map_err(e)?),
             Kind::Event => Object::Event(serde_json::from_value(value).map_err(e)?),
@@ -335,6 +346,7 @@ impl Object {
             Kind::Deployment => Object::Deployment(serde_json::from_slice(json)?),
             Kind::DaemonSet => Object::DaemonSet(serde_json::from_slice(json)?),
             Kind::Job => Object::Job(serde_json::from_slice(json)?),
+            Kind::CronJob => Object::CronJob(serde_json::from_slice(json)?),
             Kind::Service => Object::Service(serde_json::from_slice(json)?),
             Kind::Endpoints => Object::Endpoints(serde_json::from_slice(json)?),
             Kind::Event => Object::Event(serde_json::from_slice(json)?),
@@ -385,6 +397,7 @@ impl Object {
             (Object::Deployment(a), Object::Deployment(b)) => a.spec == b.spec,
             (Object::DaemonSet(a), Object::DaemonSet(b)) => a.spec == b.spec,
             (Object::Job(a), Object::Job(b)) => a.spec == b.spec,
+            (Object::CronJob(a), Object::CronJob(b)) => a.spec == b.spec,
             (Object::Service(a), Object::Service(b)) => a.spec == b.spec,
             (Object::Endpoints(a), Object::Endpoints(b)) => a.subsets == b.subsets,
             (Object::Image(a), Object::Image(b)) => a.spec == b.spec,
@@ -419,6 +432,7 @@ impl Object {
                 | Object::Deployment(_)
                 | Object::DaemonSet(_)
                 | Object::Job(_)
+                | Object::CronJob(_)
                 | Object::Service(_)
         )
     }
@@ -433,6 +447,7 @@ impl Object {
             (Object::Deployment(a), Object::Deployment(b)) => a.status = b.status.clone(),
             (Object::DaemonSet(a), Object::DaemonSet(b)) => a.status = b.status.clone(),
             (Object::Job(a), Object::Job(b)) => a.status = b.status.clone(),
+            (Object::CronJob(a), Object::CronJob(b)) => a.status = b.status.clone(),
             (Object::Service(a), Object::Service(b)) => a.status = b.status.clone(),
             _ => {}
         }
@@ -483,6 +498,8 @@ mod tests {
             ("ds", Kind::DaemonSet),
             ("jobs", Kind::Job),
             ("jobs.batch", Kind::Job),
+            ("cj", Kind::CronJob),
+            ("cronjobs.batch", Kind::CronJob),
             ("daemonsets.apps", Kind::DaemonSet),
             ("cm", Kind::ConfigMap),
             ("secret", Kind::Secret),

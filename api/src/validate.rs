@@ -28,6 +28,7 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
         Object::Node(n) => validate_node(&mut v, n),
         Object::Pod(p) => validate_pod_spec(&mut v, &p.spec, "spec", Owner::Pod),
         Object::Job(j) => validate_job(&mut v, j),
+        Object::CronJob(c) => validate_cronjob(&mut v, c),
         Object::Deployment(d) => validate_deployment(&mut v, d),
         Object::DaemonSet(d) => validate_daemonset(&mut v, d),
         Object::Service(s) => validate_service(&mut v, s),
@@ -710,24 +711,31 @@ fn validate_selector_and_template(
 const MAX_COMPLETIONS: i32 = 100_000;
 
 fn validate_job(v: &mut Errors, j: &crate::job::Job) {
-    let s = &j.spec;
+    validate_job_spec(v, &j.spec, "spec");
+}
+
+/// A Job's spec at `base` (`spec`, or a CronJob's `spec.jobTemplate.spec`).
+fn validate_job_spec(v: &mut Errors, s: &crate::job::JobSpec, base: &str) {
     for (p, val) in [
-        ("spec.parallelism", s.parallelism),
-        ("spec.completions", s.completions),
-        ("spec.backoffLimit", s.backoff_limit),
-        ("spec.ttlSecondsAfterFinished", s.ttl_seconds_after_finished),
+        (format!("{base}.parallelism"), s.parallelism),
+        (format!("{base}.completions"), s.completions),
+        (format!("{base}.backoffLimit"), s.backoff_limit),
+        (
+            format!("{base}.ttlSecondsAfterFinished"),
+            s.ttl_seconds_after_finished,
+        ),
     ] {
         if let Some(x) = val
             && x < 0
         {
-            v.push(p, format!("must be >= 0, got {x}"));
+            v.push(&p, format!("must be >= 0, got {x}"));
         }
     }
     if let Some(d) = s.active_deadline_seconds
         && d <= 0
     {
         v.push(
-            "spec.activeDeadlineSeconds",
+            &format!("{base}.activeDeadlineSeconds"),
             format!("must be greater than 0, got {d}"),
         );
     }
@@ -735,24 +743,24 @@ fn validate_job(v: &mut Errors, j: &crate::job::Job) {
         "" | "NonIndexed" => {}
         "Indexed" => match s.completions {
             None => v.push(
-                "spec.completions",
+                &format!("{base}.completions"),
                 "Required value: when completionMode is Indexed",
             ),
             Some(c) if c > MAX_COMPLETIONS => v.push(
-                "spec.completions",
+                &format!("{base}.completions"),
                 format!("must be at most {MAX_COMPLETIONS} when completionMode is Indexed"),
             ),
             _ => {}
         },
         m => v.push(
-            "spec.completionMode",
+            &format!("{base}.completionMode"),
             format!("unsupported value {m:?}: must be NonIndexed or Indexed"),
         ),
     }
     if let Some(sel) = &s.selector {
-        match Selector::from_label_selector(sel, "spec.selector") {
+        match Selector::from_label_selector(sel, &format!("{base}.selector")) {
             Ok(sel) if !sel.matches(&s.template.metadata.labels) => v.push(
-                "spec.selector",
+                &format!("{base}.selector"),
                 format!(
                     "Invalid value: `selector` ({sel}) does not match template `labels` (leave it out: Bramble ties a Job's pods to it by their owner)"
                 ),
@@ -762,13 +770,88 @@ fn validate_job(v: &mut Errors, j: &crate::job::Job) {
         }
     }
     for (k, val) in &s.template.metadata.labels {
-        v.check("spec.template.metadata.labels", names::label_key(k));
         v.check(
-            &format!("spec.template.metadata.labels[{k}]"),
+            &format!("{base}.template.metadata.labels"),
+            names::label_key(k),
+        );
+        v.check(
+            &format!("{base}.template.metadata.labels[{k}]"),
             names::label_value(val),
         );
     }
-    validate_pod_spec(v, &s.template.spec, "spec.template.spec", Owner::Job);
+    validate_pod_spec(
+        v,
+        &s.template.spec,
+        &format!("{base}.template.spec"),
+        Owner::Job,
+    );
+}
+
+fn validate_cronjob(v: &mut Errors, c: &crate::cronjob::CronJob) {
+    let s = &c.spec;
+    if s.schedule.trim().is_empty() {
+        v.push("spec.schedule", "Required value");
+    } else if let Err(e) = crate::cronjob::Schedule::parse(&s.schedule) {
+        v.push(
+            "spec.schedule",
+            format!("invalid schedule {:?}: {e}", s.schedule),
+        );
+    }
+    if let Some(tz) = &s.time_zone {
+        let ok = !tz.is_empty()
+            && !tz.starts_with('/')
+            && !tz.split('/').any(|p| p == ".." || p.is_empty())
+            && tz
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '/' | '_' | '-' | '+'));
+        if !ok {
+            v.push(
+                "spec.timeZone",
+                format!("{tz:?} is not a time zone name such as Europe/Berlin or Etc/UTC"),
+            );
+        }
+    }
+    if s.schedule.contains("TZ=") || s.schedule.contains("CRON_TZ=") {
+        v.push(
+            "spec.schedule",
+            "use spec.timeZone rather than TZ= in the schedule",
+        );
+    }
+    match s.concurrency_policy.as_str() {
+        "" | "Allow" | "Forbid" | "Replace" => {}
+        p => v.push(
+            "spec.concurrencyPolicy",
+            format!("unsupported value {p:?}: must be Allow, Forbid or Replace"),
+        ),
+    }
+    for (p, val) in [
+        (
+            "spec.successfulJobsHistoryLimit",
+            s.successful_jobs_history_limit,
+        ),
+        ("spec.failedJobsHistoryLimit", s.failed_jobs_history_limit),
+    ] {
+        if let Some(x) = val
+            && x < 0
+        {
+            v.push(p, format!("must be >= 0, got {x}"));
+        }
+    }
+    if let Some(d) = s.starting_deadline_seconds
+        && d < 0
+    {
+        v.push(
+            "spec.startingDeadlineSeconds",
+            format!("must be >= 0, got {d}"),
+        );
+    }
+    if c.metadata.name.len() > 52 {
+        v.push(
+            "metadata.name",
+            "must be no more than 52 characters (its Jobs add 11)",
+        );
+    }
+    validate_job_spec(v, &s.job_template.spec, "spec.jobTemplate.spec");
 }
 
 fn validate_daemonset(v: &mut Errors, d: &crate::daemonset::DaemonSet) {

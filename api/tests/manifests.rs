@@ -146,6 +146,11 @@ fn job(spec: &str) -> String {
         "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: j\nspec:\n{spec}  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: i}}]\n"
     )
 }
+fn cronjob(spec: &str) -> String {
+    format!(
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: cj\nspec:\n{spec}  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: OnFailure\n          containers: [{{name: c, image: i}}]\n"
+    )
+}
 fn cm(body: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n{body}")
 }
@@ -227,6 +232,17 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
         ("job restartPolicy Always", "apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec:\n  template:\n    spec:\n      restartPolicy: Always\n      containers: [{name: c, image: i}]\n".into(), "spec.template.spec.restartPolicy: unsupported value \"Always\": must be OnFailure or Never"),
         ("job without restartPolicy", "apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec:\n  template:\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.template.spec.restartPolicy"),
         ("job selector not matching", job("  selector: {matchLabels: {app: x}}\n"), "spec.selector: Invalid value"),
+        ("cronjob minute 61", cronjob("  schedule: \"61 * * * *\"\n"), "spec.schedule: invalid schedule \"61 * * * *\": minute: 61 is out of range 0-59"),
+        ("cronjob without schedule", cronjob(""), "spec.schedule: Required value"),
+        ("cronjob four fields", cronjob("  schedule: \"* * * *\"\n"), "spec.schedule: invalid schedule"),
+        ("cronjob unknown macro", cronjob("  schedule: \"@sometimes\"\n"), "unknown macro"),
+        ("cronjob bad concurrency policy", cronjob("  schedule: \"@hourly\"\n  concurrencyPolicy: Sometimes\n"), "spec.concurrencyPolicy: unsupported value"),
+        ("cronjob negative history", cronjob("  schedule: \"@hourly\"\n  successfulJobsHistoryLimit: -1\n"), "spec.successfulJobsHistoryLimit: must be >= 0"),
+        ("cronjob bad time zone", cronjob("  schedule: \"@hourly\"\n  timeZone: ../../etc/passwd\n"), "spec.timeZone"),
+        ("cronjob TZ in schedule", cronjob("  schedule: \"TZ=UTC 0 * * * *\"\n"), "use spec.timeZone"),
+        ("cronjob template restartPolicy Always", "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: cj}\nspec:\n  schedule: \"@daily\"\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Always\n          containers: [{name: c, image: i}]\n".into(), "spec.jobTemplate.spec.template.spec.restartPolicy"),
+        ("cronjob job completions -1", cronjob("  schedule: \"@daily\"\n").replace("    spec:\n      template:", "    spec:\n      completions: -1\n      template:"), "spec.jobTemplate.spec.completions: must be >= 0"),
+        ("cronjob name too long", cronjob("  schedule: \"@daily\"\n").replace("name: cj", &format!("name: {}", "c".repeat(53))), "metadata.name: must be no more than 52 characters"),
         ("configmap key not a file name", cm("data:\n  \"a/b\": x\n"), "data[a/b]: \"a/b\" is not a valid key"),
         ("configmap key dot-dot", cm("data:\n  ..data: x\n"), "data[..data]"),
         ("configmap key in data and binaryData", cm("data: {k: x}\nbinaryData: {k: eA==}\n"), "binaryData[k]: Duplicate value"),
@@ -305,7 +321,7 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
 #[test]
 fn malformed_manifests_name_the_field() {
     let cases = bad_cases();
-    assert!(cases.len() >= 129, "only {} cases", cases.len());
+    assert!(cases.len() >= 140, "only {} cases", cases.len());
     for (label, text, want) in cases {
         let err = match parse_manifests(&text) {
             Ok(d) => panic!("{label}: accepted: {:?}", d[0].object),

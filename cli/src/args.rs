@@ -88,6 +88,13 @@ pub enum CreateCommand {
     /// A Secret
     #[command(subcommand)]
     Secret(SecretKind),
+    /// A Job from a CronJob's template (`--from cronjob/NAME`), run now
+    Job {
+        name: String,
+        /// `cronjob/NAME`
+        #[arg(long)]
+        from: String,
+    },
 }
 
 /// `bramble create secret`.

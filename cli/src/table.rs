@@ -25,6 +25,15 @@ pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str
         Kind::Image => vec!["IMAGE", "TAG", "DIGEST", "PLATFORMS", "SIZE", "AGE"],
         Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
         Kind::Job => vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+        Kind::CronJob => vec![
+            "NAME",
+            "SCHEDULE",
+            "TIMEZONE",
+            "SUSPEND",
+            "ACTIVE",
+            "LAST SCHEDULE",
+            "AGE",
+        ],
         Kind::DaemonSet => vec![
             "NAME",
             "DESIRED",
@@ -40,6 +49,7 @@ pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str
     if wide {
         h.extend(match kind {
             Kind::Pod => vec!["IP", "NODE"],
+            Kind::CronJob => vec!["CONTAINERS", "IMAGES", "SELECTOR"],
             Kind::Deployment | Kind::DaemonSet | Kind::Job => {
                 vec!["CONTAINERS", "IMAGES", "SELECTOR"]
             }
@@ -117,6 +127,38 @@ pub fn pod_status(p: &Pod) -> String {
 pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<String> {
     let m = obj.meta();
     let mut r: Vec<String> = match obj {
+        Object::CronJob(c) => {
+            let st = c.status.clone().unwrap_or_default();
+            let mut r = vec![
+                m.name.clone(),
+                c.spec.schedule.clone(),
+                c.spec.time_zone.clone().unwrap_or_else(|| "<none>".into()),
+                (c.spec.suspend == Some(true)).to_string(),
+                st.active.len().to_string(),
+                st.last_schedule_time
+                    .as_deref()
+                    .and_then(parse_rfc3339)
+                    .map_or_else(|| "<none>".into(), |t| human_age(now - t)),
+                age(m, now),
+            ];
+            if wide {
+                let cs = &c.spec.job_template.spec.template.spec.containers;
+                r.push(
+                    cs.iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                r.push(
+                    cs.iter()
+                        .map(|c| c.image.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                r.push("<none>".into());
+            }
+            r
+        }
         Object::Job(j) => {
             let st = j.status.clone().unwrap_or_default();
             let status = match st.finished() {

@@ -10,6 +10,7 @@
 //! | Deployment (and its garbage collection) | Deployment, or a pod to collect | Deployment, Pod | [`deployment`] |
 //! | DaemonSet (and its garbage collection) | DaemonSet, or a gone one's pods | DaemonSet, Pod, Node | [`daemonset`] |
 //! | Job (and its garbage collection; deadlines, TTLs and back-offs on timers) | Job, or a gone one's pods | Job, Pod | [`job`] |
+//! | CronJob (and its garbage collection; woken at the next scheduled time) | CronJob, or a gone one's Jobs | CronJob, Job | [`cronjob`] |
 //! | Endpoints | namespace | Service, Pod | [`endpoints`] |
 //! | node IPAM | node | Node | [`ipam`] |
 //! | credential revocation | node | Node | [`revocation`] |
@@ -17,6 +18,7 @@
 //! The node lifecycle controller ([`nodes`]) is driven by the clock, not by changes: it
 //! re-plans every node every 500 ms, so its retry is the next sweep.
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;

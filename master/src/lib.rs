@@ -261,6 +261,11 @@ impl Master {
                 store.clone(),
                 internal.clone(),
             )),
+            tokio::spawn(controllers::run(
+                controllers::cronjob::CronJobs::new(&store),
+                store.clone(),
+                internal.clone(),
+            )),
             tokio::spawn(controllers::nodes::run(
                 store.clone(),
                 lifecycle,

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use bramble_api::Object;
 use bramble_api::config::{ConfigMap, Secret};
+use bramble_api::{Kind, Object};
 
 use crate::args::{ConfigSources, CreateCommand, SecretKind, SecretsCommand};
 use crate::client::Client;
@@ -131,8 +131,48 @@ pub fn secret(name: &str, type_: &str, keys: BTreeMap<String, Vec<u8>>) -> Secre
     s
 }
 
+/// `create job NAME --from cronjob/CJ`: the CronJob's Job template as a Job, now (as
+/// kubectl does: annotated as a manual run, owned by the CronJob).
+fn job_from_cronjob(client: &Client, ns: &str, name: &str, from: &str) -> Result<Object> {
+    let cj_name = match from.split_once('/') {
+        Some((k, n)) if Kind::from_user(k) == Some(Kind::CronJob) => n,
+        _ => bail!("--from {from:?}: expected cronjob/NAME"),
+    };
+    let reply = client.get(&Kind::CronJob.path(Some(ns), Some(cj_name)))?;
+    if reply.code == 404 {
+        bail!("cronjobs {cj_name:?} not found");
+    }
+    let Object::CronJob(cj) =
+        Object::from_value(reply.ok()?.json()?).map_err(anyhow::Error::msg)?
+    else {
+        bail!("{cj_name:?} is not a CronJob");
+    };
+    let mut job = bramble_api::job::Job {
+        metadata: cj.spec.job_template.metadata.clone(),
+        spec: cj.spec.job_template.spec.clone(),
+        ..Default::default()
+    };
+    job.metadata.name = name.to_string();
+    job.metadata.namespace = ns.to_string();
+    job.metadata
+        .annotations
+        .insert("cronjob.kubernetes.io/instantiate".into(), "manual".into());
+    job.metadata.owner_references = vec![bramble_api::meta::OwnerReference {
+        api_version: "batch/v1".into(),
+        kind: "CronJob".into(),
+        name: cj.metadata.name.clone(),
+        uid: cj.metadata.uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }];
+    Ok(Object::Job(job))
+}
+
 pub fn run(client: &Client, ns_flag: Option<&str>, cmd: &CreateCommand) -> Result<()> {
     let mut obj = match cmd {
+        CreateCommand::Job { name, from } => {
+            job_from_cronjob(client, ns_flag.unwrap_or("default"), name, from)?
+        }
         CreateCommand::Configmap(s) => Object::ConfigMap(configmap(&s.name, gather(s)?)),
         CreateCommand::Secret(SecretKind::Generic { sources, type_ }) => Object::Secret(secret(
             &sources.name,

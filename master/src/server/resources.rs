@@ -305,6 +305,7 @@ fn clear_user_status(obj: &mut Object) {
         Kind::Deployment => Object::Deployment(Default::default()),
         Kind::DaemonSet => Object::DaemonSet(Default::default()),
         Kind::Job => Object::Job(Default::default()),
+        Kind::CronJob => Object::CronJob(Default::default()),
         Kind::Service => Object::Service(Default::default()),
         Kind::Namespace => Object::Namespace(Default::default()),
         _ => return,
