@@ -1,4 +1,4 @@
-//! Bramble's API: the Kubernetes-shaped objects (Namespace, Node, Pod, Deployment, DaemonSet,
+//! Bramble's API: the Kubernetes-shaped objects (Namespace, Node, Pod, Deployment, ReplicaSet, DaemonSet,
 //! Job, CronJob, Service, Endpoints, ConfigMap, Secret, Event, Image), their validation, manifest parsing, and the error body of the API.
 //!
 //! This crate does no I/O. The master stores and serves these types, the agent runs them,
@@ -24,6 +24,7 @@ pub mod node;
 pub mod object;
 pub mod pod;
 pub mod quantity;
+pub mod replicaset;
 pub mod report;
 pub mod selector;
 pub mod service;

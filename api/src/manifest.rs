@@ -292,6 +292,7 @@ fn typed(kind: Kind, value: Value) -> Result<(Object, Vec<String>), FieldError> 
         Kind::Node => de(value).map(|(o, u)| (Object::Node(o), u)),
         Kind::Pod => de(value).map(|(o, u)| (Object::Pod(o), u)),
         Kind::Deployment => de(value).map(|(o, u)| (Object::Deployment(o), u)),
+        Kind::ReplicaSet => de(value).map(|(o, u)| (Object::ReplicaSet(o), u)),
         Kind::DaemonSet => de(value).map(|(o, u)| (Object::DaemonSet(o), u)),
         Kind::Job => de(value).map(|(o, u)| (Object::Job(o), u)),
         Kind::CronJob => de(value).map(|(o, u)| (Object::CronJob(o), u)),

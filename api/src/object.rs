@@ -15,6 +15,7 @@ use crate::meta::ObjectMeta;
 use crate::namespace::Namespace;
 use crate::node::Node;
 use crate::pod::Pod;
+use crate::replicaset::ReplicaSet;
 use crate::service::{Endpoints, Service};
 
 /// A kind of object the API serves.
@@ -24,6 +25,7 @@ pub enum Kind {
     Node,
     Pod,
     Deployment,
+    ReplicaSet,
     DaemonSet,
     Job,
     CronJob,
@@ -38,11 +40,12 @@ pub enum Kind {
 impl Kind {
     /// Every kind, in the order `bramble get all` prints them, which is also the enum's
     /// declaration order (its `Ord`; the store's ranges rely on it).
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::Deployment,
+        Kind::ReplicaSet,
         Kind::DaemonSet,
         Kind::Job,
         Kind::CronJob,
@@ -61,6 +64,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::Deployment => "Deployment",
+            Kind::ReplicaSet => "ReplicaSet",
             Kind::DaemonSet => "DaemonSet",
             Kind::Job => "Job",
             Kind::CronJob => "CronJob",
@@ -76,7 +80,7 @@ impl Kind {
     /// The API group: empty for the core group.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::Deployment | Kind::DaemonSet => "apps",
+            Kind::Deployment | Kind::ReplicaSet | Kind::DaemonSet => "apps",
             Kind::Job | Kind::CronJob => "batch",
             Kind::Image => "bramble.io",
             _ => "",
@@ -86,7 +90,7 @@ impl Kind {
     /// The `apiVersion` field, e.g. `apps/v1`.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Deployment | Kind::DaemonSet => "apps/v1",
+            Kind::Deployment | Kind::ReplicaSet | Kind::DaemonSet => "apps/v1",
             Kind::Job | Kind::CronJob => "batch/v1",
             Kind::Image => "bramble.io/v1",
             _ => "v1",
@@ -100,6 +104,7 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::Pod => "pods",
             Kind::Deployment => "deployments",
+            Kind::ReplicaSet => "replicasets",
             Kind::DaemonSet => "daemonsets",
             Kind::Job => "jobs",
             Kind::CronJob => "cronjobs",
@@ -119,6 +124,7 @@ impl Kind {
             Kind::Node => "node",
             Kind::Pod => "pod",
             Kind::Deployment => "deployment",
+            Kind::ReplicaSet => "replicaset",
             Kind::DaemonSet => "daemonset",
             Kind::Job => "job",
             Kind::CronJob => "cronjob",
@@ -138,6 +144,7 @@ impl Kind {
             Kind::Node => "no",
             Kind::Pod => "po",
             Kind::Deployment => "deploy",
+            Kind::ReplicaSet => "rs",
             Kind::DaemonSet => "ds",
             // Kubernetes gives Jobs no short name.
             Kind::Job => "job",
@@ -242,6 +249,7 @@ pub enum Object {
     Node(Node),
     Pod(Pod),
     Deployment(Deployment),
+    ReplicaSet(ReplicaSet),
     DaemonSet(DaemonSet),
     Job(Job),
     CronJob(CronJob),
@@ -260,6 +268,7 @@ macro_rules! each {
             Object::Node($o) => $e,
             Object::Pod($o) => $e,
             Object::Deployment($o) => $e,
+            Object::ReplicaSet($o) => $e,
             Object::DaemonSet($o) => $e,
             Object::Job($o) => $e,
             Object::CronJob($o) => $e,
@@ -281,6 +290,7 @@ impl Object {
             Object::Node(_) => Kind::Node,
             Object::Pod(_) => Kind::Pod,
             Object::Deployment(_) => Kind::Deployment,
+            Object::ReplicaSet(_) => Kind::ReplicaSet,
             Object::DaemonSet(_) => Kind::DaemonSet,
             Object::Job(_) => Kind::Job,
             Object::CronJob(_) => Kind::CronJob,
@@ -324,6 +334,7 @@ impl Object {
             Kind::Node => Object::Node(serde_json::from_value(value).map_err(e)?),
             Kind::Pod => Object::Pod(serde_json::from_value(value).map_err(e)?),
             Kind::Deployment => Object::Deployment(serde_json::from_value(value).map_err(e)?),
+            Kind::ReplicaSet => Object::ReplicaSet(serde_json::from_value(value).map_err(e)?),
             Kind::DaemonSet => Object::DaemonSet(serde_json::from_value(value).map_err(e)?),
             Kind::Job => Object::Job(serde_json::from_value(value).map_err(e)?),
             Kind::CronJob => Object::CronJob(serde_json::from_value(value).map_err(e)?),
@@ -344,6 +355,7 @@ impl Object {
             Kind::Node => Object::Node(serde_json::from_slice(json)?),
             Kind::Pod => Object::Pod(serde_json::from_slice(json)?),
             Kind::Deployment => Object::Deployment(serde_json::from_slice(json)?),
+            Kind::ReplicaSet => Object::ReplicaSet(serde_json::from_slice(json)?),
             Kind::DaemonSet => Object::DaemonSet(serde_json::from_slice(json)?),
             Kind::Job => Object::Job(serde_json::from_slice(json)?),
             Kind::CronJob => Object::CronJob(serde_json::from_slice(json)?),
@@ -395,6 +407,7 @@ impl Object {
             (Object::Node(a), Object::Node(b)) => a.spec == b.spec,
             (Object::Pod(a), Object::Pod(b)) => a.spec == b.spec,
             (Object::Deployment(a), Object::Deployment(b)) => a.spec == b.spec,
+            (Object::ReplicaSet(a), Object::ReplicaSet(b)) => a.spec == b.spec,
             (Object::DaemonSet(a), Object::DaemonSet(b)) => a.spec == b.spec,
             (Object::Job(a), Object::Job(b)) => a.spec == b.spec,
             (Object::CronJob(a), Object::CronJob(b)) => a.spec == b.spec,
@@ -430,6 +443,7 @@ impl Object {
                 | Object::Node(_)
                 | Object::Pod(_)
                 | Object::Deployment(_)
+                | Object::ReplicaSet(_)
                 | Object::DaemonSet(_)
                 | Object::Job(_)
                 | Object::CronJob(_)
@@ -445,6 +459,7 @@ impl Object {
             (Object::Node(a), Object::Node(b)) => a.status = b.status.clone(),
             (Object::Pod(a), Object::Pod(b)) => a.status = b.status.clone(),
             (Object::Deployment(a), Object::Deployment(b)) => a.status = b.status.clone(),
+            (Object::ReplicaSet(a), Object::ReplicaSet(b)) => a.status = b.status.clone(),
             (Object::DaemonSet(a), Object::DaemonSet(b)) => a.status = b.status.clone(),
             (Object::Job(a), Object::Job(b)) => a.status = b.status.clone(),
             (Object::CronJob(a), Object::CronJob(b)) => a.status = b.status.clone(),
@@ -495,6 +510,8 @@ mod tests {
             ("Pod", Kind::Pod),
             ("deploy", Kind::Deployment),
             ("deployments.apps", Kind::Deployment),
+            ("rs", Kind::ReplicaSet),
+            ("replicasets.apps", Kind::ReplicaSet),
             ("ds", Kind::DaemonSet),
             ("jobs", Kind::Job),
             ("jobs.batch", Kind::Job),

@@ -31,6 +31,24 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
         Object::CronJob(c) => validate_cronjob(&mut v, c),
         Object::Deployment(d) => validate_deployment(&mut v, d),
         Object::DaemonSet(d) => validate_daemonset(&mut v, d),
+        Object::ReplicaSet(r) => {
+            if let Some(n) = r.spec.replicas
+                && n < 0
+            {
+                v.push("spec.replicas", format!("must be >= 0, got {n}"));
+            }
+            if let Some(x) = r.spec.min_ready_seconds
+                && x < 0
+            {
+                v.push("spec.minReadySeconds", format!("must be >= 0, got {x}"));
+            }
+            validate_selector_and_template(
+                &mut v,
+                &r.spec.selector,
+                &r.spec.template,
+                "a ReplicaSet",
+            );
+        }
         Object::Service(s) => validate_service(&mut v, s),
         Object::Endpoints(e) => validate_endpoints(&mut v, e),
         Object::ConfigMap(c) => config::validate_config_map(&mut v, c),

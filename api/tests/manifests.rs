@@ -213,6 +213,8 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
         ("mount of missing volume", pod("  containers:\n  - name: c\n    image: a\n    volumeMounts: [{name: data, mountPath: /data}]\n"), "spec.containers[0].volumeMounts[0].name: Not found"),
         ("relative mount path", pod("  containers:\n  - name: c\n    image: a\n    volumeMounts: [{name: v, mountPath: data}]\n  volumes: [{name: v, emptyDir: {}}]\n"), "spec.containers[0].volumeMounts[0].mountPath"),
         ("relative hostPath", pod(&format!("{C}  volumes: [{{name: v, hostPath: {{path: etc}}}}]\n")), "spec.volumes[0].hostPath.path"),
+        ("replicaset selector does not match its template", "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: r}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.template.metadata.labels: Invalid value: `selector`"),
+        ("replicaset negative replicas", "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: r}\nspec:\n  replicas: -3\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: a}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.replicas: must be >= 0, got -3"),
         ("daemonset selector does not match its template", "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.template.metadata.labels: Invalid value: `selector`"),
         ("daemonset without selector", "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d}\nspec:\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.selector: Required value: a DaemonSet needs a non-empty selector"),
         ("daemonset bad update strategy", ds("  updateStrategy: {type: Recreate}\n", DC), "spec.updateStrategy.type: unsupported value \"Recreate\""),
@@ -321,7 +323,7 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
 #[test]
 fn malformed_manifests_name_the_field() {
     let cases = bad_cases();
-    assert!(cases.len() >= 140, "only {} cases", cases.len());
+    assert!(cases.len() >= 142, "only {} cases", cases.len());
     for (label, text, want) in cases {
         let err = match parse_manifests(&text) {
             Ok(d) => panic!("{label}: accepted: {:?}", d[0].object),

@@ -10,6 +10,7 @@ pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str
     let mut h: Vec<&'static str> = match kind {
         Kind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
         Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        Kind::ReplicaSet => vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
         Kind::Service => vec![
             "NAME",
             "TYPE",
@@ -50,7 +51,7 @@ pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str
         h.extend(match kind {
             Kind::Pod => vec!["IP", "NODE"],
             Kind::CronJob => vec!["CONTAINERS", "IMAGES", "SELECTOR"],
-            Kind::Deployment | Kind::DaemonSet | Kind::Job => {
+            Kind::Deployment | Kind::ReplicaSet | Kind::DaemonSet | Kind::Job => {
                 vec!["CONTAINERS", "IMAGES", "SELECTOR"]
             }
             Kind::Service => vec!["SELECTOR"],
@@ -127,6 +128,37 @@ pub fn pod_status(p: &Pod) -> String {
 pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<String> {
     let m = obj.meta();
     let mut r: Vec<String> = match obj {
+        Object::ReplicaSet(rs) => {
+            let st = rs.status.clone().unwrap_or_default();
+            let mut r = vec![
+                m.name.clone(),
+                rs.spec.replicas.unwrap_or(1).to_string(),
+                st.replicas.to_string(),
+                st.ready_replicas.to_string(),
+                age(m, now),
+            ];
+            if wide {
+                let cs = &rs.spec.template.spec.containers;
+                r.push(
+                    cs.iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                r.push(
+                    cs.iter()
+                        .map(|c| c.image.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                r.push(
+                    bramble_api::Selector::from_label_selector(&rs.spec.selector, "")
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                );
+            }
+            r
+        }
         Object::CronJob(c) => {
             let st = c.status.clone().unwrap_or_default();
             let mut r = vec![

@@ -7,7 +7,8 @@
 //!
 //! | controller | key | watches | file |
 //! |---|---|---|---|
-//! | Deployment (and its garbage collection) | Deployment, or a pod to collect | Deployment, Pod | [`deployment`] |
+//! | Deployment (and its garbage collection) | Deployment, or a gone one's ReplicaSets | Deployment, ReplicaSet, Pod | [`deployment`] |
+//! | ReplicaSet (and its garbage collection) | ReplicaSet, or a gone one's pods | ReplicaSet, Pod | [`replicaset`] |
 //! | DaemonSet (and its garbage collection) | DaemonSet, or a gone one's pods | DaemonSet, Pod, Node | [`daemonset`] |
 //! | Job (and its garbage collection; deadlines, TTLs and back-offs on timers) | Job, or a gone one's pods | Job, Pod | [`job`] |
 //! | CronJob (and its garbage collection; woken at the next scheduled time) | CronJob, or a gone one's Jobs | CronJob, Job | [`cronjob`] |
@@ -26,6 +27,7 @@ pub mod ipam;
 pub mod job;
 pub mod nodes;
 pub mod queue;
+pub mod replicaset;
 pub mod revocation;
 
 use std::fmt::Debug;

@@ -122,6 +122,8 @@ impl Master {
                 }
             }
         }
+        // Before the controllers: Deployments stored without ReplicaSets get theirs.
+        controllers::deployment::adopt_legacy_pods(&store).await?;
         let blobs = images::Blobs::open(dir).map_err(|source| StartError::DataDir {
             path: dir.join("blobs").display().to_string(),
             source,
@@ -248,6 +250,11 @@ impl Master {
             tokio::spawn(scheduler::run(store.clone(), internal.clone())),
             tokio::spawn(controllers::run(
                 controllers::deployment::Deployments::new(&store),
+                store.clone(),
+                internal.clone(),
+            )),
+            tokio::spawn(controllers::run(
+                controllers::replicaset::ReplicaSets::default(),
                 store.clone(),
                 internal.clone(),
             )),

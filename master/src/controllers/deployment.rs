@@ -3,15 +3,20 @@
 //! `maxUnavailable`) and its shell ([`Deployments`], on the shared controller shell), which
 //! also collects the pods of Deployments that are gone.
 //!
-//! Bramble's Deployments own their pods directly (no ReplicaSets): every pod carries the
-//! `pod-template-hash` of the template it was made from, so the planner can tell new pods
-//! from old ones.
+//! As in Kubernetes, a Deployment owns one ReplicaSet per template (`DEPLOYMENT-HASH`, its
+//! pods labelled `pod-template-hash`), and the ReplicaSets own the pods. The planner still
+//! reasons over the pods (how many of the new template to add, which old ones may go within
+//! the bounds); [`scale`] turns its answer into each ReplicaSet's replica count, which the
+//! ReplicaSet controller then carries out. Deployments stored by a Bramble without
+//! ReplicaSets (pods owned by the Deployment itself) are moved under ReplicaSets at start by
+//! [`adopt_legacy_pods`], without restarting a pod.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bramble_api::deployment::{Deployment, DeploymentStatus};
 use bramble_api::meta::{Condition, IntOrString, OwnerReference};
 use bramble_api::pod::Pod;
+use bramble_api::replicaset::{ReplicaSet, ReplicaSetSpec};
 use bramble_api::{Kind, Object, Selector};
 
 use super::Controller;
@@ -97,7 +102,7 @@ pub fn owned<'a>(d: &Deployment, pods: &'a [Pod]) -> Vec<&'a Pod> {
 }
 
 /// Orders pods for deletion: not ready first, then unscheduled, then newest.
-fn deletion_order(mut v: Vec<&Pod>) -> Vec<&Pod> {
+pub fn deletion_order(mut v: Vec<&Pod>) -> Vec<&Pod> {
     v.sort_by(|a, b| {
         (
             is_ready(a),
@@ -119,7 +124,10 @@ fn deletion_order(mut v: Vec<&Pod>) -> Vec<&Pod> {
 pub fn plan(d: &Deployment, pods: &[Pod]) -> Plan {
     let replicas = d.spec.replicas.unwrap_or(1).max(0);
     let hash = template_hash(d);
-    let mine = owned(d, pods);
+    let mine: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
     let (new, old): (Vec<&Pod>, Vec<&Pod>) = mine
         .iter()
         .partition(|p| p.metadata.labels.get(TEMPLATE_HASH_LABEL) == Some(&hash));
@@ -274,23 +282,144 @@ pub fn new_pod(d: &Deployment) -> Pod {
     p
 }
 
+/// A ReplicaSet's `pod-template-hash`.
+pub fn set_hash(rs: &ReplicaSet) -> Option<&str> {
+    rs.metadata
+        .labels
+        .get(TEMPLATE_HASH_LABEL)
+        .map(String::as_str)
+}
+
+/// The revision the Deployment's history gives a template hash, if it has one.
+fn revision_of(d: &Deployment, hash: &str) -> Option<i64> {
+    history(d)
+        .iter()
+        .find(|r| r.hash == hash)
+        .map(|r| r.revision)
+}
+
+/// The ReplicaSet of the Deployment's current template, at 0 replicas: named
+/// `DEPLOYMENT-HASH`, its selector and pods labelled with the hash, as Kubernetes makes it.
+pub fn new_replicaset(d: &Deployment) -> ReplicaSet {
+    replicaset_for(d, &template_hash(d), &d.spec.template)
+}
+
+/// The ReplicaSet of the Deployment for a template and its hash, at 0 replicas.
+fn replicaset_for(
+    d: &Deployment,
+    hash: &str,
+    template: &bramble_api::pod::PodTemplateSpec,
+) -> ReplicaSet {
+    let hash = hash.to_string();
+    let mut template = template.clone();
+    template
+        .metadata
+        .labels
+        .insert(TEMPLATE_HASH_LABEL.into(), hash.clone());
+    let mut selector = d.spec.selector.clone();
+    selector
+        .match_labels
+        .insert(TEMPLATE_HASH_LABEL.into(), hash.clone());
+    let mut rs = ReplicaSet::default();
+    rs.metadata.name = format!("{}-{hash}", d.metadata.name);
+    rs.metadata.namespace = d.metadata.namespace.clone();
+    rs.metadata.labels = template.metadata.labels.clone();
+    if let Some(rev) = revision_of(d, &hash) {
+        rs.metadata
+            .annotations
+            .insert(REVISION_ANNOTATION.into(), rev.to_string());
+    }
+    rs.metadata.owner_references = vec![OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        name: d.metadata.name.clone(),
+        uid: d.metadata.uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }];
+    rs.spec = ReplicaSetSpec {
+        replicas: Some(0),
+        selector,
+        template,
+        min_ready_seconds: d.spec.min_ready_seconds,
+    };
+    rs
+}
+
+/// A ReplicaSet's name, the replica count it should have and the revision it should carry.
+pub type SetTarget = (String, i32, Option<i64>);
+
+/// What the Deployment's plan means for its ReplicaSets: each one's replica count (its live
+/// pods, less those the plan deletes, plus those it creates for the current template), the
+/// revision annotation each should carry, and the old ones beyond `revisionHistoryLimit`
+/// (no pods, no replicas; the oldest revisions) to delete.
+pub fn scale(
+    d: &Deployment,
+    sets: &[ReplicaSet],
+    pods: &[Pod],
+    plan: &Plan,
+) -> (Vec<SetTarget>, Vec<String>) {
+    let hash = template_hash(d);
+    let mut out = Vec::new();
+    let mut idle: Vec<(i64, String)> = Vec::new();
+    for rs in sets {
+        let h = set_hash(rs).unwrap_or("");
+        let live: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| crate::controllers::replicaset::owned_by(p, &rs.metadata.uid))
+            .collect();
+        let deleted = live
+            .iter()
+            .filter(|p| plan.delete.contains(&p.metadata.name))
+            .count() as i32;
+        let mut target = live.len() as i32 - deleted;
+        if h == hash {
+            target += plan.create as i32;
+        }
+        let target = if d.spec.paused {
+            rs.spec.replicas.unwrap_or(1)
+        } else {
+            target.max(0)
+        };
+        let revision = revision_of(d, h);
+        out.push((rs.metadata.name.clone(), target, revision));
+        if h != hash && target == 0 && live.is_empty() {
+            idle.push((revision.unwrap_or(0), rs.metadata.name.clone()));
+        }
+    }
+    idle.sort();
+    let keep = d.spec.revision_history_limit.unwrap_or(10).max(0) as usize;
+    let drop = idle.len().saturating_sub(keep);
+    let gone = idle.into_iter().take(drop).map(|(_, n)| n).collect();
+    (out, gone)
+}
+
 /// What the Deployment controller reconciles.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
-    /// Bring a Deployment's pods to its template and replica count.
+    /// Bring a Deployment's ReplicaSets to its template and replica count.
     Deployment { namespace: String, name: String },
-    /// A Deployment was deleted: delete the pods it owned.
+    /// A Deployment was deleted: delete the ReplicaSets (and any pods) it owned.
     Owned { namespace: String, uid: String },
-    /// A pod whose owning Deployment is gone (deleted while the master was down, or a pod
-    /// that names an unknown owner): delete it.
+    /// A ReplicaSet whose owning Deployment is gone (deleted while the master was down):
+    /// delete it (its pods follow).
     Orphan { namespace: String, name: String },
 }
 
 /// The Deployment controller's state between reconciles.
 pub struct Deployments {
     events: EventRecorder,
-    /// uid → (namespace, name) of every Deployment, to route pod events to owners.
+    /// uid → (namespace, name) of every Deployment, to route events to owners.
     by_uid: HashMap<String, (String, String)>,
+    /// ReplicaSet uid → the uid of the Deployment that owns it.
+    set_owner: HashMap<String, String>,
+}
+
+fn controller_of(m: &bramble_api::meta::ObjectMeta) -> Option<&OwnerReference> {
+    m.owner_references
+        .iter()
+        .find(|o| o.controller == Some(true))
 }
 
 impl Deployments {
@@ -298,6 +427,7 @@ impl Deployments {
         Deployments {
             events: EventRecorder::new(store.clone(), "deployment-controller"),
             by_uid: HashMap::new(),
+            set_owner: HashMap::new(),
         }
     }
 
@@ -308,23 +438,28 @@ impl Deployments {
         }
     }
 
-    /// The pod is owned, as its controller, by a Deployment this controller does not know.
-    fn orphaned(&self, p: &Pod) -> bool {
-        p.metadata.owner_references.iter().any(|o| {
-            o.controller == Some(true)
-                && o.kind == "Deployment"
-                && !self.by_uid.contains_key(&o.uid)
-        })
+    /// The key of the Deployment that owns the object whose controller is `owner`, through
+    /// a ReplicaSet for pods.
+    fn owner_key(&self, owner: &OwnerReference) -> Option<Key> {
+        let uid = match owner.kind.as_str() {
+            "Deployment" => &owner.uid,
+            "ReplicaSet" => self.set_owner.get(&owner.uid)?,
+            _ => return None,
+        };
+        self.by_uid
+            .get(uid)
+            .map(|(ns, name)| self.deployment_key(ns, name))
     }
 }
 
 impl Controller for Deployments {
     type Key = Key;
     const NAME: &'static str = "deployment";
-    const WATCHES: &'static [Kind] = &[Kind::Deployment, Kind::Pod];
+    const WATCHES: &'static [Kind] = &[Kind::Deployment, Kind::ReplicaSet, Kind::Pod];
 
     async fn resync(&mut self, store: &Store) -> Vec<Key> {
         self.by_uid.clear();
+        self.set_owner.clear();
         let mut keys = Vec::new();
         let (_, deployments) = store.list(Kind::Deployment, None, &Selector::everything());
         for e in &deployments {
@@ -334,16 +469,21 @@ impl Controller for Deployments {
                 self.by_uid.insert(d.metadata.uid, (ns, name));
             }
         }
-        let (_, pods) = store.list(Kind::Pod, None, &Selector::everything());
-        for e in pods {
-            if let Ok(Object::Pod(p)) = e.object()
-                && p.metadata.deletion_timestamp.is_none()
-                && self.orphaned(&p)
+        let (_, sets) = store.list(Kind::ReplicaSet, None, &Selector::everything());
+        for e in sets {
+            if let Ok(Object::ReplicaSet(rs)) = e.object()
+                && let Some(o) = controller_of(&rs.metadata)
+                && o.kind == "Deployment"
             {
-                keys.push(Key::Orphan {
-                    namespace: p.metadata.namespace,
-                    name: p.metadata.name,
-                });
+                if self.by_uid.contains_key(&o.uid) {
+                    self.set_owner
+                        .insert(rs.metadata.uid.clone(), o.uid.clone());
+                } else if rs.metadata.deletion_timestamp.is_none() {
+                    keys.push(Key::Orphan {
+                        namespace: rs.metadata.namespace,
+                        name: rs.metadata.name,
+                    });
+                }
             }
         }
         keys
@@ -365,21 +505,28 @@ impl Controller for Deployments {
                     vec![key]
                 }
             }
-            Ok(Object::Pod(p)) => p
-                .metadata
-                .owner_references
-                .iter()
-                .filter(|o| o.controller == Some(true))
-                .filter_map(|o| match self.by_uid.get(&o.uid) {
-                    Some((ns, name)) => Some(self.deployment_key(ns, name)),
-                    None if o.kind == "Deployment" && c.type_ != EventType::Deleted => {
-                        Some(Key::Orphan {
-                            namespace: p.metadata.namespace.clone(),
-                            name: p.metadata.name.clone(),
-                        })
-                    }
-                    None => None,
-                })
+            Ok(Object::ReplicaSet(rs)) => {
+                let Some(o) = controller_of(&rs.metadata).filter(|o| o.kind == "Deployment") else {
+                    return Vec::new();
+                };
+                if c.type_ == EventType::Deleted {
+                    self.set_owner.remove(&rs.metadata.uid);
+                } else {
+                    self.set_owner
+                        .insert(rs.metadata.uid.clone(), o.uid.clone());
+                }
+                match self.owner_key(o) {
+                    Some(k) => vec![k],
+                    None if c.type_ != EventType::Deleted => vec![Key::Orphan {
+                        namespace: rs.metadata.namespace.clone(),
+                        name: rs.metadata.name.clone(),
+                    }],
+                    None => Vec::new(),
+                }
+            }
+            Ok(Object::Pod(p)) => controller_of(&p.metadata)
+                .and_then(|o| self.owner_key(o))
+                .into_iter()
                 .collect(),
             _ => Vec::new(),
         }
@@ -391,36 +538,40 @@ impl Controller for Deployments {
                 reconcile(store, &mut self.events, namespace, name).await
             }
             Key::Owned { namespace, uid } => {
+                for rs in sets_of(store, namespace, uid) {
+                    delete_object(store, Kind::ReplicaSet, namespace, &rs.metadata.name).await?;
+                }
                 for p in pods_in(store, namespace) {
                     if p.metadata.deletion_timestamp.is_none()
                         && p.metadata.owner_references.iter().any(|o| o.uid == *uid)
                     {
-                        delete_pod(store, namespace, &p.metadata.name).await?;
+                        delete_object(store, Kind::Pod, namespace, &p.metadata.name).await?;
                     }
                 }
                 Ok(())
             }
             Key::Orphan { namespace, name } => {
-                let Some(e) = store.get(Kind::Pod, namespace, name) else {
+                let Some(e) = store.get(Kind::ReplicaSet, namespace, name) else {
                     return Ok(());
                 };
-                match e.object()? {
-                    Object::Pod(p)
-                        if p.metadata.deletion_timestamp.is_none() && self.orphaned(&p) =>
-                    {
-                        delete_pod(store, namespace, name).await
-                    }
-                    _ => Ok(()),
+                let Object::ReplicaSet(rs) = e.object()? else {
+                    return Ok(());
+                };
+                let gone = controller_of(&rs.metadata)
+                    .is_some_and(|o| o.kind == "Deployment" && !self.by_uid.contains_key(&o.uid));
+                if gone && rs.metadata.deletion_timestamp.is_none() {
+                    delete_object(store, Kind::ReplicaSet, namespace, name).await?;
                 }
+                Ok(())
             }
         }
     }
 }
 
-/// Deletes a pod (gracefully); one already gone is not an error.
-async fn delete_pod(store: &Store, ns: &str, name: &str) -> Result<(), StoreError> {
+/// Deletes an object (pods gracefully); one already gone is not an error.
+async fn delete_object(store: &Store, kind: Kind, ns: &str, name: &str) -> Result<(), StoreError> {
     let req = DeleteRequest {
-        kind: Kind::Pod,
+        kind,
         namespace: ns.into(),
         name: name.into(),
         grace_seconds: None,
@@ -438,6 +589,22 @@ fn pods_in(store: &Store, ns: &str) -> Vec<Pod> {
         .iter()
         .filter_map(|e| match e.object() {
             Ok(Object::Pod(p)) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The ReplicaSets a Deployment (by uid) controls.
+fn sets_of(store: &Store, ns: &str, uid: &str) -> Vec<ReplicaSet> {
+    let (_, entries) = store.list(Kind::ReplicaSet, Some(ns), &Selector::everything());
+    entries
+        .iter()
+        .filter_map(|e| match e.object() {
+            Ok(Object::ReplicaSet(rs))
+                if controller_of(&rs.metadata).is_some_and(|o| o.uid == uid) =>
+            {
+                Some(rs)
+            }
             _ => None,
         })
         .collect()
@@ -470,35 +637,79 @@ async fn reconcile(
             Err(e) => return Err(e),
         }
     }
-    let pods = pods_in(store, ns);
-    let plan = plan(&d, &pods);
-    for _ in 0..plan.create {
-        store.write(Op::Create(Object::Pod(new_pod(&d)))).await?;
-    }
-    if plan.create > 0 {
-        let msg = format!(
-            "Created {} pod(s) from template {}",
-            plan.create,
-            template_hash(&d)
-        );
-        events
-            .record(Object::Deployment(d.clone()), "Normal", "ScalingUp", &msg)
-            .await;
-    }
-    for pod in &plan.delete {
-        if let Err(e) = delete_pod(store, ns, pod).await {
-            tracing::warn!(pod, error = %e, "cannot delete a pod");
+    let sets = sets_of(store, ns, &d.metadata.uid);
+    let hash = template_hash(&d);
+    if !sets.iter().any(|rs| set_hash(rs) == Some(hash.as_str())) {
+        // The current template's ReplicaSet first; its creation comes back as an event.
+        let rs = new_replicaset(&d);
+        let rs_name = rs.metadata.name.clone();
+        match store.write(Op::Create(Object::ReplicaSet(rs))).await {
+            Ok(_) => {
+                events
+                    .record(
+                        Object::Deployment(d.clone()),
+                        "Normal",
+                        "ScalingReplicaSet",
+                        &format!("Created replica set {rs_name}"),
+                    )
+                    .await;
+                return Ok(());
+            }
+            Err(StoreError::AlreadyExists { .. }) => {
+                return Err(StoreError::Conflict {
+                    kind: Kind::ReplicaSet,
+                    name: rs_name,
+                    reason: "a ReplicaSet of this name exists but is not this Deployment's".into(),
+                });
+            }
+            Err(e) => return Err(e),
         }
     }
-    if !plan.delete.is_empty() {
-        let msg = format!(
-            "Deleted {} pod(s): {}",
-            plan.delete.len(),
-            plan.delete.join(", ")
-        );
-        events
-            .record(Object::Deployment(d.clone()), "Normal", "ScalingDown", &msg)
-            .await;
+    let uids: Vec<&str> = sets.iter().map(|rs| rs.metadata.uid.as_str()).collect();
+    let pods: Vec<Pod> = pods_in(store, ns)
+        .into_iter()
+        .filter(|p| controller_of(&p.metadata).is_some_and(|o| uids.contains(&o.uid.as_str())))
+        .collect();
+    let plan = plan(&d, &pods);
+    let (targets, gone) = scale(&d, &sets, &pods, &plan);
+    for (rs_name, target, revision) in targets {
+        let Some(rs) = sets.iter().find(|r| r.metadata.name == rs_name) else {
+            continue;
+        };
+        let rev = revision.map(|r| r.to_string());
+        let same_rev =
+            rev.is_none() || rs.metadata.annotations.get(REVISION_ANNOTATION) == rev.as_ref();
+        if rs.spec.replicas == Some(target) && same_rev {
+            continue;
+        }
+        let mut updated = rs.clone();
+        let from = rs.spec.replicas.unwrap_or(1);
+        updated.spec.replicas = Some(target);
+        if let Some(r) = rev {
+            updated
+                .metadata
+                .annotations
+                .insert(REVISION_ANNOTATION.into(), r);
+        }
+        updated.metadata.resource_version.clear();
+        store
+            .write(Op::Update(Object::ReplicaSet(updated), Subresource::Main))
+            .await?;
+        if from != target {
+            let dir = if target > from { "up" } else { "down" };
+            let msg = format!("Scaled {dir} replica set {rs_name} from {from} to {target}");
+            events
+                .record(
+                    Object::Deployment(d.clone()),
+                    "Normal",
+                    "ScalingReplicaSet",
+                    &msg,
+                )
+                .await;
+        }
+    }
+    for rs_name in gone {
+        delete_object(store, Kind::ReplicaSet, ns, &rs_name).await?;
     }
     if d.status.as_ref() != Some(&plan.status) {
         let mut updated: Deployment = d;
@@ -509,6 +720,94 @@ async fn reconcile(
             .await?;
     }
     Ok(())
+}
+
+/// At start, before the controllers: pods that a Deployment owns directly (stored by a
+/// Bramble without ReplicaSets) move under the ReplicaSet of their `pod-template-hash`,
+/// made with as many replicas as they are (its template from the Deployment's revision
+/// history, else from one of the pods). Only the pods' owner changes: no pod is restarted.
+/// Returns how many pods moved.
+pub async fn adopt_legacy_pods(store: &Store) -> Result<usize, StoreError> {
+    let (_, deployments) = store.list(Kind::Deployment, None, &Selector::everything());
+    let mut moved = 0;
+    for e in deployments {
+        let Object::Deployment(d) = e.object()? else {
+            continue;
+        };
+        let ns = d.metadata.namespace.clone();
+        let all = pods_in(store, &ns);
+        let mut by_hash: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
+        for p in owned(&d, &all) {
+            let Some(h) = p.metadata.labels.get(TEMPLATE_HASH_LABEL) else {
+                continue;
+            };
+            by_hash.entry(h.clone()).or_default().push(p);
+        }
+        for (hash, pods) in by_hash {
+            let rs_name = format!("{}-{hash}", d.metadata.name);
+            let rs = match store.get(Kind::ReplicaSet, &ns, &rs_name) {
+                Some(e) => match e.object()? {
+                    Object::ReplicaSet(rs) => rs,
+                    _ => continue,
+                },
+                None => {
+                    let template = if hash == template_hash(&d) {
+                        d.spec.template.clone()
+                    } else if let Some(r) = history(&d).into_iter().find(|r| r.hash == hash) {
+                        r.template
+                    } else {
+                        let p = pods[0];
+                        let mut t = bramble_api::pod::PodTemplateSpec {
+                            metadata: Default::default(),
+                            spec: p.spec.clone(),
+                        };
+                        t.metadata.labels = p.metadata.labels.clone();
+                        t.metadata.labels.remove(TEMPLATE_HASH_LABEL);
+                        t.spec.node_name.clear();
+                        t
+                    };
+                    let mut rs = replicaset_for(&d, &hash, &template);
+                    rs.spec.replicas = Some(pods.len() as i32);
+                    match store
+                        .write(Op::Create(Object::ReplicaSet(rs)))
+                        .await?
+                        .entry()
+                        .object()?
+                    {
+                        Object::ReplicaSet(rs) => rs,
+                        _ => continue,
+                    }
+                }
+            };
+            for p in pods {
+                let mut p = p.clone();
+                for o in &mut p.metadata.owner_references {
+                    if o.controller == Some(true) && o.uid == d.metadata.uid {
+                        *o = OwnerReference {
+                            api_version: "apps/v1".into(),
+                            kind: "ReplicaSet".into(),
+                            name: rs.metadata.name.clone(),
+                            uid: rs.metadata.uid.clone(),
+                            controller: Some(true),
+                            block_owner_deletion: Some(true),
+                        };
+                    }
+                }
+                p.metadata.resource_version.clear();
+                store
+                    .write(Op::Update(Object::Pod(p), Subresource::Main))
+                    .await?;
+                moved += 1;
+            }
+        }
+    }
+    if moved > 0 {
+        tracing::info!(
+            pods = moved,
+            "moved Deployments' pods under ReplicaSets (no pod restarted)"
+        );
+    }
+    Ok(moved)
 }
 
 #[cfg(test)]
@@ -612,6 +911,56 @@ mod tests {
             pods.iter()
                 .all(|x| x.metadata.labels[TEMPLATE_HASH_LABEL] == h2)
         );
+    }
+
+    /// A ReplicaSet of `d`'s template owning `pods` (their controller is set to it).
+    fn set_of(d: &Deployment, uid: &str, replicas: i32, pods: &mut [Pod]) -> ReplicaSet {
+        let mut rs = new_replicaset(d);
+        rs.metadata.uid = uid.into();
+        rs.spec.replicas = Some(replicas);
+        for p in pods.iter_mut() {
+            p.metadata.owner_references[0].uid = uid.into();
+            p.metadata.owner_references[0].kind = "ReplicaSet".into();
+        }
+        rs
+    }
+
+    #[test]
+    fn the_plan_becomes_replica_counts_and_old_sets_beyond_the_history_go() {
+        let v1 = dep(4, "1", "1", "v1");
+        let mut v2 = dep(4, "1", "1", "v2");
+        v2.metadata.annotations = record_revision(&v2).unwrap();
+        let mut old_pods: Vec<Pod> = (0..4)
+            .map(|i| pod_of(&v1, &format!("old{i}"), true))
+            .collect();
+        let old = set_of(&v1, "rs1", 4, &mut old_pods);
+        let new = set_of(&v2, "rs2", 0, &mut []);
+        assert_eq!(new.metadata.name, format!("web-{}", template_hash(&v2)));
+        assert_eq!(
+            new.spec.selector.match_labels[TEMPLATE_HASH_LABEL],
+            template_hash(&v2)
+        );
+        assert_eq!(new.metadata.annotations[REVISION_ANNOTATION], "1");
+        let p = plan(&v2, &old_pods);
+        let (targets, gone) = scale(&v2, &[old.clone(), new.clone()], &old_pods, &p);
+        // One new pod (surge 1), one old one goes (unavailable 1).
+        assert_eq!(targets[0].0, old.metadata.name);
+        assert_eq!((targets[0].1, targets[1].1), (3, 1));
+        assert!(gone.is_empty());
+        // Done: the old set is idle; with revisionHistoryLimit 0 it is deleted.
+        let mut new_pods: Vec<Pod> = (0..4)
+            .map(|i| pod_of(&v2, &format!("new{i}"), true))
+            .collect();
+        let new = set_of(&v2, "rs2", 4, &mut new_pods);
+        let old = set_of(&v1, "rs1", 0, &mut []);
+        let p = plan(&v2, &new_pods);
+        let (targets, gone) = scale(&v2, &[old.clone(), new.clone()], &new_pods, &p);
+        assert_eq!((targets[0].1, targets[1].1), (0, 4));
+        assert!(gone.is_empty(), "kept for history");
+        let mut no_history = v2.clone();
+        no_history.spec.revision_history_limit = Some(0);
+        let (_, gone) = scale(&no_history, &[old.clone(), new], &new_pods, &p);
+        assert_eq!(gone, [old.metadata.name]);
     }
 
     #[test]

@@ -41,7 +41,11 @@ pub fn plan(rs: &ReplicaSet, pods: &[Pod]) -> Plan {
         .collect();
     let ready = live.iter().filter(|p| is_ready(p)).count() as i32;
     let labeled = Selector::from_label_selector(&rs.spec.selector, "spec.selector")
-        .map(|s| live.iter().filter(|p| s.matches(&p.metadata.labels)).count())
+        .map(|s| {
+            live.iter()
+                .filter(|p| s.matches(&p.metadata.labels))
+                .count()
+        })
         .unwrap_or(0) as i32;
     let (create, delete) = if live.len() < want {
         (want - live.len(), Vec::new())
@@ -92,9 +96,15 @@ pub fn new_pod(rs: &ReplicaSet) -> Pod {
 /// What one reconcile brings in line.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
-    ReplicaSet { namespace: String, name: String },
+    ReplicaSet {
+        namespace: String,
+        name: String,
+    },
     /// The pods of a ReplicaSet that is gone.
-    Owned { namespace: String, uid: String },
+    Owned {
+        namespace: String,
+        uid: String,
+    },
 }
 
 /// The ReplicaSet controller's shell.
@@ -293,7 +303,11 @@ mod tests {
         assert_eq!(p.status.observed_generation, 2);
         let mut stopping = pods[..3].to_vec();
         stopping[0].metadata.deletion_timestamp = Some("2026-01-01T00:01:00Z".into());
-        assert_eq!(plan(&r, &stopping).create, 1, "a stopping pod does not count");
+        assert_eq!(
+            plan(&r, &stopping).create,
+            1,
+            "a stopping pod does not count"
+        );
         let made = new_pod(&r);
         assert_eq!(made.metadata.generate_name, "web-abc-");
         assert!(owned_by(&made, "rs-uid"));

@@ -303,6 +303,7 @@ fn clear_user_status(obj: &mut Object) {
     let empty = match kind {
         Kind::Pod => Object::Pod(Default::default()),
         Kind::Deployment => Object::Deployment(Default::default()),
+        Kind::ReplicaSet => Object::ReplicaSet(Default::default()),
         Kind::DaemonSet => Object::DaemonSet(Default::default()),
         Kind::Job => Object::Job(Default::default()),
         Kind::CronJob => Object::CronJob(Default::default()),
