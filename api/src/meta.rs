@@ -63,6 +63,21 @@ pub struct OwnerReference {
     pub block_owner_deletion: Option<bool>,
 }
 
+impl OwnerReference {
+    /// What a controller puts on the objects it makes: the object of `kind` described by
+    /// `owner` controls them and blocks their deletion.
+    pub fn controller(kind: crate::Kind, owner: &ObjectMeta) -> OwnerReference {
+        OwnerReference {
+            api_version: kind.api_version().into(),
+            kind: kind.name().into(),
+            name: owner.name.clone(),
+            uid: owner.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+}
+
 /// The structured selector of Deployments and node affinity.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

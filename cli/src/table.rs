@@ -50,8 +50,7 @@ pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str
     if wide {
         h.extend(match kind {
             Kind::Pod => vec!["IP", "NODE"],
-            Kind::CronJob => vec!["CONTAINERS", "IMAGES", "SELECTOR"],
-            Kind::Deployment | Kind::ReplicaSet | Kind::DaemonSet | Kind::Job => {
+            Kind::Deployment | Kind::ReplicaSet | Kind::DaemonSet | Kind::Job | Kind::CronJob => {
                 vec!["CONTAINERS", "IMAGES", "SELECTOR"]
             }
             Kind::Service => vec!["SELECTOR"],
@@ -84,6 +83,14 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{n}B")
     }
+}
+
+/// The CONTAINERS and IMAGES columns of a workload's template (`-o wide`).
+fn containers_and_images(cs: &[bramble_api::pod::Container]) -> [String; 2] {
+    let join = |f: fn(&bramble_api::pod::Container) -> &str| {
+        cs.iter().map(f).collect::<Vec<_>>().join(",")
+    };
+    [join(|c| c.name.as_str()), join(|c| c.image.as_str())]
 }
 
 fn or_none(s: String) -> String {
@@ -138,19 +145,7 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
                 age(m, now),
             ];
             if wide {
-                let cs = &rs.spec.template.spec.containers;
-                r.push(
-                    cs.iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-                r.push(
-                    cs.iter()
-                        .map(|c| c.image.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
+                r.extend(containers_and_images(&rs.spec.template.spec.containers));
                 r.push(
                     bramble_api::Selector::from_label_selector(&rs.spec.selector, "")
                         .map(|s| s.to_string())
@@ -174,19 +169,9 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
                 age(m, now),
             ];
             if wide {
-                let cs = &c.spec.job_template.spec.template.spec.containers;
-                r.push(
-                    cs.iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-                r.push(
-                    cs.iter()
-                        .map(|c| c.image.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
+                r.extend(containers_and_images(
+                    &c.spec.job_template.spec.template.spec.containers,
+                ));
                 r.push("<none>".into());
             }
             r
@@ -212,19 +197,7 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
                 age(m, now),
             ];
             if wide {
-                let cs = &j.spec.template.spec.containers;
-                r.push(
-                    cs.iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-                r.push(
-                    cs.iter()
-                        .map(|c| c.image.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
+                r.extend(containers_and_images(&j.spec.template.spec.containers));
                 r.push(format!(
                     "{}={}",
                     bramble_api::job::CONTROLLER_UID_LABEL,
@@ -254,19 +227,7 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
                 age(m, now),
             ];
             if wide {
-                let cs = &d.spec.template.spec.containers;
-                r.push(
-                    cs.iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-                r.push(
-                    cs.iter()
-                        .map(|c| c.image.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
+                r.extend(containers_and_images(&d.spec.template.spec.containers));
                 r.push(
                     bramble_api::Selector::from_label_selector(&d.spec.selector, "")
                         .map(|s| s.to_string())
@@ -314,19 +275,7 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
                 age(m, now),
             ];
             if wide {
-                let cs = &d.spec.template.spec.containers;
-                r.push(
-                    cs.iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-                r.push(
-                    cs.iter()
-                        .map(|c| c.image.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
+                r.extend(containers_and_images(&d.spec.template.spec.containers));
                 let sel: Vec<String> = d
                     .spec
                     .selector

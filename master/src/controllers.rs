@@ -26,6 +26,7 @@ pub mod endpoints;
 pub mod ipam;
 pub mod job;
 pub mod nodes;
+pub mod objects;
 pub mod queue;
 pub mod replicaset;
 pub mod revocation;

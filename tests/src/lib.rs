@@ -35,6 +35,25 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The events of a watch on `path` (`...?watch=true`), one JSON value each, read on a
+/// thread of their own (the stream ends when the receiver is dropped).
+pub fn watch_events(m: &MasterProcess, path: &str) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    let (code, reader) = m.http().watch(path).expect("watch");
+    assert_eq!(code, 200, "watch {path}");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str(&line) else {
+                break;
+            };
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Polls `cond` every 20 ms until it is true or `timeout` passes; returns whether it became true.
 pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

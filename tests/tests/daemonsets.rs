@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use bramble_tests::{
@@ -117,19 +116,7 @@ fn a_daemonset_covers_every_board_including_late_ones_and_rolls_within_max_unava
     );
 
     // Roll: never more than one node without a ready daemon, never two daemons on a node.
-    let (code, reader) = m
-        .http()
-        .watch("/api/v1/namespaces/default/pods?watch=true")
-        .unwrap();
-    assert_eq!(code, 200);
-    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        for line in reader.lines().map_while(Result::ok) {
-            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = bramble_tests::watch_events(&m, "/api/v1/namespaces/default/pods?watch=true");
     let mut state: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     while state.len() < 4 {
         let ev = rx.recv_timeout(Duration::from_secs(10)).unwrap();

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use bramble_tests::{HollowProcess, MasterProcess, consistently, eventually, ok_stdout};
@@ -79,19 +78,7 @@ fn a_deployment_spreads_rolls_without_breaking_its_bounds_and_is_collected() {
 
     // Roll to a new image, watching every pod change: never fewer than 10 - 1 ready,
     // never more than 10 + 2 pods.
-    let (code, reader) = m
-        .http()
-        .watch("/api/v1/namespaces/default/pods?watch=true")
-        .unwrap();
-    assert_eq!(code, 200);
-    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        for line in reader.lines().map_while(Result::ok) {
-            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = bramble_tests::watch_events(&m, "/api/v1/namespaces/default/pods?watch=true");
     let mut state: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     // The watch starts with every current pod as ADDED.
     while state.len() < 10 {

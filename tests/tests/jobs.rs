@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use bramble_tests::{
@@ -71,19 +70,10 @@ fn jobs_complete_fail_at_their_limits_and_are_collected() {
     assert!(eventually(Duration::from_secs(20), || m.ready_nodes() == 1));
 
     // completions 5, parallelism 2: watched pod by pod, never more than 2 running.
-    let (code, reader) = m
-        .http()
-        .watch("/api/v1/namespaces/default/pods?watch=true&labelSelector=job-name%3Dbatch")
-        .unwrap();
-    assert_eq!(code, 200);
-    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        for line in reader.lines().map_while(Result::ok) {
-            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = bramble_tests::watch_events(
+        &m,
+        "/api/v1/namespaces/default/pods?watch=true&labelSelector=job-name%3Dbatch",
+    );
     ok_stdout(&m.cli_with_stdin(
         &["apply", "-f", "-"],
         Some(&job(

@@ -157,14 +157,10 @@ fn job_from_cronjob(client: &Client, ns: &str, name: &str, from: &str) -> Result
     job.metadata
         .annotations
         .insert("cronjob.kubernetes.io/instantiate".into(), "manual".into());
-    job.metadata.owner_references = vec![bramble_api::meta::OwnerReference {
-        api_version: "batch/v1".into(),
-        kind: "CronJob".into(),
-        name: cj.metadata.name.clone(),
-        uid: cj.metadata.uid.clone(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }];
+    job.metadata.owner_references = vec![bramble_api::meta::OwnerReference::controller(
+        Kind::CronJob,
+        &cj.metadata,
+    )];
     Ok(Object::Job(job))
 }
 

@@ -8,7 +8,6 @@
 //! [`plan`] is pure (the time and the zone are arguments); [`CronJobs`] is the shell, woken
 //! at the next scheduled time.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bramble_api::cronjob::{
@@ -17,12 +16,13 @@ use bramble_api::cronjob::{
 use bramble_api::job::Job;
 use bramble_api::meta::OwnerReference;
 use bramble_api::time::{format_rfc3339, parse_rfc3339};
-use bramble_api::{Kind, Object, Selector};
+use bramble_api::{Kind, Object};
 use jiff::tz::TimeZone;
 
 use super::Controller;
+use super::objects::{OwnerKey, Owners, controlled_by, delete, list_in};
 use crate::events::EventRecorder;
-use crate::store::{Change, DeleteRequest, EventType, Op, Store, StoreError, Subresource};
+use crate::store::{Change, EventType, Op, Store, StoreError, Subresource};
 
 /// Most scheduled times looked back over (Kubernetes warns past 100 missed runs).
 const MAX_MISSED: usize = 100;
@@ -240,14 +240,7 @@ pub fn new_job(cj: &CronJob, t: i64) -> Job {
     j.metadata
         .annotations
         .insert(SCHEDULED_AT_ANNOTATION.into(), format_rfc3339(t));
-    j.metadata.owner_references = vec![OwnerReference {
-        api_version: "batch/v1".into(),
-        kind: "CronJob".into(),
-        name: cj.metadata.name.clone(),
-        uid: cj.metadata.uid.clone(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }];
+    j.metadata.owner_references = vec![OwnerReference::controller(Kind::CronJob, &cj.metadata)];
     j
 }
 
@@ -259,159 +252,62 @@ pub fn zone(cj: &CronJob) -> Option<TimeZone> {
     }
 }
 
-/// What one reconcile brings in line.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Key {
-    CronJob {
-        namespace: String,
-        name: String,
-    },
-    /// The Jobs of a CronJob that is gone.
-    Owned {
-        namespace: String,
-        uid: String,
-    },
-}
-
 /// The CronJob controller's shell.
 pub struct CronJobs {
     events: EventRecorder,
-    by_uid: HashMap<String, (String, String)>,
-    timers: Vec<(Key, Instant)>,
+    owners: Owners,
+    timers: Vec<(OwnerKey, Instant)>,
 }
 
 impl CronJobs {
     pub fn new(store: &Store) -> Self {
         CronJobs {
             events: EventRecorder::new(store.clone(), "cronjob-controller"),
-            by_uid: HashMap::new(),
+            owners: Owners::default(),
             timers: Vec::new(),
         }
     }
 }
 
 fn jobs_of(store: &Store, ns: &str, uid: &str) -> Vec<Job> {
-    let (_, entries) = store.list(Kind::Job, Some(ns), &Selector::everything());
-    entries
-        .iter()
-        .filter_map(|e| match e.object() {
-            Ok(Object::Job(j))
-                if j.metadata
-                    .owner_references
-                    .iter()
-                    .any(|o| o.controller == Some(true) && o.uid == uid) =>
-            {
-                Some(j)
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-async fn delete_job(store: &Store, ns: &str, name: &str) -> Result<(), StoreError> {
-    let req = DeleteRequest {
-        kind: Kind::Job,
-        namespace: ns.into(),
-        name: name.into(),
-        grace_seconds: None,
-        resource_version: None,
-    };
-    match store.write(Op::Delete(req)).await {
-        Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
+    list_in(store, Kind::Job, ns, |o| match o {
+        Object::Job(j) if controlled_by(&j.metadata, uid) => Some(j),
+        _ => None,
+    })
 }
 
 impl Controller for CronJobs {
-    type Key = Key;
+    type Key = OwnerKey;
     const NAME: &'static str = "cronjob";
     const WATCHES: &'static [Kind] = &[Kind::CronJob, Kind::Job];
 
-    async fn resync(&mut self, store: &Store) -> Vec<Key> {
-        self.by_uid.clear();
-        let (_, list) = store.list(Kind::CronJob, None, &Selector::everything());
-        let mut keys = Vec::new();
-        for e in &list {
-            if let Ok(Object::CronJob(c)) = e.object() {
-                keys.push(Key::CronJob {
-                    namespace: c.metadata.namespace.clone(),
-                    name: c.metadata.name.clone(),
-                });
-                self.by_uid
-                    .insert(c.metadata.uid, (c.metadata.namespace, c.metadata.name));
-            }
-        }
-        let (_, jobs) = store.list(Kind::Job, None, &Selector::everything());
-        for e in jobs {
-            if let Ok(Object::Job(j)) = e.object() {
-                for o in &j.metadata.owner_references {
-                    if o.kind == "CronJob" && !self.by_uid.contains_key(&o.uid) {
-                        keys.push(Key::Owned {
-                            namespace: j.metadata.namespace.clone(),
-                            uid: o.uid.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        keys
+    async fn resync(&mut self, store: &Store) -> Vec<OwnerKey> {
+        self.owners.resync(store, Kind::CronJob, Kind::Job)
     }
 
-    fn keys(&mut self, c: &Change) -> Vec<Key> {
+    fn keys(&mut self, c: &Change) -> Vec<OwnerKey> {
         match c.entry.object() {
             Ok(Object::CronJob(cj)) => {
-                let m = cj.metadata;
-                if c.type_ == EventType::Deleted {
-                    self.by_uid.remove(&m.uid);
-                    vec![Key::Owned {
-                        namespace: m.namespace,
-                        uid: m.uid,
-                    }]
-                } else {
-                    self.by_uid
-                        .insert(m.uid, (m.namespace.clone(), m.name.clone()));
-                    vec![Key::CronJob {
-                        namespace: m.namespace,
-                        name: m.name,
-                    }]
-                }
+                vec![
+                    self.owners
+                        .owner_changed(&cj.metadata, c.type_ == EventType::Deleted),
+                ]
             }
-            Ok(Object::Job(j)) => j
-                .metadata
-                .owner_references
-                .iter()
-                .filter(|o| o.controller == Some(true) && o.kind == "CronJob")
-                .map(|o| match self.by_uid.get(&o.uid) {
-                    Some((ns, name)) => Key::CronJob {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                    },
-                    None => Key::Owned {
-                        namespace: j.metadata.namespace.clone(),
-                        uid: o.uid.clone(),
-                    },
-                })
-                .collect(),
+            Ok(Object::Job(j)) => self.owners.child_changed(&j.metadata, Kind::CronJob),
             _ => Vec::new(),
         }
     }
 
-    fn timers(&mut self) -> Vec<(Key, Instant)> {
+    fn timers(&mut self) -> Vec<(OwnerKey, Instant)> {
         std::mem::take(&mut self.timers)
     }
 
-    async fn reconcile(&mut self, store: &Store, key: &Key) -> Result<(), StoreError> {
+    async fn reconcile(&mut self, store: &Store, key: &OwnerKey) -> Result<(), StoreError> {
         let (ns, name) = match key {
-            Key::Owned { namespace, uid } => {
-                if self.by_uid.contains_key(uid) {
-                    return Ok(());
-                }
-                for j in jobs_of(store, namespace, uid) {
-                    delete_job(store, namespace, &j.metadata.name).await?;
-                }
-                return Ok(());
+            OwnerKey::Owned { namespace, uid } => {
+                return self.owners.collect(store, Kind::Job, namespace, uid).await;
             }
-            Key::CronJob { namespace, name } => (namespace, name),
+            OwnerKey::Owner { namespace, name } => (namespace, name),
         };
         let Some(entry) = store.get(Kind::CronJob, ns, name) else {
             return Ok(());
@@ -448,7 +344,7 @@ impl Controller for CronJobs {
             self.timers.push((key.clone(), Instant::now() + wait));
         }
         for j in &plan.delete {
-            delete_job(store, ns, j).await?;
+            delete(store, Kind::Job, ns, j).await?;
         }
         if let Some(t) = plan.run {
             let job = new_job(&cj, t);

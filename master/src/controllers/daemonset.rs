@@ -6,7 +6,7 @@
 //!
 //! [`plan`] is pure; [`DaemonSets`] is the shell on the shared controller loop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bramble_api::daemonset::{DaemonSet, DaemonSetStatus, daemon_tolerations};
 use bramble_api::meta::{IntOrString, OwnerReference};
@@ -16,8 +16,9 @@ use bramble_api::{Kind, Object, Selector};
 
 use super::Controller;
 use super::deployment::is_ready;
+use super::objects::{OwnerKey, Owners, controlled_by, delete, pods_in};
 use crate::events::EventRecorder;
-use crate::store::{Change, DeleteRequest, EventType, Op, Store, StoreError, Subresource};
+use crate::store::{Change, EventType, Op, Store, StoreError, Subresource};
 
 /// The label that ties a daemon pod to the template it was made from, as Kubernetes names it.
 pub const REVISION_HASH_LABEL: &str = "controller-revision-hash";
@@ -246,14 +247,7 @@ pub fn new_pod(ds: &DaemonSet, node: &str) -> Pod {
     p.metadata.generate_name = format!("{}-", ds.metadata.name);
     p.metadata.namespace = ds.metadata.namespace.clone();
     p.metadata.labels.insert(REVISION_HASH_LABEL.into(), hash);
-    p.metadata.owner_references = vec![OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "DaemonSet".into(),
-        name: ds.metadata.name.clone(),
-        uid: ds.metadata.uid.clone(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }];
+    p.metadata.owner_references = vec![OwnerReference::controller(Kind::DaemonSet, &ds.metadata)];
     for t in daemon_tolerations() {
         if !p.spec.tolerations.contains(&t) {
             p.spec.tolerations.push(t);
@@ -263,176 +257,58 @@ pub fn new_pod(ds: &DaemonSet, node: &str) -> Pod {
     p
 }
 
-/// What one reconcile brings in line.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Key {
-    /// A DaemonSet.
-    DaemonSet { namespace: String, name: String },
-    /// The pods of a DaemonSet that is gone.
-    Owned { namespace: String, uid: String },
-}
-
 /// The DaemonSet controller's shell.
 pub struct DaemonSets {
     events: EventRecorder,
-    /// Known DaemonSets by uid.
-    by_uid: HashMap<String, (String, String)>,
+    owners: Owners,
 }
 
 impl DaemonSets {
     pub fn new(store: &Store) -> Self {
         DaemonSets {
             events: EventRecorder::new(store.clone(), "daemonset-controller"),
-            by_uid: HashMap::new(),
+            owners: Owners::default(),
         }
     }
-
-    fn all_keys(&self) -> Vec<Key> {
-        self.by_uid
-            .values()
-            .map(|(ns, name)| Key::DaemonSet {
-                namespace: ns.clone(),
-                name: name.clone(),
-            })
-            .collect()
-    }
-}
-
-fn owned_by<'a>(pods: &'a [Pod], uid: &str) -> Vec<&'a Pod> {
-    pods.iter()
-        .filter(|p| {
-            p.metadata
-                .owner_references
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == uid)
-        })
-        .collect()
 }
 
 impl Controller for DaemonSets {
-    type Key = Key;
+    type Key = OwnerKey;
     const NAME: &'static str = "daemonset";
     const WATCHES: &'static [Kind] = &[Kind::DaemonSet, Kind::Pod, Kind::Node];
 
-    async fn resync(&mut self, store: &Store) -> Vec<Key> {
-        self.by_uid.clear();
-        let (_, sets) = store.list(Kind::DaemonSet, None, &Selector::everything());
-        for e in &sets {
-            if let Ok(Object::DaemonSet(d)) = e.object() {
-                self.by_uid
-                    .insert(d.metadata.uid, (d.metadata.namespace, d.metadata.name));
-            }
-        }
-        let mut keys = self.all_keys();
-        // Pods of DaemonSets deleted while the master was down.
-        let (_, pods) = store.list(Kind::Pod, None, &Selector::everything());
-        for e in pods {
-            if let Ok(Object::Pod(p)) = e.object() {
-                for o in &p.metadata.owner_references {
-                    if o.kind == "DaemonSet" && !self.by_uid.contains_key(&o.uid) {
-                        keys.push(Key::Owned {
-                            namespace: p.metadata.namespace.clone(),
-                            uid: o.uid.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        keys
+    async fn resync(&mut self, store: &Store) -> Vec<OwnerKey> {
+        self.owners.resync(store, Kind::DaemonSet, Kind::Pod)
     }
 
-    fn keys(&mut self, c: &Change) -> Vec<Key> {
+    fn keys(&mut self, c: &Change) -> Vec<OwnerKey> {
         match c.entry.kind {
             // A node joins, changes labels or taints, or goes: every DaemonSet looks again.
-            Kind::Node => self.all_keys(),
-            Kind::DaemonSet => {
-                let Ok(Object::DaemonSet(d)) = c.entry.object() else {
-                    return Vec::new();
-                };
-                let m = d.metadata;
-                if c.type_ == EventType::Deleted {
-                    self.by_uid.remove(&m.uid);
-                    vec![Key::Owned {
-                        namespace: m.namespace,
-                        uid: m.uid,
-                    }]
-                } else {
-                    self.by_uid
-                        .insert(m.uid, (m.namespace.clone(), m.name.clone()));
-                    vec![Key::DaemonSet {
-                        namespace: m.namespace,
-                        name: m.name,
-                    }]
+            Kind::Node => self.owners.all(),
+            Kind::DaemonSet | Kind::Pod => match c.entry.object() {
+                Ok(Object::DaemonSet(d)) => {
+                    vec![
+                        self.owners
+                            .owner_changed(&d.metadata, c.type_ == EventType::Deleted),
+                    ]
                 }
-            }
-            Kind::Pod => {
-                let Ok(Object::Pod(p)) = c.entry.object() else {
-                    return Vec::new();
-                };
-                p.metadata
-                    .owner_references
-                    .iter()
-                    .filter(|o| o.controller == Some(true) && o.kind == "DaemonSet")
-                    .map(|o| match self.by_uid.get(&o.uid) {
-                        Some((ns, name)) => Key::DaemonSet {
-                            namespace: ns.clone(),
-                            name: name.clone(),
-                        },
-                        None => Key::Owned {
-                            namespace: p.metadata.namespace.clone(),
-                            uid: o.uid.clone(),
-                        },
-                    })
-                    .collect()
-            }
+                Ok(Object::Pod(p)) => self.owners.child_changed(&p.metadata, Kind::DaemonSet),
+                _ => Vec::new(),
+            },
             _ => Vec::new(),
         }
     }
 
-    async fn reconcile(&mut self, store: &Store, key: &Key) -> Result<(), StoreError> {
+    async fn reconcile(&mut self, store: &Store, key: &OwnerKey) -> Result<(), StoreError> {
         match key {
-            Key::DaemonSet { namespace, name } => {
+            OwnerKey::Owner { namespace, name } => {
                 reconcile(store, &mut self.events, namespace, name).await
             }
-            Key::Owned { namespace, uid } => {
-                if self.by_uid.contains_key(uid) {
-                    return Ok(());
-                }
-                let pods = pods_in(store, namespace);
-                for p in owned_by(&pods, uid) {
-                    if p.metadata.deletion_timestamp.is_none() {
-                        delete_pod(store, namespace, &p.metadata.name).await?;
-                    }
-                }
-                Ok(())
+            OwnerKey::Owned { namespace, uid } => {
+                self.owners.collect(store, Kind::Pod, namespace, uid).await
             }
         }
     }
-}
-
-async fn delete_pod(store: &Store, ns: &str, name: &str) -> Result<(), StoreError> {
-    let req = DeleteRequest {
-        kind: Kind::Pod,
-        namespace: ns.into(),
-        name: name.into(),
-        grace_seconds: None,
-        resource_version: None,
-    };
-    match store.write(Op::Delete(req)).await {
-        Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn pods_in(store: &Store, ns: &str) -> Vec<Pod> {
-    let (_, entries) = store.list(Kind::Pod, Some(ns), &Selector::everything());
-    entries
-        .iter()
-        .filter_map(|e| match e.object() {
-            Ok(Object::Pod(p)) => Some(p),
-            _ => None,
-        })
-        .collect()
 }
 
 async fn reconcile(
@@ -458,10 +334,9 @@ async fn reconcile(
             _ => None,
         })
         .collect();
-    let all = pods_in(store, ns);
-    let pods: Vec<Pod> = owned_by(&all, &ds.metadata.uid)
+    let pods: Vec<Pod> = pods_in(store, ns)
         .into_iter()
-        .cloned()
+        .filter(|p| controlled_by(&p.metadata, &ds.metadata.uid))
         .collect();
     let plan = plan(&ds, &nodes, &pods);
     for node in &plan.create {
@@ -485,7 +360,7 @@ async fn reconcile(
             .await;
     }
     for pod in &plan.delete {
-        delete_pod(store, ns, pod).await?;
+        delete(store, Kind::Pod, ns, pod).await?;
     }
     if !plan.delete.is_empty() {
         let msg = format!("Deleted daemon pod(s): {}", plan.delete.join(", "));

@@ -20,8 +20,9 @@ use bramble_api::replicaset::{ReplicaSet, ReplicaSetSpec};
 use bramble_api::{Kind, Object, Selector};
 
 use super::Controller;
+use super::objects::{controlled_by, controller_of, delete, list_in, pods_in};
 use crate::events::EventRecorder;
-use crate::store::{Change, DeleteRequest, EventType, Op, Store, StoreError, Subresource};
+use crate::store::{Change, EventType, Op, Store, StoreError, Subresource};
 
 /// The label that ties a pod to the template it was created from.
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
@@ -271,14 +272,7 @@ pub fn new_pod(d: &Deployment) -> Pod {
     p.metadata.generate_name = format!("{}-{hash}-", d.metadata.name);
     p.metadata.namespace = d.metadata.namespace.clone();
     p.metadata.labels.insert(TEMPLATE_HASH_LABEL.into(), hash);
-    p.metadata.owner_references = vec![OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "Deployment".into(),
-        name: d.metadata.name.clone(),
-        uid: d.metadata.uid.clone(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }];
+    p.metadata.owner_references = vec![OwnerReference::controller(Kind::Deployment, &d.metadata)];
     p
 }
 
@@ -329,14 +323,7 @@ fn replicaset_for(
             .annotations
             .insert(REVISION_ANNOTATION.into(), rev.to_string());
     }
-    rs.metadata.owner_references = vec![OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "Deployment".into(),
-        name: d.metadata.name.clone(),
-        uid: d.metadata.uid.clone(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }];
+    rs.metadata.owner_references = vec![OwnerReference::controller(Kind::Deployment, &d.metadata)];
     rs.spec = ReplicaSetSpec {
         replicas: Some(0),
         selector,
@@ -414,12 +401,6 @@ pub struct Deployments {
     by_uid: HashMap<String, (String, String)>,
     /// ReplicaSet uid → the uid of the Deployment that owns it.
     set_owner: HashMap<String, String>,
-}
-
-fn controller_of(m: &bramble_api::meta::ObjectMeta) -> Option<&OwnerReference> {
-    m.owner_references
-        .iter()
-        .find(|o| o.controller == Some(true))
 }
 
 impl Deployments {
@@ -539,13 +520,13 @@ impl Controller for Deployments {
             }
             Key::Owned { namespace, uid } => {
                 for rs in sets_of(store, namespace, uid) {
-                    delete_object(store, Kind::ReplicaSet, namespace, &rs.metadata.name).await?;
+                    delete(store, Kind::ReplicaSet, namespace, &rs.metadata.name).await?;
                 }
                 for p in pods_in(store, namespace) {
                     if p.metadata.deletion_timestamp.is_none()
                         && p.metadata.owner_references.iter().any(|o| o.uid == *uid)
                     {
-                        delete_object(store, Kind::Pod, namespace, &p.metadata.name).await?;
+                        delete(store, Kind::Pod, namespace, &p.metadata.name).await?;
                     }
                 }
                 Ok(())
@@ -560,7 +541,7 @@ impl Controller for Deployments {
                 let gone = controller_of(&rs.metadata)
                     .is_some_and(|o| o.kind == "Deployment" && !self.by_uid.contains_key(&o.uid));
                 if gone && rs.metadata.deletion_timestamp.is_none() {
-                    delete_object(store, Kind::ReplicaSet, namespace, name).await?;
+                    delete(store, Kind::ReplicaSet, namespace, name).await?;
                 }
                 Ok(())
             }
@@ -568,46 +549,12 @@ impl Controller for Deployments {
     }
 }
 
-/// Deletes an object (pods gracefully); one already gone is not an error.
-async fn delete_object(store: &Store, kind: Kind, ns: &str, name: &str) -> Result<(), StoreError> {
-    let req = DeleteRequest {
-        kind,
-        namespace: ns.into(),
-        name: name.into(),
-        grace_seconds: None,
-        resource_version: None,
-    };
-    match store.write(Op::Delete(req)).await {
-        Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn pods_in(store: &Store, ns: &str) -> Vec<Pod> {
-    let (_, entries) = store.list(Kind::Pod, Some(ns), &Selector::everything());
-    entries
-        .iter()
-        .filter_map(|e| match e.object() {
-            Ok(Object::Pod(p)) => Some(p),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The ReplicaSets a Deployment (by uid) controls.
 fn sets_of(store: &Store, ns: &str, uid: &str) -> Vec<ReplicaSet> {
-    let (_, entries) = store.list(Kind::ReplicaSet, Some(ns), &Selector::everything());
-    entries
-        .iter()
-        .filter_map(|e| match e.object() {
-            Ok(Object::ReplicaSet(rs))
-                if controller_of(&rs.metadata).is_some_and(|o| o.uid == uid) =>
-            {
-                Some(rs)
-            }
-            _ => None,
-        })
-        .collect()
+    list_in(store, Kind::ReplicaSet, ns, |o| match o {
+        Object::ReplicaSet(rs) if controlled_by(&rs.metadata, uid) => Some(rs),
+        _ => None,
+    })
 }
 
 async fn reconcile(
@@ -709,7 +656,7 @@ async fn reconcile(
         }
     }
     for rs_name in gone {
-        delete_object(store, Kind::ReplicaSet, ns, &rs_name).await?;
+        delete(store, Kind::ReplicaSet, ns, &rs_name).await?;
     }
     if d.status.as_ref() != Some(&plan.status) {
         let mut updated: Deployment = d;
@@ -783,14 +730,7 @@ pub async fn adopt_legacy_pods(store: &Store) -> Result<usize, StoreError> {
                 let mut p = p.clone();
                 for o in &mut p.metadata.owner_references {
                     if o.controller == Some(true) && o.uid == d.metadata.uid {
-                        *o = OwnerReference {
-                            api_version: "apps/v1".into(),
-                            kind: "ReplicaSet".into(),
-                            name: rs.metadata.name.clone(),
-                            uid: rs.metadata.uid.clone(),
-                            controller: Some(true),
-                            block_owner_deletion: Some(true),
-                        };
+                        *o = OwnerReference::controller(Kind::ReplicaSet, &rs.metadata);
                     }
                 }
                 p.metadata.resource_version.clear();

@@ -8,7 +8,7 @@
 //! [`plan`] is pure (the time is an argument); [`Jobs`] is the shell on the shared loop, which
 //! asks to be woken for deadlines, TTLs and back-offs (no change would end those).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use bramble_api::job::{
@@ -17,12 +17,13 @@ use bramble_api::job::{
 use bramble_api::meta::{Condition, OwnerReference};
 use bramble_api::pod::{EnvVar, Pod};
 use bramble_api::time::{format_rfc3339, parse_rfc3339};
-use bramble_api::{Kind, Object, Selector};
+use bramble_api::{Kind, Object};
 
 use super::Controller;
 use super::deployment::is_ready;
+use super::objects::{OwnerKey, Owners, controlled_by, delete, pods_in};
 use crate::events::EventRecorder;
-use crate::store::{Change, DeleteRequest, EventType, Op, Store, StoreError, Subresource};
+use crate::store::{Change, EventType, Op, Store, StoreError, Subresource};
 
 /// The longest back-off before a new pod after failures (Kubernetes' 6 min).
 const MAX_BACKOFF_SECS: i64 = 360;
@@ -304,37 +305,16 @@ pub fn new_pod(job: &Job, index: Option<i32>) -> Pod {
         }
         None => p.metadata.generate_name = format!("{name}-"),
     }
-    p.metadata.owner_references = vec![OwnerReference {
-        api_version: "batch/v1".into(),
-        kind: "Job".into(),
-        name: name.clone(),
-        uid: job.metadata.uid.clone(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }];
+    p.metadata.owner_references = vec![OwnerReference::controller(Kind::Job, &job.metadata)];
     p
-}
-
-/// What one reconcile brings in line.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Key {
-    Job {
-        namespace: String,
-        name: String,
-    },
-    /// The pods of a Job that is gone.
-    Owned {
-        namespace: String,
-        uid: String,
-    },
 }
 
 /// The Job controller's shell.
 pub struct Jobs {
     events: EventRecorder,
-    by_uid: HashMap<String, (String, String)>,
+    owners: Owners,
     backoff_base: Duration,
-    timers: Vec<(Key, Instant)>,
+    timers: Vec<(OwnerKey, Instant)>,
 }
 
 impl Jobs {
@@ -342,141 +322,45 @@ impl Jobs {
     pub fn new(store: &Store, backoff_base: Duration) -> Self {
         Jobs {
             events: EventRecorder::new(store.clone(), "job-controller"),
-            by_uid: HashMap::new(),
+            owners: Owners::default(),
             backoff_base,
             timers: Vec::new(),
         }
     }
 }
 
-fn owned_by<'a>(pods: &'a [Pod], uid: &str) -> Vec<&'a Pod> {
-    pods.iter()
-        .filter(|p| {
-            p.metadata
-                .owner_references
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == uid)
-        })
-        .collect()
-}
-
-fn pods_in(store: &Store, ns: &str) -> Vec<Pod> {
-    let (_, entries) = store.list(Kind::Pod, Some(ns), &Selector::everything());
-    entries
-        .iter()
-        .filter_map(|e| match e.object() {
-            Ok(Object::Pod(p)) => Some(p),
-            _ => None,
-        })
-        .collect()
-}
-
-async fn delete(store: &Store, kind: Kind, ns: &str, name: &str) -> Result<(), StoreError> {
-    let req = DeleteRequest {
-        kind,
-        namespace: ns.into(),
-        name: name.into(),
-        grace_seconds: None,
-        resource_version: None,
-    };
-    match store.write(Op::Delete(req)).await {
-        Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 impl Controller for Jobs {
-    type Key = Key;
+    type Key = OwnerKey;
     const NAME: &'static str = "job";
     const WATCHES: &'static [Kind] = &[Kind::Job, Kind::Pod];
 
-    async fn resync(&mut self, store: &Store) -> Vec<Key> {
-        self.by_uid.clear();
-        let (_, jobs) = store.list(Kind::Job, None, &Selector::everything());
-        let mut keys = Vec::new();
-        for e in &jobs {
-            if let Ok(Object::Job(j)) = e.object() {
-                keys.push(Key::Job {
-                    namespace: j.metadata.namespace.clone(),
-                    name: j.metadata.name.clone(),
-                });
-                self.by_uid
-                    .insert(j.metadata.uid, (j.metadata.namespace, j.metadata.name));
-            }
-        }
-        let (_, pods) = store.list(Kind::Pod, None, &Selector::everything());
-        for e in pods {
-            if let Ok(Object::Pod(p)) = e.object() {
-                for o in &p.metadata.owner_references {
-                    if o.kind == "Job" && !self.by_uid.contains_key(&o.uid) {
-                        keys.push(Key::Owned {
-                            namespace: p.metadata.namespace.clone(),
-                            uid: o.uid.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        keys
+    async fn resync(&mut self, store: &Store) -> Vec<OwnerKey> {
+        self.owners.resync(store, Kind::Job, Kind::Pod)
     }
 
-    fn keys(&mut self, c: &Change) -> Vec<Key> {
+    fn keys(&mut self, c: &Change) -> Vec<OwnerKey> {
         match c.entry.object() {
             Ok(Object::Job(j)) => {
-                let m = j.metadata;
-                if c.type_ == EventType::Deleted {
-                    self.by_uid.remove(&m.uid);
-                    vec![Key::Owned {
-                        namespace: m.namespace,
-                        uid: m.uid,
-                    }]
-                } else {
-                    self.by_uid
-                        .insert(m.uid, (m.namespace.clone(), m.name.clone()));
-                    vec![Key::Job {
-                        namespace: m.namespace,
-                        name: m.name,
-                    }]
-                }
+                vec![
+                    self.owners
+                        .owner_changed(&j.metadata, c.type_ == EventType::Deleted),
+                ]
             }
-            Ok(Object::Pod(p)) => p
-                .metadata
-                .owner_references
-                .iter()
-                .filter(|o| o.controller == Some(true) && o.kind == "Job")
-                .map(|o| match self.by_uid.get(&o.uid) {
-                    Some((ns, name)) => Key::Job {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                    },
-                    None => Key::Owned {
-                        namespace: p.metadata.namespace.clone(),
-                        uid: o.uid.clone(),
-                    },
-                })
-                .collect(),
+            Ok(Object::Pod(p)) => self.owners.child_changed(&p.metadata, Kind::Job),
             _ => Vec::new(),
         }
     }
 
-    fn timers(&mut self) -> Vec<(Key, Instant)> {
+    fn timers(&mut self) -> Vec<(OwnerKey, Instant)> {
         std::mem::take(&mut self.timers)
     }
 
-    async fn reconcile(&mut self, store: &Store, key: &Key) -> Result<(), StoreError> {
+    async fn reconcile(&mut self, store: &Store, key: &OwnerKey) -> Result<(), StoreError> {
         let (ns, name) = match key {
-            Key::Owned { namespace, uid } => {
-                if self.by_uid.contains_key(uid) {
-                    return Ok(());
-                }
-                for p in owned_by(&pods_in(store, namespace), uid) {
-                    if p.metadata.deletion_timestamp.is_none() {
-                        delete(store, Kind::Pod, namespace, &p.metadata.name).await?;
-                    }
-                }
-                return Ok(());
+            OwnerKey::Owned { namespace, uid } => {
+                return self.owners.collect(store, Kind::Pod, namespace, uid).await;
             }
-            Key::Job { namespace, name } => (namespace, name),
+            OwnerKey::Owner { namespace, name } => (namespace, name),
         };
         let Some(entry) = store.get(Kind::Job, ns, name) else {
             return Ok(());
@@ -487,10 +371,9 @@ impl Controller for Jobs {
         if job.metadata.deletion_timestamp.is_some() {
             return Ok(());
         }
-        let all = pods_in(store, ns);
-        let pods: Vec<Pod> = owned_by(&all, &job.metadata.uid)
+        let pods: Vec<Pod> = pods_in(store, ns)
             .into_iter()
-            .cloned()
+            .filter(|p| controlled_by(&p.metadata, &job.metadata.uid))
             .collect();
         let now = bramble_api::time::now_secs();
         let plan = plan(&job, &pods, now, self.backoff_base);

@@ -4,8 +4,6 @@
 //!
 //! [`plan`] is pure; [`ReplicaSets`] is the shell on the shared loop.
 
-use std::collections::HashMap;
-
 use bramble_api::meta::OwnerReference;
 use bramble_api::pod::Pod;
 use bramble_api::replicaset::{ReplicaSet, ReplicaSetStatus};
@@ -13,7 +11,8 @@ use bramble_api::{Kind, Object, Selector};
 
 use super::Controller;
 use super::deployment::{deletion_order, is_ready};
-use crate::store::{Change, DeleteRequest, EventType, Op, Store, StoreError, Subresource};
+use super::objects::{OwnerKey, Owners, controlled_by, delete, pods_in};
+use crate::store::{Change, EventType, Op, Store, StoreError, Subresource};
 
 /// What to do now.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,10 +25,7 @@ pub struct Plan {
 
 /// Whether the pod's controller is the ReplicaSet of `uid`.
 pub fn owned_by(p: &Pod, uid: &str) -> bool {
-    p.metadata
-        .owner_references
-        .iter()
-        .any(|o| o.controller == Some(true) && o.uid == uid)
+    controlled_by(&p.metadata, uid)
 }
 
 /// Plans one step: `pods` are the ReplicaSet's pods (stopping ones are not counted).
@@ -82,150 +78,44 @@ pub fn new_pod(rs: &ReplicaSet) -> Pod {
     p.metadata.name.clear();
     p.metadata.generate_name = format!("{}-", rs.metadata.name);
     p.metadata.namespace = rs.metadata.namespace.clone();
-    p.metadata.owner_references = vec![OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
-        name: rs.metadata.name.clone(),
-        uid: rs.metadata.uid.clone(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }];
+    p.metadata.owner_references = vec![OwnerReference::controller(Kind::ReplicaSet, &rs.metadata)];
     p
-}
-
-/// What one reconcile brings in line.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Key {
-    ReplicaSet {
-        namespace: String,
-        name: String,
-    },
-    /// The pods of a ReplicaSet that is gone.
-    Owned {
-        namespace: String,
-        uid: String,
-    },
 }
 
 /// The ReplicaSet controller's shell.
 #[derive(Default)]
 pub struct ReplicaSets {
-    by_uid: HashMap<String, (String, String)>,
-}
-
-fn pods_in(store: &Store, ns: &str) -> Vec<Pod> {
-    let (_, entries) = store.list(Kind::Pod, Some(ns), &Selector::everything());
-    entries
-        .iter()
-        .filter_map(|e| match e.object() {
-            Ok(Object::Pod(p)) => Some(p),
-            _ => None,
-        })
-        .collect()
-}
-
-async fn delete_pod(store: &Store, ns: &str, name: &str) -> Result<(), StoreError> {
-    let req = DeleteRequest {
-        kind: Kind::Pod,
-        namespace: ns.into(),
-        name: name.into(),
-        grace_seconds: None,
-        resource_version: None,
-    };
-    match store.write(Op::Delete(req)).await {
-        Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
+    owners: Owners,
 }
 
 impl Controller for ReplicaSets {
-    type Key = Key;
+    type Key = OwnerKey;
     const NAME: &'static str = "replicaset";
     const WATCHES: &'static [Kind] = &[Kind::ReplicaSet, Kind::Pod];
 
-    async fn resync(&mut self, store: &Store) -> Vec<Key> {
-        self.by_uid.clear();
-        let (_, sets) = store.list(Kind::ReplicaSet, None, &Selector::everything());
-        let mut keys = Vec::new();
-        for e in &sets {
-            if let Ok(Object::ReplicaSet(rs)) = e.object() {
-                keys.push(Key::ReplicaSet {
-                    namespace: rs.metadata.namespace.clone(),
-                    name: rs.metadata.name.clone(),
-                });
-                self.by_uid
-                    .insert(rs.metadata.uid, (rs.metadata.namespace, rs.metadata.name));
-            }
-        }
-        let (_, pods) = store.list(Kind::Pod, None, &Selector::everything());
-        for e in pods {
-            if let Ok(Object::Pod(p)) = e.object() {
-                for o in &p.metadata.owner_references {
-                    if o.kind == "ReplicaSet" && !self.by_uid.contains_key(&o.uid) {
-                        keys.push(Key::Owned {
-                            namespace: p.metadata.namespace.clone(),
-                            uid: o.uid.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        keys
+    async fn resync(&mut self, store: &Store) -> Vec<OwnerKey> {
+        self.owners.resync(store, Kind::ReplicaSet, Kind::Pod)
     }
 
-    fn keys(&mut self, c: &Change) -> Vec<Key> {
+    fn keys(&mut self, c: &Change) -> Vec<OwnerKey> {
         match c.entry.object() {
             Ok(Object::ReplicaSet(rs)) => {
-                let m = rs.metadata;
-                if c.type_ == EventType::Deleted {
-                    self.by_uid.remove(&m.uid);
-                    vec![Key::Owned {
-                        namespace: m.namespace,
-                        uid: m.uid,
-                    }]
-                } else {
-                    self.by_uid
-                        .insert(m.uid, (m.namespace.clone(), m.name.clone()));
-                    vec![Key::ReplicaSet {
-                        namespace: m.namespace,
-                        name: m.name,
-                    }]
-                }
+                vec![
+                    self.owners
+                        .owner_changed(&rs.metadata, c.type_ == EventType::Deleted),
+                ]
             }
-            Ok(Object::Pod(p)) => p
-                .metadata
-                .owner_references
-                .iter()
-                .filter(|o| o.controller == Some(true) && o.kind == "ReplicaSet")
-                .map(|o| match self.by_uid.get(&o.uid) {
-                    Some((ns, name)) => Key::ReplicaSet {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                    },
-                    None => Key::Owned {
-                        namespace: p.metadata.namespace.clone(),
-                        uid: o.uid.clone(),
-                    },
-                })
-                .collect(),
+            Ok(Object::Pod(p)) => self.owners.child_changed(&p.metadata, Kind::ReplicaSet),
             _ => Vec::new(),
         }
     }
 
-    async fn reconcile(&mut self, store: &Store, key: &Key) -> Result<(), StoreError> {
+    async fn reconcile(&mut self, store: &Store, key: &OwnerKey) -> Result<(), StoreError> {
         let (ns, name) = match key {
-            Key::Owned { namespace, uid } => {
-                if self.by_uid.contains_key(uid) {
-                    return Ok(());
-                }
-                for p in pods_in(store, namespace) {
-                    if p.metadata.deletion_timestamp.is_none() && owned_by(&p, uid) {
-                        delete_pod(store, namespace, &p.metadata.name).await?;
-                    }
-                }
-                return Ok(());
+            OwnerKey::Owned { namespace, uid } => {
+                return self.owners.collect(store, Kind::Pod, namespace, uid).await;
             }
-            Key::ReplicaSet { namespace, name } => (namespace, name),
+            OwnerKey::Owner { namespace, name } => (namespace, name),
         };
         let Some(entry) = store.get(Kind::ReplicaSet, ns, name) else {
             return Ok(());
@@ -245,7 +135,7 @@ impl Controller for ReplicaSets {
             store.write(Op::Create(Object::Pod(new_pod(&rs)))).await?;
         }
         for pod in &plan.delete {
-            delete_pod(store, ns, pod).await?;
+            delete(store, Kind::Pod, ns, pod).await?;
         }
         if rs.status.as_ref() != Some(&plan.status) {
             let mut updated = rs;
