@@ -26,7 +26,6 @@ pub struct Decoded {
 /// asked for a probe, an init container or a security context must not run without it.
 const BEHAVIOURAL_FIELDS: &[&str] = &[
     "startupProbe",
-    "initContainers",
     "ephemeralContainers",
     "lifecycle",
     "serviceAccountToken",

@@ -20,6 +20,23 @@ pub struct Pod {
 }
 
 impl PodSpec {
+    /// The restart policy of the container named `name`: the pod's for app containers;
+    /// for init containers `Always` (sidecars), else `Never` when the pod's is, `OnFailure`
+    /// otherwise (an init container that succeeded is done whatever the pod's policy).
+    pub fn restart_policy_of(&self, name: &str) -> &str {
+        match self.init_containers.iter().find(|c| c.name == name) {
+            Some(c) if c.is_sidecar() => "Always",
+            Some(_) if self.restart_policy == "Never" => "Never",
+            Some(_) => "OnFailure",
+            None => self.restart_policy.as_str(),
+        }
+    }
+
+    /// Init containers, then app containers.
+    pub fn all_containers(&self) -> impl Iterator<Item = &Container> {
+        self.init_containers.iter().chain(&self.containers)
+    }
+
     /// Every ConfigMap and Secret the pod reads (env, envFrom, volumes), once each; a
     /// reference that is optional anywhere and required elsewhere is required.
     pub fn config_refs(&self) -> Vec<ConfigRef> {
@@ -31,7 +48,7 @@ impl PodSpec {
             let o = refs.entry((secret, name.to_string())).or_insert(true);
             *o = *o && optional.unwrap_or(false);
         };
-        for c in &self.containers {
+        for c in self.all_containers() {
             for e in &c.env {
                 let Some(f) = &e.value_from else { continue };
                 if let Some(k) = &f.config_map_key_ref {
@@ -88,6 +105,9 @@ pub struct PodTemplateSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PodSpec {
+    /// Run in order, each to completion (sidecars: started), before the app containers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
     pub containers: Vec<Container>,
     /// `Always` (default), `OnFailure` or `Never`.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -304,6 +324,17 @@ pub struct Container {
     pub readiness_probe: Option<Probe>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+    /// Only on an init container, only `Always`: a sidecar that starts before the app
+    /// containers and keeps running beside them (Kubernetes 1.29+).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<String>,
+}
+
+impl Container {
+    /// Whether this (init) container is a sidecar: `restartPolicy: Always`.
+    pub fn is_sidecar(&self) -> bool {
+        self.restart_policy.as_deref() == Some("Always")
+    }
 }
 
 /// A health check: exactly one of `exec`, `httpGet` or `tcpSocket`.
@@ -822,6 +853,8 @@ pub struct PodStatus {
     pub pod_ip: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub init_container_statuses: Vec<ContainerStatus>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub container_statuses: Vec<ContainerStatus>,
 }

@@ -67,9 +67,16 @@ fn condition(type_: &str, ok: bool, previous: Option<&PodStatus>, now: i64) -> C
     }
 }
 
-/// The pod status an agent's report stands for.
-pub fn pod_status(r: &PodReport, previous: Option<&PodStatus>, now: i64) -> PodStatus {
-    let containers: Vec<ContainerStatus> = r
+/// The pod status an agent's report stands for; `spec` tells init containers from app
+/// containers (the agent reports both in one list).
+pub fn pod_status(
+    r: &PodReport,
+    spec: &crate::pod::PodSpec,
+    previous: Option<&PodStatus>,
+    now: i64,
+) -> PodStatus {
+    let is_init = |name: &str| spec.init_containers.iter().any(|c| c.name == name);
+    let all: Vec<ContainerStatus> = r
         .containers
         .iter()
         .map(|c| ContainerStatus {
@@ -81,11 +88,37 @@ pub fn pod_status(r: &PodReport, previous: Option<&PodStatus>, now: i64) -> PodS
             last_state: c.last_state.as_ref().map(state),
         })
         .collect();
-    let ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
+    let (init, containers): (Vec<ContainerStatus>, Vec<ContainerStatus>) =
+        all.into_iter().partition(|c| is_init(&c.name));
+    // Initialized: every init container succeeded (a sidecar: is running).
+    let initialized = spec.init_containers.iter().all(|ic| {
+        init.iter().any(|s| {
+            s.name == ic.name
+                && s.state.as_ref().is_some_and(|st| {
+                    if ic.is_sidecar() {
+                        st.running.is_some()
+                    } else {
+                        st.terminated.as_ref().is_some_and(|t| t.exit_code == 0)
+                    }
+                })
+        })
+    });
+    let sidecars_ready = init
+        .iter()
+        .filter(|s| {
+            spec.init_containers
+                .iter()
+                .any(|c| c.name == s.name && c.is_sidecar())
+        })
+        .all(|s| s.ready);
+    let ready = initialized
+        && sidecars_ready
+        && !containers.is_empty()
+        && containers.iter().all(|c| c.ready);
     PodStatus {
         phase: r.phase.clone(),
         conditions: vec![
-            condition("Initialized", true, previous, now),
+            condition("Initialized", initialized, previous, now),
             condition("Ready", ready, previous, now),
             condition("ContainersReady", ready, previous, now),
             condition("PodScheduled", true, previous, now),
@@ -95,6 +128,7 @@ pub fn pod_status(r: &PodReport, previous: Option<&PodStatus>, now: i64) -> PodS
         host_ip: r.host_ip.clone(),
         pod_ip: r.pod_ip.clone(),
         start_time: ts(r.start_time),
+        init_container_statuses: init,
         container_statuses: containers,
     }
 }
@@ -214,7 +248,7 @@ mod tests {
                 finished_at: 90,
             }),
         });
-        let s1 = pod_status(&r, None, 1000);
+        let s1 = pod_status(&r, &Default::default(), None, 1000);
         let ready = s1.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "True");
         assert_eq!(s1.container_statuses[0].restart_count, 2);
@@ -230,9 +264,9 @@ mod tests {
             1
         );
         // Same status later: the transition time does not move, so the status is unchanged.
-        assert_eq!(pod_status(&r, Some(&s1), 2000), s1);
+        assert_eq!(pod_status(&r, &Default::default(), Some(&s1), 2000), s1);
         r.containers[0].ready = false;
-        let s2 = pod_status(&r, Some(&s1), 3000);
+        let s2 = pod_status(&r, &Default::default(), Some(&s1), 3000);
         let ready = s2.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(
             (ready.status.as_str(), ready.last_transition_time.as_deref()),

@@ -253,8 +253,46 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, owner: Owner) {
     let volume_names: BTreeSet<&str> = spec.volumes.iter().map(|vol| vol.name.as_str()).collect();
     let mut container_names = BTreeSet::new();
     let mut port_names = BTreeSet::new();
-    for (i, c) in spec.containers.iter().enumerate() {
-        let cp = format!("{path}.containers[{i}]");
+    let all = spec
+        .init_containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ("initContainers", i, c))
+        .chain(
+            spec.containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ("containers", i, c)),
+        );
+    for (field, i, c) in all {
+        let cp = format!("{path}.{field}[{i}]");
+        let init = field == "initContainers";
+        match (init, c.restart_policy.as_deref()) {
+            (_, None) | (true, Some("Always")) => {}
+            (true, Some(p)) => v.push(
+                &format!("{cp}.restartPolicy"),
+                format!(
+                    "unsupported value {p:?}: an init container's may only be Always (a sidecar)"
+                ),
+            ),
+            (false, Some(_)) => v.push(
+                &format!("{cp}.restartPolicy"),
+                "Forbidden: only init containers may set a restartPolicy (Always: a sidecar)",
+            ),
+        }
+        if init && !c.is_sidecar() {
+            for (probe, set) in [
+                ("livenessProbe", c.liveness_probe.is_some()),
+                ("readinessProbe", c.readiness_probe.is_some()),
+            ] {
+                if set {
+                    v.push(
+                        &format!("{cp}.{probe}"),
+                        "Forbidden: may not be set for init containers without restartPolicy=Always",
+                    );
+                }
+            }
+        }
         if c.name.is_empty() {
             v.push(&format!("{cp}.name"), "Required value");
         } else {

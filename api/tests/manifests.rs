@@ -215,6 +215,11 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
         ("relative hostPath", pod(&format!("{C}  volumes: [{{name: v, hostPath: {{path: etc}}}}]\n")), "spec.volumes[0].hostPath.path"),
         ("replicaset selector does not match its template", "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: r}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.template.metadata.labels: Invalid value: `selector`"),
         ("replicaset negative replicas", "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: r}\nspec:\n  replicas: -3\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: a}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.replicas: must be >= 0, got -3"),
+        ("init container named like an app container", pod("  initContainers: [{name: c, image: a}]\n  containers: [{name: c, image: b}]\n"), "spec.containers[0].name: Duplicate value"),
+        ("init container restartPolicy OnFailure", pod(&format!("  initContainers: [{{name: i, image: a, restartPolicy: OnFailure}}]\n{C}")), "spec.initContainers[0].restartPolicy: unsupported value \"OnFailure\""),
+        ("app container restartPolicy", pod("  containers: [{name: c, image: a, restartPolicy: Always}]\n"), "spec.containers[0].restartPolicy: Forbidden"),
+        ("probe on a plain init container", pod(&format!("  initContainers: [{{name: i, image: a, readinessProbe: {{exec: {{command: [\"true\"]}}}}}}]\n{C}")), "spec.initContainers[0].readinessProbe: Forbidden"),
+        ("init container without image", pod(&format!("  initContainers: [{{name: i}}]\n{C}")), "spec.initContainers[0].image: Required value"),
         ("daemonset selector does not match its template", "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.template.metadata.labels: Invalid value: `selector`"),
         ("daemonset without selector", "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d}\nspec:\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.selector: Required value: a DaemonSet needs a non-empty selector"),
         ("daemonset bad update strategy", ds("  updateStrategy: {type: Recreate}\n", DC), "spec.updateStrategy.type: unsupported value \"Recreate\""),
@@ -323,7 +328,7 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
 #[test]
 fn malformed_manifests_name_the_field() {
     let cases = bad_cases();
-    assert!(cases.len() >= 142, "only {} cases", cases.len());
+    assert!(cases.len() >= 147, "only {} cases", cases.len());
     for (label, text, want) in cases {
         let err = match parse_manifests(&text) {
             Ok(d) => panic!("{label}: accepted: {:?}", d[0].object),

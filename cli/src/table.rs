@@ -107,6 +107,36 @@ pub fn pod_status(p: &Pod) -> String {
         return "Terminating".into();
     }
     let st = p.status.clone().unwrap_or_default();
+    // Init containers first, as kubectl reads them: the first not done names the status.
+    for (i, c) in st.init_container_statuses.iter().enumerate() {
+        let sidecar = p
+            .spec
+            .init_containers
+            .iter()
+            .any(|s| s.name == c.name && s.is_sidecar());
+        let Some(state) = &c.state else {
+            return format!("Init:{i}/{}", p.spec.init_containers.len());
+        };
+        match (&state.terminated, &state.waiting) {
+            (Some(t), _) if t.exit_code == 0 => continue,
+            _ if sidecar && state.running.is_some() => continue,
+            (Some(t), _) if !t.reason.is_empty() => return format!("Init:{}", t.reason),
+            (Some(t), _) => return format!("Init:ExitCode:{}", t.exit_code),
+            (None, Some(w))
+                if !w.reason.is_empty()
+                    && w.reason != "PodInitializing"
+                    && w.reason != "ContainerCreating" =>
+            {
+                return format!("Init:{}", w.reason);
+            }
+            _ => return format!("Init:{i}/{}", p.spec.init_containers.len()),
+        }
+    }
+    if p.spec.init_containers.len() > st.init_container_statuses.len()
+        && st.container_statuses.is_empty()
+    {
+        return format!("Init:0/{}", p.spec.init_containers.len());
+    }
     let mut status = if st.reason.is_empty() {
         st.phase.clone()
     } else {

@@ -580,7 +580,7 @@ impl PodManager {
         let in_use: Vec<String> = self
             .desired
             .values()
-            .flat_map(|p| p.spec.containers.iter().map(|c| c.image.clone()))
+            .flat_map(|p| p.spec.all_containers().map(|c| c.image.clone()))
             .collect();
         let images = self.images.clone();
         let _ = tokio::task::spawn_blocking(move || images.collect(&in_use)).await;
@@ -769,8 +769,7 @@ impl PodManager {
         let pod = self.desired.get(uid)?.clone();
         let mut spec_c = pod
             .spec
-            .containers
-            .iter()
+            .all_containers()
             .find(|c| c.name == container)?
             .clone();
         let pod_ip = self.records.get(uid)?.pod_ip.clone();

@@ -508,7 +508,7 @@ impl Gateway {
                 continue;
             }
             let old = pod.status.clone();
-            let status = bramble_api::report::pod_status(r, old.as_ref(), now_secs());
+            let status = bramble_api::report::pod_status(r, &pod.spec, old.as_ref(), now_secs());
             if old.as_ref() == Some(&status) {
                 continue;
             }

@@ -169,11 +169,11 @@ pub fn observe(
     backoff: Backoff,
 ) {
     for (uid, rec) in records.iter_mut() {
-        let policy = desired
-            .get(uid)
-            .map(|p| p.spec.restart_policy.clone())
-            .unwrap_or_default();
+        let pod = desired.get(uid);
         for (name, c) in rec.containers.iter_mut() {
+            let policy = pod
+                .map(|p| p.spec.restart_policy_of(name).to_string())
+                .unwrap_or_default();
             let Some(id) = &c.current else { continue };
             match observed.get(id) {
                 Some(Observed::Running { started_at }) => {
@@ -274,6 +274,83 @@ pub fn plan(
             ops.push(Op::CreateSandbox { uid: uid.clone() });
             continue;
         }
+        // Init containers first, in order: each must have succeeded (a sidecar: be running)
+        // before the next, and all before the app containers.
+        let mut waiting_on_init = false;
+        for c in &pod.spec.init_containers {
+            let cr = rec.containers.get(&c.name);
+            let succeeded = cr.is_some_and(|cr| {
+                cr.done && matches!(cr.state, ContainerState::Terminated { exit_code: 0, .. })
+            });
+            let running = cr.is_some_and(|cr| {
+                cr.current
+                    .as_ref()
+                    .is_some_and(|id| matches!(observed.get(id), Some(Observed::Running { .. })))
+            });
+            if succeeded {
+                // Done: its instance is removed (its record stays, with its exit).
+                if let Some(id) = cr.and_then(|cr| cr.current.as_ref())
+                    && is_ended(observed.get(id))
+                {
+                    ops.push(Op::Remove {
+                        uid: uid.clone(),
+                        container: c.name.clone(),
+                        id: id.clone(),
+                    });
+                }
+                continue;
+            }
+            if c.is_sidecar() && running {
+                continue;
+            }
+            waiting_on_init = true;
+            match cr {
+                None => ops.push(Op::Start {
+                    uid: uid.clone(),
+                    container: c.name.clone(),
+                    id: container_id(uid, &c.name, 0),
+                }),
+                Some(cr) => match &cr.current {
+                    Some(id) if is_ended(observed.get(id)) => ops.push(Op::Remove {
+                        uid: uid.clone(),
+                        container: c.name.clone(),
+                        id: id.clone(),
+                    }),
+                    Some(_) => {}
+                    // Failed for good (restartPolicy Never): the pod fails here.
+                    None if cr.done => {}
+                    None if now_ms >= cr.not_before_ms => ops.push(Op::Start {
+                        uid: uid.clone(),
+                        container: c.name.clone(),
+                        id: container_id(uid, &c.name, cr.attempt),
+                    }),
+                    None => {}
+                },
+            }
+            break;
+        }
+        if waiting_on_init {
+            continue;
+        }
+        // Sidecars that ended are started again beside the app containers.
+        for c in pod.spec.init_containers.iter().filter(|c| c.is_sidecar()) {
+            let Some(cr) = rec.containers.get(&c.name) else {
+                continue;
+            };
+            match &cr.current {
+                Some(id) if is_ended(observed.get(id)) => ops.push(Op::Remove {
+                    uid: uid.clone(),
+                    container: c.name.clone(),
+                    id: id.clone(),
+                }),
+                None if !cr.done && now_ms >= cr.not_before_ms => ops.push(Op::Start {
+                    uid: uid.clone(),
+                    container: c.name.clone(),
+                    id: container_id(uid, &c.name, cr.attempt),
+                }),
+                _ => {}
+            }
+        }
         for c in &pod.spec.containers {
             let Some(cr) = rec.containers.get(&c.name) else {
                 ops.push(Op::Start {
@@ -359,7 +436,27 @@ fn phase(pod: Option<&Pod>, rec: &PodRecord) -> String {
     let policy = pod
         .map(|p| p.spec.restart_policy.as_str())
         .unwrap_or("Always");
-    let states: Vec<&ContainerRecord> = rec.containers.values().collect();
+    if let Some(p) = pod {
+        // Init containers: one failed for good fails the pod; until all have succeeded
+        // (sidecars: started) it is Pending.
+        for c in p.spec.init_containers.iter().filter(|c| !c.is_sidecar()) {
+            match rec.containers.get(&c.name) {
+                Some(cr) if cr.done => {
+                    if !matches!(cr.state, ContainerState::Terminated { exit_code: 0, .. }) {
+                        return "Failed".into();
+                    }
+                }
+                _ => return "Pending".into(),
+            }
+        }
+    }
+    let app = |name: &String| pod.is_none_or(|p| p.spec.containers.iter().any(|c| c.name == *name));
+    let states: Vec<&ContainerRecord> = rec
+        .containers
+        .iter()
+        .filter(|(name, _)| app(name))
+        .map(|(_, c)| c)
+        .collect();
     let total = pod.map_or(states.len(), |p| p.spec.containers.len());
     if states.len() < total || states.is_empty() {
         return "Pending".into();
@@ -395,8 +492,7 @@ pub fn report(pod: Option<&Pod>, rec: &PodRecord, host_ip: &str) -> PodReport {
     let containers = pod
         .map(|p| {
             p.spec
-                .containers
-                .iter()
+                .all_containers()
                 .map(|c| c.name.clone())
                 .collect::<Vec<_>>()
         })
@@ -440,7 +536,7 @@ pub fn report(pod: Option<&Pod>, rec: &PodRecord, host_ip: &str) -> PodReport {
                 None => ContainerReport {
                     name: name.clone(),
                     image: pod
-                        .and_then(|p| p.spec.containers.iter().find(|c| c.name == *name))
+                        .and_then(|p| p.spec.all_containers().find(|c| c.name == *name))
                         .map(|c| c.image.clone())
                         .unwrap_or_default(),
                     ready: false,
@@ -542,6 +638,89 @@ mod tests {
             finished_at: 2,
             error: String::new(),
         })
+    }
+
+    #[test]
+    fn init_containers_gate_the_app_in_order_and_a_sidecar_keeps_running() {
+        let mut p = pod("u", "Always");
+        p.spec.init_containers = serde_json::from_value(serde_json::json!([
+            {"name": "first", "image": "busybox"},
+            {"name": "side", "image": "busybox", "restartPolicy": "Always"}
+        ]))
+        .unwrap();
+        let desired: BTreeMap<String, Pod> = [("u".to_string(), p.clone())].into();
+        let mut rec = record("u", None, 0, 0);
+        rec.containers.clear();
+        let mut records: BTreeMap<String, PodRecord> = [("u".to_string(), rec)].into();
+        let starts = |ops: &[Op]| -> Vec<String> {
+            ops.iter()
+                .filter_map(|o| match o {
+                    Op::Start { container, .. } => Some(container.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            starts(&plan(&desired, &records, &HashMap::new(), 0)),
+            ["first"]
+        );
+        // `first` runs: nothing else starts.
+        let c = |current: &str| {
+            let mut c = ContainerRecord::new("busybox");
+            c.current = Some(current.into());
+            c
+        };
+        records
+            .get_mut("u")
+            .unwrap()
+            .containers
+            .insert("first".into(), c("u-first-0"));
+        let running: HashMap<String, Observed> =
+            [("u-first-0".to_string(), Observed::Running { started_at: 1 })].into();
+        assert!(starts(&plan(&desired, &records, &running, 0)).is_empty());
+        assert_eq!(report(Some(&p), &records["u"], "").phase, "Pending");
+        // It fails: with the pod's Always it is restarted (OnFailure), the app still waits.
+        let mut observed: HashMap<String, Observed> = [("u-first-0".to_string(), exited(1))].into();
+        observe(&mut records, &desired, &observed, 0, B);
+        assert!(!records["u"].containers["first"].done);
+        // It succeeds on its next run: done, its instance removed; the sidecar is next.
+        observed.insert("u-first-0".into(), exited(0));
+        let first = records
+            .get_mut("u")
+            .unwrap()
+            .containers
+            .get_mut("first")
+            .unwrap();
+        first.exit_seen = None;
+        observe(&mut records, &desired, &observed, 0, B);
+        assert!(
+            records["u"].containers["first"].done,
+            "exit 0 ends an init container"
+        );
+        let ops = plan(&desired, &records, &observed, 0);
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, Op::Remove { container, .. } if container == "first"))
+        );
+        assert_eq!(starts(&ops), ["side"]);
+        // The sidecar runs: now the app container starts, and the sidecar is not done.
+        records
+            .get_mut("u")
+            .unwrap()
+            .containers
+            .insert("side".into(), c("u-side-0"));
+        observed.insert("u-side-0".into(), Observed::Running { started_at: 1 });
+        assert_eq!(starts(&plan(&desired, &records, &observed, 0)), ["main"]);
+        // With the pod's Never, a failed init container fails the pod.
+        let mut never = p.clone();
+        never.spec.restart_policy = "Never".into();
+        let desired: BTreeMap<String, Pod> = [("u".to_string(), never.clone())].into();
+        let mut rec = record("u", None, 0, 0);
+        rec.containers = [("first".to_string(), c("u-first-0"))].into();
+        let mut records: BTreeMap<String, PodRecord> = [("u".to_string(), rec)].into();
+        let failed: HashMap<String, Observed> = [("u-first-0".to_string(), exited(2))].into();
+        observe(&mut records, &desired, &failed, 0, B);
+        assert_eq!(report(Some(&never), &records["u"], "").phase, "Failed");
     }
 
     #[test]

@@ -20,7 +20,7 @@ impl PodManager {
             if pod.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            for c in &pod.spec.containers {
+            for c in pod.spec.all_containers() {
                 let Some(cr) = rec.containers.get(&c.name) else {
                     continue;
                 };
@@ -99,7 +99,7 @@ impl PodManager {
             let Some(pod) = self.desired.get(uid) else {
                 continue;
             };
-            for c in &pod.spec.containers {
+            for c in pod.spec.all_containers() {
                 if let Some(cr) = rec.containers.get_mut(&c.name) {
                     cr.ready = match (
                         &c.readiness_probe,

@@ -122,8 +122,7 @@ pub fn sandbox_record<'a>(
         evicted: None,
         containers: pod
             .spec
-            .containers
-            .iter()
+            .all_containers()
             .map(|c| (c.name.clone(), ContainerRecord::new(&c.image)))
             .collect(),
     });
