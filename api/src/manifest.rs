@@ -27,7 +27,6 @@ pub struct Decoded {
 const BEHAVIOURAL_FIELDS: &[&str] = &[
     "startupProbe",
     "ephemeralContainers",
-    "lifecycle",
     "serviceAccountToken",
     "clusterTrustBundle",
     "volumeDevices",

@@ -280,6 +280,48 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, owner: Owner) {
                 "Forbidden: only init containers may set a restartPolicy (Always: a sidecar)",
             ),
         }
+        if let Some(l) = &c.lifecycle {
+            if init && !c.is_sidecar() {
+                v.push(
+                    &format!("{cp}.lifecycle"),
+                    "Forbidden: may not be set for init containers without restartPolicy=Always",
+                );
+            }
+            for (hook, h) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
+                let Some(h) = h else { continue };
+                let hp = format!("{cp}.lifecycle.{hook}");
+                let n = [h.exec.is_some(), h.http_get.is_some(), h.sleep.is_some()]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                if n != 1 {
+                    v.push(&hp, "must specify exactly one of exec, httpGet and sleep");
+                }
+                if let Some(e) = &h.exec
+                    && e.command.is_empty()
+                {
+                    v.push(&format!("{hp}.exec.command"), "Required value");
+                }
+                if let Some(g) = &h.http_get {
+                    match &g.port {
+                        None => v.push(&format!("{hp}.httpGet.port"), "Required value"),
+                        Some(port) if c.resolve_port(port).is_none() => v.push(
+                            &format!("{hp}.httpGet.port"),
+                            "must be a port number from 1 to 65535 or the name of a port of the container",
+                        ),
+                        Some(_) => {}
+                    }
+                }
+                if let Some(sl) = &h.sleep
+                    && !(0..=3600).contains(&sl.seconds)
+                {
+                    v.push(
+                        &format!("{hp}.sleep.seconds"),
+                        format!("must be between 0 and 3600, got {}", sl.seconds),
+                    );
+                }
+            }
+        }
         if init && !c.is_sidecar() {
             for (probe, set) in [
                 ("livenessProbe", c.liveness_probe.is_some()),

@@ -220,6 +220,10 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
         ("app container restartPolicy", pod("  containers: [{name: c, image: a, restartPolicy: Always}]\n"), "spec.containers[0].restartPolicy: Forbidden"),
         ("probe on a plain init container", pod(&format!("  initContainers: [{{name: i, image: a, readinessProbe: {{exec: {{command: [\"true\"]}}}}}}]\n{C}")), "spec.initContainers[0].readinessProbe: Forbidden"),
         ("init container without image", pod(&format!("  initContainers: [{{name: i}}]\n{C}")), "spec.initContainers[0].image: Required value"),
+        ("preStop with two handlers", pod("  containers:\n  - name: c\n    image: a\n    lifecycle: {preStop: {exec: {command: [\"true\"]}, sleep: {seconds: 1}}}\n"), "spec.containers[0].lifecycle.preStop: must specify exactly one"),
+        ("postStart httpGet to a missing port", pod("  containers:\n  - name: c\n    image: a\n    lifecycle: {postStart: {httpGet: {port: web}}}\n"), "spec.containers[0].lifecycle.postStart.httpGet.port"),
+        ("preStop sleep too long", pod("  containers:\n  - name: c\n    image: a\n    lifecycle: {preStop: {sleep: {seconds: 7200}}}\n"), "spec.containers[0].lifecycle.preStop.sleep.seconds"),
+        ("lifecycle on a plain init container", pod(&format!("  initContainers: [{{name: i, image: a, lifecycle: {{preStop: {{sleep: {{seconds: 1}}}}}}}}]\n{C}")), "spec.initContainers[0].lifecycle: Forbidden"),
         ("daemonset selector does not match its template", "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.template.metadata.labels: Invalid value: `selector`"),
         ("daemonset without selector", "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d}\nspec:\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n".into(), "spec.selector: Required value: a DaemonSet needs a non-empty selector"),
         ("daemonset bad update strategy", ds("  updateStrategy: {type: Recreate}\n", DC), "spec.updateStrategy.type: unsupported value \"Recreate\""),
@@ -328,7 +332,7 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
 #[test]
 fn malformed_manifests_name_the_field() {
     let cases = bad_cases();
-    assert!(cases.len() >= 147, "only {} cases", cases.len());
+    assert!(cases.len() >= 151, "only {} cases", cases.len());
     for (label, text, want) in cases {
         let err = match parse_manifests(&text) {
             Ok(d) => panic!("{label}: accepted: {:?}", d[0].object),

@@ -65,6 +65,8 @@ pub struct PodManager {
     last_reported: HashMap<String, PodReport>,
     /// Probe state per running container instance.
     probes: HashMap<String, probes::ProbeState>,
+    /// preStop hooks running, by (pod uid, container).
+    hooks: HashMap<(String, String), tokio::task::JoinHandle<Result<(), String>>>,
     /// When the image cache was last checked against its limits.
     last_image_gc_ms: i64,
     /// When disk-backed emptyDir volumes were last measured against their sizeLimit.
@@ -151,6 +153,7 @@ impl PodManager {
             host_ip: config.host_ip,
             last_reported: HashMap::new(),
             probes: HashMap::new(),
+            hooks: HashMap::new(),
             last_image_gc_ms: SystemClock.unix_millis(),
             last_volume_check_ms: 0,
             clock: Arc::new(SystemClock),
@@ -326,6 +329,68 @@ impl PodManager {
         Ok(Applied::Changed)
     }
 
+    /// A hook of a container of a desired pod, as an action and its time limit (the pod's
+    /// grace period).
+    fn hook(
+        &self,
+        uid: &str,
+        container: &str,
+        pick: impl Fn(&bramble_api::pod::Lifecycle) -> Option<&bramble_api::pod::LifecycleHandler>,
+    ) -> Option<(Hook, std::time::Duration)> {
+        let pod = self.desired.get(uid)?;
+        let c = pod.spec.all_containers().find(|c| c.name == container)?;
+        let h = pick(c.lifecycle.as_ref()?)?;
+        let grace = pod
+            .spec
+            .termination_grace_period_seconds
+            .unwrap_or(30)
+            .clamp(1, 3600);
+        let timeout = std::time::Duration::from_secs(grace as u64);
+        let action = if let Some(s) = &h.sleep {
+            Hook::Sleep(std::time::Duration::from_secs(
+                s.seconds.clamp(0, 3600) as u64
+            ))
+        } else if let Some(e) = &h.exec {
+            Hook::Probe(crate::runtime::ProbeAction::Exec(e.command.clone()))
+        } else {
+            let g = h.http_get.as_ref()?;
+            Hook::Probe(crate::runtime::ProbeAction::Http {
+                host: g.host.clone(),
+                port: c.resolve_port(g.port.as_ref()?)?,
+                path: g.path.clone(),
+            })
+        };
+        Some((action, timeout))
+    }
+
+    /// preStop hooks that ended: their containers may be signalled now.
+    fn finish_hooks(&mut self) {
+        let done: Vec<(String, String)> = self
+            .hooks
+            .iter()
+            .filter(|(_, h)| h.is_finished())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            let Some(h) = self.hooks.remove(&key) else {
+                continue;
+            };
+            let result = futures_util::FutureExt::now_or_never(h)
+                .and_then(Result::ok)
+                .unwrap_or(Err("the hook's task ended".into()));
+            if let Err(e) = result {
+                tracing::warn!(uid = key.0, container = key.1, error = %e, "the preStop hook failed");
+            }
+            if let Some(c) = self
+                .records
+                .get_mut(&key.0)
+                .and_then(|r| r.containers.get_mut(&key.1))
+            {
+                c.pre_stop = plan::PreStop::Done;
+            }
+        }
+    }
+
     /// Takes the data a desired pod reads. On a change its volumes are written again, and a
     /// container waiting for missing data is tried at once, not after its back-off.
     fn set_config(&mut self, uid: &str, data: Vec<ConfigData>) {
@@ -458,6 +523,7 @@ impl PodManager {
             self.backoff,
         );
         self.run_probes(now).await;
+        self.finish_hooks();
         let ops = plan::plan(&self.desired, &self.records, &observed, now);
         let mut dropped = Vec::new();
         let mut started = Vec::new();
@@ -632,6 +698,19 @@ impl PodManager {
                 }
                 self.layout.remove_pod(uid);
                 Outcome::Done
+            }
+            Op::PreStop { uid, container, id } => {
+                // A hook that cannot be resolved (its pod gone, a port it names missing)
+                // ends at once, failed: the stop goes on.
+                let hook = self.hook(uid, container, |l| l.pre_stop.as_ref());
+                let netns = self.records.get(uid).and_then(|r| r.netns.clone());
+                let (rt, i) = (self.runtime.clone(), id.clone());
+                let h = tokio::task::spawn_blocking(move || match hook {
+                    Some((action, timeout)) => run_hook(rt.as_ref(), &i, netns, action, timeout),
+                    None => Err("the hook cannot be resolved".into()),
+                });
+                self.hooks.insert((uid.clone(), container.clone()), h);
+                Outcome::HookStarted
             }
             Op::Drop { uid } => {
                 tracing::info!(uid, "pod removed from the node");
@@ -869,7 +948,33 @@ impl PodManager {
             service_env,
         };
         match self.blocking(move |rt| rt.start(&spec)).await {
-            Ok(()) => Some(Outcome::Started { readiness_probe }),
+            Ok(()) => {
+                // postStart: the container is not Running until it succeeds; killed if not.
+                let Some((action, timeout)) = self.hook(uid, container, |l| l.post_start.as_ref())
+                else {
+                    return Some(Outcome::Started { readiness_probe });
+                };
+                let netns = self.records.get(uid).and_then(|r| r.netns.clone());
+                let i = id.to_string();
+                let ran = self
+                    .blocking(move |rt| run_hook(rt, &i, netns, action, timeout))
+                    .await;
+                match ran {
+                    Ok(()) => Some(Outcome::Started { readiness_probe }),
+                    Err(e) => {
+                        tracing::warn!(uid, container, error = %e, "the postStart hook failed; the container is killed");
+                        let i = id.to_string();
+                        let _ = self
+                            .blocking(move |rt| {
+                                let _ = rt.signal(&i, libc::SIGKILL);
+                                std::thread::sleep(std::time::Duration::from_millis(100));
+                                rt.remove(&i)
+                            })
+                            .await;
+                        Some(Outcome::StartFailed(format!("PostStartHookError: {e}")))
+                    }
+                }
+            }
             Err(e) if e.is_config() => {
                 tracing::warn!(uid, container, error = %e, "the pod's settings refuse the container");
                 let i = id.to_string();
@@ -884,6 +989,31 @@ impl PodManager {
                 Some(Outcome::StartFailed(e.to_string()))
             }
         }
+    }
+}
+
+/// A hook's action.
+enum Hook {
+    Probe(crate::runtime::ProbeAction),
+    Sleep(std::time::Duration),
+}
+
+/// Runs a hook against a container (in its namespaces, as an exec or HTTP probe is run).
+fn run_hook(
+    rt: &dyn Runtime,
+    id: &str,
+    netns: Option<PathBuf>,
+    hook: Hook,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    match hook {
+        Hook::Sleep(d) => {
+            std::thread::sleep(d.min(timeout));
+            Ok(())
+        }
+        Hook::Probe(action) => rt
+            .probe(id, netns.as_deref(), &action, timeout)
+            .map_err(|e| e.to_string()),
     }
 }
 

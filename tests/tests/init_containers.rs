@@ -150,3 +150,73 @@ fn init_containers_run_in_order_before_the_app_and_a_sidecar_stays() {
     let out = m.cli(&["logs", "never", "-c", "app"]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("should-not-run"));
 }
+
+#[test]
+fn lifecycle_hooks_run_after_start_and_before_the_stop_signal() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let _c = AgentDirCleanup(agent_dir.clone());
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a = AgentProcess::start(&m, &agent_dir, "board-h", &[]).unwrap();
+    assert!(eventually(Duration::from_secs(20), || m.ready_nodes() == 1));
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  nodeName: board-h
+  terminationGracePeriodSeconds: 10
+  volumes: [{{name: out, hostPath: {{path: {}}}}}]
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c, 'trap "echo term >> /out/log; exit 0" TERM; while true; do sleep 0.1; done']
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, 'echo poststart >> /out/log']}}}}
+      preStop: {{exec: {{command: [sh, -c, 'sleep 0.5; echo prestop >> /out/log']}}}}
+"#,
+        out.display()
+    );
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&pod)));
+    assert!(
+        eventually(Duration::from_secs(30), || m
+            .pod_field("hooked", &["status", "phase"])
+            == "Running"),
+        "{:?}",
+        m.pod("hooked")
+    );
+    let log = || std::fs::read_to_string(out.join("log")).unwrap_or_default();
+    assert_eq!(
+        log(),
+        "poststart\n",
+        "the postStart hook ran once the container started"
+    );
+    ok_stdout(&m.cli(&["delete", "pod", "hooked"]));
+    assert!(
+        eventually(Duration::from_secs(30), || m.pod("hooked").is_none()),
+        "{:?}",
+        m.pod("hooked")
+    );
+    // The preStop hook's write lands before the container's TERM handler's.
+    assert_eq!(log(), "poststart\nprestop\nterm\n");
+
+    // A postStart hook that fails: the container is killed and started again.
+    let failing = pod.replace("name: hooked", "name: failing").replace(
+        "echo poststart >> /out/log",
+        "echo tried >> /out/tries; exit 1",
+    );
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&failing)));
+    assert!(
+        eventually(Duration::from_secs(40), || std::fs::read_to_string(
+            out.join("tries")
+        )
+        .is_ok_and(|t| t.lines().count() >= 2)),
+        "{:?}",
+        m.pod("failing")
+    );
+    assert_ne!(m.pod_field("failing", &["status", "phase"]), "Running");
+}

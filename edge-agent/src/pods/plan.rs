@@ -66,6 +66,19 @@ pub struct ContainerRecord {
     /// The readiness probe's verdict; None when the container has no readiness probe.
     #[serde(default)]
     pub ready: Option<bool>,
+    /// The preStop hook of the current instance, while stopping.
+    #[serde(default)]
+    pub pre_stop: PreStop,
+}
+
+/// Where a stopping container's preStop hook is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PreStop {
+    #[default]
+    NotRun,
+    /// Running since this time (ms); the stop signal waits for it, within the grace period.
+    Running(i64),
+    Done,
 }
 
 impl ContainerRecord {
@@ -84,6 +97,7 @@ impl ContainerRecord {
             done: false,
             exit_seen: None,
             ready: None,
+            pre_stop: PreStop::NotRun,
         }
     }
 }
@@ -119,6 +133,12 @@ pub enum Op {
     },
     RemoveSandbox {
         uid: String,
+    },
+    /// Run the container's preStop hook (before its stop signal).
+    PreStop {
+        uid: String,
+        container: String,
+        id: String,
     },
     /// The pod is gone from the node: forget it and tell the master.
     Drop {
@@ -405,6 +425,26 @@ pub fn plan(
                     id: id.clone(),
                 });
                 continue;
+            }
+            // The preStop hook first (a pod the master still describes), within the grace.
+            let hook = desired
+                .get(uid)
+                .and_then(|p| p.spec.all_containers().find(|c| c.name == *name))
+                .and_then(|c| c.lifecycle.as_ref()?.pre_stop.as_ref())
+                .is_some();
+            if hook && cr.killed_at_ms.is_none() {
+                match cr.pre_stop {
+                    PreStop::NotRun => {
+                        ops.push(Op::PreStop {
+                            uid: uid.clone(),
+                            container: name.clone(),
+                            id: id.clone(),
+                        });
+                        continue;
+                    }
+                    PreStop::Running(since) if now_ms - since < grace_ms => continue,
+                    _ => {}
+                }
             }
             match cr.killed_at_ms {
                 None => ops.push(Op::Signal {
@@ -721,6 +761,60 @@ mod tests {
         let failed: HashMap<String, Observed> = [("u-first-0".to_string(), exited(2))].into();
         observe(&mut records, &desired, &failed, 0, B);
         assert_eq!(report(Some(&never), &records["u"], "").phase, "Failed");
+    }
+
+    #[test]
+    fn a_prestop_hook_runs_before_the_stop_signal_within_the_grace() {
+        let mut p = pod("u", "Always");
+        p.spec.containers[0].lifecycle = Some(
+            serde_json::from_value(serde_json::json!({"preStop": {"sleep": {"seconds": 1}}}))
+                .unwrap(),
+        );
+        p.metadata.deletion_timestamp = Some("2026-01-01T00:00:00Z".into());
+        p.metadata.deletion_grace_period_seconds = Some(10);
+        let desired: BTreeMap<String, Pod> = [("u".to_string(), p)].into();
+        let mut records: BTreeMap<String, PodRecord> =
+            [("u".to_string(), record("u", Some("u-main-0"), 1, 0))].into();
+        let running: HashMap<String, Observed> =
+            [("u-main-0".to_string(), Observed::Running { started_at: 1 })].into();
+        let ops = plan(&desired, &records, &running, 0);
+        assert!(matches!(ops.as_slice(), [Op::PreStop { .. }]), "{ops:?}");
+        let main = |r: &mut BTreeMap<String, PodRecord>| {
+            r.get_mut("u")
+                .unwrap()
+                .containers
+                .get_mut("main")
+                .unwrap()
+                .pre_stop
+        };
+        records
+            .get_mut("u")
+            .unwrap()
+            .containers
+            .get_mut("main")
+            .unwrap()
+            .pre_stop = PreStop::Running(0);
+        assert!(
+            plan(&desired, &records, &running, 5_000).is_empty(),
+            "waits for the hook"
+        );
+        // Past the grace period, the signal goes anyway.
+        assert!(matches!(
+            plan(&desired, &records, &running, 10_000).as_slice(),
+            [Op::Signal { .. }]
+        ));
+        records
+            .get_mut("u")
+            .unwrap()
+            .containers
+            .get_mut("main")
+            .unwrap()
+            .pre_stop = PreStop::Done;
+        assert_eq!(main(&mut records), PreStop::Done);
+        assert!(matches!(
+            plan(&desired, &records, &running, 1_000).as_slice(),
+            [Op::Signal { signal, .. }] if *signal == libc::SIGTERM
+        ));
     }
 
     #[test]

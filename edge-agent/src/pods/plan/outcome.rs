@@ -96,6 +96,8 @@ pub enum Outcome {
     ConfigFailed(String),
     /// Signal: sent (or tried: a failure is retried after the grace period).
     Signalled,
+    /// PreStop: the hook runs (its end is folded in by the manager).
+    HookStarted,
     /// Remove: the instance is gone.
     Removed,
     /// Nothing to record (a failed removal is planned again; RemoveSandbox; Drop).
@@ -221,6 +223,10 @@ pub fn on_result(
                 }
                 _ => {}
             }
+        }
+        (Op::PreStop { uid, container, .. }, Outcome::HookStarted) => {
+            let c = records.get_mut(uid)?.containers.get_mut(container)?;
+            c.pre_stop = super::PreStop::Running(now_ms);
         }
         (Op::Signal { uid, container, .. }, _) => {
             let c = records.get_mut(uid)?.containers.get_mut(container)?;
