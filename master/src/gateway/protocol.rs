@@ -401,12 +401,19 @@ impl Protocol {
             }
             (Channel::Heartbeat, Message::Heartbeat(hb)) => {
                 let first_contact = !known;
+                // Lost without a disconnect (its heartbeats came late, as in a join storm):
+                // it will not say hello again, so its chain restarts here.
+                let back_without_hello = self
+                    .nodes
+                    .get(node)
+                    .is_some_and(|s| !s.ready && s.desired_sent == 0 && s.facts.is_some());
                 self.touch(node, now);
                 if let (Some(u), Some(s)) = (hb.usage, self.nodes.get_mut(node)) {
                     s.usage = Some(u);
                 }
-                if first_contact {
-                    // A master that restarted under a running broker: resync this node.
+                if first_contact || back_without_hello {
+                    // A master that restarted under a running broker, or a node lost while
+                    // still connected: resync this node.
                     out.extend(self.snapshot(node));
                 }
                 if !self.nodes.get(node).is_some_and(|s| s.ready) {
@@ -952,18 +959,28 @@ mod tests {
             p.on_pod_change(&change(EventType::Added, pod("e", "n1", 11))),
             None
         );
-        // Back: a heartbeat makes it Ready; its hello (after its reconnect) a new snapshot.
+        // Back: a heartbeat makes it Ready and restarts its chain with a snapshot (a node
+        // lost while still connected says no hello); a hello after a reconnect does too.
         let back = t0 + Duration::from_secs(61);
         let out = p
             .on_message("n1", Channel::Heartbeat, fresh(), heartbeat(), back)
             .unwrap();
         assert_eq!(readiness(&out), vec![(true, "AgentReady".to_string())]);
+        assert_eq!(
+            desired(&out),
+            vec![(11, 0, r#"snapshot ["uid-a", "uid-e"]"#.to_string())]
+        );
+        // Its chain goes on from there: the next pod change is sent.
+        assert!(
+            p.on_pod_change(&change(EventType::Added, pod("f", "n1", 12)))
+                .is_some()
+        );
         let out = p
             .on_message("n1", Channel::Hello, fresh(), hello(false), back)
             .unwrap();
         assert_eq!(
             desired(&out),
-            vec![(11, 0, r#"snapshot ["uid-a", "uid-e"]"#.to_string())]
+            vec![(12, 0, r#"snapshot ["uid-a", "uid-e", "uid-f"]"#.to_string())]
         );
     }
 
