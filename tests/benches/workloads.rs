@@ -37,6 +37,11 @@ fn time_until(limit: Duration, mut done: impl FnMut() -> bool) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// Whether the controller has seen the object's latest spec (its status is not stale).
+fn observed(obj: &serde_json::Value) -> bool {
+    obj["status"]["observedGeneration"].as_i64() >= obj["metadata"]["generation"].as_i64()
+}
+
 fn apply(m: &MasterProcess, yaml: &str) {
     bramble_tests::ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(yaml)));
 }
@@ -79,8 +84,10 @@ fn main() {
     });
     apply(&m, &workload("DaemonSet", "2", n));
     let ds_roll = time_until(Duration::from_secs(900), || {
-        let st = &get(&m, ds)["status"];
-        st["updatedNumberScheduled"].as_u64() == Some(n as u64)
+        let d = get(&m, ds);
+        let st = &d["status"];
+        observed(&d)
+            && st["updatedNumberScheduled"].as_u64() == Some(n as u64)
             && st["numberAvailable"].as_u64() == Some(n as u64)
     });
     bramble_tests::ok_stdout(&m.cli(&["delete", "ds", "w-daemonset"]));
@@ -96,7 +103,8 @@ fn main() {
     let dep_roll = time_until(Duration::from_secs(900), || {
         let d = get(&m, dep);
         let st = &d["status"];
-        st["updatedReplicas"].as_u64() == Some(n as u64)
+        observed(&d)
+            && st["updatedReplicas"].as_u64() == Some(n as u64)
             && st["readyReplicas"].as_u64() == Some(n as u64)
             && st["replicas"].as_u64() == Some(n as u64)
     });

@@ -16,7 +16,7 @@ use bramble_api::{Kind, Object, Selector};
 
 use super::Controller;
 use super::deployment::is_ready;
-use super::objects::{OwnerKey, Owners, controlled_by, delete, pods_in};
+use super::objects::{OwnerKey, Owners, delete, pods_of};
 use crate::events::EventRecorder;
 use crate::store::{Change, EventType, Op, Store, StoreError, Subresource};
 
@@ -334,10 +334,7 @@ async fn reconcile(
             _ => None,
         })
         .collect();
-    let pods: Vec<Pod> = pods_in(store, ns)
-        .into_iter()
-        .filter(|p| controlled_by(&p.metadata, &ds.metadata.uid))
-        .collect();
+    let pods = pods_of(store, ns, &ds.spec.selector, &ds.metadata.uid);
     let plan = plan(&ds, &nodes, &pods);
     for node in &plan.create {
         store

@@ -20,7 +20,7 @@ use bramble_api::replicaset::{ReplicaSet, ReplicaSetSpec};
 use bramble_api::{Kind, Object, Selector};
 
 use super::Controller;
-use super::objects::{controlled_by, controller_of, delete, list_in, pods_in};
+use super::objects::{controlled_by, controller_of, delete, list_in, pods_in, pods_of};
 use crate::events::EventRecorder;
 use crate::store::{Change, EventType, Op, Store, StoreError, Subresource};
 
@@ -612,10 +612,9 @@ async fn reconcile(
             Err(e) => return Err(e),
         }
     }
-    let uids: Vec<&str> = sets.iter().map(|rs| rs.metadata.uid.as_str()).collect();
-    let pods: Vec<Pod> = pods_in(store, ns)
-        .into_iter()
-        .filter(|p| controller_of(&p.metadata).is_some_and(|o| uids.contains(&o.uid.as_str())))
+    let pods: Vec<Pod> = sets
+        .iter()
+        .flat_map(|rs| pods_of(store, ns, &rs.spec.selector, &rs.metadata.uid))
         .collect();
     let plan = plan(&d, &pods);
     let (targets, gone) = scale(&d, &sets, &pods, &plan);

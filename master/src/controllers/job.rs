@@ -21,7 +21,7 @@ use bramble_api::{Kind, Object};
 
 use super::Controller;
 use super::deployment::is_ready;
-use super::objects::{OwnerKey, Owners, controlled_by, delete, pods_in};
+use super::objects::{OwnerKey, Owners, delete, pods_of};
 use crate::events::EventRecorder;
 use crate::store::{Change, EventType, Op, Store, StoreError, Subresource};
 
@@ -371,10 +371,12 @@ impl Controller for Jobs {
         if job.metadata.deletion_timestamp.is_some() {
             return Ok(());
         }
-        let pods: Vec<Pod> = pods_in(store, ns)
-            .into_iter()
-            .filter(|p| controlled_by(&p.metadata, &job.metadata.uid))
-            .collect();
+        // Its pods carry its uid as a label: the store picks them out before decoding.
+        let mut by_uid = bramble_api::meta::LabelSelector::default();
+        by_uid
+            .match_labels
+            .insert(CONTROLLER_UID_LABEL.into(), job.metadata.uid.clone());
+        let pods = pods_of(store, ns, &by_uid, &job.metadata.uid);
         let now = bramble_api::time::now_secs();
         let plan = plan(&job, &pods, now, self.backoff_base);
         if let Some(secs) = plan.requeue_secs {

@@ -33,6 +33,27 @@ pub fn pods_in(store: &Store, ns: &str) -> Vec<Pod> {
     })
 }
 
+/// The pods of `ns` that `owner` (by uid) controls, among those its selector matches: the
+/// store filters by labels before anything is decoded, so a reconcile costs its own pods,
+/// not the namespace's (a selector that cannot be read falls back to every pod).
+pub fn pods_of(
+    store: &Store,
+    ns: &str,
+    selector: &bramble_api::meta::LabelSelector,
+    owner: &str,
+) -> Vec<Pod> {
+    let sel =
+        Selector::from_label_selector(selector, "").unwrap_or_else(|_| Selector::everything());
+    let (_, entries) = store.list(Kind::Pod, Some(ns), &sel);
+    entries
+        .iter()
+        .filter_map(|e| match e.object() {
+            Ok(Object::Pod(p)) if controlled_by(&p.metadata, owner) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The object's controlling owner.
 pub fn controller_of(m: &ObjectMeta) -> Option<&OwnerReference> {
     m.owner_references

@@ -11,7 +11,7 @@ use bramble_api::{Kind, Object, Selector};
 
 use super::Controller;
 use super::deployment::{deletion_order, is_ready};
-use super::objects::{OwnerKey, Owners, controlled_by, delete, pods_in};
+use super::objects::{OwnerKey, Owners, controlled_by, delete, pods_of};
 use crate::store::{Change, EventType, Op, Store, StoreError, Subresource};
 
 /// What to do now.
@@ -126,10 +126,7 @@ impl Controller for ReplicaSets {
         if rs.metadata.deletion_timestamp.is_some() {
             return Ok(());
         }
-        let pods: Vec<Pod> = pods_in(store, ns)
-            .into_iter()
-            .filter(|p| owned_by(p, &rs.metadata.uid))
-            .collect();
+        let pods = pods_of(store, ns, &rs.spec.selector, &rs.metadata.uid);
         let plan = plan(&rs, &pods);
         for _ in 0..plan.create {
             store.write(Op::Create(Object::Pod(new_pod(&rs)))).await?;
