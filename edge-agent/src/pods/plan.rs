@@ -270,6 +270,36 @@ fn is_ended(o: Option<&Observed>) -> bool {
     matches!(o, Some(Observed::Exited(_) | Observed::Missing) | None)
 }
 
+/// One container's next step: start it (first, or again once its back-off allows and its
+/// policy wants it), remove its ended instance, or nothing.
+fn step(
+    uid: &str,
+    name: &str,
+    cr: Option<&ContainerRecord>,
+    observed: &HashMap<String, Observed>,
+    now_ms: i64,
+) -> Option<Op> {
+    let start = |attempt| Op::Start {
+        uid: uid.to_string(),
+        container: name.to_string(),
+        id: container_id(uid, name, attempt),
+    };
+    let Some(cr) = cr else {
+        return Some(start(0));
+    };
+    match &cr.current {
+        Some(id) if is_ended(observed.get(id)) => Some(Op::Remove {
+            uid: uid.to_string(),
+            container: name.to_string(),
+            id: id.clone(),
+        }),
+        Some(_) => None,
+        None if cr.done => None,
+        None if now_ms >= cr.not_before_ms => Some(start(cr.attempt)),
+        None => None,
+    }
+}
+
 /// The operations that bring the node from its records to the desired pods.
 pub fn plan(
     desired: &BTreeMap<String, Pod>,
@@ -324,29 +354,8 @@ pub fn plan(
                 continue;
             }
             waiting_on_init = true;
-            match cr {
-                None => ops.push(Op::Start {
-                    uid: uid.clone(),
-                    container: c.name.clone(),
-                    id: container_id(uid, &c.name, 0),
-                }),
-                Some(cr) => match &cr.current {
-                    Some(id) if is_ended(observed.get(id)) => ops.push(Op::Remove {
-                        uid: uid.clone(),
-                        container: c.name.clone(),
-                        id: id.clone(),
-                    }),
-                    Some(_) => {}
-                    // Failed for good (restartPolicy Never): the pod fails here.
-                    None if cr.done => {}
-                    None if now_ms >= cr.not_before_ms => ops.push(Op::Start {
-                        uid: uid.clone(),
-                        container: c.name.clone(),
-                        id: container_id(uid, &c.name, cr.attempt),
-                    }),
-                    None => {}
-                },
-            }
+            // (Failed for good, under restartPolicy Never, it is done: the pod fails here.)
+            ops.extend(step(uid, &c.name, cr, observed, now_ms));
             break;
         }
         if waiting_on_init {
@@ -354,49 +363,22 @@ pub fn plan(
         }
         // Sidecars that ended are started again beside the app containers.
         for c in pod.spec.init_containers.iter().filter(|c| c.is_sidecar()) {
-            let Some(cr) = rec.containers.get(&c.name) else {
-                continue;
-            };
-            match &cr.current {
-                Some(id) if is_ended(observed.get(id)) => ops.push(Op::Remove {
-                    uid: uid.clone(),
-                    container: c.name.clone(),
-                    id: id.clone(),
-                }),
-                None if !cr.done && now_ms >= cr.not_before_ms => ops.push(Op::Start {
-                    uid: uid.clone(),
-                    container: c.name.clone(),
-                    id: container_id(uid, &c.name, cr.attempt),
-                }),
-                _ => {}
-            }
+            ops.extend(step(
+                uid,
+                &c.name,
+                rec.containers.get(&c.name),
+                observed,
+                now_ms,
+            ));
         }
         for c in &pod.spec.containers {
-            let Some(cr) = rec.containers.get(&c.name) else {
-                ops.push(Op::Start {
-                    uid: uid.clone(),
-                    container: c.name.clone(),
-                    id: container_id(uid, &c.name, 0),
-                });
-                continue;
-            };
-            match &cr.current {
-                Some(id) if is_ended(observed.get(id)) => {
-                    ops.push(Op::Remove {
-                        uid: uid.clone(),
-                        container: c.name.clone(),
-                        id: id.clone(),
-                    });
-                }
-                Some(_) => {}
-                None if cr.done => {}
-                None if now_ms >= cr.not_before_ms => ops.push(Op::Start {
-                    uid: uid.clone(),
-                    container: c.name.clone(),
-                    id: container_id(uid, &c.name, cr.attempt),
-                }),
-                None => {}
-            }
+            ops.extend(step(
+                uid,
+                &c.name,
+                rec.containers.get(&c.name),
+                observed,
+                now_ms,
+            ));
         }
     }
     for (uid, rec) in records {
