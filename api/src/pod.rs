@@ -147,6 +147,13 @@ pub struct PodSpec {
     /// Service environment variables (`WEB_SERVICE_HOST`, ...); default true.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enable_service_links: Option<bool>,
+    /// How the pods of a group spread over the values of a node label (hosts, zones, racks).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// One PID namespace for all the pod's containers: they see and signal each other's
+    /// processes, and the first container's process is PID 1 of all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share_process_namespace: Option<bool>,
 }
 
 /// A pod's `dnsConfig`: merged into what its `dnsPolicy` gives (the whole of it with
@@ -787,6 +794,33 @@ pub struct HostPathVolumeSource {
 pub struct Affinity {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_affinity: Option<NodeAffinity>,
+}
+
+/// One `topologySpreadConstraints` entry: the pods matching `labelSelector` (in the pod's
+/// namespace) may differ by at most `maxSkew` between the values of `topologyKey`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TopologySpreadConstraint {
+    pub max_skew: i32,
+    pub topology_key: String,
+    /// `DoNotSchedule` (a filter) or `ScheduleAnyway` (a preference).
+    pub when_unsatisfiable: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<crate::meta::LabelSelector>,
+    /// Fewer eligible domains than this count as a global minimum of 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_domains: Option<i32>,
+    /// Keys of the pod's own labels added to the selector (as `pod-template-hash`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub match_label_keys: Vec<String>,
+    /// `Honor` (default) or `Ignore`: whether the pod's node selector and affinity limit
+    /// the domains counted.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node_affinity_policy: String,
+    /// `Honor` or `Ignore` (default): whether nodes whose taints the pod does not tolerate
+    /// are left out of the domains counted.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node_taints_policy: String,
 }
 
 /// Which nodes a pod may run on, by their labels.

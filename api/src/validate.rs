@@ -570,6 +570,66 @@ fn validate_pod_spec(v: &mut Errors, spec: &PodSpec, path: &str, owner: Owner) {
             }
         }
     }
+    for (i, c) in spec.topology_spread_constraints.iter().enumerate() {
+        validate_spread(v, &format!("{path}.topologySpreadConstraints[{i}]"), c);
+    }
+}
+
+fn validate_spread(v: &mut Errors, path: &str, c: &crate::pod::TopologySpreadConstraint) {
+    if c.max_skew < 1 {
+        v.push(
+            &format!("{path}.maxSkew"),
+            format!("must be greater than zero, got {}", c.max_skew),
+        );
+    }
+    if c.topology_key.is_empty() {
+        v.push(&format!("{path}.topologyKey"), "Required value");
+    } else {
+        v.check(
+            &format!("{path}.topologyKey"),
+            names::label_key(&c.topology_key),
+        );
+    }
+    match c.when_unsatisfiable.as_str() {
+        "DoNotSchedule" | "ScheduleAnyway" => {}
+        "" => v.push(&format!("{path}.whenUnsatisfiable"), "Required value"),
+        other => v.push(
+            &format!("{path}.whenUnsatisfiable"),
+            format!("unsupported value {other:?}: must be DoNotSchedule or ScheduleAnyway"),
+        ),
+    }
+    if let Some(m) = c.min_domains {
+        if m < 1 {
+            v.push(
+                &format!("{path}.minDomains"),
+                format!("must be greater than zero, got {m}"),
+            );
+        } else if c.when_unsatisfiable != "DoNotSchedule" {
+            v.push(
+                &format!("{path}.minDomains"),
+                "can only be set when whenUnsatisfiable is DoNotSchedule",
+            );
+        }
+    }
+    if let Some(sel) = &c.label_selector
+        && let Err(e) = Selector::from_label_selector(sel, &format!("{path}.labelSelector"))
+    {
+        v.push(&e.path, e.source.to_string());
+    }
+    for (i, k) in c.match_label_keys.iter().enumerate() {
+        v.check(&format!("{path}.matchLabelKeys[{i}]"), names::label_key(k));
+    }
+    for (field, value) in [
+        ("nodeAffinityPolicy", &c.node_affinity_policy),
+        ("nodeTaintsPolicy", &c.node_taints_policy),
+    ] {
+        if !matches!(value.as_str(), "" | "Honor" | "Ignore") {
+            v.push(
+                &format!("{path}.{field}"),
+                format!("unsupported value {value:?}: must be Honor or Ignore"),
+            );
+        }
+    }
 }
 
 fn validate_probe(

@@ -325,6 +325,12 @@ fn bad_cases() -> Vec<(&'static str, String, &'static str)> {
         ("host alias bad ip", pod(&format!("{C}  hostAliases: [{{ip: 300.1.1.1, hostnames: [a]}}]\n")), "spec.hostAliases[0].ip"),
         ("host alias bad name", pod(&format!("{C}  hostAliases: [{{ip: 10.1.1.1, hostnames: [\"a b\"]}}]\n")), "spec.hostAliases[0].hostnames[0]"),
         ("bad subdomain", pod(&format!("{C}  subdomain: Not.A.Label\n")), "spec.subdomain"),
+        ("spread maxSkew 0", pod(&format!("{C}  topologySpreadConstraints: [{{maxSkew: 0, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}}]\n")), "spec.topologySpreadConstraints[0].maxSkew: must be greater than zero"),
+        ("spread without topologyKey", pod(&format!("{C}  topologySpreadConstraints: [{{maxSkew: 1, whenUnsatisfiable: DoNotSchedule}}]\n")), "spec.topologySpreadConstraints[0].topologyKey: Required value"),
+        ("spread bad whenUnsatisfiable", pod(&format!("{C}  topologySpreadConstraints: [{{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: Sometimes}}]\n")), "spec.topologySpreadConstraints[0].whenUnsatisfiable: unsupported value"),
+        ("spread minDomains with ScheduleAnyway", pod(&format!("{C}  topologySpreadConstraints: [{{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: ScheduleAnyway, minDomains: 2}}]\n")), "spec.topologySpreadConstraints[0].minDomains"),
+        ("spread bad selector", dep("", &format!("{DC}      topologySpreadConstraints: [{{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchExpressions: [{{key: app, operator: Near}}]}}}}]\n")), "spec.template.spec.topologySpreadConstraints[0].labelSelector.matchExpressions[0].operator"),
+        ("spread bad policy", pod(&format!("{C}  topologySpreadConstraints: [{{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule, nodeTaintsPolicy: Maybe}}]\n")), "spec.topologySpreadConstraints[0].nodeTaintsPolicy"),
         ("node taint bad effect", "apiVersion: v1\nkind: Node\nmetadata: {name: pi1}\nspec:\n  taints: [{key: k, effect: Sometimes}]\n".into(), "spec.taints[0].effect"),
     ]
 }

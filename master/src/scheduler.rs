@@ -15,7 +15,7 @@ mod view;
 
 pub use pick::{NoNode, Profile, feasible_to_find, pick, pick_some};
 use view::sched_pod;
-pub use view::{NodeView, PodView};
+pub use view::{NodeView, PodView, Spread};
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -109,6 +109,74 @@ impl NodeTable {
         let start = start.min(self.list.len());
         self.list[start..].iter().chain(self.list[..start].iter())
     }
+}
+
+/// Matching pods per node for the spread constraints of one scheduling round: counted from
+/// the store the first time a (namespace, selector) comes up, then kept up to date as the
+/// round places pods.
+#[derive(Default)]
+struct SpreadCounts {
+    /// `namespace\nselector` → (namespace, selector, pods per node).
+    groups: HashMap<String, (String, Selector, HashMap<String, usize>)>,
+    /// Pods placed this round, their bindings not stored yet: uid → node.
+    placed: HashMap<String, String>,
+}
+
+impl SpreadCounts {
+    fn per_node(
+        &mut self,
+        store: &Store,
+        bound: &HashMap<String, (String, PodView)>,
+        namespace: &str,
+        selector: &Selector,
+    ) -> &HashMap<String, usize> {
+        let placed = &self.placed;
+        let group = self
+            .groups
+            .entry(format!("{namespace}\n{selector}"))
+            .or_insert_with(|| {
+                let mut per_node: HashMap<String, usize> = HashMap::new();
+                let (_, entries) = store.list(Kind::Pod, Some(namespace), selector);
+                for e in entries {
+                    let Some(p) = sched_pod(&e.json) else {
+                        continue;
+                    };
+                    // Terminating and finished pods do not count (as in Kubernetes).
+                    if p.metadata.deletion_timestamp.is_some() || finished(&p) {
+                        continue;
+                    }
+                    let uid = &p.metadata.uid;
+                    let node = if !p.spec.node_name.is_empty() {
+                        p.spec.node_name
+                    } else if let Some((node, _)) = bound.get(uid) {
+                        node.clone()
+                    } else if let Some(node) = placed.get(uid) {
+                        node.clone()
+                    } else {
+                        continue;
+                    };
+                    *per_node.entry(node).or_default() += 1;
+                }
+                (namespace.to_string(), selector.clone(), per_node)
+            });
+        &group.2
+    }
+
+    /// The round placed a pod: the groups it matches count it at once.
+    fn place(&mut self, uid: &str, view: &PodView, node: &str) {
+        self.placed.insert(uid.to_string(), node.to_string());
+        for (ns, sel, per_node) in self.groups.values_mut() {
+            if *ns == view.namespace && sel.matches(&view.labels) {
+                *per_node.entry(node.to_string()).or_default() += 1;
+            }
+        }
+    }
+}
+
+fn finished(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .is_some_and(|s| s.phase == "Succeeded" || s.phase == "Failed")
 }
 
 /// The scheduler's cache and queue.
@@ -275,11 +343,7 @@ impl Scheduler {
 
     fn on_pod(&mut self, p: &Pod, deleted: bool) -> bool {
         let uid = p.metadata.uid.clone();
-        let finished = p
-            .status
-            .as_ref()
-            .is_some_and(|s| s.phase == "Succeeded" || s.phase == "Failed");
-        if deleted || finished {
+        if deleted || finished(p) {
             self.pending.remove(&uid);
             self.last_reason.remove(&uid);
             if let Some((node, view)) = self.bound.remove(&uid) {
@@ -308,15 +372,53 @@ impl Scheduler {
         self.pending.remove(&uid);
         self.last_reason.remove(&uid);
         if !self.bound.contains_key(&uid) {
-            let mut view = PodView::of(p);
-            // A bound pod's images no longer matter: 10,000 bound pods stay small.
-            view.images = Vec::new();
+            let view = PodView::of(p).bound();
             if let Some(n) = self.nodes.get_mut(&p.spec.node_name) {
                 n.add(&view, 1);
             }
             self.bound.insert(uid, (p.spec.node_name.clone(), view));
+            // A pod bound elsewhere (by another scheduler, or a DaemonSet) can lift the
+            // smallest domain's count: pods waiting on a spread constraint try again.
+            return self.pending.values().any(|(_, _, v)| !v.spread.is_empty());
         }
         false
+    }
+
+    /// Counts, for each of the pod's spread constraints, the matching pods in each domain
+    /// of the eligible nodes, as the filters and scorers read them.
+    fn fill_spread(&self, view: &mut PodView, counts: &mut SpreadCounts) {
+        let none = HashMap::new();
+        for i in 0..view.spread.len() {
+            let s = &view.spread[i];
+            let per_node = match &s.selector {
+                Some(sel) => counts.per_node(&self.store, &self.bound, &view.namespace, sel),
+                None => &none,
+            };
+            let mut domains: HashMap<String, usize> = HashMap::new();
+            for n in &self.nodes.list {
+                let Some(value) = n.labels.get(&s.key) else {
+                    continue;
+                };
+                let fits = |f: &dyn filter::Filter| !f.applies(view) || f.check(view, n).is_ok();
+                if s.honor_affinity && !(fits(&filter::NodeSelector) && fits(&filter::NodeAffinity))
+                {
+                    continue;
+                }
+                if s.honor_taints && !fits(&filter::Taints) {
+                    continue;
+                }
+                *domains.entry(value.clone()).or_default() +=
+                    per_node.get(&n.name).copied().unwrap_or(0);
+            }
+            let min = if domains.len() < s.min_domains {
+                0
+            } else {
+                domains.values().copied().min().unwrap_or(0)
+            };
+            let s = &mut view.spread[i];
+            s.domains = domains;
+            s.min = min;
+        }
     }
 
     async fn schedule_pending(&mut self) {
@@ -333,7 +435,11 @@ impl Scheduler {
         let mut inflight = Vec::new();
         let node_count = self.nodes.len();
         let enough = feasible_to_find(node_count);
-        for (uid, (ns, name, view)) in pending {
+        let mut spread = SpreadCounts::default();
+        for (uid, (ns, name, mut view)) in pending {
+            if !view.spread.is_empty() {
+                self.fill_spread(&mut view, &mut spread);
+            }
             // Start where the last search stopped, so sampling visits every node in turn.
             self.next_start = if node_count == 0 {
                 0
@@ -352,6 +458,7 @@ impl Scheduler {
                     if let Some(n) = self.nodes.get_mut(&node) {
                         n.add(&view, 1);
                     }
+                    spread.place(&uid, &view, &node);
                     self.pending.remove(&uid);
                     self.last_reason.remove(&uid);
                     binds.push((uid, ns, name, node, view));
@@ -403,7 +510,7 @@ impl Scheduler {
                             &msg,
                             "default-scheduler",
                         ));
-                        self.bound.insert(uid, (node, view));
+                        self.bound.insert(uid, (node, view.bound()));
                     }
                     Err(e) => {
                         // Changed under us (or gone): undo; the pod's next event brings it back.

@@ -298,3 +298,125 @@ fn every_node_gets_its_own_pod_cidr_and_keeps_it() {
         == 4
         && pod_cidrs(&m).values().any(|c| c == &first[&gone])));
 }
+
+/// Pods per value of a node label, for the pods whose name starts with `prefix`.
+fn per_zone(m: &MasterProcess, prefix: &str) -> BTreeMap<String, usize> {
+    let zones: BTreeMap<String, String> = m.http().get("/api/v1/nodes").unwrap().json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let name = n["metadata"]["name"].as_str().unwrap().to_string();
+            let zone = n["metadata"]["labels"]["zone"].as_str().unwrap_or("-");
+            (name, zone.to_string())
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    for p in m.pods() {
+        let name = p["metadata"]["name"].as_str().unwrap();
+        if let (true, Some(node)) = (name.starts_with(prefix), p["spec"]["nodeName"].as_str()) {
+            *out.entry(zones[node].clone()).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn topology_spread_constraints_spread_zones_and_hold_a_pod_that_would_skew() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    // Zone a has two nodes, b and c one each: spreading by node would put half the pods in a.
+    let _hollow: Vec<HollowProcess> = [("a", 2), ("b", 1), ("c", 1)]
+        .iter()
+        .map(|(zone, n)| {
+            HollowProcess::start(
+                &m,
+                &dir.path().join(zone),
+                &format!("z{zone}"),
+                *n,
+                &["--node-labels", &format!("zone={zone}")],
+            )
+            .unwrap()
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(30), || m.ready_nodes() == 4));
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 6\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      topologySpreadConstraints:\n      - {maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}, matchLabelKeys: [pod-template-hash]}\n      containers: [{name: c, image: busybox, command: [sleep, '3600']}]\n";
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(deployment)));
+    assert!(
+        eventually(Duration::from_secs(30), || per_zone(&m, "web-")
+            .values()
+            .sum::<usize>()
+            == 6),
+        "{:?}",
+        per_zone(&m, "web-")
+    );
+    let want: BTreeMap<String, usize> = [("a", 2), ("b", 2), ("c", 2)]
+        .iter()
+        .map(|(z, n)| (z.to_string(), *n))
+        .collect();
+    assert_eq!(
+        per_zone(&m, "web-"),
+        want,
+        "one zone took more than its share"
+    );
+
+    // A constraint on a key no node has: no node fits, and the message says why.
+    let solo = |name: &str, zone: &str, spread: bool| {
+        let constraint = if spread {
+            "  topologySpreadConstraints:\n  - {maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule, nodeAffinityPolicy: Ignore, labelSelector: {matchLabels: {app: solo}}}\n"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: solo}}}}\nspec:\n  nodeSelector: {{zone: {zone}}}\n{constraint}  containers: [{{name: c, image: busybox, command: [sleep, '3600']}}]\n"
+        )
+    };
+    let rack = "apiVersion: v1\nkind: Pod\nmetadata: {name: racked, labels: {app: racked}}\nspec:\n  topologySpreadConstraints:\n  - {maxSkew: 1, topologyKey: rack, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: racked}}}\n  containers: [{name: c, image: busybox}]\n";
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(rack)));
+    let message = |name: &str| {
+        m.pod(name).and_then(|p| {
+            p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+                .map(|c| c["message"].as_str().unwrap_or("").to_string())
+        })
+    };
+    assert!(eventually(Duration::from_secs(10), || message("racked").is_some()));
+    let msg = message("racked").unwrap();
+    assert!(
+        msg.contains(
+            "4 node(s) didn't match pod topology spread constraints (missing required label)"
+        ),
+        "{msg}"
+    );
+
+    // Skew: with the node selector ignored for counting, a second `solo` pod in zone a
+    // would make a 2 against 0 in b and c; it waits until b and c hold one each.
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&solo("solo-1", "a", true))));
+    assert!(eventually(Duration::from_secs(10), || per_zone(
+        &m, "solo-"
+    )
+    .get("a")
+        == Some(&1)));
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&solo("solo-2", "a", true))));
+    assert!(eventually(Duration::from_secs(10), || message("solo-2").is_some()));
+    let msg = message("solo-2").unwrap();
+    assert!(
+        msg.contains("2 node(s) didn't match pod topology spread constraints")
+            && msg.contains("2 node(s) didn't match Pod's node affinity/selector"),
+        "{msg}"
+    );
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&solo("solo-b", "b", false))));
+    // One more in b only: the smallest domain (c) still holds none.
+    assert!(bramble_tests::consistently(Duration::from_secs(3), || m
+        .pod("solo-2")
+        .is_some_and(|p| p["spec"]["nodeName"].is_null())));
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&solo("solo-c", "c", false))));
+    assert!(
+        eventually(Duration::from_secs(10), || per_zone(&m, "solo-").get("a")
+            == Some(&2)),
+        "solo-2 was not placed once every zone held one: {:?}",
+        per_zone(&m, "solo-")
+    );
+}

@@ -30,6 +30,10 @@ pub enum Unfit {
     HostPorts,
     #[error("node(s) didn't match the image's platform")]
     Platform,
+    #[error("node(s) didn't match pod topology spread constraints")]
+    Spread,
+    #[error("node(s) didn't match pod topology spread constraints (missing required label)")]
+    SpreadLabel,
 }
 
 /// One scheduling filter.
@@ -161,6 +165,25 @@ impl Filter for HostPorts {
     }
 }
 
+/// `DoNotSchedule` topology spread: placing the pod on the node keeps each constraint's
+/// skew (its domain's count, plus the pod, less the smallest domain's) within `maxSkew`.
+pub struct TopologySpread;
+impl Filter for TopologySpread {
+    fn applies(&self, pod: &PodView) -> bool {
+        pod.spread.iter().any(|s| s.hard)
+    }
+
+    fn check(&self, pod: &PodView, node: &NodeView) -> Result<(), Unfit> {
+        for s in pod.spread.iter().filter(|s| s.hard) {
+            let count = s.count_at(node).ok_or(Unfit::SpreadLabel)?;
+            if count + usize::from(s.self_match) > s.min + s.max_skew {
+                return Err(Unfit::Spread);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The default filters, in order.
 pub fn defaults() -> Vec<Box<dyn Filter>> {
     vec![
@@ -170,6 +193,7 @@ pub fn defaults() -> Vec<Box<dyn Filter>> {
         Box::new(NodeSelector),
         Box::new(NodeAffinity),
         Box::new(HostPorts),
+        Box::new(TopologySpread),
         Box::new(ImagePlatforms),
         Box::new(Resources),
     ]
@@ -206,6 +230,7 @@ impl Filter for ImagePlatforms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::score::Scorer;
     use bramble_api::node::Taint;
     use bramble_api::pod::Toleration;
 
@@ -396,5 +421,57 @@ mod tests {
             ..Default::default()
         };
         assert!(HostPorts.check(&other, &n).is_ok());
+    }
+
+    #[test]
+    fn topology_spread_holds_the_skew_within_max_skew() {
+        let in_zone = |zone: &str| {
+            let mut n = node();
+            n.labels.insert("zone".into(), zone.into());
+            n
+        };
+        let spread = |hard: bool, self_match: bool, min_domains: usize| super::super::Spread {
+            key: "zone".into(),
+            max_skew: 1,
+            hard,
+            min_domains,
+            self_match,
+            domains: [("a".to_string(), 2), ("b".to_string(), 1)].into(),
+            min: 1,
+            ..Default::default()
+        };
+        let pod = |s| PodView {
+            spread: vec![s],
+            ..Default::default()
+        };
+        let hard = pod(spread(true, true, 1));
+        assert!(TopologySpread.applies(&hard));
+        // a: 2 + 1 - 1 = 2 > 1; b: 1 + 1 - 1 = 1; a zone with none yet counts 0.
+        assert_eq!(
+            TopologySpread.check(&hard, &in_zone("a")),
+            Err(Unfit::Spread)
+        );
+        assert!(TopologySpread.check(&hard, &in_zone("b")).is_ok());
+        assert!(TopologySpread.check(&hard, &in_zone("c")).is_ok());
+        assert_eq!(
+            TopologySpread.check(&hard, &node()),
+            Err(Unfit::SpreadLabel)
+        );
+        // A pod its selector does not match adds nothing: a stays at a skew of 1.
+        assert!(
+            TopologySpread
+                .check(&pod(spread(true, false, 1)), &in_zone("a"))
+                .is_ok()
+        );
+        // ScheduleAnyway is a score, never a filter.
+        let soft = pod(spread(false, true, 1));
+        assert!(!TopologySpread.applies(&soft));
+        let score = |n| super::super::score::TopologySpread.score(&soft, &n);
+        assert!(score(in_zone("b")) > score(in_zone("a")));
+        assert_eq!(score(node()), 0);
+        assert_eq!(
+            super::super::score::TopologySpread.score(&PodView::default(), &node()),
+            100
+        );
     }
 }

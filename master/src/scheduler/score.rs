@@ -43,9 +43,37 @@ impl Scorer for SpreadOwner {
     }
 }
 
+/// `ScheduleAnyway` topology spread: prefers the nodes whose domains hold the fewest
+/// matching pods (a node without the topology key scores 0).
+pub struct TopologySpread;
+impl Scorer for TopologySpread {
+    fn score(&self, pod: &PodView, node: &NodeView) -> i64 {
+        let soft: Vec<_> = pod.spread.iter().filter(|s| !s.hard).collect();
+        if soft.is_empty() {
+            return 100;
+        }
+        let sum: i64 = soft
+            .iter()
+            .map(|s| match s.count_at(node) {
+                // Each pod above the smallest domain halves the score.
+                Some(c) => 100 >> c.saturating_sub(s.min).min(6),
+                None => 0,
+            })
+            .sum();
+        sum / soft.len() as i64
+    }
+    fn weight(&self) -> i64 {
+        2
+    }
+}
+
 /// The default scorers.
 pub fn defaults() -> Vec<Box<dyn Scorer>> {
-    vec![Box::new(LeastAllocated), Box::new(SpreadOwner)]
+    vec![
+        Box::new(LeastAllocated),
+        Box::new(SpreadOwner),
+        Box::new(TopologySpread),
+    ]
 }
 
 #[cfg(test)]

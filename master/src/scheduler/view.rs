@@ -3,8 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use bramble_api::Selector;
 use bramble_api::node::{Node, Taint};
-use bramble_api::pod::{Pod, Toleration};
+use bramble_api::pod::{Pod, Toleration, TopologySpreadConstraint};
 
 /// What the scheduler knows of a node.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +40,69 @@ pub struct PodView {
     pub images: Vec<String>,
     /// The platforms of each of the pod's images that the master holds.
     pub image_platforms: Vec<(String, Vec<bramble_api::image::ImagePlatform>)>,
+    /// The pod's namespace and labels: spreading counts the pods a round places (pending
+    /// pods only; a bound pod's view drops them).
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// The pod's topology spread constraints, their domains counted by the scheduler's
+    /// shell before each decision.
+    pub spread: Vec<Spread>,
+}
+
+/// One `topologySpreadConstraints` entry of a pod, with the count of matching pods in each
+/// domain (each value of the topology key among the eligible nodes).
+#[derive(Debug, Clone, Default)]
+pub struct Spread {
+    pub key: String,
+    pub max_skew: usize,
+    /// `DoNotSchedule` (a filter) rather than `ScheduleAnyway` (a score).
+    pub hard: bool,
+    pub min_domains: usize,
+    /// Whether the pod's node selector and required affinity limit the domains (`Honor`).
+    pub honor_affinity: bool,
+    /// Whether nodes with taints the pod does not tolerate are left out (`Honor`).
+    pub honor_taints: bool,
+    /// The constraint's selector with the pod's `matchLabelKeys` added; `None` (no
+    /// `labelSelector`) matches no pod.
+    pub selector: Option<Selector>,
+    /// The pod matches its own selector: it adds one to the domain it lands in.
+    pub self_match: bool,
+    /// Matching pods per domain (filled in per decision).
+    pub domains: HashMap<String, usize>,
+    /// The smallest domain count, or 0 with fewer domains than `min_domains`.
+    pub min: usize,
+}
+
+impl Spread {
+    fn of(c: &TopologySpreadConstraint, labels: &BTreeMap<String, String>) -> Spread {
+        let selector = c.label_selector.as_ref().and_then(|sel| {
+            let mut sel = sel.clone();
+            for k in &c.match_label_keys {
+                if let Some(v) = labels.get(k) {
+                    sel.match_labels.insert(k.clone(), v.clone());
+                }
+            }
+            Selector::from_label_selector(&sel, "labelSelector").ok()
+        });
+        Spread {
+            key: c.topology_key.clone(),
+            max_skew: c.max_skew.max(1) as usize,
+            hard: c.when_unsatisfiable != "ScheduleAnyway",
+            min_domains: c.min_domains.unwrap_or(1).max(1) as usize,
+            honor_affinity: c.node_affinity_policy != "Ignore",
+            honor_taints: c.node_taints_policy == "Honor",
+            self_match: selector.as_ref().is_some_and(|s| s.matches(labels)),
+            selector,
+            domains: HashMap::new(),
+            min: 0,
+        }
+    }
+
+    /// The domain count a node's pods add to, if the node has the topology key.
+    pub fn count_at(&self, node: &NodeView) -> Option<usize> {
+        let value = node.labels.get(&self.key)?;
+        Some(self.domains.get(value).copied().unwrap_or(0))
+    }
 }
 
 impl PodView {
@@ -63,6 +127,14 @@ impl PodView {
                     n.required_during_scheduling_ignored_during_execution
                         .clone()
                 }),
+            namespace: pod.metadata.namespace.clone(),
+            labels: pod.metadata.labels.clone(),
+            spread: pod
+                .spec
+                .topology_spread_constraints
+                .iter()
+                .map(|c| Spread::of(c, &pod.metadata.labels))
+                .collect(),
             ..Default::default()
         };
         for c in &pod.spec.containers {
@@ -87,6 +159,17 @@ impl PodView {
             }
         }
         v
+    }
+
+    /// What a bound pod's view keeps: what it uses of its node (10,000 bound pods stay
+    /// small).
+    pub fn bound(mut self) -> PodView {
+        self.images = Vec::new();
+        self.image_platforms = Vec::new();
+        self.labels = BTreeMap::new();
+        self.spread = Vec::new();
+        self.namespace = String::new();
+        self
     }
 }
 
@@ -150,6 +233,7 @@ struct SchedMeta {
     name: String,
     namespace: String,
     uid: String,
+    labels: BTreeMap<String, String>,
     deletion_timestamp: Option<String>,
     owner_references: Vec<bramble_api::meta::OwnerReference>,
 }
@@ -162,6 +246,7 @@ struct SchedSpec {
     node_selector: BTreeMap<String, String>,
     tolerations: Vec<Toleration>,
     affinity: Option<bramble_api::pod::Affinity>,
+    topology_spread_constraints: Vec<TopologySpreadConstraint>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -185,12 +270,14 @@ pub(super) fn sched_pod(json: &[u8]) -> Option<Pod> {
     p.metadata.name = s.metadata.name;
     p.metadata.namespace = s.metadata.namespace;
     p.metadata.uid = s.metadata.uid;
+    p.metadata.labels = s.metadata.labels;
     p.metadata.deletion_timestamp = s.metadata.deletion_timestamp;
     p.metadata.owner_references = s.metadata.owner_references;
     p.spec.node_name = s.spec.node_name;
     p.spec.node_selector = s.spec.node_selector;
     p.spec.tolerations = s.spec.tolerations;
     p.spec.affinity = s.spec.affinity;
+    p.spec.topology_spread_constraints = s.spec.topology_spread_constraints;
     p.spec.containers = s
         .spec
         .containers
