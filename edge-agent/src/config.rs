@@ -26,6 +26,12 @@ pub enum Sub {
     /// (internal) Own one container: started by the agent, not by people
     #[command(hide = true)]
     Shim(crate::runtime::shim::ShimArgs),
+    /// (internal) PID 1 of a pod's shared PID namespace: started by the agent
+    #[command(hide = true)]
+    Pause {
+        /// Where the pause process's pid is written.
+        pidfile: std::path::PathBuf,
+    },
     /// Run many simulated nodes in this process: the real agent code with in-memory containers
     Hollow(HollowArgs),
     /// Check this board for what the agent needs and explain each problem with its fix

@@ -946,6 +946,7 @@ impl PodManager {
             security,
             files,
             service_env,
+            share_pids: pod.spec.share_process_namespace == Some(true),
         };
         match self.blocking(move |rt| rt.start(&spec)).await {
             Ok(()) => {

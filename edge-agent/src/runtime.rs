@@ -12,6 +12,7 @@
 pub mod bundle;
 pub mod container;
 pub mod memory;
+pub mod pause;
 pub mod probe;
 pub mod sandbox;
 pub mod security;
@@ -71,6 +72,8 @@ pub struct ContainerSpec {
     pub files: Vec<(String, PathBuf)>,
     /// Service environment variables; the container's own `env` wins over them.
     pub service_env: Vec<(String, String)>,
+    /// `shareProcessNamespace`: the container joins the pod's PID namespace.
+    pub share_pids: bool,
 }
 
 /// What the runtime observes of a container.
@@ -177,6 +180,9 @@ pub enum SandboxError {
     },
     #[error("the namespace thread panicked")]
     ThreadPanicked,
+    /// The pod's PID namespace (`shareProcessNamespace`) could not be made.
+    #[error("{0}")]
+    Pause(String),
     #[error("umount {path}: {source}")]
     Unmount {
         path: PathBuf,

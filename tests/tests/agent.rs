@@ -432,6 +432,76 @@ spec:
 }
 
 #[test]
+fn share_process_namespace_puts_a_pods_containers_in_one_pid_namespace() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _c = AgentDirCleanup(agent_dir.clone());
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a = AgentProcess::start(&m, &agent_dir, "board-p", &[]).unwrap();
+    // `look` prints PID 1's command and every process it can see.
+    let pod = |name: &str, share: bool| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: board-p
+  shareProcessNamespace: {share}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: busy, image: busybox, command: [sleep, '3601']}}
+  - name: look
+    image: busybox
+    command: [sh, -c, 'while true; do echo "pid1:$(tr "\0" " " < /proc/1/cmdline) all:$(for p in /proc/[0-9]*; do tr "\0" " " < $p/cmdline; echo -n ,; done)"; sleep 0.3; done']
+"#
+        )
+    };
+    let both = format!("{}---\n{}", pod("shared", true), pod("apart", false));
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&both)));
+    let logs = |pod: &str| {
+        String::from_utf8_lossy(&m.cli(&["logs", pod, "-c", "look", "--tail", "1"]).stdout)
+            .to_string()
+    };
+    // Shared: the pause process is PID 1 and the other container's process is visible.
+    assert!(
+        eventually(Duration::from_secs(30), || logs("shared")
+            .contains("sleep 3601")),
+        "the other container's process is not visible: {:?} {:?}",
+        logs("shared"),
+        m.pod("shared")
+    );
+    let shared = logs("shared");
+    assert!(
+        shared.starts_with("pid1:") && shared.contains(" pause "),
+        "PID 1 should be the pod's pause process: {shared:?}"
+    );
+    // Apart: each container has its own namespace, its own command PID 1.
+    assert!(eventually(Duration::from_secs(30), || logs("apart")
+        .contains("pid1:sh -c")));
+    let apart = logs("apart");
+    assert!(!apart.contains("sleep 3601"), "{apart:?}");
+    // On the host: one pause process for the pod, gone with the pod (and its containers).
+    let pauses = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .filter(|c| {
+                let c = String::from_utf8_lossy(c);
+                c.contains("\0pause\0") && c.contains(&*agent_dir.to_string_lossy())
+            })
+            .count()
+    };
+    assert_eq!(pauses(), 1);
+    ok_stdout(&m.cli(&["delete", "pod", "shared"]));
+    assert!(
+        eventually(Duration::from_secs(20), || m.pod("shared").is_none()
+            && pauses() == 0),
+        "the pause process outlived its pod"
+    );
+}
+
+#[test]
 fn invalid_agent_configuration_exits_64_before_doing_anything() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("agent");

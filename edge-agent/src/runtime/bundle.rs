@@ -101,6 +101,8 @@ pub struct Confinement {
     pub seccomp: Option<Value>,
     /// Processes and threads; None: no limit.
     pub pids_limit: Option<i64>,
+    /// The pod's shared PID namespace to join; None: one of the container's own.
+    pub pidns: Option<std::path::PathBuf>,
 }
 
 pub fn config(spec: &ContainerSpec, rootfs: &Path, confine: Confinement) -> Value {
@@ -156,8 +158,12 @@ pub fn config(spec: &ContainerSpec, rootfs: &Path, confine: Confinement) -> Valu
         }
         mounts.push(json!({"destination": m.mount_path, "type": "bind", "source": source, "options": options}));
     }
+    let pid = match &confine.pidns {
+        Some(path) => json!({"type": "pid", "path": path}),
+        None => json!({"type": "pid"}),
+    };
     let mut namespaces = vec![
-        json!({"type": "pid"}),
+        pid,
         json!({"type": "ipc"}),
         json!({"type": "uts"}),
         json!({"type": "mount"}),
@@ -283,6 +289,7 @@ mod tests {
                 ("WEB_SERVICE_HOST".into(), "10.43.0.9".into()),
                 ("A".into(), "from-service".into()),
             ],
+            share_pids: false,
         }
     }
 
@@ -291,6 +298,7 @@ mod tests {
             user,
             seccomp: None,
             pids_limit: None,
+            pidns: None,
         }
     }
 
@@ -407,6 +415,7 @@ mod tests {
                 user: (0, 0),
                 seccomp: Some(default_profile(&Security::default().capabilities)),
                 pids_limit: Some(1024),
+                pidns: None,
             },
         );
         assert_eq!(hardened["process"]["noNewPrivileges"], true);

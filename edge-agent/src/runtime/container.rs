@@ -44,6 +44,8 @@ pub struct LibcontainerRuntime {
     bundles: PathBuf,
     state_root: PathBuf,
     netns_dir: PathBuf,
+    /// The PID namespaces of pods that share one (`shareProcessNamespace`).
+    pidns_dir: PathBuf,
     /// The board's `Localhost` seccomp profiles (`<data-dir>/seccomp`).
     seccomp_dir: PathBuf,
     shim_exe: PathBuf,
@@ -79,6 +81,7 @@ impl LibcontainerRuntime {
             bundles,
             state_root,
             netns_dir,
+            pidns_dir: data_dir.join("pidns"),
             seccomp_dir: data_dir.join("seccomp"),
             shim_exe,
             max_log_bytes: limits.max_log_bytes,
@@ -201,6 +204,7 @@ impl Runtime for LibcontainerRuntime {
 
     fn remove_sandbox(&self, pod_uid: &str) -> Result<(), RuntimeError> {
         sandbox::remove_netns(pod_uid, &self.netns_dir.join(pod_uid))?;
+        super::pause::remove(pod_uid, &self.pidns_dir.join(pod_uid))?;
         self.remove_pod_cgroups(pod_uid);
         Ok(())
     }
@@ -275,6 +279,13 @@ impl Runtime for LibcontainerRuntime {
                 })?)
             }
         };
+        let pidns = if spec.share_pids {
+            let path = self.pidns_dir.join(&spec.pod_uid);
+            super::pause::create(&spec.pod_uid, &path, &self.shim_exe)?;
+            Some(path)
+        } else {
+            None
+        };
         let config = bundle::config(
             spec,
             &rootfs,
@@ -282,6 +293,7 @@ impl Runtime for LibcontainerRuntime {
                 user,
                 seccomp,
                 pids_limit: self.pids_limit,
+                pidns,
             },
         );
         let bundle_dir = self.bundles.join(&spec.id);
