@@ -40,6 +40,7 @@ fn spec(data: &std::path::Path, n: usize) -> ContainerSpec {
         security: Default::default(),
         files: Vec::new(),
         service_env: Vec::new(),
+        share_pids: false,
     }
 }
 
