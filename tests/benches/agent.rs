@@ -165,6 +165,7 @@ fn container_start_vs_runc(dir: &std::path::Path) {
         security: Default::default(),
         files: Vec::new(),
         service_env: Vec::new(),
+        share_pids: false,
     };
     let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
         .into_iter()
@@ -207,6 +208,7 @@ fn container_start_vs_runc(dir: &std::path::Path) {
                     user: (0, 0),
                     seccomp: Some(seccomp),
                     pids_limit: Some(bramble_agent::config::DEFAULT_PIDS_LIMIT),
+                    pidns: None,
                 },
             );
             cfg["root"]["readonly"] = serde_json::json!(true);
