@@ -37,6 +37,16 @@ pub use watch::{Watch, WatchFilter};
 
 use state::State;
 
+/// A stored JSON body in a buffer of its exact size (`to_vec` doubles as it grows: a 427-byte
+/// pod sat in 512 bytes, plus a 24-byte header `Bytes` adds to a buffer that is not full).
+pub(crate) fn exact(mut json: Vec<u8>) -> Bytes {
+    json.shrink_to_fit();
+    Bytes::from(json)
+}
+
+/// An object's labels, one allocation per distinct set.
+pub type Labels = Arc<BTreeMap<String, String>>;
+
 /// One stored object as served: its identity, labels and serialized JSON.
 #[derive(Debug)]
 pub struct Entry {
@@ -45,7 +55,8 @@ pub struct Entry {
     pub namespace: String,
     pub name: String,
     pub revision: u64,
-    pub labels: BTreeMap<String, String>,
+    /// Shared by every object with the same labels (see [`state::LabelSets`]).
+    pub labels: Labels,
     /// The object as JSON, exactly as served by the API.
     pub json: Bytes,
 }

@@ -218,7 +218,7 @@ fn watch(
                 _ = shutdown.cancelled() => None,
                 _ = tokio::time::sleep_until(deadline) => None,
                 next = s.watch.next() => match next {
-                    Ok(change) => Some((Ok::<Bytes, Infallible>(change.line.clone()), s)),
+                    Ok(change) => Some((change.line().to_vec(), s)),
                     Err(e @ StoreError::Gone { .. }) => {
                         // Tell the client to re-list, as the Kubernetes API does mid-stream.
                         let status = Status::failure(410, "Expired", e.to_string());
@@ -227,12 +227,15 @@ fn watch(
                             serde_json::to_string(&status).unwrap_or_default()
                         );
                         s.done = true;
-                        Some((Ok(Bytes::from(line)), s))
+                        Some((vec![Bytes::from(line)], s))
                     }
                     Err(_) => None,
                 },
             }
         }
+    });
+    let stream = futures_util::StreamExt::flat_map(stream, |frames| {
+        futures_util::stream::iter(frames.into_iter().map(Ok::<Bytes, Infallible>))
     });
     let mut resp = Body::from_stream(stream).into_response();
     resp.headers_mut().insert(

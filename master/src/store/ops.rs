@@ -22,6 +22,8 @@ pub(crate) struct View<'a> {
     state: &'a State,
     ranges: super::alloc::ServiceRanges,
     overlay: BTreeMap<Key, Option<Arc<Entry>>>,
+    /// Label sets first seen in this group.
+    labels: super::state::LabelSets,
     changes: Vec<Arc<Change>>,
     revision: u64,
     now: i64,
@@ -33,9 +35,18 @@ impl<'a> View<'a> {
             state,
             ranges,
             overlay: BTreeMap::new(),
+            labels: Default::default(),
             changes: Vec::new(),
             revision: state.revision,
             now,
+        }
+    }
+
+    /// The shared copy of a label set: the store's, or one this group made.
+    fn labels(&mut self, labels: &BTreeMap<String, String>) -> super::Labels {
+        match self.state.labels.get(labels) {
+            Some(l) => l,
+            None => self.labels.intern(labels.clone()),
         }
     }
 
@@ -57,8 +68,8 @@ impl<'a> View<'a> {
             namespace: key.1.clone(),
             name: key.2.clone(),
             revision: self.revision,
-            labels: obj.meta().labels.clone(),
-            json: obj.to_json().into(),
+            labels: self.labels(&obj.meta().labels),
+            json: super::exact(obj.to_json()),
         });
         let stored = if type_ == EventType::Deleted {
             None

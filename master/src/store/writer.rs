@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::ops::{self, View};
 use super::sealed::{self, SecretsKey};
-use super::state::{Change, Key, State};
+use super::state::{Change, Key, LabelSets, State};
 use super::{Entry, Outcome, Request, Shared, StoreError, Write};
 
 /// Objects by `plural/namespace/name`, as JSON.
@@ -45,15 +45,19 @@ struct MetaOnly {
 }
 
 /// Builds the served entry of a stored object.
-pub(crate) fn entry_from_json(key: &Key, json: Vec<u8>) -> Result<Entry, serde_json::Error> {
+pub(crate) fn entry_from_json(
+    key: &Key,
+    json: Vec<u8>,
+    labels: &mut LabelSets,
+) -> Result<Entry, serde_json::Error> {
     let m: MetaOnly = serde_json::from_slice(&json)?;
     Ok(Entry {
         kind: key.0,
         namespace: key.1.clone(),
         name: key.2.clone(),
         revision: m.metadata.revision(),
-        labels: m.metadata.labels,
-        json: json.into(),
+        labels: labels.intern(m.metadata.labels),
+        json: super::exact(json),
     })
 }
 
@@ -83,6 +87,7 @@ pub(crate) fn open(
         .map(|g| g.value())
         .unwrap_or(0);
     let mut objects = BTreeMap::new();
+    let mut label_sets = LabelSets::default();
     // Secrets stored in clear (before sealing existed) or under an older key.
     let mut reseal: Vec<Key> = Vec::new();
     let table = read.open_table(OBJECTS).map_err(redb::Error::from)?;
@@ -123,7 +128,7 @@ pub(crate) fn open(
                 (false, None) => {}
             }
         }
-        match entry_from_json(&key, value) {
+        match entry_from_json(&key, value, &mut label_sets) {
             Ok(e) => {
                 objects.insert(key, Arc::new(e));
             }
@@ -145,7 +150,7 @@ pub(crate) fn open(
         );
     }
     tracing::info!(objects = objects.len(), revision, path = %path.display(), "store opened");
-    Ok((db, State::new(objects, revision, log_limit)))
+    Ok((db, State::new(objects, label_sets, revision, log_limit)))
 }
 
 pub(crate) struct Writer {
