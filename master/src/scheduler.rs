@@ -15,9 +15,10 @@ mod view;
 
 pub use pick::{NoNode, Profile, feasible_to_find, pick, pick_some};
 use view::sched_pod;
-pub use view::{NodeView, PodView, Spread};
+pub use view::{NodeView, PodView, Spread, Usage};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use bramble_api::pod::Pod;
 use bramble_api::{Kind, Object, Selector};
@@ -48,8 +49,8 @@ fn spawn_event_writer(
     tx
 }
 
-/// A decided binding: (uid, namespace, name, node, the pod's view).
-type Bind = (String, String, String, String, PodView);
+/// A decided binding: (uid, namespace, name, node, what the pod takes of it).
+type Bind = (String, String, String, String, Usage);
 
 /// Bindings per concurrent batch.
 const BIND_CHUNK: usize = 1024;
@@ -126,7 +127,7 @@ impl SpreadCounts {
     fn per_node(
         &mut self,
         store: &Store,
-        bound: &HashMap<String, (String, PodView)>,
+        bound: &HashMap<String, (Arc<str>, Usage)>,
         namespace: &str,
         selector: &Selector,
     ) -> &HashMap<String, usize> {
@@ -149,7 +150,7 @@ impl SpreadCounts {
                     let node = if !p.spec.node_name.is_empty() {
                         p.spec.node_name
                     } else if let Some((node, _)) = bound.get(uid) {
-                        node.clone()
+                        node.to_string()
                     } else if let Some(node) = placed.get(uid) {
                         node.clone()
                     } else {
@@ -173,6 +174,35 @@ impl SpreadCounts {
     }
 }
 
+/// One shared copy of each node name and owner uid the bound pods name; the ones no pod
+/// names any more are dropped once the table has doubled since the last sweep.
+#[derive(Default)]
+struct Names {
+    set: HashSet<Arc<str>>,
+    swept: usize,
+}
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.set.get(name) {
+            return n.clone();
+        }
+        if self.set.len() > 2 * self.swept + 64 {
+            self.set.retain(|n| Arc::strong_count(n) > 1);
+            self.swept = self.set.len();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.set.insert(n.clone());
+        n
+    }
+
+    /// The usage with its owner's shared copy.
+    fn usage(&mut self, mut u: Usage) -> Usage {
+        u.owner = u.owner.map(|o| self.get(&o));
+        u
+    }
+}
+
 fn finished(p: &Pod) -> bool {
     p.status
         .as_ref()
@@ -185,8 +215,10 @@ struct Scheduler {
     events: EventRecorder,
     profile: Profile,
     nodes: NodeTable,
-    /// Bound pods: uid → (node, view).
-    bound: HashMap<String, (String, PodView)>,
+    /// Bound pods: uid → (node, what it takes there).
+    bound: HashMap<String, (Arc<str>, Usage)>,
+    /// Node names and owner uids, one copy each for all the bound pods that name them.
+    names: Names,
     /// Pods waiting for a node: uid → (namespace, name).
     /// Pods waiting for a node: uid → (namespace, name, what scheduling needs of it). The
     /// pod itself is read from the store only to bind it: 10,000 pending pods stay small.
@@ -208,6 +240,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
         profile: Profile::default(),
         nodes: NodeTable::default(),
         bound: HashMap::new(),
+        names: Names::default(),
         pending: BTreeMap::new(),
         last_reason: HashMap::new(),
         next_start: 0,
@@ -296,7 +329,7 @@ impl Scheduler {
                 let mut view = NodeView::of(&n);
                 // Keep what is bound there.
                 for (node, p) in self.bound.values() {
-                    if *node == view.name {
+                    if **node == *view.name {
                         view.add(p, 1);
                     }
                 }
@@ -346,9 +379,9 @@ impl Scheduler {
         if deleted || finished(p) {
             self.pending.remove(&uid);
             self.last_reason.remove(&uid);
-            if let Some((node, view)) = self.bound.remove(&uid) {
+            if let Some((node, usage)) = self.bound.remove(&uid) {
                 if let Some(n) = self.nodes.get_mut(&node) {
-                    n.add(&view, -1);
+                    n.add(&usage, -1);
                 }
                 return true;
             }
@@ -372,11 +405,12 @@ impl Scheduler {
         self.pending.remove(&uid);
         self.last_reason.remove(&uid);
         if !self.bound.contains_key(&uid) {
-            let view = PodView::of(p).bound();
+            let usage = self.names.usage(PodView::of(p).usage());
             if let Some(n) = self.nodes.get_mut(&p.spec.node_name) {
-                n.add(&view, 1);
+                n.add(&usage, 1);
             }
-            self.bound.insert(uid, (p.spec.node_name.clone(), view));
+            let node = self.names.get(&p.spec.node_name);
+            self.bound.insert(uid, (node, usage));
             // A pod bound elsewhere (by another scheduler, or a DaemonSet) can lift the
             // smallest domain's count: pods waiting on a spread constraint try again.
             return self.pending.values().any(|(_, _, v)| !v.spread.is_empty());
@@ -455,13 +489,14 @@ impl Scheduler {
             self.next_start += enough.min(node_count).max(1);
             match picked {
                 Ok(node) => {
+                    let usage = view.usage();
                     if let Some(n) = self.nodes.get_mut(&node) {
-                        n.add(&view, 1);
+                        n.add(&usage, 1);
                     }
                     spread.place(&uid, &view, &node);
                     self.pending.remove(&uid);
                     self.last_reason.remove(&uid);
-                    binds.push((uid, ns, name, node, view));
+                    binds.push((uid, ns, name, node, usage));
                     if binds.len() == BIND_CHUNK {
                         inflight.push(self.send_binds(std::mem::take(&mut binds)));
                     }
@@ -495,7 +530,7 @@ impl Scheduler {
         let mut events = Vec::new();
         for task in inflight {
             let Ok(done) = task.await else { continue };
-            for ((uid, ns, name, node, view), r) in done {
+            for ((uid, ns, name, node, usage), r) in done {
                 match r {
                     Ok(_) => {
                         let msg = format!("Successfully assigned {ns}/{name} to {node}");
@@ -510,12 +545,13 @@ impl Scheduler {
                             &msg,
                             "default-scheduler",
                         ));
-                        self.bound.insert(uid, (node, view.bound()));
+                        let usage = self.names.usage(usage);
+                        self.bound.insert(uid, (self.names.get(&node), usage));
                     }
                     Err(e) => {
                         // Changed under us (or gone): undo; the pod's next event brings it back.
                         if let Some(n) = self.nodes.get_mut(&node) {
-                            n.add(&view, -1);
+                            n.add(&usage, -1);
                         }
                         if !matches!(e, StoreError::Conflict { .. } | StoreError::NotFound { .. }) {
                             tracing::warn!(pod = %name, error = %e, "cannot bind");
@@ -691,7 +727,7 @@ mod tests {
                 .iter_mut()
                 .find(|n| n.name == chosen)
                 .unwrap()
-                .add(&pod, 1);
+                .add(&pod.usage(), 1);
         }
         let counts: Vec<i64> = nodes.iter().map(|n| n.pods).collect();
         assert_eq!(counts, vec![3, 3, 3]);
