@@ -174,14 +174,14 @@ pub enum RolloutCommand {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
-    /// List the Deployment's revisions
+    /// List the Deployment's (or DaemonSet's) revisions
     History {
-        /// `deployment/NAME`, or `deploy NAME`
+        /// `deployment/NAME`, `ds/NAME`, or `deploy NAME`
         target: Vec<String>,
     },
     /// Go back to the previous revision (or --to-revision N)
     Undo {
-        /// `deployment/NAME`, or `deploy NAME`
+        /// `deployment/NAME`, `ds/NAME`, or `deploy NAME`
         target: Vec<String>,
         /// The revision to go back to [default: the one before the current]
         #[arg(long)]

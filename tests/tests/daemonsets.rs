@@ -190,6 +190,33 @@ fn a_daemonset_covers_every_board_including_late_ones_and_rolls_within_max_unava
         "{out}"
     );
 
+    // History and undo, as for Deployments: revision 1 (VERSION 1) comes back as revision 3.
+    let out = ok_stdout(&m.cli(&["rollout", "history", "ds/collector"]));
+    assert!(
+        out.starts_with("daemonset.apps/collector\n")
+            && out.contains("REVISION")
+            && out.lines().any(|l| l.trim_start().starts_with('1'))
+            && out.lines().any(|l| l.trim_start().starts_with('2')),
+        "{out}"
+    );
+    let out = ok_stdout(&m.cli(&["rollout", "undo", "daemonset/collector"]));
+    assert!(
+        out.contains("daemonset.apps/collector rolled back to revision 1"),
+        "{out}"
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || settled(&m, 4, "1")),
+        "the undo did not roll the pods back: {:?}",
+        by_node(&m)
+    );
+    let out = ok_stdout(&m.cli(&["rollout", "history", "ds/collector"]));
+    let revisions: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, vec!["2", "3"], "{out}");
+
     // Deleting the DaemonSet collects its pods.
     ok_stdout(&m.cli(&["delete", "ds", "collector"]));
     assert!(

@@ -1,5 +1,5 @@
-//! `bramble scale` and `bramble rollout status|history|undo|restart` for Deployments;
-//! `rollout status|restart` for DaemonSets too.
+//! `bramble scale` and `bramble rollout status|history|undo|restart` for Deployments and
+//! DaemonSets (`scale`: Deployments).
 
 use std::time::{Duration, Instant};
 
@@ -89,9 +89,9 @@ pub fn run(client: &Client, ns: Option<&str>, cmd: &RolloutCommand) -> Result<()
     let ns = ns.unwrap_or("default");
     match cmd {
         RolloutCommand::History { target } => {
-            let name = deployment_name(target)?;
+            let (kind, name) = target_of(target, &[Kind::Deployment, Kind::DaemonSet])?;
             let d = client
-                .get(&Kind::Deployment.path(Some(ns), Some(&name)))?
+                .get(&kind.path(Some(ns), Some(&name)))?
                 .ok()?
                 .json()?;
             let rows: Vec<Vec<String>> = history(&d)
@@ -104,7 +104,7 @@ pub fn run(client: &Client, ns: Option<&str>, cmd: &RolloutCommand) -> Result<()
                     vec![r["revision"].to_string(), cause.to_string()]
                 })
                 .collect();
-            println!("deployment.apps/{name}");
+            println!("{}/{name}", kind.qualified());
             print!(
                 "{}",
                 crate::table::print(Some(&["REVISION", "CHANGE-CAUSE"]), &rows)
@@ -114,9 +114,9 @@ pub fn run(client: &Client, ns: Option<&str>, cmd: &RolloutCommand) -> Result<()
             target,
             to_revision,
         } => {
-            let name = deployment_name(target)?;
+            let (kind, name) = target_of(target, &[Kind::Deployment, Kind::DaemonSet])?;
             let d = client
-                .get(&Kind::Deployment.path(Some(ns), Some(&name)))?
+                .get(&kind.path(Some(ns), Some(&name)))?
                 .ok()?
                 .json()?;
             let h = history(&d);
@@ -134,11 +134,12 @@ pub fn run(client: &Client, ns: Option<&str>, cmd: &RolloutCommand) -> Result<()
                 );
             };
             let template = rev["template"].clone();
-            update(client, ns, &name, |d| {
+            update_kind(client, kind, ns, &name, |d| {
                 d["spec"]["template"] = template.clone()
             })?;
             println!(
-                "deployment.apps/{name} rolled back to revision {}",
+                "{}/{name} rolled back to revision {}",
+                kind.qualified(),
                 rev["revision"]
             );
         }

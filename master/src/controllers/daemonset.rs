@@ -326,6 +326,24 @@ async fn reconcile(
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(());
     }
+    // The template's revision first (`rollout history|undo`), as for Deployments; the
+    // update comes back as an event.
+    if let Some(annotations) = super::deployment::record_revision_of(
+        &ds.metadata,
+        &ds.spec.template,
+        template_hash(&ds),
+        ds.spec.revision_history_limit,
+    ) {
+        let mut updated = ds.clone();
+        updated.metadata.annotations = annotations;
+        match store
+            .write(Op::Update(Object::DaemonSet(updated), Subresource::Main))
+            .await
+        {
+            Ok(_) | Err(StoreError::Conflict { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
     let (_, node_entries) = store.list(Kind::Node, None, &Selector::everything());
     let nodes: Vec<Node> = node_entries
         .iter()

@@ -217,8 +217,12 @@ pub use bramble_api::deployment::{
 
 /// The Deployment's revision history, oldest first.
 pub fn history(d: &Deployment) -> Vec<Revision> {
-    d.metadata
-        .annotations
+    history_of(&d.metadata)
+}
+
+/// A Deployment's or DaemonSet's revision history (its annotation), oldest first.
+pub fn history_of(meta: &bramble_api::meta::ObjectMeta) -> Vec<Revision> {
+    meta.annotations
         .get(HISTORY_ANNOTATION)
         .and_then(|h| serde_json::from_str(h).ok())
         .unwrap_or_default()
@@ -228,15 +232,28 @@ pub fn history(d: &Deployment) -> Vec<Revision> {
 /// `rollout undo`, becomes a new revision, as in Kubernetes); keeps `revisionHistoryLimit`
 /// old ones (default 10). Returns the new annotations, or None when nothing changed.
 pub fn record_revision(d: &Deployment) -> Option<std::collections::BTreeMap<String, String>> {
-    let hash = template_hash(d);
-    let mut h = history(d);
+    record_revision_of(
+        &d.metadata,
+        &d.spec.template,
+        template_hash(d),
+        d.spec.revision_history_limit,
+    )
+}
+
+/// [`record_revision`] for any owner of a pod template (Deployments and DaemonSets).
+pub fn record_revision_of(
+    meta: &bramble_api::meta::ObjectMeta,
+    template: &bramble_api::pod::PodTemplateSpec,
+    hash: String,
+    history_limit: Option<i32>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut h = history_of(meta);
     if h.last().is_some_and(|r| r.hash == hash) {
         return None;
     }
     let next = h.iter().map(|r| r.revision).max().unwrap_or(0) + 1;
     h.retain(|r| r.hash != hash);
-    let cause = d
-        .metadata
+    let cause = meta
         .annotations
         .get(CHANGE_CAUSE_ANNOTATION)
         .cloned()
@@ -245,13 +262,13 @@ pub fn record_revision(d: &Deployment) -> Option<std::collections::BTreeMap<Stri
         revision: next,
         hash,
         change_cause: cause,
-        template: d.spec.template.clone(),
+        template: template.clone(),
     });
-    let keep = d.spec.revision_history_limit.unwrap_or(10).max(0) as usize + 1;
+    let keep = history_limit.unwrap_or(10).max(0) as usize + 1;
     if h.len() > keep {
         h.drain(..h.len() - keep);
     }
-    let mut a = d.metadata.annotations.clone();
+    let mut a = meta.annotations.clone();
     a.insert(REVISION_ANNOTATION.into(), next.to_string());
     a.insert(
         HISTORY_ANNOTATION.into(),
