@@ -386,7 +386,10 @@ impl PodManager {
                 .get_mut(&key.0)
                 .and_then(|r| r.containers.get_mut(&key.1))
             {
-                c.pre_stop = plan::PreStop::Done;
+                c.pre_stop = match c.pre_stop {
+                    plan::PreStop::Running(since) => plan::PreStop::Ran(since),
+                    _ => plan::PreStop::Done,
+                };
             }
         }
     }

@@ -78,7 +78,30 @@ pub enum PreStop {
     NotRun,
     /// Running since this time (ms); the stop signal waits for it, within the grace period.
     Running(i64),
+    /// Ended (a record from before the start time was kept).
     Done,
+    /// Ended; it started at this time (ms), where the grace period began.
+    Ran(i64),
+}
+
+impl PreStop {
+    /// When the hook started, if it did.
+    fn started(self) -> Option<i64> {
+        match self {
+            PreStop::Running(t) | PreStop::Ran(t) => Some(t),
+            PreStop::NotRun | PreStop::Done => None,
+        }
+    }
+}
+
+/// When a container sent SIGTERM at `term_ms` gets SIGKILL: the grace period counts from the
+/// start of its preStop hook, as Kubernetes counts it, with at least 2 s after the signal
+/// when the hook took (nearly) all of it.
+fn kill_at(cr: &ContainerRecord, term_ms: i64, grace_ms: i64) -> i64 {
+    match cr.pre_stop.started() {
+        Some(hook) => (hook + grace_ms).max(term_ms + 2_000),
+        None => term_ms + grace_ms,
+    }
 }
 
 impl ContainerRecord {
@@ -435,7 +458,7 @@ pub fn plan(
                     id: id.clone(),
                     signal: libc::SIGTERM,
                 }),
-                Some(t) if now_ms - t >= grace_ms => ops.push(Op::Signal {
+                Some(t) if now_ms >= kill_at(cr, t, grace_ms) => ops.push(Op::Signal {
                     uid: uid.clone(),
                     container: name.clone(),
                     id: id.clone(),
@@ -796,6 +819,36 @@ mod tests {
         assert!(matches!(
             plan(&desired, &records, &running, 1_000).as_slice(),
             [Op::Signal { signal, .. }] if *signal == libc::SIGTERM
+        ));
+        // The grace counts from the hook's start: a hook that ran 0..6 s, TERM at 6 s, KILL
+        // at 10 s (not 16 s).
+        {
+            let c = records
+                .get_mut("u")
+                .unwrap()
+                .containers
+                .get_mut("main")
+                .unwrap();
+            c.pre_stop = PreStop::Ran(0);
+            c.killed_at_ms = Some(6_000);
+        }
+        assert!(plan(&desired, &records, &running, 9_999).is_empty());
+        assert!(matches!(
+            plan(&desired, &records, &running, 10_000).as_slice(),
+            [Op::Signal { signal, .. }] if *signal == libc::SIGKILL
+        ));
+        // A hook that took all the grace still leaves the signal 2 s.
+        records
+            .get_mut("u")
+            .unwrap()
+            .containers
+            .get_mut("main")
+            .unwrap()
+            .killed_at_ms = Some(10_000);
+        assert!(plan(&desired, &records, &running, 11_999).is_empty());
+        assert!(matches!(
+            plan(&desired, &records, &running, 12_000).as_slice(),
+            [Op::Signal { signal, .. }] if *signal == libc::SIGKILL
         ));
     }
 
