@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version carried by every frame and envelope (2: authenticated frames; 3:
 /// stamped envelopes, node secrets derived from node tokens; 4: desired pods carry the
-/// ConfigMaps and Secrets they read).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// ConfigMaps and Secrets they read; 5: a snapshot carries each one's bytes once).
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The largest payload accepted on any topic (a desired snapshot of many pods is the largest).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// The most log bytes one [`LogReply`] carries: the message limit less room for the
@@ -315,7 +315,24 @@ pub struct ConfigData {
     pub name: String,
     /// The object's resourceVersion.
     pub revision: u64,
+    /// Empty when `repeated`.
     pub items: Vec<(String, Vec<u8>)>,
+    /// The items are those of the same object (kind, name and revision) earlier in this
+    /// message: a snapshot carries each object's bytes once, however many pods read it.
+    pub repeated: bool,
+}
+
+/// Marks each ConfigMap or Secret after its first appearance in `pods` as `repeated`,
+/// without its bytes (a snapshot of 100 pods reading one 1 MiB ConfigMap would otherwise
+/// pass [`MAX_MESSAGE_BYTES`] 25 times over).
+pub fn share_config(pods: &mut [DesiredPod]) {
+    let mut seen = std::collections::HashSet::new();
+    for c in pods.iter_mut().flat_map(|p| p.config.iter_mut()) {
+        if !seen.insert((c.secret, c.name.clone(), c.revision)) {
+            c.items = Vec::new();
+            c.repeated = true;
+        }
+    }
 }
 
 impl std::fmt::Debug for ConfigData {
@@ -644,6 +661,7 @@ mod tests {
                 name: "db".into(),
                 revision: 3,
                 items: vec![("password".into(), b"s3cr3t".to_vec())],
+                repeated: false,
             }],
         };
         vec![
@@ -859,5 +877,40 @@ mod tests {
         assert_eq!(Channel::parse("bramble/v1/node/pi/unknown"), None);
         assert_eq!(Channel::parse("other/topic"), None);
         assert_eq!(Channel::Hello.filter_all(), "bramble/v1/node/+/hello");
+    }
+
+    #[test]
+    fn a_snapshot_of_many_readers_of_one_big_configmap_fits_a_message() {
+        let big = ConfigData {
+            secret: false,
+            name: "big".into(),
+            revision: 9,
+            items: vec![("k".into(), vec![b'x'; 1 << 20])],
+            repeated: false,
+        };
+        let mut pods: Vec<DesiredPod> = (0..100)
+            .map(|i| DesiredPod {
+                uid: format!("u{i}"),
+                revision: 1,
+                pod_json: b"{}".to_vec(),
+                config: vec![big.clone()],
+            })
+            .collect();
+        share_config(&mut pods);
+        assert!(!pods[0].config[0].repeated && pods[0].config[0].items.len() == 1);
+        assert!(
+            pods[1..]
+                .iter()
+                .all(|p| p.config[0].repeated && p.config[0].items.is_empty())
+        );
+        let bytes = encode(
+            "pi1",
+            Message::Desired(Desired {
+                revision: 2,
+                prev_revision: 0,
+                change: DesiredChange::Snapshot(pods),
+            }),
+        );
+        assert!(bytes.len() < MAX_MESSAGE_BYTES, "{} bytes", bytes.len());
     }
 }

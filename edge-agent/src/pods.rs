@@ -85,7 +85,7 @@ pub struct PodManager {
     services: Option<Arc<std::sync::Mutex<crate::network::NetView>>>,
     /// The ConfigMaps and Secrets each desired pod reads, as the master sent them: in
     /// memory only (never in the local store on the SD card).
-    config: HashMap<String, Vec<ConfigData>>,
+    config: HashMap<String, Vec<Arc<ConfigData>>>,
     /// Pods whose data or own fields changed: their volumes' files are written again.
     refresh: std::collections::BTreeSet<String>,
 }
@@ -276,11 +276,24 @@ impl PodManager {
                 let mut next = BTreeMap::new();
                 let mut rows = Vec::new();
                 let mut config = HashMap::new();
+                // Each object's bytes come once in a snapshot, however many pods read it.
+                let mut seen: Vec<Arc<ConfigData>> = Vec::new();
                 for p in pods {
                     if let Some(pod) = decode(&p.pod_json) {
                         rows.push((p.uid.clone(), p.pod_json));
                         next.insert(p.uid.clone(), pod);
-                        config.insert(p.uid, p.config);
+                        let data: Vec<Arc<ConfigData>> = p
+                            .config
+                            .into_iter()
+                            .filter_map(|c| {
+                                let shared = shared_config(&self.config, &seen, c)?;
+                                if !seen.iter().any(|s| Arc::ptr_eq(s, &shared)) {
+                                    seen.push(shared.clone());
+                                }
+                                Some(shared)
+                            })
+                            .collect();
+                        config.insert(p.uid, data);
                     }
                 }
                 self.store.write_desired(true, &rows, &[], d.revision)?;
@@ -308,7 +321,12 @@ impl PodManager {
                                 d.revision,
                             )?;
                             self.desired.insert(p.uid.clone(), pod);
-                            self.set_config(&p.uid, p.config);
+                            let data = p
+                                .config
+                                .into_iter()
+                                .filter_map(|c| shared_config(&self.config, &[], c))
+                                .collect();
+                            self.set_config(&p.uid, data);
                         }
                     }
                     DesiredChange::Remove { uid } => {
@@ -396,7 +414,7 @@ impl PodManager {
 
     /// Takes the data a desired pod reads. On a change its volumes are written again, and a
     /// container waiting for missing data is tried at once, not after its back-off.
-    fn set_config(&mut self, uid: &str, data: Vec<ConfigData>) {
+    fn set_config(&mut self, uid: &str, data: Vec<Arc<ConfigData>>) {
         // Labels and annotations (downward API) may have changed too.
         self.refresh.insert(uid.to_string());
         if self.config.get(uid) == Some(&data) {
@@ -996,6 +1014,31 @@ impl PodManager {
     }
 }
 
+/// The one copy of a ConfigMap's or Secret's data the pods reading it share: one already
+/// held (the same object at the same revision, for another pod or earlier in this message),
+/// or this one. A `repeated` entry nothing holds (a broken or hostile message) is dropped:
+/// its pod waits for the data as for a missing object.
+fn shared_config(
+    held: &HashMap<String, Vec<Arc<ConfigData>>>,
+    earlier: &[Arc<ConfigData>],
+    c: ConfigData,
+) -> Option<Arc<ConfigData>> {
+    let same =
+        |d: &&Arc<ConfigData>| d.secret == c.secret && d.name == c.name && d.revision == c.revision;
+    if let Some(d) = earlier
+        .iter()
+        .find(same)
+        .or_else(|| held.values().flatten().find(same))
+    {
+        return Some(d.clone());
+    }
+    if c.repeated {
+        tracing::warn!(name = %c.name, "a repeated ConfigMap or Secret without its first copy; dropped");
+        return None;
+    }
+    Some(Arc::new(c))
+}
+
 /// A hook's action.
 enum Hook {
     Probe(crate::runtime::ProbeAction),
@@ -1227,5 +1270,40 @@ mod tests {
         clock.advance(std::time::Duration::from_millis(10));
         pm.reconcile().await;
         assert_eq!(failures(&pm), 3);
+    }
+
+    #[test]
+    fn pods_reading_one_configmap_share_one_copy_and_a_dangling_repeat_is_dropped() {
+        let data = |repeated: bool, revision: u64| ConfigData {
+            secret: false,
+            name: "cfg".into(),
+            revision,
+            items: if repeated {
+                vec![]
+            } else {
+                vec![("k".into(), b"v".to_vec())]
+            },
+            repeated,
+        };
+        let held: HashMap<String, Vec<Arc<ConfigData>>> = HashMap::new();
+        let first = shared_config(&held, &[], data(false, 1)).unwrap();
+        let earlier = [first.clone()];
+        // A repeat in the same message is the first copy, bytes and all.
+        let again = shared_config(&held, &earlier, data(true, 1)).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(again.items, vec![("k".to_string(), b"v".to_vec())]);
+        // Another pod's copy held from an earlier message serves a new one of the same revision.
+        let held: HashMap<String, Vec<Arc<ConfigData>>> =
+            [("uid-a".to_string(), vec![first.clone()])].into();
+        assert!(Arc::ptr_eq(
+            &first,
+            &shared_config(&held, &[], data(false, 1)).unwrap()
+        ));
+        // A newer revision is its own copy; a repeat of one nobody sent is dropped.
+        assert!(!Arc::ptr_eq(
+            &first,
+            &shared_config(&held, &[], data(false, 2)).unwrap()
+        ));
+        assert!(shared_config(&held, &[], data(true, 3)).is_none());
     }
 }

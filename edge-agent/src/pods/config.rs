@@ -8,6 +8,7 @@
 //! value.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bramble_api::pod::{
     Container, DownwardApiFile, KeyToPath, ObjectFieldSelector, Pod, ResourceFieldSelector, Volume,
@@ -47,8 +48,10 @@ impl std::fmt::Debug for VolumeFile {
 }
 
 /// The data of one ConfigMap or Secret that came with the pod.
-fn find<'a>(data: &'a [ConfigData], secret: bool, name: &str) -> Option<&'a ConfigData> {
-    data.iter().find(|d| d.secret == secret && d.name == name)
+fn find<'a>(data: &'a [Arc<ConfigData>], secret: bool, name: &str) -> Option<&'a ConfigData> {
+    data.iter()
+        .find(|d| d.secret == secret && d.name == name)
+        .map(|d| d.as_ref())
 }
 
 fn kind_name(secret: bool) -> &'static str {
@@ -61,7 +64,7 @@ fn missing(secret: bool, name: &str) -> String {
 
 /// The value of one key; Ok(None) when it may be absent.
 fn key_value(
-    data: &[ConfigData],
+    data: &[Arc<ConfigData>],
     secret: bool,
     name: &str,
     key: &str,
@@ -175,7 +178,7 @@ fn env_name_ok(name: &str) -> bool {
 pub fn resolve_env(
     pod: &Pod,
     c: &Container,
-    data: &[ConfigData],
+    data: &[Arc<ConfigData>],
     ctx: &PodContext<'_>,
 ) -> Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
@@ -230,7 +233,7 @@ pub fn resolve_env(
 
 /// The files of `items` (or of every key) of one ConfigMap or Secret.
 fn key_files(
-    data: &[ConfigData],
+    data: &[Arc<ConfigData>],
     secret: bool,
     name: &str,
     items: &[KeyToPath],
@@ -302,7 +305,7 @@ fn downward_files(
 pub fn volume_files(
     pod: &Pod,
     v: &Volume,
-    data: &[ConfigData],
+    data: &[Arc<ConfigData>],
     ctx: &PodContext<'_>,
 ) -> Option<Result<Vec<VolumeFile>, String>> {
     let mode = |m: Option<i32>| m.map_or(0o644, |m| m as u32);
@@ -384,8 +387,8 @@ mod tests {
         }
     }
 
-    fn data(secret: bool, name: &str, items: &[(&str, &str)]) -> ConfigData {
-        ConfigData {
+    fn data(secret: bool, name: &str, items: &[(&str, &str)]) -> Arc<ConfigData> {
+        Arc::new(ConfigData {
             secret,
             name: name.into(),
             revision: 1,
@@ -393,7 +396,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
                 .collect(),
-        }
+            repeated: false,
+        })
     }
 
     const CTX: PodContext<'static> = PodContext {

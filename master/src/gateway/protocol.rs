@@ -190,6 +190,7 @@ fn config_data(key: &ConfigKey, e: &Entry) -> Option<ConfigData> {
         name: key.2.clone(),
         revision: e.revision,
         items: items.into_iter().collect(),
+        repeated: false,
     })
 }
 
@@ -547,11 +548,12 @@ impl Protocol {
 
     /// Every pod bound to the node; the chain restarts from it.
     fn snapshot(&mut self, node: &str) -> Option<Action> {
-        let pods: Vec<DesiredPod> = self
+        let mut pods: Vec<DesiredPod> = self
             .pods_by_node
             .get(node)
             .map(|m| m.iter().map(|(uid, e)| self.desired_pod(uid, e)).collect())
             .unwrap_or_default();
+        bramble_api::wire::share_config(&mut pods);
         if let Some(s) = self.nodes.get_mut(node) {
             // A snapshot replaces everything: the chain restarts from it.
             s.desired_sent = 0;
@@ -864,6 +866,48 @@ mod tests {
         assert_eq!(desired(&out), vec![(9, 7, "upsert uid-r2".to_string())]);
         let out = p.on_change(&change(EventType::Modified, other));
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_snapshot_carries_each_configmaps_bytes_once() {
+        let t0 = Instant::now();
+        let mut p = Protocol::new(LOST_AFTER);
+        p.relisted(
+            4,
+            vec![
+                reader("a", "n1", 2),
+                reader("b", "n1", 3),
+                configmap("one", 1),
+            ],
+        );
+        let out = p
+            .on_message("n1", Channel::Hello, fresh(), hello(false), t0)
+            .unwrap();
+        assert_eq!(
+            sent_config(&out),
+            vec![
+                ("uid-a".into(), vec!["cfg/k=one".into()]),
+                ("uid-b".into(), vec![])
+            ]
+        );
+        let Some(Action::Publish {
+            message: Message::Desired(d),
+            ..
+        }) = out.iter().find(|a| matches!(a, Action::Publish { .. }))
+        else {
+            panic!("{out:?}")
+        };
+        let DesiredChange::Snapshot(pods) = &d.change else {
+            panic!("{d:?}")
+        };
+        let b = &pods[1].config[0];
+        assert!(b.repeated && b.items.is_empty() && b.name == "cfg" && b.revision == 1);
+        // An upsert carries its bytes whole.
+        let out = p.on_change(&change(EventType::Added, reader("c", "n1", 5)));
+        assert_eq!(
+            sent_config(&out),
+            vec![("uid-c".into(), vec!["cfg/k=one".into()])]
+        );
     }
 
     #[test]
