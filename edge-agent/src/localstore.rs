@@ -1,7 +1,8 @@
 //! The agent's own redb file: its desired pods (as last received from the master, with the
-//! revision) and its pod records (container instances, restart counts, states). With it the
-//! agent keeps its pods running while the master is away and brings them back after a
-//! reboot before it reaches the master.
+//! revision), the ConfigMaps they read (never Secrets: those stay in memory) and its pod
+//! records (container instances, restart counts, states). With it the agent keeps its pods
+//! running while the master is away and brings them back after a reboot before it reaches
+//! the master.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -13,6 +14,16 @@ use serde::{Serialize, de::DeserializeOwned};
 const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Pod uid → the ConfigMaps it reads (postcard), written with the pod.
+const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
+
+/// A desired pod as stored: its JSON and the ConfigMaps it reads (postcard-encoded
+/// `Vec<ConfigData>`; empty: none).
+pub struct DesiredRow {
+    pub uid: String,
+    pub pod_json: Vec<u8>,
+    pub config: Vec<u8>,
+}
 
 /// Errors of the local store.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +61,7 @@ impl LocalStore {
             txn.open_table(DESIRED).map_err(|e| db_err(&p)(e.into()))?;
             txn.open_table(RECORDS).map_err(|e| db_err(&p)(e.into()))?;
             txn.open_table(META).map_err(|e| db_err(&p)(e.into()))?;
+            txn.open_table(CONFIG).map_err(|e| db_err(&p)(e.into()))?;
         }
         txn.commit().map_err(|e| db_err(&p)(e.into()))?;
         // Desired pods carry their env (and, later, what Secrets put there): owner only.
@@ -99,6 +111,19 @@ impl LocalStore {
         Ok((pods, rev))
     }
 
+    /// The ConfigMaps each desired pod reads, as written with it (uid → postcard bytes).
+    pub fn config(&self) -> Result<BTreeMap<String, Vec<u8>>, LocalStoreError> {
+        let e = db_err(&self.path);
+        let read = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let t = read.open_table(CONFIG).map_err(|x| e(x.into()))?;
+        let mut out = BTreeMap::new();
+        for row in t.iter().map_err(|x| e(x.into()))? {
+            let (k, v) = row.map_err(|x| e(x.into()))?;
+            out.insert(k.value().to_string(), v.value().to_vec());
+        }
+        Ok(out)
+    }
+
     /// Every pod record.
     pub fn records<T: DeserializeOwned>(&self) -> Result<BTreeMap<String, T>, LocalStoreError> {
         self.load(RECORDS)
@@ -109,7 +134,7 @@ impl LocalStore {
     pub fn write_desired(
         &self,
         replace_all: bool,
-        upserts: &[(String, Vec<u8>)],
+        upserts: &[DesiredRow],
         removals: &[String],
         revision: u64,
     ) -> Result<(), LocalStoreError> {
@@ -117,15 +142,24 @@ impl LocalStore {
         let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
         {
             let mut t = txn.open_table(DESIRED).map_err(|x| e(x.into()))?;
+            let mut c = txn.open_table(CONFIG).map_err(|x| e(x.into()))?;
             if replace_all {
                 t.retain(|_, _| false).map_err(|x| e(x.into()))?;
+                c.retain(|_, _| false).map_err(|x| e(x.into()))?;
             }
-            for (k, v) in upserts {
-                t.insert(k.as_str(), v.as_slice())
+            for row in upserts {
+                t.insert(row.uid.as_str(), row.pod_json.as_slice())
                     .map_err(|x| e(x.into()))?;
+                if row.config.is_empty() {
+                    c.remove(row.uid.as_str()).map_err(|x| e(x.into()))?;
+                } else {
+                    c.insert(row.uid.as_str(), row.config.as_slice())
+                        .map_err(|x| e(x.into()))?;
+                }
             }
             for k in removals {
                 t.remove(k.as_str()).map_err(|x| e(x.into()))?;
+                c.remove(k.as_str()).map_err(|x| e(x.into()))?;
             }
             let mut m = txn.open_table(META).map_err(|x| e(x.into()))?;
             m.insert("revision", revision).map_err(|x| e(x.into()))?;
@@ -168,12 +202,14 @@ mod tests {
         let p = dir.path().join("agent.redb");
         {
             let s = LocalStore::open(&p).unwrap();
+            let row = |uid: &str, json: &[u8], config: &[u8]| DesiredRow {
+                uid: uid.into(),
+                pod_json: json.to_vec(),
+                config: config.to_vec(),
+            };
             s.write_desired(
                 true,
-                &[
-                    ("u1".into(), b"{\"a\":1}".to_vec()),
-                    ("u2".into(), b"{}".to_vec()),
-                ],
+                &[row("u1", b"{\"a\":1}", b"cfg1"), row("u2", b"{}", b"cfg2")],
                 &[],
                 5,
             )
@@ -186,9 +222,14 @@ mod tests {
         let (d, rev) = s.desired().unwrap();
         assert_eq!(rev, 6);
         assert_eq!(d.keys().collect::<Vec<_>>(), vec!["u1"]);
+        // A pod's ConfigMaps go and come with it.
+        let c = s.config().unwrap();
+        assert_eq!(c.keys().collect::<Vec<_>>(), vec!["u1"]);
+        assert_eq!(c["u1"], b"cfg1");
         let r: BTreeMap<String, serde_json::Value> = s.records().unwrap();
         assert_eq!(r["u1"]["x"], 1);
         s.write_desired(true, &[], &[], 7).unwrap();
         assert!(s.desired().unwrap().0.is_empty());
+        assert!(s.config().unwrap().is_empty());
     }
 }

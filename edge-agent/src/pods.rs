@@ -22,7 +22,7 @@ use bramble_api::wire::{ConfigData, Desired, DesiredChange, PodReport};
 use bramble_support::{Clock, SystemClock};
 
 use crate::images::ImageStore;
-use crate::localstore::{LocalStore, LocalStoreError};
+use crate::localstore::{DesiredRow, LocalStore, LocalStoreError};
 use crate::network::{PodIps, PodNetwork};
 use crate::runtime::{ContainerSpec, Observed, Runtime};
 use layout::PodLayout;
@@ -134,6 +134,25 @@ impl PodManager {
                 Err(e) => tracing::warn!(uid, error = %e, "skipping an unreadable cached pod"),
             }
         }
+        // The ConfigMaps they read, so that a container restarted before the master is back
+        // finds its configuration (Secrets wait for the master).
+        let mut maps: HashMap<String, Vec<Arc<ConfigData>>> = HashMap::new();
+        for (uid, bytes) in store.config()? {
+            if !desired.contains_key(&uid) {
+                continue;
+            }
+            match postcard::from_bytes::<Vec<ConfigData>>(&bytes) {
+                Ok(stored) => {
+                    let data = stored
+                        .into_iter()
+                        .filter(|c| !c.secret && !c.repeated)
+                        .filter_map(|c| shared_config(&maps, &[], c))
+                        .collect();
+                    maps.insert(uid, data);
+                }
+                Err(e) => tracing::warn!(uid, error = %e, "skipping unreadable cached ConfigMaps"),
+            }
+        }
         let records = store.records()?;
         tracing::info!(
             pods = desired.len(),
@@ -163,7 +182,7 @@ impl PodManager {
             host_access: config.host_access,
             dns: config.dns,
             services: None,
-            config: HashMap::new(),
+            config: maps,
             refresh: Default::default(),
         })
     }
@@ -280,7 +299,6 @@ impl PodManager {
                 let mut seen: Vec<Arc<ConfigData>> = Vec::new();
                 for p in pods {
                     if let Some(pod) = decode(&p.pod_json) {
-                        rows.push((p.uid.clone(), p.pod_json));
                         next.insert(p.uid.clone(), pod);
                         let data: Vec<Arc<ConfigData>> = p
                             .config
@@ -293,6 +311,11 @@ impl PodManager {
                                 Some(shared)
                             })
                             .collect();
+                        rows.push(DesiredRow {
+                            uid: p.uid.clone(),
+                            pod_json: p.pod_json,
+                            config: config_row(&data),
+                        });
                         config.insert(p.uid, data);
                     }
                 }
@@ -314,18 +337,18 @@ impl PodManager {
                 match change {
                     DesiredChange::Upsert(p) => {
                         if let Some(pod) = decode(&p.pod_json) {
-                            self.store.write_desired(
-                                false,
-                                &[(p.uid.clone(), p.pod_json)],
-                                &[],
-                                d.revision,
-                            )?;
-                            self.desired.insert(p.uid.clone(), pod);
-                            let data = p
+                            let data: Vec<Arc<ConfigData>> = p
                                 .config
                                 .into_iter()
                                 .filter_map(|c| shared_config(&self.config, &[], c))
                                 .collect();
+                            let row = DesiredRow {
+                                uid: p.uid.clone(),
+                                pod_json: p.pod_json,
+                                config: config_row(&data),
+                            };
+                            self.store.write_desired(false, &[row], &[], d.revision)?;
+                            self.desired.insert(p.uid.clone(), pod);
                             self.set_config(&p.uid, data);
                         }
                     }
@@ -1014,6 +1037,20 @@ impl PodManager {
     }
 }
 
+/// The ConfigMaps of a pod's data as the local store keeps them (postcard; empty: none).
+/// Never its Secrets: those stay in memory and on tmpfs.
+fn config_row(data: &[Arc<ConfigData>]) -> Vec<u8> {
+    let maps: Vec<&ConfigData> = data
+        .iter()
+        .map(|d| d.as_ref())
+        .filter(|d| !d.secret)
+        .collect();
+    if maps.is_empty() {
+        return Vec::new();
+    }
+    postcard::to_allocvec(&maps).unwrap_or_default()
+}
+
 /// The one copy of a ConfigMap's or Secret's data the pods reading it share: one already
 /// held (the same object at the same revision, for another pod or earlier in this message),
 /// or this one. A `repeated` entry nothing holds (a broken or hostile message) is dropped:
@@ -1136,6 +1173,56 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn configmaps_survive_an_agent_restart_and_secrets_never_reach_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let item = |secret: bool, name: &str, value: &str| ConfigData {
+            secret,
+            name: name.into(),
+            revision: 4,
+            items: vec![("k".into(), value.as_bytes().to_vec())],
+            repeated: false,
+        };
+        {
+            let mut pm = manager(dir.path());
+            let mut a = pod("a", "fast:1");
+            a.config = vec![
+                item(false, "cfg", "cm-value"),
+                item(true, "db", "s3cr3t-value"),
+            ];
+            let mut b = pod("b", "fast:1");
+            b.config = vec![ConfigData {
+                items: vec![],
+                repeated: true,
+                ..item(false, "cfg", "")
+            }];
+            pm.apply_desired(Desired {
+                revision: 1,
+                prev_revision: 0,
+                change: DesiredChange::Snapshot(vec![a, b]),
+            })
+            .unwrap();
+        }
+        let raw = std::fs::read(dir.path().join("agent.redb")).unwrap();
+        let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"cm-value"), "the ConfigMap was not stored");
+        assert!(!has(b"s3cr3t-value"), "a Secret reached the agent's disk");
+        // A restart without the master: the ConfigMap is back for both readers, shared.
+        let pm = manager(dir.path());
+        let names = |uid: &str| -> Vec<(bool, String, Vec<u8>)> {
+            pm.config[uid]
+                .iter()
+                .map(|c| (c.secret, c.name.clone(), c.items[0].1.clone()))
+                .collect()
+        };
+        assert_eq!(
+            names("uid-a"),
+            vec![(false, "cfg".into(), b"cm-value".to_vec())]
+        );
+        assert_eq!(names("uid-b"), names("uid-a"));
+        assert!(Arc::ptr_eq(&pm.config["uid-a"][0], &pm.config["uid-b"][0]));
     }
 
     #[test]
