@@ -27,6 +27,29 @@ impl ClientConfig {
         format!("# Written by {writer}; read by `bramble`.\n{body}")
     }
 
+    /// The same connection as a kubeconfig (for kubectl and the Kubernetes client
+    /// libraries): one cluster, one user with the bearer token, one context, current.
+    /// `insecure` skips the server's certificate check (no CA to give).
+    pub fn kubeconfig(&self, name: &str, user: &str, insecure: bool) -> String {
+        use base64::Engine;
+        let mut cluster = serde_json::json!({"server": self.server.clone().unwrap_or_default()});
+        if let Some(ca) = &self.certificate_authority_data {
+            cluster["certificate-authority-data"] =
+                base64::engine::general_purpose::STANDARD.encode(ca).into();
+        } else if insecure {
+            cluster["insecure-skip-tls-verify"] = true.into();
+        }
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": name, "cluster": cluster}],
+            "users": [{"name": user, "user": {"token": self.token.clone().unwrap_or_default()}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": user}}],
+            "current-context": name,
+        });
+        serde_norway::to_string(&config).unwrap_or_default()
+    }
+
     /// Parses the file's text (an empty file is an empty config).
     pub fn parse(text: &str) -> Result<ClientConfig, serde_norway::Error> {
         Ok(serde_norway::from_str::<Option<ClientConfig>>(text)?.unwrap_or_default())
@@ -51,5 +74,21 @@ mod tests {
         assert_eq!(ClientConfig::parse(&text).unwrap(), c);
         assert_eq!(ClientConfig::parse("").unwrap(), ClientConfig::default());
         assert!(ClientConfig::parse("server: x\nsurprise: 1\n").is_err());
+        // The kubeconfig carries the same server, token and CA (base64 of the PEM).
+        let k: serde_json::Value =
+            serde_norway::from_str(&c.kubeconfig("bramble", "admin", false)).unwrap();
+        assert_eq!(k["current-context"], "bramble");
+        assert_eq!(k["clusters"][0]["cluster"]["server"], "https://[::1]:6443");
+        assert_eq!(k["users"][0]["user"]["token"], "0a1b: #not a comment");
+        assert_eq!(k["contexts"][0]["context"]["user"], "admin");
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD
+            .decode(
+                k["clusters"][0]["cluster"]["certificate-authority-data"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(ca, c.certificate_authority_data.unwrap().as_bytes());
     }
 }

@@ -29,6 +29,7 @@ pub mod report;
 pub mod selector;
 pub mod service;
 pub mod status;
+pub mod table;
 pub mod time;
 pub mod validate;
 pub mod wire;

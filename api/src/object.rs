@@ -137,6 +137,23 @@ impl Kind {
         }
     }
 
+    /// Whether objects of the kind have a status that only the system writes (the `/status`
+    /// subresource).
+    pub fn has_status(self) -> bool {
+        matches!(
+            self,
+            Kind::Namespace
+                | Kind::Node
+                | Kind::Pod
+                | Kind::Deployment
+                | Kind::ReplicaSet
+                | Kind::DaemonSet
+                | Kind::Job
+                | Kind::CronJob
+                | Kind::Service
+        )
+    }
+
     /// kubectl's short names.
     pub fn short_name(self) -> &'static str {
         match self {
@@ -437,18 +454,7 @@ impl Object {
 
     /// Whether the kind has a status that only the system writes (status subresource).
     pub fn has_status(&self) -> bool {
-        matches!(
-            self,
-            Object::Namespace(_)
-                | Object::Node(_)
-                | Object::Pod(_)
-                | Object::Deployment(_)
-                | Object::ReplicaSet(_)
-                | Object::DaemonSet(_)
-                | Object::Job(_)
-                | Object::CronJob(_)
-                | Object::Service(_)
-        )
+        self.kind().has_status()
     }
 
     /// Replaces this object's status with `other`'s (same kind), for updates that must not

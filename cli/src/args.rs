@@ -60,6 +60,8 @@ pub enum Command {
     /// Join tokens for new nodes
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a kubeconfig for kubectl and the Kubernetes client libraries
+    Kubeconfig(KubeconfigArgs),
     /// Images on the master: import archives, list, remove
     #[command(subcommand)]
     Image(ImageCommand),
@@ -244,6 +246,20 @@ pub enum ImageCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `bramble kubeconfig`.
+#[derive(Debug, clap::Args)]
+pub struct KubeconfigArgs {
+    /// The API's URL as the other machine reaches it [default: this client's]
+    #[arg(long)]
+    pub server: Option<String>,
+    /// A new API token for this user in it (made now) instead of this client's token
+    #[arg(long, requires = "role")]
+    pub user: Option<String>,
+    /// What the new user's token may do: admin (everything) or reader (get, list, watch)
+    #[arg(long, value_parser = ["admin", "reader"], requires = "user")]
+    pub role: Option<String>,
 }
 
 /// `bramble token`.

@@ -58,6 +58,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The server, token and trust this client uses.
+    pub fn connection(&self) -> &Resolved {
+        &self.conn
+    }
+
     /// A client for a resolved server and token.
     pub fn new(conn: Resolved) -> Result<Client> {
         let tls = match &conn.trust {

@@ -6,6 +6,7 @@ pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod image;
+pub mod kubeconfig;
 pub mod logs;
 pub mod node;
 pub mod rollout;

@@ -5,7 +5,7 @@ mod client;
 mod cmd;
 mod config;
 mod manifests;
-mod table;
+use bramble_api::table;
 
 use std::process::ExitCode;
 
@@ -37,6 +37,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Delete(a) => cmd::delete::run(&client, ns, a),
         Command::Logs(a) => cmd::logs::run(&client, ns, a),
         Command::Token(t) => cmd::token::run(&client, t),
+        Command::Kubeconfig(k) => cmd::kubeconfig::run(&client, k),
         Command::Image(i) => cmd::image::run(&client, i),
         Command::Scale(a) => cmd::rollout::scale(&client, ns, a),
         Command::Rollout(r) => cmd::rollout::run(&client, ns, r),

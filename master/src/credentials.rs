@@ -15,6 +15,8 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const READER_TOKEN_FILE: &str = "reader.token";
 /// File name of the client config in the data dir.
 pub const CLIENT_CONFIG_FILE: &str = "client.yaml";
+/// The same connection for kubectl: `KUBECONFIG=DATA_DIR/kubeconfig.yaml kubectl get nodes`.
+pub const KUBECONFIG_FILE: &str = "kubeconfig.yaml";
 
 /// Errors reading or writing credential files.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +100,7 @@ pub fn client_url(addr: SocketAddr, tls: bool) -> String {
     format!("{scheme}://{host}:{}", addr.port())
 }
 
-/// Writes `client.yaml` for the CLI.
+/// Writes `client.yaml` for the CLI and `kubeconfig.yaml` for kubectl.
 pub fn write_client_config(
     path: &Path,
     server: &str,
@@ -110,5 +112,11 @@ pub fn write_client_config(
         token: Some(token.to_string()),
         certificate_authority_data: ca_pem.map(str::to_string),
     };
-    write_private(path, config.render("bramble-master").as_bytes())
+    write_private(path, config.render("bramble-master").as_bytes())?;
+    // And the kubeconfig beside it (0600 too: it holds the admin token).
+    let kube = path.with_file_name(KUBECONFIG_FILE);
+    write_private(
+        &kube,
+        config.kubeconfig("bramble", "admin", false).as_bytes(),
+    )
 }

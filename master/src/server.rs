@@ -2,6 +2,7 @@
 //! health and metrics endpoints. Every error is a Kubernetes `Status` body.
 
 mod body;
+mod discovery;
 mod error;
 pub mod images;
 pub(crate) mod limit;
@@ -70,6 +71,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/cacerts", get(cacerts))
+        .route("/version", get(discovery::version))
+        .route("/api", get(discovery::core_versions))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis", get(discovery::group_list))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route("/bramble/v1/join", post(nodes::join))
         .route("/bramble/v1/tokens", get(nodes::tokens).post(nodes::tokens))
         .route(

@@ -77,9 +77,9 @@ pub async fn handle(
     }
     let (verb, result) = match (&method, target.name.is_some(), target.status) {
         (&Method::GET, false, _) if watching => ("watch", watch(st, &target, &query)),
-        (&Method::GET, false, _) => ("list", list(st, &target, &query)),
+        (&Method::GET, false, _) => ("list", list(st, &target, &query, headers)),
         (&Method::POST, false, _) => ("create", create(st, &target, headers, body).await),
-        (&Method::GET, true, _) => ("get", get(st, &target)),
+        (&Method::GET, true, _) => ("get", get(st, &target, headers)),
         (&Method::PUT, true, status) => {
             ("update", update(st, &target, headers, body, status).await)
         }
@@ -105,30 +105,101 @@ fn json_response(code: StatusCode, body: Bytes) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn selector(query: &HashMap<String, String>) -> Result<Selector, ApiError> {
-    if query.contains_key("fieldSelector") {
-        return Err(ApiError::bad_request(
-            "fieldSelector is not supported; use labelSelector",
-        ));
-    }
-    match query.get("labelSelector") {
-        Some(s) => {
-            Selector::parse(s).map_err(|e| ApiError::bad_request(format!("labelSelector: {e}")))
+/// A `fieldSelector` over `metadata.name` and `metadata.namespace` (`=`, `==`, `!=`), as
+/// kubectl sends one to wait for a deletion: (field, equal, value) terms, all to hold.
+#[derive(Debug, Default, Clone)]
+struct Fields(Vec<(String, bool, String)>);
+
+impl Fields {
+    fn parse(text: &str) -> Result<Fields, ApiError> {
+        let mut terms = Vec::new();
+        for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (field, equal, value) = if let Some((f, v)) = term.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = term.split_once("==") {
+                (f, true, v)
+            } else if let Some((f, v)) = term.split_once('=') {
+                (f, true, v)
+            } else {
+                return Err(ApiError::bad_request(format!(
+                    "fieldSelector: {term:?} is not FIELD=VALUE"
+                )));
+            };
+            let field = field.trim();
+            if !matches!(field, "metadata.name" | "metadata.namespace") {
+                return Err(ApiError::bad_request(format!(
+                    "fieldSelector: field {field:?} is not supported (metadata.name and metadata.namespace are)"
+                )));
+            }
+            terms.push((field.to_string(), equal, value.trim().to_string()));
         }
-        None => Ok(Selector::everything()),
+        Ok(Fields(terms))
     }
+
+    fn matches(&self, e: &crate::store::Entry) -> bool {
+        self.0.iter().all(|(field, equal, value)| {
+            let actual = if field == "metadata.name" {
+                &e.name
+            } else {
+                &e.namespace
+            };
+            (actual == value) == *equal
+        })
+    }
+}
+
+fn selector(query: &HashMap<String, String>) -> Result<(Selector, Fields), ApiError> {
+    let fields = match query.get("fieldSelector") {
+        Some(f) => Fields::parse(f)?,
+        None => Fields::default(),
+    };
+    let labels = match query.get("labelSelector") {
+        Some(s) => {
+            Selector::parse(s).map_err(|e| ApiError::bad_request(format!("labelSelector: {e}")))?
+        }
+        None => Selector::everything(),
+    };
+    Ok((labels, fields))
+}
+
+/// Whether the client asks for a Table (kubectl's server-side printing:
+/// `Accept: application/json;as=Table;v=v1;g=meta.k8s.io,...`).
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| media.split(';').any(|p| p.trim() == "as=Table"))
+}
+
+/// The objects as a Table with `bramble get`'s columns.
+fn table_response(kind: Kind, entries: &[Arc<crate::store::Entry>], revision: u64) -> Response {
+    let objects: Vec<Object> = entries.iter().filter_map(|e| e.object().ok()).collect();
+    let table = bramble_api::table::kube_table(
+        kind,
+        &objects,
+        &revision.to_string(),
+        bramble_api::time::now_secs(),
+    );
+    json_response(StatusCode::OK, table.to_string().into())
 }
 
 fn list(
     st: &AppState,
     target: &Target,
     query: &HashMap<String, String>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let sel = selector(query)?;
-    let (revision, items) = st
+    let (sel, fields) = selector(query)?;
+    let (revision, mut items) = st
         .store
         .list(target.kind, target.namespace.as_deref(), &sel);
+    items.retain(|e| fields.matches(e));
     let kind = target.kind;
+    if wants_table(headers) {
+        return Ok(table_response(kind, &items, revision));
+    }
     let size: usize = items.iter().map(|e| e.json.len() + 1).sum();
     let mut out = Vec::with_capacity(size + 128);
     out.extend_from_slice(
@@ -170,7 +241,7 @@ fn watch(
     target: &Target,
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let sel = selector(query)?;
+    let (sel, fields) = selector(query)?;
     let from = match query.get("resourceVersion").map(String::as_str) {
         None | Some("") => None,
         Some(s) => Some(s.parse::<u64>().map_err(|_| {
@@ -208,8 +279,10 @@ fn watch(
         done: false,
         _guard: guard,
     };
+    let fields = Arc::new(fields);
     let stream = futures_util::stream::unfold(state, move |mut s| {
         let shutdown = shutdown.clone();
+        let fields = fields.clone();
         async move {
             if s.done {
                 return None;
@@ -218,6 +291,8 @@ fn watch(
                 _ = shutdown.cancelled() => None,
                 _ = tokio::time::sleep_until(deadline) => None,
                 next = s.watch.next() => match next {
+                    // A field-selected change is not sent (no frames).
+                    Ok(change) if !fields.matches(&change.entry) => Some((Vec::new(), s)),
                     Ok(change) => Some((change.line().to_vec(), s)),
                     Err(e @ StoreError::Gone { .. }) => {
                         // Tell the client to re-list, as the Kubernetes API does mid-stream.
@@ -245,10 +320,15 @@ fn watch(
     Ok(resp)
 }
 
-fn get(st: &AppState, target: &Target) -> Result<Response, ApiError> {
+fn get(st: &AppState, target: &Target, headers: &HeaderMap) -> Result<Response, ApiError> {
     let name = target.name.as_deref().unwrap_or("");
     let ns = target.namespace.as_deref().unwrap_or("");
     match st.store.get(target.kind, ns, name) {
+        Some(e) if wants_table(headers) => Ok(table_response(
+            target.kind,
+            std::slice::from_ref(&e),
+            e.revision,
+        )),
         Some(e) => Ok(json_response(StatusCode::OK, e.json.clone())),
         None => Err(StoreError::NotFound {
             kind: target.kind,

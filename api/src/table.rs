@@ -1,9 +1,10 @@
-//! kubectl-style tables: the columns of each kind and aligned printing.
+//! kubectl-style tables: the columns of each kind (`bramble get`, and the Tables the API
+//! serves for kubectl's server-side printing) and aligned printing.
 
-use bramble_api::meta::ObjectMeta;
-use bramble_api::pod::Pod;
-use bramble_api::time::{human_age, parse_rfc3339};
-use bramble_api::{Kind, Object};
+use crate::meta::ObjectMeta;
+use crate::pod::Pod;
+use crate::time::{human_age, parse_rfc3339};
+use crate::{Kind, Object};
 
 /// Column headers of a kind.
 pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str> {
@@ -64,6 +65,53 @@ pub fn headers(kind: Kind, wide: bool, with_namespace: bool) -> Vec<&'static str
     h
 }
 
+/// A Kubernetes `meta.k8s.io/v1` Table of objects of one kind, for kubectl's server-side
+/// printing: `bramble get`'s columns, the `-o wide` ones at priority 1 (kubectl shows them
+/// with `-o wide`), the first NAME column in the `name` format (kubectl prefixes it with the
+/// kind when it prints several kinds), each row with the object's metadata as
+/// `PartialObjectMetadata` (kubectl reads the namespace of `-A` from it).
+pub fn kube_table(
+    kind: Kind,
+    objects: &[Object],
+    resource_version: &str,
+    now: i64,
+) -> serde_json::Value {
+    let narrow = headers(kind, false, false).len();
+    let columns: Vec<serde_json::Value> = headers(kind, true, false)
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            serde_json::json!({
+                "name": h,
+                "type": "string",
+                "format": if i == 0 && *h == "NAME" { "name" } else { "" },
+                "description": "",
+                "priority": i32::from(i >= narrow),
+            })
+        })
+        .collect();
+    let rows: Vec<serde_json::Value> = objects
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "cells": row(o, true, false, now),
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": o.meta(),
+                },
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": resource_version},
+        "columnDefinitions": columns,
+        "rows": rows,
+    })
+}
+
 fn age(meta: &ObjectMeta, now: i64) -> String {
     meta.creation_timestamp
         .as_deref()
@@ -86,10 +134,9 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// The CONTAINERS and IMAGES columns of a workload's template (`-o wide`).
-fn containers_and_images(cs: &[bramble_api::pod::Container]) -> [String; 2] {
-    let join = |f: fn(&bramble_api::pod::Container) -> &str| {
-        cs.iter().map(f).collect::<Vec<_>>().join(",")
-    };
+fn containers_and_images(cs: &[crate::pod::Container]) -> [String; 2] {
+    let join =
+        |f: fn(&crate::pod::Container) -> &str| cs.iter().map(f).collect::<Vec<_>>().join(",");
     [join(|c| c.name.as_str()), join(|c| c.image.as_str())]
 }
 
@@ -177,7 +224,7 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
             if wide {
                 r.extend(containers_and_images(&rs.spec.template.spec.containers));
                 r.push(
-                    bramble_api::Selector::from_label_selector(&rs.spec.selector, "")
+                    crate::Selector::from_label_selector(&rs.spec.selector, "")
                         .map(|s| s.to_string())
                         .unwrap_or_default(),
                 );
@@ -230,7 +277,7 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
                 r.extend(containers_and_images(&j.spec.template.spec.containers));
                 r.push(format!(
                     "{}={}",
-                    bramble_api::job::CONTROLLER_UID_LABEL,
+                    crate::job::CONTROLLER_UID_LABEL,
                     j.metadata.uid
                 ));
             }
@@ -259,7 +306,7 @@ pub fn row(obj: &Object, wide: bool, with_namespace: bool, now: i64) -> Vec<Stri
             if wide {
                 r.extend(containers_and_images(&d.spec.template.spec.containers));
                 r.push(
-                    bramble_api::Selector::from_label_selector(&d.spec.selector, "")
+                    crate::Selector::from_label_selector(&d.spec.selector, "")
                         .map(|s| s.to_string())
                         .unwrap_or_default(),
                 );

@@ -1,0 +1,231 @@
+//! The real kubectl against a real master: every kubectl this machine has (Debian's 1.20,
+//! unpacked by `scripts/setup` to /opt/bramble-test/kubectl-1.20, and any `kubectl` on PATH)
+//! reads the cluster through the master's `kubeconfig.yaml`: discovery, server-side tables
+//! (`-o wide`, `-A`, `get all`), `-o json`, a graceful delete it waits for, errors.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use bramble_tests::{HollowProcess, MasterProcess, eventually, ok_stdout};
+
+const DEBIAN_KUBECTL: &str = "/opt/bramble-test/kubectl-1.20";
+
+/// The kubectls to test: Debian's (required: `scripts/setup` unpacks it) and the one on PATH.
+fn kubectls() -> Vec<PathBuf> {
+    assert!(
+        Path::new(DEBIAN_KUBECTL).exists(),
+        "{DEBIAN_KUBECTL} is missing: run scripts/setup"
+    );
+    let mut out = vec![PathBuf::from(DEBIAN_KUBECTL)];
+    if let Ok(path) = std::env::var("PATH")
+        && let Some(k) = std::env::split_paths(&path)
+            .map(|d| d.join("kubectl"))
+            .find(|k| k.is_file())
+    {
+        out.push(k);
+    }
+    out
+}
+
+struct Kubectl<'a> {
+    exe: &'a Path,
+    kubeconfig: PathBuf,
+    cache: tempfile::TempDir,
+}
+
+impl Kubectl<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(self.exe)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .args(["--request-timeout", "30s"])
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap()
+    }
+
+    /// stdout of a command that must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{} {args:?} failed: {}{}",
+            self.exe.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+/// The words of the line of `table` whose first word is `first`.
+fn row<'a>(table: &'a str, first: &str) -> Option<Vec<&'a str>> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.first() == Some(&first))
+}
+
+const WEB: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: c, image: busybox, command: [sleep, '3600']}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+";
+
+#[test]
+fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _h = HollowProcess::start(&m, &dir.path().join("hollow"), "kube", 1, &[]).unwrap();
+    assert!(eventually(Duration::from_secs(30), || m.ready_nodes() == 1));
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(WEB)));
+    assert!(eventually(Duration::from_secs(30), || {
+        let pods = m.pods();
+        pods.len() == 2 && pods.iter().all(|p| p["status"]["phase"] == "Running")
+    }));
+    let kubeconfig = dir.path().join("master/kubeconfig.yaml");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the kubeconfig holds the admin token"
+    );
+    for exe in kubectls() {
+        let k = Kubectl {
+            exe: &exe,
+            kubeconfig: kubeconfig.clone(),
+            cache: tempfile::tempdir().unwrap(),
+        };
+        let who = exe.display().to_string();
+        let version = k.ok(&["version"]);
+        assert!(version.contains("v1.32.0-bramble"), "{who}: {version}");
+
+        let resources = k.ok(&["api-resources"]);
+        for (name, short, version, kind) in [
+            ("pods", "po", "v1", "Pod"),
+            ("deployments", "deploy", "apps/v1", "Deployment"),
+            ("cronjobs", "cj", "batch/v1", "CronJob"),
+            ("configmaps", "cm", "v1", "ConfigMap"),
+        ] {
+            let r = row(&resources, name).unwrap_or_else(|| panic!("{who}: {resources}"));
+            assert!(
+                r.contains(&short) && r.contains(&version) && r.contains(&kind),
+                "{who}: {r:?}"
+            );
+        }
+
+        let nodes = k.ok(&["get", "nodes"]);
+        let node = row(&nodes, "kube-0").unwrap_or_else(|| panic!("{who}: {nodes}"));
+        assert_eq!(node[1], "Ready", "{who}: {nodes}");
+
+        // Server-side tables: bramble get's columns, the wide ones with -o wide, the
+        // namespace from each row's metadata with -A.
+        let pods = k.ok(&["get", "pods"]);
+        assert!(
+            pods.starts_with("NAME") && pods.contains("READY") && pods.contains("Running"),
+            "{who}: {pods}"
+        );
+        assert!(!pods.contains("NODE"), "{who}: {pods}");
+        let wide = k.ok(&["get", "pods", "-o", "wide"]);
+        assert!(
+            wide.contains("NODE") && wide.contains("kube-0"),
+            "{who}: {wide}"
+        );
+        let all_ns = k.ok(&["get", "pods", "-A"]);
+        assert!(
+            all_ns.starts_with("NAMESPACE") && all_ns.contains("\ndefault "),
+            "{who}: {all_ns}"
+        );
+        let all = k.ok(&["get", "all"]);
+        for want in [
+            "deployment.apps/web",
+            "service/web",
+            "replicaset.apps/web-",
+            "pod/web-",
+        ] {
+            assert!(all.contains(want), "{who}: {want} missing from {all}");
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&k.ok(&["get", "deploy", "web", "-o", "json"])).unwrap();
+        assert_eq!(json["kind"], "Deployment", "{who}");
+        assert_eq!(json["spec"]["replicas"], 2, "{who}");
+
+        // Errors as kubectl words them.
+        let missing = k.run(&["get", "pod", "nosuch"]);
+        assert!(!missing.status.success());
+        let err = String::from_utf8_lossy(&missing.stderr);
+        assert!(
+            err.contains("Error from server (NotFound)") && err.contains("nosuch"),
+            "{who}: {err}"
+        );
+        let unknown = k.run(&["get", "widgets"]);
+        assert!(
+            String::from_utf8_lossy(&unknown.stderr)
+                .contains("the server doesn't have a resource type \"widgets\""),
+            "{who}"
+        );
+
+        // A graceful delete of a bound pod: kubectl waits for it to go (watching by
+        // fieldSelector), and the ReplicaSet replaces it.
+        let victim = m.pods()[0]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let out = k.ok(&["delete", "pod", &victim]);
+        assert!(
+            out.contains(&format!("pod \"{victim}\" deleted")),
+            "{who}: {out}"
+        );
+        assert!(
+            m.pod(&victim).is_none(),
+            "{who}: kubectl returned before the pod was gone"
+        );
+        assert!(eventually(Duration::from_secs(30), || m.pods().len() == 2));
+
+        let info = k.ok(&["cluster-info"]);
+        assert!(
+            info.contains("is running at") && info.contains(&m.url),
+            "{who}: {info}"
+        );
+    }
+
+    // `bramble kubeconfig --user` makes a token of its own: a reader may read, not delete.
+    let text = ok_stdout(&m.cli(&["kubeconfig", "--user", "viewer", "--role", "reader"]));
+    let reader = dir.path().join("reader.yaml");
+    std::fs::write(&reader, text).unwrap();
+    for exe in kubectls() {
+        let k = Kubectl {
+            exe: &exe,
+            kubeconfig: reader.clone(),
+            cache: tempfile::tempdir().unwrap(),
+        };
+        assert!(k.ok(&["get", "deployments"]).contains("web"));
+        let denied = k.run(&["delete", "deployment", "web"]);
+        assert!(!denied.status.success());
+        assert!(
+            String::from_utf8_lossy(&denied.stderr).contains("Forbidden"),
+            "{}",
+            String::from_utf8_lossy(&denied.stderr)
+        );
+    }
+}
