@@ -8,6 +8,8 @@ pub mod images;
 pub(crate) mod limit;
 pub mod listener;
 mod nodes;
+mod openapi;
+mod patch;
 mod path;
 mod resources;
 
@@ -76,6 +78,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1", get(discovery::core_resources))
         .route("/apis", get(discovery::group_list))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/openapi/v3", get(openapi::index))
+        .route("/openapi/v3/api/v1", get(openapi::core))
+        .route("/openapi/v3/apis/{group}/{version}", get(openapi::group))
         .route("/bramble/v1/join", post(nodes::join))
         .route("/bramble/v1/tokens", get(nodes::tokens).post(nodes::tokens))
         .route(

@@ -1,7 +1,9 @@
 //! The real kubectl against a real master: every kubectl this machine has (Debian's 1.20,
 //! unpacked by `scripts/setup` to /opt/bramble-test/kubectl-1.20, and any `kubectl` on PATH)
-//! reads the cluster through the master's `kubeconfig.yaml`: discovery, server-side tables
-//! (`-o wide`, `-A`, `get all`), `-o json`, a graceful delete it waits for, errors.
+//! works the cluster through the master's `kubeconfig.yaml`: discovery, server-side tables
+//! (`-o wide`, `-A`, `get all`), `-o json`, a graceful delete it waits for, errors, `apply -f`
+//! and re-apply (strategic merge patches), `diff` (a server dry run), `label`, strict field
+//! validation.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
@@ -187,7 +189,13 @@ fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
 
         // A graceful delete of a bound pod: kubectl waits for it to go (watching by
         // fieldSelector), and the ReplicaSet replaces it.
-        let victim = m.pods()[0]["metadata"]["name"]
+        let web_pods = || {
+            m.pods()
+                .into_iter()
+                .filter(|p| p["metadata"]["labels"]["app"] == "web")
+                .collect::<Vec<_>>()
+        };
+        let victim = web_pods()[0]["metadata"]["name"]
             .as_str()
             .unwrap()
             .to_string();
@@ -200,7 +208,94 @@ fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
             m.pod(&victim).is_none(),
             "{who}: kubectl returned before the pod was gone"
         );
-        assert!(eventually(Duration::from_secs(30), || m.pods().len() == 2));
+        assert!(eventually(Duration::from_secs(30), || web_pods().len() == 2));
+
+        // apply -f: create, then re-apply after an edit (a strategic merge patch with the
+        // last-applied annotation), diff (a server dry run that changes nothing), label.
+        // Debian's 1.20 validates and diffs against OpenAPI v2, which is not served.
+        let old = exe == Path::new(DEBIAN_KUBECTL);
+        let name = if old { "applied-old" } else { "applied-new" };
+        let file = dir.path().join(format!("{name}.yaml"));
+        let manifest = |replicas: u32, extra: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers: [{{name: c, image: busybox, command: [sleep, '3600']}}]\n{extra}"
+            )
+        };
+        let apply = |k: &Kubectl| {
+            let mut args = vec!["apply", "-f", file.to_str().unwrap()];
+            if old {
+                args.push("--validate=false");
+            }
+            k.run(&args)
+        };
+        let replicas = || {
+            m.http()
+                .get(&format!(
+                    "/apis/apps/v1/namespaces/default/deployments/{name}"
+                ))
+                .unwrap()
+                .json()["spec"]["replicas"]
+                .clone()
+        };
+        std::fs::write(&file, manifest(1, "")).unwrap();
+        let out = apply(&k);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("created"),
+            "{who}: {out:?}"
+        );
+        std::fs::write(&file, manifest(2, "")).unwrap();
+        if !old {
+            let diff = k.run(&["diff", "-f", file.to_str().unwrap()]);
+            let text = String::from_utf8_lossy(&diff.stdout);
+            assert_eq!(diff.status.code(), Some(1), "{who}: {diff:?}");
+            assert!(
+                text.contains("-  replicas: 1") && text.contains("+  replicas: 2"),
+                "{who}: {text}"
+            );
+            assert_eq!(
+                replicas(),
+                1,
+                "{who}: the diff's dry run changed the Deployment"
+            );
+        }
+        let out = apply(&k);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("configured"),
+            "{who}: {out:?}"
+        );
+        assert_eq!(replicas(), 2, "{who}");
+        let d = m
+            .http()
+            .get(&format!(
+                "/apis/apps/v1/namespaces/default/deployments/{name}"
+            ))
+            .unwrap()
+            .json();
+        assert!(
+            d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+                .is_string(),
+            "{who}: {d}"
+        );
+        k.ok(&["label", "deployment", name, "tier=front"]);
+        let d = m
+            .http()
+            .get(&format!(
+                "/apis/apps/v1/namespaces/default/deployments/{name}"
+            ))
+            .unwrap()
+            .json();
+        assert_eq!(d["metadata"]["labels"]["tier"], "front", "{who}: {d}");
+        if !old {
+            // Strict field validation: Bramble names the unknown field.
+            std::fs::write(&file, manifest(2, "  bogus: 1\n")).unwrap();
+            let out = apply(&k);
+            assert!(!out.status.success(), "{who}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("strict decoding error: unknown field \"spec.bogus\""),
+                "{who}: {err}"
+            );
+        }
 
         let info = k.ok(&["cluster-info"]);
         assert!(

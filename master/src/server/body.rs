@@ -78,7 +78,7 @@ pub fn format(headers: &HeaderMap, accept: Accept) -> Result<Format, ApiError> {
         let wanted = match accept {
             Accept::Object => "application/json or application/yaml",
             Accept::ApplyPatch => {
-                "application/apply-patch+yaml or application/apply-patch+json (server-side apply)"
+                "application/apply-patch+yaml or application/apply-patch+json (server-side apply), application/merge-patch+json or application/strategic-merge-patch+json"
             }
         };
         let got = if media.is_empty() {

@@ -78,12 +78,16 @@ pub async fn handle(
     let (verb, result) = match (&method, target.name.is_some(), target.status) {
         (&Method::GET, false, _) if watching => ("watch", watch(st, &target, &query)),
         (&Method::GET, false, _) => ("list", list(st, &target, &query, headers)),
-        (&Method::POST, false, _) => ("create", create(st, &target, headers, body).await),
+        (&Method::POST, false, _) => ("create", create(st, &target, headers, &query, body).await),
         (&Method::GET, true, _) => ("get", get(st, &target, headers)),
-        (&Method::PUT, true, status) => {
-            ("update", update(st, &target, headers, body, status).await)
-        }
-        (&Method::PATCH, true, false) => ("apply", apply(st, &target, headers, body).await),
+        (&Method::PUT, true, status) => (
+            "update",
+            update(st, &target, headers, &query, body, status).await,
+        ),
+        (&Method::PATCH, true, false) => match super::patch::media(headers) {
+            None => ("apply", apply(st, &target, headers, &query, body).await),
+            Some(kind) => ("patch", patch(st, &target, &query, body, kind).await),
+        },
         (&Method::DELETE, true, false) => ("delete", delete(st, &target, &query, body).await),
         _ => (
             "unknown",
@@ -359,16 +363,60 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
+/// `fieldValidation=Strict` (what kubectl sends by default since 1.27): a field Bramble
+/// does not know is an error, not a warning.
+fn check_strict(query: &HashMap<String, String>, warnings: &[String]) -> Result<(), ApiError> {
+    match query.get("fieldValidation").map(String::as_str) {
+        Some("Strict") if !warnings.is_empty() => {
+            let found: Vec<&str> = warnings
+                .iter()
+                .map(|w| w.trim_end_matches(" ignored"))
+                .collect();
+            Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                found.join(", ")
+            )))
+        }
+        None | Some("" | "Ignore" | "Warn" | "Strict") => Ok(()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "fieldValidation: {other:?} is not Ignore, Warn or Strict"
+        ))),
+    }
+}
+
+/// `dryRun=All` (`kubectl diff`, `--dry-run=server`): everything but the write; the answer
+/// is the object as decoded and validated. Another value is refused, never ignored (an
+/// ignored dry run would change the cluster).
+fn dry_run(query: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match query.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "dryRun: {other:?} is not All"
+        ))),
+    }
+}
+
+/// The answer to a dry run: the object that would have been written.
+fn dry_answer(code: StatusCode, obj: &Object, warnings: &[String]) -> Response {
+    with_warnings(json_response(code, obj.to_json().into()), warnings)
+}
+
 async fn create(
     st: &AppState,
     target: &Target,
     headers: &HeaderMap,
+    query: &HashMap<String, String>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let format = body::format(headers, Accept::Object)?;
     let bytes = body::read(body, st.max_body_bytes).await?;
     let (mut obj, warnings) = body::object_off_workers(bytes, format, target).await?;
+    check_strict(query, &warnings)?;
     clear_user_status(&mut obj);
+    if dry_run(query)? {
+        return Ok(dry_answer(StatusCode::CREATED, &obj, &warnings));
+    }
     let outcome = st.store.write(Op::Create(obj)).await?;
     Ok(with_warnings(
         json_response(StatusCode::CREATED, outcome.entry().json.clone()),
@@ -401,12 +449,17 @@ async fn update(
     st: &AppState,
     target: &Target,
     headers: &HeaderMap,
+    query: &HashMap<String, String>,
     body: Body,
     status: bool,
 ) -> Result<Response, ApiError> {
     let format = body::format(headers, Accept::Object)?;
     let bytes = body::read(body, st.max_body_bytes).await?;
     let (obj, warnings) = body::object_off_workers(bytes, format, target).await?;
+    check_strict(query, &warnings)?;
+    if dry_run(query)? {
+        return Ok(dry_answer(StatusCode::OK, &obj, &warnings));
+    }
     let sub = if status {
         Subresource::Status
     } else {
@@ -423,12 +476,17 @@ async fn apply(
     st: &AppState,
     target: &Target,
     headers: &HeaderMap,
+    query: &HashMap<String, String>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let format = body::format(headers, Accept::ApplyPatch)?;
     let bytes = body::read(body, st.max_body_bytes).await?;
     let (mut obj, warnings) = body::object_off_workers(bytes, format, target).await?;
+    check_strict(query, &warnings)?;
     clear_user_status(&mut obj);
+    if dry_run(query)? {
+        return Ok(dry_answer(StatusCode::OK, &obj, &warnings));
+    }
     let outcome = st.store.write(Op::Apply(obj)).await?;
     let (code, result) = match &outcome {
         Outcome::Created(_) => (StatusCode::CREATED, "created"),
@@ -441,6 +499,58 @@ async fn apply(
         HeaderValue::from_static(result),
     );
     Ok(with_warnings(resp, &warnings))
+}
+
+/// A merge or strategic merge patch: applied to the stored object and written as an update
+/// conditional on the version patched (a concurrent write makes it start over, up to five
+/// times, unless the patch names a resourceVersion of its own).
+async fn patch(
+    st: &AppState,
+    target: &Target,
+    query: &HashMap<String, String>,
+    body: Body,
+    kind: super::patch::Kind,
+) -> Result<Response, ApiError> {
+    let bytes = body::read(body, st.max_body_bytes).await?;
+    let patch: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the patch is not JSON: {e}")))?;
+    let pinned = patch
+        .pointer("/metadata/resourceVersion")
+        .is_some_and(|v| !v.is_null());
+    let name = target.name.as_deref().unwrap_or("");
+    let ns = target.namespace.as_deref().unwrap_or("");
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let entry = st
+            .store
+            .get(target.kind, ns, name)
+            .ok_or_else(|| StoreError::NotFound {
+                kind: target.kind,
+                name: name.to_string(),
+            })?;
+        let current: serde_json::Value = serde_json::from_slice(&entry.json)
+            .map_err(|e| ApiError::bad_request(format!("the stored object: {e}")))?;
+        let patched = super::patch::apply(&current, &patch, kind).map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
+        })?;
+        let json = Bytes::from(serde_json::to_vec(&patched).unwrap_or_default());
+        let (obj, warnings) = body::object_off_workers(json, body::Format::Json, target).await?;
+        check_strict(query, &warnings)?;
+        if dry_run(query)? {
+            return Ok(dry_answer(StatusCode::OK, &obj, &warnings));
+        }
+        match st.store.write(Op::Update(obj, Subresource::Main)).await {
+            Ok(outcome) => {
+                return Ok(with_warnings(
+                    json_response(StatusCode::OK, outcome.entry().json.clone()),
+                    &warnings,
+                ));
+            }
+            Err(StoreError::Conflict { .. }) if !pinned && attempts < 5 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The optional DELETE body, as Kubernetes' `DeleteOptions`.
@@ -498,6 +608,16 @@ async fn delete(
         grace_seconds: grace,
         resource_version,
     };
+    if dry_run(query)? {
+        return match st.store.get(req.kind, &req.namespace, &req.name) {
+            Some(e) => Ok(json_response(StatusCode::OK, e.json.clone())),
+            None => Err(StoreError::NotFound {
+                kind: req.kind,
+                name: req.name,
+            }
+            .into()),
+        };
+    }
     let outcome = st.store.write(Op::Delete(req)).await?;
     let code = match outcome {
         Outcome::Terminating(_) => StatusCode::ACCEPTED,
