@@ -154,6 +154,11 @@ impl Kind {
         )
     }
 
+    /// Whether the kind has a `/scale` subresource (`kubectl scale`).
+    pub fn scalable(self) -> bool {
+        matches!(self, Kind::Deployment | Kind::ReplicaSet)
+    }
+
     /// kubectl's short names.
     pub fn short_name(self) -> &'static str {
         match self {

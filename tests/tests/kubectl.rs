@@ -297,6 +297,53 @@ fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
             );
         }
 
+        // scale (the /scale subresource), rollout status|history|undo (undo is a JSON patch).
+        let deploy = format!("deployment/{name}");
+        k.ok(&["scale", &deploy, "--replicas=3"]);
+        assert_eq!(replicas(), 3, "{who}");
+        k.ok(&["set", "image", &deploy, "c=busybox:2"]);
+        let status = k.ok(&["rollout", "status", &deploy, "--timeout=60s"]);
+        assert!(
+            status.contains("successfully rolled out"),
+            "{who}: {status}"
+        );
+        let history = k.ok(&["rollout", "history", &deploy]);
+        assert!(
+            row(&history, "1").is_some() && row(&history, "2").is_some(),
+            "{who}: {history}"
+        );
+        let undo = k.ok(&["rollout", "undo", &deploy]);
+        assert!(undo.contains("rolled back"), "{who}: {undo}");
+        let image = || {
+            m.http()
+                .get(&format!(
+                    "/apis/apps/v1/namespaces/default/deployments/{name}"
+                ))
+                .unwrap()
+                .json()["spec"]["template"]["spec"]["containers"][0]["image"]
+                .clone()
+        };
+        assert_eq!(image(), "busybox", "{who}");
+
+        // cordon and drain: the node's pods are found by spec.nodeName and deleted (1.32
+        // sends its DeleteOptions as protobuf); their owners' new pods wait for a node.
+        k.ok(&["drain", "kube-0", "--ignore-daemonsets", "--timeout=60s"]);
+        let node = m.http().get("/api/v1/nodes/kube-0").unwrap().json();
+        assert_eq!(node["spec"]["unschedulable"], true, "{who}");
+        assert!(
+            eventually(Duration::from_secs(30), || m
+                .pods()
+                .iter()
+                .all(|p| p["spec"]["nodeName"].is_null())),
+            "{who}: pods left on the drained node"
+        );
+        k.ok(&["uncordon", "kube-0"]);
+        assert!(
+            eventually(Duration::from_secs(30), || web_pods().len() == 2
+                && m.pods().iter().all(|p| p["status"]["phase"] == "Running")),
+            "{who}: the pods did not come back after uncordon"
+        );
+
         let info = k.ok(&["cluster-info"]);
         assert!(
             info.contains("is running at") && info.contains(&m.url),

@@ -153,6 +153,17 @@ pub fn resources(group: &str) -> Vec<Value> {
                 "verbs": ["get", "update"],
             }));
         }
+        if k.scalable() {
+            out.push(json!({
+                "name": format!("{}/scale", k.plural()),
+                "singularName": "",
+                "namespaced": true,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
         if k == Kind::Pod {
             out.push(json!({
                 "name": "pods/log",

@@ -1,4 +1,5 @@
-//! Patches as kubectl sends them: JSON merge patch (RFC 7386, `application/merge-patch+json`)
+//! Patches as kubectl sends them: JSON patch (RFC 6902, `application/json-patch+json`, what
+//! `kubectl rollout undo` sends), JSON merge patch (RFC 7386, `application/merge-patch+json`)
 //! and Kubernetes' strategic merge patch (`application/strategic-merge-patch+json`: lists
 //! with a merge key are merged element by element, with the `$patch`, `$setElementOrder`,
 //! `$retainKeys` and `$deleteFromPrimitiveList` directives). Pure: the handler applies the
@@ -9,6 +10,7 @@ use serde_json::{Map, Value};
 /// Which patch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    Json,
     Merge,
     Strategic,
 }
@@ -20,6 +22,7 @@ pub fn media(headers: &axum::http::HeaderMap) -> Option<Kind> {
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())?;
     match ct.split(';').next()?.trim().to_ascii_lowercase().as_str() {
+        "application/json-patch+json" => Some(Kind::Json),
         "application/merge-patch+json" => Some(Kind::Merge),
         "application/strategic-merge-patch+json" => Some(Kind::Strategic),
         _ => None,
@@ -72,6 +75,9 @@ fn list_key(parent: &str, field: &str) -> Option<&'static str> {
 
 /// Applies `patch` to `target`.
 pub fn apply(target: &Value, patch: &Value, kind: Kind) -> Result<Value, PatchError> {
+    if kind == Kind::Json {
+        return json_patch(target, patch);
+    }
     let Value::Object(p) = patch else {
         return Err(PatchError::NotAnObject);
     };
@@ -233,6 +239,114 @@ fn merge_list(
     Ok(())
 }
 
+/// RFC 6902: the operations in order, all or nothing.
+fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
+    let Value::Array(ops) = patch else {
+        return Err(PatchError::Invalid {
+            path: String::new(),
+            what: "a JSON patch is a list of operations".into(),
+        });
+    };
+    let mut doc = target.clone();
+    for (i, op) in ops.iter().enumerate() {
+        let at = |what: String| PatchError::Invalid {
+            path: format!("[{i}]"),
+            what,
+        };
+        let field = |name: &str| -> Result<&str, PatchError> {
+            op.get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| at(format!("{name} is required")))
+        };
+        let path = field("path")?;
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or_else(|| at("value is required".into()))
+        };
+        match field("op")? {
+            "add" => add(&mut doc, path, value()?).map_err(at)?,
+            "remove" => {
+                remove(&mut doc, path).map_err(at)?;
+            }
+            "replace" => {
+                remove(&mut doc, path).map_err(at)?;
+                add(&mut doc, path, value()?).map_err(at)?;
+            }
+            "move" => {
+                let v = remove(&mut doc, field("from")?).map_err(at)?;
+                add(&mut doc, path, v).map_err(at)?;
+            }
+            "copy" => {
+                let v = doc
+                    .pointer(field("from")?)
+                    .cloned()
+                    .ok_or_else(|| at("from does not exist".into()))?;
+                add(&mut doc, path, v).map_err(at)?;
+            }
+            "test" => {
+                if doc.pointer(path) != Some(&value()?) {
+                    return Err(at(format!("test of {path} failed")));
+                }
+            }
+            other => return Err(at(format!("unknown op {other:?}"))),
+        }
+    }
+    Ok(doc)
+}
+
+/// A JSON pointer's parent and last token (`~1` is `/`, `~0` is `~`).
+fn split_pointer(path: &str) -> Result<(String, String), String> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(format!("{path:?} is not a JSON pointer"));
+    };
+    let (parent, last) = match rest.rfind('/') {
+        Some(i) => (format!("/{}", &rest[..i]), &rest[i + 1..]),
+        None => (String::new(), rest),
+    };
+    Ok((parent, last.replace("~1", "/").replace("~0", "~")))
+}
+
+fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
+    if path.is_empty() {
+        *doc = value;
+        return Ok(());
+    }
+    let (parent, last) = split_pointer(path)?;
+    match doc.pointer_mut(&parent) {
+        Some(Value::Object(m)) => {
+            m.insert(last, value);
+            Ok(())
+        }
+        Some(Value::Array(a)) => {
+            let at = if last == "-" {
+                a.len()
+            } else {
+                last.parse::<usize>()
+                    .ok()
+                    .filter(|i| *i <= a.len())
+                    .ok_or_else(|| format!("{path}: no index {last:?}"))?
+            };
+            a.insert(at, value);
+            Ok(())
+        }
+        _ => Err(format!("{path}: the parent does not exist")),
+    }
+}
+
+fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
+    let (parent, last) = split_pointer(path)?;
+    let gone = match doc.pointer_mut(&parent) {
+        Some(Value::Object(m)) => m.remove(&last),
+        Some(Value::Array(a)) => match last.parse::<usize>() {
+            Ok(i) if i < a.len() => Some(a.remove(i)),
+            _ => None,
+        },
+        _ => None,
+    };
+    gone.ok_or_else(|| format!("{path} does not exist"))
+}
+
 fn strip_directives(mut m: Map<String, Value>) -> Map<String, Value> {
     m.retain(|k, _| !k.starts_with('$'));
     for v in m.values_mut() {
@@ -315,6 +429,34 @@ mod tests {
             apply(&t, &p, Kind::Strategic).unwrap(),
             json!({"a": {"z": 3}, "finalizers": ["f2"]})
         );
+    }
+
+    #[test]
+    fn json_patch_operations_apply_in_order_all_or_nothing() {
+        let t = json!({"metadata": {"annotations": {"a/b": "1"}}, "spec": {"xs": [1, 2]}});
+        let p = json!([
+            {"op": "replace", "path": "/metadata/annotations/a~1b", "value": "2"},
+            {"op": "add", "path": "/spec/xs/-", "value": 3},
+            {"op": "add", "path": "/spec/xs/0", "value": 0},
+            {"op": "remove", "path": "/spec/xs/1"},
+            {"op": "copy", "from": "/spec/xs", "path": "/spec/ys"},
+            {"op": "move", "from": "/spec/ys", "path": "/spec/zs"},
+            {"op": "test", "path": "/spec/zs/0", "value": 0}
+        ]);
+        assert_eq!(
+            apply(&t, &p, Kind::Json).unwrap(),
+            json!({"metadata": {"annotations": {"a/b": "2"}}, "spec": {"xs": [0, 2, 3], "zs": [0, 2, 3]}})
+        );
+        for bad in [
+            json!([{"op": "test", "path": "/spec/xs/0", "value": 9}]),
+            json!([{"op": "remove", "path": "/nope"}]),
+            json!([{"op": "add", "path": "/spec/xs/7", "value": 1}]),
+            json!([{"op": "explode", "path": "/spec"}]),
+            json!([{"op": "add", "path": "spec"}]),
+            json!({"op": "add"}),
+        ] {
+            assert!(apply(&t, &bad, Kind::Json).is_err(), "{bad}");
+        }
     }
 
     #[test]

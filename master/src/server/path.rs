@@ -13,6 +13,8 @@ pub struct Target {
     pub status: bool,
     /// `/log` subresource (pods).
     pub log: bool,
+    /// `/scale` subresource (Deployments, ReplicaSets).
+    pub scale: bool,
 }
 
 /// Parses `/api/v1/...` and `/apis/{group}/v1/...`; None for anything else.
@@ -31,6 +33,7 @@ pub fn parse(path: &str) -> Option<Target> {
             name: name.map(str::to_string),
             status,
             log: false,
+            scale: false,
         })
     };
     match rest {
@@ -44,6 +47,10 @@ pub fn parse(path: &str) -> Option<Target> {
         }
         ["namespaces", ns, "pods", name, "log"] if group.is_empty() => {
             ns_target(Kind::Pod, ns, Some(name), false).map(|t| Target { log: true, ..t })
+        }
+        ["namespaces", ns, plural, name, "scale"] => {
+            let kind = kind_of(plural).filter(|k| k.scalable())?;
+            ns_target(kind, ns, Some(name), false).map(|t| Target { scale: true, ..t })
         }
         _ => None,
     }
@@ -63,6 +70,7 @@ fn ns_target(kind: Kind, ns: &str, name: Option<&str>, status: bool) -> Option<T
         name: name.map(str::to_string),
         status,
         log: false,
+        scale: false,
     })
 }
 
@@ -98,5 +106,8 @@ mod tests {
         let p = parse("/api/v1/namespaces/default/pods/web/log").unwrap();
         assert!(p.log && !p.status && p.kind == Kind::Pod);
         assert!(parse("/api/v1/namespaces/default/services/web/log").is_none());
+        let p = parse("/apis/apps/v1/namespaces/default/deployments/web/scale").unwrap();
+        assert!(p.scale && p.kind == Kind::Deployment);
+        assert!(parse("/apis/apps/v1/namespaces/default/daemonsets/x/scale").is_none());
     }
 }

@@ -51,6 +51,14 @@ pub async fn handle(
             result.unwrap_or_else(IntoResponse::into_response),
         );
     }
+    if target.scale {
+        let result = scale(st, &target, &method, headers, &query, body).await;
+        return (
+            "scale",
+            resource,
+            result.unwrap_or_else(IntoResponse::into_response),
+        );
+    }
     if target.kind == Kind::Image && !matches!(method, Method::GET | Method::DELETE) {
         return (
             "unknown",
@@ -88,7 +96,9 @@ pub async fn handle(
             None => ("apply", apply(st, &target, headers, &query, body).await),
             Some(kind) => ("patch", patch(st, &target, &query, body, kind).await),
         },
-        (&Method::DELETE, true, false) => ("delete", delete(st, &target, &query, body).await),
+        (&Method::DELETE, true, false) => {
+            ("delete", delete(st, &target, &query, headers, body).await)
+        }
         _ => (
             "unknown",
             Err(ApiError::new(
@@ -109,8 +119,23 @@ fn json_response(code: StatusCode, body: Bytes) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// A `fieldSelector` over `metadata.name` and `metadata.namespace` (`=`, `==`, `!=`), as
-/// kubectl sends one to wait for a deletion: (field, equal, value) terms, all to hold.
+/// The fields a `fieldSelector` may name: what kubectl selects on (a deletion's wait, a
+/// node's pods for `drain` and `describe node`, a pod's events for `describe pod`).
+const SELECTABLE_FIELDS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "spec.nodeName",
+    "status.phase",
+    "involvedObject.kind",
+    "involvedObject.name",
+    "involvedObject.namespace",
+    "involvedObject.uid",
+    "type",
+    "reason",
+];
+
+/// A `fieldSelector` (`=`, `==`, `!=` terms over [`SELECTABLE_FIELDS`], all to hold): (field,
+/// equal, value). A field the object does not have reads as empty, as in Kubernetes.
 #[derive(Debug, Default, Clone)]
 struct Fields(Vec<(String, bool, String)>);
 
@@ -130,9 +155,10 @@ impl Fields {
                 )));
             };
             let field = field.trim();
-            if !matches!(field, "metadata.name" | "metadata.namespace") {
+            if !SELECTABLE_FIELDS.contains(&field) {
                 return Err(ApiError::bad_request(format!(
-                    "fieldSelector: field {field:?} is not supported (metadata.name and metadata.namespace are)"
+                    "fieldSelector: field {field:?} is not supported ({} are)",
+                    SELECTABLE_FIELDS.join(", ")
                 )));
             }
             terms.push((field.to_string(), equal, value.trim().to_string()));
@@ -141,13 +167,23 @@ impl Fields {
     }
 
     fn matches(&self, e: &crate::store::Entry) -> bool {
+        // The stored JSON is read only for a field the entry does not carry.
+        let mut doc: Option<serde_json::Value> = None;
         self.0.iter().all(|(field, equal, value)| {
-            let actual = if field == "metadata.name" {
-                &e.name
-            } else {
-                &e.namespace
+            let actual = match field.as_str() {
+                "metadata.name" => e.name.clone(),
+                "metadata.namespace" => e.namespace.clone(),
+                other => {
+                    let doc = doc
+                        .get_or_insert_with(|| serde_json::from_slice(&e.json).unwrap_or_default());
+                    let pointer = format!("/{}", other.replace('.', "/"));
+                    doc.pointer(&pointer)
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                }
             };
-            (actual == value) == *equal
+            (actual == *value) == *equal
         })
     }
 }
@@ -553,6 +589,143 @@ async fn patch(
     }
 }
 
+/// The `autoscaling/v1` Scale of a Deployment or ReplicaSet.
+fn scale_of(obj: &Object) -> Option<serde_json::Value> {
+    let (meta, replicas, current, selector) = match obj {
+        Object::Deployment(d) => (
+            &d.metadata,
+            d.spec.replicas.unwrap_or(1),
+            d.status.as_ref().map_or(0, |s| s.replicas),
+            &d.spec.selector,
+        ),
+        Object::ReplicaSet(r) => (
+            &r.metadata,
+            r.spec.replicas.unwrap_or(1),
+            r.status.as_ref().map_or(0, |s| s.replicas),
+            &r.spec.selector,
+        ),
+        _ => return None,
+    };
+    let selector = Selector::from_label_selector(selector, "spec.selector")
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    Some(serde_json::json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.name,
+            "namespace": meta.namespace,
+            "uid": meta.uid,
+            "resourceVersion": meta.resource_version,
+            "creationTimestamp": meta.creation_timestamp,
+        },
+        "spec": {"replicas": replicas},
+        "status": {"replicas": current, "selector": selector},
+    }))
+}
+
+/// `GET`, `PUT` and `PATCH` of `.../{name}/scale` (`kubectl scale`): the replica count as an
+/// `autoscaling/v1` Scale; a write sets `spec.replicas` (conditional on a resourceVersion
+/// the Scale names; retried on a concurrent write otherwise).
+async fn scale(
+    st: &AppState,
+    target: &Target,
+    method: &Method,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = target.name.as_deref().unwrap_or("");
+    let ns = target.namespace.as_deref().unwrap_or("");
+    let read = || -> Result<(Object, serde_json::Value), ApiError> {
+        let entry = st
+            .store
+            .get(target.kind, ns, name)
+            .ok_or_else(|| StoreError::NotFound {
+                kind: target.kind,
+                name: name.to_string(),
+            })?;
+        let obj = entry.object()?;
+        let scale = scale_of(&obj).unwrap_or_default();
+        Ok((obj, scale))
+    };
+    let change: serde_json::Value = match *method {
+        Method::GET => {
+            let (_, scale) = read()?;
+            return Ok(json_response(StatusCode::OK, scale.to_string().into()));
+        }
+        Method::PUT | Method::PATCH => {
+            let bytes = body::read(body, st.max_body_bytes).await?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::bad_request(format!("the Scale is not JSON: {e}")))?
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{method} is not supported on a scale subresource"),
+            ));
+        }
+    };
+    let patch_kind = match *method {
+        Method::PATCH => Some(super::patch::media(headers).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "a Scale is patched with application/json-patch+json, application/merge-patch+json or application/strategic-merge-patch+json",
+            )
+        })?),
+        _ => None,
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (mut obj, current) = read()?;
+        let wanted = match patch_kind {
+            Some(kind) => super::patch::apply(&current, &change, kind).map_err(|e| {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
+            })?,
+            None => change.clone(),
+        };
+        let replicas = wanted
+            .pointer("/spec/replicas")
+            .and_then(serde_json::Value::as_i64)
+            .filter(|r| (0..=i64::from(i32::MAX)).contains(r))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "spec.replicas: must be a number from 0 to 2147483647",
+                )
+            })? as i32;
+        let pinned = wanted
+            .pointer("/metadata/resourceVersion")
+            .and_then(serde_json::Value::as_str)
+            .filter(|v| !v.is_empty() && patch_kind.is_none())
+            .map(str::to_string);
+        if let Some(v) = &pinned {
+            obj.meta_mut().resource_version = v.clone();
+        }
+        match &mut obj {
+            Object::Deployment(d) => d.spec.replicas = Some(replicas),
+            Object::ReplicaSet(r) => r.spec.replicas = Some(replicas),
+            _ => {}
+        }
+        if dry_run(query)? {
+            let scale = scale_of(&obj).unwrap_or_default();
+            return Ok(json_response(StatusCode::OK, scale.to_string().into()));
+        }
+        match st.store.write(Op::Update(obj, Subresource::Main)).await {
+            Ok(outcome) => {
+                let scale = scale_of(&outcome.entry().object()?).unwrap_or_default();
+                return Ok(json_response(StatusCode::OK, scale.to_string().into()));
+            }
+            Err(StoreError::Conflict { .. }) if pinned.is_none() && attempt < 5 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// The optional DELETE body, as Kubernetes' `DeleteOptions`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -571,10 +744,17 @@ async fn delete(
     st: &AppState,
     target: &Target,
     query: &HashMap<String, String>,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = body::read(body, st.max_body_bytes).await?;
-    let opts: DeleteOptions = if bytes.iter().all(u8::is_ascii_whitespace) {
+    // client-go's typed clients (kubectl drain) send DeleteOptions as protobuf, which Bramble
+    // does not read: such a body counts as none (the query's options still apply).
+    let protobuf = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/vnd.kubernetes.protobuf"));
+    let opts: DeleteOptions = if protobuf || bytes.iter().all(u8::is_ascii_whitespace) {
         DeleteOptions::default()
     } else {
         serde_json::from_slice(&bytes)
