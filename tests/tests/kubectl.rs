@@ -344,6 +344,41 @@ fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
             "{who}: the pods did not come back after uncordon"
         );
 
+        // get -w: each event a one-row Table with the same columns.
+        let mut watch = Command::new(k.exe)
+            .arg("--kubeconfig")
+            .arg(&k.kubeconfig)
+            .arg("--cache-dir")
+            .arg(k.cache.path())
+            .args(["get", "pods", "-w", "-l", &format!("app={name}")])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        k.ok(&["scale", &deploy, "--replicas=4"]);
+        assert!(eventually(Duration::from_secs(20), || m
+            .pods()
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == name && p["status"]["phase"] == "Running")
+            .count()
+            == 4));
+        std::thread::sleep(Duration::from_secs(1));
+        watch.kill().unwrap();
+        let out = watch.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("NAME") && lines[0].contains("STATUS"),
+            "{who}: {text}"
+        );
+        assert!(lines.len() > 4, "{who}: no events after the list: {text}");
+        assert!(
+            lines[4..]
+                .iter()
+                .all(|l| l.contains("Running") || l.contains("Pending")),
+            "{who}: events without the status column: {text}"
+        );
+
         let info = k.ok(&["cluster-info"]);
         assert!(
             info.contains("is running at") && info.contains(&m.url),

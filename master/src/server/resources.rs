@@ -84,7 +84,7 @@ pub async fn handle(
         );
     }
     let (verb, result) = match (&method, target.name.is_some(), target.status) {
-        (&Method::GET, false, _) if watching => ("watch", watch(st, &target, &query)),
+        (&Method::GET, false, _) if watching => ("watch", watch(st, &target, &query, headers)),
         (&Method::GET, false, _) => ("list", list(st, &target, &query, headers)),
         (&Method::POST, false, _) => ("create", create(st, &target, headers, &query, body).await),
         (&Method::GET, true, _) => ("get", get(st, &target, headers)),
@@ -213,6 +213,22 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .any(|media| media.split(';').any(|p| p.trim() == "as=Table"))
 }
 
+/// A watch event whose object is the changed object's one-row Table.
+fn table_event(change: &crate::store::Change) -> Bytes {
+    let e = &change.entry;
+    let objects: Vec<Object> = e.object().into_iter().collect();
+    let table = bramble_api::table::kube_table(
+        e.kind,
+        &objects,
+        &e.revision.to_string(),
+        bramble_api::time::now_secs(),
+    );
+    let event = serde_json::json!({"type": change.type_.as_str(), "object": table});
+    let mut line = event.to_string().into_bytes();
+    line.push(b'\n');
+    line.into()
+}
+
 /// The objects as a Table with `bramble get`'s columns.
 fn table_response(kind: Kind, entries: &[Arc<crate::store::Entry>], revision: u64) -> Response {
     let objects: Vec<Object> = entries.iter().filter_map(|e| e.object().ok()).collect();
@@ -280,8 +296,11 @@ fn watch(
     st: &Arc<AppState>,
     target: &Target,
     query: &HashMap<String, String>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let (sel, fields) = selector(query)?;
+    // kubectl get -w: each event's object is a one-row Table.
+    let table = wants_table(headers);
     let from = match query.get("resourceVersion").map(String::as_str) {
         None | Some("") => None,
         Some(s) => Some(s.parse::<u64>().map_err(|_| {
@@ -333,6 +352,7 @@ fn watch(
                 next = s.watch.next() => match next {
                     // A field-selected change is not sent (no frames).
                     Ok(change) if !fields.matches(&change.entry) => Some((Vec::new(), s)),
+                    Ok(change) if table => Some((vec![table_event(&change)], s)),
                     Ok(change) => Some((change.line().to_vec(), s)),
                     Err(e @ StoreError::Gone { .. }) => {
                         // Tell the client to re-list, as the Kubernetes API does mid-stream.
