@@ -934,8 +934,11 @@ pub struct ContainerStatus {
     pub name: String,
     pub ready: bool,
     pub restart_count: i32,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    /// Always present, as in Kubernetes (client libraries require it, and `imageID`).
     pub image: String,
+    /// The image's digest reference once known; empty until then.
+    #[serde(rename = "imageID")]
+    pub image_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<ContainerState>,
     #[serde(skip_serializing_if = "Option::is_none")]

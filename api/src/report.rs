@@ -84,6 +84,7 @@ pub fn pod_status(
             ready: c.ready,
             restart_count: i32::try_from(c.restart_count).unwrap_or(i32::MAX),
             image: c.image.clone(),
+            image_id: String::new(),
             state: Some(state(&c.state)),
             last_state: c.last_state.as_ref().map(state),
         })

@@ -406,3 +406,37 @@ fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
         );
     }
 }
+
+/// The official Python client (Debian's `python3-kubernetes`, installed by `scripts/setup`):
+/// lists, watches, creates, patches and deletes pods and Deployments
+/// (`tests/python/kube_client.py`).
+#[test]
+fn the_official_python_client_lists_watches_creates_patches_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _h = HollowProcess::start(&m, &dir.path().join("hollow"), "py", 1, &[]).unwrap();
+    assert!(eventually(Duration::from_secs(30), || m.ready_nodes() == 1));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/kube_client.py");
+    // Debian's python3, where python3-kubernetes is (not a pyenv one first on PATH).
+    let out = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(dir.path().join("master/kubeconfig.yaml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.ends_with("ok\n"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What it did, seen from the master: the Deployment it scaled and deleted is gone, and
+    // so are its pods.
+    assert!(
+        m.http()
+            .get("/apis/apps/v1/namespaces/default/deployments/py-web")
+            .unwrap()
+            .code
+            == 404
+    );
+    assert!(eventually(Duration::from_secs(30), || m.pods().is_empty()));
+}

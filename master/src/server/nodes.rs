@@ -566,7 +566,7 @@ pub async fn logs(
             })
             .transpose()
     };
-    let flag = |k: &str| matches!(query.get(k).map(String::as_str), Some("true" | "1"));
+    let flag = |k: &str| query.get(k).is_some_and(|v| super::resources::truthy(v));
     let request = LogRequest {
         id: 0,
         namespace: ns.clone(),

@@ -21,6 +21,12 @@ use super::error::ApiError;
 use super::path::Target;
 use crate::store::{DeleteRequest, Op, Outcome, StoreError, Subresource, WatchFilter};
 
+/// A query flag's truth as Kubernetes reads it (Go's `strconv.ParseBool`): the Python client
+/// sends `watch=True`.
+pub(super) fn truthy(v: &str) -> bool {
+    matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
+}
+
 /// The header that tells `bramble apply` what an apply did: created, configured or unchanged.
 pub const APPLY_RESULT_HEADER: &str = "bramble-apply-result";
 
@@ -35,7 +41,7 @@ pub async fn handle(
 ) -> (&'static str, &'static str, Response) {
     let query: HashMap<String, String> = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
     let resource = target.kind.plural();
-    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let watching = query.get("watch").is_some_and(|v| truthy(v));
     if target.log {
         let result = match method {
             Method::GET => super::nodes::logs(st, &target, &query).await,
