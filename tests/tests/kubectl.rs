@@ -440,3 +440,112 @@ fn the_official_python_client_lists_watches_creates_patches_and_deletes() {
     );
     assert!(eventually(Duration::from_secs(30), || m.pods().is_empty()));
 }
+
+/// What a hostile or broken client sends to the endpoints kubectl uses: discovery without a
+/// token, a patch nested 100,000 deep, a strategic patch without merge keys, unknown patch
+/// types and directives, a bad field selector, a dry run of another kind, a Scale out of
+/// range, a reader token's writes. Each is refused with its reason; nothing changes.
+#[test]
+fn hostile_kubectl_requests_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(WEB)));
+    let h = m.http();
+    let path = "/apis/apps/v1/namespaces/default/deployments/web";
+    let before = h.get(path).unwrap().json();
+    let patch = |ct: &str, body: &[u8]| h.request("PATCH", path, Some(ct), body, true).unwrap();
+    for p in ["/version", "/api", "/apis", "/api/v1", "/openapi/v3"] {
+        assert_eq!(
+            h.request("GET", p, None, b"", false).unwrap().code,
+            401,
+            "{p}"
+        );
+    }
+    let deep = format!("{}{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+    let r = patch("application/merge-patch+json", deep.as_bytes());
+    assert_eq!(r.code, 400, "{}", String::from_utf8_lossy(&r.body));
+    let r = patch(
+        "application/strategic-merge-patch+json",
+        br#"{"spec":{"template":{"spec":{"containers":[{"image":"x"}]}}}}"#,
+    );
+    assert_eq!(r.code, 422);
+    assert!(
+        String::from_utf8_lossy(&r.body)
+            .contains("spec.template.spec.containers: element 0 has no merge key"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = patch(
+        "application/strategic-merge-patch+json",
+        br#"{"spec":{"$explode":1}}"#,
+    );
+    assert_eq!(r.code, 422, "{}", String::from_utf8_lossy(&r.body));
+    let r = patch(
+        "application/json-patch+json",
+        br#"[{"op":"remove","path":"/nope"}]"#,
+    );
+    assert_eq!(r.code, 422, "{}", String::from_utf8_lossy(&r.body));
+    let r = patch("application/x-who-knows", b"{}");
+    assert_eq!(r.code, 415);
+    // A patch whose result is invalid is refused by the API's own validation.
+    let r = patch(
+        "application/merge-patch+json",
+        br#"{"spec":{"replicas":-4}}"#,
+    );
+    assert_eq!(r.code, 422, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("spec.replicas"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = h
+        .request(
+            "PATCH",
+            &format!("{path}?dryRun=Some"),
+            Some("application/merge-patch+json"),
+            br#"{"spec":{"replicas":9}}"#,
+            true,
+        )
+        .unwrap();
+    assert_eq!(r.code, 400, "an unknown dry run must not be ignored");
+    let r = h
+        .request(
+            "PUT",
+            &format!("{path}/scale"),
+            Some("application/json"),
+            br#"{"spec":{"replicas":99999999999}}"#,
+            true,
+        )
+        .unwrap();
+    assert_eq!(r.code, 422, "{}", String::from_utf8_lossy(&r.body));
+    let r = h
+        .get("/api/v1/pods?fieldSelector=spec.secretThing%3Dx")
+        .unwrap();
+    assert_eq!(r.code, 400);
+    let r = h.get("/api/v1/pods?fieldSelector=nonsense").unwrap();
+    assert_eq!(r.code, 400);
+    // The reader role reads discovery and tables, and writes nothing.
+    let reader = m.http_as(
+        &std::fs::read_to_string(dir.path().join("master/reader.token"))
+            .unwrap()
+            .trim(),
+    );
+    assert_eq!(reader.get("/apis/apps/v1").unwrap().code, 200);
+    for (method, p, ct) in [
+        ("PATCH", path.to_string(), "application/merge-patch+json"),
+        ("PUT", format!("{path}/scale"), "application/json"),
+    ] {
+        let r = reader
+            .request(method, &p, Some(ct), br#"{"spec":{"replicas":5}}"#, true)
+            .unwrap();
+        assert_eq!(r.code, 403, "{method} {p}");
+    }
+    let after = h.get(path).unwrap().json();
+    assert_eq!(before["spec"], after["spec"]);
+    // (The controllers write status and annotations meanwhile; the spec's generation
+    // counts every change of the spec.)
+    assert_eq!(
+        before["metadata"]["generation"], after["metadata"]["generation"],
+        "a refused request changed the Deployment"
+    );
+}
