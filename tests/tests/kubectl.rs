@@ -526,7 +526,7 @@ fn hostile_kubectl_requests_are_refused_and_change_nothing() {
     assert_eq!(r.code, 400);
     // The reader role reads discovery and tables, and writes nothing.
     let reader = m.http_as(
-        &std::fs::read_to_string(dir.path().join("master/reader.token"))
+        std::fs::read_to_string(dir.path().join("master/reader.token"))
             .unwrap()
             .trim(),
     );
