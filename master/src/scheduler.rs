@@ -254,7 +254,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
                 return;
             }
         };
-        s.schedule_pending().await;
+        s.schedule_all().await;
         loop {
             let changed = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -263,7 +263,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
                 c = images_w.next() => match c {
                     Ok(_) => {
                         if s.on_image_change() {
-                            s.schedule_pending().await;
+                            s.schedule_all().await;
                         }
                         continue;
                     }
@@ -273,7 +273,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
             match changed {
                 Ok(c) => {
                     if s.on_change(&c) {
-                        s.schedule_pending().await;
+                        s.schedule_all().await;
                     }
                 }
                 Err(e) => {
@@ -455,7 +455,17 @@ impl Scheduler {
         }
     }
 
-    async fn schedule_pending(&mut self) {
+    /// Rounds until one binds nothing that a waiting pod's spread constraint could count
+    /// (a bound pod can lift the smallest domain; the watch event of a pod this scheduler
+    /// bound does not retry, as the binding is already in the cache).
+    async fn schedule_all(&mut self) {
+        while self.schedule_pending().await
+            && self.pending.values().any(|(_, _, v)| !v.spread.is_empty())
+        {}
+    }
+
+    /// One round over the pending pods; returns whether it bound any.
+    async fn schedule_pending(&mut self) -> bool {
         let pending: Vec<(String, (String, String, PodView))> = self
             .pending
             .iter()
@@ -560,11 +570,13 @@ impl Scheduler {
                 }
             }
         }
+        let bound_any = !events.is_empty();
         for e in events {
             if self.event_tx.try_send(e).is_err() {
                 tracing::debug!("event queue full: a Scheduled event was dropped");
             }
         }
+        bound_any
     }
 
     /// Writes a chunk of bindings concurrently on a task of its own.

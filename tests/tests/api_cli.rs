@@ -296,7 +296,7 @@ fn http_errors_are_statuses_with_the_right_codes() {
         .request(
             "PATCH",
             &format!("{pods}/x"),
-            Some("application/merge-patch+json"),
+            Some("application/json"),
             b"{}",
             true,
         )
