@@ -203,7 +203,7 @@ impl Runtime for LibcontainerRuntime {
     }
 
     fn remove_sandbox(&self, pod_uid: &str) -> Result<(), RuntimeError> {
-        sandbox::remove_netns(pod_uid, &self.netns_dir.join(pod_uid))?;
+        sandbox::remove_ns_file(pod_uid, &self.netns_dir.join(pod_uid))?;
         super::pause::remove(pod_uid, &self.pidns_dir.join(pod_uid))?;
         self.remove_pod_cgroups(pod_uid);
         Ok(())

@@ -13,7 +13,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 
 use super::{RuntimeError, SandboxError};
@@ -156,20 +156,5 @@ pub fn remove(uid: &str, path: &Path) -> Result<(), RuntimeError> {
         );
     }
     let _ = std::fs::remove_file(pidfile(path));
-    if super::sandbox::is_mounted(path) {
-        umount2(path, MntFlags::MNT_DETACH).map_err(|source| {
-            sandbox_err(uid)(SandboxError::Unmount {
-                path: path.to_path_buf(),
-                source,
-            })
-        })?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(sandbox_err(uid)(SandboxError::Io {
-            path: path.to_path_buf(),
-            source,
-        })),
-    }
+    super::sandbox::remove_ns_file(uid, path)
 }

@@ -86,8 +86,8 @@ fn make_netns(path: &Path) -> Result<(), SandboxError> {
     })
 }
 
-/// Unmounts and removes the namespace file (idempotent).
-pub fn remove_netns(uid: &str, path: &Path) -> Result<(), RuntimeError> {
+/// Unmounts and removes a namespace file (the network one, or a pod's PID namespace) (idempotent).
+pub fn remove_ns_file(uid: &str, path: &Path) -> Result<(), RuntimeError> {
     let err = |source| RuntimeError::Sandbox {
         uid: uid.to_string(),
         source,
@@ -183,8 +183,8 @@ mod tests {
             "a fresh namespace holds only lo"
         );
         assert!(up.1 & libc::IFF_UP as libc::c_short != 0, "lo must be up");
-        remove_netns("pod1", &p).unwrap();
+        remove_ns_file("pod1", &p).unwrap();
         assert!(!p.exists());
-        remove_netns("pod1", &p).unwrap();
+        remove_ns_file("pod1", &p).unwrap();
     }
 }

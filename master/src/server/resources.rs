@@ -387,21 +387,15 @@ fn watch(
 }
 
 fn get(st: &AppState, target: &Target, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let name = target.name.as_deref().unwrap_or("");
-    let ns = target.namespace.as_deref().unwrap_or("");
-    match st.store.get(target.kind, ns, name) {
-        Some(e) if wants_table(headers) => Ok(table_response(
+    let e = stored(st, target)?;
+    if wants_table(headers) {
+        return Ok(table_response(
             target.kind,
             std::slice::from_ref(&e),
             e.revision,
-        )),
-        Some(e) => Ok(json_response(StatusCode::OK, e.json.clone())),
-        None => Err(StoreError::NotFound {
-            kind: target.kind,
-            name: name.to_string(),
-        }
-        .into()),
+        ));
     }
+    Ok(json_response(StatusCode::OK, e.json.clone()))
 }
 
 fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
@@ -563,6 +557,24 @@ async fn apply(
     Ok(with_warnings(resp, &warnings))
 }
 
+/// The stored object the request names, or 404.
+fn stored(st: &AppState, target: &Target) -> Result<Arc<crate::store::Entry>, ApiError> {
+    let name = target.name.as_deref().unwrap_or("");
+    let ns = target.namespace.as_deref().unwrap_or("");
+    st.store.get(target.kind, ns, name).ok_or_else(|| {
+        StoreError::NotFound {
+            kind: target.kind,
+            name: name.to_string(),
+        }
+        .into()
+    })
+}
+
+/// A patch that cannot be applied: 422 naming where.
+fn unpatchable(e: super::patch::PatchError) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
+}
+
 /// A merge or strategic merge patch: applied to the stored object and written as an update
 /// conditional on the version patched (a concurrent write makes it start over, up to five
 /// times, unless the patch names a resourceVersion of its own).
@@ -579,23 +591,13 @@ async fn patch(
     let pinned = patch
         .pointer("/metadata/resourceVersion")
         .is_some_and(|v| !v.is_null());
-    let name = target.name.as_deref().unwrap_or("");
-    let ns = target.namespace.as_deref().unwrap_or("");
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let entry = st
-            .store
-            .get(target.kind, ns, name)
-            .ok_or_else(|| StoreError::NotFound {
-                kind: target.kind,
-                name: name.to_string(),
-            })?;
+        let entry = stored(st, target)?;
         let current: serde_json::Value = serde_json::from_slice(&entry.json)
             .map_err(|e| ApiError::bad_request(format!("the stored object: {e}")))?;
-        let patched = super::patch::apply(&current, &patch, kind).map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
-        })?;
+        let patched = super::patch::apply(&current, &patch, kind).map_err(unpatchable)?;
         let json = Bytes::from(serde_json::to_vec(&patched).unwrap_or_default());
         let (obj, warnings) = body::object_off_workers(json, body::Format::Json, target).await?;
         check_strict(query, &warnings)?;
@@ -661,17 +663,8 @@ async fn scale(
     query: &HashMap<String, String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = target.name.as_deref().unwrap_or("");
-    let ns = target.namespace.as_deref().unwrap_or("");
     let read = || -> Result<(Object, serde_json::Value), ApiError> {
-        let entry = st
-            .store
-            .get(target.kind, ns, name)
-            .ok_or_else(|| StoreError::NotFound {
-                kind: target.kind,
-                name: name.to_string(),
-            })?;
-        let obj = entry.object()?;
+        let obj = stored(st, target)?.object()?;
         let scale = scale_of(&obj).unwrap_or_default();
         Ok((obj, scale))
     };
@@ -708,9 +701,7 @@ async fn scale(
         attempt += 1;
         let (mut obj, current) = read()?;
         let wanted = match patch_kind {
-            Some(kind) => super::patch::apply(&current, &change, kind).map_err(|e| {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
-            })?,
+            Some(kind) => super::patch::apply(&current, &change, kind).map_err(unpatchable)?,
             None => change.clone(),
         };
         let replicas = wanted
@@ -815,14 +806,10 @@ async fn delete(
         resource_version,
     };
     if dry_run(query)? {
-        return match st.store.get(req.kind, &req.namespace, &req.name) {
-            Some(e) => Ok(json_response(StatusCode::OK, e.json.clone())),
-            None => Err(StoreError::NotFound {
-                kind: req.kind,
-                name: req.name,
-            }
-            .into()),
-        };
+        return Ok(json_response(
+            StatusCode::OK,
+            stored(st, target)?.json.clone(),
+        ));
     }
     let outcome = st.store.write(Op::Delete(req)).await?;
     let code = match outcome {
