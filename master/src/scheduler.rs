@@ -219,10 +219,12 @@ struct Scheduler {
     bound: HashMap<String, (Arc<str>, Usage)>,
     /// Node names and owner uids, one copy each for all the bound pods that name them.
     names: Names,
-    /// Pods waiting for a node: uid → (namespace, name).
     /// Pods waiting for a node: uid → (namespace, name, what scheduling needs of it). The
     /// pod itself is read from the store only to bind it: 10,000 pending pods stay small.
     pending: BTreeMap<String, (String, String, PodView)>,
+    /// How many pending pods have spread constraints (a bound pod can let them in; counted so
+    /// that each bind event does not walk 10,000 pending pods).
+    spread_pending: usize,
     /// The last unschedulable message per pod (to write conditions and events on change only).
     last_reason: HashMap<String, String>,
     /// Where the next node search starts.
@@ -242,6 +244,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
         bound: HashMap::new(),
         names: Names::default(),
         pending: BTreeMap::new(),
+        spread_pending: 0,
         last_reason: HashMap::new(),
         next_start: 0,
         event_tx: spawn_event_writer(store_for_events, shutdown.clone()),
@@ -290,6 +293,7 @@ impl Scheduler {
         self.nodes.clear();
         self.bound.clear();
         self.pending.clear();
+        self.spread_pending = 0;
         let (nrev, nodes) = self.store.list(Kind::Node, None, &Selector::everything());
         for e in nodes {
             if let Ok(Object::Node(n)) = e.object() {
@@ -377,7 +381,7 @@ impl Scheduler {
     fn on_pod(&mut self, p: &Pod, deleted: bool) -> bool {
         let uid = p.metadata.uid.clone();
         if deleted || finished(p) {
-            self.pending.remove(&uid);
+            self.unpend(&uid);
             self.last_reason.remove(&uid);
             if let Some((node, usage)) = self.bound.remove(&uid) {
                 if let Some(n) = self.nodes.get_mut(&node) {
@@ -394,15 +398,17 @@ impl Scheduler {
                 // pod's next event.
                 let mut view = PodView::of(p);
                 view.image_platforms = self.image_platforms(&view.images);
-                self.pending.insert(
+                self.spread_pending += usize::from(!view.spread.is_empty());
+                let old = self.pending.insert(
                     uid,
                     (p.metadata.namespace.clone(), p.metadata.name.clone(), view),
                 );
+                self.spread_pending -= old.map_or(0, |(_, _, v)| usize::from(!v.spread.is_empty()));
                 return new;
             }
             return false;
         }
-        self.pending.remove(&uid);
+        self.unpend(&uid);
         self.last_reason.remove(&uid);
         if !self.bound.contains_key(&uid) {
             let usage = self.names.usage(PodView::of(p).usage());
@@ -413,9 +419,16 @@ impl Scheduler {
             self.bound.insert(uid, (node, usage));
             // A pod bound elsewhere (by another scheduler, or a DaemonSet) can lift the
             // smallest domain's count: pods waiting on a spread constraint try again.
-            return self.pending.values().any(|(_, _, v)| !v.spread.is_empty());
+            return self.spread_pending > 0;
         }
         false
+    }
+
+    /// A pod leaves the pending set.
+    fn unpend(&mut self, uid: &str) {
+        if let Some((_, _, v)) = self.pending.remove(uid) {
+            self.spread_pending -= usize::from(!v.spread.is_empty());
+        }
     }
 
     /// Counts, for each of the pod's spread constraints, the matching pods in each domain
@@ -459,9 +472,7 @@ impl Scheduler {
     /// (a bound pod can lift the smallest domain; the watch event of a pod this scheduler
     /// bound does not retry, as the binding is already in the cache).
     async fn schedule_all(&mut self) {
-        while self.schedule_pending().await
-            && self.pending.values().any(|(_, _, v)| !v.spread.is_empty())
-        {}
+        while self.schedule_pending().await && self.spread_pending > 0 {}
     }
 
     /// One round over the pending pods; returns whether it bound any.
@@ -504,7 +515,7 @@ impl Scheduler {
                         n.add(&usage, 1);
                     }
                     spread.place(&uid, &view, &node);
-                    self.pending.remove(&uid);
+                    self.unpend(&uid);
                     self.last_reason.remove(&uid);
                     binds.push((uid, ns, name, node, usage));
                     if binds.len() == BIND_CHUNK {
@@ -525,7 +536,7 @@ impl Scheduler {
                             self.mark_unschedulable(pod, &why).await;
                         }
                         _ => {
-                            self.pending.remove(&uid);
+                            self.unpend(&uid);
                         }
                     }
                 }

@@ -39,15 +39,21 @@ struct Kubectl<'a> {
 }
 
 impl Kubectl<'_> {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(self.exe)
-            .arg("--kubeconfig")
+    /// kubectl with this kubeconfig and cache, and `args`.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.exe);
+        c.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
             .arg(self.cache.path())
-            .args(["--request-timeout", "30s"])
             .args(args)
-            .env_remove("KUBECONFIG")
+            .env_remove("KUBECONFIG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .args(["--request-timeout", "30s"])
             .output()
             .unwrap()
     }
@@ -228,15 +234,15 @@ fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
             }
             k.run(&args)
         };
-        let replicas = || {
+        let deployment = || {
             m.http()
                 .get(&format!(
                     "/apis/apps/v1/namespaces/default/deployments/{name}"
                 ))
                 .unwrap()
-                .json()["spec"]["replicas"]
-                .clone()
+                .json()
         };
+        let replicas = || deployment()["spec"]["replicas"].clone();
         std::fs::write(&file, manifest(1, "")).unwrap();
         let out = apply(&k);
         assert!(
@@ -264,26 +270,14 @@ fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
             "{who}: {out:?}"
         );
         assert_eq!(replicas(), 2, "{who}");
-        let d = m
-            .http()
-            .get(&format!(
-                "/apis/apps/v1/namespaces/default/deployments/{name}"
-            ))
-            .unwrap()
-            .json();
+        let d = deployment();
         assert!(
             d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
                 .is_string(),
             "{who}: {d}"
         );
         k.ok(&["label", "deployment", name, "tier=front"]);
-        let d = m
-            .http()
-            .get(&format!(
-                "/apis/apps/v1/namespaces/default/deployments/{name}"
-            ))
-            .unwrap()
-            .json();
+        let d = deployment();
         assert_eq!(d["metadata"]["labels"]["tier"], "front", "{who}: {d}");
         if !old {
             // Strict field validation: Bramble names the unknown field.
@@ -314,16 +308,11 @@ fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
         );
         let undo = k.ok(&["rollout", "undo", &deploy]);
         assert!(undo.contains("rolled back"), "{who}: {undo}");
-        let image = || {
-            m.http()
-                .get(&format!(
-                    "/apis/apps/v1/namespaces/default/deployments/{name}"
-                ))
-                .unwrap()
-                .json()["spec"]["template"]["spec"]["containers"][0]["image"]
-                .clone()
-        };
-        assert_eq!(image(), "busybox", "{who}");
+        assert_eq!(
+            deployment()["spec"]["template"]["spec"]["containers"][0]["image"],
+            "busybox",
+            "{who}"
+        );
 
         // cordon and drain: the node's pods are found by spec.nodeName and deleted (1.32
         // sends its DeleteOptions as protobuf); their owners' new pods wait for a node.
@@ -344,39 +333,57 @@ fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
             "{who}: the pods did not come back after uncordon"
         );
 
-        // get -w: each event a one-row Table with the same columns.
-        let mut watch = Command::new(k.exe)
-            .arg("--kubeconfig")
-            .arg(&k.kubeconfig)
-            .arg("--cache-dir")
-            .arg(k.cache.path())
-            .args(["get", "pods", "-w", "-l", &format!("app={name}")])
+        // get -w: each event a one-row Table with the same columns. The list comes first
+        // (a header and the 3 pods), then the events of a fourth pod until it runs.
+        let mut watch = k
+            .command(&["get", "pods", "-w", "-l", &format!("app={name}")])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-        k.ok(&["scale", &deploy, "--replicas=4"]);
-        assert!(eventually(Duration::from_secs(20), || m
-            .pods()
-            .iter()
-            .filter(|p| p["metadata"]["labels"]["app"] == name && p["status"]["phase"] == "Running")
-            .count()
-            == 4));
-        std::thread::sleep(Duration::from_secs(1));
-        watch.kill().unwrap();
-        let out = watch.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let lines: Vec<&str> = text.lines().collect();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stdout = watch.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let next = || rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let lines: Vec<String> = (0..4).map(|_| next()).collect();
         assert!(
             lines[0].starts_with("NAME") && lines[0].contains("STATUS"),
-            "{who}: {text}"
+            "{who}: {lines:?}"
         );
-        assert!(lines.len() > 4, "{who}: no events after the list: {text}");
+        let listed: Vec<&str> = lines[1..]
+            .iter()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        k.ok(&["scale", &deploy, "--replicas=4"]);
+        let mut events = Vec::new();
+        loop {
+            let line = next();
+            let new_pod = line
+                .split_whitespace()
+                .next()
+                .is_some_and(|n| !listed.contains(&n));
+            let running = line.contains("Running");
+            events.push(line);
+            if new_pod && running {
+                break;
+            }
+        }
+        watch.kill().unwrap();
+        let _ = watch.wait();
         assert!(
-            lines[4..]
+            events
                 .iter()
                 .all(|l| l.contains("Running") || l.contains("Pending")),
-            "{who}: events without the status column: {text}"
+            "{who}: events without the status column: {events:?}"
         );
 
         let info = k.ok(&["cluster-info"]);

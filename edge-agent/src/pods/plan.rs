@@ -614,6 +614,17 @@ mod tests {
         p
     }
 
+    /// The `main` container's record of pod `uid`.
+    fn main_of<'a>(
+        records: &'a mut BTreeMap<String, PodRecord>,
+        uid: &str,
+    ) -> &'a mut ContainerRecord {
+        records
+            .get_mut(uid)
+            .and_then(|r| r.containers.get_mut("main"))
+            .expect("the pod and its main container")
+    }
+
     fn record(uid: &str, current: Option<&str>, attempt: u32, restarts: u32) -> PodRecord {
         let mut c = ContainerRecord::new("busybox");
         c.current = current.map(str::to_string);
@@ -649,22 +660,10 @@ mod tests {
         );
         // Gone: removed, not started again, the record kept.
         let gone: HashMap<String, Observed> = [("u-main-0".to_string(), exited(143))].into();
-        records
-            .get_mut("u")
-            .unwrap()
-            .containers
-            .get_mut("main")
-            .unwrap()
-            .killed_at_ms = Some(0);
+        main_of(&mut records, "u").killed_at_ms = Some(0);
         let ops = plan(&desired, &records, &gone, 1);
         assert!(matches!(ops.as_slice(), [Op::Remove { .. }]), "{ops:?}");
-        records
-            .get_mut("u")
-            .unwrap()
-            .containers
-            .get_mut("main")
-            .unwrap()
-            .current = None;
+        main_of(&mut records, "u").current = None;
         assert_eq!(plan(&desired, &records, &HashMap::new(), 2), vec![]);
         let r = report(Some(&p), &records["u"], "10.0.0.1");
         assert_eq!((r.phase.as_str(), r.reason.as_str()), ("Failed", "Evicted"));
@@ -784,21 +783,7 @@ mod tests {
             [("u-main-0".to_string(), Observed::Running { started_at: 1 })].into();
         let ops = plan(&desired, &records, &running, 0);
         assert!(matches!(ops.as_slice(), [Op::PreStop { .. }]), "{ops:?}");
-        let main = |r: &mut BTreeMap<String, PodRecord>| {
-            r.get_mut("u")
-                .unwrap()
-                .containers
-                .get_mut("main")
-                .unwrap()
-                .pre_stop
-        };
-        records
-            .get_mut("u")
-            .unwrap()
-            .containers
-            .get_mut("main")
-            .unwrap()
-            .pre_stop = PreStop::Running(0);
+        main_of(&mut records, "u").pre_stop = PreStop::Running(0);
         assert!(
             plan(&desired, &records, &running, 5_000).is_empty(),
             "waits for the hook"
@@ -808,14 +793,8 @@ mod tests {
             plan(&desired, &records, &running, 10_000).as_slice(),
             [Op::Signal { .. }]
         ));
-        records
-            .get_mut("u")
-            .unwrap()
-            .containers
-            .get_mut("main")
-            .unwrap()
-            .pre_stop = PreStop::Done;
-        assert_eq!(main(&mut records), PreStop::Done);
+        main_of(&mut records, "u").pre_stop = PreStop::Done;
+        assert_eq!(main_of(&mut records, "u").pre_stop, PreStop::Done);
         assert!(matches!(
             plan(&desired, &records, &running, 1_000).as_slice(),
             [Op::Signal { signal, .. }] if *signal == libc::SIGTERM
@@ -823,12 +802,7 @@ mod tests {
         // The grace counts from the hook's start: a hook that ran 0..6 s, TERM at 6 s, KILL
         // at 10 s (not 16 s).
         {
-            let c = records
-                .get_mut("u")
-                .unwrap()
-                .containers
-                .get_mut("main")
-                .unwrap();
+            let c = main_of(&mut records, "u");
             c.pre_stop = PreStop::Ran(0);
             c.killed_at_ms = Some(6_000);
         }
@@ -838,13 +812,7 @@ mod tests {
             [Op::Signal { signal, .. }] if *signal == libc::SIGKILL
         ));
         // A hook that took all the grace still leaves the signal 2 s.
-        records
-            .get_mut("u")
-            .unwrap()
-            .containers
-            .get_mut("main")
-            .unwrap()
-            .killed_at_ms = Some(10_000);
+        main_of(&mut records, "u").killed_at_ms = Some(10_000);
         assert!(plan(&desired, &records, &running, 11_999).is_empty());
         assert!(matches!(
             plan(&desired, &records, &running, 12_000).as_slice(),
@@ -908,12 +876,7 @@ mod tests {
             }]
         );
         // After the executor removed it and one restart happened, the next crash backs off 10s.
-        let c = records
-            .get_mut("u1")
-            .unwrap()
-            .containers
-            .get_mut("main")
-            .unwrap();
+        let c = main_of(&mut records, "u1");
         c.current = Some("u1-main-1".into());
         c.restart_count = 1;
         c.state = ContainerState::Running { started_at: 3 };
@@ -927,13 +890,7 @@ mod tests {
         assert!(
             matches!(&c.last_state, Some(ContainerState::Terminated { exit_code: 2, reason, .. }) if reason == "Error")
         );
-        records
-            .get_mut("u1")
-            .unwrap()
-            .containers
-            .get_mut("main")
-            .unwrap()
-            .current = None;
+        main_of(&mut records, "u1").current = None;
         assert!(
             plan(&desired, &records, &HashMap::new(), 14_999).is_empty(),
             "still backing off"
@@ -1033,13 +990,7 @@ mod tests {
                 signal: libc::SIGTERM
             }]
         );
-        records
-            .get_mut("u1")
-            .unwrap()
-            .containers
-            .get_mut("main")
-            .unwrap()
-            .killed_at_ms = Some(10_000);
+        main_of(&mut records, "u1").killed_at_ms = Some(10_000);
         assert!(plan(&desired, &records, &running, 11_999).is_empty());
         let ops = plan(&desired, &records, &running, 12_000);
         assert_eq!(
@@ -1065,13 +1016,7 @@ mod tests {
                 id: "u1-main-0".into()
             }]
         );
-        records
-            .get_mut("u1")
-            .unwrap()
-            .containers
-            .get_mut("main")
-            .unwrap()
-            .current = None;
+        main_of(&mut records, "u1").current = None;
         assert_eq!(
             plan(&desired, &records, &HashMap::new(), 12_200),
             vec![
