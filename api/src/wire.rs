@@ -169,6 +169,10 @@ pub enum Message {
     Gone,
     /// The cluster's network: a snapshot (to one node) or one change (to all).
     Network(NetworkUpdate),
+    /// Master → agent: open a stream to a pod (exec, port-forward) by connecting back to
+    /// the master. Last, so that older agents' encodings are unchanged (they drop it as
+    /// malformed, and the master's request times out).
+    StreamOpen(StreamOpen),
 }
 
 /// Full status, sent on every (re)connect.
@@ -467,6 +471,31 @@ pub struct LogReply {
     pub next_offset: u64,
     /// Empty on success.
     pub error: String,
+}
+
+/// Master → agent: connect back to the master's API at `/bramble/v1/streams/{id}` (with the
+/// node's token, upgrading to `bramble_support::stream`) and run the stream there. The id is
+/// random and good once, for this node only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamOpen {
+    pub id: String,
+    pub namespace: String,
+    pub pod: String,
+    pub kind: StreamKind,
+}
+
+/// What a stream runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StreamKind {
+    /// A command in a container's namespaces, with the container's environment.
+    Exec {
+        container: String,
+        command: Vec<String>,
+        stdin: bool,
+        tty: bool,
+    },
+    /// A TCP connection to the pod's port, made inside the pod's network namespace.
+    PortForward { port: u16 },
 }
 
 /// Why a payload was dropped.
@@ -777,6 +806,23 @@ mod tests {
                 revision: 14,
                 prev_revision: 13,
                 change: NetworkChange::Remove(NetKey::Route("pi2".into())),
+            }),
+            Message::StreamOpen(StreamOpen {
+                id: "00ff".into(),
+                namespace: "default".into(),
+                pod: "web".into(),
+                kind: StreamKind::Exec {
+                    container: "main".into(),
+                    command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                    stdin: true,
+                    tty: false,
+                },
+            }),
+            Message::StreamOpen(StreamOpen {
+                id: "01".into(),
+                namespace: "default".into(),
+                pod: "web".into(),
+                kind: StreamKind::PortForward { port: 8080 },
             }),
         ]
     }

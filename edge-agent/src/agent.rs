@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 mod inbound;
 mod session;
+mod stream;
 
 use self::inbound::Inbound;
 use self::session::{Action, Event, Session};
@@ -301,6 +302,12 @@ pub async fn run_with_runtime(
     };
     let node = creds.node_name.clone();
     let host = creds.broker_host();
+    // Streams to pods connect back to the master's API with the node's token.
+    let dial = Arc::new(stream::Dial {
+        server: creds.server.clone(),
+        ca_pem: creds.ca_pem.clone(),
+        token: creds.node_token.clone(),
+    });
     let facts = crate::facts::gather(&config, Some((&host, creds.mqtt_port)));
     // On the first start the address was not known before joining.
     pods.set_host_ip(&facts.address);
@@ -516,6 +523,14 @@ pub async fn run_with_runtime(
                         for action in session.on(event, Instant::now()) {
                             act(action, &mut pods).await;
                         }
+                    }
+                    Ok(Inbound::StreamOpen(o)) => {
+                        let container = match &o.kind {
+                            wire::StreamKind::Exec { container, .. } => Some(container.as_str()),
+                            wire::StreamKind::PortForward { .. } => None,
+                        };
+                        let target = pods.stream_target(&o.namespace, &o.pod, container);
+                        stream::spawn(dial.clone(), o, target);
                     }
                     Ok(Inbound::LogRequest(r)) => {
                         let reply = read_logs(&pods, r).await;

@@ -51,6 +51,13 @@ pub enum LogPathError {
     Waiting { container: String, pod: String },
 }
 
+/// What a stream to a pod enters (see [`PodManager::stream_target`]).
+#[derive(Debug, Clone)]
+pub struct StreamTarget {
+    pub exec: Option<crate::runtime::ExecTarget>,
+    pub netns: Option<PathBuf>,
+}
+
 /// The pod manager's state and its collaborators.
 pub struct PodManager {
     runtime: Arc<dyn Runtime>,
@@ -682,6 +689,57 @@ impl PodManager {
             });
         }
         Ok(self.layout.log_file(&rec.uid, container, c.attempt - back))
+    }
+
+    /// What a stream to a pod reaches: for an exec, the running container (`container`
+    /// empty: the pod's first); for a port-forward (`container` None), the pod's network
+    /// namespace (None: host networking). Reads two small files: callers on the async
+    /// runtime may call it.
+    pub fn stream_target(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+    ) -> Result<StreamTarget, String> {
+        let rec = self
+            .records
+            .values()
+            .find(|r| r.namespace == namespace && r.name == pod && r.evicted.is_none())
+            .ok_or_else(|| {
+                LogPathError::PodNotHere {
+                    namespace: namespace.to_string(),
+                    pod: pod.to_string(),
+                }
+                .to_string()
+            })?;
+        let Some(container) = container else {
+            return Ok(StreamTarget {
+                exec: None,
+                netns: rec.netns.clone(),
+            });
+        };
+        let name = match container {
+            "" => self
+                .desired
+                .get(&rec.uid)
+                .and_then(|p| p.spec.containers.first())
+                .map(|c| c.name.clone())
+                .unwrap_or_default(),
+            c => c.to_string(),
+        };
+        let id = rec
+            .containers
+            .get(&name)
+            .and_then(|c| c.current.clone())
+            .ok_or_else(|| format!("container {name:?} in pod {pod:?} is not running"))?;
+        let exec = self
+            .runtime
+            .exec_target(&id)
+            .map_err(|e| format!("container {name:?} in pod {pod:?}: {e}"))?;
+        Ok(StreamTarget {
+            exec: Some(exec),
+            netns: rec.netns.clone(),
+        })
     }
 
     /// Lets the image store free disk, keeping every image a desired pod names.

@@ -300,6 +300,17 @@ pub trait Runtime: Send + Sync + 'static {
         action: &ProbeAction,
         timeout: std::time::Duration,
     ) -> Result<(), ProbeError>;
+    /// What an exec into a running container enters: its init's pid, and its process's
+    /// environment and working directory.
+    fn exec_target(&self, id: &str) -> Result<ExecTarget, ProbeError>;
+}
+
+/// A running container, as an exec enters it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecTarget {
+    pub pid: i32,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
 }
 
 /// A probe resolved against its container.

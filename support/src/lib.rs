@@ -12,6 +12,8 @@ mod log;
 pub mod mqtt;
 mod random;
 mod signals;
+#[cfg(feature = "stream")]
+pub mod stream;
 mod thread;
 #[cfg(feature = "tls")]
 pub mod tls;

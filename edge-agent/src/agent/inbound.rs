@@ -2,7 +2,7 @@
 //! becomes one [`Inbound`] message for this node, or a [`Dropped`] reason to count and log.
 //! Every check a hostile or confused publisher could trip is here, with a test each.
 
-use bramble_api::wire::{self, Channel, Desired, LogRequest, Message, NetworkUpdate};
+use bramble_api::wire::{self, Channel, Desired, LogRequest, Message, NetworkUpdate, StreamOpen};
 use bramble_support::wire_auth::{NodeSecret, open_from_master};
 
 /// A message for this node, decoded and checked.
@@ -15,6 +15,8 @@ pub enum Inbound {
     Network { update: NetworkUpdate, shared: bool },
     /// The master asks for a container's log.
     LogRequest(LogRequest),
+    /// The master asks for a stream to a pod (exec, port-forward).
+    StreamOpen(StreamOpen),
 }
 
 /// Why a publish was dropped: the metric's name and what to log.
@@ -92,6 +94,7 @@ pub fn route(
             shared: false,
         },
         (Channel::Request, Message::LogRequest(r)) => Inbound::LogRequest(r),
+        (Channel::Request, Message::StreamOpen(r)) => Inbound::StreamOpen(r),
         (c, _) => return Err(dropped("wrong_channel", format!("{topic} ({c:?})"))),
     };
     if env.stamp != expect {
@@ -126,6 +129,15 @@ mod tests {
             revision: 9,
             prev_revision: 0,
             change: NetworkChange::Snapshot(NetworkSnapshot::default()),
+        })
+    }
+
+    fn stream_open() -> Message {
+        Message::StreamOpen(StreamOpen {
+            id: "ab".into(),
+            namespace: "default".into(),
+            pod: "p".into(),
+            kind: wire::StreamKind::PortForward { port: 80 },
         })
     }
 
@@ -195,6 +207,12 @@ mod tests {
                 sealed(&mine(Channel::Request), me, log_request()),
                 false,
                 Ok("log"),
+            ),
+            (
+                mine(Channel::Request),
+                sealed(&mine(Channel::Request), me, stream_open()),
+                false,
+                Ok("stream"),
             ),
             (
                 mine(Channel::Network),
@@ -333,6 +351,12 @@ mod tests {
                 Err("wrong_channel"),
             ),
             (
+                mine(Channel::Desired),
+                sealed(&mine(Channel::Desired), me, stream_open()),
+                false,
+                Err("wrong_channel"),
+            ),
+            (
                 mine(Channel::Request),
                 sealed(
                     &mine(Channel::Request),
@@ -356,6 +380,7 @@ mod tests {
             let got = match route(me, &keys, NOW, &topic, &payload, follows) {
                 Ok(Inbound::Desired(_)) => Ok("desired"),
                 Ok(Inbound::LogRequest(_)) => Ok("log"),
+                Ok(Inbound::StreamOpen(_)) => Ok("stream"),
                 Ok(Inbound::Network { shared: false, .. }) => Ok("network own"),
                 Ok(Inbound::Network { shared: true, .. }) => Ok("network shared"),
                 Err(d) => Err(d.reason),

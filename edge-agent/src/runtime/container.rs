@@ -189,6 +189,29 @@ impl Runtime for LibcontainerRuntime {
             .ok_or(ProbeError::NotRunning)?;
         super::probe::run(pid, netns, action, timeout)
     }
+    fn exec_target(&self, id: &str) -> Result<super::ExecTarget, ProbeError> {
+        let pid = self
+            .read_pid(id)
+            .map(|(p, _)| p)
+            .ok_or(ProbeError::NotRunning)?;
+        if self.read_exit(id).is_some() {
+            return Err(ProbeError::NotRunning);
+        }
+        let config: serde_json::Value =
+            std::fs::read(self.bundles.join(id).join("config.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or(ProbeError::NotRunning)?;
+        let env = config["process"]["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_str()?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cwd = config["process"]["cwd"].as_str().unwrap_or("/").to_string();
+        Ok(super::ExecTarget { pid, env, cwd })
+    }
     fn create_sandbox(
         &self,
         pod_uid: &str,

@@ -58,6 +58,10 @@ fn immediate_exit(spec: &ContainerSpec) -> Option<i32> {
 }
 
 impl Runtime for MemoryRuntime {
+    fn exec_target(&self, _id: &str) -> Result<super::ExecTarget, ProbeError> {
+        // A hollow node runs no processes to enter.
+        Err(ProbeError::NotRunning)
+    }
     fn probe(
         &self,
         _id: &str,

@@ -614,6 +614,7 @@ pub fn message_name(m: &Message) -> &'static str {
         Message::LogReply(_) => "LogReply",
         Message::Gone => "Gone",
         Message::Network(_) => "Network",
+        Message::StreamOpen(_) => "StreamOpen",
     }
 }
 
