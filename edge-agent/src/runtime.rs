@@ -300,8 +300,8 @@ pub trait Runtime: Send + Sync + 'static {
         action: &ProbeAction,
         timeout: std::time::Duration,
     ) -> Result<(), ProbeError>;
-    /// What an exec into a running container enters: its init's pid, and its process's
-    /// environment and working directory.
+    /// What an exec into a running container enters: its init's pid (whose root and working
+    /// directory it takes), and its process's environment.
     fn exec_target(&self, id: &str) -> Result<ExecTarget, ProbeError>;
 }
 
@@ -310,7 +310,6 @@ pub trait Runtime: Send + Sync + 'static {
 pub struct ExecTarget {
     pub pid: i32,
     pub env: Vec<(String, String)>,
-    pub cwd: String,
 }
 
 /// A probe resolved against its container.

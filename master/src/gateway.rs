@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bramble_api::pod::Pod;
-use bramble_api::wire::{self, Channel, LogReply, LogRequest, Message, PodReport};
+use bramble_api::wire::{self, Channel, LogReply, LogRequest, Message, PodReport, StreamOpen};
 use bramble_api::{Kind, Object, Selector};
 use bramble_support::mqtt;
 use bramble_support::wire_auth::{MasterKey, open_from_node};
@@ -56,6 +56,8 @@ enum Command {
         request: LogRequest,
         reply: oneshot::Sender<LogReply>,
     },
+    /// Ask a node's agent to open a stream back (exec, port-forward).
+    Stream { node: String, open: StreamOpen },
 }
 
 /// A cheap handle for the API server.
@@ -74,6 +76,17 @@ pub enum GatewayError {
 }
 
 impl GatewayHandle {
+    /// Asks a node's agent to connect back for a stream (the caller waits for it).
+    pub async fn open_stream(&self, node: &str, open: StreamOpen) -> Result<(), GatewayError> {
+        self.tx
+            .send(Command::Stream {
+                node: node.to_string(),
+                open,
+            })
+            .await
+            .map_err(|_| GatewayError::Closed)
+    }
+
     /// Asks a node's agent for a container log.
     pub async fn logs(
         &self,
@@ -564,6 +577,9 @@ impl Gateway {
                 request.id = id;
                 self.pending.insert((node.clone(), id), reply);
                 self.publish(&node, Channel::Request, Message::LogRequest(request));
+            }
+            Command::Stream { node, open } => {
+                self.publish(&node, Channel::Request, Message::StreamOpen(open));
             }
         }
     }

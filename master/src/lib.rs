@@ -383,6 +383,7 @@ impl Master {
                 )
             }),
             images: self.images.clone(),
+            streams: Default::default(),
         });
         let app = server::router(state);
         tracing::info!(addr = %self.addr, "API server listening");

@@ -12,6 +12,8 @@ mod openapi;
 mod patch;
 mod path;
 mod resources;
+mod spdy;
+pub mod streams;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -64,6 +66,8 @@ pub struct AppState {
     /// The cluster CA (PEM) and its SHA-256; None when serving in plaintext.
     pub ca: Option<(String, String)>,
     pub images: Arc<images::ImageService>,
+    /// Streams to pods asked of nodes, waiting for them to connect back.
+    pub streams: streams::Pending,
 }
 
 /// The API router.
@@ -106,6 +110,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/bramble/v1/images/resolve", get(images::resolve))
         .route("/bramble/v1/blobs/{digest}", get(images::blob))
+        .route("/bramble/v1/streams/{id}", get(streams::agent_connect))
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/exec",
+            get(streams::exec).post(streams::exec),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/portforward",
+            get(streams::portforward).post(streams::portforward),
+        )
         .fallback(api)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

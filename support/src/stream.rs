@@ -191,7 +191,10 @@ mod tests {
         );
         assert_eq!(&b[used..], br#"{"Wid"#);
         // Hostile sizes do not parse (out of u16) and end the sequence.
-        assert_eq!(terminal_sizes(br#"{"Width":99999999,"Height":1}"#).0, vec![]);
+        assert_eq!(
+            terminal_sizes(br#"{"Width":99999999,"Height":1}"#).0,
+            vec![]
+        );
     }
 
     #[test]

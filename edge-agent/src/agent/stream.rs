@@ -266,18 +266,30 @@ fn start(
         return Err(std::io::Error::other("no command"));
     }
     let mut cmd = Command::new("nsenter");
-    cmd.args(["-t", &target.pid.to_string(), "-m", "-u", "-i", "-n", "-p"])
-        .arg(format!("--wd={}", target.cwd))
-        .arg("--")
-        .args(command)
-        .env_clear()
-        .envs(target.env.iter().map(|(k, v)| (k, v)));
+    // `-r -w`: the container's root and working directory (its init's).
+    cmd.args([
+        "-t",
+        &target.pid.to_string(),
+        "-m",
+        "-u",
+        "-i",
+        "-n",
+        "-p",
+        "-r",
+        "-w",
+    ])
+    .arg("--")
+    .args(command)
+    .env_clear()
+    .envs(target.env.iter().map(|(k, v)| (k, v)));
     if !target.env.iter().any(|(k, _)| k == "PATH") {
-        cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd.env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
     }
     let started = if tty {
-        let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
-        let slave = std::fs::File::from(pty.slave);
+        let (master, slave) = container_pty(target.pid)?;
         cmd.stdin(Stdio::from(slave.try_clone()?))
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave));
@@ -295,7 +307,6 @@ fn start(
             });
         }
         let child = cmd.spawn()?;
-        let master = std::fs::File::from(pty.master);
         Started {
             child,
             input: Some(master.try_clone()?),
@@ -338,6 +349,46 @@ fn start(
     // The parent's copies of the terminal's other side went with `cmd`.
     drop(cmd);
     Ok(started)
+}
+
+/// A terminal from the container's own `/dev/pts` (so that `tty` names it inside), or from
+/// the node's when the container has none.
+#[allow(unsafe_code)]
+fn container_pty(pid: i32) -> std::io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let root = PathBuf::from(format!("/proc/{pid}/root/dev"));
+    let open = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(p)
+    };
+    let inside = open(&root.join("pts/ptmx"))
+        .or_else(|_| open(&root.join("ptmx")))
+        .and_then(|master| {
+            let (mut n, unlock): (libc::c_uint, libc::c_int) = (0, 0);
+            // SAFETY: a valid fd and integers that live across the calls.
+            let ok = unsafe {
+                libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) == 0
+                    && libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) == 0
+            };
+            if !ok {
+                return Err(std::io::Error::last_os_error());
+            }
+            let slave = open(&root.join(format!("pts/{n}")))?;
+            Ok((master, slave))
+        });
+    match inside {
+        Ok(p) => Ok(p),
+        Err(_) => {
+            let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
+            Ok((
+                std::fs::File::from(pty.master),
+                std::fs::File::from(pty.slave),
+            ))
+        }
+    }
 }
 
 /// Copies one of the command's outputs to the stream until it ends (a terminal ends with

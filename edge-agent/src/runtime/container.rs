@@ -197,11 +197,10 @@ impl Runtime for LibcontainerRuntime {
         if self.read_exit(id).is_some() {
             return Err(ProbeError::NotRunning);
         }
-        let config: serde_json::Value =
-            std::fs::read(self.bundles.join(id).join("config.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or(ProbeError::NotRunning)?;
+        let config: serde_json::Value = std::fs::read(self.bundles.join(id).join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(ProbeError::NotRunning)?;
         let env = config["process"]["env"]
             .as_array()
             .into_iter()
@@ -209,8 +208,7 @@ impl Runtime for LibcontainerRuntime {
             .filter_map(|e| e.as_str()?.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let cwd = config["process"]["cwd"].as_str().unwrap_or("/").to_string();
-        Ok(super::ExecTarget { pid, env, cwd })
+        Ok(super::ExecTarget { pid, env })
     }
     fn create_sandbox(
         &self,

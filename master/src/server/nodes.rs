@@ -514,6 +514,28 @@ pub async fn delete_token(
     }
 }
 
+/// The container a log read or a stream names (`asked`), or the pod's only one; as
+/// Kubernetes, a pod of several containers needs the name.
+pub fn container_of(pod: &bramble_api::pod::Pod, asked: Option<&str>) -> Result<String, ApiError> {
+    let name = &pod.metadata.name;
+    let names: Vec<&str> = pod
+        .spec
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    match asked {
+        Some(c) if names.contains(&c) => Ok(c.to_string()),
+        Some(c) => Err(ApiError::bad_request(format!(
+            "container {c:?} is not valid for pod {name:?}; choose one of {names:?}"
+        ))),
+        None if names.len() == 1 => Ok(names[0].to_string()),
+        None => Err(ApiError::bad_request(format!(
+            "a container name must be specified for pod {name:?}, choose one of {names:?}"
+        ))),
+    }
+}
+
 /// `GET /api/v1/namespaces/{ns}/pods/{name}/log`: `container`, `tailLines`, `previous`,
 /// `limitBytes`, `follow`.
 pub async fn logs(
@@ -537,26 +559,7 @@ pub async fn logs(
             "pod {name:?} is not scheduled to a node yet"
         )));
     }
-    let names: Vec<&str> = pod
-        .spec
-        .containers
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
-    let container = match query.get("container") {
-        Some(c) if names.contains(&c.as_str()) => c.clone(),
-        Some(c) => {
-            return Err(ApiError::bad_request(format!(
-                "container {c:?} is not valid for pod {name:?}; choose one of {names:?}"
-            )));
-        }
-        None if names.len() == 1 => names[0].to_string(),
-        None => {
-            return Err(ApiError::bad_request(format!(
-                "a container name must be specified for pod {name:?}, choose one of {names:?}"
-            )));
-        }
-    };
+    let container = container_of(&pod, query.get("container").map(String::as_str))?;
     let num = |k: &str| -> Result<Option<u64>, ApiError> {
         query
             .get(k)
