@@ -57,6 +57,10 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Print a container's log (fetched from its node's agent)
     Logs(LogsArgs),
+    /// Run a command in a container (through its node's agent)
+    Exec(ExecArgs),
+    /// Forward local ports to a pod's ports (through its node's agent)
+    PortForward(PortForwardArgs),
     /// Join tokens for new nodes
     #[command(subcommand)]
     Token(TokenCommand),
@@ -220,6 +224,38 @@ pub struct LogsArgs {
     /// The previous instance of the container (after a restart)
     #[arg(short = 'p', long)]
     pub previous: bool,
+}
+
+/// `bramble exec`.
+#[derive(Debug, ClapArgs)]
+pub struct ExecArgs {
+    /// Pod name
+    pub pod: String,
+    /// Container name [default: the pod's only container]
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    /// Pass standard input to the command
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+    /// Give the command a terminal
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// The command and its arguments, after --
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// `bramble port-forward`.
+#[derive(Debug, ClapArgs)]
+pub struct PortForwardArgs {
+    /// Pod name
+    pub pod: String,
+    /// Ports as [LOCAL:]REMOTE (LOCAL 0 or empty: any free port)
+    #[arg(required = true)]
+    pub ports: Vec<String>,
+    /// The local address to listen on
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
 }
 
 /// `bramble image`.

@@ -4,6 +4,7 @@ pub mod apply;
 pub mod create;
 pub mod delete;
 pub mod describe;
+pub mod exec;
 pub mod get;
 pub mod image;
 pub mod kubeconfig;

@@ -36,6 +36,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Describe(a) => cmd::describe::run(&client, ns, a),
         Command::Delete(a) => cmd::delete::run(&client, ns, a),
         Command::Logs(a) => cmd::logs::run(&client, ns, a),
+        Command::Exec(a) => cmd::exec::exec(&client, ns, a),
+        Command::PortForward(a) => cmd::exec::port_forward(&client, ns, a),
         Command::Token(t) => cmd::token::run(&client, t),
         Command::Kubeconfig(k) => cmd::kubeconfig::run(&client, k),
         Command::Image(i) => cmd::image::run(&client, i),
