@@ -713,6 +713,17 @@ impl PodManager {
                 .to_string()
             })?;
         let Some(container) = container else {
+            // A pod without its own network namespace forwards to the node's only when it
+            // asked for the node's network (a hollow node's pods have neither).
+            let host = self
+                .desired
+                .get(&rec.uid)
+                .is_some_and(|p| p.spec.host_network);
+            if rec.netns.is_none() && !host {
+                return Err(format!(
+                    "pod {namespace}/{pod} has no network namespace on this node"
+                ));
+            }
             return Ok(StreamTarget {
                 exec: None,
                 netns: rec.netns.clone(),

@@ -921,6 +921,18 @@ impl Http {
         Self::finish(self.agent.run(req))
     }
 
+    /// A request asking to upgrade to `upgrade` (for the refusals of stream endpoints).
+    pub fn upgrade_request(&self, method: &str, path: &str, upgrade: &str) -> Result<Reply> {
+        let req = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Connection", "Upgrade")
+            .header("Upgrade", upgrade)
+            .body(Vec::new())?;
+        Self::finish(self.agent.run(req))
+    }
+
     /// GET with the token.
     pub fn get(&self, path: &str) -> Result<Reply> {
         self.request("GET", path, None, b"", true)

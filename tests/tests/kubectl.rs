@@ -51,11 +51,12 @@ impl Kubectl<'_> {
         c
     }
 
+    /// As [`command`](Self::command) with a request timeout (before `args`: after an exec's
+    /// `--` it would be the command's).
     fn run(&self, args: &[&str]) -> Output {
-        self.command(args)
-            .args(["--request-timeout", "30s"])
-            .output()
-            .unwrap()
+        let mut all = vec!["--request-timeout", "30s"];
+        all.extend_from_slice(args);
+        self.command(&all).output().unwrap()
     }
 
     /// stdout of a command that must succeed.
@@ -554,5 +555,407 @@ fn hostile_kubectl_requests_are_refused_and_change_nothing() {
     assert_eq!(
         before["metadata"]["generation"], after["metadata"]["generation"],
         "a refused request changed the Deployment"
+    );
+}
+
+/// A pod serving `hi` over HTTP on 8080, on a real board.
+const BOX: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: box}
+spec:
+  nodeName: board-a
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'echo hi > /tmp/index.html; exec httpd -f -p 8080 -h /tmp']
+";
+
+/// A port on 127.0.0.1 nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /index.html` through 127.0.0.1:`port`; the answer, or why there is none.
+fn http_get(port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Runs `port-forward` (a kubectl or bramble command) to `remote` until dropped; returns
+/// the local port once it listens.
+struct Forward(std::process::Child);
+
+impl Forward {
+    /// Waits for its "Forwarding from" line (a test connection would itself be forwarded).
+    fn start(mut c: Command, local: u16) -> Forward {
+        use std::io::BufRead;
+        let mut child = c
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        // The rest is drained: a closed pipe would end it at its next line.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        assert!(
+            line.starts_with("Forwarding from") && line.contains(&local.to_string()),
+            "port-forward did not listen on {local}: {line:?}"
+        );
+        Forward(child)
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Output, stderr and exit code of a command fed `stdin`.
+fn run_with_stdin(mut c: Command, stdin: &str) -> (String, String, Option<i32>) {
+    use std::io::Write;
+    let mut child = c
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+        out.status.code(),
+    )
+}
+
+/// exec and port-forward through the board's own connection back to the master (the
+/// board is never dialled): every kubectl on the machine (1.20 speaks SPDY; 1.32 a
+/// websocket for exec, SPDY for port-forward), the official Python client (websocket v4)
+/// and `bramble` (its own framing). Output, stderr, stdin, exit codes, a terminal, HTTP
+/// through a forwarded port, and a forward to a closed port that ends cleanly.
+#[test]
+fn exec_and_port_forward_reach_a_pod_through_the_boards_connection_back() {
+    bramble_tests::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let _c = bramble_tests::AgentDirCleanup(dir.path().join("agent"));
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let _a =
+        bramble_tests::AgentProcess::start(&m, &dir.path().join("agent"), "board-a", &[]).unwrap();
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(BOX)));
+    assert!(
+        eventually(Duration::from_secs(30), || m
+            .pod("box")
+            .is_some_and(|p| p["status"]["phase"] == "Running")),
+        "the pod never ran: {:?}",
+        m.pod("box")
+    );
+    // httpd is up once a probe through exec finds it listening.
+    assert!(eventually(Duration::from_secs(20), || m
+        .cli(&[
+            "exec",
+            "box",
+            "--",
+            "wget",
+            "-q",
+            "-O-",
+            "http://127.0.0.1:8080/index.html"
+        ])
+        .stdout
+        .starts_with(b"hi")));
+    let kubeconfig = dir.path().join("master/kubeconfig.yaml");
+    for exe in kubectls() {
+        let k = Kubectl {
+            exe: &exe,
+            kubeconfig: kubeconfig.clone(),
+            cache: tempfile::tempdir().unwrap(),
+        };
+        let who = exe.display().to_string();
+        assert_eq!(
+            k.ok(&["exec", "box", "--", "echo", "hello"]),
+            "hello\n",
+            "{who}"
+        );
+        let out = k.run(&[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{who}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n", "{who}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("err\n"),
+            "{who}: {out:?}"
+        );
+        let (stdout, _, code) = run_with_stdin(
+            k.command(&["exec", "-i", "box", "--", "sh", "-c", "cat; echo done"]),
+            "line one\nline two\n",
+        );
+        assert_eq!(
+            (stdout.as_str(), code),
+            ("line one\nline two\ndone\n", Some(0)),
+            "{who}"
+        );
+        // A terminal: `script` gives kubectl one; the shell's is the container's own.
+        let line = format!(
+            "{} --kubeconfig {} --cache-dir {} exec -it box -- sh",
+            exe.display(),
+            kubeconfig.display(),
+            k.cache.path().display()
+        );
+        let mut script = Command::new("script");
+        script.args(["-qec", &line, "/dev/null"]);
+        let (stdout, _, code) = run_with_stdin(script, "tty; echo $((6*7)); exit 5\n");
+        assert!(
+            stdout.contains("/dev/pts/") && stdout.contains("42"),
+            "{who}: {stdout}"
+        );
+        assert_eq!(code, Some(5), "{who}: {stdout}");
+
+        let local = free_port();
+        let _f = Forward::start(
+            k.command(&["port-forward", "pod/box", &format!("{local}:8080")]),
+            local,
+        );
+        for _ in 0..2 {
+            let got = http_get(local).unwrap();
+            assert!(
+                got.starts_with("HTTP/1.") && got.ends_with("hi\n"),
+                "{who}: {got}"
+            );
+        }
+        // A closed port: the connection ends (kubectl reports it), nothing hangs.
+        let closed = free_port();
+        let _g = Forward::start(
+            k.command(&["port-forward", "pod/box", &format!("{closed}:9999")]),
+            closed,
+        );
+        let t = std::time::Instant::now();
+        let got = http_get(closed);
+        assert!(
+            got.as_ref().map_or(true, String::is_empty) && t.elapsed() < Duration::from_secs(10),
+            "{who}: {got:?} after {:?}",
+            t.elapsed()
+        );
+    }
+
+    // The official Python client's exec (websocket v4.channel.k8s.io).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/kube_exec.py");
+    let out = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&kubeconfig)
+        .arg("box")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stdout.ends_with(b"ok\n"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // bramble's own exec and port-forward.
+    assert_eq!(
+        ok_stdout(&m.cli(&["exec", "box", "--", "echo", "hi"])),
+        "hi\n"
+    );
+    let out = m.cli(&["exec", "box", "--", "sh", "-c", "echo e >&2; exit 4"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("e\ncommand terminated with exit code 4")
+    );
+    let out = m.cli_with_stdin(&["exec", "-i", "box", "--", "cat"], Some("piped\n"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped\n", "{out:?}");
+    let out = m.cli(&["exec", "box", "-c", "nope", "--", "true"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("container \"nope\" is not valid"),
+        "{out:?}"
+    );
+    let local = free_port();
+    let mut c = Command::new(bramble_tests::bin("bramble"));
+    c.args(["--config"])
+        .arg(dir.path().join("master/client.yaml"))
+        .args(["port-forward", "box", &format!("{local}:8080")]);
+    let _f = Forward::start(c, local);
+    assert!(http_get(local).unwrap().ends_with("hi\n"));
+    let metrics = String::from_utf8_lossy(&m.http().get("/metrics").unwrap().body).to_string();
+    assert!(metrics.contains("streams_opened"), "{metrics}");
+}
+
+/// What a hostile or unlucky client or board sends to the stream endpoints: no token, a
+/// reader's token, no upgrade, no command, a pod on an unknown node, a stream id that was
+/// never asked for (or asked of another node), a user's token on the boards' endpoint, a
+/// node that does not connect back. Each fails at once (or within the connect-back bound)
+/// with its reason.
+#[test]
+fn hostile_stream_requests_are_refused_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let mut h = HollowProcess::start(&m, &dir.path().join("hollow"), "hs", 1, &[]).unwrap();
+    assert!(eventually(Duration::from_secs(30), || m.ready_nodes() == 1));
+    let pod = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: busybox}}]\n"
+        )
+    };
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&pod("p", "hs-0"))));
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&pod("ghost", "nowhere"))));
+    let exec = "/api/v1/namespaces/default/pods/p/exec?command=true&stdout=true";
+    let h_admin = m.http();
+    let status = |r: &bramble_tests::Reply| {
+        (
+            r.code,
+            r.json()["message"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let r = h_admin.request("GET", exec, None, b"", false).unwrap();
+    assert_eq!(r.code, 401);
+    let reader = bramble_tests::Http::with_ca(&m.url, &m.reader_token(), m.ca_pem.as_deref());
+    assert_eq!(
+        reader
+            .upgrade_request("GET", exec, "SPDY/3.1")
+            .unwrap()
+            .code,
+        403
+    );
+    let (code, msg) = status(&h_admin.get(exec).unwrap());
+    assert!(
+        code == 400 && msg.contains("needs an upgrade"),
+        "{code} {msg}"
+    );
+    let (code, msg) = status(
+        &h_admin
+            .upgrade_request(
+                "GET",
+                "/api/v1/namespaces/default/pods/p/exec?stdout=true",
+                "SPDY/3.1",
+            )
+            .unwrap(),
+    );
+    assert!(code == 400 && msg.contains("command"), "{code} {msg}");
+    let (code, msg) = status(
+        &h_admin
+            .upgrade_request(
+                "GET",
+                "/api/v1/namespaces/default/pods/p/exec?command=true",
+                "SPDY/3.1",
+            )
+            .unwrap(),
+    );
+    assert!(
+        code == 400 && msg.contains("at least 1 of stdin"),
+        "{code} {msg}"
+    );
+    let t = std::time::Instant::now();
+    let (code, msg) = status(
+        &h_admin
+            .upgrade_request(
+                "GET",
+                "/api/v1/namespaces/default/pods/ghost/exec?command=true&stdout=true",
+                "bramble-stream/1",
+            )
+            .unwrap(),
+    );
+    assert!(code == 503 && msg.contains("nowhere"), "{code} {msg}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let (code, msg) = status(
+        &h_admin
+            .upgrade_request(
+                "GET",
+                "/api/v1/namespaces/default/pods/p/portforward?ports=99999",
+                "SPDY/3.1",
+            )
+            .unwrap(),
+    );
+    assert!(code == 400 && msg.contains("99999"), "{code} {msg}");
+    // A hollow node connects back and says why it cannot: no processes to enter.
+    let out = m.cli(&["exec", "p", "--", "true"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not running"),
+        "{out:?}"
+    );
+    // Nor has it a network namespace to forward into: the connection just ends.
+    let local = free_port();
+    let mut c = Command::new(bramble_tests::bin("bramble"));
+    c.args(["--config"])
+        .arg(dir.path().join("master/client.yaml"))
+        .args(["port-forward", "p", &format!("{local}:80")]);
+    let _f = Forward::start(c, local);
+    let got = http_get(local);
+    assert!(got.as_ref().map_or(true, String::is_empty), "{got:?}");
+
+    // The boards' endpoint: a node token for an id never asked, no token, a user's token.
+    let creds: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("hollow/hs-0/credentials.json")).unwrap(),
+    )
+    .unwrap();
+    let node = bramble_tests::Http::with_ca(
+        &m.url,
+        creds["nodeToken"].as_str().unwrap(),
+        m.ca_pem.as_deref(),
+    );
+    let back = "/bramble/v1/streams/00112233445566778899aabbccddeeff";
+    assert_eq!(
+        node.upgrade_request("GET", back, "bramble-stream/1")
+            .unwrap()
+            .code,
+        404
+    );
+    assert_eq!(
+        h_admin
+            .upgrade_request("GET", back, "bramble-stream/1")
+            .unwrap()
+            .code,
+        401
+    );
+    let anon = bramble_tests::Http::with_ca(&m.url, "", m.ca_pem.as_deref());
+    assert_eq!(
+        anon.upgrade_request("GET", back, "bramble-stream/1")
+            .unwrap()
+            .code,
+        401
+    );
+
+    // A node that no longer answers (its agent is gone, not yet marked lost): the stream
+    // fails within the connect-back bound, naming the node.
+    h.child.kill().unwrap();
+    h.child.wait().unwrap();
+    let t = std::time::Instant::now();
+    let (code, msg) = status(
+        &h_admin
+            .upgrade_request(
+                "GET",
+                "/api/v1/namespaces/default/pods/p/exec?command=true&stdout=true",
+                "bramble-stream/1",
+            )
+            .unwrap(),
+    );
+    assert!(
+        (code == 503 && msg.contains("hs-0")) && t.elapsed() < Duration::from_secs(15),
+        "{code} {msg} after {:?}",
+        t.elapsed()
     );
 }

@@ -39,8 +39,14 @@ async fn upgrade(conn: &Resolved, path: &str) -> Result<Box<dyn Io>> {
         Some((h, p)) if p.parse::<u16>().is_ok() => h,
         _ => authority,
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    let addr = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let addr = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         authority.to_string()
     } else {
         format!("{authority}:{}", if https { 443 } else { 80 })
@@ -229,10 +235,7 @@ pub fn port_forward(client: &Client, ns_flag: Option<&str>, args: &PortForwardAr
             let listener = tokio::net::TcpListener::bind((address.as_str(), local))
                 .await
                 .with_context(|| format!("cannot listen on {address}:{local}"))?;
-            println!(
-                "Forwarding from {} -> {remote}",
-                listener.local_addr()?
-            );
+            println!("Forwarding from {} -> {remote}", listener.local_addr()?);
             let path = format!(
                 "{}/portforward?ports={remote}",
                 Kind::Pod.path(Some(&ns), Some(&pod))
@@ -243,7 +246,10 @@ pub fn port_forward(client: &Client, ns_flag: Option<&str>, args: &PortForwardAr
                     let Ok((tcp, _)) = listener.accept().await else {
                         continue;
                     };
-                    println!("Handling connection for {}", listener.local_addr().map(|a| a.port()).unwrap_or(0));
+                    println!(
+                        "Handling connection for {}",
+                        listener.local_addr().map(|a| a.port()).unwrap_or(0)
+                    );
                     let (conn, path) = (conn.clone(), path.clone());
                     tokio::spawn(async move {
                         if let Err(e) = forward(&conn, &path, tcp).await {
