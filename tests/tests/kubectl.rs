@@ -568,7 +568,7 @@ spec:
   containers:
   - name: main
     image: busybox
-    command: [sh, -c, 'echo hi > /tmp/index.html; exec httpd -f -p 8080 -h /tmp']
+    command: [sh, -c, 'echo started; echo hi > /tmp/index.html; exec httpd -f -p 8080 -h /tmp']
 ";
 
 /// A port on 127.0.0.1 nothing listens on now.
@@ -690,6 +690,44 @@ fn exec_and_port_forward_reach_a_pod_through_the_boards_connection_back() {
             cache: tempfile::tempdir().unwrap(),
         };
         let who = exe.display().to_string();
+        assert_eq!(k.ok(&["logs", "box"]), "started\n", "{who}");
+        // Following: the first line arrives on a stream that stays open.
+        {
+            use std::io::BufRead;
+            let mut f = k
+                .command(&["logs", "-f", "box"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(f.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line, "started\n", "{who}");
+            assert!(f.try_wait().unwrap().is_none(), "{who}: logs -f ended");
+            let _ = f.kill();
+            let _ = f.wait();
+        }
+        let described = k.ok(&["describe", "pod", "box"]);
+        for want in [
+            "Name:",
+            "box",
+            "board-a",
+            "Running",
+            "Containers:",
+            "main:",
+            "Events:",
+        ] {
+            assert!(
+                described.contains(want),
+                "{who}: {want} missing from {described}"
+            );
+        }
+        let yaml = k.ok(&["get", "pod", "box", "-o", "yaml"]);
+        assert!(
+            yaml.contains("name: box") && yaml.contains("nodeName: board-a"),
+            "{who}: {yaml}"
+        );
         assert_eq!(
             k.ok(&["exec", "box", "--", "echo", "hello"]),
             "hello\n",
