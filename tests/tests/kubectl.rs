@@ -315,6 +315,31 @@ fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
             "{who}"
         );
 
+        // rollout restart: a strategic patch of the template's restartedAt annotation,
+        // which rolls the pods.
+        k.ok(&["rollout", "restart", &deploy]);
+        assert!(
+            deployment()["spec"]["template"]["metadata"]["annotations"]
+                ["kubectl.kubernetes.io/restartedAt"]
+                .is_string(),
+            "{who}: {}",
+            deployment()
+        );
+        let status = k.ok(&["rollout", "status", &deploy, "--timeout=60s"]);
+        assert!(
+            status.contains("successfully rolled out"),
+            "{who}: {status}"
+        );
+        k.ok(&["annotate", &deploy, "note=kept"]);
+        assert_eq!(
+            deployment()["metadata"]["annotations"]["note"],
+            "kept",
+            "{who}"
+        );
+        k.ok(&["cordon", "kube-0"]);
+        let node = m.http().get("/api/v1/nodes/kube-0").unwrap().json();
+        assert_eq!(node["spec"]["unschedulable"], true, "{who}");
+
         // cordon and drain: the node's pods are found by spec.nodeName and deleted (1.32
         // sends its DeleteOptions as protobuf); their owners' new pods wait for a node.
         k.ok(&["drain", "kube-0", "--ignore-daemonsets", "--timeout=60s"]);
