@@ -173,6 +173,9 @@ pub enum Message {
     /// the master. Last, so that older agents' encodings are unchanged (they drop it as
     /// malformed, and the master's request times out).
     StreamOpen(StreamOpen),
+    /// Agent → master, on the heartbeat channel: resource use of the node and its pods'
+    /// containers (what `kubectl top` shows), every metrics interval.
+    Metrics(MetricsReport),
 }
 
 /// Full status, sent on every (re)connect.
@@ -471,6 +474,30 @@ pub struct LogReply {
     pub next_offset: u64,
     /// Empty on success.
     pub error: String,
+}
+
+/// Resource use over the last `window_ms`: CPU as the average over the window, memory as
+/// the working set at its end (Kubernetes' metrics API's meaning).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsReport {
+    pub window_ms: u64,
+    pub node: ResourceUse,
+    pub pods: Vec<PodUse>,
+}
+
+/// CPU in nanocores, memory in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceUse {
+    pub cpu_nanocores: u64,
+    pub memory_bytes: u64,
+}
+
+/// A pod's containers' use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodUse {
+    pub namespace: String,
+    pub name: String,
+    pub containers: Vec<(String, ResourceUse)>,
 }
 
 /// Master → agent: connect back to the master's API at `/bramble/v1/streams/{id}` (with the
@@ -817,6 +844,24 @@ mod tests {
                     stdin: true,
                     tty: false,
                 },
+            }),
+            Message::Metrics(MetricsReport {
+                window_ms: 15_000,
+                node: ResourceUse {
+                    cpu_nanocores: 250_000_000,
+                    memory_bytes: 1 << 30,
+                },
+                pods: vec![PodUse {
+                    namespace: "default".into(),
+                    name: "web".into(),
+                    containers: vec![(
+                        "main".into(),
+                        ResourceUse {
+                            cpu_nanocores: 1_000_000,
+                            memory_bytes: 4 << 20,
+                        },
+                    )],
+                }],
             }),
             Message::StreamOpen(StreamOpen {
                 id: "01".into(),

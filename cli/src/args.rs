@@ -61,6 +61,9 @@ pub enum Command {
     Exec(ExecArgs),
     /// Forward local ports to a pod's ports (through its node's agent)
     PortForward(PortForwardArgs),
+    /// CPU and memory use of nodes or pods (reported by the agents)
+    #[command(subcommand)]
+    Top(TopCommand),
     /// Join tokens for new nodes
     #[command(subcommand)]
     Token(TokenCommand),
@@ -224,6 +227,27 @@ pub struct LogsArgs {
     /// The previous instance of the container (after a restart)
     #[arg(short = 'p', long)]
     pub previous: bool,
+}
+
+/// `bramble top`.
+#[derive(Debug, Subcommand)]
+pub enum TopCommand {
+    /// Nodes' use, and its share of what they can allocate
+    #[command(alias = "node", alias = "no")]
+    Nodes,
+    /// Pods' use, the sum of their containers'
+    #[command(alias = "pod", alias = "po")]
+    Pods {
+        /// Every namespace
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Only pods with these labels, e.g. app=web
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        /// One line per container
+        #[arg(long)]
+        containers: bool,
+    },
 }
 
 /// `bramble exec`.

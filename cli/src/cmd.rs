@@ -12,6 +12,7 @@ pub mod logs;
 pub mod node;
 pub mod rollout;
 pub mod token;
+pub mod top;
 
 use anyhow::{Result, anyhow};
 use bramble_api::{Kind, Object};

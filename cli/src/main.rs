@@ -38,6 +38,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Logs(a) => cmd::logs::run(&client, ns, a),
         Command::Exec(a) => cmd::exec::exec(&client, ns, a),
         Command::PortForward(a) => cmd::exec::port_forward(&client, ns, a),
+        Command::Top(t) => cmd::top::run(&client, ns, t),
         Command::Token(t) => cmd::token::run(&client, t),
         Command::Kubeconfig(k) => cmd::kubeconfig::run(&client, k),
         Command::Image(i) => cmd::image::run(&client, i),

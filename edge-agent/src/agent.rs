@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 mod inbound;
 mod session;
 mod stream;
+mod usage;
 
 use self::inbound::Inbound;
 use self::session::{Action, Event, Session};
@@ -395,14 +396,22 @@ pub async fn run_with_runtime(
     // the hello rather than from a heartbeat that overtook it (which would cost a snapshot
     // stamped for no hello, refused, and a second one).
     let (said_hello, hello_rx) = watch::channel(false);
+    let (metrics_tx, metrics_rx) = watch::channel(None);
     let hb = tokio::spawn(heartbeats(
         hello_rx,
         client.clone(),
         sealer.clone(),
         config.heartbeat_interval,
         usage_rx,
+        metrics_rx,
         shutdown.clone(),
     ));
+    // Resource use for `kubectl top`, from real agents only (a hollow node's containers use
+    // nothing, and the host is not its own).
+    let mut collector = usage::Collector::default();
+    let mut metrics_tick = tokio::time::interval(config.metrics_interval);
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let report_metrics = !config.memory_runtime;
 
     let mut drops = Drops {
         counts: BTreeMap::new(),
@@ -538,6 +547,16 @@ pub async fn run_with_runtime(
                     }
                 },
             },
+            _ = metrics_tick.tick(), if report_metrics => {
+                // A few small reads of /proc and the containers' cgroup files (virtual
+                // files: no disk), inline.
+                let report = collector.collect(
+                    pods.runtime().as_ref(),
+                    &pods.running_containers(),
+                    config.metrics_interval.as_millis() as u64,
+                );
+                metrics_tx.send_replace(Some(report));
+            }
             _ = route_tick.tick() => {
                 if let Some(net) = &network {
                     sync_routes(net);
@@ -656,6 +675,7 @@ async fn heartbeats(
     sealer: Sealer,
     every: Duration,
     mut usage: watch::Receiver<Usage>,
+    mut metrics: watch::Receiver<Option<wire::MetricsReport>>,
     shutdown: CancellationToken,
 ) {
     tokio::select! {
@@ -682,6 +702,14 @@ async fn heartbeats(
             Message::Heartbeat(Heartbeat { seq, usage: u }),
         );
         let _ = client.try_publish(topic, QoS::AtMostOnce, false, payload);
+        // The metrics report rides the same channel from the same task, so that the seq
+        // the master checks rises in the order the messages are sent.
+        if metrics.has_changed().unwrap_or(false)
+            && let Some(report) = metrics.borrow_and_update().clone()
+        {
+            let (topic, _, payload) = sealer.seal(Channel::Heartbeat, Message::Metrics(report));
+            let _ = client.try_publish(topic, QoS::AtMostOnce, false, payload);
+        }
     }
 }
 

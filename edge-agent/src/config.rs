@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// Heartbeat interval, e.g. 1s or 500ms [default: 1s]
     #[arg(long)]
     pub heartbeat_interval: Option<String>,
+    /// How often the node's and its pods' CPU and memory use is reported (`kubectl top`),
+    /// e.g. 15s [default: 15s]
+    #[arg(long)]
+    pub metrics_interval: Option<String>,
     /// First crash-loop back-off, doubling per restart [default: 10s]
     #[arg(long)]
     pub restart_backoff: Option<String>,
@@ -220,6 +224,7 @@ struct FileConfig {
     labels: Option<Vec<String>>,
     node_ip: Option<String>,
     heartbeat_interval: Option<String>,
+    metrics_interval: Option<String>,
     restart_backoff: Option<String>,
     restart_backoff_max: Option<String>,
     log_max_bytes: Option<u64>,
@@ -255,6 +260,7 @@ impl FileConfig {
             labels,
             node_ip: self.node_ip.or(lower.node_ip),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
+            metrics_interval: self.metrics_interval.or(lower.metrics_interval),
             restart_backoff: self.restart_backoff.or(lower.restart_backoff),
             restart_backoff_max: self.restart_backoff_max.or(lower.restart_backoff_max),
             log_max_bytes: self.log_max_bytes.or(lower.log_max_bytes),
@@ -334,6 +340,7 @@ pub struct Config {
     pub labels: Vec<(String, String)>,
     pub node_ip: Option<String>,
     pub heartbeat_interval: Duration,
+    pub metrics_interval: Duration,
     pub restart_backoff: Duration,
     pub restart_backoff_max: Duration,
     pub log_max_bytes: u64,
@@ -442,6 +449,12 @@ impl TryFrom<RunArgs> for Config {
             "1s",
             Duration::from_millis(50),
         )?;
+        let metrics_interval = dur(
+            "metrics-interval",
+            a.metrics_interval.or(file.metrics_interval),
+            "15s",
+            Duration::from_secs(1),
+        )?;
         let restart_backoff = dur(
             "restart-backoff",
             a.restart_backoff.or(file.restart_backoff),
@@ -519,6 +532,7 @@ impl TryFrom<RunArgs> for Config {
             labels,
             node_ip,
             heartbeat_interval,
+            metrics_interval,
             restart_backoff,
             restart_backoff_max,
             log_max_bytes,

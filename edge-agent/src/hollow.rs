@@ -46,6 +46,8 @@ pub fn node_config(
     // would measure the stream rather than the control plane.
     c.pod_network = false;
     c.proxy = false;
+    // Simulated containers use nothing, and the host's own use is not a hollow node's.
+    c.memory_runtime = true;
     Ok(c)
 }
 

@@ -691,6 +691,26 @@ impl PodManager {
         Ok(self.layout.log_file(&rec.uid, container, c.attempt - back))
     }
 
+    /// Every running container: (namespace, pod, container, id), for the metrics report.
+    pub fn running_containers(&self) -> Vec<(String, String, String, String)> {
+        self.records
+            .values()
+            .flat_map(|r| {
+                r.containers.iter().filter_map(|(name, c)| {
+                    matches!(c.state, bramble_api::wire::ContainerState::Running { .. })
+                        .then(|| c.current.clone())
+                        .flatten()
+                        .map(|id| (r.namespace.clone(), r.name.clone(), name.clone(), id))
+                })
+            })
+            .collect()
+    }
+
+    /// The runtime, for reads that need no pod manager state (metrics).
+    pub fn runtime(&self) -> Arc<dyn Runtime> {
+        self.runtime.clone()
+    }
+
     /// What a stream to a pod reaches: for an exec, the running container (`container`
     /// empty: the pod's first); for a port-forward (`container` None), the pod's network
     /// namespace (None: host networking). Reads two small files: callers on the async

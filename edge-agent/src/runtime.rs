@@ -303,6 +303,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// What an exec into a running container enters: its init's pid (whose root and working
     /// directory it takes), and its process's environment.
     fn exec_target(&self, id: &str) -> Result<ExecTarget, ProbeError>;
+    /// A running container's CPU time so far (ns) and memory working set (bytes, usage less
+    /// inactive file pages), from its cgroup; None when unknown.
+    fn usage(&self, id: &str) -> Option<(u64, u64)>;
 }
 
 /// A running container, as an exec enters it.

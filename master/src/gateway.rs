@@ -64,6 +64,8 @@ enum Command {
 #[derive(Clone)]
 pub struct GatewayHandle {
     tx: mpsc::Sender<Command>,
+    /// The nodes' latest resource use, for the metrics API.
+    pub usage: Arc<crate::usage::Usage>,
 }
 
 /// Why a log request failed.
@@ -169,6 +171,7 @@ pub fn start(
         ready.clone(),
         helpers.clone(),
     ));
+    let usage = Arc::new(crate::usage::Usage::default());
     let gw = Gateway {
         protocol: Protocol::new(config.node_lost_after),
         snapshots,
@@ -177,6 +180,7 @@ pub fn start(
         metrics,
         client,
         pending: HashMap::new(),
+        usage: usage.clone(),
         next_rpc: 1,
         drop_log: LogLimiter::new(Duration::from_secs(10)),
         wire_key: config.wire_key.clone(),
@@ -196,7 +200,7 @@ pub fn start(
             }
         }
     });
-    (GatewayHandle { tx: cmd_tx }, task)
+    (GatewayHandle { tx: cmd_tx, usage }, task)
 }
 
 fn now_secs() -> i64 {
@@ -276,6 +280,7 @@ struct Gateway {
     client: AsyncClient,
     /// Log requests waiting for their reply, by (node asked, request id).
     pending: HashMap<(String, u64), oneshot::Sender<LogReply>>,
+    usage: Arc<crate::usage::Usage>,
     wire_key: Arc<MasterKey>,
     enrollment: Arc<crate::enrollment::Enrollment>,
     next_rpc: u64,
@@ -393,6 +398,7 @@ impl Gateway {
                     let _ = tx.send(reply);
                 }
             }
+            Action::Metrics { node, report } => self.usage.record(&node, report),
         }
     }
 

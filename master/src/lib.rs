@@ -18,6 +18,7 @@ pub mod pki;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod usage;
 pub mod users;
 
 use std::net::SocketAddr;

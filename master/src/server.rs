@@ -7,6 +7,7 @@ mod error;
 pub mod images;
 pub(crate) mod limit;
 pub mod listener;
+mod metrics_api;
 mod nodes;
 mod openapi;
 mod patch;
@@ -111,6 +112,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/bramble/v1/images/resolve", get(images::resolve))
         .route("/bramble/v1/blobs/{digest}", get(images::blob))
         .route("/bramble/v1/streams/{id}", get(streams::agent_connect))
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/nodes",
+            get(metrics_api::node_list),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/nodes/{name}",
+            get(metrics_api::node),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/pods",
+            get(metrics_api::all_pods),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods",
+            get(metrics_api::pods),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
+            get(metrics_api::pod),
+        )
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/exec",
             get(streams::exec).post(streams::exec),

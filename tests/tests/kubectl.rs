@@ -684,8 +684,13 @@ fn exec_and_port_forward_reach_a_pod_through_the_boards_connection_back() {
     let dir = tempfile::tempdir().unwrap();
     let _c = bramble_tests::AgentDirCleanup(dir.path().join("agent"));
     let m = MasterProcess::start(&dir.path().join("master")).unwrap();
-    let _a =
-        bramble_tests::AgentProcess::start(&m, &dir.path().join("agent"), "board-a", &[]).unwrap();
+    let _a = bramble_tests::AgentProcess::start(
+        &m,
+        &dir.path().join("agent"),
+        "board-a",
+        &["--metrics-interval", "1s"],
+    )
+    .unwrap();
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(BOX)));
     assert!(
         eventually(Duration::from_secs(30), || m
@@ -753,6 +758,24 @@ fn exec_and_port_forward_reach_a_pod_through_the_boards_connection_back() {
             yaml.contains("name: box") && yaml.contains("nodeName: board-a"),
             "{who}: {yaml}"
         );
+        // top: the agent's reports through metrics.k8s.io (no metrics-server).
+        let nodes = k.ok(&["top", "nodes"]);
+        let r = row(&nodes, "board-a").unwrap_or_else(|| panic!("{who}: {nodes}"));
+        assert!(
+            r[1].ends_with('m') && r[3].ends_with("Mi"),
+            "{who}: {nodes}"
+        );
+        // The pod's first report comes within two intervals of its start.
+        assert!(
+            eventually(Duration::from_secs(10), || k
+                .run(&["top", "pod", "box"])
+                .status
+                .success()),
+            "{who}: no metrics for the pod"
+        );
+        let pods = k.ok(&["top", "pod", "box", "--containers"]);
+        let r = row(&pods, "box").unwrap_or_else(|| panic!("{who}: {pods}"));
+        assert_eq!(r[1], "main", "{who}: {pods}");
         assert_eq!(
             k.ok(&["exec", "box", "--", "echo", "hello"]),
             "hello\n",
@@ -837,6 +860,17 @@ fn exec_and_port_forward_reach_a_pod_through_the_boards_connection_back() {
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    let top = ok_stdout(&m.cli(&["top", "pods", "-A"]));
+    assert!(
+        row(&top, "default").is_some_and(|r| r[1] == "box" && r[2].ends_with('m')),
+        "{top}"
+    );
+    let top = ok_stdout(&m.cli(&["top", "nodes"]));
+    assert!(
+        row(&top, "board-a").is_some_and(|r| r[2].ends_with('%')),
+        "{top}"
     );
 
     // bramble's own exec and port-forward.
@@ -969,6 +1003,19 @@ fn hostile_stream_requests_are_refused_with_their_reason() {
     let _f = Forward::start(c, local);
     let got = http_get(local);
     assert!(got.as_ref().map_or(true, String::is_empty), "{got:?}");
+
+    // A hollow node reports no resource use: the metrics API has none, and top says why.
+    let metrics = h_admin
+        .get("/apis/metrics.k8s.io/v1beta1/nodes")
+        .unwrap()
+        .json();
+    assert_eq!(metrics["items"], serde_json::json!([]), "{metrics}");
+    let out = m.cli(&["top", "nodes"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("metrics not available"),
+        "{out:?}"
+    );
 
     // The boards' endpoint: a node token for an id never asked, no token, a user's token.
     let creds: serde_json::Value = serde_json::from_slice(

@@ -175,6 +175,36 @@ fn process_alive(pid: i32, name: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// CPU time (ns) and memory working set (bytes) of the cgroup at `rel` (v2, else v1).
+fn cgroup_usage(rel: &str) -> Option<(u64, u64)> {
+    let read = |p: String| std::fs::read_to_string(p).ok();
+    let field = |text: &str, key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+    };
+    let v2 = format!("/sys/fs/cgroup/{rel}");
+    if let Some(cpu) = read(format!("{v2}/cpu.stat")) {
+        let cpu_ns = field(&cpu, "usage_usec ")? * 1000;
+        let current: u64 = read(format!("{v2}/memory.current"))?.trim().parse().ok()?;
+        let inactive = read(format!("{v2}/memory.stat"))
+            .and_then(|t| field(&t, "inactive_file "))
+            .unwrap_or(0);
+        return Some((cpu_ns, current.saturating_sub(inactive)));
+    }
+    let cpu_ns: u64 = read(format!("/sys/fs/cgroup/cpuacct/{rel}/cpuacct.usage"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let usage: u64 = read(format!("/sys/fs/cgroup/memory/{rel}/memory.usage_in_bytes"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let inactive = read(format!("/sys/fs/cgroup/memory/{rel}/memory.stat"))
+        .and_then(|t| field(&t, "total_inactive_file "))
+        .unwrap_or(0);
+    Some((cpu_ns, usage.saturating_sub(inactive)))
+}
+
 impl Runtime for LibcontainerRuntime {
     fn probe(
         &self,
@@ -189,6 +219,18 @@ impl Runtime for LibcontainerRuntime {
             .ok_or(ProbeError::NotRunning)?;
         super::probe::run(pid, netns, action, timeout)
     }
+    fn usage(&self, id: &str) -> Option<(u64, u64)> {
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.bundles.join(id).join("config.json")).ok()?)
+                .ok()?;
+        let rel = config
+            .pointer("/linux/cgroupsPath")?
+            .as_str()?
+            .trim_start_matches('/')
+            .to_string();
+        cgroup_usage(&rel)
+    }
+
     fn exec_target(&self, id: &str) -> Result<super::ExecTarget, ProbeError> {
         let pid = self
             .read_pid(id)

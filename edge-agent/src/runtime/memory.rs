@@ -58,6 +58,9 @@ fn immediate_exit(spec: &ContainerSpec) -> Option<i32> {
 }
 
 impl Runtime for MemoryRuntime {
+    fn usage(&self, _id: &str) -> Option<(u64, u64)> {
+        None
+    }
     fn exec_target(&self, _id: &str) -> Result<super::ExecTarget, ProbeError> {
         // A hollow node runs no processes to enter.
         Err(ProbeError::NotRunning)

@@ -38,6 +38,11 @@ pub enum Action {
     /// Hand a log reply to the request waiting for it: the one sent to that node with that
     /// id (another node cannot answer for it).
     LogReply { node: String, reply: LogReply },
+    /// Keep the node's latest resource use for the metrics API.
+    Metrics {
+        node: String,
+        report: bramble_api::wire::MetricsReport,
+    },
 }
 
 /// A node's Ready condition to persist.
@@ -354,7 +359,10 @@ impl Protocol {
         let carries = matches!(
             (channel, &message),
             (Channel::Hello, Message::Hello(_))
-                | (Channel::Heartbeat, Message::Heartbeat(_))
+                | (
+                    Channel::Heartbeat,
+                    Message::Heartbeat(_) | Message::Metrics(_)
+                )
                 | (Channel::Status, Message::Status(_))
                 | (Channel::Will, Message::Gone)
                 | (Channel::Reply, Message::LogReply(_))
@@ -420,6 +428,13 @@ impl Protocol {
                 if !self.nodes.get(node).is_some_and(|s| s.ready) {
                     out.push(self.set_ready(node, true, AGENT_READY.0, AGENT_READY.1));
                 }
+            }
+            (Channel::Heartbeat, Message::Metrics(m)) => {
+                self.touch(node, now);
+                out.push(Action::Metrics {
+                    node: node.to_string(),
+                    report: m,
+                });
             }
             (Channel::Status, Message::Status(s)) => {
                 self.touch(node, now);
@@ -615,6 +630,7 @@ pub fn message_name(m: &Message) -> &'static str {
         Message::Gone => "Gone",
         Message::Network(_) => "Network",
         Message::StreamOpen(_) => "StreamOpen",
+        Message::Metrics(_) => "Metrics",
     }
 }
 
@@ -1089,11 +1105,43 @@ mod tests {
         );
     }
 
+    fn metrics() -> Message {
+        Message::Metrics(bramble_api::wire::MetricsReport {
+            window_ms: 15_000,
+            node: bramble_api::wire::ResourceUse {
+                cpu_nanocores: 5,
+                memory_bytes: 6,
+            },
+            pods: vec![],
+        })
+    }
+
+    #[test]
+    fn a_metrics_report_is_kept_for_the_metrics_api() {
+        let t0 = Instant::now();
+        let mut p = listed();
+        let out = p
+            .on_message("n1", Channel::Heartbeat, fresh(), metrics(), t0)
+            .unwrap();
+        let Message::Metrics(report) = metrics() else {
+            unreachable!()
+        };
+        assert_eq!(
+            out,
+            vec![Action::Metrics {
+                node: "n1".into(),
+                report
+            }]
+        );
+    }
+
     #[test]
     fn a_message_on_the_wrong_channel_is_refused_and_changes_nothing() {
         let t0 = Instant::now();
         let mut p = listed();
         for (channel, message) in [
+            (Channel::Status, metrics()),
+            (Channel::Reply, metrics()),
             (Channel::Heartbeat, hello(false)),
             (Channel::Hello, heartbeat()),
             (Channel::Will, heartbeat()),

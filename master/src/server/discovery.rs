@@ -105,6 +105,11 @@ pub async fn group_list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> 
             let v = json!({"groupVersion": format!("{g}/v1"), "version": "v1"});
             json!({"name": g, "versions": [v.clone()], "preferredVersion": v})
         })
+        .chain(std::iter::once({
+            let v =
+                json!({"groupVersion": super::metrics_api::GROUP_VERSION, "version": "v1beta1"});
+            json!({"name": "metrics.k8s.io", "versions": [v.clone()], "preferredVersion": v})
+        }))
         .collect();
     ok(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
 }
@@ -202,6 +207,14 @@ pub async fn group_resources(
 ) -> Response {
     if let Err(r) = authorized(&st, &headers) {
         return *r;
+    }
+    if group == "metrics.k8s.io" && version == "v1beta1" {
+        return ok(json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": super::metrics_api::GROUP_VERSION,
+            "resources": super::metrics_api::resources(),
+        }));
     }
     if version != "v1" || !groups().contains(&group.as_str()) {
         return ApiError::new(
