@@ -137,6 +137,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(streams::exec).post(streams::exec),
         )
         .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/eviction",
+            post(resources::evict),
+        )
+        .route(
             "/api/v1/namespaces/{ns}/pods/{name}/portforward",
             get(streams::portforward).post(streams::portforward),
         )

@@ -921,6 +921,23 @@ impl Http {
         Self::finish(self.agent.run(req))
     }
 
+    /// A request with the token and extra headers (no body).
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::finish(self.agent.run(req.body(Vec::new())?))
+    }
+
     /// A request asking to upgrade to `upgrade` (for the refusals of stream endpoints).
     pub fn upgrade_request(&self, method: &str, path: &str, upgrade: &str) -> Result<Reply> {
         let req = ureq::http::Request::builder()

@@ -1069,3 +1069,188 @@ fn hostile_stream_requests_are_refused_with_their_reason() {
         t.elapsed()
     );
 }
+
+/// Lists in chunks (`limit`, `continue`, as kubectl and client-go's pagers ask), watch
+/// bookmarks, evictions (`kubectl drain`'s way of deleting) and propagation policies: 25
+/// ConfigMaps come in pages of 10 (JSON and Tables) that add up to the whole list in order;
+/// kubectl with `--chunk-size 10` prints them all; a bad token, limit or policy is refused;
+/// a watch that allows bookmarks ends with one at the revision it reached.
+#[test]
+fn lists_come_in_chunks_watches_carry_bookmarks_and_pods_are_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let mut all = String::new();
+    for i in 0..25 {
+        all.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i:02}}}\ndata: {{k: v}}\n"
+        ));
+    }
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&all)));
+    let h = m.http();
+    let base = "/api/v1/namespaces/default/configmaps";
+    let mut names = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let path = if token.is_empty() {
+            format!("{base}?limit=10")
+        } else {
+            format!("{base}?limit=10&continue={token}")
+        };
+        let page = h.get(&path).unwrap().json();
+        pages += 1;
+        for item in page["items"].as_array().unwrap() {
+            names.push(item["metadata"]["name"].as_str().unwrap().to_string());
+        }
+        match page["metadata"]["continue"].as_str() {
+            Some(t) => {
+                assert_eq!(
+                    page["metadata"]["remainingItemCount"],
+                    25 - names.len(),
+                    "{page}"
+                );
+                token = t.to_string();
+            }
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..25).map(|i| format!("cm-{i:02}")).collect();
+    assert_eq!((names, pages), (want, 3));
+    // Tables carry the token too (kubectl's chunked get).
+    let req = |path: &str| {
+        h.request_with(
+            "GET",
+            path,
+            &[("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")],
+        )
+        .unwrap()
+        .json()
+    };
+    let t = req(&format!("{base}?limit=10"));
+    assert_eq!(t["rows"].as_array().unwrap().len(), 10, "{t}");
+    assert!(t["metadata"]["continue"].is_string(), "{t}");
+    for exe in kubectls() {
+        let k = Kubectl {
+            exe: &exe,
+            kubeconfig: dir.path().join("master/kubeconfig.yaml"),
+            cache: tempfile::tempdir().unwrap(),
+        };
+        let out = k.ok(&["get", "configmaps", "--chunk-size", "10", "--no-headers"]);
+        assert_eq!(out.lines().count(), 25, "{}: {out}", exe.display());
+    }
+    for bad in [
+        format!("{base}?limit=-1"),
+        format!("{base}?limit=x"),
+        format!("{base}?limit=5&continue=not-a-token"),
+    ] {
+        assert_eq!(h.get(&bad).unwrap().code, 400, "{bad}");
+    }
+
+    // A watch that allows bookmarks ends (timeoutSeconds) with one at the revision reached.
+    let list_rv: u64 = h.get(base).unwrap().json()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let w = h
+        .get(&format!(
+            "{base}?watch=true&resourceVersion={list_rv}&allowWatchBookmarks=true&timeoutSeconds=1"
+        ))
+        .unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&w.body)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = lines.last().expect("a bookmark");
+    assert_eq!(last["type"], "BOOKMARK", "{lines:?}");
+    assert_eq!(last["object"]["kind"], "ConfigMap");
+    let rv: u64 = last["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rv >= list_rv, "{rv} < {list_rv}");
+    // Without asking, no bookmark.
+    let w = h
+        .get(&format!(
+            "{base}?watch=true&resourceVersion={list_rv}&timeoutSeconds=1"
+        ))
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&w.body).contains("BOOKMARK"));
+
+    // Propagation: Orphan is refused (nothing deleted), an unknown policy too.
+    let cm = format!("{base}/cm-00");
+    let r = h
+        .request(
+            "DELETE",
+            &format!("{cm}?propagationPolicy=Orphan"),
+            None,
+            b"",
+            true,
+        )
+        .unwrap();
+    assert_eq!(r.code, 422, "{}", String::from_utf8_lossy(&r.body));
+    let r = h
+        .request(
+            "DELETE",
+            &cm,
+            Some("application/json"),
+            br#"{"propagationPolicy":"Sideways"}"#,
+            true,
+        )
+        .unwrap();
+    assert_eq!(r.code, 400);
+    assert_eq!(h.get(&cm).unwrap().code, 200);
+    let r = h
+        .request(
+            "DELETE",
+            &format!("{cm}?propagationPolicy=Foreground"),
+            None,
+            b"",
+            true,
+        )
+        .unwrap();
+    assert_eq!(r.code, 200);
+
+    // Eviction: a pod (unscheduled here) is deleted through policy/v1 Eviction; the
+    // discovery that makes kubectl drain use it is there.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: ev}\nspec:\n  containers: [{name: c, image: busybox}]\n";
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(pod)));
+    let eviction = serde_json::json!({
+        "apiVersion": "policy/v1", "kind": "Eviction",
+        "metadata": {"name": "ev", "namespace": "default"},
+        "deleteOptions": {"gracePeriodSeconds": 0},
+    });
+    let r = h
+        .post_json("/api/v1/namespaces/default/pods/ev/eviction", &eviction)
+        .unwrap();
+    assert_eq!(r.code, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert!(eventually(Duration::from_secs(10), || h
+        .get("/api/v1/namespaces/default/pods/ev")
+        .unwrap()
+        .code
+        == 404));
+    assert_eq!(
+        h.post_json("/api/v1/namespaces/default/pods/ev/eviction", &eviction)
+            .unwrap()
+            .code,
+        404
+    );
+    let core = h.get("/api/v1").unwrap().json();
+    assert!(
+        core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "pods/eviction" && r["group"] == "policy"),
+        "{core}"
+    );
+    let reader = bramble_tests::Http::with_ca(&m.url, &m.reader_token(), m.ca_pem.as_deref());
+    assert_eq!(
+        reader
+            .post_json("/api/v1/namespaces/default/pods/ev/eviction", &eviction)
+            .unwrap()
+            .code,
+        403
+    );
+}

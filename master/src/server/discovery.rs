@@ -177,6 +177,29 @@ pub fn resources(group: &str) -> Vec<Value> {
                 "kind": "Pod",
                 "verbs": ["get"],
             }));
+            // kubectl drain (1.2x and later) evicts when it finds this. The policy group is
+            // not listed: it would be empty, and kubectl refuses an empty group version.
+            out.push(json!({
+                "name": "pods/eviction",
+                "singularName": "",
+                "namespaced": true,
+                "group": "policy",
+                "version": "v1",
+                "kind": "Eviction",
+                "verbs": ["create"],
+            }));
+            for (sub, kind) in [
+                ("exec", "PodExecOptions"),
+                ("portforward", "PodPortForwardOptions"),
+            ] {
+                out.push(json!({
+                    "name": format!("pods/{sub}"),
+                    "singularName": "",
+                    "namespaced": true,
+                    "kind": kind,
+                    "verbs": ["create", "get"],
+                }));
+            }
         }
     }
     out

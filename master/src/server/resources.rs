@@ -235,15 +235,24 @@ fn table_event(change: &crate::store::Change) -> Bytes {
     line.into()
 }
 
-/// The objects as a Table with `bramble get`'s columns.
-fn table_response(kind: Kind, entries: &[Arc<crate::store::Entry>], revision: u64) -> Response {
+/// The objects as a Table with `bramble get`'s columns (and the next page's token).
+fn table_response(
+    kind: Kind,
+    entries: &[Arc<crate::store::Entry>],
+    revision: u64,
+    next: Option<&(String, usize)>,
+) -> Response {
     let objects: Vec<Object> = entries.iter().filter_map(|e| e.object().ok()).collect();
-    let table = bramble_api::table::kube_table(
+    let mut table = bramble_api::table::kube_table(
         kind,
         &objects,
         &revision.to_string(),
         bramble_api::time::now_secs(),
     );
+    if let Some((token, left)) = next {
+        table["metadata"]["continue"] = serde_json::json!(token);
+        table["metadata"]["remainingItemCount"] = serde_json::json!(left);
+    }
     json_response(StatusCode::OK, table.to_string().into())
 }
 
@@ -254,19 +263,27 @@ fn list(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let (sel, fields) = selector(query)?;
-    let (revision, mut items) = st
+    let (mut revision, mut items) = st
         .store
         .list(target.kind, target.namespace.as_deref(), &sel);
     items.retain(|e| fields.matches(e));
+    let page = Page::of(query)?;
+    if let Some(rv) = page.after.as_ref().map(|a| a.0) {
+        revision = rv;
+    }
+    let (items, next) = page.cut(items, revision);
     let kind = target.kind;
     if wants_table(headers) {
-        return Ok(table_response(kind, &items, revision));
+        return Ok(table_response(kind, &items, revision, next.as_ref()));
     }
     let size: usize = items.iter().map(|e| e.json.len() + 1).sum();
     let mut out = Vec::with_capacity(size + 128);
+    let more = next
+        .map(|(token, left)| format!(",\"continue\":\"{token}\",\"remainingItemCount\":{left}"))
+        .unwrap_or_default();
     out.extend_from_slice(
         format!(
-            "{{\"apiVersion\":\"{}\",\"kind\":\"{}List\",\"metadata\":{{\"resourceVersion\":\"{revision}\"}},\"items\":[",
+            "{{\"apiVersion\":\"{}\",\"kind\":\"{}List\",\"metadata\":{{\"resourceVersion\":\"{revision}\"{more}}},\"items\":[",
             kind.api_version(),
             kind.name()
         )
@@ -281,6 +298,80 @@ fn list(
     out.extend_from_slice(b"]}");
     Ok(json_response(StatusCode::OK, out.into()))
 }
+
+/// A list's chunk (`limit`, `continue`): a page of at most `limit` objects after the key the
+/// token names. The token carries the revision of the first page, which later pages report
+/// (their objects are read at the time of each page, not at that revision: a continuation
+/// sees objects written since, as an inconsistent continue does in Kubernetes).
+struct Page {
+    limit: Option<usize>,
+    /// (revision, namespace, name) of the last object of the previous page.
+    after: Option<(u64, String, String)>,
+}
+
+impl Page {
+    fn of(query: &HashMap<String, String>) -> Result<Page, ApiError> {
+        let limit = match query.get("limit").map(String::as_str) {
+            None | Some("") | Some("0") => None,
+            Some(s) => Some(s.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ApiError::bad_request(format!("limit: {s:?} is not a positive number"))
+            })?),
+        };
+        let after = match query.get("continue").map(String::as_str) {
+            None | Some("") => None,
+            Some(t) => Some(continue_key(t).ok_or_else(|| {
+                ApiError::bad_request("continue key is not valid: it is not one this server made")
+            })?),
+        };
+        Ok(Page { limit, after })
+    }
+
+    /// The page's entries and, when more follow, the next token and how many are left.
+    fn cut(
+        &self,
+        mut items: Vec<Arc<crate::store::Entry>>,
+        revision: u64,
+    ) -> (Vec<Arc<crate::store::Entry>>, Option<(String, usize)>) {
+        let key = |e: &crate::store::Entry| (e.namespace.clone(), e.name.clone());
+        items.sort_by_key(|e| key(e));
+        if let Some((_, ns, name)) = &self.after {
+            let from = (ns.clone(), name.clone());
+            items.retain(|e| key(e) > from);
+        }
+        match self.limit {
+            Some(n) if items.len() > n => {
+                let left = items.len() - n;
+                items.truncate(n);
+                let last = items.last().map(|e| key(e)).unwrap_or_default();
+                let token = continue_token(revision, &last.0, &last.1);
+                (items, Some((token, left)))
+            }
+            _ => (items, None),
+        }
+    }
+}
+
+fn continue_token(revision: u64, namespace: &str, name: &str) -> String {
+    use base64::Engine;
+    let v = serde_json::json!({"v": "meta.k8s.io/v1", "rv": revision, "start": format!("{namespace}/{name}")});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn continue_key(token: &str) -> Option<(u64, String, String)> {
+    use base64::Engine;
+    if token.len() > 4096 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let (ns, name) = v["start"].as_str()?.split_once('/')?;
+    Some((v["rv"].as_u64()?, ns.to_string(), name.to_string()))
+}
+
+/// How often a watch that allows bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 
 /// A watch without a timeout ends after this long (and a longer `timeoutSeconds` means it).
 const NO_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -334,15 +425,34 @@ fn watch(
     let shutdown = st.shutdown.clone();
     // A very distant deadline stands in for "no timeout" so the select stays uniform.
     let deadline = tokio::time::Instant::now() + timeout.unwrap_or(NO_TIMEOUT);
+    // Bookmarks (client-go's reflectors ask): the revision reached, every minute and as the
+    // watch times out, so that a client resumes from it rather than from an older one.
+    let bookmarks = !table && query.get("allowWatchBookmarks").is_some_and(|v| truthy(v));
+    let bookmark_kind = target.kind;
     struct S {
         watch: crate::store::Watch,
         done: bool,
+        next_bookmark: tokio::time::Instant,
         _guard: crate::metrics::WatchGuard,
     }
     let state = S {
         watch,
         done: false,
+        next_bookmark: tokio::time::Instant::now() + BOOKMARK_EVERY,
         _guard: guard,
+    };
+    let bookmark = move |w: &crate::store::Watch| -> Vec<Bytes> {
+        w.bookmark()
+            .map(|rv| {
+                let line = format!(
+                    "{{\"type\":\"BOOKMARK\",\"object\":{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rv}\"}}}}}}\n",
+                    bookmark_kind.name(),
+                    bookmark_kind.api_version()
+                );
+                Bytes::from(line)
+            })
+            .into_iter()
+            .collect()
     };
     let fields = Arc::new(fields);
     let stream = futures_util::stream::unfold(state, move |mut s| {
@@ -354,7 +464,15 @@ fn watch(
             }
             tokio::select! {
                 _ = shutdown.cancelled() => None,
-                _ = tokio::time::sleep_until(deadline) => None,
+                _ = tokio::time::sleep_until(deadline) => {
+                    s.done = true;
+                    bookmarks.then(|| (bookmark(&s.watch), s))
+                }
+                _ = tokio::time::sleep_until(s.next_bookmark), if bookmarks => {
+                    s.next_bookmark = tokio::time::Instant::now() + BOOKMARK_EVERY;
+                    let frames = bookmark(&s.watch);
+                    Some((frames, s))
+                }
                 next = s.watch.next() => match next {
                     // A field-selected change is not sent (no frames).
                     Ok(change) if !fields.matches(&change.entry) => Some((Vec::new(), s)),
@@ -393,6 +511,7 @@ fn get(st: &AppState, target: &Target, headers: &HeaderMap) -> Result<Response, 
             target.kind,
             std::slice::from_ref(&e),
             e.revision,
+            None,
         ));
     }
     Ok(json_response(StatusCode::OK, e.json.clone()))
@@ -749,6 +868,42 @@ async fn scale(
 struct DeleteOptions {
     grace_period_seconds: Option<i64>,
     preconditions: Option<Preconditions>,
+    propagation_policy: Option<String>,
+    orphan_dependents: Option<bool>,
+}
+
+/// `propagationPolicy` (query or body): Background, and Foreground taken as Background (the
+/// owner goes first, its dependents after it, as the garbage collector finds them). Orphan is
+/// refused rather than ignored: ignoring it would delete what the client asked to keep.
+fn check_propagation(
+    query: &HashMap<String, String>,
+    opts: &DeleteOptions,
+) -> Result<(), ApiError> {
+    let policy = query
+        .get("propagationPolicy")
+        .cloned()
+        .or_else(|| opts.propagation_policy.clone());
+    let orphan = query
+        .get("orphanDependents")
+        .map(|v| truthy(v))
+        .or(opts.orphan_dependents)
+        .unwrap_or(false);
+    match policy.as_deref() {
+        _ if orphan => Err(orphan_refused()),
+        None | Some("Background") | Some("Foreground") => Ok(()),
+        Some("Orphan") => Err(orphan_refused()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "propagationPolicy: {other:?} is not one of Background, Foreground, Orphan"
+        ))),
+    }
+}
+
+fn orphan_refused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid",
+        "propagationPolicy Orphan (kubectl --cascade=orphan) is not supported: Bramble deletes an object's dependents with it; nothing was deleted",
+    )
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -777,6 +932,7 @@ async fn delete(
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
     };
+    check_propagation(query, &opts)?;
     // The query wins over the body, as in Kubernetes; both are checked the same way.
     let grace = match (query.get("gracePeriodSeconds"), opts.grace_period_seconds) {
         (Some(s), _) => Some(grace_seconds(
@@ -817,4 +973,71 @@ async fn delete(
         _ => StatusCode::OK,
     };
     Ok(json_response(code, outcome.entry().json.clone()))
+}
+
+/// An Eviction's body: only its delete options matter (there are no disruption budgets).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct Eviction {
+    delete_options: Option<DeleteOptions>,
+}
+
+/// `POST /api/v1/namespaces/{ns}/pods/{name}/eviction` (`policy/v1` or `v1beta1` Eviction, as
+/// `kubectl drain` sends it): a graceful delete of the pod. Bramble has no
+/// PodDisruptionBudgets, so an eviction is never refused for one. A protobuf body (client-go's
+/// typed clients) is read as none.
+pub async fn evict(
+    axum::extract::State(st): axum::extract::State<Arc<AppState>>,
+    axum::extract::Path((ns, name)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match do_evict(&st, ns, name, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn do_evict(
+    st: &AppState,
+    namespace: String,
+    name: String,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    super::authorize(st, headers)?;
+    let bytes = body::read(body, st.max_body_bytes).await?;
+    let protobuf = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/vnd.kubernetes.protobuf"));
+    let opts = if protobuf || bytes.iter().all(u8::is_ascii_whitespace) {
+        DeleteOptions::default()
+    } else {
+        serde_json::from_slice::<Eviction>(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("Eviction: {e}")))?
+            .delete_options
+            .unwrap_or_default()
+    };
+    check_propagation(&HashMap::new(), &opts)?;
+    let grace = opts
+        .grace_period_seconds
+        .map(|g| grace_seconds("deleteOptions.gracePeriodSeconds", Some(g), &g.to_string()))
+        .transpose()?;
+    st.store
+        .write(Op::Delete(DeleteRequest {
+            kind: Kind::Pod,
+            namespace,
+            name,
+            grace_seconds: grace,
+            resource_version: None,
+        }))
+        .await?;
+    let status = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201,
+    });
+    Ok(json_response(
+        StatusCode::CREATED,
+        status.to_string().into(),
+    ))
 }

@@ -96,6 +96,12 @@ pub(crate) fn start(
 }
 
 impl Watch {
+    /// A revision a client may resume this watch from (a bookmark): every matching change
+    /// up to it was delivered. None while the first backlog is still going out.
+    pub fn bookmark(&self) -> Option<u64> {
+        self.backlog.is_empty().then_some(self.last)
+    }
+
     /// The next matching change; `Gone` when the watch fell too far behind.
     pub async fn next(&mut self) -> Result<Arc<Change>, StoreError> {
         loop {
