@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// The client config file's contents.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClientConfig {
     /// The API's URL, e.g. `https://127.0.0.1:6443`.

@@ -14,6 +14,7 @@ pub const MAX_DATA_BYTES: usize = 1 << 20;
 
 /// A ConfigMap (`v1`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ConfigMap {
     pub api_version: String,
@@ -49,6 +50,7 @@ impl ConfigMap {
 /// A Secret (`v1`). `data` values are base64 text; `stringData` is write-only and is merged
 /// into `data` when the object is stored.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Secret {
     pub api_version: String,

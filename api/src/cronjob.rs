@@ -11,6 +11,7 @@ pub const SCHEDULED_AT_ANNOTATION: &str = "batch.kubernetes.io/cronjob-scheduled
 
 /// A CronJob (`batch/v1`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct CronJob {
     pub api_version: String,
@@ -23,6 +24,7 @@ pub struct CronJob {
 
 /// The desired state of a CronJob.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct CronJobSpec {
     pub schedule: String,
@@ -46,6 +48,7 @@ pub struct CronJobSpec {
 
 /// The Job a CronJob makes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct JobTemplateSpec {
     pub metadata: ObjectMeta,
@@ -54,6 +57,7 @@ pub struct JobTemplateSpec {
 
 /// A Job a CronJob runs, by reference.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct JobReference {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -69,6 +73,7 @@ pub struct JobReference {
 
 /// The observed state of a CronJob.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct CronJobStatus {
     #[serde(skip_serializing_if = "Vec::is_empty")]

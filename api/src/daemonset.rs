@@ -7,6 +7,7 @@ use crate::pod::{PodTemplateSpec, Toleration};
 
 /// A DaemonSet (`apps/v1`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct DaemonSet {
     pub api_version: String,
@@ -19,6 +20,7 @@ pub struct DaemonSet {
 
 /// The desired state of a DaemonSet.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct DaemonSetSpec {
     pub selector: LabelSelector,
@@ -33,6 +35,7 @@ pub struct DaemonSetSpec {
 
 /// `RollingUpdate` (default) or `OnDelete`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct DaemonSetUpdateStrategy {
     #[serde(rename = "type", skip_serializing_if = "String::is_empty")]
@@ -43,6 +46,7 @@ pub struct DaemonSetUpdateStrategy {
 
 /// Bounds of a DaemonSet's rolling update: a count or a percentage of its nodes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct RollingUpdateDaemonSet {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,6 +57,7 @@ pub struct RollingUpdateDaemonSet {
 
 /// The observed state of a DaemonSet, with Kubernetes' counts.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct DaemonSetStatus {
     pub current_number_scheduled: i32,

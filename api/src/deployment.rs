@@ -15,6 +15,7 @@ pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 /// One remembered template: the history annotation holds a JSON list of these, oldest
 /// first (the controller writes it; `bramble rollout history|undo` reads it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Revision {
     pub revision: i64,
@@ -26,6 +27,7 @@ pub struct Revision {
 
 /// A Deployment (`apps/v1`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Deployment {
     pub api_version: String,
@@ -38,6 +40,7 @@ pub struct Deployment {
 
 /// The desired state of a Deployment.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct DeploymentSpec {
     /// Defaults to 1, as in Kubernetes.
@@ -59,6 +62,7 @@ pub struct DeploymentSpec {
 
 /// `RollingUpdate` (default) or `Recreate`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct DeploymentStrategy {
     #[serde(rename = "type", skip_serializing_if = "String::is_empty")]
@@ -69,6 +73,7 @@ pub struct DeploymentStrategy {
 
 /// Bounds of a rolling update: a count or a percentage of replicas.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct RollingUpdateDeployment {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,6 +84,7 @@ pub struct RollingUpdateDeployment {
 
 /// The observed state of a Deployment.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct DeploymentStatus {
     pub observed_generation: i64,

@@ -7,6 +7,7 @@ use crate::service::ObjectReference;
 
 /// An Event (`v1`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Event {
     pub api_version: String,
@@ -36,6 +37,7 @@ fn is_zero(v: &i32) -> bool {
 
 /// Which component reported the event.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct EventSource {
     #[serde(skip_serializing_if = "String::is_empty")]

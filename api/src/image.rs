@@ -25,6 +25,7 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
 /// An imported image (`bramble.io/v1`, kind `Image`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Image {
     pub api_version: String,
@@ -35,6 +36,7 @@ pub struct Image {
 
 /// What an image reference points at.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ImageSpec {
     /// The reference as pods name it, normalized: `web:1.2`, `team/app:latest`.
@@ -50,6 +52,7 @@ pub struct ImageSpec {
 
 /// One platform of an image.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ImagePlatform {
     pub os: String,
@@ -233,6 +236,7 @@ pub fn validate_digest(d: &str) -> Result<(), DigestError> {
 
 /// An OCI content descriptor.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Descriptor {
     pub media_type: String,
@@ -246,6 +250,7 @@ pub struct Descriptor {
 
 /// The platform field of an index entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default)]
 pub struct Platform {
     pub architecture: String,
@@ -256,6 +261,7 @@ pub struct Platform {
 
 /// An OCI image index (or a Docker manifest list, which has the same shape).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Index {
     pub schema_version: u32,
@@ -266,6 +272,7 @@ pub struct Index {
 
 /// An OCI image manifest (or a Docker v2 schema 2 manifest).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Manifest {
     pub schema_version: u32,
@@ -277,6 +284,7 @@ pub struct Manifest {
 
 /// The parts of an OCI image config that Bramble uses.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ImageConfigFile {
     pub architecture: String,
@@ -289,6 +297,7 @@ pub struct ImageConfigFile {
 
 /// The container defaults of an image config.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default)]
 pub struct ImageConfig {
     #[serde(rename = "User")]
@@ -305,6 +314,7 @@ pub struct ImageConfig {
 
 /// The layers' uncompressed digests.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default)]
 pub struct RootFs {
     #[serde(rename = "type")]

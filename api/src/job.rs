@@ -15,6 +15,7 @@ pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 
 /// A Job (`batch/v1`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Job {
     pub api_version: String,
@@ -27,6 +28,7 @@ pub struct Job {
 
 /// The desired state of a Job.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct JobSpec {
     /// Pods running at once (default 1).
@@ -72,6 +74,7 @@ impl JobSpec {
 
 /// The observed state of a Job.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct JobStatus {
     #[serde(skip_serializing_if = "Option::is_none")]

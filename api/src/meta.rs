@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Standard object metadata, with Kubernetes' field names.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ObjectMeta {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -51,6 +52,7 @@ impl ObjectMeta {
 
 /// Points at the object that owns this one; the garbage collector deletes orphans.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct OwnerReference {
     pub api_version: String,
@@ -80,6 +82,7 @@ impl OwnerReference {
 
 /// The structured selector of Deployments and node affinity.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct LabelSelector {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -90,6 +93,7 @@ pub struct LabelSelector {
 
 /// One `matchExpressions` entry.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct LabelSelectorRequirement {
     pub key: String,
@@ -151,6 +155,7 @@ impl std::fmt::Display for IntOrString {
 
 /// One condition in a status, as in every Kubernetes object.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Condition {
     #[serde(rename = "type")]
@@ -164,4 +169,19 @@ pub struct Condition {
     pub reason: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for IntOrString {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IntOrString".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A number, or a string such as a percentage (`25%`) or a port name.",
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": true,
+        })
+    }
 }

@@ -6,6 +6,7 @@ use crate::meta::ObjectMeta;
 
 /// A Namespace (`v1`): a scope for names.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Namespace {
     pub api_version: String,
@@ -19,6 +20,7 @@ pub struct Namespace {
 
 /// The phase of a namespace: `Active` or `Terminating`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct NamespaceStatus {
     pub phase: String,

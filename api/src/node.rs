@@ -10,6 +10,7 @@ use crate::quantity::Quantity;
 
 /// A Node (`v1`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Node {
     pub api_version: String,
@@ -22,6 +23,7 @@ pub struct Node {
 
 /// The desired state of a node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct NodeSpec {
     #[serde(rename = "podCIDR", skip_serializing_if = "String::is_empty")]
@@ -34,6 +36,7 @@ pub struct NodeSpec {
 
 /// Repels pods that do not tolerate it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Taint {
     pub key: String,
@@ -57,6 +60,7 @@ impl Taint {
 
 /// The observed state of a node, reported by its agent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct NodeStatus {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -73,6 +77,7 @@ pub struct NodeStatus {
 
 /// An address of the node (`InternalIP`, `Hostname`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct NodeAddress {
     #[serde(rename = "type")]
@@ -82,6 +87,7 @@ pub struct NodeAddress {
 
 /// Facts about the node's system.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct NodeSystemInfo {
     pub architecture: String,

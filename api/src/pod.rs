@@ -9,6 +9,7 @@ use crate::quantity::Quantity;
 
 /// A Pod (`v1`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Pod {
     pub api_version: String,
@@ -95,6 +96,7 @@ impl PodSpec {
 
 /// A pod template inside a Deployment.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct PodTemplateSpec {
     pub metadata: ObjectMeta,
@@ -103,6 +105,7 @@ pub struct PodTemplateSpec {
 
 /// The desired state of a pod.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct PodSpec {
     /// Run in order, each to completion (sidecars: started), before the app containers.
@@ -159,6 +162,7 @@ pub struct PodSpec {
 /// A pod's `dnsConfig`: merged into what its `dnsPolicy` gives (the whole of it with
 /// `None`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct PodDnsConfig {
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -171,6 +175,7 @@ pub struct PodDnsConfig {
 
 /// One resolver option (`ndots`, `5`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct PodDnsConfigOption {
     pub name: String,
@@ -180,6 +185,7 @@ pub struct PodDnsConfigOption {
 
 /// Names for an address in the pod's `/etc/hosts`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct HostAlias {
     pub ip: String,
@@ -189,6 +195,7 @@ pub struct HostAlias {
 
 /// A pod's `securityContext`: the fields Bramble honours (any other is refused by path).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct PodSecurityContext {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,6 +215,7 @@ pub struct PodSecurityContext {
 
 /// A container's `securityContext`; its fields win over the pod's.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct SecurityContext {
     /// Every capability, no seccomp filter, no masked paths: the host's power.
@@ -234,6 +242,7 @@ pub struct SecurityContext {
 /// Capabilities to add to and drop from the default set, by name (`NET_ADMIN`, or `ALL` to
 /// drop).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Capabilities {
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -245,6 +254,7 @@ pub struct Capabilities {
 /// `RuntimeDefault` (the default), `Unconfined`, or `Localhost` with a profile file under
 /// the board's seccomp directory.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct SeccompProfile {
     #[serde(rename = "type")]
@@ -300,6 +310,7 @@ pub const CAPABILITY_NAMES: &[&str] = &[
 
 /// One container of a pod.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Container {
     pub name: String,
@@ -341,6 +352,7 @@ pub struct Container {
 
 /// Hooks around a container's life.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Lifecycle {
     /// Run right after the container starts; it is not Running until this succeeds, and is
@@ -354,6 +366,7 @@ pub struct Lifecycle {
 
 /// One hook: exactly one of `exec`, `httpGet` and `sleep`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct LifecycleHandler {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -366,6 +379,7 @@ pub struct LifecycleHandler {
 
 /// Wait this long (a hook that lets load balancers stop sending before the signal).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct SleepAction {
     pub seconds: i64,
@@ -380,6 +394,7 @@ impl Container {
 
 /// A health check: exactly one of `exec`, `httpGet` or `tcpSocket`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Probe {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -406,6 +421,7 @@ pub struct Probe {
 
 /// Run a command in the container; exit 0 is success.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ExecAction {
     pub command: Vec<String>,
@@ -413,6 +429,7 @@ pub struct ExecAction {
 
 /// An HTTP GET; a status from 200 to 399 is success.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpGetAction {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -428,6 +445,7 @@ pub struct HttpGetAction {
 
 /// A TCP connect; an accepted connection is success.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct TcpSocketAction {
     pub port: Option<IntOrString>,
@@ -452,6 +470,7 @@ impl Container {
 /// An environment variable: a literal value, or one read from a ConfigMap, a Secret, the
 /// pod's own fields or the container's resources.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct EnvVar {
     pub name: String,
@@ -463,6 +482,7 @@ pub struct EnvVar {
 
 /// Where an environment variable's value comes from (exactly one).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct EnvVarSource {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -477,6 +497,7 @@ pub struct EnvVarSource {
 
 /// One key of a ConfigMap or Secret.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct KeySelector {
     pub name: String,
@@ -489,6 +510,7 @@ pub struct KeySelector {
 /// `metadata.labels['KEY']`, `metadata.annotations['KEY']`, `spec.nodeName`,
 /// `spec.serviceAccountName`, `status.podIP`, `status.hostIP`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ObjectFieldSelector {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -499,6 +521,7 @@ pub struct ObjectFieldSelector {
 /// A container's request or limit: `limits.cpu`, `limits.memory`, `requests.cpu`,
 /// `requests.memory` (and `.ephemeral-storage`), divided by `divisor` (default 1).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ResourceFieldSelector {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -510,6 +533,7 @@ pub struct ResourceFieldSelector {
 
 /// Every key of a ConfigMap or Secret as environment variables.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct EnvFromSource {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -522,6 +546,7 @@ pub struct EnvFromSource {
 
 /// A ConfigMap or Secret by name.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct NameRef {
     pub name: String,
@@ -548,6 +573,7 @@ impl ConfigRef {
 
 /// A port a container listens on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ContainerPort {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -562,6 +588,7 @@ pub struct ContainerPort {
 
 /// CPU and memory requests and limits.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ResourceRequirements {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -579,6 +606,7 @@ impl ResourceRequirements {
 
 /// A volume mounted into a container.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct VolumeMount {
     pub name: String,
@@ -591,6 +619,7 @@ pub struct VolumeMount {
 
 /// A pod volume: `emptyDir` or `hostPath` (no source means `emptyDir`, as in Kubernetes).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Volume {
     pub name: String,
@@ -656,6 +685,7 @@ mod file_mode {
 
 /// A key of a ConfigMap or Secret as a file of a volume.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct KeyToPath {
     pub key: String,
@@ -669,6 +699,7 @@ pub struct KeyToPath {
 
 /// A ConfigMap's keys as files.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ConfigMapVolumeSource {
     pub name: String,
@@ -685,6 +716,7 @@ pub struct ConfigMapVolumeSource {
 
 /// A Secret's keys as files.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct SecretVolumeSource {
     pub secret_name: String,
@@ -701,6 +733,7 @@ pub struct SecretVolumeSource {
 
 /// Several sources in one directory.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ProjectedVolumeSource {
     pub sources: Vec<VolumeProjection>,
@@ -713,6 +746,7 @@ pub struct ProjectedVolumeSource {
 
 /// One source of a projected volume (exactly one field).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct VolumeProjection {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -725,6 +759,7 @@ pub struct VolumeProjection {
 
 /// A ConfigMap or Secret inside a projected volume.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ProjectionSource {
     pub name: String,
@@ -736,6 +771,7 @@ pub struct ProjectionSource {
 
 /// The pod's own fields inside a projected volume.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct DownwardApiProjection {
     pub items: Vec<DownwardApiFile>,
@@ -743,6 +779,7 @@ pub struct DownwardApiProjection {
 
 /// The pod's own fields as files.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct DownwardApiVolumeSource {
     pub items: Vec<DownwardApiFile>,
@@ -755,6 +792,7 @@ pub struct DownwardApiVolumeSource {
 
 /// One file of the downward API: a pod field or a container's resource.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct DownwardApiFile {
     pub path: String,
@@ -771,6 +809,7 @@ pub struct DownwardApiFile {
 
 /// Scratch space that lives as long as the pod.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct EmptyDirVolumeSource {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -781,6 +820,7 @@ pub struct EmptyDirVolumeSource {
 
 /// A file or directory of the node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct HostPathVolumeSource {
     pub path: String,
@@ -790,6 +830,7 @@ pub struct HostPathVolumeSource {
 
 /// Scheduling constraints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Affinity {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -799,6 +840,7 @@ pub struct Affinity {
 /// One `topologySpreadConstraints` entry: the pods matching `labelSelector` (in the pod's
 /// namespace) may differ by at most `maxSkew` between the values of `topologyKey`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct TopologySpreadConstraint {
     pub max_skew: i32,
@@ -825,6 +867,7 @@ pub struct TopologySpreadConstraint {
 
 /// Which nodes a pod may run on, by their labels.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct NodeAffinity {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -833,6 +876,7 @@ pub struct NodeAffinity {
 
 /// Terms ORed together.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct NodeSelector {
     pub node_selector_terms: Vec<NodeSelectorTerm>,
@@ -840,6 +884,7 @@ pub struct NodeSelector {
 
 /// Requirements ANDed together.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct NodeSelectorTerm {
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -848,6 +893,7 @@ pub struct NodeSelectorTerm {
 
 /// `key` `operator` `values`: In, NotIn, Exists, DoesNotExist, Gt, Lt.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct NodeSelectorRequirement {
     pub key: String,
@@ -888,6 +934,7 @@ impl NodeSelector {
 
 /// Lets a pod run on nodes with a matching taint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Toleration {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -904,6 +951,7 @@ pub struct Toleration {
 
 /// The observed state of a pod, reported by its node's agent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct PodStatus {
     /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
@@ -929,6 +977,7 @@ pub struct PodStatus {
 
 /// The state of one container.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ContainerStatus {
     pub name: String,
@@ -947,6 +996,7 @@ pub struct ContainerStatus {
 
 /// Exactly one of waiting, running or terminated.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ContainerState {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -959,6 +1009,7 @@ pub struct ContainerState {
 
 /// A container not yet running, with the reason (e.g. `CrashLoopBackOff`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct StateWaiting {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -969,6 +1020,7 @@ pub struct StateWaiting {
 
 /// A running container.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct StateRunning {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -977,6 +1029,7 @@ pub struct StateRunning {
 
 /// A container that exited.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct StateTerminated {
     pub exit_code: i32,

@@ -216,6 +216,21 @@ impl<'de> Deserialize<'de> for Quantity {
     }
 }
 
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Quantity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Quantity".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A fixed-point number with an optional suffix: `250m` (thousandths), `128Mi` (powers of 1024), `1G` (powers of 1000), or a plain number.",
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": true,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

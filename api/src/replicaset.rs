@@ -8,6 +8,7 @@ use crate::pod::PodTemplateSpec;
 
 /// A ReplicaSet (`apps/v1`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ReplicaSet {
     pub api_version: String,
@@ -20,6 +21,7 @@ pub struct ReplicaSet {
 
 /// The desired state of a ReplicaSet.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ReplicaSetSpec {
     /// Defaults to 1, as in Kubernetes.
@@ -33,6 +35,7 @@ pub struct ReplicaSetSpec {
 
 /// The observed state of a ReplicaSet.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ReplicaSetStatus {
     pub replicas: i32,

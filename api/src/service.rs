@@ -8,6 +8,7 @@ use crate::meta::{IntOrString, ObjectMeta};
 
 /// A Service (`v1`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Service {
     pub api_version: String,
@@ -20,6 +21,7 @@ pub struct Service {
 
 /// The desired state of a Service.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ServiceSpec {
     /// `ClusterIP` (default), `NodePort`, or `ExternalName` (a DNS alias, no address);
@@ -43,6 +45,7 @@ pub struct ServiceSpec {
 
 /// One port of a Service.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ServicePort {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -60,6 +63,7 @@ pub struct ServicePort {
 
 /// The Endpoints (`v1`) of a Service: its ready pods' addresses.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Endpoints {
     pub api_version: String,
@@ -71,6 +75,7 @@ pub struct Endpoints {
 
 /// A set of addresses that share the same ports.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct EndpointSubset {
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -83,6 +88,7 @@ pub struct EndpointSubset {
 
 /// One pod's address.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct EndpointAddress {
     pub ip: String,
@@ -94,6 +100,7 @@ pub struct EndpointAddress {
 
 /// A port of an endpoint subset.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct EndpointPort {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -105,6 +112,7 @@ pub struct EndpointPort {
 
 /// A reference to another object, as in events and endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct ObjectReference {
     #[serde(skip_serializing_if = "String::is_empty")]

@@ -6,6 +6,7 @@ use crate::error::Invalid;
 
 /// An API error (or success message) body: `{"kind":"Status", ...}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Status {
     pub api_version: String,
@@ -23,6 +24,7 @@ pub struct Status {
 
 /// Which object and which fields the status is about.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct StatusDetails {
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -35,6 +37,7 @@ pub struct StatusDetails {
 
 /// One invalid field.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct StatusCause {
     pub field: String,

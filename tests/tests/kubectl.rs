@@ -315,6 +315,18 @@ fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
             "{who}"
         );
 
+        // explain reads the schemas of OpenAPI v3 (kubectl >= 1.27; 1.20 reads v2, which is
+        // not served).
+        if !who.ends_with("kubectl-1.20") {
+            let explained = k.ok(&["explain", "pod.spec.containers"]);
+            assert!(
+                explained.contains("imagePullPolicy") && explained.contains("<[]Container>"),
+                "{who}: {explained}"
+            );
+            let explained = k.ok(&["explain", "deployment.spec.strategy"]);
+            assert!(explained.contains("rollingUpdate"), "{who}: {explained}");
+        }
+
         // rollout restart: a strategic patch of the template's restartedAt annotation,
         // which rolls the pods.
         k.ok(&["rollout", "restart", &deploy]);

@@ -3,8 +3,11 @@
 //! every PATCH operation tagged with its kind (`x-kubernetes-group-version-kind`) and taking
 //! `fieldValidation`. kubectl (>= 1.27) then sends `fieldValidation=Strict` and lets Bramble
 //! report unknown fields, as Bramble reports them, instead of validating against schemas.
-//! Built from [`Kind::ALL`] like discovery, so it cannot drift from the paths served.
-//! Not yet: the schemas of the objects (`kubectl explain`).
+//! Built from [`Kind::ALL`] like discovery, so it cannot drift from the paths served. The
+//! objects' schemas (`components.schemas`, what `kubectl explain` reads) are generated from
+//! the `bramble-api` types themselves (schemars, from their serde names and doc comments), so
+//! they cannot drift from what the server decodes either; each kind's root schema carries its
+//! `x-kubernetes-group-version-kind`.
 
 use std::sync::Arc;
 
@@ -89,8 +92,86 @@ pub fn document(group: &str) -> Value {
         "openapi": "3.0.0",
         "info": {"title": "Bramble", "version": format!("v1.{}.0", super::discovery::KUBE_MINOR)},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas(group)},
     })
+}
+
+/// An optional field's schema, `anyOf: [T, null]`, as Kubernetes writes it: `allOf: [T]` for
+/// a reference (kubectl explain follows that), T itself otherwise. Absent and null mean the
+/// same to the server.
+fn plain_optionals(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let unwrap = map.get("anyOf").and_then(Value::as_array).and_then(|a| {
+                let is_null = |s: &Value| s["type"] == "null" || s["enum"] == json!([null]);
+                match a.as_slice() {
+                    [t, n] if is_null(n) => Some(t.clone()),
+                    [n, t] if is_null(n) => Some(t.clone()),
+                    _ => None,
+                }
+            });
+            if let Some(t) = unwrap {
+                map.remove("anyOf");
+                if t.get("$ref").is_some() {
+                    map.insert("allOf".into(), json!([t]));
+                } else if let Value::Object(inner) = t {
+                    for (k, x) in inner {
+                        map.entry(k).or_insert(x);
+                    }
+                }
+            }
+            for x in map.values_mut() {
+                plain_optionals(x);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(plain_optionals),
+        _ => {}
+    }
+}
+
+/// The schemas of a group's kinds and of every type they hold.
+pub fn schemas(group: &str) -> Map<String, Value> {
+    use bramble_api as api;
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut roots = Vec::new();
+    for k in Kind::ALL.into_iter().filter(|k| k.group() == group) {
+        let root = match k {
+            Kind::Namespace => generator.subschema_for::<api::namespace::Namespace>(),
+            Kind::Node => generator.subschema_for::<api::node::Node>(),
+            Kind::Pod => generator.subschema_for::<api::pod::Pod>(),
+            Kind::Deployment => generator.subschema_for::<api::deployment::Deployment>(),
+            Kind::ReplicaSet => generator.subschema_for::<api::replicaset::ReplicaSet>(),
+            Kind::DaemonSet => generator.subschema_for::<api::daemonset::DaemonSet>(),
+            Kind::Job => generator.subschema_for::<api::job::Job>(),
+            Kind::CronJob => generator.subschema_for::<api::cronjob::CronJob>(),
+            Kind::Service => generator.subschema_for::<api::service::Service>(),
+            Kind::Endpoints => generator.subschema_for::<api::service::Endpoints>(),
+            Kind::Event => generator.subschema_for::<api::event::Event>(),
+            Kind::Image => generator.subschema_for::<api::image::Image>(),
+            Kind::ConfigMap => generator.subschema_for::<api::config::ConfigMap>(),
+            Kind::Secret => generator.subschema_for::<api::config::Secret>(),
+        };
+        roots.push((k, root));
+    }
+    let mut defs = generator.take_definitions(true);
+    for schema in defs.values_mut() {
+        plain_optionals(schema);
+    }
+    for (k, root) in roots {
+        let name = root
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.rsplit('/').next())
+            .unwrap_or(k.name())
+            .to_string();
+        if let Some(Value::Object(schema)) = defs.get_mut(&name) {
+            schema.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": k.group(), "version": "v1", "kind": k.name()}]),
+            );
+        }
+    }
+    defs
 }
 
 /// `GET /openapi/v3/api/v1`.
@@ -124,6 +205,46 @@ pub async fn group(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_has_a_schema_from_its_type_tagged_with_its_kind() {
+        for k in Kind::ALL {
+            let doc = document(k.group());
+            let schemas = doc["components"]["schemas"].as_object().unwrap();
+            let (_, root) = schemas
+                .iter()
+                .find(|(_, s)| s["x-kubernetes-group-version-kind"][0]["kind"] == k.name())
+                .unwrap_or_else(|| panic!("no schema for {}", k.name()));
+            // The type's serde names and fields: what the server decodes.
+            for field in ["apiVersion", "kind", "metadata"] {
+                assert!(
+                    root["properties"][field].is_object(),
+                    "{} {field}",
+                    k.name()
+                );
+            }
+        }
+        let core = document("");
+        let s = &core["components"]["schemas"];
+        let pod = &s["Pod"]["properties"]["spec"];
+        assert!(pod.to_string().contains("PodSpec"), "{pod}");
+        let containers = &s["PodSpec"]["properties"]["containers"];
+        assert_eq!(containers["type"], "array", "{containers}");
+        assert!(
+            s["Container"]["properties"]["imagePullPolicy"].is_object(),
+            "{}",
+            s["Container"]
+        );
+        // An optional struct is a plain reference (kubectl explain follows it).
+        let strategy =
+            &document("apps")["components"]["schemas"]["DeploymentSpec"]["properties"]["strategy"];
+        assert_eq!(
+            strategy["allOf"][0]["$ref"], "#/components/schemas/DeploymentStrategy",
+            "{strategy}"
+        );
+        // Doc comments become descriptions (what kubectl explain prints).
+        assert!(s["Pod"]["description"].is_string(), "{}", s["Pod"]);
+    }
 
     #[test]
     fn every_kind_has_a_patch_operation_taking_field_validation() {
