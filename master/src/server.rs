@@ -10,6 +10,7 @@ pub mod listener;
 mod metrics_api;
 mod nodes;
 mod openapi;
+mod openapi_v2;
 mod patch;
 mod path;
 mod resources;
@@ -83,6 +84,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1", get(discovery::core_resources))
         .route("/apis", get(discovery::group_list))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/openapi/v2", get(openapi::v2))
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/api/v1", get(openapi::core))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi::group))

@@ -174,6 +174,26 @@ pub fn schemas(group: &str) -> Map<String, Value> {
     defs
 }
 
+/// `GET /openapi/v2`: protobuf when asked for (kubectl before 1.27), JSON otherwise.
+pub async fn v2(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if super::role_of(&st, &headers).is_none() {
+        return unauthorized();
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains(super::openapi_v2::PROTOBUF) {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, super::openapi_v2::PROTOBUF_ANSWER)],
+            super::openapi_v2::protobuf(),
+        )
+            .into_response();
+    }
+    json_ok(super::openapi_v2::document())
+}
+
 /// `GET /openapi/v3/api/v1`.
 pub async fn core(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if super::role_of(&st, &headers).is_none() {
