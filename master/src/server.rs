@@ -13,6 +13,7 @@ mod openapi;
 mod openapi_v2;
 mod patch;
 mod path;
+mod protobuf;
 mod resources;
 mod spdy;
 pub mod streams;

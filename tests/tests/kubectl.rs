@@ -1264,3 +1264,112 @@ fn lists_come_in_chunks_watches_carry_bookmarks_and_pods_are_evicted() {
         403
     );
 }
+
+/// kubectl's typed generators: `create deployment|configmap|secret|service|namespace|job|
+/// cronjob` (1.32 sends them as Kubernetes protobuf, 1.20 as JSON, its configmap without a
+/// Content-Type); each object comes out as asked.
+#[test]
+fn kubectl_create_generators_make_their_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterProcess::start(&dir.path().join("master")).unwrap();
+    let h = m.http();
+    for (i, exe) in kubectls().iter().enumerate() {
+        let k = Kubectl {
+            exe,
+            kubeconfig: dir.path().join("master/kubeconfig.yaml"),
+            cache: tempfile::tempdir().unwrap(),
+        };
+        let who = exe.display().to_string();
+        // 1.20 makes batch/v1beta1 CronJobs, which Kubernetes 1.25 removed and Bramble never
+        // served.
+        let old = exe.ends_with("kubectl-1.20");
+        let n = |s: &str| format!("{s}-{i}");
+        let (web, none, cm, sec, svc, ns, job, cj) = (
+            n("web"),
+            n("none"),
+            n("cm"),
+            n("sec"),
+            n("svc"),
+            n("ns"),
+            n("job"),
+            n("cj"),
+        );
+        k.ok(&[
+            "create",
+            "deployment",
+            &web,
+            "--image=busybox",
+            "--replicas=2",
+            "--port=80",
+        ]);
+        k.ok(&[
+            "create",
+            "deployment",
+            &none,
+            "--image=busybox",
+            "--replicas=0",
+        ]);
+        k.ok(&["create", "configmap", &cm, "--from-literal=a=b"]);
+        k.ok(&["create", "secret", "generic", &sec, "--from-literal=p=q"]);
+        k.ok(&["create", "service", "clusterip", &svc, "--tcp=80:8080"]);
+        k.ok(&["create", "namespace", &ns]);
+        k.ok(&["create", "job", &job, "--image=busybox", "--", "echo", "hi"]);
+        if !old {
+            k.ok(&[
+                "create",
+                "cronjob",
+                &cj,
+                "--image=busybox",
+                "--schedule=*/5 * * * *",
+                "--",
+                "echo",
+                "hi",
+            ]);
+        }
+        let get = |path: String| {
+            let r = h.get(&path).unwrap();
+            assert_eq!(
+                r.code,
+                200,
+                "{who}: {path}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            r.json()
+        };
+        let d = get(format!(
+            "/apis/apps/v1/namespaces/default/deployments/{web}"
+        ));
+        assert_eq!(d["spec"]["replicas"], 2, "{who}: {d}");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80,
+            "{who}: {d}"
+        );
+        let d = get(format!(
+            "/apis/apps/v1/namespaces/default/deployments/{none}"
+        ));
+        assert_eq!(
+            d["spec"]["replicas"], 0,
+            "{who}: a zero replica count is kept: {d}"
+        );
+        assert_eq!(
+            get(format!("/api/v1/namespaces/default/configmaps/{cm}"))["data"]["a"],
+            "b"
+        );
+        assert_eq!(
+            get(format!("/api/v1/namespaces/default/secrets/{sec}"))["data"]["p"],
+            "cQ=="
+        );
+        let s = get(format!("/api/v1/namespaces/default/services/{svc}"));
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], 8080, "{who}: {s}");
+        get(format!("/api/v1/namespaces/{ns}"));
+        let j = get(format!("/apis/batch/v1/namespaces/default/jobs/{job}"));
+        assert_eq!(
+            j["spec"]["template"]["spec"]["containers"][0]["command"][1],
+            "hi"
+        );
+        if !old {
+            let c = get(format!("/apis/batch/v1/namespaces/default/cronjobs/{cj}"));
+            assert_eq!(c["spec"]["schedule"], "*/5 * * * *", "{who}: {c}");
+        }
+    }
+}

@@ -15,6 +15,8 @@ use super::path::Target;
 pub enum Format {
     Json,
     Yaml,
+    /// Kubernetes' protobuf (kubectl's typed generators), for the kinds it knows.
+    Protobuf,
 }
 
 /// Which media types a verb accepts.
@@ -68,15 +70,20 @@ pub fn format(headers: &HeaderMap, accept: Accept) -> Result<Format, ApiError> {
         .trim()
         .to_ascii_lowercase();
     let f = match (accept, media.as_str()) {
-        (Accept::Object, "application/json") => Some(Format::Json),
+        // No Content-Type is JSON, the first media type served, as Kubernetes takes it
+        // (kubectl 1.20's `create configmap` sends none).
+        (Accept::Object, "application/json" | "") => Some(Format::Json),
         (Accept::Object, "application/yaml" | "application/x-yaml") => Some(Format::Yaml),
+        (Accept::Object, super::protobuf::MEDIA_TYPE) => Some(Format::Protobuf),
         (Accept::ApplyPatch, "application/apply-patch+json") => Some(Format::Json),
         (Accept::ApplyPatch, "application/apply-patch+yaml") => Some(Format::Yaml),
         _ => None,
     };
     f.ok_or_else(|| {
         let wanted = match accept {
-            Accept::Object => "application/json or application/yaml",
+            Accept::Object => {
+                "application/json or application/yaml (or application/vnd.kubernetes.protobuf for the kinds kubectl create makes)"
+            }
             Accept::ApplyPatch => {
                 "application/apply-patch+yaml or application/apply-patch+json (server-side apply), application/merge-patch+json or application/strategic-merge-patch+json"
             }
@@ -158,6 +165,13 @@ pub fn object(
     let value: serde_json::Value = match format {
         Format::Json => serde_json::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?,
+        Format::Protobuf => super::protobuf::decode(bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!("the protobuf body cannot be read: {e}"),
+            )
+        })?,
         Format::Yaml => {
             let text = std::str::from_utf8(bytes)
                 .map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
