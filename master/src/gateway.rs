@@ -518,6 +518,7 @@ impl Gateway {
                         name: r.name.clone(),
                         grace_seconds: Some(0),
                         resource_version: None,
+                        orphan: false,
                     };
                     match self.store.write(Op::Delete(req)).await {
                         Ok(_) | Err(StoreError::NotFound { .. }) => {}

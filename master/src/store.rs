@@ -202,6 +202,9 @@ pub struct DeleteRequest {
     pub grace_seconds: Option<i64>,
     /// When set, the stored resourceVersion must match.
     pub resource_version: Option<u64>,
+    /// `propagationPolicy: Orphan`: the objects the deleted one owns lose that owner
+    /// reference in the same transaction, so no controller collects or replaces them.
+    pub orphan: bool,
 }
 
 /// Tuning of the store.

@@ -230,6 +230,7 @@ async fn watch_resumes_from_a_revision_and_sees_each_change_once() {
         name: "a".into(),
         grace_seconds: None,
         resource_version: None,
+        orphan: false,
     }))
     .await
     .unwrap();
@@ -346,6 +347,7 @@ async fn graceful_deletion_of_a_bound_pod_then_completion() {
         name: "a".into(),
         grace_seconds: grace,
         resource_version: None,
+        orphan: false,
     };
     let out = s.write(Op::Delete(del(None))).await.unwrap();
     let Outcome::Terminating(e) = out else {
@@ -385,6 +387,7 @@ async fn finalizers_hold_deletion_until_removed() {
             name: "a".into(),
             grace_seconds: None,
             resource_version: None,
+            orphan: false,
         }))
         .await
         .unwrap();
@@ -413,6 +416,7 @@ async fn namespace_deletion_removes_its_objects_and_default_is_protected() {
         name: name.into(),
         grace_seconds: None,
         resource_version: None,
+        orphan: false,
     };
     s.write(Op::Delete(del("edge"))).await.unwrap();
     assert!(s.get(Kind::Pod, "edge", "a").is_none());
@@ -584,6 +588,7 @@ async fn services_get_unique_cluster_ips_and_node_ports() {
         name: "b".into(),
         grace_seconds: None,
         resource_version: None,
+        orphan: false,
     }))
     .await
     .unwrap();
@@ -667,6 +672,7 @@ async fn the_endpoints_controller_follows_ready_pods() {
         name: "a".into(),
         grace_seconds: Some(0),
         resource_version: None,
+        orphan: false,
     }))
     .await
     .unwrap();
@@ -678,6 +684,7 @@ async fn the_endpoints_controller_follows_ready_pods() {
         name: "web".into(),
         grace_seconds: None,
         resource_version: None,
+        orphan: false,
     }))
     .await
     .unwrap();

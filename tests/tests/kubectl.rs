@@ -1188,18 +1188,9 @@ fn lists_come_in_chunks_watches_carry_bookmarks_and_pods_are_evicted() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&w.body).contains("BOOKMARK"));
 
-    // Propagation: Orphan is refused (nothing deleted), an unknown policy too.
+    // Propagation: an unknown policy is refused; Foreground deletes; Orphan leaves the
+    // dependents, without their reference to the owner, and nothing collects them.
     let cm = format!("{base}/cm-00");
-    let r = h
-        .request(
-            "DELETE",
-            &format!("{cm}?propagationPolicy=Orphan"),
-            None,
-            b"",
-            true,
-        )
-        .unwrap();
-    assert_eq!(r.code, 422, "{}", String::from_utf8_lossy(&r.body));
     let r = h
         .request(
             "DELETE",
@@ -1221,6 +1212,61 @@ fn lists_come_in_chunks_watches_carry_bookmarks_and_pods_are_evicted() {
         )
         .unwrap();
     assert_eq!(r.code, 200);
+    let web = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: keep}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: keep}}\n  template:\n    metadata: {labels: {app: keep}}\n    spec:\n      containers: [{name: c, image: busybox}]\n";
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(web)));
+    let owned = |kind: &str| -> Vec<serde_json::Value> {
+        let path = match kind {
+            "replicasets" => "/apis/apps/v1/namespaces/default/replicasets".to_string(),
+            _ => "/api/v1/namespaces/default/pods".to_string(),
+        };
+        h.get(&path).unwrap().json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["metadata"]["labels"]["app"] == "keep")
+            .cloned()
+            .collect()
+    };
+    assert!(eventually(Duration::from_secs(20), || owned("pods").len() == 2));
+    let k = Kubectl {
+        exe: &kubectls()[0],
+        kubeconfig: dir.path().join("master/kubeconfig.yaml"),
+        cache: tempfile::tempdir().unwrap(),
+    };
+    k.ok(&["delete", "deployment", "keep", "--cascade=orphan"]);
+    let rs = owned("replicasets");
+    assert_eq!(rs.len(), 1, "the ReplicaSet was not kept: {rs:?}");
+    assert!(
+        rs[0]["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{rs:?}"
+    );
+    let rs_name = rs[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let r = h
+        .request(
+            "DELETE",
+            &format!("/apis/apps/v1/namespaces/default/replicasets/{rs_name}"),
+            Some("application/json"),
+            br#"{"propagationPolicy":"Orphan"}"#,
+            true,
+        )
+        .unwrap();
+    assert_eq!(r.code, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        bramble_tests::consistently(Duration::from_secs(3), || {
+            let pods = owned("pods");
+            pods.len() == 2
+                && pods.iter().all(|p| {
+                    p["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_none_or(|a| a.is_empty())
+                        && p["metadata"]["deletionTimestamp"].is_null()
+                })
+        }),
+        "the orphaned pods were collected or kept their owner: {:?}",
+        owned("pods")
+    );
 
     // Eviction: a pod (unscheduled here) is deleted through policy/v1 Eviction; the
     // discovery that makes kubectl drain use it is there.

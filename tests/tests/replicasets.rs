@@ -113,6 +113,7 @@ fn make_legacy(master_dir: &std::path::Path) {
                     name: e.name.clone(),
                     grace_seconds: None,
                     resource_version: None,
+                    orphan: false,
                 }))
                 .await
                 .unwrap();

@@ -202,6 +202,7 @@ pub async fn sync_namespace(store: &Store, ns: &str) -> Result<(), StoreError> {
                     name: name.clone(),
                     grace_seconds: None,
                     resource_version: None,
+                    orphan: false,
                 }))
                 .await;
             if let Err(err) = r

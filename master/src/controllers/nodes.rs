@@ -230,6 +230,7 @@ pub async fn run(store: Store, cfg: LifecycleConfig, shutdown: CancellationToken
                     name: pod.metadata.name.clone(),
                     grace_seconds: Some(0),
                     resource_version: None,
+                    orphan: false,
                 };
                 match store.write(Op::Delete(req)).await {
                     Ok(_) => {

@@ -98,6 +98,7 @@ pub async fn delete(store: &Store, kind: Kind, ns: &str, name: &str) -> Result<(
         name: name.into(),
         grace_seconds: None,
         resource_version: None,
+        orphan: false,
     };
     match store.write(Op::Delete(req)).await {
         Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),

@@ -228,6 +228,7 @@ async fn do_remove(
             name,
             grace_seconds: None,
             resource_version: None,
+            orphan: false,
         }))
         .await?;
     collect_garbage(st).await;

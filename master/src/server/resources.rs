@@ -872,13 +872,14 @@ struct DeleteOptions {
     orphan_dependents: Option<bool>,
 }
 
-/// `propagationPolicy` (query or body): Background, and Foreground taken as Background (the
-/// owner goes first, its dependents after it, as the garbage collector finds them). Orphan is
-/// refused rather than ignored: ignoring it would delete what the client asked to keep.
+/// `propagationPolicy` (query or body): Background, Foreground taken as Background (the owner
+/// goes first, its dependents after it, as the garbage collector finds them), and Orphan
+/// (or the older `orphanDependents=true`): the dependents lose their reference to the owner in
+/// the deletion's own transaction and stay. Returns whether to orphan.
 fn check_propagation(
     query: &HashMap<String, String>,
     opts: &DeleteOptions,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let policy = query
         .get("propagationPolicy")
         .cloned()
@@ -889,21 +890,12 @@ fn check_propagation(
         .or(opts.orphan_dependents)
         .unwrap_or(false);
     match policy.as_deref() {
-        _ if orphan => Err(orphan_refused()),
-        None | Some("Background") | Some("Foreground") => Ok(()),
-        Some("Orphan") => Err(orphan_refused()),
+        None | Some("Background") | Some("Foreground") => Ok(orphan),
+        Some("Orphan") => Ok(true),
         Some(other) => Err(ApiError::bad_request(format!(
             "propagationPolicy: {other:?} is not one of Background, Foreground, Orphan"
         ))),
     }
-}
-
-fn orphan_refused() -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "Invalid",
-        "propagationPolicy Orphan (kubectl --cascade=orphan) is not supported: Bramble deletes an object's dependents with it; nothing was deleted",
-    )
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -932,7 +924,7 @@ async fn delete(
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
     };
-    check_propagation(query, &opts)?;
+    let orphan = check_propagation(query, &opts)?;
     // The query wins over the body, as in Kubernetes; both are checked the same way.
     let grace = match (query.get("gracePeriodSeconds"), opts.grace_period_seconds) {
         (Some(s), _) => Some(grace_seconds(
@@ -960,6 +952,7 @@ async fn delete(
         name: target.name.clone().unwrap_or_default(),
         grace_seconds: grace,
         resource_version,
+        orphan,
     };
     if dry_run(query)? {
         return Ok(json_response(
@@ -1019,7 +1012,7 @@ async fn do_evict(
             .delete_options
             .unwrap_or_default()
     };
-    check_propagation(&HashMap::new(), &opts)?;
+    let orphan = check_propagation(&HashMap::new(), &opts)?;
     let grace = opts
         .grace_period_seconds
         .map(|g| grace_seconds("deleteOptions.gracePeriodSeconds", Some(g), &g.to_string()))
@@ -1031,6 +1024,7 @@ async fn do_evict(
             name,
             grace_seconds: grace,
             resource_version: None,
+            orphan,
         }))
         .await?;
     let status = serde_json::json!({

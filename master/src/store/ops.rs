@@ -524,6 +524,21 @@ fn delete(view: &mut View<'_>, req: DeleteRequest) -> Result<Outcome, StoreError
         }
         return Ok(Outcome::Deleted(view.put(EventType::Deleted, obj)));
     }
+    if req.orphan && req.kind.namespaced() {
+        // The owner's dependents keep running without it: their references to it go in
+        // this same transaction, before any controller hears of the deletion.
+        let uid = obj.meta().uid.clone();
+        for k in view.keys_in_namespace(&key.1) {
+            let Some(e) = view.get(&k) else { continue };
+            let mut child = e.object()?;
+            let refs = &mut child.meta_mut().owner_references;
+            let before = refs.len();
+            refs.retain(|o| o.uid != uid);
+            if refs.len() != before {
+                view.put(EventType::Modified, child);
+            }
+        }
+    }
     let already_terminating = obj.meta().deletion_timestamp.is_some();
     let graceful_pod = match &obj {
         Object::Pod(p) if !p.spec.node_name.is_empty() && req.grace_seconds != Some(0) => Some(
