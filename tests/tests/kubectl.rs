@@ -272,6 +272,17 @@ fn kubectl_reads_the_cluster_with_the_masters_kubeconfig() {
                 .is_string(),
             "{who}: {d}"
         );
+        // apply --server-side (an apply patch) and edit (GET, then a strategic merge patch
+        // of what the editor changed).
+        std::fs::write(&file, manifest(3, "")).unwrap();
+        let out = k.ok(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+        assert!(out.contains("serverside-applied"), "{who}: {out}");
+        assert_eq!(replicas(), 3, "{who}");
+        let mut edit = k.command(&["edit", "deployment", name]);
+        edit.env("EDITOR", "sed -i s/replicas:\\ 3/replicas:\\ 2/");
+        let out = edit.output().unwrap();
+        assert!(out.status.success(), "{who}: {out:?}");
+        assert_eq!(replicas(), 2, "{who}");
         k.ok(&["label", "deployment", name, "tier=front"]);
         let d = deployment();
         assert_eq!(d["metadata"]["labels"]["tier"], "front", "{who}: {d}");
