@@ -514,6 +514,29 @@ pub async fn delete_token(
     }
 }
 
+/// A stored pod that is bound to a node (what its logs and streams are asked of).
+pub fn scheduled_pod(
+    st: &AppState,
+    ns: &str,
+    name: &str,
+) -> Result<bramble_api::pod::Pod, ApiError> {
+    let entry = st.store.get(Kind::Pod, ns, name).ok_or_else(|| {
+        ApiError::from(crate::store::StoreError::NotFound {
+            kind: Kind::Pod,
+            name: name.to_string(),
+        })
+    })?;
+    let Ok(Object::Pod(pod)) = entry.object() else {
+        return Err(ApiError::internal("stored pod is unreadable"));
+    };
+    if pod.spec.node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name:?} is not scheduled to a node yet"
+        )));
+    }
+    Ok(pod)
+}
+
 /// The container a log read or a stream names (`asked`), or the pod's only one; as
 /// Kubernetes, a pod of several containers needs the name.
 pub fn container_of(pod: &bramble_api::pod::Pod, asked: Option<&str>) -> Result<String, ApiError> {
@@ -545,20 +568,7 @@ pub async fn logs(
 ) -> Result<Response, ApiError> {
     let ns = target.namespace.clone().unwrap_or_default();
     let name = target.name.clone().unwrap_or_default();
-    let entry = st.store.get(Kind::Pod, &ns, &name).ok_or_else(|| {
-        ApiError::from(crate::store::StoreError::NotFound {
-            kind: Kind::Pod,
-            name: name.clone(),
-        })
-    })?;
-    let Ok(Object::Pod(pod)) = entry.object() else {
-        return Err(ApiError::internal("stored pod is unreadable"));
-    };
-    if pod.spec.node_name.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "pod {name:?} is not scheduled to a node yet"
-        )));
-    }
+    let pod = scheduled_pod(st, &ns, &name)?;
     let container = container_of(&pod, query.get("container").map(String::as_str))?;
     let num = |k: &str| -> Result<Option<u64>, ApiError> {
         query

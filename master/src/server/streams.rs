@@ -199,20 +199,7 @@ pub async fn agent_connect(
 
 /// The pod a stream goes to: it must be scheduled and running.
 fn running_pod(st: &AppState, ns: &str, name: &str) -> Result<bramble_api::pod::Pod, ApiError> {
-    let entry = st.store.get(Kind::Pod, ns, name).ok_or_else(|| {
-        ApiError::from(crate::store::StoreError::NotFound {
-            kind: Kind::Pod,
-            name: name.to_string(),
-        })
-    })?;
-    let Ok(Object::Pod(pod)) = entry.object() else {
-        return Err(ApiError::internal("stored pod is unreadable"));
-    };
-    if pod.spec.node_name.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "pod {name:?} is not scheduled to a node yet"
-        )));
-    }
+    let pod = super::nodes::scheduled_pod(st, ns, name)?;
     let phase = pod.status.as_ref().map(|s| s.phase.as_str()).unwrap_or("");
     if matches!(phase, "Succeeded" | "Failed") {
         return Err(ApiError::bad_request(format!(
