@@ -523,6 +523,9 @@ pub enum StreamKind {
     },
     /// A TCP connection to the pod's port, made inside the pod's network namespace.
     PortForward { port: u16 },
+    /// The running container's output from now on, until it ends (`kubectl attach`).
+    /// Containers have no stdin to attach to.
+    Attach { container: String },
 }
 
 /// Why a payload was dropped.
@@ -868,6 +871,14 @@ mod tests {
                 namespace: "default".into(),
                 pod: "web".into(),
                 kind: StreamKind::PortForward { port: 8080 },
+            }),
+            Message::StreamOpen(StreamOpen {
+                id: "02".into(),
+                namespace: "default".into(),
+                pod: "web".into(),
+                kind: StreamKind::Attach {
+                    container: "main".into(),
+                },
             }),
         ]
     }

@@ -535,7 +535,8 @@ pub async fn run_with_runtime(
                     }
                     Ok(Inbound::StreamOpen(o)) => {
                         let container = match &o.kind {
-                            wire::StreamKind::Exec { container, .. } => Some(container.as_str()),
+                            wire::StreamKind::Exec { container, .. }
+                            | wire::StreamKind::Attach { container } => Some(container.as_str()),
                             wire::StreamKind::PortForward { .. } => None,
                         };
                         let target = pods.stream_target(&o.namespace, &o.pod, container);

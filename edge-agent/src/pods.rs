@@ -56,6 +56,8 @@ pub enum LogPathError {
 pub struct StreamTarget {
     pub exec: Option<crate::runtime::ExecTarget>,
     pub netns: Option<PathBuf>,
+    /// The container's current log (for attach).
+    pub log: Option<PathBuf>,
 }
 
 /// The pod manager's state and its collaborators.
@@ -747,6 +749,7 @@ impl PodManager {
             return Ok(StreamTarget {
                 exec: None,
                 netns: rec.netns.clone(),
+                log: None,
             });
         };
         let name = match container {
@@ -770,6 +773,7 @@ impl PodManager {
         Ok(StreamTarget {
             exec: Some(exec),
             netns: rec.netns.clone(),
+            log: self.log_path(namespace, pod, &name, false).ok(),
         })
     }
 

@@ -140,6 +140,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(streams::exec).post(streams::exec),
         )
         .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/attach",
+            get(streams::attach).post(streams::attach),
+        )
+        .route(
             "/api/v1/namespaces/{ns}/pods/{name}/eviction",
             post(resources::evict),
         )

@@ -713,6 +713,8 @@ fn exec_and_port_forward_reach_a_pod_through_the_boards_connection_back() {
     )
     .unwrap();
     ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(BOX)));
+    let ticker = "apiVersion: v1\nkind: Pod\nmetadata: {name: ticker}\nspec:\n  nodeName: board-a\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: busybox\n    command: [sh, -c, 'trap \"exit 0\" TERM; while true; do echo tick; sleep 0.2; done']\n";
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(ticker)));
     assert!(
         eventually(Duration::from_secs(30), || m
             .pod("box")
@@ -825,6 +827,39 @@ fn exec_and_port_forward_reach_a_pod_through_the_boards_connection_back() {
             ("line one\nline two\ndone\n", Some(0)),
             "{who}"
         );
+        // attach: the running container's output from now on; no stdin to attach to.
+        {
+            use std::io::BufRead;
+            let mut a = k
+                .command(&["attach", "ticker"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(a.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line, "tick\n", "{who}");
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        let out = k.run(&["attach", "-i", "ticker"]);
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no stdin"),
+            "{who}: {out:?}"
+        );
+        // The terminal's size reaches the command (the resize stream).
+        let line = format!(
+            "stty cols 100 rows 40; {} --kubeconfig {} --cache-dir {} exec -it box -- stty size",
+            exe.display(),
+            kubeconfig.display(),
+            k.cache.path().display()
+        );
+        let mut script = Command::new("script");
+        script.args(["-qec", &line, "/dev/null"]);
+        let (stdout, _, _) = run_with_stdin(script, "");
+        assert!(stdout.contains("40 100"), "{who}: {stdout:?}");
         // A terminal: `script` gives kubectl one; the shell's is the container's own.
         let line = format!(
             "{} --kubeconfig {} --cache-dir {} exec -it box -- sh",

@@ -33,6 +33,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// How long connecting back and the upgrade may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a terminal exec waits for the client's terminal size before it starts.
+const FIRST_SIZE_WAIT: Duration = Duration::from_millis(500);
 /// How long an exec's output may still drain after its process ended (a background process
 /// that keeps the pipes open does not hold the stream).
 const DRAIN: Duration = Duration::from_secs(2);
@@ -60,6 +62,7 @@ async fn run(
         Ok(t) => t,
         Err(message) => return refuse(io, &open.kind, &message).await,
     };
+    let kind = open.kind.clone();
     match open.kind {
         StreamKind::Exec {
             command,
@@ -68,19 +71,65 @@ async fn run(
             ..
         } => match target.exec {
             Some(t) => exec(io, t, command, stdin, tty).await,
-            None => refuse(io, &StreamKind::PortForward { port: 0 }, "no container").await,
+            None => refuse(io, &kind, "no container").await,
         },
         StreamKind::PortForward { port } => {
             let what = format!("pod {}/{}", open.namespace, open.pod);
             forward(io, target.netns, port, &what).await
         }
+        StreamKind::Attach { .. } => match (target.exec, target.log) {
+            (Some(t), Some(log)) => attach(io, t.pid, log).await,
+            _ => refuse(io, &kind, "no container").await,
+        },
+    }
+}
+
+/// How often an attach looks for new output.
+const ATTACH_POLL: Duration = Duration::from_millis(100);
+
+/// Follows the container's log from its current end while its first process lives (its
+/// output goes to the log through the shim), then ends with Success.
+async fn attach(io: Box<dyn Io>, pid: i32, log: PathBuf) -> std::io::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let start = tokio::fs::metadata(&log)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let follow = async move {
+        let mut offset = start;
+        let alive = PathBuf::from(format!("/proc/{pid}"));
+        loop {
+            let (path, from) = (log.clone(), offset);
+            let (data, next) = tokio::task::spawn_blocking(move || {
+                crate::logs::read_from(&path, from, stream::MAX_FRAME as u64)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            offset = next;
+            if !data.is_empty() {
+                stream::write(&mut wr, STDOUT, &data).await?;
+                continue;
+            }
+            if !alive.exists() {
+                break;
+            }
+            tokio::time::sleep(ATTACH_POLL).await;
+        }
+        stream::write(&mut wr, ERROR, &stream::exit_status(0)).await?;
+        wr.shutdown().await
+    };
+    // The client's side carries nothing an attach reads; its end ends the attach.
+    let client = async move { while let Ok(Some(_)) = stream::read(&mut rd).await {} };
+    tokio::select! {
+        r = follow => r,
+        _ = client => Ok(()),
     }
 }
 
 /// Ends a stream that cannot run with its reason on the error channel.
 async fn refuse(mut io: Box<dyn Io>, kind: &StreamKind, message: &str) -> std::io::Result<()> {
     let body = match kind {
-        StreamKind::Exec { .. } => stream::failure_status(message),
+        StreamKind::Exec { .. } | StreamKind::Attach { .. } => stream::failure_status(message),
         StreamKind::PortForward { .. } => message.as_bytes().to_vec(),
     };
     stream::write(&mut io, ERROR, &body).await?;
@@ -146,7 +195,34 @@ async fn exec(
     tty: bool,
 ) -> std::io::Result<()> {
     let (mut rd, mut wr) = tokio::io::split(io);
-    let started = match start(&target, &command, stdin, tty) {
+    // Frames on a task of their own (a frame read is not cancel-safe), so that a terminal's
+    // first size can be awaited for a moment: the command then starts at the client's size
+    // (a shell or `stty size` reads it at once).
+    let (frames_tx, mut frames) = mpsc::channel::<(u8, Vec<u8>)>(16);
+    tokio::spawn(async move {
+        while let Ok(Some(f)) = stream::read(&mut rd).await {
+            if frames_tx.send(f).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut early = std::collections::VecDeque::new();
+    let mut size = None;
+    if tty {
+        let deadline = tokio::time::Instant::now() + FIRST_SIZE_WAIT;
+        while size.is_none() {
+            match tokio::time::timeout_at(deadline, frames.recv()).await {
+                Ok(Some(f)) => {
+                    if f.0 == RESIZE {
+                        size = stream::terminal_sizes(&f.1).0.last().copied();
+                    }
+                    early.push_back(f);
+                }
+                _ => break,
+            }
+        }
+    }
+    let started = match start(&target, &command, stdin, tty, size) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("cannot exec {command:?} in the container: {e}");
@@ -183,7 +259,12 @@ async fn exec(
 
     let reader = async move {
         let mut resize = Vec::new();
-        while let Some((channel, data)) = stream::read(&mut rd).await? {
+        loop {
+            let next = match early.pop_front() {
+                Some(f) => Some(f),
+                None => frames.recv().await,
+            };
+            let Some((channel, data)) = next else { break };
             let sent = match channel {
                 STDIN => in_tx.send(Input::Data(data)),
                 CLOSE if data.first() == Some(&STDIN) => in_tx.send(Input::Close),
@@ -261,6 +342,7 @@ fn start(
     command: &[String],
     stdin: bool,
     tty: bool,
+    size: Option<stream::TerminalSize>,
 ) -> std::io::Result<Started> {
     if command.is_empty() {
         return Err(std::io::Error::other("no command"));
@@ -290,6 +372,9 @@ fn start(
     }
     let started = if tty {
         let (master, slave) = container_pty(target.pid)?;
+        if let Some(s) = size {
+            set_size(master.as_raw_fd(), s);
+        }
         cmd.stdin(Stdio::from(slave.try_clone()?))
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave));
@@ -407,8 +492,22 @@ fn pump_out(mut f: std::fs::File, channel: u8, tx: mpsc::Sender<(u8, Vec<u8>)>) 
     }
 }
 
-/// Feeds the command's input: data, its end, and the terminal's size.
+/// Sets a terminal's size (on its controlling side).
 #[allow(unsafe_code)]
+fn set_size(fd: std::os::fd::RawFd, s: stream::TerminalSize) {
+    let ws = libc::winsize {
+        ws_row: s.height,
+        ws_col: s.width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: a valid fd and a winsize that lives across the call.
+    unsafe {
+        libc::ioctl(fd, libc::TIOCSWINSZ, &ws);
+    }
+}
+
+/// Feeds the command's input: data, its end, and the terminal's size.
 fn pump_in(
     mut input: Option<std::fs::File>,
     pty: Option<OwnedFd>,
@@ -435,16 +534,7 @@ fn pump_in(
             }
             Input::Resize(s) => {
                 if let Some(p) = &pty {
-                    let ws = libc::winsize {
-                        ws_row: s.height,
-                        ws_col: s.width,
-                        ws_xpixel: 0,
-                        ws_ypixel: 0,
-                    };
-                    // SAFETY: a valid fd and a winsize that lives across the call.
-                    unsafe {
-                        libc::ioctl(p.as_raw_fd(), libc::TIOCSWINSZ, &ws);
-                    }
+                    set_size(p.as_raw_fd(), s);
                 }
             }
         }

@@ -189,6 +189,7 @@ pub fn resources(group: &str) -> Vec<Value> {
                 "verbs": ["create"],
             }));
             for (sub, kind) in [
+                ("attach", "PodAttachOptions"),
                 ("exec", "PodExecOptions"),
                 ("portforward", "PodPortForwardOptions"),
             ] {

@@ -222,6 +222,7 @@ struct ExecRequest {
 fn exec_request(
     pod: &bramble_api::pod::Pod,
     q: &[(String, String)],
+    attach: bool,
 ) -> Result<ExecRequest, ApiError> {
     let flag = |k: &str| q.iter().any(|(n, v)| n == k && super::resources::truthy(v));
     let command: Vec<String> = q
@@ -229,7 +230,7 @@ fn exec_request(
         .filter(|(k, _)| k == "command")
         .map(|(_, v)| v.clone())
         .collect();
-    if command.is_empty() {
+    if command.is_empty() && !attach {
         return Err(ApiError::bad_request("you must specify a command to run"));
     }
     if command.len() > 1024 || command.iter().map(String::len).sum::<usize>() > 256 << 10 {
@@ -255,6 +256,11 @@ fn exec_request(
             "you must specify at least 1 of stdin, stdout, stderr",
         ));
     }
+    if attach && r.stdin {
+        return Err(ApiError::bad_request(
+            "attach with stdin: Bramble's containers have no stdin to attach to (spec.containers[].stdin is not supported); attach without -i follows the container's output",
+        ));
+    }
     Ok(r)
 }
 
@@ -265,7 +271,21 @@ pub async fn exec(
     Query(q): Query<Vec<(String, String)>>,
     req: Request,
 ) -> Response {
-    match do_exec(&st, &ns, &name, &q, req).await {
+    match do_exec(&st, &ns, &name, &q, req, false).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/attach`: the container's output from now
+/// on, over the same protocols as exec.
+pub async fn attach(
+    State(st): State<Arc<AppState>>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    req: Request,
+) -> Response {
+    match do_exec(&st, &ns, &name, &q, req, true).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -277,16 +297,23 @@ async fn do_exec(
     name: &str,
     q: &[(String, String)],
     req: Request,
+    attach: bool,
 ) -> Result<Response, ApiError> {
     authorize(st, req.headers())?;
     let pod = running_pod(st, ns, name)?;
-    let ex = exec_request(&pod, q)?;
+    let ex = exec_request(&pod, q, attach)?;
     let upgrade = upgrade_of(req.headers());
-    let kind = StreamKind::Exec {
-        container: ex.container.clone(),
-        command: ex.command.clone(),
-        stdin: ex.stdin,
-        tty: ex.tty,
+    let kind = if attach {
+        StreamKind::Attach {
+            container: ex.container.clone(),
+        }
+    } else {
+        StreamKind::Exec {
+            container: ex.container.clone(),
+            command: ex.command.clone(),
+            stdin: ex.stdin,
+            tty: ex.tty,
+        }
     };
     let node = pod.spec.node_name.clone();
     let (mut parts, body) = req.into_parts();
