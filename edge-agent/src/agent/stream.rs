@@ -210,7 +210,8 @@ async fn exec(
     let mut size = None;
     if tty {
         let deadline = tokio::time::Instant::now() + FIRST_SIZE_WAIT;
-        while size.is_none() {
+        // At most a few frames (a client that types before its size came) are held.
+        while size.is_none() && early.len() < 16 {
             match tokio::time::timeout_at(deadline, frames.recv()).await {
                 Ok(Some(f)) => {
                     if f.0 == RESIZE {
@@ -254,7 +255,9 @@ async fn exec(
         };
         let _ = exit_tx.send(code);
     });
-    let (in_tx, in_rx) = std::sync::mpsc::channel::<Input>();
+    // Bounded: a command that does not read its input holds the stream back (TCP's flow
+    // control reaches the client) instead of piling the input up in the agent.
+    let (in_tx, in_rx) = mpsc::channel::<Input>(16);
     std::thread::spawn(move || pump_in(input, pty, in_rx));
 
     let reader = async move {
@@ -266,8 +269,10 @@ async fn exec(
             };
             let Some((channel, data)) = next else { break };
             let sent = match channel {
-                STDIN => in_tx.send(Input::Data(data)),
-                CLOSE if data.first() == Some(&STDIN) => in_tx.send(Input::Close),
+                STDIN => in_tx.send(Input::Data(data)).await.map_err(|_| ()),
+                CLOSE if data.first() == Some(&STDIN) => {
+                    in_tx.send(Input::Close).await.map_err(|_| ())
+                }
                 RESIZE => {
                     resize.extend_from_slice(&data);
                     let (sizes, used) = stream::terminal_sizes(&resize);
@@ -275,9 +280,11 @@ async fn exec(
                     if resize.len() > 4096 {
                         resize.clear();
                     }
-                    sizes
-                        .into_iter()
-                        .try_for_each(|s| in_tx.send(Input::Resize(s)))
+                    let mut sent = Ok(());
+                    for s in sizes {
+                        sent = in_tx.send(Input::Resize(s)).await.map_err(|_| ());
+                    }
+                    sent
                 }
                 _ => Ok(()),
             };
@@ -508,12 +515,8 @@ fn set_size(fd: std::os::fd::RawFd, s: stream::TerminalSize) {
 }
 
 /// Feeds the command's input: data, its end, and the terminal's size.
-fn pump_in(
-    mut input: Option<std::fs::File>,
-    pty: Option<OwnedFd>,
-    rx: std::sync::mpsc::Receiver<Input>,
-) {
-    while let Ok(i) = rx.recv() {
+fn pump_in(mut input: Option<std::fs::File>, pty: Option<OwnedFd>, mut rx: mpsc::Receiver<Input>) {
+    while let Some(i) = rx.blocking_recv() {
         match i {
             Input::Data(d) => {
                 if let Some(f) = input.as_mut()

@@ -2,7 +2,7 @@
 //! NodeMetrics and PodMetrics, as `kubectl top nodes|pods` and `bramble top` read them. CPU is
 //! in nanocores (`250000000n`), memory in KiB (`1024Ki`), as metrics-server writes them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -102,21 +102,23 @@ pub async fn node(
 /// PodMetrics of the pods in `namespace` (None: all) that `selector` matches.
 fn pod_items(st: &AppState, namespace: Option<&str>, selector: &Selector) -> Vec<Value> {
     // Only pods the store has, with matching labels (a report may name a pod just deleted).
-    let wanted: BTreeSet<(String, String)> = st
+    // Only pods the store has, with matching labels, and only from the node they are bound
+    // to: a board reports its own pods, never another's.
+    let wanted: BTreeMap<(String, String), String> = st
         .store
         .list(Kind::Pod, namespace, selector)
         .1
         .iter()
         .filter_map(|e| match e.object() {
-            Ok(Object::Pod(p)) => Some((p.metadata.namespace, p.metadata.name)),
+            Ok(Object::Pod(p)) => Some(((p.metadata.namespace, p.metadata.name), p.spec.node_name)),
             _ => None,
         })
         .collect();
     let mut items = BTreeMap::new();
-    for (_, s) in st.gateway.usage.all() {
+    for (node, s) in st.gateway.usage.all() {
         for p in &s.report.pods {
             let key = (p.namespace.clone(), p.name.clone());
-            if !wanted.contains(&key) {
+            if wanted.get(&key) != Some(&node) {
                 continue;
             }
             let containers: Vec<Value> = p

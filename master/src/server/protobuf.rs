@@ -265,6 +265,24 @@ fn message(name: &str) -> Option<&'static [Field]> {
             (1, "metadata", Msg("ObjectMeta"), false),
             (2, "spec", Msg("JobSpec"), false),
         ],
+        "DeleteOptions" => &[
+            (1, "gracePeriodSeconds", IntP, false),
+            (2, "preconditions", Msg("Preconditions"), false),
+            (3, "orphanDependents", Bool, false),
+            (4, "propagationPolicy", Str, false),
+            (5, "dryRun", Str, true),
+            (
+                6,
+                "ignoreStoreReadErrorWithClusterBreakingPotential",
+                Bool,
+                false,
+            ),
+        ],
+        "Preconditions" => &[(1, "uid", Str, false), (2, "resourceVersion", Str, false)],
+        "Eviction" => &[
+            (1, "metadata", Msg("ObjectMeta"), false),
+            (2, "deleteOptions", Msg("DeleteOptions"), false),
+        ],
         _ => return None,
     })
 }
@@ -280,6 +298,8 @@ fn root(kind: &str) -> Option<&'static str> {
         "Job",
         "CronJob",
         "Pod",
+        "DeleteOptions",
+        "Eviction",
     ]
     .into_iter()
     .find(|k| *k == kind && message(k).is_some())
@@ -632,6 +652,18 @@ mod tests {
                 },
             })
         );
+    }
+
+    #[test]
+    fn delete_options_and_evictions_keep_their_dry_run() {
+        let mut opts = field(5, b"All");
+        opts.extend(int(1, 0));
+        let v = decode(&envelope("meta.k8s.io/v1", "DeleteOptions", &opts)).unwrap();
+        // A pointer's 0 is a value (delete now).
+        assert_eq!(v["dryRun"], json!(["All"]));
+        assert_eq!(v["gracePeriodSeconds"], 0);
+        let ev = decode(&envelope("policy/v1", "Eviction", &field(2, &opts))).unwrap();
+        assert_eq!(ev["deleteOptions"]["dryRun"], json!(["All"]));
     }
 
     #[test]

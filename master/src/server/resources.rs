@@ -870,6 +870,60 @@ struct DeleteOptions {
     preconditions: Option<Preconditions>,
     propagation_policy: Option<String>,
     orphan_dependents: Option<bool>,
+    dry_run: Vec<String>,
+}
+
+impl DeleteOptions {
+    /// Reads a body: JSON, or Kubernetes protobuf (client-go's typed clients, as `kubectl
+    /// drain` sends DeleteOptions and Evictions). Nothing is dropped: a body that cannot be
+    /// read is an error.
+    fn read<T: serde::de::DeserializeOwned + Default>(
+        headers: &HeaderMap,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<T, ApiError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
+        let protobuf = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with(super::protobuf::MEDIA_TYPE));
+        let value = if protobuf {
+            let v = super::protobuf::decode(bytes).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    format!("{what}: {e}"),
+                )
+            })?;
+            if v["kind"] != what {
+                return Err(ApiError::bad_request(format!(
+                    "the body is a {} where a {what} belongs",
+                    v["kind"]
+                )));
+            }
+            v
+        } else {
+            serde_json::from_slice(bytes)
+                .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))?
+        };
+        serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
+    }
+
+    /// A dry run asked for in the query or the options (`All`, the only value).
+    fn dry_run(&self, query: &HashMap<String, String>) -> Result<bool, ApiError> {
+        let in_body = match self.dry_run.as_slice() {
+            [] => false,
+            [all] if all == "All" => true,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "dryRun: {other:?} is not [\"All\"]"
+                )));
+            }
+        };
+        Ok(dry_run(query)? || in_body)
+    }
 }
 
 /// `propagationPolicy` (query or body): Background, Foreground taken as Background (the owner
@@ -890,6 +944,9 @@ fn check_propagation(
         .or(opts.orphan_dependents)
         .unwrap_or(false);
     match policy.as_deref() {
+        Some(_) if orphan => Err(ApiError::bad_request(
+            "propagationPolicy and orphanDependents may not both be set",
+        )),
         None | Some("Background") | Some("Foreground") => Ok(orphan),
         Some("Orphan") => Ok(true),
         Some(other) => Err(ApiError::bad_request(format!(
@@ -912,18 +969,7 @@ async fn delete(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = body::read(body, st.max_body_bytes).await?;
-    // client-go's typed clients (kubectl drain) send DeleteOptions as protobuf, which Bramble
-    // does not read: such a body counts as none (the query's options still apply).
-    let protobuf = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/vnd.kubernetes.protobuf"));
-    let opts: DeleteOptions = if protobuf || bytes.iter().all(u8::is_ascii_whitespace) {
-        DeleteOptions::default()
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
-    };
+    let opts: DeleteOptions = DeleteOptions::read(headers, &bytes, "DeleteOptions")?;
     let orphan = check_propagation(query, &opts)?;
     // The query wins over the body, as in Kubernetes; both are checked the same way.
     let grace = match (query.get("gracePeriodSeconds"), opts.grace_period_seconds) {
@@ -940,7 +986,11 @@ async fn delete(
         (None, None) => None,
     };
     let resource_version =
-        match opts.preconditions.and_then(|p| p.resource_version) {
+        match opts
+            .preconditions
+            .as_ref()
+            .and_then(|p| p.resource_version.clone())
+        {
             Some(s) => Some(s.parse::<u64>().map_err(|_| {
                 ApiError::bad_request("preconditions.resourceVersion is not a number")
             })?),
@@ -954,7 +1004,7 @@ async fn delete(
         resource_version,
         orphan,
     };
-    if dry_run(query)? {
+    if opts.dry_run(query)? {
         return Ok(json_response(
             StatusCode::OK,
             stored(st, target)?.json.clone(),
@@ -982,10 +1032,11 @@ struct Eviction {
 pub async fn evict(
     axum::extract::State(st): axum::extract::State<Arc<AppState>>,
     axum::extract::Path((ns, name)): axum::extract::Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match do_evict(&st, ns, name, &headers, body).await {
+    match do_evict(&st, ns, name, &query, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -995,28 +1046,36 @@ async fn do_evict(
     st: &AppState,
     namespace: String,
     name: String,
+    query: &HashMap<String, String>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     super::authorize(st, headers)?;
     let bytes = body::read(body, st.max_body_bytes).await?;
-    let protobuf = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/vnd.kubernetes.protobuf"));
-    let opts = if protobuf || bytes.iter().all(u8::is_ascii_whitespace) {
-        DeleteOptions::default()
-    } else {
-        serde_json::from_slice::<Eviction>(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("Eviction: {e}")))?
-            .delete_options
-            .unwrap_or_default()
-    };
+    let opts = DeleteOptions::read::<Eviction>(headers, &bytes, "Eviction")?
+        .delete_options
+        .unwrap_or_default();
     let orphan = check_propagation(&HashMap::new(), &opts)?;
     let grace = opts
         .grace_period_seconds
         .map(|g| grace_seconds("deleteOptions.gracePeriodSeconds", Some(g), &g.to_string()))
         .transpose()?;
+    let status = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201,
+    });
+    if opts.dry_run(query)? {
+        // Nothing is deleted; the pod must exist.
+        if st.store.get(Kind::Pod, &namespace, &name).is_none() {
+            return Err(ApiError::from(StoreError::NotFound {
+                kind: Kind::Pod,
+                name,
+            }));
+        }
+        return Ok(json_response(
+            StatusCode::CREATED,
+            status.to_string().into(),
+        ));
+    }
     st.store
         .write(Op::Delete(DeleteRequest {
             kind: Kind::Pod,
@@ -1027,9 +1086,6 @@ async fn do_evict(
             orphan,
         }))
         .await?;
-    let status = serde_json::json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201,
-    });
     Ok(json_response(
         StatusCode::CREATED,
         status.to_string().into(),

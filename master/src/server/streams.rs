@@ -385,16 +385,35 @@ fn splice(mut req: Request, tunnel: Tunnel) -> Response {
 }
 
 /// Reads the tunnel's frames on a task of its own (a frame read is not cancel-safe).
-fn tunnel_frames(mut rd: ReadHalf<Tunnel>) -> mpsc::Receiver<(u8, Vec<u8>)> {
+/// The tunnel's frames; dropping this ends the reading task, and with it (the write half
+/// gone too) the agent's connection, so that the agent ends what it runs.
+struct Frames {
+    rx: mpsc::Receiver<(u8, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Frames {
+    async fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn tunnel_frames(mut rd: ReadHalf<Tunnel>) -> Frames {
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Ok(Some(f)) = stream::read(&mut rd).await {
             if tx.send(f).await.is_err() {
                 return;
             }
         }
     });
-    rx
+    Frames { rx, task }
 }
 
 /// An exec over a websocket: each binary message is a channel byte and its data.
@@ -680,6 +699,9 @@ async fn spdy_forward(
     let mut client = SpdyClient::start(io);
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     let mut by_stream: HashMap<u32, String> = HashMap::new();
+    // The forwarded connections running (each a stream from the agent), bounded however
+    // streams are opened and reset; dropped with the session, which ends them.
+    let mut forwards = tokio::task::JoinSet::new();
     while let Some(Ok(ev)) = client.events.recv().await {
         match ev {
             Event::Open { id, headers } => {
@@ -692,7 +714,8 @@ async fn spdy_forward(
                     .get("requestid")
                     .cloned()
                     .unwrap_or_else(|| id.to_string());
-                if by_stream.len() >= spdy::MAX_STREAMS {
+                while forwards.try_join_next().is_some() {}
+                if by_stream.len() >= spdy::MAX_STREAMS || forwards.len() >= spdy::MAX_STREAMS / 2 {
                     let _ = client.out.send(Out::Reset(id)).await;
                     continue;
                 }
@@ -705,7 +728,7 @@ async fn spdy_forward(
                         pair.data = Some(id);
                         let (tx, rx) = mpsc::channel(16);
                         pair.to_pod = Some(tx);
-                        tokio::spawn(forward_one(
+                        forwards.spawn(forward_one(
                             st.clone(),
                             Target {
                                 node: node.clone(),
@@ -735,8 +758,8 @@ async fn spdy_forward(
                     if !data.is_empty() && tx.send(Some(data)).await.is_err() {
                         pair.to_pod = None;
                     } else if fin {
+                        // Half closed: the sender stays, so the pod's answer still comes.
                         let _ = tx.send(None).await;
-                        pair.to_pod = None;
                     }
                 }
             }
@@ -753,6 +776,7 @@ async fn spdy_forward(
         by_stream.retain(|_, r| pairs.contains_key(r));
     }
     drop(pairs);
+    forwards.abort_all();
     client.finish().await;
 }
 
@@ -793,20 +817,17 @@ async fn forward_one(
     let (rd, mut wr) = tokio::io::split(tunnel);
     let mut frames = tunnel_frames(rd);
     let to_pod = async move {
+        // Some(data), Some(None) at the client's FIN (the pod's side may still answer), and
+        // None once the client reset the stream or the session ended: then it all ends.
         while let Some(m) = from_client.recv().await {
             let ok = match m {
                 Some(d) => stream::write(&mut wr, STDIN, &d).await.is_ok(),
-                None => {
-                    let _ = stream::write(&mut wr, CLOSE, &[STDIN]).await;
-                    false
-                }
+                None => stream::write(&mut wr, CLOSE, &[STDIN]).await.is_ok(),
             };
             if !ok {
                 break;
             }
         }
-        // Keep the tunnel's write side until the pod's side is done.
-        std::future::pending::<()>().await;
     };
     let from_pod = async {
         let mut data_open = true;

@@ -529,8 +529,11 @@ fn delete(view: &mut View<'_>, req: DeleteRequest) -> Result<Outcome, StoreError
         // this same transaction, before any controller hears of the deletion.
         let uid = obj.meta().uid.clone();
         for k in view.keys_in_namespace(&key.1) {
-            let Some(e) = view.get(&k) else { continue };
-            let mut child = e.object()?;
+            // An object that does not decode is not the owner's to keep (and must not stop
+            // the deletion).
+            let Some(Ok(mut child)) = view.get(&k).map(|e| e.object()) else {
+                continue;
+            };
             let refs = &mut child.meta_mut().owner_references;
             let before = refs.len();
             refs.retain(|o| o.uid != uid);
