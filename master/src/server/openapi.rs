@@ -34,12 +34,7 @@ fn group_versions() -> Vec<(String, &'static str)> {
 }
 
 fn json_ok(v: Value) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        v.to_string(),
-    )
-        .into_response()
+    json_text(v.to_string())
 }
 
 /// `GET /openapi/v3`.
@@ -174,6 +169,39 @@ pub fn schemas(group: &str) -> Map<String, Value> {
     defs
 }
 
+/// The documents never change while the master runs, and kubectl fetches them for many
+/// commands: each is generated once, on its first request.
+static V2_PROTOBUF: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+static V2_JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static V3_JSON: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+
+fn cached<T>(cell: &'static std::sync::OnceLock<T>, make: impl FnOnce() -> T) -> &'static T {
+    cell.get_or_init(make)
+}
+
+/// A group version's v3 document, as text.
+fn group_document(group: &str) -> String {
+    cached(&V3_JSON, || {
+        group_versions()
+            .into_iter()
+            .map(|(_, g)| (g, document(g).to_string()))
+            .collect()
+    })
+    .iter()
+    .find(|(g, _)| *g == group)
+    .map(|(_, d)| d.clone())
+    .unwrap_or_default()
+}
+
+fn json_text(text: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        text,
+    )
+        .into_response()
+}
+
 /// `GET /openapi/v2`: protobuf when asked for (kubectl before 1.27), JSON otherwise.
 pub async fn v2(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if super::role_of(&st, &headers).is_none() {
@@ -187,11 +215,11 @@ pub async fn v2(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response
         return (
             StatusCode::OK,
             [(header::CONTENT_TYPE, super::openapi_v2::PROTOBUF_ANSWER)],
-            super::openapi_v2::protobuf(),
+            cached(&V2_PROTOBUF, super::openapi_v2::protobuf).clone(),
         )
             .into_response();
     }
-    json_ok(super::openapi_v2::document())
+    json_text(cached(&V2_JSON, || super::openapi_v2::document().to_string()).clone())
 }
 
 /// `GET /openapi/v3/api/v1`.
@@ -199,7 +227,7 @@ pub async fn core(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respon
     if super::role_of(&st, &headers).is_none() {
         return unauthorized();
     }
-    json_ok(document(""))
+    json_text(group_document(""))
 }
 
 /// `GET /openapi/v3/apis/{group}/{version}`.
@@ -219,7 +247,7 @@ pub async fn group(
         )
         .into_response();
     }
-    json_ok(document(&group))
+    json_text(group_document(&group))
 }
 
 #[cfg(test)]
