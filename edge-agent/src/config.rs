@@ -26,6 +26,10 @@ pub enum Sub {
     /// (internal) Own one container: started by the agent, not by people
     #[command(hide = true)]
     Shim(crate::runtime::shim::ShimArgs),
+    /// (internal) Run a command in a running container, confined as the container is:
+    /// exec streams and exec probes
+    #[command(hide = true)]
+    Enter(crate::runtime::enter::EnterArgs),
     /// (internal) PID 1 of a pod's shared PID namespace: started by the agent
     #[command(hide = true)]
     Pause {

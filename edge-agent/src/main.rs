@@ -18,6 +18,10 @@ fn main() -> ExitCode {
         // Single-threaded on purpose: libcontainer forks with a raw clone.
         return ExitCode::from(bramble_agent::runtime::shim::run(shim).clamp(0, 255) as u8);
     }
+    if let Some(Sub::Enter(enter)) = &args.command {
+        // Single-threaded on purpose: it joins a PID namespace and forks.
+        return ExitCode::from(bramble_agent::runtime::enter::run(enter).clamp(0, 255) as u8);
+    }
     if let Some(Sub::Pause { pidfile }) = &args.command {
         // Single-threaded on purpose: it forks.
         return ExitCode::from(bramble_agent::runtime::pause::run(pidfile).clamp(0, 255) as u8);

@@ -11,6 +11,7 @@
 
 pub mod bundle;
 pub mod container;
+pub mod enter;
 pub mod memory;
 pub mod pause;
 pub mod probe;
@@ -228,8 +229,8 @@ pub enum ProbeError {
     NotHttp(String),
     #[error("HTTP probe failed with statuscode: {0}")]
     HttpStatus(u16),
-    #[error("nsenter: {0}")]
-    Nsenter(#[source] std::io::Error),
+    #[error("starting the command in the container: {0}")]
+    Enter(#[source] std::io::Error),
     #[error("command {command:?} exited with {status}")]
     Exited {
         command: Vec<String>,
@@ -311,8 +312,38 @@ pub trait Runtime: Send + Sync + 'static {
 /// A running container, as an exec enters it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecTarget {
+    /// The container's init (the host's pid).
     pub pid: i32,
+    /// Its process's environment.
     pub env: Vec<(String, String)>,
+    /// Its OCI config, from which `bramble-agent enter` takes the confinement.
+    pub config: PathBuf,
+    /// This agent's binary, which runs `enter`.
+    pub helper: PathBuf,
+}
+
+impl ExecTarget {
+    /// The command that runs `command` in the container, confined as the container's own
+    /// process is (`bramble-agent enter`), with the container's environment.
+    pub fn command(&self, command: &[String]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.helper);
+        cmd.arg("enter")
+            .arg("--pid")
+            .arg(self.pid.to_string())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--")
+            .args(command)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if !self.env.iter().any(|(k, _)| k == "PATH") {
+            cmd.env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+        }
+        cmd
+    }
 }
 
 /// A probe resolved against its container.

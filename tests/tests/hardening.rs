@@ -246,6 +246,121 @@ fn containers_are_hardened_by_default_and_honour_their_security_context() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("capabilities.add[0]"));
 }
 
+/// The fields of `/proc/PID/status` that say what a process may do.
+const CONFINEMENT: [&str; 10] = [
+    "Uid",
+    "Gid",
+    "Groups",
+    "CapInh",
+    "CapPrm",
+    "CapEff",
+    "CapBnd",
+    "CapAmb",
+    "NoNewPrivs",
+    "Seccomp",
+];
+
+/// An exec (`bramble exec`, the path `kubectl exec` takes too) and an exec probe run as the
+/// container's own process does: its user and groups, capabilities, seccomp filter,
+/// no_new_privs and cgroup, never with the agent's root privileges.
+#[test]
+fn exec_runs_confined_as_the_container_is() {
+    let b = Board::start(|_| Vec::new());
+    let m = &b.m;
+    let pods = [
+        pod("plain", "true", "", ""),
+        pod(
+            "user",
+            "true",
+            "securityContext: {runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000]}",
+            // Ready only if the probe runs as the container's user.
+            "readinessProbe: {exec: {command: [sh, -c, 'test $(id -u) = 1000']}, periodSeconds: 1}",
+        ),
+        pod(
+            "capable",
+            "true",
+            "",
+            "securityContext: {allowPrivilegeEscalation: true, capabilities: {drop: [ALL], add: [NET_ADMIN]}, seccompProfile: {type: Unconfined}}",
+        ),
+    ];
+    ok_stdout(&m.cli_with_stdin(&["apply", "-f", "-"], Some(&pods.join("---\n"))));
+    for name in ["plain", "user", "capable"] {
+        log_of(m, name);
+        // PID 1 is the container's own process (sleep, exec'd by its shell).
+        let out = m.cli(&[
+            "exec",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/1/status; echo ====; cat /proc/self/status; echo ====; cat /proc/1/cgroup; echo ====; cat /proc/self/cgroup",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{name}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let parts: Vec<&str> = text.split("====\n").collect();
+        assert_eq!(parts.len(), 4, "{name}: {text}");
+        let field = |status: &str, f: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{f}:")))
+                .map(str::trim)
+                .map(String::from)
+        };
+        for f in CONFINEMENT {
+            let (init, exec) = (field(parts[0], f), field(parts[1], f));
+            assert!(init.is_some(), "{name}: no {f} in {}", parts[0]);
+            assert_eq!(
+                exec, init,
+                "{name}: the exec's {f} differs from the container's"
+            );
+        }
+        assert_eq!(parts[3], parts[2], "{name}: the exec is in another cgroup");
+        // And what that means, spelled out for the default profile.
+        if name == "plain" {
+            assert_eq!(
+                field(parts[1], "CapEff").as_deref(),
+                Some("00000000a80425fb")
+            );
+            assert_eq!(field(parts[1], "Seccomp").as_deref(), Some("2"));
+        }
+        if name == "user" {
+            assert!(
+                field(parts[1], "Uid").is_some_and(|u| u.starts_with("1000\t")),
+                "{text}"
+            );
+            assert_eq!(
+                field(parts[1], "CapEff").as_deref(),
+                Some("0000000000000000")
+            );
+        }
+    }
+    // The exec probe ran as uid 1000: the pod is Ready.
+    assert!(
+        eventually(Duration::from_secs(20), || m.pod("user").is_some_and(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })),
+        "{:?}",
+        m.pod("user").map(|p| p["status"].clone())
+    );
+    // Exit codes: the command's own, and 127 for a command the image does not have.
+    let out = m.cli(&["exec", "plain", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let out = m.cli(&["exec", "plain", "--", "no-such-command"]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{out:?}"
+    );
+}
+
 /// `emptyDir.medium: Memory` is a tmpfs of `sizeLimit`, never the SD card, and goes with
 /// the pod.
 #[test]

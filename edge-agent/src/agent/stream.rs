@@ -1,14 +1,14 @@
 //! Streams to pods, for `kubectl exec|port-forward` and `bramble exec|port-forward`: when
 //! the master asks over MQTT ([`StreamOpen`]), the agent opens a connection back to the
 //! master's API (TLS, the node's token), upgrades it to `bramble_support::stream`, and runs
-//! the stream there: a command in the container's namespaces through `nsenter` (as exec
-//! probes run) with pipes or a terminal, or a TCP connection made inside the pod's network
+//! the stream there: a command in the container, confined as its own process is
+//! (`bramble-agent enter`, as exec probes run), with pipes or a terminal, or a TCP connection made inside the pod's network
 //! namespace. The board needs no inbound port; flow control is TCP's.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -340,9 +340,10 @@ struct Started {
     pty: Option<OwnedFd>,
 }
 
-/// Starts the command through `nsenter` into the container's mount, UTS, IPC, network and
-/// PID namespaces, in its working directory and with its environment, leading a session of
-/// its own (so that it and what it starts can be ended together).
+/// Starts the command in the container, confined as the container's own process is
+/// (`bramble-agent enter`: its namespaces, cgroups, user, capabilities and seccomp filter),
+/// in its working directory and with its environment, leading a session of its own (so that
+/// it and what it starts can be ended together).
 #[allow(unsafe_code)]
 fn start(
     target: &ExecTarget,
@@ -354,29 +355,7 @@ fn start(
     if command.is_empty() {
         return Err(std::io::Error::other("no command"));
     }
-    let mut cmd = Command::new("nsenter");
-    // `-r -w`: the container's root and working directory (its init's).
-    cmd.args([
-        "-t",
-        &target.pid.to_string(),
-        "-m",
-        "-u",
-        "-i",
-        "-n",
-        "-p",
-        "-r",
-        "-w",
-    ])
-    .arg("--")
-    .args(command)
-    .env_clear()
-    .envs(target.env.iter().map(|(k, v)| (k, v)));
-    if !target.env.iter().any(|(k, _)| k == "PATH") {
-        cmd.env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        );
-    }
+    let mut cmd = target.command(command);
     let started = if tty {
         let (master, slave) = container_pty(target.pid)?;
         if let Some(s) = size {

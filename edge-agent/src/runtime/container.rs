@@ -213,11 +213,13 @@ impl Runtime for LibcontainerRuntime {
         action: &super::ProbeAction,
         timeout: Duration,
     ) -> Result<(), ProbeError> {
-        let pid = self
-            .read_pid(id)
-            .map(|(p, _)| p)
-            .ok_or(ProbeError::NotRunning)?;
-        super::probe::run(pid, netns, action, timeout)
+        if let super::ProbeAction::Exec(command) = action {
+            return super::probe::exec(&self.exec_target(id)?, command, timeout);
+        }
+        if self.read_pid(id).is_none() {
+            return Err(ProbeError::NotRunning);
+        }
+        super::probe::run(netns, action, timeout)
     }
     fn usage(&self, id: &str) -> Option<(u64, u64)> {
         let config: serde_json::Value =
@@ -239,7 +241,8 @@ impl Runtime for LibcontainerRuntime {
         if self.read_exit(id).is_some() {
             return Err(ProbeError::NotRunning);
         }
-        let config: serde_json::Value = std::fs::read(self.bundles.join(id).join("config.json"))
+        let config_path = self.bundles.join(id).join("config.json");
+        let config: serde_json::Value = std::fs::read(&config_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or(ProbeError::NotRunning)?;
@@ -250,7 +253,12 @@ impl Runtime for LibcontainerRuntime {
             .filter_map(|e| e.as_str()?.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Ok(super::ExecTarget { pid, env })
+        Ok(super::ExecTarget {
+            pid,
+            env,
+            config: config_path,
+            helper: self.shim_exe.clone(),
+        })
     }
     fn create_sandbox(
         &self,

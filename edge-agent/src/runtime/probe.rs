@@ -1,26 +1,25 @@
 //! Running probes against a real container: TCP and HTTP from inside the pod's network
 //! namespace (a short-lived thread joins it, as the sandbox is made), exec through
-//! `nsenter` into the container's namespaces.
+//! `bramble-agent enter`, confined as the container's own process is.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
 
-use super::{ProbeAction, ProbeError};
+use super::{ExecTarget, ProbeAction, ProbeError};
 
-/// Runs `action` for the container whose init is `pid`.
+/// Runs a network probe (`Exec` goes to [`exec`], with the container to enter).
 pub fn run(
-    pid: i32,
     netns: Option<&Path>,
     action: &ProbeAction,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
     match action {
-        ProbeAction::Exec(cmd) => exec(pid, cmd, timeout),
+        ProbeAction::Exec(_) => Err(ProbeError::NotRunning),
         ProbeAction::Tcp { host, port } => {
             in_netns(netns, host.clone(), *port, timeout, |_| Ok(()))
         }
@@ -102,16 +101,15 @@ fn http_get(s: &mut TcpStream, host: &str, path: &str) -> Result<(), ProbeError>
     }
 }
 
-/// `nsenter` into the container's mount, UTS, IPC, network and PID namespaces.
-fn exec(pid: i32, cmd: &[String], timeout: Duration) -> Result<(), ProbeError> {
-    let mut child = Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-m", "-u", "-i", "-n", "-p", "--"])
-        .args(cmd)
+/// Runs `cmd` in the container, as its own process would run (`bramble-agent enter`).
+pub fn exec(target: &ExecTarget, cmd: &[String], timeout: Duration) -> Result<(), ProbeError> {
+    let mut child = target
+        .command(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(ProbeError::Nsenter)?;
+        .map_err(ProbeError::Enter)?;
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bramble_api::selector::Selector;
-use bramble_api::wire::ResourceUse;
+use bramble_api::wire::{PodUse, ResourceUse};
 use bramble_api::{Kind, Object};
 use serde_json::{Value, json};
 
@@ -99,12 +99,25 @@ pub async fn node(
         .unwrap_or_else(|| not_found("nodemetrics", &name))
 }
 
+/// Each report's pods that count: those the store has (a report may name a pod just
+/// deleted), in `bound` (pod → the node it is bound to), reported by that node. A board
+/// reports its own pods, never another's: a forged report naming another node's pod is
+/// ignored.
+fn own_pods<'a>(
+    bound: &BTreeMap<(String, String), String>,
+    samples: &'a [(String, Sample)],
+) -> Vec<(&'a Sample, &'a PodUse)> {
+    samples
+        .iter()
+        .flat_map(|(node, s)| s.report.pods.iter().map(move |p| (node, s, p)))
+        .filter(|(node, _, p)| bound.get(&(p.namespace.clone(), p.name.clone())) == Some(*node))
+        .map(|(_, s, p)| (s, p))
+        .collect()
+}
+
 /// PodMetrics of the pods in `namespace` (None: all) that `selector` matches.
 fn pod_items(st: &AppState, namespace: Option<&str>, selector: &Selector) -> Vec<Value> {
-    // Only pods the store has, with matching labels (a report may name a pod just deleted).
-    // Only pods the store has, with matching labels, and only from the node they are bound
-    // to: a board reports its own pods, never another's.
-    let wanted: BTreeMap<(String, String), String> = st
+    let bound: BTreeMap<(String, String), String> = st
         .store
         .list(Kind::Pod, namespace, selector)
         .1
@@ -114,34 +127,29 @@ fn pod_items(st: &AppState, namespace: Option<&str>, selector: &Selector) -> Vec
             _ => None,
         })
         .collect();
+    let samples = st.gateway.usage.all();
     let mut items = BTreeMap::new();
-    for (node, s) in st.gateway.usage.all() {
-        for p in &s.report.pods {
-            let key = (p.namespace.clone(), p.name.clone());
-            if wanted.get(&key) != Some(&node) {
-                continue;
-            }
-            let containers: Vec<Value> = p
-                .containers
-                .iter()
-                .map(|(name, u)| json!({"name": name, "usage": usage(u)}))
-                .collect();
-            items.insert(
-                key,
-                json!({
-                    "kind": "PodMetrics",
-                    "apiVersion": GROUP_VERSION,
-                    "metadata": {
-                        "name": p.name,
-                        "namespace": p.namespace,
-                        "creationTimestamp": stamp(&s),
-                    },
-                    "timestamp": stamp(&s),
-                    "window": window(&s),
-                    "containers": containers,
-                }),
-            );
-        }
+    for (s, p) in own_pods(&bound, &samples) {
+        let containers: Vec<Value> = p
+            .containers
+            .iter()
+            .map(|(name, u)| json!({"name": name, "usage": usage(u)}))
+            .collect();
+        items.insert(
+            (p.namespace.clone(), p.name.clone()),
+            json!({
+                "kind": "PodMetrics",
+                "apiVersion": GROUP_VERSION,
+                "metadata": {
+                    "name": p.name,
+                    "namespace": p.namespace,
+                    "creationTimestamp": stamp(s),
+                },
+                "timestamp": stamp(s),
+                "window": window(s),
+                "containers": containers,
+            }),
+        );
     }
     items.into_values().collect()
 }
@@ -207,4 +215,71 @@ pub fn resources() -> Value {
         {"name": "nodes", "singularName": "", "namespaced": false, "kind": "NodeMetrics", "verbs": ["get", "list"]},
         {"name": "pods", "singularName": "", "namespaced": true, "kind": "PodMetrics", "verbs": ["get", "list"]},
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::Usage;
+    use bramble_api::wire::MetricsReport;
+
+    fn report(pods: &[(&str, &str)]) -> MetricsReport {
+        MetricsReport {
+            window_ms: 1000,
+            node: ResourceUse::default(),
+            pods: pods
+                .iter()
+                .map(|(ns, name)| PodUse {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    containers: vec![(
+                        "main".into(),
+                        ResourceUse {
+                            cpu_nanocores: 7,
+                            memory_bytes: 7,
+                        },
+                    )],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_board_reports_only_its_own_pods() {
+        let u = Usage::default();
+        u.record("board-a", report(&[("default", "web-a")]));
+        // board-b also names board-a's pod, and one the store does not have.
+        u.record(
+            "board-b",
+            report(&[
+                ("default", "web-a"),
+                ("default", "web-b"),
+                ("default", "gone"),
+            ]),
+        );
+        let bound: BTreeMap<(String, String), String> = [
+            (("default".into(), "web-a".into()), "board-a".into()),
+            (("default".into(), "web-b".into()), "board-b".into()),
+        ]
+        .into();
+        let samples = u.all();
+        let seen: Vec<(String, String)> = own_pods(&bound, &samples)
+            .into_iter()
+            .map(|(s, p)| {
+                let node = samples
+                    .iter()
+                    .find(|(_, x)| std::ptr::eq(x, s))
+                    .map(|(n, _)| n.clone())
+                    .unwrap_or_default();
+                (node, p.name.clone())
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("board-a".to_string(), "web-a".to_string()),
+                ("board-b".to_string(), "web-b".to_string()),
+            ]
+        );
+    }
 }
