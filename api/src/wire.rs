@@ -176,6 +176,11 @@ pub enum Message {
     /// Agent → master, on the heartbeat channel: resource use of the node and its pods'
     /// containers (what `kubectl top` shows), every metrics interval.
     Metrics(MetricsReport),
+    /// Agent → master: a heartbeat with the time the agent sent it (milliseconds since the
+    /// Unix epoch), from which the master measures heartbeat lag (the
+    /// `bramble_gateway_heartbeat_lag_seconds` histogram). The master takes it exactly as a
+    /// [`Message::Heartbeat`], which agents before it send and which stays accepted.
+    TimedHeartbeat(Heartbeat, u64),
 }
 
 /// Full status, sent on every (re)connect.

@@ -700,7 +700,10 @@ async fn heartbeats(
         };
         let (topic, _, payload) = sealer.seal(
             Channel::Heartbeat,
-            Message::Heartbeat(Heartbeat { seq, usage: u }),
+            Message::TimedHeartbeat(
+                Heartbeat { seq, usage: u },
+                u64::try_from(bramble_api::time::now_millis()).unwrap_or(0),
+            ),
         );
         let _ = client.try_publish(topic, QoS::AtMostOnce, false, payload);
         // The metrics report rides the same channel from the same task, so that the seq

@@ -203,6 +203,9 @@ pub fn start(
     (GatewayHandle { tx: cmd_tx, usage }, task)
 }
 
+/// The histogram of heartbeat lag: an agent's send to the gateway's processing.
+pub const HEARTBEAT_LAG: &str = "bramble_gateway_heartbeat_lag_seconds";
+
 fn now_secs() -> i64 {
     bramble_api::time::now_secs()
 }
@@ -473,11 +476,23 @@ impl Gateway {
             );
         }
         let now = Instant::now();
+        let sent_ms = match &env.message {
+            Message::TimedHeartbeat(_, sent) => Some(*sent),
+            _ => None,
+        };
         match self
             .protocol
             .on_message(&node, channel, env.stamp, env.message, now)
         {
             Ok(actions) => {
+                if let Some(sent) = sent_ms {
+                    // From the agent's send to here, on the board's clock and ours (NTP keeps
+                    // them within milliseconds; a board ahead of us counts as no lag).
+                    let now_ms = u64::try_from(bramble_api::time::now_millis()).unwrap_or(0);
+                    let lag_ms = now_ms.saturating_sub(sent);
+                    self.metrics
+                        .observe_seconds(HEARTBEAT_LAG, lag_ms as f64 / 1000.0);
+                }
                 for a in actions {
                     self.execute(a).await;
                 }

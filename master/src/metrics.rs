@@ -30,6 +30,20 @@ pub struct Metrics {
     /// Gateway counters (dropped messages by reason, ...).
     counters: Mutex<BTreeMap<&'static str, u64>>,
     gauges: Mutex<BTreeMap<&'static str, i64>>,
+    /// Histograms in seconds by full metric name (heartbeat lag).
+    histograms: Mutex<BTreeMap<&'static str, Histogram>>,
+}
+
+impl Histogram {
+    fn add(&mut self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.total += 1;
+        self.sum += secs;
+    }
 }
 
 impl Metrics {
@@ -39,15 +53,14 @@ impl Metrics {
             *r.entry((verb, resource, code)).or_default() += 1;
         }
         if let Ok(mut l) = self.latency.lock() {
-            let h = l.entry(verb).or_default();
-            let secs = took.as_secs_f64();
-            for (i, b) in BUCKETS.iter().enumerate() {
-                if secs <= *b {
-                    h.counts[i] += 1;
-                }
-            }
-            h.total += 1;
-            h.sum += secs;
+            l.entry(verb).or_default().add(took.as_secs_f64());
+        }
+    }
+
+    /// Records one observation (seconds) in the histogram `name`.
+    pub fn observe_seconds(&self, name: &'static str, secs: f64) {
+        if let Ok(mut h) = self.histograms.lock() {
+            h.entry(name).or_default().add(secs);
         }
     }
 
@@ -134,6 +147,17 @@ impl Metrics {
                     out,
                     "# TYPE bramble_gateway_{name} gauge\nbramble_gateway_{name} {v}"
                 );
+            }
+        }
+        if let Ok(hs) = self.histograms.lock() {
+            for (name, h) in hs.iter() {
+                let _ = writeln!(out, "# TYPE {name} histogram");
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", h.counts[i]);
+                }
+                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.total);
+                let _ = writeln!(out, "{name}_sum {}", h.sum);
+                let _ = writeln!(out, "{name}_count {}", h.total);
             }
         }
         out.push_str("# HELP bramble_store_revision The store's global revision.\n# TYPE bramble_store_revision gauge\n");

@@ -8,7 +8,20 @@
 
 use std::time::{Duration, Instant};
 
-use bramble_tests::{HollowProcess, MasterProcess, cpu_secs, eventually, ok_stdout, rss_mb};
+use bramble_tests::{
+    HollowProcess, MasterProcess, cpu_secs, eventually, histogram_buckets, histogram_quantile,
+    histogram_window, ok_stdout, rss_mb,
+};
+
+/// The master's heartbeat-lag histogram (agent send → gateway processing).
+const LAG: &str = "bramble_gateway_heartbeat_lag_seconds";
+
+fn lag_buckets(m: &MasterProcess) -> Vec<(f64, u64)> {
+    m.http()
+        .get("/metrics")
+        .map(|r| histogram_buckets(&String::from_utf8_lossy(&r.body), LAG))
+        .unwrap_or_default()
+}
 
 fn row(name: &str, value: String, baseline: String, ratio: String) {
     println!("| {name} | {value} | {baseline} | {ratio} |");
@@ -59,8 +72,10 @@ fn fleet(n: usize, mosquitto: bool) {
     let bpid = broker.as_ref().map(|(b, _)| b.0.id());
     let (c0, hc0) = (cpu_secs(pid), cpu_secs(hpid));
     let bc0 = bpid.map(cpu_secs);
+    let lag0 = lag_buckets(&m);
     let window = 20.0;
     std::thread::sleep(Duration::from_secs_f64(window));
+    let lag = histogram_window(&lag0, &lag_buckets(&m));
     let cpu = (cpu_secs(pid) - c0) / window;
     let hcpu = (cpu_secs(hpid) - hc0) / window;
     let broker_note = match (bpid, bc0) {
@@ -76,9 +91,11 @@ fn fleet(n: usize, mosquitto: bool) {
     row(
         &label,
         format!(
-            "{:.0}% of a core, {:.0} MB RSS{broker_note}",
+            "{:.0}% of a core, {:.0} MB RSS, heartbeat lag p50 {:.0} ms / p99 {:.0} ms{broker_note}",
             cpu * 100.0,
-            rss_mb(pid)
+            rss_mb(pid),
+            histogram_quantile(&lag, 0.5) * 1000.0,
+            histogram_quantile(&lag, 0.99) * 1000.0,
         ),
         format!("idle master {:.1}% of a core", idle_cpu * 100.0),
         format!("{still}/{n} nodes Ready throughout"),

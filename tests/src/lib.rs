@@ -1138,3 +1138,78 @@ spec:
 "#
     )
 }
+
+/// The cumulative buckets of a Prometheus histogram in `metrics` (the text format), as
+/// (upper bound in its unit, count).
+pub fn histogram_buckets(metrics: &str, name: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// What was observed between two readings of the same histogram.
+pub fn histogram_window(before: &[(f64, u64)], after: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    after
+        .iter()
+        .map(|(le, c)| {
+            let b = before.iter().find(|(l, _)| l == le).map_or(0, |(_, c)| *c);
+            (*le, c.saturating_sub(b))
+        })
+        .collect()
+}
+
+/// The `q` quantile of cumulative buckets, interpolated linearly inside its bucket as
+/// Prometheus' `histogram_quantile` does (the highest finite bound if it is in +Inf).
+pub fn histogram_quantile(buckets: &[(f64, u64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0, |b| b.1) as f64;
+    if total == 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let (mut lo, mut below) = (0.0, 0.0);
+    for &(le, c) in buckets {
+        let c = c as f64;
+        if c >= rank {
+            if le.is_infinite() {
+                return lo;
+            }
+            let inside = c - below;
+            return if inside > 0.0 {
+                lo + (le - lo) * (rank - below) / inside
+            } else {
+                le
+            };
+        }
+        lo = le;
+        below = c;
+    }
+    lo
+}
+
+#[cfg(test)]
+mod histogram_tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_their_bucket() {
+        let text = "x_bucket{le=\"0.1\"} 50\nx_bucket{le=\"0.5\"} 90\nx_bucket{le=\"1\"} 100\nx_bucket{le=\"+Inf\"} 100\nx_count 100\n";
+        let b = histogram_buckets(text, "x");
+        assert_eq!(b.len(), 4);
+        assert!((histogram_quantile(&b, 0.5) - 0.1).abs() < 1e-9);
+        assert!((histogram_quantile(&b, 0.7) - 0.3).abs() < 1e-9);
+        assert!((histogram_quantile(&b, 0.99) - 0.95).abs() < 1e-9);
+        let before = histogram_buckets("x_bucket{le=\"0.1\"} 40\nx_bucket{le=\"+Inf\"} 40\n", "x");
+        assert_eq!(histogram_window(&before, &b)[0], (0.1, 10));
+    }
+}

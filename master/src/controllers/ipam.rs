@@ -5,7 +5,7 @@
 //! nodes ever share a CIDR. A deleted node's CIDR is free again, and goes to a node that is
 //! still waiting for one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use bramble_api::net::{Cidr, CidrError};
@@ -101,9 +101,19 @@ impl CidrPool {
 }
 
 /// The allocator on the shared controller shell; its key is a node name.
+///
+/// It keeps the CIDRs in use in memory (rebuilt from the store on every resync, kept up
+/// from the watch): an allocation costs a lookup, not a decode of every Node, so a join of
+/// thousands of boards is linear. Once the pool is exhausted, a waiting node is told once
+/// (a Warning event) and its status changes (heartbeat transitions) do not retry; a freed
+/// CIDR retries every waiting node.
 pub struct Ipam {
     pool: CidrPool,
     events: EventRecorder,
+    /// The pool index each node holds.
+    held: BTreeMap<String, usize>,
+    /// Nodes told that no CIDR is left, until one is freed.
+    told: BTreeSet<String>,
 }
 
 impl Ipam {
@@ -111,21 +121,22 @@ impl Ipam {
         Ipam {
             pool,
             events: EventRecorder::new(store.clone(), "node-ipam-controller"),
+            held: BTreeMap::new(),
+            told: BTreeSet::new(),
         }
     }
-}
 
-/// Names of the nodes that have no pod CIDR yet.
-fn waiting(store: &Store) -> Vec<String> {
-    store
-        .list(Kind::Node, None, &Selector::everything())
-        .1
-        .iter()
-        .filter_map(|e| match e.object() {
-            Ok(Object::Node(n)) if n.spec.pod_cidr.is_empty() => Some(n.metadata.name),
-            _ => None,
-        })
-        .collect()
+    /// Records what `node` holds now (None: nothing, or it is gone); true if a CIDR was
+    /// freed.
+    fn note(&mut self, node: &str, cidr: Option<&str>) -> bool {
+        match cidr.and_then(|c| self.pool.index_of(c)) {
+            Some(i) => {
+                self.held.insert(node.to_string(), i);
+                false
+            }
+            None => self.held.remove(node).is_some(),
+        }
+    }
 }
 
 /// What node IPAM reconciles.
@@ -143,20 +154,49 @@ impl Controller for Ipam {
     const WATCHES: &'static [Kind] = &[Kind::Node];
 
     async fn resync(&mut self, store: &Store) -> Vec<Key> {
-        waiting(store).into_iter().map(Key::Node).collect()
+        self.held.clear();
+        self.told.clear();
+        let mut waiting = Vec::new();
+        for e in store.list(Kind::Node, None, &Selector::everything()).1 {
+            if let Ok(Object::Node(n)) = e.object() {
+                if n.spec.pod_cidr.is_empty() {
+                    waiting.push(Key::Node(n.metadata.name));
+                } else {
+                    self.note(&n.metadata.name, Some(&n.spec.pod_cidr));
+                }
+            }
+        }
+        waiting
     }
 
     fn keys(&mut self, c: &Change) -> Vec<Key> {
         match c.entry.object() {
             Ok(Object::Node(n)) if c.type_ != EventType::Deleted => {
                 if n.spec.pod_cidr.is_empty() {
-                    vec![Key::Node(n.metadata.name)]
+                    let freed = self.note(&n.metadata.name, None);
+                    if freed {
+                        self.told.clear();
+                        vec![Key::Waiting]
+                    } else if self.told.contains(&n.metadata.name) {
+                        Vec::new()
+                    } else {
+                        vec![Key::Node(n.metadata.name)]
+                    }
+                } else {
+                    self.note(&n.metadata.name, Some(&n.spec.pod_cidr));
+                    Vec::new()
+                }
+            }
+            // A deleted node: if it held a CIDR, nodes still waiting for one may have it.
+            Ok(_) => {
+                self.told.remove(&c.entry.name);
+                if self.note(&c.entry.name, None) {
+                    self.told.clear();
+                    vec![Key::Waiting]
                 } else {
                     Vec::new()
                 }
             }
-            // A CIDR was freed: nodes still waiting for one may have it.
-            Ok(_) => vec![Key::Waiting],
             Err(_) => Vec::new(),
         }
     }
@@ -174,15 +214,14 @@ impl Controller for Ipam {
     }
 }
 
-/// The indexes in use by every node but `except`.
-fn used(store: &Store, pool: &CidrPool, except: &str) -> BTreeSet<usize> {
+/// Names of the nodes that have no pod CIDR yet.
+fn waiting(store: &Store) -> Vec<String> {
     store
         .list(Kind::Node, None, &Selector::everything())
         .1
         .iter()
-        .filter(|e| e.name != except)
         .filter_map(|e| match e.object() {
-            Ok(Object::Node(n)) => pool.index_of(&n.spec.pod_cidr),
+            Ok(Object::Node(n)) if n.spec.pod_cidr.is_empty() => Some(n.metadata.name),
             _ => None,
         })
         .collect()
@@ -199,10 +238,20 @@ impl Ipam {
             return Ok(());
         };
         if !node.spec.pod_cidr.is_empty() {
+            self.note(name, Some(&node.spec.pod_cidr));
             return Ok(());
         }
         let pool = self.pool;
-        let Some(i) = pool.first_free(&used(store, &pool, name)) else {
+        let used: BTreeSet<usize> = self
+            .held
+            .iter()
+            .filter(|(n, _)| n.as_str() != name)
+            .map(|(_, i)| *i)
+            .collect();
+        let Some(i) = pool.first_free(&used) else {
+            if !self.told.insert(name.to_string()) {
+                return Ok(());
+            }
             let message = format!(
                 "no pod CIDR left in the cluster CIDR {} ({} node CIDRs, all taken): the node gets none until one is freed",
                 pool.cluster(),
@@ -223,6 +272,8 @@ impl Ipam {
             .await
         {
             Ok(_) => {
+                // Held from now on, before its change comes back through the watch.
+                self.held.insert(name.to_string(), i);
                 tracing::info!(node = name, cidr, "pod CIDR assigned");
                 Ok(())
             }

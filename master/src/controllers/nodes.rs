@@ -5,7 +5,7 @@
 //! comes back loses the taint and, through its desired-state snapshot, stops the pods that
 //! were replaced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bramble_api::node::{Node, Taint};
@@ -74,12 +74,17 @@ fn taint_added(n: &Node) -> Option<i64> {
 }
 
 /// The pure decision over every node at time `now` (Unix seconds).
-pub fn plan(nodes: &[Node], now: i64, cfg: &LifecycleConfig) -> NodePlan {
+pub fn plan<N: std::borrow::Borrow<Node>>(
+    nodes: &[N],
+    now: i64,
+    cfg: &LifecycleConfig,
+) -> NodePlan {
     let mut p = NodePlan::default();
     let total = nodes.len();
-    let lost_count = nodes.iter().filter(|n| lost(n)).count();
+    let lost_count = nodes.iter().filter(|n| lost((*n).borrow())).count();
     p.partitioned = total > 0 && (lost_count as f64) / (total as f64) > cfg.partition_fraction;
     for n in nodes {
+        let n: &Node = n.borrow();
         let name = n.metadata.name.clone();
         match (lost(n), taint_added(n)) {
             (true, None) => p.taint.push(name),
@@ -159,6 +164,10 @@ pub async fn run(store: Store, cfg: LifecycleConfig, shutdown: CancellationToken
     let mut tick = tokio::time::interval(SWEEP);
     let mut was_partitioned = false;
     let mut bucket = TokenBucket::new(cfg.evictions_per_second);
+    // The Nodes as last decoded, by name, with the revision decoded: a sweep decodes only
+    // the Nodes that changed since the last one (heartbeats are not writes, so a steady fleet
+    // of thousands costs no decoding at all).
+    let mut decoded: HashMap<String, (u64, Node)> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -166,13 +175,20 @@ pub async fn run(store: Store, cfg: LifecycleConfig, shutdown: CancellationToken
         }
         bucket.refill(SWEEP);
         let (_, entries) = store.list(Kind::Node, None, &Selector::everything());
-        let nodes: Vec<Node> = entries
-            .iter()
-            .filter_map(|e| match e.object() {
-                Ok(Object::Node(n)) => Some(n),
-                _ => None,
-            })
-            .collect();
+        let mut fresh = HashMap::with_capacity(entries.len());
+        for e in &entries {
+            let node = match decoded.remove(&e.name) {
+                Some((rev, n)) if rev == e.revision => n,
+                _ => match e.object() {
+                    Ok(Object::Node(n)) => n,
+                    _ => continue,
+                },
+            };
+            fresh.insert(e.name.clone(), (e.revision, node));
+        }
+        decoded = fresh;
+        let mut nodes: Vec<&Node> = decoded.values().map(|(_, n)| n).collect();
+        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         let now = now_secs();
         let p = plan(&nodes, now, &cfg);
         if p.partitioned != was_partitioned {
@@ -187,7 +203,7 @@ pub async fn run(store: Store, cfg: LifecycleConfig, shutdown: CancellationToken
         }
         let by_name: BTreeMap<&str, &Node> = nodes
             .iter()
-            .map(|n| (n.metadata.name.as_str(), n))
+            .map(|n| (n.metadata.name.as_str(), *n))
             .collect();
         for name in &p.taint {
             if let Some(n) = by_name.get(name.as_str()) {

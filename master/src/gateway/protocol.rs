@@ -361,7 +361,7 @@ impl Protocol {
             (Channel::Hello, Message::Hello(_))
                 | (
                     Channel::Heartbeat,
-                    Message::Heartbeat(_) | Message::Metrics(_)
+                    Message::Heartbeat(_) | Message::TimedHeartbeat(..) | Message::Metrics(_)
                 )
                 | (Channel::Status, Message::Status(_))
                 | (Channel::Will, Message::Gone)
@@ -408,7 +408,7 @@ impl Protocol {
                     reports: h.pods,
                 });
             }
-            (Channel::Heartbeat, Message::Heartbeat(hb)) => {
+            (Channel::Heartbeat, Message::Heartbeat(hb) | Message::TimedHeartbeat(hb, _)) => {
                 let first_contact = !known;
                 // Lost without a disconnect (its heartbeats came late, as in a join storm):
                 // it will not say hello again, so its chain restarts here.
@@ -623,6 +623,7 @@ pub fn message_name(m: &Message) -> &'static str {
     match m {
         Message::Hello(_) => "Hello",
         Message::Heartbeat(_) => "Heartbeat",
+        Message::TimedHeartbeat(..) => "TimedHeartbeat",
         Message::Status(_) => "Status",
         Message::Desired(_) => "Desired",
         Message::LogRequest(_) => "LogRequest",
