@@ -44,6 +44,30 @@ impl Histogram {
         self.total += 1;
         self.sum += secs;
     }
+
+    /// Its buckets, sum and count in the text format, with `labels` (`k="v"`, or empty).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
+                self.counts[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.total
+        );
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braced} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braced} {}", self.total);
+    }
 }
 
 impl Metrics {
@@ -103,27 +127,10 @@ impl Metrics {
         out.push_str("# TYPE bramble_apiserver_request_duration_seconds histogram\n");
         if let Ok(l) = self.latency.lock() {
             for (verb, h) in l.iter() {
-                for (i, b) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "bramble_apiserver_request_duration_seconds_bucket{{verb=\"{verb}\",le=\"{b}\"}} {}",
-                        h.counts[i]
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "bramble_apiserver_request_duration_seconds_bucket{{verb=\"{verb}\",le=\"+Inf\"}} {}",
-                    h.total
-                );
-                let _ = writeln!(
-                    out,
-                    "bramble_apiserver_request_duration_seconds_sum{{verb=\"{verb}\"}} {}",
-                    h.sum
-                );
-                let _ = writeln!(
-                    out,
-                    "bramble_apiserver_request_duration_seconds_count{{verb=\"{verb}\"}} {}",
-                    h.total
+                h.render(
+                    &mut out,
+                    "bramble_apiserver_request_duration_seconds",
+                    &format!("verb=\"{verb}\""),
                 );
             }
         }
@@ -152,12 +159,7 @@ impl Metrics {
         if let Ok(hs) = self.histograms.lock() {
             for (name, h) in hs.iter() {
                 let _ = writeln!(out, "# TYPE {name} histogram");
-                for (i, b) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", h.counts[i]);
-                }
-                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.total);
-                let _ = writeln!(out, "{name}_sum {}", h.sum);
-                let _ = writeln!(out, "{name}_count {}", h.total);
+                h.render(&mut out, name, "");
             }
         }
         out.push_str("# HELP bramble_store_revision The store's global revision.\n# TYPE bramble_store_revision gauge\n");
@@ -176,5 +178,37 @@ pub struct WatchGuard(Arc<Metrics>);
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         self.0.watches.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_render_with_and_without_labels() {
+        let mut h = Histogram::default();
+        h.add(0.003);
+        h.add(2.0);
+        let mut out = String::new();
+        h.render(&mut out, "x_seconds", "verb=\"get\"");
+        assert!(
+            out.contains("x_seconds_bucket{verb=\"get\",le=\"0.0025\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{verb=\"get\",le=\"0.005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{verb=\"get\",le=\"+Inf\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_seconds_count{verb=\"get\"} 2\n"), "{out}");
+        let mut out = String::new();
+        h.render(&mut out, "lag_seconds", "");
+        assert!(out.contains("lag_seconds_bucket{le=\"5\"} 2\n"), "{out}");
+        assert!(out.contains("lag_seconds_sum 2.003\n"), "{out}");
+        assert!(out.contains("lag_seconds_count 2\n"), "{out}");
     }
 }

@@ -2,8 +2,9 @@
 //! the master asks over MQTT ([`StreamOpen`]), the agent opens a connection back to the
 //! master's API (TLS, the node's token), upgrades it to `bramble_support::stream`, and runs
 //! the stream there: a command in the container, confined as its own process is
-//! (`bramble-agent enter`, as exec probes run), with pipes or a terminal, or a TCP connection made inside the pod's network
-//! namespace. The board needs no inbound port; flow control is TCP's.
+//! (`bramble-agent enter`, as exec probes run), with pipes or a terminal, or a TCP
+//! connection made inside the pod's network namespace. The board needs no inbound port;
+//! flow control is TCP's.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -213,13 +213,10 @@ impl Runtime for LibcontainerRuntime {
         action: &super::ProbeAction,
         timeout: Duration,
     ) -> Result<(), ProbeError> {
-        if let super::ProbeAction::Exec(command) = action {
-            return super::probe::exec(&self.exec_target(id)?, command, timeout);
-        }
         if self.read_pid(id).is_none() {
             return Err(ProbeError::NotRunning);
         }
-        super::probe::run(netns, action, timeout)
+        super::probe::run(netns, action, timeout, || self.exec_target(id))
     }
     fn usage(&self, id: &str) -> Option<(u64, u64)> {
         let config: serde_json::Value =

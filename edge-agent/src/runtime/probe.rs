@@ -12,14 +12,16 @@ use nix::sched::{CloneFlags, setns};
 
 use super::{ExecTarget, ProbeAction, ProbeError};
 
-/// Runs a network probe (`Exec` goes to [`exec`], with the container to enter).
+/// Runs `action` for a running container: an exec in the container that `target` finds
+/// (asked only for an exec), TCP and HTTP from its pod's network namespace `netns`.
 pub fn run(
     netns: Option<&Path>,
     action: &ProbeAction,
     timeout: Duration,
+    target: impl FnOnce() -> Result<ExecTarget, ProbeError>,
 ) -> Result<(), ProbeError> {
     match action {
-        ProbeAction::Exec(_) => Err(ProbeError::NotRunning),
+        ProbeAction::Exec(cmd) => exec(&target()?, cmd, timeout),
         ProbeAction::Tcp { host, port } => {
             in_netns(netns, host.clone(), *port, timeout, |_| Ok(()))
         }
@@ -102,7 +104,7 @@ fn http_get(s: &mut TcpStream, host: &str, path: &str) -> Result<(), ProbeError>
 }
 
 /// Runs `cmd` in the container, as its own process would run (`bramble-agent enter`).
-pub fn exec(target: &ExecTarget, cmd: &[String], timeout: Duration) -> Result<(), ProbeError> {
+fn exec(target: &ExecTarget, cmd: &[String], timeout: Duration) -> Result<(), ProbeError> {
     let mut child = target
         .command(cmd)
         .stdin(Stdio::null())

@@ -972,6 +972,26 @@ mod tests {
     }
 
     #[test]
+    fn a_timed_heartbeat_is_a_heartbeat_on_its_channel_only() {
+        let t0 = Instant::now();
+        let timed = |sent| match heartbeat() {
+            Message::Heartbeat(h) => Message::TimedHeartbeat(h, sent),
+            m => m,
+        };
+        let mut p = listed();
+        // Any send time, however odd (a board's clock), is taken: the lag is the gateway's.
+        let out = p
+            .on_message("n2", Channel::Heartbeat, fresh(), timed(u64::MAX), t0)
+            .unwrap();
+        assert_eq!(readiness(&out), vec![(true, "AgentReady".to_string())]);
+        // On another channel it is refused, as a Heartbeat would be.
+        let r = p
+            .on_message("n2", Channel::Status, fresh(), timed(0), t0)
+            .unwrap_err();
+        assert_eq!(r.reason, "wire_wrong_channel");
+    }
+
+    #[test]
     fn heartbeats_keep_a_node_ready_and_a_first_one_resyncs_it() {
         let t0 = Instant::now();
         let mut p = listed();
